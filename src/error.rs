@@ -1,0 +1,129 @@
+//! Errors. Each variant has a stable numeric code (`Error::code`) that the
+//! wire protocol and the CLI report; docs/api.md lists them.
+
+use std::io;
+use std::path::PathBuf;
+
+/// The result type of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("device {path}: {source}", path = .0.display(), source = .1)]
+    Device(PathBuf, #[source] io::Error),
+    #[error("i/o: {0}")]
+    Io(#[source] io::Error),
+    #[error("no healthy mirror left: the mirror set cannot take writes")]
+    NoHealthyMirror,
+    #[error("full: no free segment; set a mark to reclaim space")]
+    Full,
+    #[error("record of {size} bytes exceeds the maximum record size of {max} bytes")]
+    RecordTooLarge { size: usize, max: usize },
+    #[error("unknown journal {0:?}")]
+    UnknownJournal(String),
+    #[error("journal {0:?} already exists")]
+    JournalExists(String),
+    #[error("invalid journal name {0:?}: 1 to 64 bytes of [A-Za-z0-9._-]")]
+    InvalidName(String),
+    #[error("too many journals (at most {0})")]
+    TooManyJournals(usize),
+    #[error("lsn {lsn} is below the mark {mark}: reclaimed")]
+    BelowMark { lsn: u64, mark: u64 },
+    #[error("lsn {lsn} is not written yet (next lsn is {next})")]
+    NotYetWritten { lsn: u64, next: u64 },
+    #[error(
+        "invalid mark {mark}: must be between the current mark {current} and the next lsn {next}"
+    )]
+    InvalidMark { mark: u64, current: u64, next: u64 },
+    #[error("corrupt: {0}")]
+    Corrupt(String),
+    #[error("the mirror set is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Stable numeric code for the wire protocol, the CLI and metrics.
+    pub fn code(&self) -> u16 {
+        match self {
+            Error::Config(_) => 1,
+            Error::Device(..) => 2,
+            Error::Io(_) => 3,
+            Error::NoHealthyMirror => 4,
+            Error::Full => 5,
+            Error::RecordTooLarge { .. } => 6,
+            Error::UnknownJournal(_) => 7,
+            Error::JournalExists(_) => 8,
+            Error::InvalidName(_) => 9,
+            Error::TooManyJournals(_) => 10,
+            Error::BelowMark { .. } => 11,
+            Error::NotYetWritten { .. } => 12,
+            Error::InvalidMark { .. } => 13,
+            Error::Corrupt(_) => 14,
+            Error::Closed => 15,
+        }
+    }
+
+    /// A short stable name for the code (`full`, `record-too-large`, …).
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::Device(..) => "device",
+            Error::Io(_) => "io",
+            Error::NoHealthyMirror => "no-healthy-mirror",
+            Error::Full => "full",
+            Error::RecordTooLarge { .. } => "record-too-large",
+            Error::UnknownJournal(_) => "unknown-journal",
+            Error::JournalExists(_) => "journal-exists",
+            Error::InvalidName(_) => "invalid-name",
+            Error::TooManyJournals(_) => "too-many-journals",
+            Error::BelowMark { .. } => "below-mark",
+            Error::NotYetWritten { .. } => "not-yet-written",
+            Error::InvalidMark { .. } => "invalid-mark",
+            Error::Corrupt(_) => "corrupt",
+            Error::Closed => "closed",
+        }
+    }
+
+    /// A cheap copy for handing one failure to many waiters.
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Config(s) => Error::Config(s.clone()),
+            Error::Device(p, e) => {
+                Error::Device(p.clone(), io::Error::new(e.kind(), e.to_string()))
+            }
+            Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
+            Error::NoHealthyMirror => Error::NoHealthyMirror,
+            Error::Full => Error::Full,
+            Error::RecordTooLarge { size, max } => Error::RecordTooLarge {
+                size: *size,
+                max: *max,
+            },
+            Error::UnknownJournal(s) => Error::UnknownJournal(s.clone()),
+            Error::JournalExists(s) => Error::JournalExists(s.clone()),
+            Error::InvalidName(s) => Error::InvalidName(s.clone()),
+            Error::TooManyJournals(n) => Error::TooManyJournals(*n),
+            Error::BelowMark { lsn, mark } => Error::BelowMark {
+                lsn: *lsn,
+                mark: *mark,
+            },
+            Error::NotYetWritten { lsn, next } => Error::NotYetWritten {
+                lsn: *lsn,
+                next: *next,
+            },
+            Error::InvalidMark {
+                mark,
+                current,
+                next,
+            } => Error::InvalidMark {
+                mark: *mark,
+                current: *current,
+                next: *next,
+            },
+            Error::Corrupt(s) => Error::Corrupt(s.clone()),
+            Error::Closed => Error::Closed,
+        }
+    }
+}

@@ -1,0 +1,973 @@
+//! A journal: one named log in a mirror set, with its own chain of segments
+//! and its own group-commit pipeline.
+//!
+//! # Pipeline (see docs/architecture.md)
+//! 1. `append` takes the journal lock, gives the record the next LSN, encodes
+//!    it (CRC chained to the previous record) straight into the *open batch*
+//!    buffer, and releases the lock.
+//! 2. If fewer than `max_inflight_batches` batches are being written, the
+//!    appending thread seals the open batch (marks its last record
+//!    `BATCH_END`, zero-pads it to a block) and writes it itself, through its
+//!    own io_uring, to every healthy mirror at once. Otherwise it sleeps and
+//!    the batch waits: appends arriving meanwhile join it (group commit).
+//! 3. When a batch's writes complete, batches are *retired* strictly in order:
+//!    the durable LSN advances only over a prefix of completed batches, and
+//!    only then are their appenders woken with success.
+//!
+//! # Invariants
+//! - An append returns `Ok` only after its batch and every earlier batch
+//!   completed durably on every healthy mirror.
+//! - Each batch starts on a fresh block and is padded to a block, so a block
+//!   that holds acknowledged data is never written again by the append path.
+//! - LSNs are dense and strictly increasing per journal.
+//! - The first batch of a new segment (which carries its header) is written
+//!   only after every earlier batch retired. So a valid segment header implies
+//!   the previous segment's chain is complete, and recovery scans one segment.
+//! - After a failed batch nothing later is acknowledged: the journal refuses
+//!   writes until reopened (recovery then decides what is durable).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use rand::RngCore;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::format::{
+    align_up, encode_record_header, set_batch_end, slot_offset, ChainPos, SegmentHeader,
+    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::io::AlignedBuf;
+use crate::mirror::MirrorSet;
+use crate::read::{Rec, SegmentScan};
+
+/// Log sequence number: per journal, dense, starting at 1.
+pub type Lsn = u64;
+
+/// State shared by all journals of a set.
+pub(crate) struct Shared {
+    pub set: MirrorSet,
+    pub cfg: Config,
+    /// Owner journal id of each segment slot (`None`: free).
+    pub slots: Mutex<Vec<Option<u64>>>,
+}
+
+impl Shared {
+    fn take_slots(&self, journal: u64, n: usize) -> Result<Vec<u64>> {
+        let mut slots = self.slots.lock();
+        let free: Vec<u64> = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.is_none())
+            .map(|(i, _)| i as u64)
+            .take(n)
+            .collect();
+        if free.len() < n {
+            return Err(Error::Full);
+        }
+        for &s in &free {
+            slots[s as usize] = Some(journal);
+        }
+        Ok(free)
+    }
+
+    pub(crate) fn release_slot(&self, slot: u64) {
+        if let Some(s) = self.slots.lock().get_mut(slot as usize) {
+            *s = None;
+        }
+    }
+}
+
+/// One index entry: a batch start (a record boundary) in a segment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexEntry {
+    pub lsn: u64,
+    pub off: u64,
+    pub prev_crc: u32,
+}
+
+/// A live segment of a journal.
+#[derive(Debug)]
+pub(crate) struct Seg {
+    pub slot: u64,
+    pub seq: u64,
+    pub first_lsn: u64,
+    pub header_crc: u32,
+    /// Reads never go past this segment offset: the durable end for the tail
+    /// segment, the segment size for older ones.
+    pub end_off: u64,
+    /// Sparse, sorted by lsn: at most one entry per `index_stride` bytes.
+    pub index: Vec<IndexEntry>,
+}
+
+impl Seg {
+    fn start(&self, block: u32) -> IndexEntry {
+        IndexEntry {
+            lsn: self.first_lsn,
+            off: block as u64,
+            prev_crc: self.header_crc,
+        }
+    }
+    /// The last index entry at or below `lsn`.
+    fn entry_for(&self, lsn: u64, block: u32) -> IndexEntry {
+        let i = self.index.partition_point(|e| e.lsn <= lsn);
+        if i == 0 {
+            self.start(block)
+        } else {
+            self.index[i - 1]
+        }
+    }
+    fn add_index(&mut self, e: IndexEntry, stride: u64) {
+        let last = self.index.last().map(|l| (l.lsn, l.off)).unwrap_or((0, 0));
+        if e.lsn > last.0 && e.off >= last.1 + stride {
+            self.index.push(e);
+        }
+    }
+}
+
+struct Batch {
+    seq: u64,
+    buf: AlignedBuf,
+    /// Bytes used in `buf` (a leading header block included).
+    len: usize,
+    /// Where records start in `buf` (0, or one block after a header).
+    data_start: usize,
+    slot: u64,
+    seg_seq: u64,
+    /// Segment offset of `buf[0]`.
+    seg_off: u64,
+    first_lsn: u64,
+    next_lsn: u64,
+    first_prev: u32,
+    last_rec: usize,
+    last_pcrc: u32,
+    opened: Instant,
+    header: bool,
+    /// Set when sealed: bytes to write (a multiple of the block size).
+    padded: usize,
+}
+
+struct Pending {
+    seq: u64,
+    done: Option<(Batch, Result<()>)>,
+}
+
+pub(crate) struct JState {
+    deleted: bool,
+    /// (first failed batch seq, why): that batch and all later ones fail.
+    failed: Option<(u64, Error)>,
+    pub epoch: u64,
+    pub mark: u64,
+    /// Next lsn to hand out; `last_crc` is the chain value it must carry.
+    pub next_lsn: u64,
+    last_crc: u32,
+    /// Next lsn not yet durable: everything below it is acknowledged.
+    pub durable_lsn: u64,
+    pub segs: VecDeque<Seg>,
+    /// Segment offset (block aligned) where the next new batch starts.
+    tail_off: u64,
+    next_seg_seq: u64,
+    open: Option<Batch>,
+    sealed: VecDeque<Batch>,
+    writing: usize,
+    pending: VecDeque<Pending>,
+    next_batch_seq: u64,
+    /// Every batch with a lower seq is retired.
+    retired: u64,
+    pool: Vec<AlignedBuf>,
+    /// Slots reserved by the append being placed.
+    reserved: Vec<u64>,
+    /// An append_batch is mid-placement: others wait so LSNs stay contiguous.
+    exclusive: bool,
+}
+
+/// Counters of one journal.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JournalCounters {
+    pub appends: u64,
+    pub bytes: u64,
+    pub batches: u64,
+}
+
+pub(crate) struct JournalInner {
+    pub shared: Arc<Shared>,
+    pub id: u64,
+    pub name: String,
+    pub st: Mutex<JState>,
+    cvs: Box<[Condvar]>,
+    excl_cv: Condvar,
+    mark_lock: Mutex<()>,
+    counters: Mutex<JournalCounters>,
+}
+
+/// What recovery found for a journal.
+pub(crate) struct Recovered {
+    pub segs: VecDeque<Seg>,
+    pub next_lsn: u64,
+    pub last_crc: u32,
+    pub tail_off: u64,
+    pub next_seg_seq: u64,
+    pub mark: u64,
+    pub epoch: u64,
+}
+
+/// A handle to one journal. Cheap to clone; all methods take `&self` and may
+/// be called from many threads at once.
+#[derive(Clone)]
+pub struct Journal {
+    pub(crate) inner: Arc<JournalInner>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("name", &self.inner.name)
+            .finish()
+    }
+}
+
+/// A journal's state as reported by `Journal::info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalInfo {
+    pub name: String,
+    pub id: u64,
+    /// Records below the mark may be reclaimed (0: no mark set).
+    pub mark: Lsn,
+    /// Lowest lsn that can still be read.
+    pub first_lsn: Lsn,
+    /// The lsn the next append will get; `next_lsn - 1` is the last durable record.
+    pub next_lsn: Lsn,
+    pub segments: usize,
+    /// Bytes of segment slots the journal holds.
+    pub bytes: u64,
+}
+
+impl JournalInner {
+    pub(crate) fn new(shared: Arc<Shared>, id: u64, name: String, rec: Recovered) -> JournalInner {
+        let cfg = &shared.cfg;
+        let nbufs = cfg.max_inflight_batches + 2;
+        let bufsz = cfg.batch_buf_bytes(shared.set.block_size);
+        let pool = (0..nbufs)
+            .map(|_| AlignedBuf::new(bufsz, shared.set.block_size as usize))
+            .collect();
+        let st = JState {
+            deleted: false,
+            failed: None,
+            epoch: rec.epoch,
+            mark: rec.mark,
+            next_lsn: rec.next_lsn,
+            last_crc: rec.last_crc,
+            durable_lsn: rec.next_lsn,
+            segs: rec.segs,
+            tail_off: rec.tail_off,
+            next_seg_seq: rec.next_seg_seq,
+            open: None,
+            sealed: VecDeque::new(),
+            writing: 0,
+            pending: VecDeque::new(),
+            next_batch_seq: 0,
+            retired: 0,
+            pool,
+            reserved: Vec::new(),
+            exclusive: false,
+        };
+        JournalInner {
+            shared,
+            id,
+            name,
+            st: Mutex::new(st),
+            cvs: (0..nbufs).map(|_| Condvar::new()).collect(),
+            excl_cv: Condvar::new(),
+            mark_lock: Mutex::new(()),
+            counters: Mutex::new(JournalCounters::default()),
+        }
+    }
+
+    fn block(&self) -> u64 {
+        self.shared.set.block_size as u64
+    }
+
+    fn cv(&self, seq: u64) -> &Condvar {
+        &self.cvs[(seq % self.cvs.len() as u64) as usize]
+    }
+
+    fn check_writable(&self, st: &JState) -> Result<()> {
+        if st.deleted {
+            return Err(Error::UnknownJournal(self.name.clone()));
+        }
+        if let Some((_, e)) = &st.failed {
+            return Err(e.duplicate());
+        }
+        Ok(())
+    }
+
+    /// How many new segments placing records of these sizes needs (mirrors
+    /// `place` exactly, without changing anything).
+    fn segments_needed(&self, st: &JState, lens: impl Iterator<Item = usize>) -> usize {
+        let cfg = &self.shared.cfg;
+        let bs = self.block();
+        let seg = self.shared.set.segment_size;
+        let mut open = st
+            .open
+            .as_ref()
+            .map(|b| (b.seg_off + b.len as u64, (b.len - b.data_start) as u64));
+        let mut tail = st.segs.back().map(|_| st.tail_off);
+        let mut new = 0;
+        for len in lens {
+            let t = (RECORD_HEADER_LEN + len) as u64;
+            if let Some((end, rb)) = open {
+                if (rb + t <= cfg.max_batch_bytes as u64 || rb == 0) && align_up(end + t, bs) <= seg
+                {
+                    open = Some((end + t, rb + t));
+                    continue;
+                }
+                tail = Some(align_up(end, bs));
+            }
+            match tail {
+                Some(to) if align_up(to + t, bs) <= seg => open = Some((to + t, t)),
+                _ => {
+                    new += 1;
+                    tail = Some(0);
+                    open = Some((bs + t, t));
+                }
+            }
+        }
+        new
+    }
+
+    fn seal_open(&self, st: &mut JState) {
+        let Some(mut b) = st.open.take() else { return };
+        let bs = self.block() as usize;
+        let rec = b.last_rec;
+        st.last_crc = set_batch_end(
+            &mut b.buf.as_mut_slice()[rec..rec + RECORD_HEADER_LEN],
+            b.last_pcrc,
+        );
+        b.padded = align_up(b.len as u64, bs as u64) as usize;
+        let (len, padded) = (b.len, b.padded);
+        b.buf.as_mut_slice()[len..padded].fill(0);
+        st.tail_off = b.seg_off + padded as u64;
+        st.sealed.push_back(b);
+    }
+
+    /// Places one record in the open batch. `Ok(None)`: no batch buffer is
+    /// free; write or wait and call again.
+    fn place(&self, st: &mut JState, payload: &[u8]) -> Result<Option<u64>> {
+        let cfg = &self.shared.cfg;
+        let bs = self.block();
+        let seg_size = self.shared.set.segment_size;
+        let t = (RECORD_HEADER_LEN + payload.len()) as u64;
+        if let Some(b) = &st.open {
+            let rb = (b.len - b.data_start) as u64;
+            let fits = (rb + t <= cfg.max_batch_bytes as u64 || rb == 0)
+                && align_up(b.seg_off + b.len as u64 + t, bs) <= seg_size;
+            if !fits {
+                self.seal_open(st);
+            }
+        }
+        if st.open.is_none() {
+            let in_tail = st.segs.back().is_some() && align_up(st.tail_off + t, bs) <= seg_size;
+            let Some(mut buf) = st.pool.pop() else {
+                return Ok(None);
+            };
+            let seq = st.next_batch_seq;
+            let (slot, seg_seq, seg_off, data_start, header) = if in_tail {
+                let s = st.segs.back().map(|s| (s.slot, s.seq)).unwrap_or((0, 0));
+                (s.0, s.1, st.tail_off, 0usize, false)
+            } else {
+                let Some(slot) = st.reserved.pop() else {
+                    st.pool.push(buf);
+                    return Err(Error::Full);
+                };
+                let seg_seq = st.next_seg_seq;
+                let h = SegmentHeader {
+                    set_uuid: self.shared.set.set_uuid,
+                    journal_id: self.id,
+                    seq: seg_seq,
+                    epoch: st.epoch,
+                    first_lsn: st.next_lsn,
+                    prev_crc: st.last_crc,
+                    nonce: rand::thread_rng().next_u64(),
+                };
+                let hb = buf.as_mut_slice();
+                let crc = h.encode(hb);
+                hb[SEGMENT_HEADER_LEN..bs as usize].fill(0);
+                st.next_seg_seq += 1;
+                st.segs.push_back(Seg {
+                    slot,
+                    seq: seg_seq,
+                    first_lsn: st.next_lsn,
+                    header_crc: crc,
+                    end_off: bs,
+                    index: Vec::new(),
+                });
+                st.last_crc = crc;
+                st.tail_off = 0;
+                (slot, seg_seq, 0, bs as usize, true)
+            };
+            st.next_batch_seq += 1;
+            st.open = Some(Batch {
+                seq,
+                buf,
+                len: data_start,
+                data_start,
+                slot,
+                seg_seq,
+                seg_off,
+                first_lsn: st.next_lsn,
+                next_lsn: st.next_lsn,
+                first_prev: st.last_crc,
+                last_rec: 0,
+                last_pcrc: 0,
+                opened: Instant::now(),
+                header,
+                padded: 0,
+            });
+        }
+        let lsn = st.next_lsn;
+        let (epoch, prev) = (st.epoch, st.last_crc);
+        let b = st.open.as_mut().ok_or(Error::Closed)?;
+        let off = b.len;
+        let out = &mut b.buf.as_mut_slice()[off..off + t as usize];
+        out[RECORD_HEADER_LEN..].copy_from_slice(payload);
+        let pcrc = crc32c::crc32c(payload);
+        let crc = encode_record_header(out, pcrc, payload.len() as u32, lsn, epoch, prev, 0);
+        b.last_rec = off;
+        b.last_pcrc = pcrc;
+        b.len += t as usize;
+        b.next_lsn = lsn + 1;
+        let seq = b.seq;
+        st.last_crc = crc;
+        st.next_lsn = lsn + 1;
+        Ok(Some(seq))
+    }
+
+    /// Whether the open batch may be written now (group-commit wait elapsed).
+    fn open_ready(&self, st: &JState) -> bool {
+        let wait = self.shared.cfg.group_commit_wait;
+        st.open.as_ref().is_some_and(|b| {
+            b.next_lsn > b.first_lsn && (wait.is_zero() || b.opened.elapsed() >= wait)
+        })
+    }
+
+    /// The seq of a batch that a writer could take now.
+    fn claimable(&self, st: &JState) -> Option<u64> {
+        if st.failed.is_some() || st.writing >= self.shared.cfg.max_inflight_batches {
+            return None;
+        }
+        match st.sealed.front() {
+            Some(b) if b.header && st.retired != b.seq => None,
+            Some(b) => Some(b.seq),
+            None if self.open_ready(st) => st.open.as_ref().map(|b| b.seq),
+            None => None,
+        }
+    }
+
+    /// Takes a batch to write, if one may be written now.
+    fn claim(&self, st: &mut JState) -> Option<Batch> {
+        self.claimable(st)?;
+        if st.sealed.is_empty() {
+            self.seal_open(st);
+        }
+        let front = st.sealed.front()?;
+        if front.header && st.retired != front.seq {
+            return None;
+        }
+        let b = st.sealed.pop_front()?;
+        st.writing += 1;
+        st.pending.push_back(Pending {
+            seq: b.seq,
+            done: None,
+        });
+        Some(b)
+    }
+
+    fn write_batch(&self, b: &Batch) -> Result<()> {
+        let off = slot_offset(b.slot, self.shared.set.segment_size) + b.seg_off;
+        self.shared
+            .set
+            .write_all(off, &b.buf.as_slice()[..b.padded])
+    }
+
+    /// Records a written batch and retires every completed batch in order.
+    fn complete(&self, st: &mut JState, b: Batch, res: Result<()>) {
+        st.writing -= 1;
+        let seq = b.seq;
+        if let Some(p) = st.pending.iter_mut().find(|p| p.seq == seq) {
+            p.done = Some((b, res));
+        }
+        let stride = self.shared.cfg.index_stride as u64;
+        let bs = self.block();
+        while st.pending.front().is_some_and(|p| p.done.is_some()) {
+            let Some(Pending {
+                seq,
+                done: Some((b, res)),
+            }) = st.pending.pop_front()
+            else {
+                break;
+            };
+            match res {
+                Ok(()) if st.failed.is_none() => {
+                    st.durable_lsn = b.next_lsn;
+                    if let Some(seg) = st.segs.iter_mut().rev().find(|s| s.seq == b.seg_seq) {
+                        seg.end_off = b.seg_off + b.padded as u64;
+                        seg.add_index(
+                            IndexEntry {
+                                lsn: b.first_lsn,
+                                off: b.seg_off + b.data_start as u64,
+                                prev_crc: b.first_prev,
+                            },
+                            stride.max(bs),
+                        );
+                    }
+                    let mut c = self.counters.lock();
+                    c.batches += 1;
+                    c.appends += b.next_lsn - b.first_lsn;
+                    c.bytes += (b.len - b.data_start) as u64;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if st.failed.is_none() {
+                        tracing::error!(journal = %self.name, error = %e, "batch write failed; the journal refuses writes until reopened");
+                        st.failed = Some((seq, e));
+                        for cv in self.cvs.iter() {
+                            cv.notify_all();
+                        }
+                        self.excl_cv.notify_all();
+                    }
+                }
+            }
+            st.pool.push(b.buf);
+            st.retired = seq + 1;
+            self.cv(seq).notify_all();
+        }
+    }
+
+    /// Writes batches or sleeps until batch `seq` is retired.
+    fn wait_batch(&self, st: &mut MutexGuard<'_, JState>, seq: u64) -> Result<()> {
+        loop {
+            if let Some((from, e)) = &st.failed {
+                if seq >= *from {
+                    return Err(e.duplicate());
+                }
+            }
+            if seq < st.retired {
+                // Done. If a batch is waiting for a writer, wake one of its appenders.
+                if let Some(s) = self.claimable(st) {
+                    self.cv(s).notify_one();
+                }
+                return Ok(());
+            }
+            if st.deleted && st.writing == 0 && seq >= st.retired {
+                return Err(Error::UnknownJournal(self.name.clone()));
+            }
+            if self.help(st) {
+                continue;
+            }
+            self.sleep(st, seq);
+        }
+    }
+
+    /// Writes one claimable batch, if any. Returns whether it did.
+    fn help(&self, st: &mut MutexGuard<'_, JState>) -> bool {
+        match self.claim(st) {
+            Some(b) => {
+                let res = MutexGuard::unlocked(st, || self.write_batch(&b));
+                self.complete(st, b, res);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn sleep(&self, st: &mut MutexGuard<'_, JState>, seq: u64) {
+        let wait = self.shared.cfg.group_commit_wait;
+        let open_age = st
+            .open
+            .as_ref()
+            .filter(|b| b.next_lsn > b.first_lsn)
+            .map(|b| b.opened.elapsed());
+        match open_age {
+            Some(age) if !wait.is_zero() && age < wait => {
+                self.cv(seq).wait_for(st, wait - age);
+            }
+            _ => {
+                self.cv(seq).wait(st);
+            }
+        }
+    }
+
+    pub(crate) fn append_many<'a>(
+        &self,
+        payloads: impl Iterator<Item = &'a [u8]> + Clone,
+    ) -> Result<Lsn> {
+        let max = self.shared.cfg.max_record_size as usize;
+        let mut n = 0usize;
+        for p in payloads.clone() {
+            if p.len() > max {
+                return Err(Error::RecordTooLarge { size: p.len(), max });
+            }
+            n += 1;
+        }
+        if n == 0 {
+            return Err(Error::Config(
+                "append_batch needs at least one record".into(),
+            ));
+        }
+        let mut st = self.st.lock();
+        while st.exclusive {
+            self.check_writable(&st)?;
+            self.excl_cv.wait(&mut st);
+        }
+        self.check_writable(&st)?;
+        let need = self.segments_needed(&st, payloads.clone().map(|p| p.len()));
+        if need > 0 {
+            st.reserved = self.shared.take_slots(self.id, need)?;
+        }
+        let first = st.next_lsn;
+        let mut last_seq = 0;
+        let mut it = payloads.peekable();
+        while let Some(p) = it.peek() {
+            match self.place(&mut st, p) {
+                Ok(Some(seq)) => {
+                    last_seq = seq;
+                    it.next();
+                }
+                Ok(None) => {
+                    // No free batch buffer: keep others out, write or wait.
+                    st.exclusive = true;
+                    if !self.help(&mut st) {
+                        let oldest = st.retired;
+                        if let Err(e) = self.check_writable(&st) {
+                            self.end_exclusive(&mut st);
+                            return Err(e);
+                        }
+                        self.cv(oldest).wait(&mut st);
+                    }
+                }
+                Err(e) => {
+                    self.end_exclusive(&mut st);
+                    return Err(e);
+                }
+            }
+        }
+        self.end_exclusive(&mut st);
+        self.wait_batch(&mut st, last_seq)?;
+        Ok(first)
+    }
+
+    fn end_exclusive(&self, st: &mut JState) {
+        for s in st.reserved.drain(..) {
+            self.shared.release_slot(s);
+        }
+        if st.exclusive {
+            st.exclusive = false;
+            self.excl_cv.notify_all();
+        }
+    }
+
+    /// Waits until nothing is being written (used before deleting).
+    pub(crate) fn shut(&self) -> Vec<u64> {
+        let mut st = self.st.lock();
+        st.deleted = true;
+        st.open = None;
+        st.sealed.clear();
+        for cv in self.cvs.iter() {
+            cv.notify_all();
+        }
+        self.excl_cv.notify_all();
+        while st.writing > 0 {
+            let s = st.retired;
+            self.cv(s).wait(&mut st);
+        }
+        st.segs.iter().map(|s| s.slot).collect()
+    }
+
+    /// Scans records from `from`, handing each verified record to `visit`
+    /// until it returns false or the durable end is reached.
+    pub(crate) fn scan(
+        &self,
+        from: Lsn,
+        mut visit: impl FnMut(&Rec<'_>) -> bool,
+        chunk: usize,
+    ) -> Result<()> {
+        let bs = self.shared.set.block_size;
+        let mut lsn = from;
+        let mut prefer = self.shared.set.healthy_indexes().next().unwrap_or(0);
+        loop {
+            let (slot, start, bound, end_lsn, durable) = {
+                let st = self.st.lock();
+                if st.deleted {
+                    return Err(Error::UnknownJournal(self.name.clone()));
+                }
+                if lsn < st.mark {
+                    return Err(Error::BelowMark { lsn, mark: st.mark });
+                }
+                if lsn >= st.durable_lsn {
+                    return Ok(());
+                }
+                let i = st.segs.partition_point(|s| s.first_lsn <= lsn);
+                if i == 0 {
+                    return Err(Error::BelowMark { lsn, mark: st.mark });
+                }
+                let seg = &st.segs[i - 1];
+                let end_lsn = st
+                    .segs
+                    .get(i)
+                    .map(|n| n.first_lsn)
+                    .unwrap_or(st.durable_lsn)
+                    .min(st.durable_lsn);
+                (
+                    seg.slot,
+                    seg.entry_for(lsn, bs),
+                    seg.end_off,
+                    end_lsn,
+                    st.durable_lsn,
+                )
+            };
+            let scan = SegmentScan {
+                set: &self.shared.set,
+                slot,
+                bound,
+                end_lsn,
+                max_record: self.shared.cfg.max_record_size,
+                chunk,
+                prefer,
+            };
+            let mut indexed = Vec::new();
+            let stride = self.shared.cfg.index_stride as u64;
+            let mut last_idx = start.off;
+            let mut prev_crc_in = start.prev_crc;
+            let end = scan.run(
+                ChainPos {
+                    off: start.off as usize,
+                    lsn: start.lsn,
+                    prev_crc: start.prev_crc,
+                },
+                |r| {
+                    if r.flags & crate::format::FLAG_BATCH_END != 0
+                        && r.next_off >= last_idx + stride
+                    {
+                        indexed.push(IndexEntry {
+                            lsn: r.lsn + 1,
+                            off: r.next_off,
+                            prev_crc: r.crc,
+                        });
+                        last_idx = r.next_off;
+                    }
+                    prev_crc_in = r.crc;
+                    if r.lsn < lsn {
+                        return true;
+                    }
+                    visit(r)
+                },
+            )?;
+            prefer = end.member;
+            if !indexed.is_empty() {
+                let mut st = self.st.lock();
+                if let Some(seg) = st
+                    .segs
+                    .iter_mut()
+                    .find(|s| s.slot == slot && s.first_lsn <= start.lsn)
+                {
+                    for e in indexed {
+                        seg.add_index(e, stride);
+                    }
+                }
+            }
+            if end.stopped {
+                return Ok(());
+            }
+            if end.pos.lsn < end_lsn {
+                let st = self.st.lock();
+                if lsn < st.mark {
+                    return Err(Error::BelowMark { lsn, mark: st.mark });
+                }
+                return Err(Error::Corrupt(format!(
+                    "journal {}: the record chain breaks at lsn {} on every mirror (durable up to {})",
+                    self.name,
+                    end.pos.lsn,
+                    durable - 1
+                )));
+            }
+            lsn = end_lsn;
+        }
+    }
+}
+
+impl Journal {
+    /// The journal's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Appends one record; returns its LSN once it is durable on every
+    /// healthy mirror.
+    pub fn append(&self, payload: &[u8]) -> Result<Lsn> {
+        self.inner.append_many(std::iter::once(payload))
+    }
+
+    /// Appends records with consecutive LSNs; returns the first LSN once all
+    /// are durable. Either all are placed, or (`full`, too large) none is.
+    pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Lsn> {
+        self.inner.append_many(payloads.iter().copied())
+    }
+
+    /// Reads the record with this LSN, verified.
+    pub fn read(&self, lsn: Lsn) -> Result<Vec<u8>> {
+        let mut out = None;
+        self.inner.scan(
+            lsn,
+            |r| {
+                out = Some(r.payload.to_vec());
+                false
+            },
+            64 << 10,
+        )?;
+        match out {
+            Some(v) => Ok(v),
+            None => {
+                let st = self.inner.st.lock();
+                Err(Error::NotYetWritten {
+                    lsn,
+                    next: st.durable_lsn,
+                })
+            }
+        }
+    }
+
+    /// Iterates over verified records from `from` up to the durable end (as it
+    /// moves while iterating).
+    pub fn iter(&self, from: Lsn) -> JournalIter {
+        JournalIter {
+            journal: self.clone(),
+            next: from,
+            buf: VecDeque::new(),
+            done: false,
+        }
+    }
+
+    /// Records below `lsn` may be reclaimed. Persisted before it returns;
+    /// segments wholly below the mark go back to the free pool.
+    pub fn set_mark(&self, lsn: Lsn) -> Result<()> {
+        let inner = &self.inner;
+        let _g = inner.mark_lock.lock();
+        {
+            let st = inner.st.lock();
+            if st.deleted {
+                return Err(Error::UnknownJournal(inner.name.clone()));
+            }
+            if lsn < st.mark || lsn > st.durable_lsn {
+                return Err(Error::InvalidMark {
+                    mark: lsn,
+                    current: st.mark,
+                    next: st.durable_lsn,
+                });
+            }
+            if lsn == st.mark {
+                return Ok(());
+            }
+        }
+        let id = inner.id;
+        inner.shared.set.update_superblock(|sb| {
+            match sb.journals.iter_mut().find(|j| j.id == id) {
+                Some(j) => j.mark = lsn,
+                None => return Err(Error::UnknownJournal(inner.name.clone())),
+            }
+            Ok(())
+        })?;
+        let mut st = inner.st.lock();
+        st.mark = lsn;
+        // A segment is reclaimable once the next one starts at or below the mark.
+        while st.segs.len() > 1 && st.segs[1].first_lsn <= lsn {
+            if let Some(s) = st.segs.pop_front() {
+                inner.shared.release_slot(s.slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// The current mark (0: none set).
+    pub fn mark(&self) -> Lsn {
+        self.inner.st.lock().mark
+    }
+
+    /// The lsn the next append will get.
+    pub fn next_lsn(&self) -> Lsn {
+        self.inner.st.lock().durable_lsn
+    }
+
+    /// The journal's state.
+    pub fn info(&self) -> JournalInfo {
+        let st = self.inner.st.lock();
+        let first = st
+            .segs
+            .front()
+            .map(|s| s.first_lsn)
+            .unwrap_or(st.durable_lsn)
+            .max(st.mark)
+            .max(1);
+        JournalInfo {
+            name: self.inner.name.clone(),
+            id: self.inner.id,
+            mark: st.mark,
+            first_lsn: first.min(st.durable_lsn),
+            next_lsn: st.durable_lsn,
+            segments: st.segs.len(),
+            bytes: st.segs.len() as u64 * self.inner.shared.set.segment_size,
+        }
+    }
+
+    /// Appends, bytes and batches written since open.
+    pub fn counters(&self) -> JournalCounters {
+        *self.inner.counters.lock()
+    }
+}
+
+/// Iterator over a journal's records (`Journal::iter`).
+pub struct JournalIter {
+    journal: Journal,
+    next: Lsn,
+    buf: VecDeque<(Lsn, Vec<u8>)>,
+    done: bool,
+}
+
+impl Iterator for JournalIter {
+    type Item = Result<(Lsn, Vec<u8>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(r) = self.buf.pop_front() {
+            return Some(Ok(r));
+        }
+        if self.done {
+            return None;
+        }
+        let mut bytes = 0usize;
+        let buf = &mut self.buf;
+        let res = self.journal.inner.scan(
+            self.next,
+            |r| {
+                buf.push_back((r.lsn, r.payload.to_vec()));
+                bytes += r.payload.len() + 64;
+                bytes < (1 << 20)
+            },
+            1 << 20,
+        );
+        if let Err(e) = res {
+            self.done = true;
+            return Some(Err(e));
+        }
+        match self.buf.pop_front() {
+            Some(r) => {
+                self.next = self.buf.back().map(|b| b.0).unwrap_or(r.0) + 1;
+                Some(Ok(r))
+            }
+            None => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}

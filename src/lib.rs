@@ -1,0 +1,301 @@
+//! # mirrorlog
+//!
+//! A durable append log kept on a RAID-1 style *mirror set* of two or more
+//! devices (NVMe namespaces, loop devices or plain files), written with
+//! `O_DIRECT` through io_uring.
+//!
+//! ```no_run
+//! use mirrorlog::{Config, MirrorLog};
+//! # fn main() -> mirrorlog::Result<()> {
+//! let log = MirrorLog::open_or_create(&Config::new(["/data/m0", "/data/m1"]))?;
+//! let j = log.create_journal("orders")?;
+//! let lsn = j.append(b"hello")?;          // durable on both mirrors
+//! assert_eq!(j.read(lsn)?, b"hello");
+//! j.set_mark(lsn)?;                        // records below lsn may be reclaimed
+//! # Ok(()) }
+//! ```
+//!
+//! * **LSNs** are `u64`, per journal, dense and strictly increasing: the first
+//!   record is 1, each next record is the previous plus one.
+//! * `append` returns once the record is durable on every healthy mirror.
+//!   Concurrent appends share writes (group commit).
+//! * Every read checks each record's CRC32C and its place in the chain; a bad
+//!   copy is read from another mirror and rewritten (self-heal).
+//! * A mirror whose write fails is marked failed (persisted), and writes go on
+//!   on the others.
+//!
+//! The on-disk format is in `docs/format.md`, the pipeline and its invariants
+//! in `docs/architecture.md`.
+
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod io;
+pub mod journal;
+pub mod mirror;
+pub mod read;
+mod recovery;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use io::{FaultInjector, SyncMode};
+pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn};
+
+use format::{JournalEntry, MAX_JOURNALS, MAX_JOURNAL_NAME};
+use journal::{JournalInner, Recovered, Shared};
+use mirror::{hex_id, MirrorSet, SetOptions};
+
+/// An open mirror set and its journals.
+pub struct MirrorLog {
+    shared: Arc<Shared>,
+    journals: Mutex<BTreeMap<String, Journal>>,
+}
+
+/// One mirror's state, in `Status`.
+#[derive(Debug, Clone)]
+pub struct MirrorStatus {
+    pub path: String,
+    pub uuid: String,
+    pub slot: u16,
+    pub healthy: bool,
+    /// Durable writes completed since open.
+    pub writes: u64,
+    /// Mean durable-write latency since open, in microseconds.
+    pub mean_write_us: f64,
+}
+
+/// The state of a mirror set.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub set_uuid: String,
+    pub epoch: u64,
+    pub block_size: u32,
+    pub segment_size: u64,
+    pub segments_total: u64,
+    pub segments_free: u64,
+    pub mirrors: Vec<MirrorStatus>,
+    /// Bad copies rewritten from a good mirror since open.
+    pub repairs: u64,
+    pub journals: Vec<JournalInfo>,
+}
+
+fn set_options(cfg: &Config) -> SetOptions {
+    SetOptions {
+        devices: cfg.devices.clone(),
+        block_size: cfg.block_size,
+        segment_size: cfg.segment_size,
+        sync: cfg.sync,
+        inflight_window: cfg.inflight_window(cfg.block_size),
+        fault: cfg.fault.clone(),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_JOURNAL_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+impl MirrorLog {
+    /// Formats the configured devices as a new, empty mirror set (destroying
+    /// what they held) and opens it.
+    pub fn create(cfg: &Config) -> Result<MirrorLog> {
+        cfg.validate(cfg.block_size, cfg.segment_size)?;
+        let set = MirrorSet::format(&set_options(cfg))?;
+        Self::start(set, cfg)
+    }
+
+    /// Opens an existing mirror set and recovers every journal.
+    pub fn open(cfg: &Config) -> Result<MirrorLog> {
+        let set = MirrorSet::open(&set_options(cfg))?;
+        Self::start(set, cfg)
+    }
+
+    /// Opens the set, or formats it if none of the devices holds a
+    /// mirrorlog superblock. Never formats a device that holds one.
+    pub fn open_or_create(cfg: &Config) -> Result<MirrorLog> {
+        let mut any = false;
+        for d in &cfg.devices {
+            if MirrorSet::is_formatted(d, cfg.sync)? {
+                any = true;
+            }
+        }
+        if any {
+            Self::open(cfg)
+        } else {
+            Self::create(cfg)
+        }
+    }
+
+    fn start(set: MirrorSet, cfg: &Config) -> Result<MirrorLog> {
+        cfg.validate(set.block_size, set.segment_size)?;
+        let sb = set.superblock();
+        let shared = Arc::new(Shared {
+            slots: Mutex::new(vec![None; set.slot_count as usize]),
+            set,
+            cfg: cfg.clone(),
+        });
+        let recovered = recovery::recover(&shared, &sb)?;
+        let mut journals = BTreeMap::new();
+        for (entry, rec) in recovered {
+            let j = Journal {
+                inner: Arc::new(JournalInner::new(
+                    shared.clone(),
+                    entry.id,
+                    entry.name.clone(),
+                    rec,
+                )),
+            };
+            journals.insert(entry.name, j);
+        }
+        Ok(MirrorLog {
+            shared,
+            journals: Mutex::new(journals),
+        })
+    }
+
+    /// Creates a journal. Names are 1 to 64 bytes of `[A-Za-z0-9._-]`.
+    pub fn create_journal(&self, name: &str) -> Result<Journal> {
+        if !valid_name(name) {
+            return Err(Error::InvalidName(name.to_string()));
+        }
+        let mut journals = self.journals.lock();
+        if journals.contains_key(name) {
+            return Err(Error::JournalExists(name.to_string()));
+        }
+        if journals.len() >= MAX_JOURNALS {
+            return Err(Error::TooManyJournals(MAX_JOURNALS));
+        }
+        let mut id = 0;
+        self.shared.set.update_superblock(|sb| {
+            id = sb.next_journal_id;
+            sb.next_journal_id += 1;
+            sb.journals.push(JournalEntry {
+                id,
+                mark: 0,
+                name: name.to_string(),
+            });
+            Ok(())
+        })?;
+        let rec = Recovered {
+            segs: Default::default(),
+            next_lsn: 1,
+            last_crc: 0,
+            tail_off: 0,
+            next_seg_seq: 0,
+            mark: 0,
+            epoch: self.shared.set.superblock().epoch,
+        };
+        let j = Journal {
+            inner: Arc::new(JournalInner::new(
+                self.shared.clone(),
+                id,
+                name.to_string(),
+                rec,
+            )),
+        };
+        journals.insert(name.to_string(), j.clone());
+        Ok(j)
+    }
+
+    /// The journal of this name.
+    pub fn journal(&self, name: &str) -> Result<Journal> {
+        self.journals
+            .lock()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownJournal(name.to_string()))
+    }
+
+    /// The journal of this name, created if it does not exist.
+    pub fn journal_or_create(&self, name: &str) -> Result<Journal> {
+        match self.journal(name) {
+            Ok(j) => Ok(j),
+            Err(Error::UnknownJournal(_)) => self.create_journal(name),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Names of all journals, sorted.
+    pub fn journal_names(&self) -> Vec<String> {
+        self.journals.lock().keys().cloned().collect()
+    }
+
+    /// Deletes a journal and frees its segments. Appends in progress on it
+    /// fail with `unknown-journal`.
+    pub fn delete_journal(&self, name: &str) -> Result<()> {
+        let mut journals = self.journals.lock();
+        let j = journals
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownJournal(name.to_string()))?;
+        let id = j.inner.id;
+        self.shared.set.update_superblock(|sb| {
+            sb.journals.retain(|e| e.id != id);
+            Ok(())
+        })?;
+        let slots = j.inner.shut();
+        for s in slots {
+            self.shared.release_slot(s);
+        }
+        journals.remove(name);
+        Ok(())
+    }
+
+    /// The set's current epoch (raised by promotion; every record carries it).
+    pub fn epoch(&self) -> u64 {
+        self.shared.set.superblock().epoch
+    }
+
+    /// Health, sizes and every journal's LSN range.
+    pub fn status(&self) -> Status {
+        let set = &self.shared.set;
+        let sb = set.superblock();
+        let free = self
+            .shared
+            .slots
+            .lock()
+            .iter()
+            .filter(|s| s.is_none())
+            .count() as u64;
+        let mirrors = set
+            .members()
+            .iter()
+            .map(|m| {
+                let w = m.writes.load(Ordering::Relaxed);
+                let ns = m.write_ns.load(Ordering::Relaxed);
+                MirrorStatus {
+                    path: m.path.display().to_string(),
+                    uuid: hex_id(&m.uuid),
+                    slot: m.slot,
+                    healthy: m.is_healthy(),
+                    writes: w,
+                    mean_write_us: if w == 0 {
+                        0.0
+                    } else {
+                        ns as f64 / w as f64 / 1000.0
+                    },
+                }
+            })
+            .collect();
+        Status {
+            set_uuid: hex_id(&sb.set_uuid),
+            epoch: sb.epoch,
+            block_size: sb.block_size,
+            segment_size: sb.segment_size,
+            segments_total: set.slot_count,
+            segments_free: free,
+            mirrors,
+            repairs: set.repairs.load(Ordering::Relaxed),
+            journals: self.journals.lock().values().map(|j| j.info()).collect(),
+        }
+    }
+}

@@ -1,0 +1,555 @@
+//! The mirror set: 1 to 8 devices holding identical bytes, RAID-1 style.
+//!
+//! Invariants enforced here:
+//! - A write is reported done only when it completed durably on every member
+//!   that is healthy when the write finishes. A member whose write fails is
+//!   marked failed, and that is persisted in the survivors' superblocks before
+//!   the write is reported done; with no survivor the write fails.
+//! - Superblock generation `g` goes to copy `g % 2`, so the previous
+//!   generation survives a torn superblock write.
+//! - A failed member stays failed (in memory and on disk) until an operator
+//!   brings it back; it is never read from or written to.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rand::RngCore;
+
+use crate::error::{Error, Result};
+use crate::format::{Health, MemberInfo, Superblock, DATA_START, SUPERBLOCK_REGION};
+use crate::io::{
+    check_full, open_device, submit_wait, with_ring, AlignedBuf, Device, FaultInjector, IoOp,
+    SyncMode,
+};
+
+/// One member of the set.
+#[derive(Debug)]
+pub struct Member {
+    pub path: PathBuf,
+    dev: Option<Device>,
+    pub uuid: [u8; 16],
+    pub slot: u16,
+    healthy: AtomicBool,
+    /// Durable writes completed, and their summed latency in ns (for metrics).
+    pub writes: AtomicU64,
+    pub write_ns: AtomicU64,
+}
+
+impl Member {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+    fn fd(&self) -> Option<i32> {
+        self.dev.as_ref().map(|d| d.file.as_raw_fd())
+    }
+}
+
+/// Everything needed to open or format a set.
+#[derive(Debug, Clone)]
+pub struct SetOptions {
+    pub devices: Vec<PathBuf>,
+    pub block_size: u32,
+    pub segment_size: u64,
+    pub sync: SyncMode,
+    pub inflight_window: u64,
+    pub fault: Option<Arc<FaultInjector>>,
+}
+
+/// An open mirror set.
+pub struct MirrorSet {
+    members: Vec<Member>,
+    pub block_size: u32,
+    pub segment_size: u64,
+    pub slot_count: u64,
+    pub set_uuid: [u8; 16],
+    sync: SyncMode,
+    fault: Option<Arc<FaultInjector>>,
+    /// The current superblock (its `member_uuid` is filled in per member on write).
+    sb: Mutex<Superblock>,
+    /// Bad copies repaired from a good mirror.
+    pub repairs: AtomicU64,
+}
+
+fn random16() -> [u8; 16] {
+    let mut b = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut b);
+    b
+}
+
+/// Lower-case hex of a UUID-like id.
+pub fn hex_id(id: &[u8; 16]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn open_all(opts: &SetOptions) -> Result<Vec<Device>> {
+    if opts.devices.is_empty() {
+        return Err(Error::Config("no devices configured".into()));
+    }
+    if opts.devices.len() > crate::format::MAX_MEMBERS {
+        return Err(Error::Config(format!(
+            "{} devices configured; at most {} are supported",
+            opts.devices.len(),
+            crate::format::MAX_MEMBERS
+        )));
+    }
+    let mut devs = Vec::new();
+    for p in &opts.devices {
+        let d = open_device(p, opts.sync).map_err(|e| Error::Device(p.clone(), e))?;
+        if opts.block_size % d.logical_block != 0 {
+            return Err(Error::Config(format!(
+                "{}: logical block size {} does not divide the block size {}",
+                p.display(),
+                d.logical_block,
+                opts.block_size
+            )));
+        }
+        devs.push(d);
+    }
+    Ok(devs)
+}
+
+impl MirrorSet {
+    /// Formats the devices as a new, empty mirror set. Destroys their contents.
+    pub fn format(opts: &SetOptions) -> Result<MirrorSet> {
+        let devs = open_all(opts)?;
+        if devs.len() == 1 {
+            tracing::warn!("mirror set has a single device: nothing is mirrored");
+        }
+        let bs = opts.block_size as u64;
+        if !opts.block_size.is_power_of_two() || opts.block_size < 512 {
+            return Err(Error::Config(format!(
+                "block size {} must be a power of two >= 512",
+                bs
+            )));
+        }
+        if opts.segment_size % bs != 0 || opts.segment_size < 4 * bs {
+            return Err(Error::Config(format!(
+                "segment size {} must be a multiple of the block size {} and at least 4 blocks",
+                opts.segment_size, bs
+            )));
+        }
+        let size = devs.iter().map(|d| d.size).min().unwrap_or(0);
+        let set_uuid = random16();
+        let members: Vec<Member> = devs
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| Member {
+                path: d.path.clone(),
+                dev: Some(d),
+                uuid: random16(),
+                slot: i as u16,
+                healthy: AtomicBool::new(true),
+                writes: AtomicU64::new(0),
+                write_ns: AtomicU64::new(0),
+            })
+            .collect();
+        let sb = Superblock {
+            block_size: opts.block_size,
+            generation: 0,
+            set_uuid,
+            member_uuid: [0; 16],
+            segment_size: opts.segment_size,
+            epoch: 1,
+            device_size: size,
+            next_journal_id: 1,
+            inflight_window: opts.inflight_window,
+            members: members
+                .iter()
+                .map(|m| MemberInfo {
+                    uuid: m.uuid,
+                    slot: m.slot,
+                    health: Health::Healthy,
+                })
+                .collect(),
+            journals: Vec::new(),
+        };
+        if sb.slot_count() < 2 {
+            return Err(Error::Config(format!(
+                "devices of {size} bytes hold fewer than 2 segments of {} bytes",
+                opts.segment_size
+            )));
+        }
+        let set = MirrorSet {
+            members,
+            block_size: opts.block_size,
+            segment_size: opts.segment_size,
+            slot_count: sb.slot_count(),
+            set_uuid,
+            sync: opts.sync,
+            fault: opts.fault.clone(),
+            sb: Mutex::new(sb),
+            repairs: AtomicU64::new(0),
+        };
+        // Zero both superblock copies and the header block of every slot, so
+        // nothing from an earlier format can be mistaken for ours.
+        let zero = AlignedBuf::new(2 * SUPERBLOCK_REGION as usize, set.block_size as usize);
+        set.write_all(0, zero.as_slice())?;
+        let zb = AlignedBuf::new(set.block_size as usize, set.block_size as usize);
+        for s in 0..set.slot_count {
+            set.write_all(
+                crate::format::slot_offset(s, set.segment_size),
+                zb.as_slice(),
+            )?;
+        }
+        // Two generations, one in each copy.
+        set.update_superblock(|_| Ok(()))?;
+        set.update_superblock(|_| Ok(()))?;
+        Ok(set)
+    }
+
+    /// Opens an existing set: checks that the devices belong together, picks
+    /// the newest valid superblock, and rewrites it on every healthy member.
+    pub fn open(opts: &SetOptions) -> Result<MirrorSet> {
+        let devs = open_all(opts)?;
+        let mut found: Vec<(Device, Superblock)> = Vec::new();
+        for d in devs {
+            let sb = read_best_superblock(&d)?;
+            found.push((d, sb));
+        }
+        let set_uuid = found[0].1.set_uuid;
+        for (d, sb) in &found {
+            if sb.set_uuid != set_uuid {
+                return Err(Error::Config(format!(
+                    "{} belongs to mirror set {}, {} to {}: the devices do not belong together",
+                    d.path.display(),
+                    hex_id(&sb.set_uuid),
+                    found[0].0.path.display(),
+                    hex_id(&set_uuid)
+                )));
+            }
+        }
+        let newest = found
+            .iter()
+            .map(|(_, sb)| sb.clone())
+            .max_by_key(|sb| sb.generation)
+            .ok_or_else(|| Error::Config("no devices".into()))?;
+        let mut members = Vec::new();
+        let mut devs: Vec<Option<Device>> = Vec::new();
+        let mut sbs = Vec::new();
+        for (d, sb) in found {
+            devs.push(Some(d));
+            sbs.push(sb);
+        }
+        let mut sb = newest;
+        for info in sb.members.iter_mut() {
+            let pos = sbs.iter().position(|s| s.member_uuid == info.uuid);
+            let dev = pos.and_then(|p| devs[p].take());
+            let mut health = info.health;
+            let path = match &dev {
+                Some(d) => d.path.clone(),
+                None => {
+                    if health == Health::Healthy {
+                        tracing::warn!(
+                            member = %hex_id(&info.uuid),
+                            "mirror member is not among the configured devices; marking it failed"
+                        );
+                    }
+                    health = Health::Failed;
+                    PathBuf::from(format!("<missing member {}>", hex_id(&info.uuid)))
+                }
+            };
+            if health == Health::Failed && dev.is_some() {
+                tracing::warn!(device = %path.display(), "mirror member is marked failed; it stays out of the set");
+            }
+            info.health = health;
+            members.push(Member {
+                path,
+                dev,
+                uuid: info.uuid,
+                slot: info.slot,
+                healthy: AtomicBool::new(health == Health::Healthy),
+                writes: AtomicU64::new(0),
+                write_ns: AtomicU64::new(0),
+            });
+        }
+        if let Some(d) = devs.into_iter().flatten().next() {
+            return Err(Error::Config(format!(
+                "{} carries this set's id but is not one of its members",
+                d.path.display()
+            )));
+        }
+        if !members.iter().any(|m| m.is_healthy()) {
+            return Err(Error::NoHealthyMirror);
+        }
+        for m in &members {
+            if let Some(d) = &m.dev {
+                if d.size < sb.device_size {
+                    return Err(Error::Config(format!(
+                        "{} is {} bytes, smaller than the set's {}",
+                        m.path.display(),
+                        d.size,
+                        sb.device_size
+                    )));
+                }
+            }
+        }
+        if members.iter().filter(|m| m.is_healthy()).count() == 1 && members.len() == 1 {
+            tracing::warn!("mirror set has a single device: nothing is mirrored");
+        }
+        sb.inflight_window = sb.inflight_window.max(opts.inflight_window);
+        let set = MirrorSet {
+            block_size: sb.block_size,
+            segment_size: sb.segment_size,
+            slot_count: sb.slot_count(),
+            set_uuid,
+            members,
+            sync: opts.sync,
+            fault: opts.fault.clone(),
+            sb: Mutex::new(sb),
+            repairs: AtomicU64::new(0),
+        };
+        set.update_superblock(|_| Ok(()))?;
+        Ok(set)
+    }
+
+    /// Whether `path` holds a valid mirrorlog superblock.
+    pub fn is_formatted(path: &Path, sync: SyncMode) -> Result<bool> {
+        let d = open_device(path, sync).map_err(|e| Error::Device(path.to_path_buf(), e))?;
+        Ok(read_best_superblock(&d).is_ok())
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// A copy of the current superblock.
+    pub fn superblock(&self) -> Superblock {
+        self.sb.lock().clone()
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.members.iter().filter(|m| m.is_healthy()).count()
+    }
+
+    fn dsync(&self) -> bool {
+        self.sync == SyncMode::RwfDsync
+    }
+
+    fn faulted(&self, m: &Member, write: bool) -> bool {
+        self.fault
+            .as_ref()
+            .is_some_and(|f| f.should_fail(&m.path, write))
+    }
+
+    /// Applies `f` to the superblock and writes the next generation durably to
+    /// every healthy member. A member that fails the write is marked failed and
+    /// the write is retried on the rest.
+    pub fn update_superblock(&self, f: impl FnOnce(&mut Superblock) -> Result<()>) -> Result<()> {
+        let mut sb = self.sb.lock();
+        let mut next = sb.clone();
+        f(&mut next)?;
+        loop {
+            next.generation = sb.generation.max(next.generation) + 1;
+            for info in next.members.iter_mut() {
+                if let Some(m) = self.members.iter().find(|m| m.uuid == info.uuid) {
+                    info.health = if m.is_healthy() {
+                        Health::Healthy
+                    } else {
+                        Health::Failed
+                    };
+                }
+            }
+            let healthy: Vec<&Member> = self.members.iter().filter(|m| m.is_healthy()).collect();
+            if healthy.is_empty() {
+                return Err(Error::NoHealthyMirror);
+            }
+            let bs = self.block_size as usize;
+            let len = crate::format::align_up(next.encoded_len() as u64, bs as u64) as usize;
+            let mut bufs = Vec::with_capacity(healthy.len());
+            for m in &healthy {
+                let mut b = AlignedBuf::new(len, bs);
+                next.member_uuid = m.uuid;
+                next.encode(b.as_mut_slice())
+                    .map_err(|e| Error::Corrupt(format!("superblock: {e}")))?;
+                bufs.push(b);
+            }
+            let off = Superblock::copy_offset(next.generation);
+            let ops: Vec<(usize, &[u8])> = healthy
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (self.member_index(m), &bufs[i].as_slice()[..len]))
+                .collect();
+            let failed = self.write_members(off, &ops)?;
+            if failed.is_empty() {
+                next.member_uuid = [0; 16];
+                *sb = next;
+                return Ok(());
+            }
+            for i in failed {
+                self.fail_member_in_memory(i);
+            }
+            // Retry with the failed members excluded (and recorded as failed).
+        }
+    }
+
+    fn member_index(&self, m: &Member) -> usize {
+        self.members
+            .iter()
+            .position(|x| std::ptr::eq(x, m))
+            .unwrap_or(usize::MAX)
+    }
+
+    fn fail_member_in_memory(&self, i: usize) {
+        if let Some(m) = self.members.get(i) {
+            if m.healthy.swap(false, Ordering::AcqRel) {
+                tracing::error!(device = %m.path.display(), "mirror member failed; continuing on the survivors");
+            }
+        }
+    }
+
+    /// Writes each `(member index, bytes)` at `off` in one submission; returns
+    /// the indexes whose write failed.
+    fn write_members(&self, off: u64, ops: &[(usize, &[u8])]) -> Result<Vec<usize>> {
+        let mut failed = Vec::new();
+        let mut io_ops: [Option<IoOp>; crate::format::MAX_MEMBERS] =
+            [None; crate::format::MAX_MEMBERS];
+        let mut which = [usize::MAX; crate::format::MAX_MEMBERS];
+        let mut n = 0;
+        for &(i, bytes) in ops {
+            let m = &self.members[i];
+            match m.fd() {
+                Some(fd) if !self.faulted(m, true) => {
+                    io_ops[n] = Some(IoOp::write(fd, off, bytes, self.dsync()));
+                    which[n] = i;
+                    n += 1;
+                }
+                _ => failed.push(i),
+            }
+        }
+        let list: Vec<IoOp> = io_ops[..n].iter().flatten().copied().collect();
+        let mut res = [0i32; crate::format::MAX_MEMBERS];
+        let t0 = std::time::Instant::now();
+        with_ring(|ring| submit_wait(ring, &list, &mut res[..n])).map_err(Error::Io)?;
+        let ns = t0.elapsed().as_nanos() as u64;
+        for k in 0..n {
+            let i = which[k];
+            let m = &self.members[i];
+            match check_full(res[k], list[k].len as usize) {
+                Ok(()) => {
+                    m.writes.fetch_add(1, Ordering::Relaxed);
+                    m.write_ns.fetch_add(ns, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::error!(device = %m.path.display(), offset = off, error = %e, "mirror write failed");
+                    failed.push(i);
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Writes `buf` at `off` to every healthy member in parallel (one
+    /// submission, one write each) and returns when all completed durably.
+    /// Members whose write failed are marked failed and that is persisted
+    /// before returning. Fails only if no member took the write.
+    pub fn write_all(&self, off: u64, buf: &[u8]) -> Result<()> {
+        let mut ops: [(usize, &[u8]); crate::format::MAX_MEMBERS] =
+            [(0, &[]); crate::format::MAX_MEMBERS];
+        let mut n = 0;
+        for (i, m) in self.members.iter().enumerate() {
+            if m.is_healthy() {
+                ops[n] = (i, buf);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Err(Error::NoHealthyMirror);
+        }
+        let failed = self.write_members(off, &ops[..n])?;
+        if failed.is_empty() {
+            return Ok(());
+        }
+        for &i in &failed {
+            self.fail_member_in_memory(i);
+        }
+        if failed.len() == n {
+            // Nothing took this write. Record what we can and fail it.
+            let _ = self.update_superblock(|_| Ok(()));
+            return Err(Error::NoHealthyMirror);
+        }
+        self.update_superblock(|_| Ok(()))
+    }
+
+    /// Writes `buf` at `off` to member `i` only (self-heal). Best effort: a
+    /// failure here is logged and the member is marked failed.
+    pub fn repair(&self, i: usize, off: u64, buf: &[u8]) -> Result<()> {
+        let failed = self.write_members(off, &[(i, buf)])?;
+        if failed.is_empty() {
+            self.repairs.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(device = %self.members[i].path.display(), offset = off, len = buf.len(), "repaired a bad copy from a good mirror");
+            Ok(())
+        } else {
+            self.fail_member_in_memory(i);
+            self.update_superblock(|_| Ok(()))
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `off` from member `i`.
+    pub fn read_member(&self, i: usize, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        let m = &self.members[i];
+        if !m.is_healthy() {
+            return Err(io::Error::other("member is failed"));
+        }
+        if self.faulted(m, false) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        let fd = m
+            .fd()
+            .ok_or_else(|| io::Error::other("member has no device"))?;
+        crate::io::pread_exact(fd, off, buf)
+    }
+
+    /// Indexes of the healthy members, in slot order.
+    pub fn healthy_indexes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.is_healthy())
+            .map(|(i, _)| i)
+    }
+
+    pub fn first_byte_of_data(&self) -> u64 {
+        DATA_START
+    }
+
+    pub fn member_path(&self, i: usize) -> &Path {
+        &self.members[i].path
+    }
+}
+
+/// Reads both superblock copies of a device and returns the valid one with
+/// the highest generation.
+fn read_best_superblock(d: &Device) -> Result<Superblock> {
+    let mut best: Option<Superblock> = None;
+    let mut buf = AlignedBuf::new(SUPERBLOCK_REGION as usize, 4096);
+    let mut errs = Vec::new();
+    for copy in 0..2u64 {
+        let r = crate::io::pread_exact(
+            d.file.as_raw_fd(),
+            copy * SUPERBLOCK_REGION,
+            buf.as_mut_slice(),
+        );
+        match r {
+            Ok(()) => match Superblock::decode(buf.as_slice()) {
+                Ok(sb) => {
+                    if best.as_ref().is_none_or(|b| sb.generation > b.generation) {
+                        best = Some(sb);
+                    }
+                }
+                Err(e) => errs.push(format!("copy {copy}: {e}")),
+            },
+            Err(e) => errs.push(format!("copy {copy}: {e}")),
+        }
+    }
+    best.ok_or_else(|| {
+        Error::Config(format!(
+            "{}: no valid mirrorlog superblock ({}); format it first",
+            d.path.display(),
+            errs.join("; ")
+        ))
+    })
+}

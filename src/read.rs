@@ -1,0 +1,317 @@
+//! Verified reads of a segment's record chain, with fallback across mirrors
+//! and self-heal.
+//!
+//! Invariant: a record is handed to a caller only after its CRC and its place
+//! in the chain (`lsn`, `prev_crc`) were checked in the bytes actually read.
+//! When a member's bytes end the chain early (checksum mismatch, stale data, a
+//! read error), the same region is read from the other healthy members; if one
+//! continues the chain further, its bytes are used and the differing blocks of
+//! the bad member are rewritten from it (counted in `MirrorSet::repairs`).
+
+use crate::error::{Error, Result};
+use crate::format::{align_up, scan_chain, slot_offset, ChainPos, ScanStop, RECORD_HEADER_LEN};
+use crate::io::AlignedBuf;
+use crate::mirror::MirrorSet;
+
+/// A verified record, as seen by a scan visitor.
+#[derive(Debug, Clone, Copy)]
+pub struct Rec<'a> {
+    pub lsn: u64,
+    pub epoch: u64,
+    pub flags: u16,
+    pub crc: u32,
+    pub payload: &'a [u8],
+    /// Offset of the byte after this record (after padding, for a batch end)
+    /// within the segment: where the chain continues.
+    pub next_off: u64,
+}
+
+/// Where a segment scan ended.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanEnd {
+    /// Where the chain continues (or would): segment offset, next lsn, prev crc.
+    pub pos: ChainPos,
+    /// True if the visitor asked to stop.
+    pub stopped: bool,
+    /// The member whose bytes were used last.
+    pub member: usize,
+}
+
+/// Parameters of one segment scan.
+pub struct SegmentScan<'s> {
+    pub set: &'s MirrorSet,
+    pub slot: u64,
+    /// Never read at or past this segment offset.
+    pub bound: u64,
+    /// Stop before this lsn (exclusive).
+    pub end_lsn: u64,
+    pub max_record: u32,
+    /// Bytes per read.
+    pub chunk: usize,
+    /// Member to try first.
+    pub prefer: usize,
+}
+
+impl SegmentScan<'_> {
+    /// Walks the chain from `start` (a record boundary, segment-relative
+    /// offset), calling `visit` for each verified record until `end_lsn`, the
+    /// bound, or the end of the chain on every member.
+    pub fn run(&self, start: ChainPos, mut visit: impl FnMut(&Rec<'_>) -> bool) -> Result<ScanEnd> {
+        let bs = self.set.block_size as usize;
+        let base = slot_offset(self.slot, self.set.segment_size);
+        let mut cur = start;
+        let mut member = self.prefer;
+        let mut delivered = start.lsn; // records below this were handed out
+        let mut buf = AlignedBuf::new(self.chunk + bs, bs);
+        let mut alt: Option<AlignedBuf> = None;
+        let mut need = 0usize; // bytes a record at `cur` is known to need
+        loop {
+            if cur.lsn >= self.end_lsn {
+                return Ok(ScanEnd {
+                    pos: cur,
+                    stopped: false,
+                    member,
+                });
+            }
+            let chunk_start = cur.off & !(bs - 1);
+            let in_chunk = cur.off - chunk_start;
+            let want = align_up((in_chunk + need.max(self.chunk)) as u64, bs as u64) as usize;
+            let want = want.min((self.bound as usize).saturating_sub(chunk_start));
+            if want <= in_chunk {
+                // Nothing left before the bound.
+                return Ok(ScanEnd {
+                    pos: cur,
+                    stopped: false,
+                    member,
+                });
+            }
+            if buf.capacity() < want {
+                buf = AlignedBuf::new(want, bs);
+            }
+            // Read from the preferred member; on failure try the others.
+            let first = self.try_members(
+                member,
+                chunk_start,
+                want,
+                &mut buf,
+                cur,
+                delivered,
+                &mut visit,
+            )?;
+            let (mut outcome, mut used) = match first {
+                Some(found) => found,
+                None => return Err(Error::Corrupt("no healthy member could be read".into())),
+            };
+            if outcome.stop == ScanStop::End && outcome.pos.lsn < self.end_lsn {
+                // Ask the other members whether the chain goes further there.
+                let alt_buf = alt.get_or_insert_with(|| AlignedBuf::new(want, bs));
+                if alt_buf.capacity() < want {
+                    *alt_buf = AlignedBuf::new(want, bs);
+                }
+                let candidates: Vec<usize> =
+                    self.set.healthy_indexes().filter(|&i| i != used).collect();
+                for i in candidates {
+                    let Ok(()) = self.set.read_member(
+                        i,
+                        base + chunk_start as u64,
+                        &mut alt_buf.as_mut_slice()[..want],
+                    ) else {
+                        continue;
+                    };
+                    let mut pos = ChainPos {
+                        off: in_chunk,
+                        ..cur
+                    };
+                    let skip = outcome.pos.lsn.max(delivered);
+                    let mut stopped = false;
+                    let stop = scan_chain(
+                        &alt_buf.as_slice()[..want],
+                        &mut pos,
+                        bs,
+                        self.max_record,
+                        |f| self.deliver(f, chunk_start, skip, &mut visit, &mut stopped),
+                    );
+                    let further = pos.lsn > outcome.pos.lsn
+                        || (stop == ScanStop::NeedMore
+                            && pos.lsn == outcome.pos.lsn
+                            && pos.off > outcome.pos.off);
+                    if further {
+                        // Heal the member we read first: rewrite every block that
+                        // differs, up to the last block this member verified.
+                        let good_end = (pos.off & !(bs - 1)).min(want);
+                        self.heal(
+                            used,
+                            base + chunk_start as u64,
+                            &buf.as_slice()[..good_end],
+                            &alt_buf.as_slice()[..good_end],
+                        );
+                        std::mem::swap(&mut buf, alt_buf);
+                        outcome = Outcome {
+                            stop: if stopped { ScanStop::Stopped } else { stop },
+                            pos,
+                        };
+                        used = i;
+                        if stopped || stop != ScanStop::End {
+                            break;
+                        }
+                    }
+                }
+            }
+            member = used;
+            let abs = ChainPos {
+                off: chunk_start + outcome.pos.off,
+                ..outcome.pos
+            };
+            delivered = delivered.max(abs.lsn);
+            match outcome.stop {
+                ScanStop::Stopped => {
+                    return Ok(ScanEnd {
+                        pos: abs,
+                        stopped: true,
+                        member,
+                    })
+                }
+                ScanStop::End => {
+                    return Ok(ScanEnd {
+                        pos: abs,
+                        stopped: false,
+                        member,
+                    })
+                }
+                ScanStop::NeedMore => {
+                    if abs.off == cur.off && abs.lsn == cur.lsn && need >= want - in_chunk {
+                        // No progress possible: the record would cross the bound.
+                        return Ok(ScanEnd {
+                            pos: abs,
+                            stopped: false,
+                            member,
+                        });
+                    }
+                    need = record_need(&buf.as_slice()[..want], outcome.pos.off);
+                    cur = abs;
+                }
+            }
+        }
+    }
+
+    /// Reads the chunk from `member` (or, on a read error, from another healthy
+    /// member) into `buf` and scans it.
+    #[allow(clippy::too_many_arguments)]
+    fn try_members(
+        &self,
+        member: usize,
+        chunk_start: usize,
+        want: usize,
+        buf: &mut AlignedBuf,
+        cur: ChainPos,
+        delivered: u64,
+        visit: &mut impl FnMut(&Rec<'_>) -> bool,
+    ) -> Result<Option<(Outcome, usize)>> {
+        let base = slot_offset(self.slot, self.set.segment_size);
+        let bs = self.set.block_size as usize;
+        let order: Vec<usize> = std::iter::once(member)
+            .chain(self.set.healthy_indexes().filter(|&i| i != member))
+            .collect();
+        for i in order {
+            if !self.set.members().get(i).is_some_and(|m| m.is_healthy()) {
+                continue;
+            }
+            if let Err(e) = self.set.read_member(
+                i,
+                base + chunk_start as u64,
+                &mut buf.as_mut_slice()[..want],
+            ) {
+                tracing::warn!(device = %self.set.member_path(i).display(), error = %e, "read failed; trying another mirror");
+                continue;
+            }
+            let mut pos = ChainPos {
+                off: cur.off - chunk_start,
+                ..cur
+            };
+            let mut stopped = false;
+            let stop = scan_chain(
+                &buf.as_slice()[..want],
+                &mut pos,
+                bs,
+                self.max_record,
+                |f| self.deliver(f, chunk_start, delivered, visit, &mut stopped),
+            );
+            let stop = if stopped { ScanStop::Stopped } else { stop };
+            return Ok(Some((Outcome { stop, pos }, i)));
+        }
+        Ok(None)
+    }
+
+    fn deliver(
+        &self,
+        f: &crate::format::Found<'_>,
+        chunk_start: usize,
+        skip_below: u64,
+        visit: &mut impl FnMut(&Rec<'_>) -> bool,
+        stopped: &mut bool,
+    ) -> bool {
+        if f.header.lsn >= self.end_lsn {
+            return false;
+        }
+        if f.header.lsn < skip_below {
+            return true;
+        }
+        let end = (chunk_start + f.off + f.header.total_len()) as u64;
+        let next_off = if f.header.flags & crate::format::FLAG_BATCH_END != 0 {
+            align_up(end, self.set.block_size as u64)
+        } else {
+            end
+        };
+        let go = visit(&Rec {
+            lsn: f.header.lsn,
+            epoch: f.header.epoch,
+            flags: f.header.flags,
+            crc: f.header.crc,
+            payload: f.payload,
+            next_off,
+        });
+        if !go {
+            *stopped = true;
+        }
+        go
+    }
+
+    fn heal(&self, bad: usize, off: u64, bad_bytes: &[u8], good: &[u8]) {
+        let bs = self.set.block_size as usize;
+        let mut i = 0;
+        while i < good.len() {
+            // Coalesce runs of differing blocks into one write.
+            if bad_bytes[i..i + bs] != good[i..i + bs] {
+                let start = i;
+                while i < good.len() && bad_bytes[i..i + bs] != good[i..i + bs] {
+                    i += bs;
+                }
+                let mut b = AlignedBuf::new(i - start, bs);
+                b.as_mut_slice()[..i - start].copy_from_slice(&good[start..i]);
+                if let Err(e) = self
+                    .set
+                    .repair(bad, off + start as u64, &b.as_slice()[..i - start])
+                {
+                    tracing::error!(error = %e, "self-heal write failed");
+                }
+            } else {
+                i += bs;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    stop: ScanStop,
+    pos: ChainPos,
+}
+
+/// Bytes needed from `off` to hold the record whose header starts there (or
+/// just its header if it cannot be parsed yet).
+fn record_need(buf: &[u8], off: usize) -> usize {
+    match buf.get(off..).and_then(crate::format::parse_record_header) {
+        Some(h) => h.total_len(),
+        None => RECORD_HEADER_LEN,
+    }
+}

@@ -1,0 +1,291 @@
+//! Crash recovery: run at open, before any append is accepted.
+//!
+//! 1. Read every slot's header block on every healthy member. A header valid
+//!    on some members is copied to the members that lack it.
+//! 2. Per journal: its segments are the headers with its id, in sequence
+//!    order, minus those wholly below its mark (already reclaimed).
+//! 3. Scan the tail segment's record chain, falling back across members (see
+//!    `read`), so the longest valid chain on any member wins. The tail is cut
+//!    back to the last complete batch (a record flagged `BATCH_END`): a
+//!    partly written batch was never acknowledged.
+//! 4. Make every healthy member hold the same bytes for the last
+//!    `inflight_window` bytes of the chain (copying from a member whose chain
+//!    verifies), then zero `inflight_window` bytes past the end on all
+//!    members, so an unacknowledged batch that landed past a hole can never be
+//!    revived by a later append that happens to chain up to it.
+//!
+//! Invariant: every acknowledged record is in the chain (it was durable on
+//! every healthy member, the chain is contiguous, and only unacknowledged
+//! batches lie past the first hole).
+
+use std::collections::VecDeque;
+
+use crate::error::{Error, Result};
+use crate::format::{
+    slot_offset, ChainPos, JournalEntry, SegmentHeader, Superblock, FLAG_BATCH_END,
+};
+use crate::io::AlignedBuf;
+use crate::journal::{IndexEntry, Recovered, Seg, Shared};
+use crate::read::SegmentScan;
+
+struct Candidate {
+    slot: u64,
+    header: SegmentHeader,
+    crc: u32,
+    raw: Vec<u8>,
+    on: Vec<usize>,
+}
+
+/// Reads every slot header on every healthy member.
+fn read_headers(shared: &Shared) -> Result<Vec<Candidate>> {
+    let set = &shared.set;
+    let bs = set.block_size as usize;
+    let mut out: Vec<Candidate> = Vec::new();
+    let mut buf = AlignedBuf::new(bs, bs);
+    for slot in 0..set.slot_count {
+        let off = slot_offset(slot, set.segment_size);
+        let members: Vec<usize> = set.healthy_indexes().collect();
+        let first = out.len();
+        for m in members {
+            if let Err(e) = set.read_member(m, off, buf.as_mut_slice()) {
+                tracing::warn!(device = %set.member_path(m).display(), slot, error = %e, "cannot read segment header");
+                continue;
+            }
+            let Ok((h, crc)) = SegmentHeader::decode(buf.as_slice()) else {
+                continue;
+            };
+            if h.set_uuid != set.set_uuid {
+                continue;
+            }
+            match out[first..]
+                .iter_mut()
+                .find(|c| c.crc == crc && c.header == h)
+            {
+                Some(c) => c.on.push(m),
+                None => out.push(Candidate {
+                    slot,
+                    header: h,
+                    crc,
+                    raw: buf.as_slice().to_vec(),
+                    on: vec![m],
+                }),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Recovers every journal in the superblock. Returns their states and marks
+/// their slots as owned in `shared.slots`.
+pub(crate) fn recover(shared: &Shared, sb: &Superblock) -> Result<Vec<(JournalEntry, Recovered)>> {
+    let cands = read_headers(shared)?;
+    let mut result = Vec::new();
+    for entry in &sb.journals {
+        let rec = recover_journal(shared, sb, entry, &cands)?;
+        {
+            let mut slots = shared.slots.lock();
+            for s in &rec.segs {
+                slots[s.slot as usize] = Some(entry.id);
+            }
+        }
+        result.push((entry.clone(), rec));
+    }
+    Ok(result)
+}
+
+fn recover_journal(
+    shared: &Shared,
+    sb: &Superblock,
+    entry: &JournalEntry,
+    cands: &[Candidate],
+) -> Result<Recovered> {
+    let set = &shared.set;
+    let bs = set.block_size as u64;
+    let mut mine: Vec<&Candidate> = cands
+        .iter()
+        .filter(|c| c.header.journal_id == entry.id)
+        .collect();
+    mine.sort_by_key(|c| (c.header.seq, std::cmp::Reverse(c.on.len())));
+    mine.dedup_by(|b, a| {
+        if a.header.seq == b.header.seq {
+            tracing::error!(journal = %entry.name, seq = a.header.seq, "two segments with one sequence number; keeping the one on most mirrors");
+            true
+        } else {
+            false
+        }
+    });
+    let mut next_seg_seq = mine.last().map(|c| c.header.seq + 1).unwrap_or(0);
+    // Drop segments wholly below the mark (reclaimed, slot not reused yet).
+    while mine.len() > 1 && mine[1].header.first_lsn <= entry.mark {
+        mine.remove(0);
+    }
+    // Keep the run of consecutive sequence numbers that ends at the newest.
+    if let Some(gap) = (1..mine.len())
+        .rev()
+        .find(|&i| mine[i].header.seq != mine[i - 1].header.seq + 1)
+    {
+        tracing::error!(journal = %entry.name, "segment sequence {} is missing on every mirror; records before lsn {} are lost",
+            mine[gap - 1].header.seq + 1, mine[gap].header.first_lsn);
+        mine.drain(..gap);
+    }
+    // Copy headers to members that lack them.
+    for c in &mine {
+        for m in set.healthy_indexes() {
+            if !c.on.contains(&m) {
+                let mut b = AlignedBuf::new(bs as usize, bs as usize);
+                b.as_mut_slice().copy_from_slice(&c.raw);
+                set.repair(m, slot_offset(c.slot, set.segment_size), b.as_slice())?;
+            }
+        }
+    }
+    let mut segs: VecDeque<Seg> = mine
+        .iter()
+        .map(|c| Seg {
+            slot: c.slot,
+            seq: c.header.seq,
+            first_lsn: c.header.first_lsn,
+            header_crc: c.crc,
+            end_off: set.segment_size,
+            index: Vec::new(),
+        })
+        .collect();
+    let Some(tail) = segs.back_mut() else {
+        return Ok(Recovered {
+            segs,
+            next_lsn: entry.mark.max(1),
+            last_crc: 0,
+            tail_off: 0,
+            next_seg_seq,
+            mark: entry.mark,
+            epoch: sb.epoch,
+        });
+    };
+    next_seg_seq = next_seg_seq.max(tail.seq + 1);
+
+    // Scan the tail segment's chain across all members.
+    let start = IndexEntry {
+        lsn: tail.first_lsn,
+        off: bs,
+        prev_crc: tail.header_crc,
+    };
+    let window = sb.inflight_window.max(bs);
+    let stride = shared.cfg.index_stride as u64;
+    let mut end = start; // the last complete batch end
+    let mut batch_starts: Vec<IndexEntry> = vec![start];
+    let scan = SegmentScan {
+        set,
+        slot: tail.slot,
+        bound: set.segment_size,
+        end_lsn: u64::MAX,
+        max_record: shared.cfg.max_record_size.max(1 << 20),
+        chunk: 1 << 20,
+        prefer: set.healthy_indexes().next().unwrap_or(0),
+    };
+    let t0 = std::time::Instant::now();
+    let scanned = scan.run(
+        ChainPos {
+            off: bs as usize,
+            lsn: start.lsn,
+            prev_crc: start.prev_crc,
+        },
+        |r| {
+            if r.flags & FLAG_BATCH_END != 0 {
+                end = IndexEntry {
+                    lsn: r.lsn + 1,
+                    off: r.next_off,
+                    prev_crc: r.crc,
+                };
+                batch_starts.push(end);
+            }
+            true
+        },
+    )?;
+    tracing::info!(journal = %entry.name, records = end.lsn - start.lsn, bytes = end.off, ms = t0.elapsed().as_millis() as u64,
+        "scanned tail segment");
+    if scanned.pos.lsn > end.lsn {
+        tracing::info!(journal = %entry.name, dropped = scanned.pos.lsn - end.lsn, "dropped a partly written, unacknowledged batch");
+    }
+    // Index of the tail segment: batch starts at least `stride` apart.
+    for e in batch_starts.iter().skip(1) {
+        if e.lsn < end.lsn {
+            let last = tail.index.last().map(|l| l.off).unwrap_or(0);
+            if e.off >= last + stride {
+                tail.index.push(*e);
+            }
+        }
+    }
+    tail.end_off = end.off;
+
+    // All members must hold the same bytes for the window before the end.
+    let from = batch_starts
+        .iter()
+        .rev()
+        .find(|e| e.off + window <= end.off)
+        .copied()
+        .unwrap_or(start);
+    sync_window(shared, tail.slot, from, end)?;
+    // Zero what lies past the end, where unacknowledged batches may have landed.
+    let zero_to = (end.off + window).min(set.segment_size);
+    if zero_to > end.off {
+        let z = AlignedBuf::new((zero_to - end.off) as usize, bs as usize);
+        set.write_all(
+            slot_offset(tail.slot, set.segment_size) + end.off,
+            &z.as_slice()[..(zero_to - end.off) as usize],
+        )?;
+    }
+    Ok(Recovered {
+        next_lsn: end.lsn.max(entry.mark).max(1),
+        last_crc: end.prev_crc,
+        tail_off: end.off,
+        next_seg_seq,
+        segs,
+        mark: entry.mark,
+        epoch: sb.epoch,
+    })
+}
+
+/// Makes every healthy member hold, in `[from.off, end.off)` of `slot`, bytes
+/// whose chain runs from `from` to `end`.
+fn sync_window(shared: &Shared, slot: u64, from: IndexEntry, end: IndexEntry) -> Result<()> {
+    let set = &shared.set;
+    if end.off <= from.off {
+        return Ok(());
+    }
+    let bs = set.block_size as usize;
+    let len = (end.off - from.off) as usize;
+    let off = slot_offset(slot, set.segment_size) + from.off;
+    let mut good: Option<AlignedBuf> = None;
+    let mut bad = Vec::new();
+    for m in set.healthy_indexes().collect::<Vec<_>>() {
+        let mut b = AlignedBuf::new(len, bs);
+        let ok = set
+            .read_member(m, off, &mut b.as_mut_slice()[..len])
+            .is_ok()
+            && {
+                let mut pos = ChainPos {
+                    off: 0,
+                    lsn: from.lsn,
+                    prev_crc: from.prev_crc,
+                };
+                crate::format::scan_chain(&b.as_slice()[..len], &mut pos, bs, u32::MAX, |_| true);
+                pos.lsn == end.lsn && pos.prev_crc == end.prev_crc && pos.off == len
+            };
+        if ok {
+            if good.is_none() {
+                good = Some(b);
+            }
+        } else {
+            bad.push(m);
+        }
+    }
+    let Some(good) = good else {
+        return Err(Error::Corrupt(
+            "recovery: no member holds the chosen tail".into(),
+        ));
+    };
+    for m in bad {
+        tracing::warn!(device = %set.member_path(m).display(), bytes = len, "copying the log tail to a mirror that lacks it");
+        set.repair(m, off, &good.as_slice()[..len])?;
+    }
+    Ok(())
+}
