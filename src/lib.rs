@@ -57,6 +57,15 @@ pub struct MirrorLog {
     journals: Mutex<BTreeMap<String, Journal>>,
 }
 
+impl std::fmt::Debug for MirrorLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MirrorLog")
+            .field("set", &hex_id(&self.shared.set.set_uuid))
+            .field("journals", &self.journal_names())
+            .finish()
+    }
+}
+
 /// One mirror's state, in `Status`.
 #[derive(Debug, Clone)]
 pub struct MirrorStatus {

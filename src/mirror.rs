@@ -302,6 +302,8 @@ impl MirrorSet {
             sb: Mutex::new(sb),
             repairs: AtomicU64::new(0),
         };
+        // Write both copies, so a copy torn before this open is replaced.
+        set.update_superblock(|_| Ok(()))?;
         set.update_superblock(|_| Ok(()))?;
         Ok(set)
     }
