@@ -34,9 +34,7 @@ pub enum Error {
     BelowMark { lsn: u64, mark: u64 },
     #[error("lsn {lsn} is not written yet (next lsn is {next})")]
     NotYetWritten { lsn: u64, next: u64 },
-    #[error(
-        "invalid mark {mark}: must be between the current mark {current} and the next lsn {next}"
-    )]
+    #[error("invalid mark {mark}: must be between the current mark {current} and the next lsn {next}")]
     InvalidMark { mark: u64, current: u64, next: u64 },
     #[error("corrupt: {0}")]
     Corrupt(String),
@@ -91,37 +89,20 @@ impl Error {
     pub fn duplicate(&self) -> Error {
         match self {
             Error::Config(s) => Error::Config(s.clone()),
-            Error::Device(p, e) => {
-                Error::Device(p.clone(), io::Error::new(e.kind(), e.to_string()))
-            }
+            Error::Device(p, e) => Error::Device(p.clone(), io::Error::new(e.kind(), e.to_string())),
             Error::Io(e) => Error::Io(io::Error::new(e.kind(), e.to_string())),
             Error::NoHealthyMirror => Error::NoHealthyMirror,
             Error::Full => Error::Full,
-            Error::RecordTooLarge { size, max } => Error::RecordTooLarge {
-                size: *size,
-                max: *max,
-            },
+            Error::RecordTooLarge { size, max } => Error::RecordTooLarge { size: *size, max: *max },
             Error::UnknownJournal(s) => Error::UnknownJournal(s.clone()),
             Error::JournalExists(s) => Error::JournalExists(s.clone()),
             Error::InvalidName(s) => Error::InvalidName(s.clone()),
             Error::TooManyJournals(n) => Error::TooManyJournals(*n),
-            Error::BelowMark { lsn, mark } => Error::BelowMark {
-                lsn: *lsn,
-                mark: *mark,
-            },
-            Error::NotYetWritten { lsn, next } => Error::NotYetWritten {
-                lsn: *lsn,
-                next: *next,
-            },
-            Error::InvalidMark {
-                mark,
-                current,
-                next,
-            } => Error::InvalidMark {
-                mark: *mark,
-                current: *current,
-                next: *next,
-            },
+            Error::BelowMark { lsn, mark } => Error::BelowMark { lsn: *lsn, mark: *mark },
+            Error::NotYetWritten { lsn, next } => Error::NotYetWritten { lsn: *lsn, next: *next },
+            Error::InvalidMark { mark, current, next } => {
+                Error::InvalidMark { mark: *mark, current: *current, next: *next }
+            }
             Error::Corrupt(s) => Error::Corrupt(s.clone()),
             Error::Closed => Error::Closed,
         }

@@ -158,14 +158,7 @@ pub fn encode_record_header(
 
 /// Encodes header and payload into `out`, which must hold
 /// `RECORD_HEADER_LEN + payload.len()` bytes. Returns the record's CRC.
-pub fn encode_record(
-    out: &mut [u8],
-    payload: &[u8],
-    lsn: u64,
-    epoch: u64,
-    prev_crc: u32,
-    flags: u16,
-) -> u32 {
+pub fn encode_record(out: &mut [u8], payload: &[u8], lsn: u64, epoch: u64, prev_crc: u32, flags: u16) -> u32 {
     let pcrc = crc32c::crc32c(payload);
     out[RECORD_HEADER_LEN..RECORD_HEADER_LEN + payload.len()].copy_from_slice(payload);
     encode_record_header(out, pcrc, payload.len() as u32, lsn, epoch, prev_crc, flags)
@@ -274,16 +267,8 @@ pub fn scan_chain<'a>(
         if !record_crc_ok(&h, &buf[off..end]) {
             return ScanStop::End;
         }
-        let found = Found {
-            header: h,
-            off,
-            payload: &buf[off + RECORD_HEADER_LEN..end],
-        };
-        pos.off = if h.flags & FLAG_BATCH_END != 0 {
-            align_up(end as u64, block as u64) as usize
-        } else {
-            end
-        };
+        let found = Found { header: h, off, payload: &buf[off + RECORD_HEADER_LEN..end] };
+        pos.off = if h.flags & FLAG_BATCH_END != 0 { align_up(end as u64, block as u64) as usize } else { end };
         pos.lsn += 1;
         pos.prev_crc = h.crc;
         if !visit(&found) {
@@ -501,11 +486,7 @@ impl Superblock {
                 1 => Health::Failed,
                 _ => return Err(DecodeError::Invalid("member health")),
             };
-            members.push(MemberInfo {
-                uuid: get_16(b, off),
-                slot: get_u16(b, off + 16),
-                health,
-            });
+            members.push(MemberInfo { uuid: get_16(b, off), slot: get_u16(b, off + 16), health });
             off += SB_MEMBER_LEN;
         }
         let mut journals = Vec::with_capacity(nj);
@@ -517,11 +498,7 @@ impl Superblock {
             let name = std::str::from_utf8(&b[off + 18..off + 18 + nlen])
                 .map_err(|_| DecodeError::Invalid("journal name utf-8"))?
                 .to_string();
-            journals.push(JournalEntry {
-                id: get_u64(b, off),
-                mark: get_u64(b, off + 8),
-                name,
-            });
+            journals.push(JournalEntry { id: get_u64(b, off), mark: get_u64(b, off + 8), name });
             off += SB_JOURNAL_LEN;
         }
         let block_size = get_u32(b, 20);
@@ -580,28 +557,12 @@ mod tests {
             next_journal_id: 9,
             inflight_window: 1 << 20,
             members: vec![
-                MemberInfo {
-                    uuid: [2; 16],
-                    slot: 0,
-                    health: Health::Healthy,
-                },
-                MemberInfo {
-                    uuid: [3; 16],
-                    slot: 1,
-                    health: Health::Failed,
-                },
+                MemberInfo { uuid: [2; 16], slot: 0, health: Health::Healthy },
+                MemberInfo { uuid: [3; 16], slot: 1, health: Health::Failed },
             ],
             journals: vec![
-                JournalEntry {
-                    id: 1,
-                    mark: 0,
-                    name: "default".into(),
-                },
-                JournalEntry {
-                    id: 8,
-                    mark: 1234,
-                    name: "x".repeat(64),
-                },
+                JournalEntry { id: 1, mark: 0, name: "default".into() },
+                JournalEntry { id: 8, mark: 1234, name: "x".repeat(64) },
             ],
         }
     }
@@ -649,11 +610,7 @@ mod tests {
             for (i, p) in batch.iter().enumerate() {
                 let start = buf.len();
                 buf.resize(start + RECORD_HEADER_LEN + p.len(), 0);
-                let flags = if i + 1 == batch.len() {
-                    FLAG_BATCH_END
-                } else {
-                    0
-                };
+                let flags = if i + 1 == batch.len() { FLAG_BATCH_END } else { 0 };
                 prev = encode_record(&mut buf[start..], p, lsn, 1, prev, flags);
                 lsn += 1;
             }
@@ -671,11 +628,7 @@ mod tests {
             vec![b"hello".to_vec(), b"world".to_vec(), vec![1u8; 100]],
         ];
         let buf = layout(&batches, 512, 77);
-        let mut pos = ChainPos {
-            off: 0,
-            lsn: 100,
-            prev_crc: 77,
-        };
+        let mut pos = ChainPos { off: 0, lsn: 100, prev_crc: 77 };
         let mut got = Vec::new();
         let stop = scan_chain(&buf, &mut pos, 512, 1 << 20, |f| {
             got.push(f.payload.to_vec());
@@ -688,24 +641,13 @@ mod tests {
         assert_eq!(pos.off, buf.len());
 
         // wrong seed: nothing is accepted
-        let mut pos = ChainPos {
-            off: 0,
-            lsn: 100,
-            prev_crc: 78,
-        };
-        assert_eq!(
-            scan_chain(&buf, &mut pos, 512, 1 << 20, |_| true),
-            ScanStop::End
-        );
+        let mut pos = ChainPos { off: 0, lsn: 100, prev_crc: 78 };
+        assert_eq!(scan_chain(&buf, &mut pos, 512, 1 << 20, |_| true), ScanStop::End);
 
         // a flipped payload bit ends the chain at that record
         let mut bad = buf.clone();
         bad[RECORD_HEADER_LEN + 1 + RECORD_HEADER_LEN + 10] ^= 4;
-        let mut pos = ChainPos {
-            off: 0,
-            lsn: 100,
-            prev_crc: 77,
-        };
+        let mut pos = ChainPos { off: 0, lsn: 100, prev_crc: 77 };
         let mut n = 0;
         assert_eq!(
             scan_chain(&bad, &mut pos, 512, 1 << 20, |_| {
@@ -718,15 +660,8 @@ mod tests {
         assert_eq!(pos.lsn, 101);
 
         // truncated buffer asks for more
-        let mut pos = ChainPos {
-            off: 0,
-            lsn: 100,
-            prev_crc: 77,
-        };
-        assert_eq!(
-            scan_chain(&buf[..100], &mut pos, 512, 1 << 20, |_| true),
-            ScanStop::NeedMore
-        );
+        let mut pos = ChainPos { off: 0, lsn: 100, prev_crc: 77 };
+        assert_eq!(scan_chain(&buf[..100], &mut pos, 512, 1 << 20, |_| true), ScanStop::NeedMore);
     }
 
     #[test]

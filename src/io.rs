@@ -83,12 +83,7 @@ impl AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         // SAFETY: allocated in new() with exactly this layout.
-        unsafe {
-            alloc::dealloc(
-                self.ptr.as_ptr(),
-                Layout::from_size_align_unchecked(self.cap, self.align),
-            )
-        }
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), Layout::from_size_align_unchecked(self.cap, self.align)) }
     }
 }
 
@@ -117,24 +112,19 @@ pub fn open_device(path: &Path, sync: SyncMode) -> io::Result<Device> {
     if sync == SyncMode::ODsync {
         flags |= libc::O_DSYNC;
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(flags)
-        .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(libc::EINVAL) {
-                io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!(
-                        "{}: the device refuses O_DIRECT (is it on tmpfs?); mirrorlog needs direct I/O",
-                        path.display()
-                    ),
-                )
-            } else {
-                io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-            }
-        })?;
+    let file = OpenOptions::new().read(true).write(true).custom_flags(flags).open(path).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EINVAL) {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{}: the device refuses O_DIRECT (is it on tmpfs?); mirrorlog needs direct I/O",
+                    path.display()
+                ),
+            )
+        } else {
+            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        }
+    })?;
     let meta = file.metadata()?;
     let is_block_device = meta.file_type().is_block_device();
     let (logical_block, size) = if is_block_device {
@@ -170,21 +160,11 @@ pub fn open_device(path: &Path, sync: SyncMode) -> io::Result<Device> {
         if r < 0 {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
-                format!(
-                    "{}: direct read failed: {}",
-                    path.display(),
-                    io::Error::from_raw_os_error(-r)
-                ),
+                format!("{}: direct read failed: {}", path.display(), io::Error::from_raw_os_error(-r)),
             ));
         }
     }
-    Ok(Device {
-        path: path.to_path_buf(),
-        file,
-        logical_block,
-        size,
-        is_block_device,
-    })
+    Ok(Device { path: path.to_path_buf(), file, logical_block, size, is_block_device })
 }
 
 const BLKSSZGET: libc::c_ulong = 0x1268;
@@ -198,15 +178,7 @@ fn file_dio_align(path: &Path) -> Option<u32> {
     // SAFETY: zeroed statx is a valid value; statx writes into it.
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     // SAFETY: valid C string and out-pointer.
-    let r = unsafe {
-        libc::statx(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            0,
-            libc::STATX_DIOALIGN,
-            &mut stx,
-        )
-    };
+    let r = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_DIOALIGN, &mut stx) };
     if r == 0 && stx.stx_mask & libc::STATX_DIOALIGN != 0 && stx.stx_dio_offset_align > 0 {
         Some(stx.stx_dio_offset_align)
     } else {
@@ -228,11 +200,7 @@ pub fn create_device_file(path: &Path, size: u64) -> io::Result<bool> {
         }
     }
     let tmp = path.with_extension("creating");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
+    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
     let chunk = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {
@@ -262,24 +230,10 @@ pub struct IoOp {
 
 impl IoOp {
     pub fn read(fd: i32, offset: u64, buf: &mut [u8]) -> IoOp {
-        IoOp {
-            fd,
-            offset,
-            ptr: buf.as_mut_ptr(),
-            len: buf.len() as u32,
-            write: false,
-            dsync: false,
-        }
+        IoOp { fd, offset, ptr: buf.as_mut_ptr(), len: buf.len() as u32, write: false, dsync: false }
     }
     pub fn write(fd: i32, offset: u64, buf: &[u8], dsync: bool) -> IoOp {
-        IoOp {
-            fd,
-            offset,
-            ptr: buf.as_ptr() as *mut u8,
-            len: buf.len() as u32,
-            write: true,
-            dsync,
-        }
+        IoOp { fd, offset, ptr: buf.as_ptr() as *mut u8, len: buf.len() as u32, write: true, dsync }
     }
 }
 
@@ -292,9 +246,7 @@ thread_local! {
 /// Runs `f` with this thread's io_uring, creating it on first use.
 pub fn with_ring<R>(f: impl FnOnce(&mut IoUring) -> io::Result<R>) -> io::Result<R> {
     RING.with(|cell| {
-        let mut slot = cell
-            .try_borrow_mut()
-            .map_err(|_| io::Error::other("io_uring ring re-entered on one thread"))?;
+        let mut slot = cell.try_borrow_mut().map_err(|_| io::Error::other("io_uring ring re-entered on one thread"))?;
         if slot.is_none() {
             *slot = Some(IoUring::new(RING_ENTRIES)?);
         }
@@ -329,9 +281,7 @@ pub fn submit_wait(ring: &mut IoUring, ops: &[IoOp], results: &mut [i32]) -> io:
                         .rw_flags(flags)
                         .build()
                 } else {
-                    opcode::Read::new(types::Fd(op.fd), op.ptr, op.len)
-                        .offset(op.offset)
-                        .build()
+                    opcode::Read::new(types::Fd(op.fd), op.ptr, op.len).offset(op.offset).build()
                 }
                 .user_data(next as u64);
                 // SAFETY: the buffer outlives the op: we reap every op before returning.
@@ -399,10 +349,7 @@ pub fn check_full(res: i32, len: usize) -> io::Result<()> {
     if res < 0 {
         Err(io::Error::from_raw_os_error(-res))
     } else if res as usize != len {
-        Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("short I/O: {res} of {len} bytes"),
-        ))
+        Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short I/O: {res} of {len} bytes")))
     } else {
         Ok(())
     }
@@ -436,9 +383,6 @@ impl FaultInjector {
     }
     /// Whether an op of this kind on `path` must fail.
     pub fn should_fail(&self, path: &Path, write: bool) -> bool {
-        self.rules
-            .lock()
-            .iter()
-            .any(|(p, w, r)| p == path && ((write && *w) || (!write && *r)))
+        self.rules.lock().iter().any(|(p, w, r)| p == path && ((write && *w) || (!write && *r)))
     }
 }

@@ -36,8 +36,8 @@ use rand::RngCore;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{
-    align_up, encode_record_header, set_batch_end, slot_offset, ChainPos, SegmentHeader,
-    RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    align_up, encode_record_header, set_batch_end, slot_offset, ChainPos, SegmentHeader, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN,
 };
 use crate::io::AlignedBuf;
 use crate::mirror::MirrorSet;
@@ -57,13 +57,8 @@ pub(crate) struct Shared {
 impl Shared {
     fn take_slots(&self, journal: u64, n: usize) -> Result<Vec<u64>> {
         let mut slots = self.slots.lock();
-        let free: Vec<u64> = slots
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| o.is_none())
-            .map(|(i, _)| i as u64)
-            .take(n)
-            .collect();
+        let free: Vec<u64> =
+            slots.iter().enumerate().filter(|(_, o)| o.is_none()).map(|(i, _)| i as u64).take(n).collect();
         if free.len() < n {
             return Err(Error::Full);
         }
@@ -104,11 +99,7 @@ pub(crate) struct Seg {
 
 impl Seg {
     fn start(&self, block: u32) -> IndexEntry {
-        IndexEntry {
-            lsn: self.first_lsn,
-            off: block as u64,
-            prev_crc: self.header_crc,
-        }
+        IndexEntry { lsn: self.first_lsn, off: block as u64, prev_crc: self.header_crc }
     }
     /// The last index entry at or below `lsn`.
     fn entry_for(&self, lsn: u64, block: u32) -> IndexEntry {
@@ -161,7 +152,7 @@ pub(crate) struct JState {
     pub epoch: u64,
     pub mark: u64,
     /// Next lsn to hand out; `last_crc` is the chain value it must carry.
-    pub next_lsn: u64,
+    pub next_assign: u64,
     last_crc: u32,
     /// Next lsn not yet durable: everything below it is acknowledged.
     pub durable_lsn: u64,
@@ -222,9 +213,7 @@ pub struct Journal {
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Journal")
-            .field("name", &self.inner.name)
-            .finish()
+        f.debug_struct("Journal").field("name", &self.inner.name).finish()
     }
 }
 
@@ -249,15 +238,13 @@ impl JournalInner {
         let cfg = &shared.cfg;
         let nbufs = cfg.max_inflight_batches + 2;
         let bufsz = cfg.batch_buf_bytes(shared.set.block_size);
-        let pool = (0..nbufs)
-            .map(|_| AlignedBuf::new(bufsz, shared.set.block_size as usize))
-            .collect();
+        let pool = (0..nbufs).map(|_| AlignedBuf::new(bufsz, shared.set.block_size as usize)).collect();
         let st = JState {
             deleted: false,
             failed: None,
             epoch: rec.epoch,
             mark: rec.mark,
-            next_lsn: rec.next_lsn,
+            next_assign: rec.next_lsn,
             last_crc: rec.last_crc,
             durable_lsn: rec.next_lsn,
             segs: rec.segs,
@@ -309,17 +296,13 @@ impl JournalInner {
         let cfg = &self.shared.cfg;
         let bs = self.block();
         let seg = self.shared.set.segment_size;
-        let mut open = st
-            .open
-            .as_ref()
-            .map(|b| (b.seg_off + b.len as u64, (b.len - b.data_start) as u64));
+        let mut open = st.open.as_ref().map(|b| (b.seg_off + b.len as u64, (b.len - b.data_start) as u64));
         let mut tail = st.segs.back().map(|_| st.tail_off);
         let mut new = 0;
         for len in lens {
             let t = (RECORD_HEADER_LEN + len) as u64;
             if let Some((end, rb)) = open {
-                if (rb + t <= cfg.max_batch_bytes as u64 || rb == 0) && align_up(end + t, bs) <= seg
-                {
+                if (rb + t <= cfg.max_batch_bytes as u64 || rb == 0) && align_up(end + t, bs) <= seg {
                     open = Some((end + t, rb + t));
                     continue;
                 }
@@ -341,10 +324,7 @@ impl JournalInner {
         let Some(mut b) = st.open.take() else { return };
         let bs = self.block() as usize;
         let rec = b.last_rec;
-        st.last_crc = set_batch_end(
-            &mut b.buf.as_mut_slice()[rec..rec + RECORD_HEADER_LEN],
-            b.last_pcrc,
-        );
+        st.last_crc = set_batch_end(&mut b.buf.as_mut_slice()[rec..rec + RECORD_HEADER_LEN], b.last_pcrc);
         b.padded = align_up(b.len as u64, bs as u64) as usize;
         let (len, padded) = (b.len, b.padded);
         b.buf.as_mut_slice()[len..padded].fill(0);
@@ -387,7 +367,7 @@ impl JournalInner {
                     journal_id: self.id,
                     seq: seg_seq,
                     epoch: st.epoch,
-                    first_lsn: st.next_lsn,
+                    first_lsn: st.next_assign,
                     prev_crc: st.last_crc,
                     nonce: rand::thread_rng().next_u64(),
                 };
@@ -398,7 +378,7 @@ impl JournalInner {
                 st.segs.push_back(Seg {
                     slot,
                     seq: seg_seq,
-                    first_lsn: st.next_lsn,
+                    first_lsn: st.next_assign,
                     header_crc: crc,
                     end_off: bs,
                     index: Vec::new(),
@@ -416,8 +396,8 @@ impl JournalInner {
                 slot,
                 seg_seq,
                 seg_off,
-                first_lsn: st.next_lsn,
-                next_lsn: st.next_lsn,
+                first_lsn: st.next_assign,
+                next_lsn: st.next_assign,
                 first_prev: st.last_crc,
                 last_rec: 0,
                 last_pcrc: 0,
@@ -426,7 +406,7 @@ impl JournalInner {
                 padded: 0,
             });
         }
-        let lsn = st.next_lsn;
+        let lsn = st.next_assign;
         let (epoch, prev) = (st.epoch, st.last_crc);
         let b = st.open.as_mut().ok_or(Error::Closed)?;
         let off = b.len;
@@ -440,16 +420,14 @@ impl JournalInner {
         b.next_lsn = lsn + 1;
         let seq = b.seq;
         st.last_crc = crc;
-        st.next_lsn = lsn + 1;
+        st.next_assign = lsn + 1;
         Ok(Some(seq))
     }
 
     /// Whether the open batch may be written now (group-commit wait elapsed).
     fn open_ready(&self, st: &JState) -> bool {
         let wait = self.shared.cfg.group_commit_wait;
-        st.open.as_ref().is_some_and(|b| {
-            b.next_lsn > b.first_lsn && (wait.is_zero() || b.opened.elapsed() >= wait)
-        })
+        st.open.as_ref().is_some_and(|b| b.next_lsn > b.first_lsn && (wait.is_zero() || b.opened.elapsed() >= wait))
     }
 
     /// The seq of a batch that a writer could take now.
@@ -477,18 +455,13 @@ impl JournalInner {
         }
         let b = st.sealed.pop_front()?;
         st.writing += 1;
-        st.pending.push_back(Pending {
-            seq: b.seq,
-            done: None,
-        });
+        st.pending.push_back(Pending { seq: b.seq, done: None });
         Some(b)
     }
 
     fn write_batch(&self, b: &Batch) -> Result<()> {
         let off = slot_offset(b.slot, self.shared.set.segment_size) + b.seg_off;
-        self.shared
-            .set
-            .write_all(off, &b.buf.as_slice()[..b.padded])
+        self.shared.set.write_all(off, &b.buf.as_slice()[..b.padded])
     }
 
     /// Records a written batch and retires every completed batch in order.
@@ -501,11 +474,7 @@ impl JournalInner {
         let stride = self.shared.cfg.index_stride as u64;
         let bs = self.block();
         while st.pending.front().is_some_and(|p| p.done.is_some()) {
-            let Some(Pending {
-                seq,
-                done: Some((b, res)),
-            }) = st.pending.pop_front()
-            else {
+            let Some(Pending { seq, done: Some((b, res)) }) = st.pending.pop_front() else {
                 break;
             };
             match res {
@@ -584,11 +553,7 @@ impl JournalInner {
 
     fn sleep(&self, st: &mut MutexGuard<'_, JState>, seq: u64) {
         let wait = self.shared.cfg.group_commit_wait;
-        let open_age = st
-            .open
-            .as_ref()
-            .filter(|b| b.next_lsn > b.first_lsn)
-            .map(|b| b.opened.elapsed());
+        let open_age = st.open.as_ref().filter(|b| b.next_lsn > b.first_lsn).map(|b| b.opened.elapsed());
         match open_age {
             Some(age) if !wait.is_zero() && age < wait => {
                 self.cv(seq).wait_for(st, wait - age);
@@ -599,10 +564,7 @@ impl JournalInner {
         }
     }
 
-    pub(crate) fn append_many<'a>(
-        &self,
-        payloads: impl Iterator<Item = &'a [u8]> + Clone,
-    ) -> Result<Lsn> {
+    pub(crate) fn append_many<'a>(&self, payloads: impl Iterator<Item = &'a [u8]> + Clone) -> Result<Lsn> {
         let max = self.shared.cfg.max_record_size as usize;
         let mut n = 0usize;
         for p in payloads.clone() {
@@ -612,9 +574,7 @@ impl JournalInner {
             n += 1;
         }
         if n == 0 {
-            return Err(Error::Config(
-                "append_batch needs at least one record".into(),
-            ));
+            return Err(Error::Config("append_batch needs at least one record".into()));
         }
         let mut st = self.st.lock();
         while st.exclusive {
@@ -626,7 +586,7 @@ impl JournalInner {
         if need > 0 {
             st.reserved = self.shared.take_slots(self.id, need)?;
         }
-        let first = st.next_lsn;
+        let first = st.next_assign;
         let mut last_seq = 0;
         let mut it = payloads.peekable();
         while let Some(p) = it.peek() {
@@ -687,12 +647,7 @@ impl JournalInner {
 
     /// Scans records from `from`, handing each verified record to `visit`
     /// until it returns false or the durable end is reached.
-    pub(crate) fn scan(
-        &self,
-        from: Lsn,
-        mut visit: impl FnMut(&Rec<'_>) -> bool,
-        chunk: usize,
-    ) -> Result<()> {
+    pub(crate) fn scan(&self, from: Lsn, mut visit: impl FnMut(&Rec<'_>) -> bool, chunk: usize) -> Result<()> {
         let bs = self.shared.set.block_size;
         let mut lsn = from;
         let mut prefer = self.shared.set.healthy_indexes().next().unwrap_or(0);
@@ -713,19 +668,8 @@ impl JournalInner {
                     return Err(Error::BelowMark { lsn, mark: st.mark });
                 }
                 let seg = &st.segs[i - 1];
-                let end_lsn = st
-                    .segs
-                    .get(i)
-                    .map(|n| n.first_lsn)
-                    .unwrap_or(st.durable_lsn)
-                    .min(st.durable_lsn);
-                (
-                    seg.slot,
-                    seg.entry_for(lsn, bs),
-                    seg.end_off,
-                    end_lsn,
-                    st.durable_lsn,
-                )
+                let end_lsn = st.segs.get(i).map(|n| n.first_lsn).unwrap_or(st.durable_lsn).min(st.durable_lsn);
+                (seg.slot, seg.entry_for(lsn, bs), seg.end_off, end_lsn, st.durable_lsn)
             };
             let scan = SegmentScan {
                 set: &self.shared.set,
@@ -740,21 +684,10 @@ impl JournalInner {
             let stride = self.shared.cfg.index_stride as u64;
             let mut last_idx = start.off;
             let mut prev_crc_in = start.prev_crc;
-            let end = scan.run(
-                ChainPos {
-                    off: start.off as usize,
-                    lsn: start.lsn,
-                    prev_crc: start.prev_crc,
-                },
-                |r| {
-                    if r.flags & crate::format::FLAG_BATCH_END != 0
-                        && r.next_off >= last_idx + stride
-                    {
-                        indexed.push(IndexEntry {
-                            lsn: r.lsn + 1,
-                            off: r.next_off,
-                            prev_crc: r.crc,
-                        });
+            let end =
+                scan.run(ChainPos { off: start.off as usize, lsn: start.lsn, prev_crc: start.prev_crc }, |r| {
+                    if r.flags & crate::format::FLAG_BATCH_END != 0 && r.next_off >= last_idx + stride {
+                        indexed.push(IndexEntry { lsn: r.lsn + 1, off: r.next_off, prev_crc: r.crc });
                         last_idx = r.next_off;
                     }
                     prev_crc_in = r.crc;
@@ -762,16 +695,11 @@ impl JournalInner {
                         return true;
                     }
                     visit(r)
-                },
-            )?;
+                })?;
             prefer = end.member;
             if !indexed.is_empty() {
                 let mut st = self.st.lock();
-                if let Some(seg) = st
-                    .segs
-                    .iter_mut()
-                    .find(|s| s.slot == slot && s.first_lsn <= start.lsn)
-                {
+                if let Some(seg) = st.segs.iter_mut().find(|s| s.slot == slot && s.first_lsn <= start.lsn) {
                     for e in indexed {
                         seg.add_index(e, stride);
                     }
@@ -830,10 +758,7 @@ impl Journal {
             Some(v) => Ok(v),
             None => {
                 let st = self.inner.st.lock();
-                Err(Error::NotYetWritten {
-                    lsn,
-                    next: st.durable_lsn,
-                })
+                Err(Error::NotYetWritten { lsn, next: st.durable_lsn })
             }
         }
     }
@@ -841,12 +766,7 @@ impl Journal {
     /// Iterates over verified records from `from` up to the durable end (as it
     /// moves while iterating).
     pub fn iter(&self, from: Lsn) -> JournalIter {
-        JournalIter {
-            journal: self.clone(),
-            next: from,
-            buf: VecDeque::new(),
-            done: false,
-        }
+        JournalIter { journal: self.clone(), next: from, buf: VecDeque::new(), done: false }
     }
 
     /// Records below `lsn` may be reclaimed. Persisted before it returns;
@@ -860,11 +780,7 @@ impl Journal {
                 return Err(Error::UnknownJournal(inner.name.clone()));
             }
             if lsn < st.mark || lsn > st.durable_lsn {
-                return Err(Error::InvalidMark {
-                    mark: lsn,
-                    current: st.mark,
-                    next: st.durable_lsn,
-                });
+                return Err(Error::InvalidMark { mark: lsn, current: st.mark, next: st.durable_lsn });
             }
             if lsn == st.mark {
                 return Ok(());
@@ -894,7 +810,8 @@ impl Journal {
         self.inner.st.lock().mark
     }
 
-    /// The lsn the next append will get.
+    /// One past the last durable record: the lsn the next append gets when
+    /// no append is in flight.
     pub fn next_lsn(&self) -> Lsn {
         self.inner.st.lock().durable_lsn
     }
@@ -902,13 +819,7 @@ impl Journal {
     /// The journal's state.
     pub fn info(&self) -> JournalInfo {
         let st = self.inner.st.lock();
-        let first = st
-            .segs
-            .front()
-            .map(|s| s.first_lsn)
-            .unwrap_or(st.durable_lsn)
-            .max(st.mark)
-            .max(1);
+        let first = st.segs.front().map(|s| s.first_lsn).unwrap_or(st.durable_lsn).max(st.mark).max(1);
         JournalInfo {
             name: self.inner.name.clone(),
             id: self.inner.id,

@@ -108,9 +108,7 @@ fn set_options(cfg: &Config) -> SetOptions {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_JOURNAL_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 impl MirrorLog {
@@ -147,28 +145,14 @@ impl MirrorLog {
     fn start(set: MirrorSet, cfg: &Config) -> Result<MirrorLog> {
         cfg.validate(set.block_size, set.segment_size)?;
         let sb = set.superblock();
-        let shared = Arc::new(Shared {
-            slots: Mutex::new(vec![None; set.slot_count as usize]),
-            set,
-            cfg: cfg.clone(),
-        });
+        let shared = Arc::new(Shared { slots: Mutex::new(vec![None; set.slot_count as usize]), set, cfg: cfg.clone() });
         let recovered = recovery::recover(&shared, &sb)?;
         let mut journals = BTreeMap::new();
         for (entry, rec) in recovered {
-            let j = Journal {
-                inner: Arc::new(JournalInner::new(
-                    shared.clone(),
-                    entry.id,
-                    entry.name.clone(),
-                    rec,
-                )),
-            };
+            let j = Journal { inner: Arc::new(JournalInner::new(shared.clone(), entry.id, entry.name.clone(), rec)) };
             journals.insert(entry.name, j);
         }
-        Ok(MirrorLog {
-            shared,
-            journals: Mutex::new(journals),
-        })
+        Ok(MirrorLog { shared, journals: Mutex::new(journals) })
     }
 
     /// Creates a journal. Names are 1 to 64 bytes of `[A-Za-z0-9._-]`.
@@ -187,11 +171,7 @@ impl MirrorLog {
         self.shared.set.update_superblock(|sb| {
             id = sb.next_journal_id;
             sb.next_journal_id += 1;
-            sb.journals.push(JournalEntry {
-                id,
-                mark: 0,
-                name: name.to_string(),
-            });
+            sb.journals.push(JournalEntry { id, mark: 0, name: name.to_string() });
             Ok(())
         })?;
         let rec = Recovered {
@@ -203,25 +183,14 @@ impl MirrorLog {
             mark: 0,
             epoch: self.shared.set.superblock().epoch,
         };
-        let j = Journal {
-            inner: Arc::new(JournalInner::new(
-                self.shared.clone(),
-                id,
-                name.to_string(),
-                rec,
-            )),
-        };
+        let j = Journal { inner: Arc::new(JournalInner::new(self.shared.clone(), id, name.to_string(), rec)) };
         journals.insert(name.to_string(), j.clone());
         Ok(j)
     }
 
     /// The journal of this name.
     pub fn journal(&self, name: &str) -> Result<Journal> {
-        self.journals
-            .lock()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::UnknownJournal(name.to_string()))
+        self.journals.lock().get(name).cloned().ok_or_else(|| Error::UnknownJournal(name.to_string()))
     }
 
     /// The journal of this name, created if it does not exist.
@@ -242,10 +211,7 @@ impl MirrorLog {
     /// fail with `unknown-journal`.
     pub fn delete_journal(&self, name: &str) -> Result<()> {
         let mut journals = self.journals.lock();
-        let j = journals
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::UnknownJournal(name.to_string()))?;
+        let j = journals.get(name).cloned().ok_or_else(|| Error::UnknownJournal(name.to_string()))?;
         let id = j.inner.id;
         self.shared.set.update_superblock(|sb| {
             sb.journals.retain(|e| e.id != id);
@@ -268,13 +234,7 @@ impl MirrorLog {
     pub fn status(&self) -> Status {
         let set = &self.shared.set;
         let sb = set.superblock();
-        let free = self
-            .shared
-            .slots
-            .lock()
-            .iter()
-            .filter(|s| s.is_none())
-            .count() as u64;
+        let free = self.shared.slots.lock().iter().filter(|s| s.is_none()).count() as u64;
         let mirrors = set
             .members()
             .iter()
@@ -287,11 +247,7 @@ impl MirrorLog {
                     slot: m.slot,
                     healthy: m.is_healthy(),
                     writes: w,
-                    mean_write_us: if w == 0 {
-                        0.0
-                    } else {
-                        ns as f64 / w as f64 / 1000.0
-                    },
+                    mean_write_us: if w == 0 { 0.0 } else { ns as f64 / w as f64 / 1000.0 },
                 }
             })
             .collect();

@@ -21,10 +21,7 @@ use rand::RngCore;
 
 use crate::error::{Error, Result};
 use crate::format::{Health, MemberInfo, Superblock, DATA_START, SUPERBLOCK_REGION};
-use crate::io::{
-    check_full, open_device, submit_wait, with_ring, AlignedBuf, Device, FaultInjector, IoOp,
-    SyncMode,
-};
+use crate::io::{check_full, open_device, submit_wait, with_ring, AlignedBuf, Device, FaultInjector, IoOp, SyncMode};
 
 /// One member of the set.
 #[derive(Debug)]
@@ -121,10 +118,7 @@ impl MirrorSet {
         }
         let bs = opts.block_size as u64;
         if !opts.block_size.is_power_of_two() || opts.block_size < 512 {
-            return Err(Error::Config(format!(
-                "block size {} must be a power of two >= 512",
-                bs
-            )));
+            return Err(Error::Config(format!("block size {} must be a power of two >= 512", bs)));
         }
         if opts.segment_size % bs != 0 || opts.segment_size < 4 * bs {
             return Err(Error::Config(format!(
@@ -159,11 +153,7 @@ impl MirrorSet {
             inflight_window: opts.inflight_window,
             members: members
                 .iter()
-                .map(|m| MemberInfo {
-                    uuid: m.uuid,
-                    slot: m.slot,
-                    health: Health::Healthy,
-                })
+                .map(|m| MemberInfo { uuid: m.uuid, slot: m.slot, health: Health::Healthy })
                 .collect(),
             journals: Vec::new(),
         };
@@ -190,10 +180,7 @@ impl MirrorSet {
         set.write_all(0, zero.as_slice())?;
         let zb = AlignedBuf::new(set.block_size as usize, set.block_size as usize);
         for s in 0..set.slot_count {
-            set.write_all(
-                crate::format::slot_offset(s, set.segment_size),
-                zb.as_slice(),
-            )?;
+            set.write_all(crate::format::slot_offset(s, set.segment_size), zb.as_slice())?;
         }
         // Two generations, one in each copy.
         set.update_superblock(|_| Ok(()))?;
@@ -332,9 +319,7 @@ impl MirrorSet {
     }
 
     fn faulted(&self, m: &Member, write: bool) -> bool {
-        self.fault
-            .as_ref()
-            .is_some_and(|f| f.should_fail(&m.path, write))
+        self.fault.as_ref().is_some_and(|f| f.should_fail(&m.path, write))
     }
 
     /// Applies `f` to the superblock and writes the next generation durably to
@@ -348,11 +333,7 @@ impl MirrorSet {
             next.generation = sb.generation.max(next.generation) + 1;
             for info in next.members.iter_mut() {
                 if let Some(m) = self.members.iter().find(|m| m.uuid == info.uuid) {
-                    info.health = if m.is_healthy() {
-                        Health::Healthy
-                    } else {
-                        Health::Failed
-                    };
+                    info.health = if m.is_healthy() { Health::Healthy } else { Health::Failed };
                 }
             }
             let healthy: Vec<&Member> = self.members.iter().filter(|m| m.is_healthy()).collect();
@@ -365,16 +346,12 @@ impl MirrorSet {
             for m in &healthy {
                 let mut b = AlignedBuf::new(len, bs);
                 next.member_uuid = m.uuid;
-                next.encode(b.as_mut_slice())
-                    .map_err(|e| Error::Corrupt(format!("superblock: {e}")))?;
+                next.encode(b.as_mut_slice()).map_err(|e| Error::Corrupt(format!("superblock: {e}")))?;
                 bufs.push(b);
             }
             let off = Superblock::copy_offset(next.generation);
-            let ops: Vec<(usize, &[u8])> = healthy
-                .iter()
-                .enumerate()
-                .map(|(i, m)| (self.member_index(m), &bufs[i].as_slice()[..len]))
-                .collect();
+            let ops: Vec<(usize, &[u8])> =
+                healthy.iter().enumerate().map(|(i, m)| (self.member_index(m), &bufs[i].as_slice()[..len])).collect();
             let failed = self.write_members(off, &ops)?;
             if failed.is_empty() {
                 next.member_uuid = [0; 16];
@@ -389,10 +366,7 @@ impl MirrorSet {
     }
 
     fn member_index(&self, m: &Member) -> usize {
-        self.members
-            .iter()
-            .position(|x| std::ptr::eq(x, m))
-            .unwrap_or(usize::MAX)
+        self.members.iter().position(|x| std::ptr::eq(x, m)).unwrap_or(usize::MAX)
     }
 
     fn fail_member_in_memory(&self, i: usize) {
@@ -407,8 +381,7 @@ impl MirrorSet {
     /// the indexes whose write failed.
     fn write_members(&self, off: u64, ops: &[(usize, &[u8])]) -> Result<Vec<usize>> {
         let mut failed = Vec::new();
-        let mut io_ops: [Option<IoOp>; crate::format::MAX_MEMBERS] =
-            [None; crate::format::MAX_MEMBERS];
+        let mut io_ops: [Option<IoOp>; crate::format::MAX_MEMBERS] = [None; crate::format::MAX_MEMBERS];
         let mut which = [usize::MAX; crate::format::MAX_MEMBERS];
         let mut n = 0;
         for &(i, bytes) in ops {
@@ -449,8 +422,7 @@ impl MirrorSet {
     /// Members whose write failed are marked failed and that is persisted
     /// before returning. Fails only if no member took the write.
     pub fn write_all(&self, off: u64, buf: &[u8]) -> Result<()> {
-        let mut ops: [(usize, &[u8]); crate::format::MAX_MEMBERS] =
-            [(0, &[]); crate::format::MAX_MEMBERS];
+        let mut ops: [(usize, &[u8]); crate::format::MAX_MEMBERS] = [(0, &[]); crate::format::MAX_MEMBERS];
         let mut n = 0;
         for (i, m) in self.members.iter().enumerate() {
             if m.is_healthy() {
@@ -499,19 +471,13 @@ impl MirrorSet {
         if self.faulted(m, false) {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        let fd = m
-            .fd()
-            .ok_or_else(|| io::Error::other("member has no device"))?;
+        let fd = m.fd().ok_or_else(|| io::Error::other("member has no device"))?;
         crate::io::pread_exact(fd, off, buf)
     }
 
     /// Indexes of the healthy members, in slot order.
     pub fn healthy_indexes(&self) -> impl Iterator<Item = usize> + '_ {
-        self.members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.is_healthy())
-            .map(|(i, _)| i)
+        self.members.iter().enumerate().filter(|(_, m)| m.is_healthy()).map(|(i, _)| i)
     }
 
     pub fn first_byte_of_data(&self) -> u64 {
@@ -530,11 +496,7 @@ fn read_best_superblock(d: &Device) -> Result<Superblock> {
     let mut buf = AlignedBuf::new(SUPERBLOCK_REGION as usize, 4096);
     let mut errs = Vec::new();
     for copy in 0..2u64 {
-        let r = crate::io::pread_exact(
-            d.file.as_raw_fd(),
-            copy * SUPERBLOCK_REGION,
-            buf.as_mut_slice(),
-        );
+        let r = crate::io::pread_exact(d.file.as_raw_fd(), copy * SUPERBLOCK_REGION, buf.as_mut_slice());
         match r {
             Ok(()) => match Superblock::decode(buf.as_slice()) {
                 Ok(sb) => {

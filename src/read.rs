@@ -67,11 +67,7 @@ impl SegmentScan<'_> {
         let mut need = 0usize; // bytes a record at `cur` is known to need
         loop {
             if cur.lsn >= self.end_lsn {
-                return Ok(ScanEnd {
-                    pos: cur,
-                    stopped: false,
-                    member,
-                });
+                return Ok(ScanEnd { pos: cur, stopped: false, member });
             }
             let chunk_start = cur.off & !(bs - 1);
             let in_chunk = cur.off - chunk_start;
@@ -79,25 +75,13 @@ impl SegmentScan<'_> {
             let want = want.min((self.bound as usize).saturating_sub(chunk_start));
             if want <= in_chunk {
                 // Nothing left before the bound.
-                return Ok(ScanEnd {
-                    pos: cur,
-                    stopped: false,
-                    member,
-                });
+                return Ok(ScanEnd { pos: cur, stopped: false, member });
             }
             if buf.capacity() < want {
                 buf = AlignedBuf::new(want, bs);
             }
             // Read from the preferred member; on failure try the others.
-            let first = self.try_members(
-                member,
-                chunk_start,
-                want,
-                &mut buf,
-                cur,
-                delivered,
-                &mut visit,
-            )?;
+            let first = self.try_members(member, chunk_start, want, &mut buf, cur, delivered, &mut visit)?;
             let (mut outcome, mut used) = match first {
                 Some(found) => found,
                 None => return Err(Error::Corrupt("no healthy member could be read".into())),
@@ -108,33 +92,21 @@ impl SegmentScan<'_> {
                 if alt_buf.capacity() < want {
                     *alt_buf = AlignedBuf::new(want, bs);
                 }
-                let candidates: Vec<usize> =
-                    self.set.healthy_indexes().filter(|&i| i != used).collect();
+                let candidates: Vec<usize> = self.set.healthy_indexes().filter(|&i| i != used).collect();
                 for i in candidates {
-                    let Ok(()) = self.set.read_member(
-                        i,
-                        base + chunk_start as u64,
-                        &mut alt_buf.as_mut_slice()[..want],
-                    ) else {
+                    let Ok(()) =
+                        self.set.read_member(i, base + chunk_start as u64, &mut alt_buf.as_mut_slice()[..want])
+                    else {
                         continue;
                     };
-                    let mut pos = ChainPos {
-                        off: in_chunk,
-                        ..cur
-                    };
+                    let mut pos = ChainPos { off: in_chunk, ..cur };
                     let skip = outcome.pos.lsn.max(delivered);
                     let mut stopped = false;
-                    let stop = scan_chain(
-                        &alt_buf.as_slice()[..want],
-                        &mut pos,
-                        bs,
-                        self.max_record,
-                        |f| self.deliver(f, chunk_start, skip, &mut visit, &mut stopped),
-                    );
+                    let stop = scan_chain(&alt_buf.as_slice()[..want], &mut pos, bs, self.max_record, |f| {
+                        self.deliver(f, chunk_start, skip, &mut visit, &mut stopped)
+                    });
                     let further = pos.lsn > outcome.pos.lsn
-                        || (stop == ScanStop::NeedMore
-                            && pos.lsn == outcome.pos.lsn
-                            && pos.off > outcome.pos.off);
+                        || (stop == ScanStop::NeedMore && pos.lsn == outcome.pos.lsn && pos.off > outcome.pos.off);
                     if further {
                         // Heal the member we read first: rewrite every block that
                         // differs, up to the last block this member verified.
@@ -146,10 +118,7 @@ impl SegmentScan<'_> {
                             &alt_buf.as_slice()[..good_end],
                         );
                         std::mem::swap(&mut buf, alt_buf);
-                        outcome = Outcome {
-                            stop: if stopped { ScanStop::Stopped } else { stop },
-                            pos,
-                        };
+                        outcome = Outcome { stop: if stopped { ScanStop::Stopped } else { stop }, pos };
                         used = i;
                         if stopped || stop != ScanStop::End {
                             break;
@@ -158,34 +127,15 @@ impl SegmentScan<'_> {
                 }
             }
             member = used;
-            let abs = ChainPos {
-                off: chunk_start + outcome.pos.off,
-                ..outcome.pos
-            };
+            let abs = ChainPos { off: chunk_start + outcome.pos.off, ..outcome.pos };
             delivered = delivered.max(abs.lsn);
             match outcome.stop {
-                ScanStop::Stopped => {
-                    return Ok(ScanEnd {
-                        pos: abs,
-                        stopped: true,
-                        member,
-                    })
-                }
-                ScanStop::End => {
-                    return Ok(ScanEnd {
-                        pos: abs,
-                        stopped: false,
-                        member,
-                    })
-                }
+                ScanStop::Stopped => return Ok(ScanEnd { pos: abs, stopped: true, member }),
+                ScanStop::End => return Ok(ScanEnd { pos: abs, stopped: false, member }),
                 ScanStop::NeedMore => {
                     if abs.off == cur.off && abs.lsn == cur.lsn && need >= want - in_chunk {
                         // No progress possible: the record would cross the bound.
-                        return Ok(ScanEnd {
-                            pos: abs,
-                            stopped: false,
-                            member,
-                        });
+                        return Ok(ScanEnd { pos: abs, stopped: false, member });
                     }
                     need = record_need(&buf.as_slice()[..want], outcome.pos.off);
                     cur = abs;
@@ -209,33 +159,21 @@ impl SegmentScan<'_> {
     ) -> Result<Option<(Outcome, usize)>> {
         let base = slot_offset(self.slot, self.set.segment_size);
         let bs = self.set.block_size as usize;
-        let order: Vec<usize> = std::iter::once(member)
-            .chain(self.set.healthy_indexes().filter(|&i| i != member))
-            .collect();
+        let order: Vec<usize> =
+            std::iter::once(member).chain(self.set.healthy_indexes().filter(|&i| i != member)).collect();
         for i in order {
             if !self.set.members().get(i).is_some_and(|m| m.is_healthy()) {
                 continue;
             }
-            if let Err(e) = self.set.read_member(
-                i,
-                base + chunk_start as u64,
-                &mut buf.as_mut_slice()[..want],
-            ) {
+            if let Err(e) = self.set.read_member(i, base + chunk_start as u64, &mut buf.as_mut_slice()[..want]) {
                 tracing::warn!(device = %self.set.member_path(i).display(), error = %e, "read failed; trying another mirror");
                 continue;
             }
-            let mut pos = ChainPos {
-                off: cur.off - chunk_start,
-                ..cur
-            };
+            let mut pos = ChainPos { off: cur.off - chunk_start, ..cur };
             let mut stopped = false;
-            let stop = scan_chain(
-                &buf.as_slice()[..want],
-                &mut pos,
-                bs,
-                self.max_record,
-                |f| self.deliver(f, chunk_start, delivered, visit, &mut stopped),
-            );
+            let stop = scan_chain(&buf.as_slice()[..want], &mut pos, bs, self.max_record, |f| {
+                self.deliver(f, chunk_start, delivered, visit, &mut stopped)
+            });
             let stop = if stopped { ScanStop::Stopped } else { stop };
             return Ok(Some((Outcome { stop, pos }, i)));
         }
@@ -288,10 +226,7 @@ impl SegmentScan<'_> {
                 }
                 let mut b = AlignedBuf::new(i - start, bs);
                 b.as_mut_slice()[..i - start].copy_from_slice(&good[start..i]);
-                if let Err(e) = self
-                    .set
-                    .repair(bad, off + start as u64, &b.as_slice()[..i - start])
-                {
+                if let Err(e) = self.set.repair(bad, off + start as u64, &b.as_slice()[..i - start]) {
                     tracing::error!(error = %e, "self-heal write failed");
                 }
             } else {

@@ -21,9 +21,7 @@
 use std::collections::VecDeque;
 
 use crate::error::{Error, Result};
-use crate::format::{
-    slot_offset, ChainPos, JournalEntry, SegmentHeader, Superblock, FLAG_BATCH_END,
-};
+use crate::format::{slot_offset, ChainPos, JournalEntry, SegmentHeader, Superblock, FLAG_BATCH_END};
 use crate::io::AlignedBuf;
 use crate::journal::{IndexEntry, Recovered, Seg, Shared};
 use crate::read::SegmentScan;
@@ -57,18 +55,9 @@ fn read_headers(shared: &Shared) -> Result<Vec<Candidate>> {
             if h.set_uuid != set.set_uuid {
                 continue;
             }
-            match out[first..]
-                .iter_mut()
-                .find(|c| c.crc == crc && c.header == h)
-            {
+            match out[first..].iter_mut().find(|c| c.crc == crc && c.header == h) {
                 Some(c) => c.on.push(m),
-                None => out.push(Candidate {
-                    slot,
-                    header: h,
-                    crc,
-                    raw: buf.as_slice().to_vec(),
-                    on: vec![m],
-                }),
+                None => out.push(Candidate { slot, header: h, crc, raw: buf.as_slice().to_vec(), on: vec![m] }),
             }
         }
     }
@@ -93,18 +82,10 @@ pub(crate) fn recover(shared: &Shared, sb: &Superblock) -> Result<Vec<(JournalEn
     Ok(result)
 }
 
-fn recover_journal(
-    shared: &Shared,
-    sb: &Superblock,
-    entry: &JournalEntry,
-    cands: &[Candidate],
-) -> Result<Recovered> {
+fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands: &[Candidate]) -> Result<Recovered> {
     let set = &shared.set;
     let bs = set.block_size as u64;
-    let mut mine: Vec<&Candidate> = cands
-        .iter()
-        .filter(|c| c.header.journal_id == entry.id)
-        .collect();
+    let mut mine: Vec<&Candidate> = cands.iter().filter(|c| c.header.journal_id == entry.id).collect();
     mine.sort_by_key(|c| (c.header.seq, std::cmp::Reverse(c.on.len())));
     mine.dedup_by(|b, a| {
         if a.header.seq == b.header.seq {
@@ -120,10 +101,7 @@ fn recover_journal(
         mine.remove(0);
     }
     // Keep the run of consecutive sequence numbers that ends at the newest.
-    if let Some(gap) = (1..mine.len())
-        .rev()
-        .find(|&i| mine[i].header.seq != mine[i - 1].header.seq + 1)
-    {
+    if let Some(gap) = (1..mine.len()).rev().find(|&i| mine[i].header.seq != mine[i - 1].header.seq + 1) {
         tracing::error!(journal = %entry.name, "segment sequence {} is missing on every mirror; records before lsn {} are lost",
             mine[gap - 1].header.seq + 1, mine[gap].header.first_lsn);
         mine.drain(..gap);
@@ -163,11 +141,7 @@ fn recover_journal(
     next_seg_seq = next_seg_seq.max(tail.seq + 1);
 
     // Scan the tail segment's chain across all members.
-    let start = IndexEntry {
-        lsn: tail.first_lsn,
-        off: bs,
-        prev_crc: tail.header_crc,
-    };
+    let start = IndexEntry { lsn: tail.first_lsn, off: bs, prev_crc: tail.header_crc };
     let window = sb.inflight_window.max(bs);
     let stride = shared.cfg.index_stride as u64;
     let mut end = start; // the last complete batch end
@@ -182,24 +156,13 @@ fn recover_journal(
         prefer: set.healthy_indexes().next().unwrap_or(0),
     };
     let t0 = std::time::Instant::now();
-    let scanned = scan.run(
-        ChainPos {
-            off: bs as usize,
-            lsn: start.lsn,
-            prev_crc: start.prev_crc,
-        },
-        |r| {
-            if r.flags & FLAG_BATCH_END != 0 {
-                end = IndexEntry {
-                    lsn: r.lsn + 1,
-                    off: r.next_off,
-                    prev_crc: r.crc,
-                };
-                batch_starts.push(end);
-            }
-            true
-        },
-    )?;
+    let scanned = scan.run(ChainPos { off: bs as usize, lsn: start.lsn, prev_crc: start.prev_crc }, |r| {
+        if r.flags & FLAG_BATCH_END != 0 {
+            end = IndexEntry { lsn: r.lsn + 1, off: r.next_off, prev_crc: r.crc };
+            batch_starts.push(end);
+        }
+        true
+    })?;
     tracing::info!(journal = %entry.name, records = end.lsn - start.lsn, bytes = end.off, ms = t0.elapsed().as_millis() as u64,
         "scanned tail segment");
     if scanned.pos.lsn > end.lsn {
@@ -217,12 +180,7 @@ fn recover_journal(
     tail.end_off = end.off;
 
     // All members must hold the same bytes for the window before the end.
-    let from = batch_starts
-        .iter()
-        .rev()
-        .find(|e| e.off + window <= end.off)
-        .copied()
-        .unwrap_or(start);
+    let from = batch_starts.iter().rev().find(|e| e.off + window <= end.off).copied().unwrap_or(start);
     sync_window(shared, tail.slot, from, end)?;
     // Zero what lies past the end, where unacknowledged batches may have landed.
     let zero_to = (end.off + window).min(set.segment_size);
@@ -258,18 +216,11 @@ fn sync_window(shared: &Shared, slot: u64, from: IndexEntry, end: IndexEntry) ->
     let mut bad = Vec::new();
     for m in set.healthy_indexes().collect::<Vec<_>>() {
         let mut b = AlignedBuf::new(len, bs);
-        let ok = set
-            .read_member(m, off, &mut b.as_mut_slice()[..len])
-            .is_ok()
-            && {
-                let mut pos = ChainPos {
-                    off: 0,
-                    lsn: from.lsn,
-                    prev_crc: from.prev_crc,
-                };
-                crate::format::scan_chain(&b.as_slice()[..len], &mut pos, bs, u32::MAX, |_| true);
-                pos.lsn == end.lsn && pos.prev_crc == end.prev_crc && pos.off == len
-            };
+        let ok = set.read_member(m, off, &mut b.as_mut_slice()[..len]).is_ok() && {
+            let mut pos = ChainPos { off: 0, lsn: from.lsn, prev_crc: from.prev_crc };
+            crate::format::scan_chain(&b.as_slice()[..len], &mut pos, bs, u32::MAX, |_| true);
+            pos.lsn == end.lsn && pos.prev_crc == end.prev_crc && pos.off == len
+        };
         if ok {
             if good.is_none() {
                 good = Some(b);
@@ -279,9 +230,7 @@ fn sync_window(shared: &Shared, slot: u64, from: IndexEntry, end: IndexEntry) ->
         }
     }
     let Some(good) = good else {
-        return Err(Error::Corrupt(
-            "recovery: no member holds the chosen tail".into(),
-        ));
+        return Err(Error::Corrupt("recovery: no member holds the chosen tail".into()));
     };
     for m in bad {
         tracing::warn!(device = %set.member_path(m).display(), bytes = len, "copying the log tail to a mirror that lacks it");

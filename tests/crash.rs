@@ -76,11 +76,7 @@ fn crash_child() {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let seed = (cycle << 40) | (t << 32) | i;
-                    let len = if rng.below(20) == 0 {
-                        rng.below(60_000)
-                    } else {
-                        rng.below(3000)
-                    } as usize;
+                    let len = if rng.below(20) == 0 { rng.below(60_000) } else { rng.below(3000) } as usize;
                     match j.append(&record(seed, len)) {
                         Ok(lsn) => println!("ack {lsn} {seed}"),
                         Err(e) => {
@@ -106,10 +102,7 @@ fn crash_cycles() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let cycles: u64 = std::env::var("MIRRORLOG_CRASH_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(50);
+    let cycles: u64 = std::env::var("MIRRORLOG_CRASH_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(50);
     let dir = tempfile::tempdir().unwrap();
     let devs = devices(dir.path(), 2, 16 << 20);
     {
@@ -164,10 +157,7 @@ fn crash_cycles() {
                 Some("ack") => {
                     let lsn: u64 = w.next().unwrap().parse().unwrap();
                     let seed: u64 = w.next().unwrap().parse().unwrap();
-                    assert!(
-                        acked.insert(lsn, seed).is_none(),
-                        "lsn {lsn} acknowledged twice"
-                    );
+                    assert!(acked.insert(lsn, seed).is_none(), "lsn {lsn} acknowledged twice");
                     total_acked += 1;
                 }
                 Some("mark") => mark = mark.max(w.next().unwrap().parse().unwrap()),
@@ -185,8 +175,7 @@ fn crash_cycles() {
             let (lsn, data) = r.unwrap_or_else(|e| panic!("cycle {cycle}: iteration failed: {e}"));
             assert_eq!(lsn, expect, "cycle {cycle}: LSNs not dense");
             expect += 1;
-            let seed = check_record(&data)
-                .unwrap_or_else(|| panic!("cycle {cycle}: lsn {lsn} is corrupt"));
+            let seed = check_record(&data).unwrap_or_else(|| panic!("cycle {cycle}: lsn {lsn} is corrupt"));
             if let Some(&s) = acked.get(&lsn) {
                 assert_eq!(s, seed, "cycle {cycle}: lsn {lsn} holds another record");
             }
@@ -194,10 +183,7 @@ fn crash_cycles() {
         let next = j.next_lsn();
         assert_eq!(expect, next);
         for (&lsn, &seed) in acked.range(from..) {
-            assert!(
-                lsn < next,
-                "cycle {cycle}: acknowledged lsn {lsn} lost (next lsn {next})"
-            );
+            assert!(lsn < next, "cycle {cycle}: acknowledged lsn {lsn} lost (next lsn {next})");
             let data = j.read(lsn).unwrap();
             assert_eq!(check_record(&data), Some(seed), "cycle {cycle}: lsn {lsn}");
         }
@@ -212,9 +198,6 @@ fn crash_cycles() {
         let st = log.status();
         assert!(st.mirrors.iter().all(|m| m.healthy));
     }
-    assert!(
-        total_acked > (cycles as usize) * 10,
-        "too few appends were acknowledged: {total_acked}"
-    );
+    assert!(total_acked > (cycles as usize) * 10, "too few appends were acknowledged: {total_acked}");
     eprintln!("crash_cycles: {cycles} cycles, {total_acked} acknowledged appends verified");
 }

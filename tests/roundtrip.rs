@@ -26,9 +26,7 @@ fn random_sizes_across_segments_survive_reopen() {
             } as usize;
             if rng.below(4) == 0 {
                 let n = 1 + rng.below(8) as usize;
-                let ps: Vec<Vec<u8>> = (0..n)
-                    .map(|k| payload(i * 100 + k as u64, len / (k + 1)))
-                    .collect();
+                let ps: Vec<Vec<u8>> = (0..n).map(|k| payload(i * 100 + k as u64, len / (k + 1))).collect();
                 let refs: Vec<&[u8]> = ps.iter().map(|p| p.as_slice()).collect();
                 let first = j.append_batch(&refs).unwrap();
                 for (k, p) in ps.into_iter().enumerate() {
@@ -47,11 +45,7 @@ fn random_sizes_across_segments_survive_reopen() {
         for (lsn, p) in &written {
             assert_eq!(&j.read(*lsn).unwrap(), p, "lsn {lsn} before reopen");
         }
-        assert!(
-            j.info().segments > 5,
-            "test must cross segments: {:?}",
-            j.info()
-        );
+        assert!(j.info().segments > 5, "test must cross segments: {:?}", j.info());
     }
     let log = MirrorLog::open(&cfg).unwrap();
     let j = log.journal("t").unwrap();
@@ -65,10 +59,7 @@ fn random_sizes_across_segments_survive_reopen() {
     assert_eq!(j.append(b"after").unwrap(), written.len() as u64 + 1);
     assert_eq!(j.read(written.len() as u64 + 1).unwrap(), b"after");
     // both mirrors hold identical bytes
-    assert_eq!(
-        std::fs::read(&devs[0]).unwrap()[1 << 20..],
-        std::fs::read(&devs[1]).unwrap()[1 << 20..]
-    );
+    assert_eq!(std::fs::read(&devs[0]).unwrap()[1 << 20..], std::fs::read(&devs[1]).unwrap()[1 << 20..]);
 }
 
 #[test]
@@ -85,13 +76,7 @@ fn iterate_from_the_middle_and_read_errors() {
     for (lsn, p) in j.iter(250).map(|r| r.unwrap()) {
         assert_eq!(p, payload(lsn, (lsn * 37 % 3000) as usize));
     }
-    assert!(matches!(
-        j.read(301),
-        Err(Error::NotYetWritten {
-            lsn: 301,
-            next: 301
-        })
-    ));
+    assert!(matches!(j.read(301), Err(Error::NotYetWritten { lsn: 301, next: 301 })));
     assert_eq!(j.iter(301).count(), 0);
 }
 
@@ -109,14 +94,8 @@ fn limits_names_and_journals() {
     // a batch with one oversize record places nothing
     assert!(j.append_batch(&[b"x", &big]).is_err());
     assert_eq!(j.append(b"ok").unwrap(), 1);
-    assert!(matches!(
-        log.create_journal("a"),
-        Err(Error::JournalExists(_))
-    ));
-    assert!(matches!(
-        log.create_journal("bad name"),
-        Err(Error::InvalidName(_))
-    ));
+    assert!(matches!(log.create_journal("a"), Err(Error::JournalExists(_))));
+    assert!(matches!(log.create_journal("bad name"), Err(Error::InvalidName(_))));
     assert!(matches!(log.create_journal(""), Err(Error::InvalidName(_))));
     assert!(matches!(log.journal("nope"), Err(Error::UnknownJournal(_))));
     let b = log.create_journal("b").unwrap();
@@ -162,10 +141,7 @@ fn full_set_refuses_appends_keeps_reads_and_marks_reclaim() {
     assert!(log.status().segments_free > 0);
     assert!(matches!(j.read(1), Err(Error::BelowMark { .. })));
     assert!(matches!(j.set_mark(1), Err(Error::InvalidMark { .. })));
-    assert!(matches!(
-        j.set_mark(last + 2),
-        Err(Error::InvalidMark { .. })
-    ));
+    assert!(matches!(j.set_mark(last + 2), Err(Error::InvalidMark { .. })));
     let next = j.append(&rec).unwrap();
     assert_eq!(next, last + 1);
     drop(log);
@@ -205,10 +181,7 @@ fn concurrent_appenders_get_dense_unique_lsns() {
                     (0..per)
                         .map(|i| {
                             let seed = t * 1_000_000 + i;
-                            (
-                                j.append(&payload(seed, (seed % 700) as usize)).unwrap(),
-                                seed,
-                            )
+                            (j.append(&payload(seed, (seed % 700) as usize)).unwrap(), seed)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -221,13 +194,7 @@ fn concurrent_appenders_get_dense_unique_lsns() {
     assert_eq!(all.len() as u64, threads * per);
     for (k, (lsn, seed)) in all.iter().enumerate() {
         assert_eq!(*lsn, k as u64 + 1);
-        assert_eq!(
-            j.read(*lsn).unwrap(),
-            payload(*seed, (*seed % 700) as usize)
-        );
+        assert_eq!(j.read(*lsn).unwrap(), payload(*seed, (*seed % 700) as usize));
     }
-    assert!(
-        j.counters().batches < threads * per,
-        "group commit formed no batch larger than one"
-    );
+    assert!(j.counters().batches < threads * per, "group commit formed no batch larger than one");
 }

@@ -57,11 +57,7 @@ impl Rng {
 /// then flushed, so a later O_DIRECT read sees it).
 pub fn flip_byte(path: &Path, off: u64) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .expect("open");
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).expect("open");
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, off).expect("read");
     b[0] ^= 0x10;
@@ -81,10 +77,7 @@ pub fn read_at(path: &Path, off: u64, len: usize) -> Vec<u8> {
 /// Writes bytes at `off` in a file and syncs.
 pub fn write_at(path: &Path, off: u64, data: &[u8]) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .expect("open");
+    let f = std::fs::OpenOptions::new().write(true).open(path).expect("open");
     f.write_all_at(data, off).expect("write");
     f.sync_all().expect("sync");
 }

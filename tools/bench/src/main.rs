@@ -1,1 +1,461 @@
-fn main() {}
+//! mirrorlog-bench: durable-append benchmarks.
+//!
+//! * `run --raw`: the physical limit. Each operation is one aligned
+//!   `O_DIRECT` write of `--record-size` bytes to every device in parallel
+//!   (one io_uring submission), made durable with RWF_DSYNC (or O_DSYNC).
+//! * `run --embedded`: the engine in process, `--clients` threads appending.
+//! * `engine-vs-raw`: the scenarios of the engine issue, raw and journal
+//!   measured back to back in one run, printed side by side.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use hdrhistogram::Histogram;
+use mirrorlog::io::{create_device_file, open_device, submit_wait, with_ring, AlignedBuf, IoOp};
+use mirrorlog::{Config, MirrorLog, SyncMode};
+
+#[derive(Parser)]
+#[command(name = "mirrorlog-bench", version, about = "Durable append benchmarks for mirrorlog")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// One benchmark run.
+    Run(RunArgs),
+    /// Raw mirrored writes and the journal, back to back, side by side.
+    EngineVsRaw(CompareArgs),
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Device paths, comma separated; missing ones are created as files.
+    #[arg(long, value_delimiter = ',', required = true)]
+    devices: Vec<PathBuf>,
+    /// Size of device files created by the bench (bytes; K, M, G suffixes).
+    #[arg(long, default_value = "2G", value_parser = parse_size)]
+    device_size: u64,
+    /// How writes are made durable: rwf-dsync or o-dsync.
+    #[arg(long, default_value = "rwf-dsync", value_parser = parse_sync)]
+    sync: SyncMode,
+    /// Print one JSON object per run instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Raw aligned O_DIRECT writes to every device (no journal).
+    #[arg(long, conflicts_with = "embedded")]
+    raw: bool,
+    /// The engine in process.
+    #[arg(long)]
+    embedded: bool,
+    /// Concurrent clients (threads), each waiting for its ack (closed loop).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Record size in bytes (raw: the size of each aligned write).
+    #[arg(long, default_value = "1024", value_parser = parse_size)]
+    record_size: u64,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Journal name (embedded).
+    #[arg(long, default_value = "bench")]
+    journal: String,
+    /// Group commit: batch byte limit (embedded).
+    #[arg(long, value_parser = parse_size)]
+    max_batch: Option<u64>,
+    /// Group commit: batches in flight (embedded).
+    #[arg(long)]
+    inflight: Option<usize>,
+    /// Format the devices before the run (embedded).
+    #[arg(long)]
+    format: bool,
+}
+
+#[derive(Args, Clone)]
+struct CompareArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 8.0)]
+    duration: f64,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().map(|n| n * mul).map_err(|e| format!("bad size {s:?}: {e}"))
+}
+
+fn parse_sync(s: &str) -> Result<SyncMode, String> {
+    match s {
+        "rwf-dsync" => Ok(SyncMode::RwfDsync),
+        "o-dsync" => Ok(SyncMode::ODsync),
+        _ => Err(format!("unknown sync mode {s:?} (rwf-dsync, o-dsync)")),
+    }
+}
+
+/// The result of one run.
+#[derive(Debug, Clone)]
+struct Report {
+    label: String,
+    records: u64,
+    errors: u64,
+    secs: f64,
+    bytes_per_record: u64,
+    hist: Histogram<u64>,
+}
+
+impl Report {
+    fn records_per_sec(&self) -> f64 {
+        self.records as f64 / self.secs
+    }
+    fn mb_per_sec(&self) -> f64 {
+        self.records as f64 * self.bytes_per_record as f64 / self.secs / 1e6
+    }
+    fn q(&self, q: f64) -> u64 {
+        self.hist.value_at_quantile(q)
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "label": self.label,
+            "records": self.records,
+            "errors": self.errors,
+            "seconds": self.secs,
+            "records_per_sec": self.records_per_sec(),
+            "mb_per_sec": self.mb_per_sec(),
+            "p50_us": self.q(0.5),
+            "p90_us": self.q(0.9),
+            "p99_us": self.q(0.99),
+            "p999_us": self.q(0.999),
+            "max_us": self.hist.max(),
+        })
+    }
+    fn line(&self) -> String {
+        format!(
+            "{:<44} {:>10.0} rec/s {:>8.1} MB/s  p50 {:>6} p90 {:>6} p99 {:>6} p99.9 {:>6} max {:>7} us{}",
+            self.label,
+            self.records_per_sec(),
+            self.mb_per_sec(),
+            self.q(0.5),
+            self.q(0.9),
+            self.q(0.99),
+            self.q(0.999),
+            self.hist.max(),
+            if self.errors > 0 { format!("  errors {}", self.errors) } else { String::new() }
+        )
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 60_000_000, 3) {
+        Ok(h) => h,
+        Err(e) => panic!("histogram: {e}"),
+    }
+}
+
+fn ensure_devices(c: &Common) -> Result<(), String> {
+    for d in &c.devices {
+        if !d.exists() {
+            eprintln!("creating {} ({} bytes, zero-filled)", d.display(), c.device_size);
+            create_device_file(d, c.device_size).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `clients` closed-loop threads for `secs`; `op(client, seq)` does one
+/// operation and returns the records it completed.
+fn drive(
+    label: String,
+    clients: usize,
+    secs: f64,
+    bytes_per_record: u64,
+    progress: bool,
+    op: impl Fn(usize, u64) -> Result<u64, String> + Sync,
+) -> Report {
+    let stop = AtomicBool::new(false);
+    let done = AtomicU64::new(0);
+    let errors = AtomicU64::new(0);
+    let start = Instant::now();
+    let hists: Vec<Histogram<u64>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..clients)
+            .map(|c| {
+                let (stop, done, errors, op) = (&stop, &done, &errors, &op);
+                s.spawn(move || {
+                    let mut h = new_hist();
+                    let mut seq = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let t = Instant::now();
+                        match op(c, seq) {
+                            Ok(n) => {
+                                let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                                done.fetch_add(n, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                if errors.fetch_add(1, Ordering::Relaxed) < 3 {
+                                    eprintln!("error: {e}");
+                                }
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                        }
+                        seq += 1;
+                    }
+                    h
+                })
+            })
+            .collect();
+        let mut last = 0;
+        while start.elapsed().as_secs_f64() < secs {
+            std::thread::sleep(Duration::from_millis(200).min(Duration::from_secs_f64(secs / 4.0)));
+            let n = done.load(Ordering::Relaxed);
+            if progress && start.elapsed().as_millis() % 1000 < 200 {
+                eprint!("\r  {label}: {:.0} rec/s   ", (n - last) as f64 / 0.2);
+            }
+            last = n;
+        }
+        stop.store(true, Ordering::Relaxed);
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| new_hist())).collect()
+    });
+    if progress {
+        eprint!("\r{:80}\r", "");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut hist = new_hist();
+    for h in &hists {
+        let _ = hist.add(h);
+    }
+    Report {
+        label,
+        records: done.load(Ordering::Relaxed),
+        errors: errors.load(Ordering::Relaxed),
+        secs,
+        bytes_per_record,
+        hist,
+    }
+}
+
+/// Raw: each op writes `size` aligned bytes to every device, in parallel, durably.
+fn run_raw(
+    c: &Common,
+    clients: usize,
+    size: u64,
+    secs: f64,
+    label: String,
+    records_per_op: u64,
+) -> Result<Report, String> {
+    ensure_devices(c)?;
+    let devs: Vec<_> = c
+        .devices
+        .iter()
+        .map(|p| open_device(p, c.sync).map_err(|e| format!("{}: {e}", p.display())))
+        .collect::<Result<_, _>>()?;
+    let dev_size = devs.iter().map(|d| d.size).min().unwrap_or(0);
+    let size = size.div_ceil(4096) * 4096;
+    let base = 1u64 << 20;
+    let region = (dev_size.saturating_sub(base) / clients as u64) / size * size;
+    if region < size {
+        return Err("devices too small for this many clients".into());
+    }
+    let fds: Vec<i32> = devs.iter().map(|d| std::os::fd::AsRawFd::as_raw_fd(&d.file)).collect();
+    let dsync = c.sync == SyncMode::RwfDsync;
+    let bufs: Vec<AlignedBuf> = (0..clients)
+        .map(|i| {
+            let mut b = AlignedBuf::new(size as usize, 4096);
+            b.as_mut_slice().fill(i as u8 | 1);
+            b
+        })
+        .collect();
+    let report = drive(label, clients, secs, size / records_per_op.max(1), !c.json, |client, seq| {
+        let off = base + client as u64 * region + (seq * size) % region;
+        let buf = &bufs[client].as_slice()[..size as usize];
+        let ops: Vec<IoOp> = fds.iter().map(|&fd| IoOp::write(fd, off, buf, dsync)).collect();
+        let mut res = vec![0i32; ops.len()];
+        with_ring(|ring| submit_wait(ring, &ops, &mut res)).map_err(|e| e.to_string())?;
+        for r in res {
+            if r as u64 != size {
+                return Err(format!("raw write returned {r}"));
+            }
+        }
+        Ok(records_per_op)
+    });
+    Ok(report)
+}
+
+fn payload(buf: &mut [u8], client: usize, seq: u64) {
+    let n = buf.len();
+    if n >= 16 {
+        buf[..8].copy_from_slice(&(client as u64).to_le_bytes());
+        buf[8..16].copy_from_slice(&seq.to_le_bytes());
+    }
+    if n >= 20 {
+        let crc = crc32c::crc32c(&buf[..n - 4]);
+        buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
+struct EmbeddedOpts {
+    clients: usize,
+    record_size: u64,
+    secs: f64,
+    journal: String,
+    max_batch: Option<u64>,
+    inflight: Option<usize>,
+    format: bool,
+}
+
+fn run_embedded(c: &Common, o: &EmbeddedOpts, label: String) -> Result<Report, String> {
+    ensure_devices(c)?;
+    let mut cfg = Config::new(c.devices.iter().cloned());
+    cfg.sync = c.sync;
+    if let Some(b) = o.max_batch {
+        cfg.max_batch_bytes = b as usize;
+    }
+    if let Some(n) = o.inflight {
+        cfg.max_inflight_batches = n;
+    }
+    let log =
+        if o.format { MirrorLog::create(&cfg) } else { MirrorLog::open_or_create(&cfg) }.map_err(|e| e.to_string())?;
+    let j = log.journal_or_create(&o.journal).map_err(|e| e.to_string())?;
+    // Keep space: a marker reclaims all but the newest records.
+    let stop = Arc::new(AtomicBool::new(false));
+    let marker = {
+        let (j, stop) = (j.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+                let m = j.next_lsn().saturating_sub(10_000).max(j.mark());
+                let _ = j.set_mark(m);
+            }
+        })
+    };
+    let size = o.record_size as usize;
+    let report = drive(label, o.clients, o.secs, o.record_size, !c.json, |client, seq| {
+        let mut buf = [0u8; 4096];
+        let mut big;
+        let p: &mut [u8] = if size <= buf.len() {
+            &mut buf[..size]
+        } else {
+            big = vec![0u8; size];
+            &mut big
+        };
+        payload(p, client, seq);
+        j.append(p).map(|_| 1).map_err(|e| e.to_string())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = marker.join();
+    Ok(report)
+}
+
+fn print(reports: &[Report], json: bool) {
+    for r in reports {
+        if json {
+            println!("{}", r.json());
+        } else {
+            println!("{}", r.line());
+        }
+    }
+}
+
+fn compare(a: &CompareArgs) -> Result<(), String> {
+    let c = &a.common;
+    let secs = a.duration;
+    let n = c.devices.len();
+    let emb = |clients: usize| EmbeddedOpts {
+        clients,
+        record_size: 1024,
+        secs,
+        journal: "bench".into(),
+        max_batch: None,
+        inflight: None,
+        format: true,
+    };
+    let mut rows = Vec::new();
+    // QD1 latency
+    let raw1 = run_raw(c, 1, 4096, secs, format!("raw 4KiB x{n} devices, QD1"), 1)?;
+    let j1 = run_embedded(c, &emb(1), format!("journal 1KiB, 1 appender, {n} mirrors"))?;
+    rows.push((raw1.clone(), j1.clone()));
+    print(&[raw1.clone(), j1.clone()], c.json);
+    // throughput at 64 and 256 appenders vs the raw write of their largest batch
+    for clients in [64usize, 256] {
+        let kib = clients as u64;
+        let raw = run_raw(
+            c,
+            1,
+            kib * 1024,
+            secs,
+            format!("raw {kib}KiB x{n} devices, QD1 (x{clients} rec)"),
+            clients as u64,
+        )?;
+        let jr = run_embedded(c, &emb(clients), format!("journal 1KiB, {clients} appenders, {n} mirrors"))?;
+        print(&[raw.clone(), jr.clone()], c.json);
+        rows.push((raw, jr));
+    }
+    if !c.json {
+        println!();
+        println!(
+            "QD1 p50: journal {} us / raw {} us = {:.2}x (goal <= 1.15x)",
+            j1.q(0.5),
+            raw1.q(0.5),
+            j1.q(0.5) as f64 / raw1.q(0.5) as f64
+        );
+        for (raw, j) in &rows[1..] {
+            println!(
+                "{}: journal {:.0} rec/s / raw {:.0} rec/s = {:.0}% (goal >= 70%)",
+                j.label,
+                j.records_per_sec(),
+                raw.records_per_sec(),
+                100.0 * j.records_per_sec() / raw.records_per_sec()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Run(r) => {
+            if r.raw == r.embedded {
+                Err("choose one target: --raw or --embedded".to_string())
+            } else if r.raw {
+                let label =
+                    format!("raw {}B x{} devices, {} clients", r.record_size, r.common.devices.len(), r.clients);
+                run_raw(&r.common, r.clients, r.record_size, r.duration, label, 1)
+                    .map(|rep| print(&[rep], r.common.json))
+            } else {
+                let o = EmbeddedOpts {
+                    clients: r.clients,
+                    record_size: r.record_size,
+                    secs: r.duration,
+                    journal: r.journal.clone(),
+                    max_batch: r.max_batch,
+                    inflight: r.inflight,
+                    format: r.format,
+                };
+                let label =
+                    format!("journal {}B, {} appenders, {} mirrors", r.record_size, r.clients, r.common.devices.len());
+                run_embedded(&r.common, &o, label).map(|rep| print(&[rep], r.common.json))
+            }
+        }
+        Cmd::EngineVsRaw(a) => compare(&a),
+    };
+    if let Err(e) = res {
+        eprintln!("mirrorlog-bench: {e}");
+        std::process::exit(1);
+    }
+}
