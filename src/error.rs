@@ -40,6 +40,8 @@ pub enum Error {
     Corrupt(String),
     #[error("the mirror set is closed")]
     Closed,
+    #[error("back-pressure: every batch buffer is in use; retry after writes complete")]
+    Backpressure,
 }
 
 impl Error {
@@ -61,6 +63,7 @@ impl Error {
             Error::InvalidMark { .. } => 13,
             Error::Corrupt(_) => 14,
             Error::Closed => 15,
+            Error::Backpressure => 16,
         }
     }
 
@@ -82,6 +85,7 @@ impl Error {
             Error::InvalidMark { .. } => "invalid-mark",
             Error::Corrupt(_) => "corrupt",
             Error::Closed => "closed",
+            Error::Backpressure => "backpressure",
         }
     }
 
@@ -105,6 +109,7 @@ impl Error {
             }
             Error::Corrupt(s) => Error::Corrupt(s.clone()),
             Error::Closed => Error::Closed,
+            Error::Backpressure => Error::Backpressure,
         }
     }
 }

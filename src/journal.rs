@@ -118,7 +118,7 @@ impl Seg {
     }
 }
 
-struct Batch {
+pub(crate) struct Batch {
     seq: u64,
     buf: AlignedBuf,
     /// Bytes used in `buf` (a leading header block included).
@@ -138,6 +138,22 @@ struct Batch {
     header: bool,
     /// Set when sealed: bytes to write (a multiple of the block size).
     padded: usize,
+}
+
+impl Batch {
+    /// Device offset and bytes of this batch's write (sealed batches only).
+    pub(crate) fn region(&self, segment_size: u64) -> (u64, &[u8]) {
+        (slot_offset(self.slot, segment_size) + self.seg_off, &self.buf.as_slice()[..self.padded])
+    }
+}
+
+/// An append placed with `Journal::submit`. It is durable once
+/// `Journal::poll` returns `Ok(true)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The record's LSN.
+    pub lsn: Lsn,
+    batch: u64,
 }
 
 struct Pending {
@@ -460,8 +476,57 @@ impl JournalInner {
     }
 
     fn write_batch(&self, b: &Batch) -> Result<()> {
-        let off = slot_offset(b.slot, self.shared.set.segment_size) + b.seg_off;
-        self.shared.set.write_all(off, &b.buf.as_slice()[..b.padded])
+        let (off, bytes) = b.region(self.shared.set.segment_size);
+        self.shared.set.write_all(off, bytes)
+    }
+
+    /// Claims a batch for an asynchronous writer (`Driver`).
+    pub(crate) fn claim_async(&self) -> Option<Batch> {
+        let mut st = self.st.lock();
+        self.claim(&mut st)
+    }
+
+    /// Hands back a batch an asynchronous writer finished.
+    pub(crate) fn finish_async(&self, b: Batch, res: Result<()>) {
+        let mut st = self.st.lock();
+        self.complete(&mut st, b, res);
+    }
+
+    /// Places one record without waiting. `Err(Backpressure)` when every
+    /// batch buffer is in use: write (pump a `Driver`) and try again.
+    pub(crate) fn submit(&self, payload: &[u8]) -> Result<Ticket> {
+        let max = self.shared.cfg.max_record_size as usize;
+        if payload.len() > max {
+            return Err(Error::RecordTooLarge { size: payload.len(), max });
+        }
+        let mut st = self.st.lock();
+        self.check_writable(&st)?;
+        if st.exclusive {
+            return Err(Error::Backpressure);
+        }
+        if self.segments_needed(&st, std::iter::once(payload.len())) > 0 {
+            st.reserved = self.shared.take_slots(self.id, 1)?;
+        }
+        let lsn = st.next_assign;
+        let r = self.place(&mut st, payload);
+        for s in st.reserved.drain(..) {
+            self.shared.release_slot(s);
+        }
+        match r? {
+            Some(batch) => Ok(Ticket { lsn, batch }),
+            None => Err(Error::Backpressure),
+        }
+    }
+
+    /// Whether a submitted record is durable.
+    pub(crate) fn poll(&self, t: &Ticket) -> Result<bool> {
+        let st = self.st.lock();
+        if let Some((from, e)) = &st.failed {
+            if t.batch >= *from {
+                return Err(e.duplicate());
+            }
+        }
+        Ok(t.batch < st.retired)
     }
 
     /// Records a written batch and retires every completed batch in order.
@@ -741,6 +806,27 @@ impl Journal {
     /// are durable. Either all are placed, or (`full`, too large) none is.
     pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Lsn> {
         self.inner.append_many(payloads.iter().copied())
+    }
+
+    /// Places a record without waiting for it to be written; returns a
+    /// ticket holding its LSN. Nothing is written until a writer runs: a
+    /// blocking `append`/`wait` on this journal, or a `Driver` pumped by the
+    /// caller. `Err(Backpressure)` when every batch buffer is in use.
+    pub fn submit(&self, payload: &[u8]) -> Result<Ticket> {
+        self.inner.submit(payload)
+    }
+
+    /// `Ok(true)` once a submitted record is durable on every healthy mirror;
+    /// `Err` if its batch failed.
+    pub fn poll(&self, t: &Ticket) -> Result<bool> {
+        self.inner.poll(t)
+    }
+
+    /// Blocks until a submitted record is durable (writing batches itself
+    /// as needed).
+    pub fn wait(&self, t: &Ticket) -> Result<()> {
+        let mut st = self.inner.st.lock();
+        self.inner.wait_batch(&mut st, t.batch)
     }
 
     /// Reads the record with this LSN, verified.

@@ -28,6 +28,7 @@
 //! in `docs/architecture.md`.
 
 pub mod config;
+pub mod driver;
 pub mod error;
 pub mod format;
 pub mod io;
@@ -43,9 +44,10 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 pub use config::Config;
+pub use driver::Driver;
 pub use error::{Error, Result};
 pub use io::{FaultInjector, SyncMode};
-pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn};
+pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn, Ticket};
 
 use format::{JournalEntry, MAX_JOURNALS, MAX_JOURNAL_NAME};
 use journal::{JournalInner, Recovered, Shared};

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use rand::RngCore;
 
 use crate::error::{Error, Result};
-use crate::format::{Health, MemberInfo, Superblock, DATA_START, SUPERBLOCK_REGION};
+use crate::format::{Health, MemberInfo, Superblock, DATA_START, MAX_MEMBERS, SUPERBLOCK_REGION};
 use crate::io::{check_full, open_device, submit_wait, with_ring, AlignedBuf, Device, FaultInjector, IoOp, SyncMode};
 
 /// One member of the set.
@@ -54,6 +54,15 @@ pub struct SetOptions {
     pub sync: SyncMode,
     pub inflight_window: u64,
     pub fault: Option<Arc<FaultInjector>>,
+}
+
+/// Where one write goes (see `MirrorSet::write_targets`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Targets {
+    pub go: [(usize, i32); MAX_MEMBERS],
+    pub n_go: usize,
+    pub failed: [usize; MAX_MEMBERS],
+    pub n_failed: usize,
 }
 
 /// An open mirror set.
@@ -417,35 +426,88 @@ impl MirrorSet {
         Ok(failed)
     }
 
-    /// Writes `buf` at `off` to every healthy member in parallel (one
-    /// submission, one write each) and returns when all completed durably.
-    /// Members whose write failed are marked failed and that is persisted
-    /// before returning. Fails only if no member took the write.
-    pub fn write_all(&self, off: u64, buf: &[u8]) -> Result<()> {
-        let mut ops: [(usize, &[u8]); crate::format::MAX_MEMBERS] = [(0, &[]); crate::format::MAX_MEMBERS];
-        let mut n = 0;
+    /// The members a write should go to now: `(member index, fd)` of every
+    /// healthy member (`targets.go`), and the healthy members that must be
+    /// treated as having failed it already (`targets.failed`: fault injection).
+    pub(crate) fn write_targets(&self) -> Targets {
+        let mut t = Targets { go: [(0, -1); MAX_MEMBERS], n_go: 0, failed: [0; MAX_MEMBERS], n_failed: 0 };
         for (i, m) in self.members.iter().enumerate() {
-            if m.is_healthy() {
-                ops[n] = (i, buf);
-                n += 1;
+            if !m.is_healthy() {
+                continue;
+            }
+            match m.fd() {
+                Some(fd) if !self.faulted(m, true) => {
+                    t.go[t.n_go] = (i, fd);
+                    t.n_go += 1;
+                }
+                _ => {
+                    t.failed[t.n_failed] = i;
+                    t.n_failed += 1;
+                }
             }
         }
-        if n == 0 {
+        t
+    }
+
+    /// Bookkeeping after a write to `attempted` members of which `failed`
+    /// failed: marks them failed and persists that in the survivors'
+    /// superblocks. `Err` if no member took the write.
+    pub(crate) fn settle_write(&self, attempted: usize, failed: &[usize]) -> Result<()> {
+        if attempted == 0 {
             return Err(Error::NoHealthyMirror);
         }
-        let failed = self.write_members(off, &ops[..n])?;
         if failed.is_empty() {
             return Ok(());
         }
-        for &i in &failed {
+        for &i in failed {
             self.fail_member_in_memory(i);
         }
-        if failed.len() == n {
+        if failed.len() >= attempted {
             // Nothing took this write. Record what we can and fail it.
             let _ = self.update_superblock(|_| Ok(()));
             return Err(Error::NoHealthyMirror);
         }
         self.update_superblock(|_| Ok(()))
+    }
+
+    /// Records a completed durable write on member `i` (for metrics).
+    pub(crate) fn note_write(&self, i: usize, ns: u64) {
+        if let Some(m) = self.members.get(i) {
+            m.writes.fetch_add(1, Ordering::Relaxed);
+            m.write_ns.fetch_add(ns, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn dsync_writes(&self) -> bool {
+        self.dsync()
+    }
+
+    /// Writes `buf` at `off` to every healthy member in parallel (one
+    /// submission, one write each) and returns when all completed durably.
+    /// Members whose write failed are marked failed and that is persisted
+    /// before returning. Fails only if no member took the write.
+    pub fn write_all(&self, off: u64, buf: &[u8]) -> Result<()> {
+        let mut t = self.write_targets();
+        let mut ops = [IoOp::write(-1, 0, &[], false); MAX_MEMBERS];
+        for (k, &(_, fd)) in t.go[..t.n_go].iter().enumerate() {
+            ops[k] = IoOp::write(fd, off, buf, self.dsync());
+        }
+        let mut res = [0i32; MAX_MEMBERS];
+        let t0 = std::time::Instant::now();
+        with_ring(|ring| submit_wait(ring, &ops[..t.n_go], &mut res[..t.n_go])).map_err(Error::Io)?;
+        let ns = t0.elapsed().as_nanos() as u64;
+        for k in 0..t.n_go {
+            let i = t.go[k].0;
+            match check_full(res[k], buf.len()) {
+                Ok(()) => self.note_write(i, ns),
+                Err(e) => {
+                    tracing::error!(device = %self.members[i].path.display(), offset = off, error = %e, "mirror write failed");
+                    t.failed[t.n_failed] = i;
+                    t.n_failed += 1;
+                }
+            }
+        }
+        self.settle_write(t.n_go + t.n_failed, &t.failed[..t.n_failed])
     }
 
     /// Writes `buf` at `off` to member `i` only (self-heal). Best effort: a
