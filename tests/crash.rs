@@ -68,6 +68,41 @@ fn crash_child() {
                 }
             });
         }
+        {
+            // an event loop: 16 clients on one thread, written by a Driver
+            let j = j.clone();
+            let stop = stop.clone();
+            s.spawn(move || {
+                let mut driver = mirrorlog::Driver::new().expect("driver");
+                let mut rng = Rng(cycle * 31 + 99);
+                let mut pending: Vec<Option<(mirrorlog::Ticket, u64)>> = vec![None; 16];
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for p in pending.iter_mut().filter(|p| p.is_none()) {
+                        let seed = (cycle << 40) | (9 << 32) | i;
+                        let len = rng.below(2000) as usize;
+                        match j.submit(&record(seed, len)) {
+                            Ok(t) => *p = Some((t, seed)),
+                            Err(mirrorlog::Error::Backpressure) => break,
+                            Err(e) => {
+                                println!("err {e}");
+                                return;
+                            }
+                        }
+                        i += 1;
+                    }
+                    driver.pump(&[&j], true).expect("pump");
+                    for p in pending.iter_mut() {
+                        if let Some((t, seed)) = p {
+                            if j.poll(t).expect("poll") {
+                                println!("ack {} {seed}", t.lsn);
+                                *p = None;
+                            }
+                        }
+                    }
+                }
+            });
+        }
         for t in 0..4u64 {
             let j = j.clone();
             let stop = stop.clone();

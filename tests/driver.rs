@@ -1,0 +1,120 @@
+//! The asynchronous path: `submit` tickets written by a `Driver`.
+
+mod common;
+
+use common::*;
+use mirrorlog::{Driver, Error, FaultInjector, MirrorLog, Ticket};
+
+#[test]
+fn driver_writes_many_journals_with_backpressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 32 << 20);
+    let cfg = small_config(&devs);
+    let log = MirrorLog::create(&cfg).unwrap();
+    let js: Vec<_> = (0..3).map(|i| log.create_journal(&format!("j{i}")).unwrap()).collect();
+    let refs: Vec<&mirrorlog::Journal> = js.iter().collect();
+    let mut driver = Driver::new().unwrap();
+    let mut pending: Vec<(usize, Ticket, u64)> = Vec::new();
+    let mut acked: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 3];
+    let mut backpressured = 0;
+    let mut seed = 0u64;
+    while seed < 3000 {
+        // submit until back-pressure
+        loop {
+            let k = (seed % 3) as usize;
+            match js[k].submit(&payload(seed, (seed % 5000) as usize)) {
+                Ok(t) => {
+                    pending.push((k, t, seed));
+                    seed += 1;
+                }
+                Err(Error::Backpressure) => {
+                    backpressured += 1;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+            if seed % 200 == 0 {
+                break;
+            }
+        }
+        driver.pump(&refs, true).unwrap();
+        pending.retain(|(k, t, s)| {
+            if js[*k].poll(t).unwrap() {
+                acked[*k].push((t.lsn, *s));
+                false
+            } else {
+                true
+            }
+        });
+    }
+    while !pending.is_empty() {
+        driver.pump(&refs, true).unwrap();
+        pending.retain(|(k, t, s)| {
+            if js[*k].poll(t).unwrap() {
+                acked[*k].push((t.lsn, *s));
+                false
+            } else {
+                true
+            }
+        });
+    }
+    assert!(backpressured > 0, "the test should hit back-pressure");
+    drop(driver);
+    drop(log);
+    let log = MirrorLog::open(&cfg).unwrap();
+    for (k, a) in acked.iter_mut().enumerate() {
+        a.sort();
+        let j = log.journal(&format!("j{k}")).unwrap();
+        assert_eq!(j.next_lsn(), a.len() as u64 + 1);
+        for (i, (lsn, s)) in a.iter().enumerate() {
+            assert_eq!(*lsn, i as u64 + 1);
+            assert_eq!(j.read(*lsn).unwrap(), payload(*s, (*s % 5000) as usize));
+        }
+    }
+}
+
+#[test]
+fn tickets_are_not_durable_until_written_and_wait_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 16 << 20);
+    let log = MirrorLog::create(&small_config(&devs)).unwrap();
+    let j = log.create_journal("w").unwrap();
+    let t1 = j.submit(b"one").unwrap();
+    let t2 = j.submit(b"two").unwrap();
+    assert_eq!((t1.lsn, t2.lsn), (1, 2));
+    assert!(!j.poll(&t1).unwrap());
+    assert!(matches!(j.read(1), Err(Error::NotYetWritten { .. })), "unacknowledged records are not readable");
+    j.wait(&t2).unwrap();
+    assert!(j.poll(&t1).unwrap() && j.poll(&t2).unwrap());
+    assert_eq!(j.read(2).unwrap(), b"two");
+}
+
+#[test]
+fn driver_degrades_on_a_failed_mirror_and_fails_with_none_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 16 << 20);
+    let mut cfg = small_config(&devs);
+    let fault = FaultInjector::new();
+    cfg.fault = Some(fault.clone());
+    let log = MirrorLog::create(&cfg).unwrap();
+    let j = log.create_journal("d").unwrap();
+    let mut driver = Driver::new().unwrap();
+    let run = |driver: &mut Driver, n: u64| -> Vec<Result<bool, Error>> {
+        let ts: Vec<Ticket> = (0..n).map(|i| j.submit(&payload(i, 300)).unwrap()).collect();
+        loop {
+            let rs: Vec<Result<bool, Error>> = ts.iter().map(|t| j.poll(t)).collect();
+            if rs.iter().all(|r| !matches!(r, Ok(false))) {
+                return rs;
+            }
+            driver.pump(&[&j], true).unwrap();
+        }
+    };
+    assert!(run(&mut driver, 20).iter().all(|r| matches!(r, Ok(true))));
+    fault.fail_writes(&devs[0]);
+    assert!(run(&mut driver, 20).iter().all(|r| matches!(r, Ok(true))), "degraded writes must succeed");
+    assert!(!log.status().mirrors[0].healthy);
+    fault.fail_writes(&devs[1]);
+    let rs = run(&mut driver, 5);
+    assert!(rs.iter().all(|r| matches!(r, Err(Error::NoHealthyMirror))), "{rs:?}");
+    assert_eq!(j.next_lsn(), 41);
+}
