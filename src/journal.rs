@@ -207,10 +207,27 @@ pub(crate) struct JournalInner {
     excl_cv: Condvar,
     mark_lock: Mutex<()>,
     counters: Mutex<JournalCounters>,
+    pub recovery: RecoveryStats,
+}
+
+/// What recovery did for one journal at open.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecoveryStats {
+    /// Records found in the tail segment.
+    pub tail_records: u64,
+    /// Bytes of the tail segment's chain scanned.
+    pub tail_bytes: u64,
+    /// Seconds spent scanning the tail chain.
+    pub scan_seconds: f64,
+    /// Seconds for the whole recovery of this journal (scan, mirror sync, zeroing).
+    pub total_seconds: f64,
+    /// Records past the last complete batch that were dropped.
+    pub dropped_records: u64,
 }
 
 /// What recovery found for a journal.
 pub(crate) struct Recovered {
+    pub stats: RecoveryStats,
     pub segs: VecDeque<Seg>,
     pub next_lsn: u64,
     pub last_crc: u32,
@@ -285,6 +302,7 @@ impl JournalInner {
             excl_cv: Condvar::new(),
             mark_lock: Mutex::new(()),
             counters: Mutex::new(JournalCounters::default()),
+            recovery: rec.stats,
         }
     }
 
@@ -915,6 +933,11 @@ impl Journal {
             segments: st.segs.len(),
             bytes: st.segs.len() as u64 * self.inner.shared.set.segment_size,
         }
+    }
+
+    /// What recovery did for this journal when the set was opened.
+    pub fn recovery_stats(&self) -> RecoveryStats {
+        self.inner.recovery.clone()
     }
 
     /// Appends, bytes and batches written since open.

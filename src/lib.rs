@@ -47,7 +47,7 @@ pub use config::Config;
 pub use driver::Driver;
 pub use error::{Error, Result};
 pub use io::{FaultInjector, SyncMode};
-pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn, Ticket};
+pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn, RecoveryStats, Ticket};
 
 use format::{JournalEntry, MAX_JOURNALS, MAX_JOURNAL_NAME};
 use journal::{JournalInner, Recovered, Shared};
@@ -177,6 +177,7 @@ impl MirrorLog {
             Ok(())
         })?;
         let rec = Recovered {
+            stats: Default::default(),
             segs: Default::default(),
             next_lsn: 1,
             last_crc: 0,

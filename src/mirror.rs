@@ -496,9 +496,9 @@ impl MirrorSet {
         let t0 = std::time::Instant::now();
         with_ring(|ring| submit_wait(ring, &ops[..t.n_go], &mut res[..t.n_go])).map_err(Error::Io)?;
         let ns = t0.elapsed().as_nanos() as u64;
-        for k in 0..t.n_go {
+        for (k, &r) in res[..t.n_go].iter().enumerate() {
             let i = t.go[k].0;
-            match check_full(res[k], buf.len()) {
+            match check_full(r, buf.len()) {
                 Ok(()) => self.note_write(i, ns),
                 Err(e) => {
                     tracing::error!(device = %self.members[i].path.display(), offset = off, error = %e, "mirror write failed");
@@ -535,6 +535,16 @@ impl MirrorSet {
         }
         let fd = m.fd().ok_or_else(|| io::Error::other("member has no device"))?;
         crate::io::pread_exact(fd, off, buf)
+    }
+
+    /// The file descriptor of member `i`, if it has a device.
+    pub(crate) fn member_fd(&self, i: usize) -> Option<i32> {
+        self.members.get(i).and_then(|m| m.fd())
+    }
+
+    /// Whether reads of member `i` are set to fail (fault injection).
+    pub(crate) fn read_faulted(&self, i: usize) -> bool {
+        self.members.get(i).is_some_and(|m| self.faulted(m, false))
     }
 
     /// Indexes of the healthy members, in slot order.

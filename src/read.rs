@@ -8,6 +8,8 @@
 //! continues the chain further, its bytes are used and the differing blocks of
 //! the bad member are rewritten from it (counted in `MirrorSet::repairs`).
 
+use std::collections::VecDeque;
+
 use crate::error::{Error, Result};
 use crate::format::{align_up, scan_chain, slot_offset, ChainPos, ScanStop, RECORD_HEADER_LEN};
 use crate::io::AlignedBuf;
@@ -248,5 +250,147 @@ fn record_need(buf: &[u8], off: usize) -> usize {
     match buf.get(off..).and_then(crate::format::parse_record_header) {
         Some(h) => h.total_len(),
         None => RECORD_HEADER_LEN,
+    }
+}
+
+/// Reads in flight in `SegmentScan::run_sequential`.
+const READ_AHEAD: usize = 4;
+
+impl SegmentScan<'_> {
+    /// Fast path for long scans (recovery): walks the chain on one member
+    /// with `READ_AHEAD` chunk reads in flight on a private ring, so parsing
+    /// overlaps I/O. Stops where that member's chain ends (or at a read
+    /// error) and returns the position; the caller continues with `run`,
+    /// which consults the other members from there.
+    pub fn run_sequential(
+        &self,
+        member: usize,
+        start: ChainPos,
+        visit: &mut impl FnMut(&Rec<'_>) -> bool,
+    ) -> Result<ChainPos> {
+        use io_uring::{opcode, types, IoUring};
+        let set = self.set;
+        let m = set.members().get(member).ok_or_else(|| Error::Corrupt("no such member".into()))?;
+        if !m.is_healthy() {
+            return Ok(start);
+        }
+        let Some(fd) = set.member_fd(member) else { return Ok(start) };
+        if set.read_faulted(member) {
+            return Ok(start);
+        }
+        let bs = set.block_size as usize;
+        let chunk = self.chunk.max(bs) & !(bs - 1);
+        let base = slot_offset(self.slot, set.segment_size);
+        let bound = self.bound as usize;
+        let mut ring = IoUring::new(2 * READ_AHEAD as u32).map_err(Error::Io)?;
+        let mut bufs: Vec<AlignedBuf> = (0..READ_AHEAD).map(|_| AlignedBuf::new(chunk, bs)).collect();
+        // (segment offset, length, buffer index); results by buffer index
+        let mut queue: VecDeque<(usize, usize, usize)> = VecDeque::new();
+        let mut results: Vec<Option<i32>> = vec![None; READ_AHEAD];
+        let mut free: Vec<usize> = (0..READ_AHEAD).collect();
+        let mut next = start.off & !(bs - 1);
+        let mut pos = start;
+        let mut carry: Vec<u8> = Vec::new(); // bytes of a record spanning chunks
+        let mut carry_start = 0usize;
+        let mut outcome = Ok(());
+        loop {
+            // keep reads in flight
+            while let Some(&b) = free.last() {
+                if next >= bound {
+                    break;
+                }
+                free.pop();
+                let len = chunk.min(bound - next);
+                let e = opcode::Read::new(types::Fd(fd), bufs[b].as_mut_slice().as_mut_ptr(), len as u32)
+                    .offset(base + next as u64)
+                    .build()
+                    .user_data(b as u64);
+                // SAFETY: the buffer stays alive and untouched until its CQE is reaped below.
+                if unsafe { ring.submission().push(&e) }.is_err() {
+                    free.push(b);
+                    break;
+                }
+                results[b] = None;
+                queue.push_back((next, len, b));
+                next += len;
+            }
+            let Some(&(off, len, b)) = queue.front() else { break };
+            while results[b].is_none() {
+                if let Err(e) = ring.submit_and_wait(1) {
+                    if e.raw_os_error() != Some(libc::EINTR) {
+                        outcome = Err(Error::Io(e));
+                        break;
+                    }
+                }
+                for cqe in ring.completion() {
+                    if let Some(r) = results.get_mut(cqe.user_data() as usize) {
+                        *r = Some(cqe.result());
+                    }
+                }
+            }
+            if outcome.is_err() || crate::io::check_full(results[b].unwrap_or(-libc::EIO), len).is_err() {
+                break;
+            }
+            queue.pop_front();
+            let data = &bufs[b].as_slice()[..len];
+            let mut stop = false;
+            if !carry.is_empty() {
+                // finish the record that spans into this chunk
+                carry.extend_from_slice(data);
+                let need = record_need(&carry, pos.off - carry_start);
+                if carry.len() < pos.off - carry_start + need && next < bound + chunk {
+                    free.push(b);
+                    continue; // still incomplete: take the next chunk too
+                }
+                let mut p = ChainPos { off: pos.off - carry_start, ..pos };
+                let mut stopped = false;
+                let s = scan_chain(&carry, &mut p, bs, self.max_record, |f| {
+                    self.deliver(f, carry_start, 0, &mut *visit, &mut stopped);
+                    false
+                });
+                if s != ScanStop::Stopped || stopped || p.lsn == pos.lsn {
+                    stop = true;
+                } else {
+                    pos = ChainPos { off: carry_start + p.off, ..p };
+                    carry.clear();
+                }
+            }
+            if !stop && carry.is_empty() && pos.off >= off && pos.off < off + len {
+                let mut p = ChainPos { off: pos.off - off, ..pos };
+                let mut stopped = false;
+                let s = scan_chain(data, &mut p, bs, self.max_record, |f| {
+                    self.deliver(f, off, 0, &mut *visit, &mut stopped)
+                });
+                pos = ChainPos { off: off + p.off, ..p };
+                match s {
+                    ScanStop::NeedMore if !stopped => {
+                        carry_start = pos.off & !(bs - 1);
+                        carry.clear();
+                        carry.extend_from_slice(&data[carry_start - off..]);
+                    }
+                    _ => stop = true,
+                }
+            } else if !stop && carry.is_empty() && pos.off >= off + len {
+                // nothing of the chain in this chunk (cannot happen in order)
+            } else if !stop && carry.is_empty() {
+                stop = true;
+            }
+            free.push(b);
+            if stop || pos.lsn >= self.end_lsn {
+                break;
+            }
+        }
+        // Reap every read still in flight before the buffers go away.
+        while queue.iter().any(|&(_, _, b)| results[b].is_none()) {
+            if ring.submit_and_wait(1).is_err() {
+                std::process::abort();
+            }
+            for cqe in ring.completion() {
+                if let Some(r) = results.get_mut(cqe.user_data() as usize) {
+                    *r = Some(cqe.result());
+                }
+            }
+        }
+        outcome.map(|()| pos)
     }
 }

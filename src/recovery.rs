@@ -129,6 +129,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         .collect();
     let Some(tail) = segs.back_mut() else {
         return Ok(Recovered {
+            stats: Default::default(),
             segs,
             next_lsn: entry.mark.max(1),
             last_crc: 0,
@@ -156,13 +157,19 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         prefer: set.healthy_indexes().next().unwrap_or(0),
     };
     let t0 = std::time::Instant::now();
-    let scanned = scan.run(ChainPos { off: bs as usize, lsn: start.lsn, prev_crc: start.prev_crc }, |r| {
+    let mut visit = |r: &crate::read::Rec<'_>| {
         if r.flags & FLAG_BATCH_END != 0 {
             end = IndexEntry { lsn: r.lsn + 1, off: r.next_off, prev_crc: r.crc };
             batch_starts.push(end);
         }
         true
-    })?;
+    };
+    // Fast sequential pass on one member, then the careful pass from where it
+    // stopped, which asks the other members whether the chain goes further.
+    let from = ChainPos { off: bs as usize, lsn: start.lsn, prev_crc: start.prev_crc };
+    let fast = scan.run_sequential(scan.prefer, from, &mut visit).unwrap_or(from);
+    let scanned = scan.run(fast, &mut visit)?;
+    let scan_seconds = t0.elapsed().as_secs_f64();
     tracing::info!(journal = %entry.name, records = end.lsn - start.lsn, bytes = end.off, ms = t0.elapsed().as_millis() as u64,
         "scanned tail segment");
     if scanned.pos.lsn > end.lsn {
@@ -192,6 +199,13 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         )?;
     }
     Ok(Recovered {
+        stats: crate::journal::RecoveryStats {
+            tail_records: end.lsn - start.lsn,
+            tail_bytes: end.off - bs,
+            scan_seconds,
+            total_seconds: t0.elapsed().as_secs_f64(),
+            dropped_records: scanned.pos.lsn.saturating_sub(end.lsn),
+        },
         next_lsn: end.lsn.max(entry.mark).max(1),
         last_crc: end.prev_crc,
         tail_off: end.off,

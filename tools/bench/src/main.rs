@@ -30,6 +30,21 @@ enum Cmd {
     Run(RunArgs),
     /// Raw mirrored writes and the journal, back to back, side by side.
     EngineVsRaw(CompareArgs),
+    /// Recovery: time the tail scan of a full segment at open, against
+    /// sequential O_DIRECT reads of the same bytes.
+    Recovery(RecoveryArgs),
+}
+
+#[derive(Args, Clone)]
+struct RecoveryArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Record size used to fill the segment.
+    #[arg(long, default_value = "1024", value_parser = parse_size)]
+    record_size: u64,
+    /// Bytes to fill the tail segment with (at most the segment size).
+    #[arg(long, default_value = "60M", value_parser = parse_size)]
+    fill: u64,
 }
 
 #[derive(Args, Clone)]
@@ -574,6 +589,80 @@ fn compare(a: &CompareArgs) -> Result<(), String> {
     Ok(())
 }
 
+fn recovery(a: &RecoveryArgs) -> Result<(), String> {
+    let c = &a.common;
+    ensure_devices(c)?;
+    let mut cfg = Config::new(c.devices.iter().cloned());
+    cfg.sync = c.sync;
+    let size = a.record_size as usize;
+    let per_batch = ((cfg.max_batch_bytes / (size + 32)).max(1)).min(4096);
+    let records;
+    {
+        let log = MirrorLog::create(&cfg).map_err(|e| e.to_string())?;
+        let j = log.create_journal("recovery").map_err(|e| e.to_string())?;
+        let mut bufs = vec![vec![0u8; size]; per_batch];
+        let mut seq = 0u64;
+        while seq * (size as u64 + 32) < a.fill.min(cfg.segment_size - (2 << 20)) {
+            for b in bufs.iter_mut() {
+                payload(b, 0, seq);
+                seq += 1;
+            }
+            let refs: Vec<&[u8]> = bufs.iter().map(|b| b.as_slice()).collect();
+            j.append_batch(&refs).map_err(|e| e.to_string())?;
+        }
+        records = seq;
+        if j.info().segments != 1 {
+            return Err("the fill spilled into a second segment; use a smaller --fill".into());
+        }
+    }
+    let t0 = Instant::now();
+    let log = MirrorLog::open(&cfg).map_err(|e| e.to_string())?;
+    let open_s = t0.elapsed().as_secs_f64();
+    let j = log.journal("recovery").map_err(|e| e.to_string())?;
+    if j.next_lsn() != records + 1 {
+        return Err(format!("recovered {} records, wrote {records}", j.next_lsn() - 1));
+    }
+    let bytes = records * (size as u64 + 32);
+    let rs = j.recovery_stats();
+    drop(log);
+    // sequential O_DIRECT reads of the same span, 1 MiB at a time, one device
+    let dev = open_device(&c.devices[0], c.sync).map_err(|e| e.to_string())?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&dev.file);
+    let mut buf = AlignedBuf::new(1 << 20, 4096);
+    let t1 = Instant::now();
+    let mut off = 0u64;
+    while off < bytes {
+        mirrorlog::io::pread_exact(fd, (1 << 20) + off, buf.as_mut_slice()).map_err(|e| e.to_string())?;
+        off += 1 << 20;
+    }
+    let read_s = t1.elapsed().as_secs_f64();
+    let (open_mb, read_mb) = (bytes as f64 / open_s / 1e6, bytes as f64 / read_s / 1e6);
+    if c.json {
+        println!(
+            "{}",
+            serde_json::json!({"records": records, "bytes": bytes, "open_seconds": open_s, "open_mb_per_sec": open_mb,
+                "scan_seconds": rs.scan_seconds, "scan_mb_per_sec": rs.tail_bytes as f64 / rs.scan_seconds / 1e6,
+                "seq_read_seconds": read_s, "seq_read_mb_per_sec": read_mb})
+        );
+    } else {
+        println!("tail segment: {records} records of {size} B, {:.1} MiB", bytes as f64 / (1 << 20) as f64);
+        println!("open (everything):                  {open_s:.3} s = {open_mb:.0} MB/s");
+        println!(
+            "tail chain scan:                    {:.3} s = {:.0} MB/s  (journal recovery in all: {:.3} s)",
+            rs.scan_seconds,
+            rs.tail_bytes as f64 / rs.scan_seconds / 1e6,
+            rs.total_seconds
+        );
+        println!("sequential O_DIRECT 1 MiB reads:    {read_s:.3} s = {read_mb:.0} MB/s");
+        println!(
+            "tail scan / sequential read: {:.0}%   open / sequential read: {:.0}%",
+            100.0 * rs.tail_bytes as f64 / rs.scan_seconds / 1e6 / read_mb,
+            100.0 * open_mb / read_mb
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
@@ -603,6 +692,7 @@ fn main() {
             }
         }
         Cmd::EngineVsRaw(a) => compare(&a),
+        Cmd::Recovery(a) => recovery(&a),
     };
     if let Err(e) = res {
         eprintln!("mirrorlog-bench: {e}");
