@@ -20,7 +20,7 @@ pub struct Config {
     pub segment_size: u64,
     /// Largest record payload accepted (default 1 MiB).
     pub max_record_size: u32,
-    /// Group commit: a batch closes when it holds this many bytes (default 256 KiB).
+    /// Group commit: a batch closes when it holds this many bytes (default 1 MiB).
     pub max_batch_bytes: usize,
     /// Group commit: batches written at once per journal (default 2).
     pub max_inflight_batches: usize,
@@ -45,7 +45,7 @@ impl Config {
             block_size: 4096,
             segment_size: 64 << 20,
             max_record_size: 1 << 20,
-            max_batch_bytes: 256 << 10,
+            max_batch_bytes: 1 << 20,
             max_inflight_batches: 2,
             group_commit_wait: Duration::ZERO,
             sync: SyncMode::RwfDsync,

@@ -715,6 +715,13 @@ impl JournalInner {
     pub(crate) fn shut(&self) -> Vec<u64> {
         let mut st = self.st.lock();
         st.deleted = true;
+        // Batches not yet being written fail (their appenders get
+        // unknown-journal); batches being written finish first.
+        let first_unwritten = st.sealed.front().map(|b| b.seq).or(st.open.as_ref().map(|b| b.seq));
+        if st.failed.is_none() {
+            let from = first_unwritten.unwrap_or(st.next_batch_seq);
+            st.failed = Some((from, Error::UnknownJournal(self.name.clone())));
+        }
         st.open = None;
         st.sealed.clear();
         for cv in self.cvs.iter() {

@@ -237,3 +237,40 @@ fn recovery_scan_handles_records_spanning_read_chunks() {
         assert_eq!(&j.read(*lsn).unwrap(), p, "lsn {lsn}");
     }
 }
+
+#[test]
+fn deleting_a_journal_under_load_ends_every_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 32 << 20);
+    let mut cfg = small_config(&devs);
+    cfg.max_inflight_batches = 1;
+    let log = MirrorLog::create(&cfg).unwrap();
+    let j = log.create_journal("doomed").unwrap();
+    let other = log.create_journal("other").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for t in 0..12u64 {
+        let j = j.clone();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut ok = 0u64;
+            let end = loop {
+                match j.append(&payload(t, 500)) {
+                    Ok(_) => ok += 1,
+                    Err(e) => break e,
+                }
+            };
+            let _ = tx.send((ok, end.code_name()));
+        });
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    log.delete_journal("doomed").unwrap();
+    for _ in 0..12 {
+        let (_, code) = rx.recv_timeout(std::time::Duration::from_secs(20)).expect("an appender hung after delete");
+        assert_eq!(code, "unknown-journal");
+    }
+    // the rest of the set is unaffected, and the freed segments are reusable
+    assert_eq!(other.append(b"still here").unwrap(), 1);
+    assert!(matches!(log.journal("doomed"), Err(Error::UnknownJournal(_))));
+    let again = log.create_journal("doomed").unwrap();
+    assert_eq!(again.append(b"new").unwrap(), 1);
+}

@@ -203,6 +203,69 @@ fn ensure_devices(c: &Common) -> Result<(), String> {
     Ok(())
 }
 
+/// Counters shared by a run's worker threads.
+struct Progress {
+    stop: AtomicBool,
+    done: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl Progress {
+    fn error(&self, e: impl std::fmt::Display) {
+        if self.errors.fetch_add(1, Ordering::Relaxed) < 3 {
+            eprintln!("error: {e}");
+        }
+    }
+}
+
+/// Runs `workers` threads of `body(worker, progress)` for `secs`, printing
+/// progress, and merges the latency histograms they return.
+fn run_workers(
+    label: String,
+    workers: usize,
+    secs: f64,
+    bytes_per_record: u64,
+    progress: bool,
+    body: impl Fn(usize, &Progress) -> Histogram<u64> + Sync,
+) -> Report {
+    let p = Progress { stop: AtomicBool::new(false), done: AtomicU64::new(0), errors: AtomicU64::new(0) };
+    let start = Instant::now();
+    let hists: Vec<Histogram<u64>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..workers)
+            .map(|w| {
+                let (p, body) = (&p, &body);
+                s.spawn(move || body(w, p))
+            })
+            .collect();
+        let mut last = 0;
+        while start.elapsed().as_secs_f64() < secs {
+            std::thread::sleep(Duration::from_millis(200).min(Duration::from_secs_f64(secs / 4.0)));
+            let n = p.done.load(Ordering::Relaxed);
+            if progress {
+                eprint!("\r  {label}: {:.0} rec/s   ", (n - last) as f64 / 0.2);
+            }
+            last = n;
+        }
+        p.stop.store(true, Ordering::Relaxed);
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| new_hist())).collect()
+    });
+    if progress {
+        eprint!("\r{:80}\r", "");
+    }
+    let mut hist = new_hist();
+    for h in &hists {
+        let _ = hist.add(h);
+    }
+    Report {
+        label,
+        records: p.done.load(Ordering::Relaxed),
+        errors: p.errors.load(Ordering::Relaxed),
+        secs: start.elapsed().as_secs_f64(),
+        bytes_per_record,
+        hist,
+    }
+}
+
 /// Runs `clients` closed-loop threads for `secs`; `op(client, seq)` does one
 /// operation and returns the records it completed.
 fn drive(
@@ -213,65 +276,25 @@ fn drive(
     progress: bool,
     op: impl Fn(usize, u64) -> Result<u64, String> + Sync,
 ) -> Report {
-    let stop = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
-    let errors = AtomicU64::new(0);
-    let start = Instant::now();
-    let hists: Vec<Histogram<u64>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..clients)
-            .map(|c| {
-                let (stop, done, errors, op) = (&stop, &done, &errors, &op);
-                s.spawn(move || {
-                    let mut h = new_hist();
-                    let mut seq = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let t = Instant::now();
-                        match op(c, seq) {
-                            Ok(n) => {
-                                let _ = h.record(t.elapsed().as_micros().max(1) as u64);
-                                done.fetch_add(n, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                                    eprintln!("error: {e}");
-                                }
-                                std::thread::sleep(Duration::from_millis(1));
-                            }
-                        }
-                        seq += 1;
-                    }
-                    h
-                })
-            })
-            .collect();
-        let mut last = 0;
-        while start.elapsed().as_secs_f64() < secs {
-            std::thread::sleep(Duration::from_millis(200).min(Duration::from_secs_f64(secs / 4.0)));
-            let n = done.load(Ordering::Relaxed);
-            if progress {
-                eprint!("\r  {label}: {:.0} rec/s   ", (n - last) as f64 / 0.2);
+    run_workers(label, clients, secs, bytes_per_record, progress, |c, p| {
+        let mut h = new_hist();
+        let mut seq = 0u64;
+        while !p.stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            match op(c, seq) {
+                Ok(n) => {
+                    let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                    p.done.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    p.error(e);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
             }
-            last = n;
+            seq += 1;
         }
-        stop.store(true, Ordering::Relaxed);
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| new_hist())).collect()
-    });
-    if progress {
-        eprint!("\r{:80}\r", "");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let mut hist = new_hist();
-    for h in &hists {
-        let _ = hist.add(h);
-    }
-    Report {
-        label,
-        records: done.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        secs,
-        bytes_per_record,
-        hist,
-    }
+        h
+    })
 }
 
 /// Raw: each op writes `size` aligned bytes to every device, in parallel, durably.
@@ -360,13 +383,14 @@ fn run_embedded(c: &Common, o: &EmbeddedOpts, label: String) -> Result<Report, S
     let j = log.journal_or_create(&o.journal).map_err(|e| e.to_string())?;
     // Keep space: a marker reclaims all but the newest records.
     let stop = Arc::new(AtomicBool::new(false));
+    let total = log.status().segments_total as usize;
     let marker = {
         let (j, stop) = (j.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
-                // Reclaim only when over half the segments are used.
-                if j.info().segments < 16 {
+                // Reclaim only when the journal holds over half the segments.
+                if j.info().segments * 2 <= total {
                     continue;
                 }
                 let m = j.next_lsn().saturating_sub(10_000).max(j.mark());
@@ -405,108 +429,68 @@ fn run_embedded(c: &Common, o: &EmbeddedOpts, label: String) -> Result<Report, S
 /// thread submits for every idle client, pumps its `Driver`, and collects
 /// completions. Latency runs from submit to the observed ack.
 fn drive_loops(label: String, o: &EmbeddedOpts, progress: bool, j: &mirrorlog::Journal) -> Report {
-    let stop = AtomicBool::new(false);
-    let done = AtomicU64::new(0);
-    let errors = AtomicU64::new(0);
-    let start = Instant::now();
     let loops = o.loops.clamp(1, o.clients.max(1));
     let size = o.record_size as usize;
-    let hists: Vec<Histogram<u64>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..loops)
-            .map(|l| {
-                let (stop, done, errors) = (&stop, &done, &errors);
-                let clients: Vec<usize> = (0..o.clients).filter(|c| c % loops == l).collect();
-                s.spawn(move || {
-                    let mut h = new_hist();
-                    let mut driver = match mirrorlog::Driver::new() {
-                        Ok(d) => d,
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            return h;
-                        }
-                    };
-                    let mut seqs = vec![0u64; clients.len()];
-                    let mut pending: Vec<Option<(mirrorlog::Ticket, Instant)>> = vec![None; clients.len()];
-                    let mut buf = vec![0u8; size];
-                    while !stop.load(Ordering::Relaxed) {
-                        for (k, &c) in clients.iter().enumerate() {
-                            if pending[k].is_some() {
-                                continue;
-                            }
-                            payload(&mut buf, c, seqs[k]);
-                            match j.submit(&buf) {
-                                Ok(t) => {
-                                    pending[k] = Some((t, Instant::now()));
-                                    seqs[k] += 1;
-                                }
-                                Err(mirrorlog::Error::Backpressure) => break,
-                                Err(e) => {
-                                    if errors.fetch_add(1, Ordering::Relaxed) < 3 {
-                                        eprintln!("error: {e}");
-                                    }
-                                    std::thread::sleep(Duration::from_millis(1));
-                                    break;
-                                }
-                            }
-                        }
-                        if let Err(e) = driver.pump(&[j], true) {
-                            eprintln!("error: {e}");
-                            break;
-                        }
-                        for p in pending.iter_mut() {
-                            let Some((t, t0)) = p else { continue };
-                            match j.poll(t) {
-                                Ok(true) => {
-                                    let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
-                                    done.fetch_add(1, Ordering::Relaxed);
-                                    *p = None;
-                                }
-                                Ok(false) => {}
-                                Err(_) => {
-                                    errors.fetch_add(1, Ordering::Relaxed);
-                                    *p = None;
-                                }
-                            }
-                        }
-                    }
-                    // drain what is in flight
-                    while pending.iter().any(|p| p.as_ref().is_some_and(|(t, _)| matches!(j.poll(t), Ok(false)))) {
-                        if driver.pump(&[j], true).is_err() {
-                            break;
-                        }
-                    }
-                    h
-                })
-            })
-            .collect();
-        let mut last = 0;
-        while start.elapsed().as_secs_f64() < o.secs {
-            std::thread::sleep(Duration::from_millis(200).min(Duration::from_secs_f64(o.secs / 4.0)));
-            let n = done.load(Ordering::Relaxed);
-            if progress {
-                eprint!("\r  {label}: {:.0} rec/s   ", (n - last) as f64 / 0.2);
+    run_workers(label, loops, o.secs, o.record_size, progress, |l, p| {
+        let mut h = new_hist();
+        let clients: Vec<usize> = (0..o.clients).filter(|c| c % loops == l).collect();
+        let mut driver = match mirrorlog::Driver::new() {
+            Ok(d) => d,
+            Err(e) => {
+                p.error(e);
+                return h;
             }
-            last = n;
+        };
+        let mut seqs = vec![0u64; clients.len()];
+        let mut pending: Vec<Option<(mirrorlog::Ticket, Instant)>> = vec![None; clients.len()];
+        let mut buf = vec![0u8; size];
+        while !p.stop.load(Ordering::Relaxed) {
+            for (k, &c) in clients.iter().enumerate() {
+                if pending[k].is_some() {
+                    continue;
+                }
+                payload(&mut buf, c, seqs[k]);
+                match j.submit(&buf) {
+                    Ok(t) => {
+                        pending[k] = Some((t, Instant::now()));
+                        seqs[k] += 1;
+                    }
+                    Err(mirrorlog::Error::Backpressure) => break,
+                    Err(e) => {
+                        p.error(e);
+                        std::thread::sleep(Duration::from_millis(1));
+                        break;
+                    }
+                }
+            }
+            if let Err(e) = driver.pump(&[j], true) {
+                p.error(e);
+                break;
+            }
+            for slot in pending.iter_mut() {
+                let Some((t, t0)) = slot else { continue };
+                match j.poll(t) {
+                    Ok(true) => {
+                        let _ = h.record(t0.elapsed().as_micros().max(1) as u64);
+                        p.done.fetch_add(1, Ordering::Relaxed);
+                        *slot = None;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        p.error(e);
+                        *slot = None;
+                    }
+                }
+            }
         }
-        stop.store(true, Ordering::Relaxed);
-        hs.into_iter().map(|h| h.join().unwrap_or_else(|_| new_hist())).collect()
-    });
-    if progress {
-        eprint!("\r{:80}\r", "");
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let mut hist = new_hist();
-    for h in &hists {
-        let _ = hist.add(h);
-    }
-    Report {
-        label,
-        records: done.load(Ordering::Relaxed),
-        errors: errors.load(Ordering::Relaxed),
-        secs,
-        bytes_per_record: o.record_size,
-        hist,
-    }
+        // drain what is in flight
+        while pending.iter().any(|s| s.as_ref().is_some_and(|(t, _)| matches!(j.poll(t), Ok(false)))) {
+            if driver.pump(&[j], true).is_err() {
+                break;
+            }
+        }
+        h
+    })
 }
 
 fn print(reports: &[Report], json: bool) {
@@ -595,7 +579,7 @@ fn recovery(a: &RecoveryArgs) -> Result<(), String> {
     let mut cfg = Config::new(c.devices.iter().cloned());
     cfg.sync = c.sync;
     let size = a.record_size as usize;
-    let per_batch = ((cfg.max_batch_bytes / (size + 32)).max(1)).min(4096);
+    let per_batch = (cfg.max_batch_bytes / (size + 32)).clamp(1, 4096);
     let records;
     {
         let log = MirrorLog::create(&cfg).map_err(|e| e.to_string())?;
