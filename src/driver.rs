@@ -27,7 +27,8 @@ use io_uring::{opcode, types, IoUring};
 use crate::error::{Error, Result};
 use crate::format::MAX_MEMBERS;
 use crate::io::check_full;
-use crate::journal::{Batch, Journal, JournalInner};
+use crate::journal::Journal;
+use crate::pipeline::{Batch, JournalInner};
 
 const RING_ENTRIES: u32 = 256;
 const MAX_FLIGHTS: usize = RING_ENTRIES as usize / MAX_MEMBERS;

@@ -34,6 +34,7 @@ pub mod format;
 pub mod io;
 pub mod journal;
 pub mod mirror;
+mod pipeline;
 pub mod read;
 mod recovery;
 
@@ -50,8 +51,8 @@ pub use io::{FaultInjector, SyncMode};
 pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn, RecoveryStats, Ticket};
 
 use format::{JournalEntry, MAX_JOURNALS, MAX_JOURNAL_NAME};
-use journal::{JournalInner, Recovered, Shared};
 use mirror::{hex_id, MirrorSet, SetOptions};
+use pipeline::{JournalInner, Recovered, Shared};
 
 /// An open mirror set and its journals.
 pub struct MirrorLog {

@@ -23,7 +23,7 @@ use std::collections::VecDeque;
 use crate::error::{Error, Result};
 use crate::format::{slot_offset, ChainPos, JournalEntry, SegmentHeader, Superblock, FLAG_BATCH_END};
 use crate::io::AlignedBuf;
-use crate::journal::{IndexEntry, Recovered, Seg, Shared};
+use crate::pipeline::{IndexEntry, Recovered, Seg, Shared};
 use crate::read::SegmentScan;
 
 struct Candidate {
@@ -199,7 +199,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         )?;
     }
     Ok(Recovered {
-        stats: crate::journal::RecoveryStats {
+        stats: crate::pipeline::RecoveryStats {
             tail_records: end.lsn - start.lsn,
             tail_bytes: end.off - bs,
             scan_seconds,

@@ -1,0 +1,719 @@
+//! The group-commit pipeline of a journal: placing records in batches,
+//! sealing and claiming batches for writers, retiring them in order.
+//!
+//! # Pipeline (see docs/architecture.md)
+//! 1. `append` takes the journal lock, gives the record the next LSN, encodes
+//!    it (CRC chained to the previous record) straight into the *open batch*
+//!    buffer, and releases the lock.
+//! 2. If fewer than `max_inflight_batches` batches are being written, the
+//!    appending thread seals the open batch (marks its last record
+//!    `BATCH_END`, zero-pads it to a block) and writes it itself, through its
+//!    own io_uring, to every healthy mirror at once. Otherwise it sleeps and
+//!    the batch waits: appends arriving meanwhile join it (group commit). A
+//!    `Driver` may claim and write batches instead (`claim_async`).
+//! 3. When a batch's writes complete, batches are *retired* strictly in order:
+//!    the durable LSN advances only over a prefix of completed batches, and
+//!    only then are their appenders woken with success.
+//!
+//! # Invariants
+//! - An append returns `Ok` only after its batch and every earlier batch
+//!   completed durably on every healthy mirror.
+//! - Each batch starts on a fresh block and is padded to a block, so a block
+//!   that holds acknowledged data is never written again by the append path.
+//! - LSNs are dense and strictly increasing per journal.
+//! - The first batch of a new segment (which carries its header) is written
+//!   only after every earlier batch retired. So a valid segment header implies
+//!   the previous segment's chain is complete, and recovery scans one segment.
+//! - After a failed batch nothing later is acknowledged: the journal refuses
+//!   writes until reopened (recovery then decides what is durable).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use rand::RngCore;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::format::{
+    align_up, encode_record_header, set_batch_end, slot_offset, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::io::AlignedBuf;
+use crate::mirror::MirrorSet;
+
+/// Log sequence number: per journal, dense, starting at 1.
+pub type Lsn = u64;
+
+/// State shared by all journals of a set.
+pub(crate) struct Shared {
+    pub set: MirrorSet,
+    pub cfg: Config,
+    /// Owner journal id of each segment slot (`None`: free).
+    pub slots: Mutex<Vec<Option<u64>>>,
+}
+
+impl Shared {
+    fn take_slots(&self, journal: u64, n: usize) -> Result<Vec<u64>> {
+        let mut slots = self.slots.lock();
+        let free: Vec<u64> =
+            slots.iter().enumerate().filter(|(_, o)| o.is_none()).map(|(i, _)| i as u64).take(n).collect();
+        if free.len() < n {
+            return Err(Error::Full);
+        }
+        for &s in &free {
+            slots[s as usize] = Some(journal);
+        }
+        Ok(free)
+    }
+
+    pub(crate) fn release_slot(&self, slot: u64) {
+        if let Some(s) = self.slots.lock().get_mut(slot as usize) {
+            *s = None;
+        }
+    }
+}
+
+/// One index entry: a batch start (a record boundary) in a segment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IndexEntry {
+    pub lsn: u64,
+    pub off: u64,
+    pub prev_crc: u32,
+}
+
+/// A live segment of a journal.
+#[derive(Debug)]
+pub(crate) struct Seg {
+    pub slot: u64,
+    pub seq: u64,
+    pub first_lsn: u64,
+    pub header_crc: u32,
+    /// Reads never go past this segment offset: the durable end for the tail
+    /// segment, the segment size for older ones.
+    pub end_off: u64,
+    /// Sparse, sorted by lsn: at most one entry per `index_stride` bytes.
+    pub index: Vec<IndexEntry>,
+}
+
+impl Seg {
+    fn start(&self, block: u32) -> IndexEntry {
+        IndexEntry { lsn: self.first_lsn, off: block as u64, prev_crc: self.header_crc }
+    }
+    /// The last index entry at or below `lsn`.
+    pub(crate) fn entry_for(&self, lsn: u64, block: u32) -> IndexEntry {
+        let i = self.index.partition_point(|e| e.lsn <= lsn);
+        if i == 0 {
+            self.start(block)
+        } else {
+            self.index[i - 1]
+        }
+    }
+    pub(crate) fn add_index(&mut self, e: IndexEntry, stride: u64) {
+        let last = self.index.last().map(|l| (l.lsn, l.off)).unwrap_or((0, 0));
+        if e.lsn > last.0 && e.off >= last.1 + stride {
+            self.index.push(e);
+        }
+    }
+}
+
+pub(crate) struct Batch {
+    seq: u64,
+    buf: AlignedBuf,
+    /// Bytes used in `buf` (a leading header block included).
+    len: usize,
+    /// Where records start in `buf` (0, or one block after a header).
+    data_start: usize,
+    slot: u64,
+    seg_seq: u64,
+    /// Segment offset of `buf[0]`.
+    seg_off: u64,
+    first_lsn: u64,
+    next_lsn: u64,
+    first_prev: u32,
+    last_rec: usize,
+    last_pcrc: u32,
+    opened: Instant,
+    header: bool,
+    /// Set when sealed: bytes to write (a multiple of the block size).
+    padded: usize,
+}
+
+impl Batch {
+    /// Device offset and bytes of this batch's write (sealed batches only).
+    pub(crate) fn region(&self, segment_size: u64) -> (u64, &[u8]) {
+        (slot_offset(self.slot, segment_size) + self.seg_off, &self.buf.as_slice()[..self.padded])
+    }
+}
+
+/// An append placed with `Journal::submit`. It is durable once
+/// `Journal::poll` returns `Ok(true)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The record's LSN.
+    pub lsn: Lsn,
+    pub(crate) batch: u64,
+}
+
+struct Pending {
+    seq: u64,
+    done: Option<(Batch, Result<()>)>,
+}
+
+pub(crate) struct JState {
+    pub deleted: bool,
+    /// (first failed batch seq, why): that batch and all later ones fail.
+    failed: Option<(u64, Error)>,
+    pub epoch: u64,
+    pub mark: u64,
+    /// Next lsn to hand out; `last_crc` is the chain value it must carry.
+    pub next_assign: u64,
+    last_crc: u32,
+    /// Next lsn not yet durable: everything below it is acknowledged.
+    pub durable_lsn: u64,
+    pub segs: VecDeque<Seg>,
+    /// Segment offset (block aligned) where the next new batch starts.
+    tail_off: u64,
+    next_seg_seq: u64,
+    open: Option<Batch>,
+    sealed: VecDeque<Batch>,
+    writing: usize,
+    pending: VecDeque<Pending>,
+    next_batch_seq: u64,
+    /// Every batch with a lower seq is retired.
+    retired: u64,
+    /// Free batch buffers. Allocated on first need, up to `buffers_max`
+    /// (`max_inflight_batches + 2`), then reused: memory per journal is
+    /// bounded, and an idle journal holds none.
+    pool: Vec<AlignedBuf>,
+    buffers: usize,
+    /// Slots reserved by the append being placed.
+    reserved: Vec<u64>,
+    /// An append_batch is mid-placement: others wait so LSNs stay contiguous.
+    exclusive: bool,
+}
+
+/// Counters of one journal.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JournalCounters {
+    pub appends: u64,
+    pub bytes: u64,
+    pub batches: u64,
+}
+
+pub(crate) struct JournalInner {
+    pub shared: Arc<Shared>,
+    pub id: u64,
+    pub name: String,
+    pub st: Mutex<JState>,
+    cvs: Box<[Condvar]>,
+    excl_cv: Condvar,
+    pub mark_lock: Mutex<()>,
+    pub counters: Mutex<JournalCounters>,
+    pub recovery: RecoveryStats,
+}
+
+/// What recovery did for one journal at open.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecoveryStats {
+    /// Records found in the tail segment.
+    pub tail_records: u64,
+    /// Bytes of the tail segment's chain scanned.
+    pub tail_bytes: u64,
+    /// Seconds spent scanning the tail chain.
+    pub scan_seconds: f64,
+    /// Seconds for the whole recovery of this journal (scan, mirror sync, zeroing).
+    pub total_seconds: f64,
+    /// Records past the last complete batch that were dropped.
+    pub dropped_records: u64,
+}
+
+/// What recovery found for a journal.
+pub(crate) struct Recovered {
+    pub stats: RecoveryStats,
+    pub segs: VecDeque<Seg>,
+    pub next_lsn: u64,
+    pub last_crc: u32,
+    pub tail_off: u64,
+    pub next_seg_seq: u64,
+    pub mark: u64,
+    pub epoch: u64,
+}
+
+impl JournalInner {
+    pub(crate) fn new(shared: Arc<Shared>, id: u64, name: String, rec: Recovered) -> JournalInner {
+        let cfg = &shared.cfg;
+        let nbufs = cfg.max_inflight_batches + 2;
+        let st = JState {
+            deleted: false,
+            failed: None,
+            epoch: rec.epoch,
+            mark: rec.mark,
+            next_assign: rec.next_lsn,
+            last_crc: rec.last_crc,
+            durable_lsn: rec.next_lsn,
+            segs: rec.segs,
+            tail_off: rec.tail_off,
+            next_seg_seq: rec.next_seg_seq,
+            open: None,
+            sealed: VecDeque::new(),
+            writing: 0,
+            pending: VecDeque::new(),
+            next_batch_seq: 0,
+            retired: 0,
+            pool: Vec::with_capacity(nbufs),
+            buffers: 0,
+            reserved: Vec::new(),
+            exclusive: false,
+        };
+        JournalInner {
+            shared,
+            id,
+            name,
+            st: Mutex::new(st),
+            cvs: (0..nbufs).map(|_| Condvar::new()).collect(),
+            excl_cv: Condvar::new(),
+            mark_lock: Mutex::new(()),
+            counters: Mutex::new(JournalCounters::default()),
+            recovery: rec.stats,
+        }
+    }
+
+    pub(crate) fn block(&self) -> u64 {
+        self.shared.set.block_size as u64
+    }
+
+    fn cv(&self, seq: u64) -> &Condvar {
+        &self.cvs[(seq % self.cvs.len() as u64) as usize]
+    }
+
+    fn check_writable(&self, st: &JState) -> Result<()> {
+        if st.deleted {
+            return Err(Error::UnknownJournal(self.name.clone()));
+        }
+        if let Some((_, e)) = &st.failed {
+            return Err(e.duplicate());
+        }
+        Ok(())
+    }
+
+    /// How many new segments placing records of these sizes needs (mirrors
+    /// `place` exactly, without changing anything).
+    fn segments_needed(&self, st: &JState, lens: impl Iterator<Item = usize>) -> usize {
+        let cfg = &self.shared.cfg;
+        let bs = self.block();
+        let seg = self.shared.set.segment_size;
+        let mut open = st.open.as_ref().map(|b| (b.seg_off + b.len as u64, (b.len - b.data_start) as u64));
+        let mut tail = st.segs.back().map(|_| st.tail_off);
+        let mut new = 0;
+        for len in lens {
+            let t = (RECORD_HEADER_LEN + len) as u64;
+            if let Some((end, rb)) = open {
+                if (rb + t <= cfg.max_batch_bytes as u64 || rb == 0) && align_up(end + t, bs) <= seg {
+                    open = Some((end + t, rb + t));
+                    continue;
+                }
+                tail = Some(align_up(end, bs));
+            }
+            match tail {
+                Some(to) if align_up(to + t, bs) <= seg => open = Some((to + t, t)),
+                _ => {
+                    new += 1;
+                    tail = Some(0);
+                    open = Some((bs + t, t));
+                }
+            }
+        }
+        new
+    }
+
+    fn seal_open(&self, st: &mut JState) {
+        let Some(mut b) = st.open.take() else { return };
+        let bs = self.block() as usize;
+        let rec = b.last_rec;
+        st.last_crc = set_batch_end(&mut b.buf.as_mut_slice()[rec..rec + RECORD_HEADER_LEN], b.last_pcrc);
+        b.padded = align_up(b.len as u64, bs as u64) as usize;
+        let (len, padded) = (b.len, b.padded);
+        b.buf.as_mut_slice()[len..padded].fill(0);
+        st.tail_off = b.seg_off + padded as u64;
+        st.sealed.push_back(b);
+    }
+
+    fn new_buffer(&self, st: &mut JState) -> Option<AlignedBuf> {
+        if st.buffers >= self.cvs.len() {
+            return None;
+        }
+        st.buffers += 1;
+        let bs = self.shared.set.block_size;
+        Some(AlignedBuf::new(self.shared.cfg.batch_buf_bytes(bs), bs as usize))
+    }
+
+    /// Places one record in the open batch. `Ok(None)`: no batch buffer is
+    /// free; write or wait and call again.
+    fn place(&self, st: &mut JState, payload: &[u8]) -> Result<Option<u64>> {
+        let cfg = &self.shared.cfg;
+        let bs = self.block();
+        let seg_size = self.shared.set.segment_size;
+        let t = (RECORD_HEADER_LEN + payload.len()) as u64;
+        if let Some(b) = &st.open {
+            let rb = (b.len - b.data_start) as u64;
+            let fits = (rb + t <= cfg.max_batch_bytes as u64 || rb == 0)
+                && align_up(b.seg_off + b.len as u64 + t, bs) <= seg_size;
+            if !fits {
+                self.seal_open(st);
+            }
+        }
+        if st.open.is_none() {
+            let in_tail = st.segs.back().is_some() && align_up(st.tail_off + t, bs) <= seg_size;
+            let Some(mut buf) = st.pool.pop().or_else(|| self.new_buffer(st)) else {
+                return Ok(None);
+            };
+            let seq = st.next_batch_seq;
+            let (slot, seg_seq, seg_off, data_start, header) = if in_tail {
+                let s = st.segs.back().map(|s| (s.slot, s.seq)).unwrap_or((0, 0));
+                (s.0, s.1, st.tail_off, 0usize, false)
+            } else {
+                let Some(slot) = st.reserved.pop() else {
+                    st.pool.push(buf);
+                    return Err(Error::Full);
+                };
+                let seg_seq = st.next_seg_seq;
+                let h = SegmentHeader {
+                    set_uuid: self.shared.set.set_uuid,
+                    journal_id: self.id,
+                    seq: seg_seq,
+                    epoch: st.epoch,
+                    first_lsn: st.next_assign,
+                    prev_crc: st.last_crc,
+                    nonce: rand::thread_rng().next_u64(),
+                };
+                let hb = buf.as_mut_slice();
+                let crc = h.encode(hb);
+                hb[SEGMENT_HEADER_LEN..bs as usize].fill(0);
+                st.next_seg_seq += 1;
+                st.segs.push_back(Seg {
+                    slot,
+                    seq: seg_seq,
+                    first_lsn: st.next_assign,
+                    header_crc: crc,
+                    end_off: bs,
+                    index: Vec::new(),
+                });
+                st.last_crc = crc;
+                st.tail_off = 0;
+                (slot, seg_seq, 0, bs as usize, true)
+            };
+            st.next_batch_seq += 1;
+            st.open = Some(Batch {
+                seq,
+                buf,
+                len: data_start,
+                data_start,
+                slot,
+                seg_seq,
+                seg_off,
+                first_lsn: st.next_assign,
+                next_lsn: st.next_assign,
+                first_prev: st.last_crc,
+                last_rec: 0,
+                last_pcrc: 0,
+                opened: Instant::now(),
+                header,
+                padded: 0,
+            });
+        }
+        let lsn = st.next_assign;
+        let (epoch, prev) = (st.epoch, st.last_crc);
+        let b = st.open.as_mut().ok_or(Error::Closed)?;
+        let off = b.len;
+        let out = &mut b.buf.as_mut_slice()[off..off + t as usize];
+        out[RECORD_HEADER_LEN..].copy_from_slice(payload);
+        let pcrc = crc32c::crc32c(payload);
+        let crc = encode_record_header(out, pcrc, payload.len() as u32, lsn, epoch, prev, 0);
+        b.last_rec = off;
+        b.last_pcrc = pcrc;
+        b.len += t as usize;
+        b.next_lsn = lsn + 1;
+        let seq = b.seq;
+        st.last_crc = crc;
+        st.next_assign = lsn + 1;
+        Ok(Some(seq))
+    }
+
+    /// Whether the open batch may be written now (group-commit wait elapsed).
+    fn open_ready(&self, st: &JState) -> bool {
+        let wait = self.shared.cfg.group_commit_wait;
+        st.open.as_ref().is_some_and(|b| b.next_lsn > b.first_lsn && (wait.is_zero() || b.opened.elapsed() >= wait))
+    }
+
+    /// The seq of a batch that a writer could take now.
+    fn claimable(&self, st: &JState) -> Option<u64> {
+        if st.failed.is_some() || st.writing >= self.shared.cfg.max_inflight_batches {
+            return None;
+        }
+        match st.sealed.front() {
+            Some(b) if b.header && st.retired != b.seq => None,
+            Some(b) => Some(b.seq),
+            None if self.open_ready(st) => st.open.as_ref().map(|b| b.seq),
+            None => None,
+        }
+    }
+
+    /// Takes a batch to write, if one may be written now.
+    fn claim(&self, st: &mut JState) -> Option<Batch> {
+        self.claimable(st)?;
+        if st.sealed.is_empty() {
+            self.seal_open(st);
+        }
+        let front = st.sealed.front()?;
+        if front.header && st.retired != front.seq {
+            return None;
+        }
+        let b = st.sealed.pop_front()?;
+        st.writing += 1;
+        st.pending.push_back(Pending { seq: b.seq, done: None });
+        Some(b)
+    }
+
+    fn write_batch(&self, b: &Batch) -> Result<()> {
+        let (off, bytes) = b.region(self.shared.set.segment_size);
+        self.shared.set.write_all(off, bytes)
+    }
+
+    /// Claims a batch for an asynchronous writer (`Driver`).
+    pub(crate) fn claim_async(&self) -> Option<Batch> {
+        let mut st = self.st.lock();
+        self.claim(&mut st)
+    }
+
+    /// Hands back a batch an asynchronous writer finished.
+    pub(crate) fn finish_async(&self, b: Batch, res: Result<()>) {
+        let mut st = self.st.lock();
+        self.complete(&mut st, b, res);
+    }
+
+    /// Places one record without waiting. `Err(Backpressure)` when every
+    /// batch buffer is in use: write (pump a `Driver`) and try again.
+    pub(crate) fn submit(&self, payload: &[u8]) -> Result<Ticket> {
+        let max = self.shared.cfg.max_record_size as usize;
+        if payload.len() > max {
+            return Err(Error::RecordTooLarge { size: payload.len(), max });
+        }
+        let mut st = self.st.lock();
+        self.check_writable(&st)?;
+        if st.exclusive {
+            return Err(Error::Backpressure);
+        }
+        if self.segments_needed(&st, std::iter::once(payload.len())) > 0 {
+            st.reserved = self.shared.take_slots(self.id, 1)?;
+        }
+        let lsn = st.next_assign;
+        let r = self.place(&mut st, payload);
+        for s in st.reserved.drain(..) {
+            self.shared.release_slot(s);
+        }
+        match r? {
+            Some(batch) => Ok(Ticket { lsn, batch }),
+            None => Err(Error::Backpressure),
+        }
+    }
+
+    /// Whether a submitted record is durable.
+    pub(crate) fn poll(&self, t: &Ticket) -> Result<bool> {
+        let st = self.st.lock();
+        if let Some((from, e)) = &st.failed {
+            if t.batch >= *from {
+                return Err(e.duplicate());
+            }
+        }
+        Ok(t.batch < st.retired)
+    }
+
+    /// Records a written batch and retires every completed batch in order.
+    fn complete(&self, st: &mut JState, b: Batch, res: Result<()>) {
+        st.writing -= 1;
+        let seq = b.seq;
+        if let Some(p) = st.pending.iter_mut().find(|p| p.seq == seq) {
+            p.done = Some((b, res));
+        }
+        let stride = self.shared.cfg.index_stride as u64;
+        let bs = self.block();
+        while st.pending.front().is_some_and(|p| p.done.is_some()) {
+            let Some(Pending { seq, done: Some((b, res)) }) = st.pending.pop_front() else {
+                break;
+            };
+            match res {
+                Ok(()) if st.failed.is_none() => {
+                    st.durable_lsn = b.next_lsn;
+                    if let Some(seg) = st.segs.iter_mut().rev().find(|s| s.seq == b.seg_seq) {
+                        seg.end_off = b.seg_off + b.padded as u64;
+                        seg.add_index(
+                            IndexEntry {
+                                lsn: b.first_lsn,
+                                off: b.seg_off + b.data_start as u64,
+                                prev_crc: b.first_prev,
+                            },
+                            stride.max(bs),
+                        );
+                    }
+                    let mut c = self.counters.lock();
+                    c.batches += 1;
+                    c.appends += b.next_lsn - b.first_lsn;
+                    c.bytes += (b.len - b.data_start) as u64;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if st.failed.is_none() {
+                        tracing::error!(journal = %self.name, error = %e, "batch write failed; the journal refuses writes until reopened");
+                        st.failed = Some((seq, e));
+                        for cv in self.cvs.iter() {
+                            cv.notify_all();
+                        }
+                        self.excl_cv.notify_all();
+                    }
+                }
+            }
+            st.pool.push(b.buf);
+            st.retired = seq + 1;
+            self.cv(seq).notify_all();
+        }
+    }
+
+    /// Writes batches or sleeps until batch `seq` is retired.
+    pub(crate) fn wait_batch(&self, st: &mut MutexGuard<'_, JState>, seq: u64) -> Result<()> {
+        loop {
+            if let Some((from, e)) = &st.failed {
+                if seq >= *from {
+                    return Err(e.duplicate());
+                }
+            }
+            if seq < st.retired {
+                // Done. If a batch is waiting for a writer, wake one of its appenders.
+                if let Some(s) = self.claimable(st) {
+                    self.cv(s).notify_one();
+                }
+                return Ok(());
+            }
+            if st.deleted && st.writing == 0 && seq >= st.retired {
+                return Err(Error::UnknownJournal(self.name.clone()));
+            }
+            if self.help(st) {
+                continue;
+            }
+            self.sleep(st, seq);
+        }
+    }
+
+    /// Writes one claimable batch, if any. Returns whether it did.
+    fn help(&self, st: &mut MutexGuard<'_, JState>) -> bool {
+        match self.claim(st) {
+            Some(b) => {
+                let res = MutexGuard::unlocked(st, || self.write_batch(&b));
+                self.complete(st, b, res);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn sleep(&self, st: &mut MutexGuard<'_, JState>, seq: u64) {
+        let wait = self.shared.cfg.group_commit_wait;
+        let open_age = st.open.as_ref().filter(|b| b.next_lsn > b.first_lsn).map(|b| b.opened.elapsed());
+        match open_age {
+            Some(age) if !wait.is_zero() && age < wait => {
+                self.cv(seq).wait_for(st, wait - age);
+            }
+            _ => {
+                self.cv(seq).wait(st);
+            }
+        }
+    }
+
+    pub(crate) fn append_many<'a>(&self, payloads: impl Iterator<Item = &'a [u8]> + Clone) -> Result<Lsn> {
+        let max = self.shared.cfg.max_record_size as usize;
+        let mut n = 0usize;
+        for p in payloads.clone() {
+            if p.len() > max {
+                return Err(Error::RecordTooLarge { size: p.len(), max });
+            }
+            n += 1;
+        }
+        if n == 0 {
+            return Err(Error::Config("append_batch needs at least one record".into()));
+        }
+        let mut st = self.st.lock();
+        while st.exclusive {
+            self.check_writable(&st)?;
+            self.excl_cv.wait(&mut st);
+        }
+        self.check_writable(&st)?;
+        let need = self.segments_needed(&st, payloads.clone().map(|p| p.len()));
+        if need > 0 {
+            st.reserved = self.shared.take_slots(self.id, need)?;
+        }
+        let first = st.next_assign;
+        let mut last_seq = 0;
+        let mut it = payloads.peekable();
+        while let Some(p) = it.peek() {
+            match self.place(&mut st, p) {
+                Ok(Some(seq)) => {
+                    last_seq = seq;
+                    it.next();
+                }
+                Ok(None) => {
+                    // No free batch buffer: keep others out, write or wait.
+                    st.exclusive = true;
+                    if !self.help(&mut st) {
+                        let oldest = st.retired;
+                        if let Err(e) = self.check_writable(&st) {
+                            self.end_exclusive(&mut st);
+                            return Err(e);
+                        }
+                        self.cv(oldest).wait(&mut st);
+                    }
+                }
+                Err(e) => {
+                    self.end_exclusive(&mut st);
+                    return Err(e);
+                }
+            }
+        }
+        self.end_exclusive(&mut st);
+        self.wait_batch(&mut st, last_seq)?;
+        Ok(first)
+    }
+
+    fn end_exclusive(&self, st: &mut JState) {
+        for s in st.reserved.drain(..) {
+            self.shared.release_slot(s);
+        }
+        if st.exclusive {
+            st.exclusive = false;
+            self.excl_cv.notify_all();
+        }
+    }
+
+    /// Waits until nothing is being written (used before deleting).
+    pub(crate) fn shut(&self) -> Vec<u64> {
+        let mut st = self.st.lock();
+        st.deleted = true;
+        // Batches not yet being written fail (their appenders get
+        // unknown-journal); batches being written finish first.
+        let first_unwritten = st.sealed.front().map(|b| b.seq).or(st.open.as_ref().map(|b| b.seq));
+        if st.failed.is_none() {
+            let from = first_unwritten.unwrap_or(st.next_batch_seq);
+            st.failed = Some((from, Error::UnknownJournal(self.name.clone())));
+        }
+        st.open = None;
+        st.sealed.clear();
+        for cv in self.cvs.iter() {
+            cv.notify_all();
+        }
+        self.excl_cv.notify_all();
+        while st.writing > 0 {
+            let s = st.retired;
+            self.cv(s).wait(&mut st);
+        }
+        st.segs.iter().map(|s| s.slot).collect()
+    }
+}
