@@ -125,6 +125,7 @@ pub fn open_device(path: &Path, sync: SyncMode) -> io::Result<Device> {
             io::Error::new(e.kind(), format!("{}: {e}", path.display()))
         }
     })?;
+    lock_exclusive(&file, path)?;
     let meta = file.metadata()?;
     let is_block_device = meta.file_type().is_block_device();
     let (logical_block, size) = if is_block_device {
@@ -165,6 +166,36 @@ pub fn open_device(path: &Path, sync: SyncMode) -> io::Result<Device> {
         }
     }
     Ok(Device { path: path.to_path_buf(), file, logical_block, size, is_block_device })
+}
+
+/// How long `open_device` waits for another owner's lock to go away. A
+/// killed owner's io_uring is torn down asynchronously by the kernel, and its
+/// in-flight requests hold the file (and so the lock) a little past its exit.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Takes an exclusive advisory lock on the device: one owner at a time, since
+/// a second process (or a second open in this one) writing the same device
+/// would corrupt it. The lock goes with the owner, so a crashed owner never
+/// blocks recovery for long.
+fn lock_exclusive(file: &File, path: &Path) -> io::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        // SAFETY: flock on a valid fd.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(e);
+        }
+        if start.elapsed() >= LOCK_WAIT {
+            return Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("{}: in use by another process (locked for over {LOCK_WAIT:?})", path.display()),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 const BLKSSZGET: libc::c_ulong = 0x1268;

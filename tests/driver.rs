@@ -60,6 +60,8 @@ fn driver_writes_many_journals_with_backpressure() {
     }
     assert!(backpressured > 0, "the test should hit back-pressure");
     drop(driver);
+    drop(refs);
+    drop(js); // journal handles keep the set (and its devices) open
     drop(log);
     let log = MirrorLog::open(&cfg).unwrap();
     for (k, a) in acked.iter_mut().enumerate() {

@@ -46,6 +46,7 @@ fn zeroed_tail_on_one_mirror_is_recovered_and_copied_back() {
     let j = log.journal("j").unwrap();
     assert_eq!(j.next_lsn(), 41);
     verify_all(&j, 40);
+    drop(j); // a journal handle keeps the set open
     drop(log);
     assert_eq!(data_region(&devs[0]), data_region(&devs[1]), "tail not copied to the mirror that lacked it");
 }
@@ -84,6 +85,7 @@ fn zeroed_tail_on_both_mirrors_ends_the_log_cleanly() {
     assert_eq!(j.append(b"new 38").unwrap(), 38);
     assert_eq!(j.read(38).unwrap(), b"new 38");
     // the old record 39 and 40 are gone for good, even after another reopen
+    drop(j); // a journal handle keeps the set open
     drop(log);
     let log = MirrorLog::open(&cfg).unwrap();
     let j = log.journal("j").unwrap();
@@ -104,6 +106,7 @@ fn flipped_bits_in_the_tail() {
     let j = log.journal("j").unwrap();
     assert_eq!(j.next_lsn(), 41);
     verify_all(&j, 40);
+    drop(j); // a journal handle keeps the set open
     drop(log);
     assert_eq!(data_region(&devs[0]), data_region(&devs[1]));
     // both mirrors, in record 40: it is dropped, nothing corrupt is returned
@@ -208,6 +211,7 @@ fn torn_tail_in_a_reused_slot_never_revives_stale_records() {
     let stale = read_at(&devs[0], slot_offset(slot, seg) + off + 8 * BS, 64);
     assert!(stale.iter().any(|&b| b != 0), "the slot should hold stale bytes past the tail");
     let mark = j.mark();
+    drop(j); // a journal handle keeps the set open
     drop(log);
     // Tear the last record on both mirrors.
     for d in &devs {
@@ -244,6 +248,7 @@ fn failed_mirror_writes_continue_on_the_survivor_and_stay_failed() {
     assert!(st.mirrors[0].healthy);
     assert!(!st.mirrors[1].healthy);
     assert_eq!(j.read(15).unwrap(), payload(15, 115));
+    drop(j); // a journal handle keeps the set open
     drop(log);
     let before = data_region(&devs[1]);
     // reopen without the fault: the member stays out
@@ -257,6 +262,7 @@ fn failed_mirror_writes_continue_on_the_survivor_and_stay_failed() {
         assert_eq!(j.read(i).unwrap(), payload(i, 100 + i as usize));
     }
     j.append(b"21").unwrap();
+    drop(j); // a journal handle keeps the set open
     drop(log);
     assert_eq!(data_region(&devs[1]), before, "a failed member must not be written");
 }
@@ -439,6 +445,7 @@ fn loop_devices_as_mirrors() {
     for i in 0..300u64 {
         assert_eq!(j.read(51 + i).unwrap(), payload(1000 + i, (i * 91 % 20_000) as usize));
     }
+    drop(j); // a journal handle keeps the set open
     drop(log);
     drop(loops);
     assert_eq!(data_region(&files[0]), data_region(&files[1]));
@@ -470,6 +477,19 @@ fn corruption_mid_tail_on_the_first_mirror_is_read_past_from_the_other() {
     for i in (1..=n).step_by(37) {
         assert_eq!(j.read(i).unwrap(), payload(i, 3000));
     }
+    drop(j); // a journal handle keeps the set open
     drop(log);
     assert_eq!(data_region(&devs[0]), data_region(&devs[1]));
+}
+
+#[test]
+fn a_set_in_use_cannot_be_opened_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 16 << 20);
+    let cfg = small_config(&devs);
+    let log = MirrorLog::create(&cfg).unwrap();
+    let e = MirrorLog::open(&cfg).unwrap_err();
+    assert!(e.to_string().contains("in use"), "{e}");
+    drop(log);
+    MirrorLog::open(&cfg).unwrap();
 }

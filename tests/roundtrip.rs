@@ -103,6 +103,7 @@ fn limits_names_and_journals() {
     assert_eq!(log.journal_names(), vec!["a".to_string(), "b".to_string()]);
     log.delete_journal("a").unwrap();
     assert!(matches!(j.append(b"gone"), Err(Error::UnknownJournal(_))));
+    drop((j, b)); // journal handles keep the set open
     drop(log);
     let log = MirrorLog::open(&cfg).unwrap();
     assert_eq!(log.journal_names(), vec!["b".to_string()]);
@@ -144,6 +145,7 @@ fn full_set_refuses_appends_keeps_reads_and_marks_reclaim() {
     assert!(matches!(j.set_mark(last + 2), Err(Error::InvalidMark { .. })));
     let next = j.append(&rec).unwrap();
     assert_eq!(next, last + 1);
+    drop(j); // a journal handle keeps the set open
     drop(log);
     // the mark survives a restart, and reclaimed slots stay free
     let log = MirrorLog::open(&cfg).unwrap();
