@@ -17,6 +17,17 @@ fn driver_writes_many_journals_with_backpressure() {
     let mut pending: Vec<(usize, Ticket, u64)> = Vec::new();
     let mut acked: Vec<Vec<(u64, u64)>> = vec![Vec::new(); 3];
     let mut backpressured = 0;
+    // pump once, then move every durable ticket to `acked`
+    let collect = |driver: &mut Driver, pending: &mut Vec<(usize, Ticket, u64)>, acked: &mut Vec<Vec<(u64, u64)>>| {
+        driver.pump(&refs, true).unwrap();
+        pending.retain(|(k, t, s)| {
+            let done = js[*k].poll(t).unwrap();
+            if done {
+                acked[*k].push((t.lsn, *s));
+            }
+            !done
+        });
+    };
     let mut seed = 0u64;
     while seed < 3000 {
         // submit until back-pressure
@@ -37,26 +48,10 @@ fn driver_writes_many_journals_with_backpressure() {
                 break;
             }
         }
-        driver.pump(&refs, true).unwrap();
-        pending.retain(|(k, t, s)| {
-            if js[*k].poll(t).unwrap() {
-                acked[*k].push((t.lsn, *s));
-                false
-            } else {
-                true
-            }
-        });
+        collect(&mut driver, &mut pending, &mut acked);
     }
     while !pending.is_empty() {
-        driver.pump(&refs, true).unwrap();
-        pending.retain(|(k, t, s)| {
-            if js[*k].poll(t).unwrap() {
-                acked[*k].push((t.lsn, *s));
-                false
-            } else {
-                true
-            }
-        });
+        collect(&mut driver, &mut pending, &mut acked);
     }
     assert!(backpressured > 0, "the test should hit back-pressure");
     drop(driver);

@@ -21,6 +21,24 @@ fn fill(cfg: &mirrorlog::Config, n: u64) {
     }
 }
 
+/// A fresh 2-mirror set in a temporary folder holding records 1..=n (see `fill`).
+fn filled_set(n: u64) -> (tempfile::TempDir, Vec<PathBuf>, mirrorlog::Config) {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 16 << 20);
+    let cfg = small_config(&devs);
+    fill(&cfg, n);
+    (dir, devs, cfg)
+}
+
+/// Reopens the set and checks that records 1..=n are all there, byte for byte.
+fn reopen_expecting(cfg: &mirrorlog::Config, n: u64) -> (MirrorLog, mirrorlog::Journal) {
+    let log = MirrorLog::open(cfg).unwrap();
+    let j = log.journal("j").unwrap();
+    assert_eq!(j.next_lsn(), n + 1);
+    verify_all(&j, n);
+    (log, j)
+}
+
 fn block_of(lsn: u64) -> u64 {
     DATA_START + lsn * BS
 }
@@ -37,15 +55,9 @@ fn verify_all(j: &mirrorlog::Journal, n: u64) {
 
 #[test]
 fn zeroed_tail_on_one_mirror_is_recovered_and_copied_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let devs = devices(dir.path(), 2, 16 << 20);
-    let cfg = small_config(&devs);
-    fill(&cfg, 40);
+    let (_dir, devs, cfg) = filled_set(40);
     write_at(&devs[0], block_of(38), &vec![0u8; 3 * BS as usize]);
-    let log = MirrorLog::open(&cfg).unwrap();
-    let j = log.journal("j").unwrap();
-    assert_eq!(j.next_lsn(), 41);
-    verify_all(&j, 40);
+    let (log, j) = reopen_expecting(&cfg, 40);
     drop(j); // a journal handle keeps the set open
     drop(log);
     assert_eq!(data_region(&devs[0]), data_region(&devs[1]), "tail not copied to the mirror that lacked it");
@@ -53,27 +65,18 @@ fn zeroed_tail_on_one_mirror_is_recovered_and_copied_back() {
 
 #[test]
 fn truncated_mirror_is_recovered_from_the_other() {
-    let dir = tempfile::tempdir().unwrap();
-    let devs = devices(dir.path(), 2, 16 << 20);
-    let cfg = small_config(&devs);
-    fill(&cfg, 40);
+    let (_dir, devs, cfg) = filled_set(40);
     // cut the file at record 35 and grow it back: the tail reads as zeroes
     let f = std::fs::OpenOptions::new().write(true).open(&devs[1]).unwrap();
     f.set_len(block_of(35)).unwrap();
     f.set_len(16 << 20).unwrap();
     drop(f);
-    let log = MirrorLog::open(&cfg).unwrap();
-    let j = log.journal("j").unwrap();
-    assert_eq!(j.next_lsn(), 41);
-    verify_all(&j, 40);
+    reopen_expecting(&cfg, 40);
 }
 
 #[test]
 fn zeroed_tail_on_both_mirrors_ends_the_log_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let devs = devices(dir.path(), 2, 16 << 20);
-    let cfg = small_config(&devs);
-    fill(&cfg, 40);
+    let (_dir, devs, cfg) = filled_set(40);
     for d in &devs {
         write_at(d, block_of(38), &vec![0u8; 3 * BS as usize]);
     }
@@ -95,35 +98,23 @@ fn zeroed_tail_on_both_mirrors_ends_the_log_cleanly() {
 
 #[test]
 fn flipped_bits_in_the_tail() {
-    let dir = tempfile::tempdir().unwrap();
-    let devs = devices(dir.path(), 2, 16 << 20);
-    let cfg = small_config(&devs);
-    fill(&cfg, 40);
+    let (_dir, devs, cfg) = filled_set(40);
     // one mirror: recovered from the other, bad copy repaired
     flip_byte(&devs[1], block_of(40) + 50);
     flip_byte(&devs[1], block_of(39) + 3);
-    let log = MirrorLog::open(&cfg).unwrap();
-    let j = log.journal("j").unwrap();
-    assert_eq!(j.next_lsn(), 41);
-    verify_all(&j, 40);
+    let (log, j) = reopen_expecting(&cfg, 40);
     drop(j); // a journal handle keeps the set open
     drop(log);
     assert_eq!(data_region(&devs[0]), data_region(&devs[1]));
     // both mirrors, in record 40: it is dropped, nothing corrupt is returned
     flip_byte(&devs[0], block_of(40) + 60);
     flip_byte(&devs[1], block_of(40) + 70);
-    let log = MirrorLog::open(&cfg).unwrap();
-    let j = log.journal("j").unwrap();
-    assert_eq!(j.next_lsn(), 40);
-    verify_all(&j, 39);
+    reopen_expecting(&cfg, 39);
 }
 
 #[test]
 fn self_heal_repairs_a_bad_copy_on_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let devs = devices(dir.path(), 2, 16 << 20);
-    let cfg = small_config(&devs);
-    fill(&cfg, 40);
+    let (_dir, devs, cfg) = filled_set(40);
     let log = MirrorLog::open(&cfg).unwrap();
     let j = log.journal("j").unwrap();
     assert_eq!(log.status().repairs, 0);
