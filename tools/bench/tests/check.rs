@@ -1,0 +1,96 @@
+//! The bench binary end to end: a run with an ack log checks clean, and the
+//! checker fails when acknowledged records are destroyed.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_mirrorlog-bench");
+
+fn bench(args: &[&str]) -> std::process::Output {
+    let out = Command::new(BENCH).args(args).output().expect("run mirrorlog-bench");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+fn zero(path: &Path, off: u64, len: usize) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&vec![0u8; len], off).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn ack_log_checks_clean_and_detects_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let d0 = dir.path().join("m0");
+    let d1 = dir.path().join("m1");
+    let devs = format!("{},{}", d0.display(), d1.display());
+    let acks = dir.path().join("acks.txt");
+    let acks_s = acks.display().to_string();
+    let out = bench(&[
+        "run",
+        "--embedded",
+        "--devices",
+        &devs,
+        "--device-size",
+        "128M",
+        "--segment-size",
+        "4M",
+        "--clients",
+        "8",
+        "--records",
+        "3000",
+        "--ack-log",
+        &acks_s,
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["records"].as_u64().unwrap() >= 3000);
+    assert_eq!(report["errors"].as_u64(), Some(0));
+    for key in ["records_per_sec", "mb_per_sec", "p50_us", "p90_us", "p99_us", "p999_us", "max_us"] {
+        assert!(report[key].is_number(), "{key} missing from --json");
+    }
+    let lines = std::fs::read_to_string(&acks).unwrap().lines().count();
+    assert_eq!(lines as u64, report["records"].as_u64().unwrap(), "one ack-log line per acknowledged record");
+
+    let out = bench(&["check", "--devices", &devs, "--ack-log", &acks_s, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["ok"], true);
+    assert_eq!(f["acks"].as_u64().unwrap() as usize, lines);
+
+    // Destroy the first segment's records on both mirrors: check must fail.
+    for d in [&d0, &d1] {
+        zero(d, (1 << 20) + 4096, 1 << 20);
+    }
+    let out = bench(&["check", "--devices", &devs, "--ack-log", &acks_s, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "check must fail when acknowledged records are gone");
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["ok"], false);
+    assert!(f["missing"].as_u64().unwrap() + f["corrupt"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn raw_refuses_a_formatted_set_and_bad_arguments_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = format!("{},{}", dir.path().join("m0").display(), dir.path().join("m1").display());
+    let out = bench(&[
+        "run",
+        "--embedded",
+        "--devices",
+        &devs,
+        "--device-size",
+        "64M",
+        "--segment-size",
+        "4M",
+        "--records",
+        "10",
+    ]);
+    assert!(out.status.success());
+    let out = bench(&["run", "--raw", "--devices", &devs, "--duration", "0.2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("would destroy"));
+    let out = bench(&["run", "--devices", &devs]);
+    assert_eq!(out.status.code(), Some(2), "no target chosen");
+}
