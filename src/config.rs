@@ -61,9 +61,11 @@ impl Config {
         (b + align_up(body, b) + b) as usize
     }
 
-    /// Upper bound on bytes written past the durable tail at any moment.
+    /// Upper bound on bytes written past the durable tail at any moment:
+    /// every batch buffer (`max_inflight_batches + 2`) may hold a batch that
+    /// is written but not yet retired.
     pub(crate) fn inflight_window(&self, block: u32) -> u64 {
-        self.batch_buf_bytes(block) as u64 * (self.max_inflight_batches as u64 + 1)
+        self.batch_buf_bytes(block) as u64 * (self.max_inflight_batches as u64 + 2)
     }
 
     /// Checks the values against each other and against the set's geometry.

@@ -47,7 +47,7 @@ impl JournalInner {
         let mut lsn = from;
         let mut prefer = self.shared.set.healthy_indexes().next().unwrap_or(0);
         loop {
-            let (slot, start, bound, end_lsn, durable) = {
+            let (slot, start, bound, end_lsn, durable, _pin) = {
                 let st = self.st.lock();
                 if st.deleted {
                     return Err(Error::UnknownJournal(self.name.clone()));
@@ -64,7 +64,11 @@ impl JournalInner {
                 }
                 let seg = &st.segs[i - 1];
                 let end_lsn = st.segs.get(i).map(|n| n.first_lsn).unwrap_or(st.durable_lsn).min(st.durable_lsn);
-                (seg.slot, seg.entry_for(lsn, bs), seg.end_off, end_lsn, st.durable_lsn)
+                // Pinned while we read (and maybe heal) it: see `SlotTable`.
+                let Some(pin) = self.shared.pin(seg.slot, self.id) else {
+                    return Err(Error::BelowMark { lsn, mark: st.mark });
+                };
+                (seg.slot, seg.entry_for(lsn, bs), seg.end_off, end_lsn, st.durable_lsn, pin)
             };
             let scan = SegmentScan {
                 set: &self.shared.set,

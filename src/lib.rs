@@ -52,7 +52,7 @@ pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn, Recov
 
 use format::{JournalEntry, MAX_JOURNALS, MAX_JOURNAL_NAME};
 use mirror::{hex_id, MirrorSet, SetOptions};
-use pipeline::{JournalInner, Recovered, Shared};
+use pipeline::{JournalInner, Recovered, Shared, SlotTable};
 
 /// An open mirror set and its journals.
 pub struct MirrorLog {
@@ -148,7 +148,8 @@ impl MirrorLog {
     fn start(set: MirrorSet, cfg: &Config) -> Result<MirrorLog> {
         cfg.validate(set.block_size, set.segment_size)?;
         let sb = set.superblock();
-        let shared = Arc::new(Shared { slots: Mutex::new(vec![None; set.slot_count as usize]), set, cfg: cfg.clone() });
+        let shared =
+            Arc::new(Shared { slots: Mutex::new(SlotTable::new(set.slot_count as usize)), set, cfg: cfg.clone() });
         let recovered = recovery::recover(&shared, &sb)?;
         let mut journals = BTreeMap::new();
         for (entry, rec) in recovered {
@@ -238,7 +239,7 @@ impl MirrorLog {
     pub fn status(&self) -> Status {
         let set = &self.shared.set;
         let sb = set.superblock();
-        let free = self.shared.slots.lock().iter().filter(|s| s.is_none()).count() as u64;
+        let free = self.shared.slots.lock().free_count() as u64;
         let mirrors = set
             .members()
             .iter()

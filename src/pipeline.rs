@@ -49,28 +49,74 @@ pub type Lsn = u64;
 pub(crate) struct Shared {
     pub set: MirrorSet,
     pub cfg: Config,
-    /// Owner journal id of each segment slot (`None`: free).
-    pub slots: Mutex<Vec<Option<u64>>>,
+    pub slots: Mutex<SlotTable>,
+}
+
+/// Ownership of segment slots.
+///
+/// Invariant: a slot is handed to a journal only when it has no owner and no
+/// reader has it pinned, so a reader that heals a bad copy in a slot (writing
+/// back that journal's old bytes) can never write over another journal's new
+/// data after the slot was reclaimed and reused.
+pub(crate) struct SlotTable {
+    /// Owner journal id of each slot (`None`: free).
+    pub owner: Vec<Option<u64>>,
+    /// Readers currently scanning each slot.
+    pins: Vec<u32>,
+}
+
+impl SlotTable {
+    pub(crate) fn new(n: usize) -> SlotTable {
+        SlotTable { owner: vec![None; n], pins: vec![0; n] }
+    }
+    pub(crate) fn free_count(&self) -> usize {
+        self.owner.iter().filter(|o| o.is_none()).count()
+    }
+}
+
+/// A reader's pin on a slot (see `SlotTable`); unpinned on drop.
+pub(crate) struct SlotPin<'a> {
+    shared: &'a Shared,
+    slot: usize,
+}
+
+impl Drop for SlotPin<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.shared.slots.lock().pins.get_mut(self.slot) {
+            *p = p.saturating_sub(1);
+        }
+    }
 }
 
 impl Shared {
     fn take_slots(&self, journal: u64, n: usize) -> Result<Vec<u64>> {
-        let mut slots = self.slots.lock();
+        let mut t = self.slots.lock();
         let free: Vec<u64> =
-            slots.iter().enumerate().filter(|(_, o)| o.is_none()).map(|(i, _)| i as u64).take(n).collect();
+            (0..t.owner.len()).filter(|&i| t.owner[i].is_none() && t.pins[i] == 0).map(|i| i as u64).take(n).collect();
         if free.len() < n {
             return Err(Error::Full);
         }
         for &s in &free {
-            slots[s as usize] = Some(journal);
+            t.owner[s as usize] = Some(journal);
         }
         Ok(free)
     }
 
     pub(crate) fn release_slot(&self, slot: u64) {
-        if let Some(s) = self.slots.lock().get_mut(slot as usize) {
+        if let Some(s) = self.slots.lock().owner.get_mut(slot as usize) {
             *s = None;
         }
+    }
+
+    /// Pins `slot` for reading if `journal` still owns it.
+    pub(crate) fn pin(&self, slot: u64, journal: u64) -> Option<SlotPin<'_>> {
+        let mut t = self.slots.lock();
+        let i = slot as usize;
+        if t.owner.get(i).copied().flatten() != Some(journal) {
+            return None;
+        }
+        t.pins[i] += 1;
+        Some(SlotPin { shared: self, slot: i })
     }
 }
 
@@ -563,7 +609,9 @@ impl JournalInner {
                 }
                 Ok(()) => {}
                 Err(e) => {
-                    if st.failed.is_none() {
+                    // This batch and everything after it fail. A failure already
+                    // recorded for a later batch (a delete) moves back to here.
+                    if st.failed.as_ref().is_none_or(|(from, _)| seq < *from) {
                         tracing::error!(journal = %self.name, error = %e, "batch write failed; the journal refuses writes until reopened");
                         st.failed = Some((seq, e));
                         for cv in self.cvs.iter() {
@@ -577,6 +625,22 @@ impl JournalInner {
             st.retired = seq + 1;
             self.cv(seq).notify_all();
         }
+        // A writer slot is free: wake one thread that can write the next batch
+        // (threads wait on the first unclaimed batch; see `sleep`).
+        if let Some(s) = self.claimable(st) {
+            self.cv(s).notify_one();
+        }
+        // A deleted journal gives its slots back once nothing writes to them.
+        if st.deleted && st.writing == 0 {
+            for seg in std::mem::take(&mut st.segs) {
+                self.shared.release_slot(seg.slot);
+            }
+        }
+    }
+
+    /// The first batch no writer has taken yet.
+    fn first_unclaimed(&self, st: &JState) -> Option<u64> {
+        st.sealed.front().map(|b| b.seq).or(st.open.as_ref().filter(|b| b.next_lsn > b.first_lsn).map(|b| b.seq))
     }
 
     /// Writes batches or sleeps until batch `seq` is retired.
@@ -616,15 +680,22 @@ impl JournalInner {
         }
     }
 
+    /// Sleeps until batch `seq` may have retired or a batch it depends on may
+    /// be written. Invariant (no lost wake-up): a thread waiting for `seq`
+    /// sleeps on the first batch no writer has taken, if that comes at or
+    /// before `seq`, so whoever makes that batch claimable (`complete`,
+    /// `wait_batch`) wakes a thread that will write it; otherwise it sleeps on
+    /// `seq`, which is notified when it retires.
     fn sleep(&self, st: &mut MutexGuard<'_, JState>, seq: u64) {
+        let on = self.first_unclaimed(st).map_or(seq, |u| u.min(seq));
         let wait = self.shared.cfg.group_commit_wait;
         let open_age = st.open.as_ref().filter(|b| b.next_lsn > b.first_lsn).map(|b| b.opened.elapsed());
         match open_age {
             Some(age) if !wait.is_zero() && age < wait => {
-                self.cv(seq).wait_for(st, wait - age);
+                self.cv(on).wait_for(st, wait - age);
             }
             _ => {
-                self.cv(seq).wait(st);
+                self.cv(on).wait(st);
             }
         }
     }
@@ -655,6 +726,11 @@ impl JournalInner {
         let mut last_seq = 0;
         let mut it = payloads.peekable();
         while let Some(p) = it.peek() {
+            // (Re)checked after every wait: a delete or a failed batch ends it.
+            if let Err(e) = self.check_writable(&st) {
+                self.end_exclusive(&mut st);
+                return Err(e);
+            }
             match self.place(&mut st, p) {
                 Ok(Some(seq)) => {
                     last_seq = seq;
@@ -665,10 +741,6 @@ impl JournalInner {
                     st.exclusive = true;
                     if !self.help(&mut st) {
                         let oldest = st.retired;
-                        if let Err(e) = self.check_writable(&st) {
-                            self.end_exclusive(&mut st);
-                            return Err(e);
-                        }
                         self.cv(oldest).wait(&mut st);
                     }
                 }
@@ -694,6 +766,10 @@ impl JournalInner {
     }
 
     /// Waits until nothing is being written (used before deleting).
+    /// Marks the journal deleted: appends in progress and to come fail with
+    /// `unknown-journal`. Does not wait for batches being written (their
+    /// writer may be the calling thread's `Driver`); returns the slots that can
+    /// be freed now, and `complete` frees the rest when the last write ends.
     pub(crate) fn shut(&self) -> Vec<u64> {
         let mut st = self.st.lock();
         st.deleted = true;
@@ -710,10 +786,10 @@ impl JournalInner {
             cv.notify_all();
         }
         self.excl_cv.notify_all();
-        while st.writing > 0 {
-            let s = st.retired;
-            self.cv(s).wait(&mut st);
+        let mut slots: Vec<u64> = st.reserved.drain(..).collect();
+        if st.writing == 0 {
+            slots.extend(std::mem::take(&mut st.segs).into_iter().map(|s| s.slot));
         }
-        st.segs.iter().map(|s| s.slot).collect()
+        slots
     }
 }

@@ -67,6 +67,10 @@ impl SegmentScan<'_> {
         let mut buf = AlignedBuf::new(self.chunk + bs, bs);
         let mut alt: Option<AlignedBuf> = None;
         let mut need = 0usize; // bytes a record at `cur` is known to need
+                               // A member whose copy of the record at this segment offset was bad,
+                               // found while that record ran past the read: healed once a later read
+                               // has verified the good copy past it.
+        let mut pending_heal: Option<(usize, usize)> = None;
         loop {
             if cur.lsn >= self.end_lsn {
                 return Ok(ScanEnd { pos: cur, stopped: false, member });
@@ -107,9 +111,15 @@ impl SegmentScan<'_> {
                     let stop = scan_chain(&alt_buf.as_slice()[..want], &mut pos, bs, self.max_record, |f| {
                         self.deliver(f, chunk_start, skip, &mut visit, &mut stopped)
                     });
-                    let further = pos.lsn > outcome.pos.lsn
-                        || (stop == ScanStop::NeedMore && pos.lsn == outcome.pos.lsn && pos.off > outcome.pos.off);
+                    // Further: past the first member's end, or stopped at the same
+                    // record only because that record runs past this read (so it
+                    // may be good there while the first member's copy is bad).
+                    let further =
+                        pos.lsn > outcome.pos.lsn || (stop == ScanStop::NeedMore && pos.lsn == outcome.pos.lsn);
                     if further {
+                        if pos.lsn == outcome.pos.lsn {
+                            pending_heal = Some((used, chunk_start + pos.off));
+                        }
                         // Heal the member we read first: rewrite every block that
                         // differs, up to the last block this member verified.
                         let good_end = (pos.off & !(bs - 1)).min(want);
@@ -122,17 +132,39 @@ impl SegmentScan<'_> {
                         std::mem::swap(&mut buf, alt_buf);
                         outcome = Outcome { stop: if stopped { ScanStop::Stopped } else { stop }, pos };
                         used = i;
-                        if stopped || stop != ScanStop::End {
-                            break;
-                        }
+                        // Go on from there; at the next end every member is asked
+                        // again, the first one included.
+                        break;
                     }
                 }
             }
             member = used;
+            if let Some((bad, from)) = pending_heal {
+                let verified = chunk_start + (outcome.pos.off & !(bs - 1)).min(want);
+                if bad != used && verified > from {
+                    // The good copy is now verified past the bad record: compare.
+                    let alt_buf = alt.get_or_insert_with(|| AlignedBuf::new(want, bs));
+                    if alt_buf.capacity() < want {
+                        *alt_buf = AlignedBuf::new(want, bs);
+                    }
+                    let len = verified - chunk_start;
+                    if self.set.read_member(bad, base + chunk_start as u64, &mut alt_buf.as_mut_slice()[..len]).is_ok()
+                    {
+                        self.heal(bad, base + chunk_start as u64, &alt_buf.as_slice()[..len], &buf.as_slice()[..len]);
+                    }
+                    pending_heal = None;
+                }
+            }
             let abs = ChainPos { off: chunk_start + outcome.pos.off, ..outcome.pos };
             delivered = delivered.max(abs.lsn);
             match outcome.stop {
                 ScanStop::Stopped => return Ok(ScanEnd { pos: abs, stopped: true, member }),
+                // Progress was made: continue from the new position, where the
+                // members are asked again. No member got further: the end.
+                ScanStop::End if abs.lsn > cur.lsn => {
+                    cur = abs;
+                    need = 0;
+                }
                 ScanStop::End => return Ok(ScanEnd { pos: abs, stopped: false, member }),
                 ScanStop::NeedMore => {
                     if abs.off == cur.off && abs.lsn == cur.lsn && need >= want - in_chunk {

@@ -74,7 +74,7 @@ pub(crate) fn recover(shared: &Shared, sb: &Superblock) -> Result<Vec<(JournalEn
         {
             let mut slots = shared.slots.lock();
             for s in &rec.segs {
-                slots[s.slot as usize] = Some(entry.id);
+                slots.owner[s.slot as usize] = Some(entry.id);
             }
         }
         result.push((entry.clone(), rec));

@@ -13,6 +13,7 @@
 mod check;
 mod embedded;
 mod load;
+mod peers;
 mod raw;
 mod report;
 mod scenarios;
@@ -47,6 +48,32 @@ enum Cmd {
     /// Read back every record of an ack log; exit 1 if any is missing,
     /// corrupt or duplicated.
     Check(CheckArgs),
+    /// mirrorlog (1 device, 2 mirrors) against raft-engine, okaywal and fio,
+    /// back to back: QD1 latency and many-writer records/s.
+    Peers(PeersArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct PeersArgs {
+    /// Folder for every peer's files (on the disk under test).
+    #[arg(long, default_value = "bench-data/peers")]
+    pub dir: PathBuf,
+    /// Size of mirrorlog's device files.
+    #[arg(long, default_value = "2G", value_parser = parse_size)]
+    pub device_size: u64,
+    #[arg(long, default_value = "1024", value_parser = parse_size)]
+    pub record_size: u64,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 8.0)]
+    pub duration: f64,
+    /// Writers in the throughput runs.
+    #[arg(long, default_value_t = 64)]
+    pub writers: usize,
+    #[arg(long)]
+    pub json: bool,
+    /// Draw every run's latency percentile curve on one SVG chart.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -241,6 +268,7 @@ fn main() {
         Cmd::Run(r) => run(&r),
         Cmd::EngineVsRaw(a) => scenarios::compare(&a),
         Cmd::Recovery(a) => scenarios::recovery(&a),
+        Cmd::Peers(a) => peers::peers(&a),
         Cmd::Check(a) => match check::check(&a) {
             Ok(f) => {
                 check::print(&f, a.common.json);
