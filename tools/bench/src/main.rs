@@ -10,6 +10,7 @@
 //! * `check`: reads back every record of an `--ack-log`; exit 1 on any
 //!   missing, corrupt or duplicated record.
 
+mod calibrate;
 mod check;
 mod embedded;
 mod load;
@@ -51,6 +52,35 @@ enum Cmd {
     /// mirrorlog (1 device, 2 mirrors) against raft-engine, okaywal and fio,
     /// back to back: QD1 latency and many-writer records/s.
     Peers(PeersArgs),
+    /// Measure the devices (durable write latency by size, bandwidth by
+    /// depth) and the link to a peer, and recommend engine settings.
+    Calibrate(CalibrateArgs),
+    /// The peer side of `calibrate --peer`: answers pings and bandwidth runs.
+    Echo(EchoArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct CalibrateArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// A `mirrorlog-bench echo` listener at the remote site.
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 1.5)]
+    pub seconds: f64,
+    /// Write even over devices that hold a mirrorlog set (destroys it).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct EchoArgs {
+    #[arg(long, default_value = "127.0.0.1:7409")]
+    pub listen: String,
+    /// Stop after this many seconds (default: run until killed).
+    #[arg(long)]
+    pub seconds: Option<f64>,
 }
 
 #[derive(Args, Clone)]
@@ -69,6 +99,9 @@ pub struct PeersArgs {
     /// Writers in the throughput runs.
     #[arg(long, default_value_t = 64)]
     pub writers: usize,
+    /// QD1 rounds (the peers alternate; medians compared).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     #[arg(long)]
     pub json: bool,
     /// Draw every run's latency percentile curve on one SVG chart.
@@ -269,6 +302,8 @@ fn main() {
         Cmd::EngineVsRaw(a) => scenarios::compare(&a),
         Cmd::Recovery(a) => scenarios::recovery(&a),
         Cmd::Peers(a) => peers::peers(&a),
+        Cmd::Calibrate(a) => calibrate::calibrate(&a),
+        Cmd::Echo(a) => calibrate::echo(&a),
         Cmd::Check(a) => match check::check(&a) {
             Ok(f) => {
                 check::print(&f, a.common.json);

@@ -75,13 +75,16 @@ pub fn print(reports: &[Report], json: bool) {
     }
 }
 
-const COLORS: [&str; 8] = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
+const COLORS: [&str; 12] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
+    "#000000", "#aec7e8",
+];
 
 /// Writes the latency percentile curves of `reports` to an SVG file: x is the
 /// percentile on a "nines" scale (0, 90, 99, 99.9, …), y the latency in µs on
 /// a log scale.
 pub fn plot(path: &std::path::Path, title: &str, reports: &[Report]) -> std::io::Result<()> {
-    let (w, h, left, right, top, bottom) = (980.0, 520.0, 80.0, 340.0, 40.0, 50.0);
+    let (w, h, left, right, top, bottom) = (1040.0, 560.0, 80.0, 400.0, 40.0, 50.0);
     let pw = w - left - right;
     let ph = h - top - bottom;
     let max_nines = 5.0f64; // up to 99.999%
@@ -154,7 +157,7 @@ pub fn plot(path: &std::path::Path, title: &str, reports: &[Report]) -> std::io:
             left + pw + 32.0,
             left + pw + 38.0,
             ly + 4.0,
-            escape(&truncate(&r.label, 30)),
+            escape(&truncate(&r.label, 40)),
             ly + 18.0,
             r.q(0.5),
             r.q(0.99),

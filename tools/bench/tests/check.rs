@@ -94,3 +94,41 @@ fn raw_refuses_a_formatted_set_and_bad_arguments_fail_clearly() {
     let out = bench(&["run", "--devices", &devs]);
     assert_eq!(out.status.code(), Some(2), "no target chosen");
 }
+
+#[test]
+fn calibrate_measures_devices_and_a_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = format!("{},{}", dir.path().join("c0").display(), dir.path().join("c1").display());
+    // an echo peer on a free loopback port
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut echo = Command::new(BENCH).args(["echo", "--listen", &addr, "--seconds", "60"]).spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = bench(&[
+        "calibrate",
+        "--devices",
+        &devs,
+        "--device-size",
+        "64M",
+        "--seconds",
+        "0.15",
+        "--peer",
+        &addr,
+        "--json",
+    ]);
+    let _ = echo.kill();
+    let _ = echo.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["devices"].as_array().unwrap().len(), 2);
+    assert_eq!(v["mirrored_qd1"].as_array().unwrap().len(), 6);
+    assert!(v["mirrored_qd1"][0]["p50_us"].as_u64().unwrap() > 0);
+    assert!(v["peer"]["rtt_p50_us"].as_u64().unwrap() > 0);
+    assert!(v["peer"]["mb_per_sec"].as_f64().unwrap() > 0.0);
+    let rec = &v["recommended"];
+    let batch = rec["max_batch_bytes"].as_u64().unwrap();
+    assert!((64 << 10..=1 << 20).contains(&batch));
+    let seg = rec["segment_size"].as_u64().unwrap();
+    assert!(seg.is_power_of_two() && seg >= 16 << 20);
+    assert!(rec["max_inflight_batches"].as_u64().unwrap() >= 1);
+}
