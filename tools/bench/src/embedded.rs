@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use mirrorlog::{Config, Driver, Error, Journal, MirrorLog, Ticket};
 
-use crate::load::{drive_threads, payload, run_workers, AckLog, Lat, Load};
+use crate::load::{drive_threads, payload, run_workers, AckLog, Lat, Load, Sizes};
 use crate::raw::ensure_devices;
 use crate::report::Report;
 use crate::Common;
@@ -16,7 +16,7 @@ use crate::Common;
 pub struct EmbeddedOpts {
     pub threads: bool,
     pub loops: usize,
-    pub record_size: u64,
+    pub record_size: Sizes,
     pub journal: String,
     pub max_batch: Option<u64>,
     pub inflight: Option<usize>,
@@ -60,9 +60,10 @@ pub fn run_embedded(c: &Common, load: &Load, o: &EmbeddedOpts, label: String) ->
             }
         })
     });
-    let size = o.record_size as usize;
+    let sizes = o.record_size;
     let report = if o.threads {
-        drive_threads(label, load, o.record_size, |client, seq| {
+        drive_threads(label, load, sizes.mean(), |client, seq| {
+            let size = sizes.of(client, seq);
             let mut stack = [0u8; 4096];
             let mut heap;
             let p: &mut [u8] = if size <= stack.len() {
@@ -110,12 +111,12 @@ struct Client {
 /// (open loop: from the intended send time) to the observed ack.
 fn drive_loops(label: String, load: &Load, o: &EmbeddedOpts, j: &Journal) -> Report {
     let loops = o.loops.clamp(1, load.clients.max(1));
-    let size = o.record_size as usize;
-    run_workers(label, loops, load, o.record_size, |l, p| {
+    let sizes = o.record_size;
+    run_workers(label, loops, load, sizes.mean(), |l, p| {
         let mut lat = Lat::new();
         let mut clients: Vec<Client> = (0..load.clients)
             .filter(|c| c % loops == l)
-            .map(|id| Client { id, seq: 0, buf: vec![0u8; size], pending: None })
+            .map(|id| Client { id, seq: 0, buf: Vec::with_capacity(sizes.max as usize), pending: None })
             .collect();
         let mut driver = match Driver::new() {
             Ok(d) => d,
@@ -136,6 +137,7 @@ fn drive_loops(label: String, load: &Load, o: &EmbeddedOpts, j: &Journal) -> Rep
                     Some(at) => at,
                     None => now,
                 };
+                c.buf.resize(sizes.of(c.id, c.seq), 0); // within capacity: no allocation
                 payload(&mut c.buf, c.id, c.seq);
                 match j.submit(&c.buf) {
                     Ok(t) => {

@@ -205,16 +205,65 @@ pub fn drive_threads(
 }
 
 // ---------------------------------------------------------------------------
+// record sizes
+
+/// Record sizes: one size, or a uniform range `MIN-MAX` (each record's size
+/// derived from its client and sequence, so a run is repeatable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sizes {
+    pub min: u64,
+    pub max: u64,
+}
+
+impl Sizes {
+    pub fn fixed(n: u64) -> Sizes {
+        Sizes { min: n, max: n }
+    }
+    pub fn is_fixed(&self) -> bool {
+        self.min == self.max
+    }
+    pub fn mean(&self) -> u64 {
+        (self.min + self.max) / 2
+    }
+    /// The size of (client, seq)'s record.
+    pub fn of(&self, client: usize, seq: u64) -> usize {
+        if self.is_fixed() {
+            return self.min as usize;
+        }
+        let mut x = (client as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq.wrapping_mul(0xD1B5_4A32_D192_ED03);
+        x ^= x >> 29;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 32;
+        (self.min + x % (self.max - self.min + 1)) as usize
+    }
+}
+
+impl std::fmt::Display for Sizes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_fixed() {
+            write!(f, "{}B", self.min)
+        } else {
+            write!(f, "{}-{}B", self.min, self.max)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // payloads
 
-fn filler(client: u64, seq: u64) -> impl Iterator<Item = u8> {
+/// Fills `out` with bytes derived from (client, seq), 8 at a time (cheap:
+/// the load generator must not be what a benchmark measures).
+fn filler(out: &mut [u8], client: u64, seq: u64) {
     let mut x = (client << 32) ^ seq ^ 0x9E37_79B9_7F4A_7C15;
-    std::iter::repeat_with(move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x as u8
-    })
+    let mut chunks = out.chunks_exact_mut(8);
+    for c in &mut chunks {
+        x = x.wrapping_mul(0x5851_F42D_4C95_7F2D).wrapping_add(0x1405_7B7E_F767_814F);
+        c.copy_from_slice(&x.to_le_bytes());
+    }
+    let rest = chunks.into_remainder();
+    let x = x.wrapping_mul(0x5851_F42D_4C95_7F2D).to_le_bytes();
+    let n = rest.len();
+    rest.copy_from_slice(&x[..n]);
 }
 
 /// Fills `buf` with the payload of (client, seq): client and seq (8 bytes
@@ -223,16 +272,12 @@ fn filler(client: u64, seq: u64) -> impl Iterator<Item = u8> {
 pub fn payload(buf: &mut [u8], client: usize, seq: u64) {
     let n = buf.len();
     if n < 20 {
-        for (b, v) in buf.iter_mut().zip(filler(client as u64, seq)) {
-            *b = v;
-        }
+        filler(buf, client as u64, seq);
         return;
     }
     buf[..8].copy_from_slice(&(client as u64).to_le_bytes());
     buf[8..16].copy_from_slice(&seq.to_le_bytes());
-    for (b, v) in buf[16..n - 4].iter_mut().zip(filler(client as u64, seq)) {
-        *b = v;
-    }
+    filler(&mut buf[16..n - 4], client as u64, seq);
     let crc = crc32c::crc32c(&buf[..n - 4]);
     buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
 }
@@ -328,6 +373,16 @@ mod tests {
         assert_eq!(a, Ack { lsn: 12, client: 3, seq: 45, crc: 0xabcd });
         assert!(parse_ack("12 3 45").is_none());
         assert!(parse_ack("x 3 45 00").is_none());
+    }
+
+    #[test]
+    fn size_ranges_stay_in_bounds_and_repeat() {
+        let r = Sizes { min: 100, max: 5000 };
+        let v: Vec<usize> = (0..1000).map(|i| r.of(3, i)).collect();
+        assert!(v.iter().all(|&n| (100..=5000).contains(&n)));
+        assert!(v.iter().any(|&n| n < 1000) && v.iter().any(|&n| n > 4000));
+        assert_eq!(v, (0..1000).map(|i| r.of(3, i)).collect::<Vec<_>>());
+        assert_eq!(Sizes::fixed(7).of(1, 2), 7);
     }
 
     #[test]

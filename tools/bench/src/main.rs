@@ -26,7 +26,7 @@ use clap::{Args, Parser, Subcommand};
 use mirrorlog::SyncMode;
 
 use crate::embedded::{run_embedded, EmbeddedOpts};
-use crate::load::{AckLog, Load};
+use crate::load::{AckLog, Load, Sizes};
 use crate::raw::run_raw;
 use crate::report::{plot, print};
 
@@ -141,9 +141,10 @@ struct RunArgs {
     /// Concurrent clients, each waiting for its ack before its next send.
     #[arg(long, default_value_t = 1)]
     clients: usize,
-    /// Record size in bytes (raw: the size of each aligned write).
-    #[arg(long, default_value = "1024", value_parser = parse_size)]
-    record_size: u64,
+    /// Record size in bytes, or a uniform range MIN-MAX (raw: the size of
+    /// each aligned write, one size only).
+    #[arg(long, default_value = "1024", value_parser = parse_sizes)]
+    record_size: Sizes,
     /// Seconds to run.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -234,6 +235,19 @@ fn parse_size(s: &str) -> Result<u64, String> {
     num.parse::<u64>().map(|n| n * mul).map_err(|e| format!("bad size {s:?}: {e}"))
 }
 
+fn parse_sizes(s: &str) -> Result<Sizes, String> {
+    match s.split_once('-') {
+        Some((a, b)) => {
+            let (min, max) = (parse_size(a)?, parse_size(b)?);
+            if min > max {
+                return Err(format!("bad size range {s:?}: min above max"));
+            }
+            Ok(Sizes { min, max })
+        }
+        None => parse_size(s).map(Sizes::fixed),
+    }
+}
+
 fn parse_sync(s: &str) -> Result<SyncMode, String> {
     match s {
         "rwf-dsync" => Ok(SyncMode::RwfDsync),
@@ -265,8 +279,11 @@ fn run(r: &RunArgs) -> Result<(), String> {
         if r.ack_log.is_some() {
             return Err("--ack-log needs --embedded: raw writes have no LSNs".into());
         }
-        let label = format!("raw {}B x{n} devices, {} clients{mode}", r.record_size, r.clients);
-        run_raw(&r.common, &load, r.record_size, label, 1, r.force)?
+        if !r.record_size.is_fixed() {
+            return Err("--raw takes one --record-size, not a range".into());
+        }
+        let label = format!("raw {} x{n} devices, {} clients{mode}", r.record_size, r.clients);
+        run_raw(&r.common, &load, r.record_size.min, label, 1, r.force)?
     } else {
         let ack_log = match &r.ack_log {
             Some(p) => Some(Arc::new(AckLog::create(p).map_err(|e| format!("{}: {e}", p.display()))?)),
@@ -282,7 +299,7 @@ fn run(r: &RunArgs) -> Result<(), String> {
             format: r.format,
             ack_log,
         };
-        let label = format!("journal {}B, {} appenders, {n} mirrors{mode}", r.record_size, r.clients);
+        let label = format!("journal {}, {} appenders, {n} mirrors{mode}", r.record_size, r.clients);
         run_embedded(&r.common, &load, &o, label)?
     };
     print(std::slice::from_ref(&report), r.common.json);

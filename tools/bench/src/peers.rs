@@ -132,7 +132,7 @@ fn mirrorlog(dir: &Path, devices: usize, clients: usize, threads: bool, a: &Peer
     let o = EmbeddedOpts {
         threads,
         loops: 1,
-        record_size: a.record_size,
+        record_size: crate::load::Sizes::fixed(a.record_size),
         journal: "peers".into(),
         max_batch: None,
         inflight: None,

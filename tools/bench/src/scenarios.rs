@@ -7,7 +7,7 @@ use mirrorlog::io::{open_device, AlignedBuf};
 use mirrorlog::MirrorLog;
 
 use crate::embedded::{config, run_embedded, EmbeddedOpts};
-use crate::load::{payload, Load};
+use crate::load::{payload, Load, Sizes};
 use crate::raw::{ensure_devices, run_raw};
 use crate::report::{plot, print, Report};
 use crate::{CompareArgs, RecoveryArgs};
@@ -19,7 +19,7 @@ pub fn compare(a: &CompareArgs) -> Result<(), String> {
     let emb = EmbeddedOpts {
         threads: false,
         loops: 1,
-        record_size: 1024,
+        record_size: Sizes::fixed(1024),
         journal: "bench".into(),
         max_batch: None,
         inflight: None,
