@@ -55,14 +55,7 @@ fn kib(b: u64) -> String {
 
 pub fn calibrate(a: &CalibrateArgs) -> Result<(), String> {
     let c = &a.common;
-    for d in &c.devices {
-        if d.exists() && mirrorlog::mirror::MirrorSet::is_formatted(d, c.sync).map_err(|e| e.to_string())? && !a.force {
-            return Err(format!(
-                "{} holds a mirrorlog mirror set; calibration writes would destroy it (pass --force)",
-                d.display()
-            ));
-        }
-    }
+    crate::raw::refuse_mirror_sets(c, a.force)?;
     let secs = a.seconds;
     let mut out = serde_json::Map::new();
     let print_curve = |title: &str, pts: &[Point]| {

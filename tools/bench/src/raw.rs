@@ -24,8 +24,25 @@ pub fn ensure_devices(c: &Common) -> Result<(), String> {
 
 /// Each client writes `size` bytes to every device per operation, in its own
 /// region of the devices; an operation counts as `records_per_op` records.
-/// Refuses (unless `force`) devices that hold a mirrorlog set: raw writes
+/// Errs (unless `force`) if a device holds a mirrorlog set: raw writes
 /// would destroy it.
+pub fn refuse_mirror_sets(c: &Common, force: bool) -> Result<(), String> {
+    if force {
+        return Ok(());
+    }
+    for d in c.devices.iter().filter(|d| d.exists()) {
+        if mirrorlog::mirror::MirrorSet::is_formatted(d, c.sync).map_err(|e| e.to_string())? {
+            return Err(format!(
+                "{} holds a mirrorlog mirror set; raw writes would destroy it (pass --force to overwrite)",
+                d.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Each client writes `size` bytes to every device per operation (refusing
+/// devices that hold a mirror set unless `force`).
 pub fn run_raw(
     c: &Common,
     load: &Load,
@@ -35,16 +52,7 @@ pub fn run_raw(
     force: bool,
 ) -> Result<Report, String> {
     ensure_devices(c)?;
-    if !force {
-        for d in &c.devices {
-            if mirrorlog::mirror::MirrorSet::is_formatted(d, c.sync).map_err(|e| e.to_string())? {
-                return Err(format!(
-                    "{} holds a mirrorlog mirror set; raw writes would destroy it (pass --force to overwrite)",
-                    d.display()
-                ));
-            }
-        }
-    }
+    refuse_mirror_sets(c, force)?;
     let devs: Vec<_> = c
         .devices
         .iter()
