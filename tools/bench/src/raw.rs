@@ -22,8 +22,6 @@ pub fn ensure_devices(c: &Common) -> Result<(), String> {
     Ok(())
 }
 
-/// Each client writes `size` bytes to every device per operation, in its own
-/// region of the devices; an operation counts as `records_per_op` records.
 /// Errs (unless `force`) if a device holds a mirrorlog set: raw writes
 /// would destroy it.
 pub fn refuse_mirror_sets(c: &Common, force: bool) -> Result<(), String> {
@@ -41,8 +39,9 @@ pub fn refuse_mirror_sets(c: &Common, force: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Each client writes `size` bytes to every device per operation (refusing
-/// devices that hold a mirror set unless `force`).
+/// Each client writes `size` bytes to every device per operation, in its own
+/// region of the devices; an operation counts as `records_per_op` records.
+/// Refuses devices that hold a mirror set unless `force`.
 pub fn run_raw(
     c: &Common,
     load: &Load,
