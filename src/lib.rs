@@ -35,6 +35,7 @@ pub mod io;
 pub mod journal;
 pub mod mirror;
 mod pipeline;
+pub mod protocol;
 pub mod read;
 mod recovery;
 
