@@ -74,9 +74,15 @@ impl Driver {
     pub fn pump(&mut self, journals: &[&Journal], wait: bool) -> Result<usize> {
         let mut finished = 0;
         for j in journals {
-            while !self.free.is_empty() {
-                let Some(b) = j.inner.claim_async() else { break };
-                finished += self.start(&j.inner, b);
+            // Claim only with a flight slot in hand: a claimed batch must be written.
+            while let Some(idx) = self.free.pop() {
+                match j.inner.claim_async() {
+                    Some(b) => finished += self.start(idx, &j.inner, b),
+                    None => {
+                        self.free.push(idx);
+                        break;
+                    }
+                }
             }
         }
         if self.in_flight() == 0 {
@@ -108,14 +114,11 @@ impl Driver {
         Ok(finished)
     }
 
-    /// Queues the writes of one batch. Returns 1 if it finished at once.
-    fn start(&mut self, journal: &Arc<JournalInner>, batch: Batch) -> usize {
+    /// Queues the writes of one batch in flight slot `idx`. Returns 1 if it
+    /// finished at once.
+    fn start(&mut self, idx: usize, journal: &Arc<JournalInner>, batch: Batch) -> usize {
         let set = &journal.shared.set;
         let t = set.write_targets();
-        let Some(idx) = self.free.pop() else {
-            journal.finish_async(batch, Err(Error::Backpressure));
-            return 1;
-        };
         let mut f = Flight {
             journal: journal.clone(),
             batch,
