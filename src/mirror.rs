@@ -537,6 +537,28 @@ impl MirrorSet {
         crate::io::pread_exact(fd, off, buf)
     }
 
+    /// Reads one block at each of `offsets` from member `i` into consecutive
+    /// blocks of `buf`, up to 32 reads per io_uring submission. Returns which
+    /// reads succeeded.
+    pub(crate) fn read_blocks(&self, i: usize, offsets: &[u64], buf: &mut AlignedBuf) -> io::Result<Vec<bool>> {
+        let bs = self.block_size as usize;
+        let m = &self.members[i];
+        if !m.is_healthy() || self.faulted(m, false) {
+            return Ok(vec![false; offsets.len()]);
+        }
+        let fd = m.fd().ok_or_else(|| io::Error::other("member has no device"))?;
+        let mut ok = Vec::with_capacity(offsets.len());
+        let mut res = [0i32; 32];
+        for (g, group) in offsets.chunks(32).enumerate() {
+            let base = g * 32 * bs;
+            let slice = &mut buf.as_mut_slice()[base..base + group.len() * bs];
+            let ops: Vec<IoOp> = slice.chunks_mut(bs).zip(group).map(|(b, &off)| IoOp::read(fd, off, b)).collect();
+            with_ring(|ring| submit_wait(ring, &ops, &mut res[..ops.len()]))?;
+            ok.extend(res[..ops.len()].iter().map(|&r| check_full(r, bs).is_ok()));
+        }
+        Ok(ok)
+    }
+
     /// The file descriptor of member `i`, if it has a device.
     pub(crate) fn member_fd(&self, i: usize) -> Option<i32> {
         self.members.get(i).and_then(|m| m.fd())

@@ -276,3 +276,33 @@ fn deleting_a_journal_under_load_ends_every_append() {
     let again = log.create_journal("doomed").unwrap();
     assert_eq!(again.append(b"new").unwrap(), 1);
 }
+
+#[test]
+fn reopen_finds_segments_past_the_first_header_read_group() {
+    // 96 MiB with 256 KiB segments: about 380 slots, read 256 at a time at
+    // open. Fill past slot 256 (slots are taken lowest first), then reopen.
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 96 << 20);
+    let cfg = small_config(&devs);
+    let mut last = 0;
+    {
+        let log = MirrorLog::create(&cfg).unwrap();
+        let j = log.create_journal("far").unwrap();
+        let refs: Vec<Vec<u8>> = (0..8).map(|k| payload(k, 8000)).collect();
+        while log.status().segments_free > 60 {
+            let rs: Vec<&[u8]> = refs.iter().map(|r| r.as_slice()).collect();
+            last = j.append_batch(&rs).unwrap() + 7;
+        }
+        assert!(log.status().segments_total > 256);
+    }
+    let log = MirrorLog::open(&cfg).unwrap();
+    let j = log.journal("far").unwrap();
+    assert_eq!(j.next_lsn(), last + 1);
+    let mut n = 0u64;
+    for r in j.iter(1) {
+        let (l, p) = r.unwrap();
+        assert_eq!(p, payload((l - 1) % 8, 8000), "lsn {l}");
+        n += 1;
+    }
+    assert_eq!(n, last);
+}
