@@ -61,11 +61,16 @@ impl Config {
         (b + align_up(body, b) + b) as usize
     }
 
+    /// Batch buffers per journal: the batches being written, one sealed
+    /// waiting for a writer, and the open one.
+    pub(crate) fn batch_buffers(&self) -> usize {
+        self.max_inflight_batches + 2
+    }
+
     /// Upper bound on bytes written past the durable tail at any moment:
-    /// every batch buffer (`max_inflight_batches + 2`) may hold a batch that
-    /// is written but not yet retired.
+    /// every batch buffer may hold a batch that is written but not yet retired.
     pub(crate) fn inflight_window(&self, block: u32) -> u64 {
-        self.batch_buf_bytes(block) as u64 * (self.max_inflight_batches as u64 + 2)
+        self.batch_buf_bytes(block) as u64 * self.batch_buffers() as u64
     }
 
     /// Checks the values against each other and against the set's geometry.

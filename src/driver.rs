@@ -26,8 +26,8 @@ use io_uring::{opcode, types, IoUring};
 
 use crate::error::{Error, Result};
 use crate::format::MAX_MEMBERS;
-use crate::io::check_full;
 use crate::journal::Journal;
+use crate::mirror::Failed;
 use crate::pipeline::{Batch, JournalInner};
 
 const RING_ENTRIES: u32 = 256;
@@ -39,8 +39,7 @@ struct Flight {
     members: [usize; MAX_MEMBERS],
     attempted: usize,
     remaining: usize,
-    failed: [usize; MAX_MEMBERS],
-    n_failed: usize,
+    failed: Failed,
     started: Instant,
 }
 
@@ -123,10 +122,9 @@ impl Driver {
             journal: journal.clone(),
             batch,
             members: [0; MAX_MEMBERS],
-            attempted: t.n_go + t.n_failed,
+            attempted: t.attempted(),
             remaining: t.n_go,
             failed: t.failed,
-            n_failed: t.n_failed,
             started: Instant::now(),
         };
         let (off, bytes) = f.batch.region(set.segment_size);
@@ -144,8 +142,7 @@ impl Driver {
                 let _ = self.ring.submit();
                 // SAFETY: as above.
                 if unsafe { self.ring.submission().push(&e) }.is_err() {
-                    f.failed[f.n_failed] = m;
-                    f.n_failed += 1;
+                    f.failed.push(m);
                     f.remaining -= 1;
                 }
             }
@@ -165,14 +162,9 @@ impl Driver {
         let Some(f) = self.flights.get_mut(idx).and_then(|f| f.as_mut()) else { return 0 };
         let m = f.members[k];
         let set = &f.journal.shared.set;
-        let (_, bytes) = f.batch.region(set.segment_size);
-        match check_full(res, bytes.len()) {
-            Ok(()) => set.note_write(m, f.started.elapsed().as_nanos() as u64),
-            Err(e) => {
-                tracing::error!(device = %set.member_path(m).display(), error = %e, "mirror write failed");
-                f.failed[f.n_failed] = m;
-                f.n_failed += 1;
-            }
+        let (off, bytes) = f.batch.region(set.segment_size);
+        if !set.write_done(m, off, res, bytes.len(), f.started.elapsed().as_nanos() as u64) {
+            f.failed.push(m);
         }
         f.remaining -= 1;
         if f.remaining > 0 {
@@ -185,7 +177,7 @@ impl Driver {
     }
 
     fn settle(f: Flight) {
-        let res = f.journal.shared.set.settle_write(f.attempted, &f.failed[..f.n_failed]);
+        let res = f.journal.shared.set.settle_write(f.attempted, f.failed.as_slice());
         f.journal.finish_async(f.batch, res);
     }
 }

@@ -82,14 +82,12 @@ impl JournalInner {
             let mut indexed = Vec::new();
             let stride = self.shared.cfg.index_stride as u64;
             let mut last_idx = start.off;
-            let mut prev_crc_in = start.prev_crc;
             let end =
                 scan.run(ChainPos { off: start.off as usize, lsn: start.lsn, prev_crc: start.prev_crc }, |r| {
                     if r.flags & crate::format::FLAG_BATCH_END != 0 && r.next_off >= last_idx + stride {
                         indexed.push(IndexEntry { lsn: r.lsn + 1, off: r.next_off, prev_crc: r.crc });
                         last_idx = r.next_off;
                     }
-                    prev_crc_in = r.crc;
                     if r.lsn < lsn {
                         return true;
                     }
@@ -258,7 +256,7 @@ impl Journal {
 
     /// Appends, bytes and batches written since open.
     pub fn counters(&self) -> JournalCounters {
-        *self.inner.counters.lock()
+        self.inner.st.lock().counters
     }
 }
 

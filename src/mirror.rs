@@ -56,13 +56,44 @@ pub struct SetOptions {
     pub fault: Option<Arc<FaultInjector>>,
 }
 
+/// Members that failed a write: a fixed-size set, so the write path does
+/// not allocate.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Failed {
+    ids: [usize; MAX_MEMBERS],
+    n: usize,
+}
+
+impl Failed {
+    pub fn push(&mut self, i: usize) {
+        if self.n < MAX_MEMBERS {
+            self.ids[self.n] = i;
+            self.n += 1;
+        }
+    }
+    pub fn as_slice(&self) -> &[usize] {
+        &self.ids[..self.n]
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+}
+
 /// Where one write goes (see `MirrorSet::write_targets`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Targets {
+    /// `(member index, fd)` of each member to write.
     pub go: [(usize, i32); MAX_MEMBERS],
     pub n_go: usize,
-    pub failed: [usize; MAX_MEMBERS],
-    pub n_failed: usize,
+    /// Healthy members that count as having failed already (fault injection).
+    pub failed: Failed,
+}
+
+impl Targets {
+    /// Members the write is attempted on (written, or failed at once).
+    pub fn attempted(&self) -> usize {
+        self.n_go + self.failed.n
+    }
 }
 
 /// An open mirror set.
@@ -367,7 +398,7 @@ impl MirrorSet {
                 *sb = next;
                 return Ok(());
             }
-            for i in failed {
+            for &i in failed.as_slice() {
                 self.fail_member_in_memory(i);
             }
             // Retry with the failed members excluded (and recorded as failed).
@@ -386,67 +417,73 @@ impl MirrorSet {
         }
     }
 
-    /// Writes each `(member index, bytes)` at `off` in one submission; returns
-    /// the indexes whose write failed.
-    fn write_members(&self, off: u64, ops: &[(usize, &[u8])]) -> Result<Vec<usize>> {
-        let mut failed = Vec::new();
-        let mut io_ops: [Option<IoOp>; crate::format::MAX_MEMBERS] = [None; crate::format::MAX_MEMBERS];
-        let mut which = [usize::MAX; crate::format::MAX_MEMBERS];
+    /// The fd to write member `m` through, unless it has no device or a
+    /// test made its writes fail.
+    fn write_fd(&self, m: &Member) -> Option<i32> {
+        m.fd().filter(|_| !self.faulted(m, true))
+    }
+
+    /// Writes each `(member index, bytes)` at `off` in one submission and
+    /// returns the members whose write failed.
+    fn write_members(&self, off: u64, ops: &[(usize, &[u8])]) -> Result<Failed> {
+        let mut failed = Failed::default();
+        let mut io_ops = [IoOp::write(-1, 0, &[], false); MAX_MEMBERS];
+        let mut which = [0usize; MAX_MEMBERS];
         let mut n = 0;
-        for &(i, bytes) in ops {
-            let m = &self.members[i];
-            match m.fd() {
-                Some(fd) if !self.faulted(m, true) => {
-                    io_ops[n] = Some(IoOp::write(fd, off, bytes, self.dsync()));
+        for &(i, bytes) in ops.iter().take(MAX_MEMBERS) {
+            match self.write_fd(&self.members[i]) {
+                Some(fd) => {
+                    io_ops[n] = IoOp::write(fd, off, bytes, self.dsync());
                     which[n] = i;
                     n += 1;
                 }
-                _ => failed.push(i),
+                None => failed.push(i),
             }
         }
-        let list: Vec<IoOp> = io_ops[..n].iter().flatten().copied().collect();
-        let mut res = [0i32; crate::format::MAX_MEMBERS];
+        let mut res = [0i32; MAX_MEMBERS];
         let t0 = std::time::Instant::now();
-        with_ring(|ring| submit_wait(ring, &list, &mut res[..n])).map_err(Error::Io)?;
+        with_ring(|ring| submit_wait(ring, &io_ops[..n], &mut res[..n])).map_err(Error::Io)?;
         let ns = t0.elapsed().as_nanos() as u64;
         for k in 0..n {
-            let i = which[k];
-            let m = &self.members[i];
-            match check_full(res[k], list[k].len as usize) {
-                Ok(()) => {
-                    m.writes.fetch_add(1, Ordering::Relaxed);
-                    m.write_ns.fetch_add(ns, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    tracing::error!(device = %m.path.display(), offset = off, error = %e, "mirror write failed");
-                    failed.push(i);
-                }
+            if !self.write_done(which[k], off, res[k], io_ops[k].len as usize, ns) {
+                failed.push(which[k]);
             }
         }
         Ok(failed)
     }
 
-    /// The members a write should go to now: `(member index, fd)` of every
-    /// healthy member (`targets.go`), and the healthy members that must be
-    /// treated as having failed it already (`targets.failed`: fault injection).
+    /// The members a write should go to now: every healthy member, split
+    /// into those to write (`go`) and those that count as failed at once.
     pub(crate) fn write_targets(&self) -> Targets {
-        let mut t = Targets { go: [(0, -1); MAX_MEMBERS], n_go: 0, failed: [0; MAX_MEMBERS], n_failed: 0 };
-        for (i, m) in self.members.iter().enumerate() {
-            if !m.is_healthy() {
-                continue;
-            }
-            match m.fd() {
-                Some(fd) if !self.faulted(m, true) => {
+        let mut t = Targets { go: [(0, -1); MAX_MEMBERS], n_go: 0, failed: Failed::default() };
+        for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.is_healthy()) {
+            match self.write_fd(m) {
+                Some(fd) => {
                     t.go[t.n_go] = (i, fd);
                     t.n_go += 1;
                 }
-                _ => {
-                    t.failed[t.n_failed] = i;
-                    t.n_failed += 1;
-                }
+                None => t.failed.push(i),
             }
         }
         t
+    }
+
+    /// One member's write of `len` bytes at `off` completed with `res`
+    /// (bytes or `-errno`) after `ns`: counts it, or logs the failure.
+    /// Returns whether it wrote everything.
+    pub(crate) fn write_done(&self, i: usize, off: u64, res: i32, len: usize, ns: u64) -> bool {
+        let Some(m) = self.members.get(i) else { return false };
+        match check_full(res, len) {
+            Ok(()) => {
+                m.writes.fetch_add(1, Ordering::Relaxed);
+                m.write_ns.fetch_add(ns, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                tracing::error!(device = %m.path.display(), offset = off, error = %e, "mirror write failed");
+                false
+            }
+        }
     }
 
     /// Bookkeeping after a write to `attempted` members of which `failed`
@@ -470,14 +507,6 @@ impl MirrorSet {
         self.update_superblock(|_| Ok(()))
     }
 
-    /// Records a completed durable write on member `i` (for metrics).
-    pub(crate) fn note_write(&self, i: usize, ns: u64) {
-        if let Some(m) = self.members.get(i) {
-            m.writes.fetch_add(1, Ordering::Relaxed);
-            m.write_ns.fetch_add(ns, Ordering::Relaxed);
-        }
-    }
-
     pub(crate) fn dsync_writes(&self) -> bool {
         self.dsync()
     }
@@ -487,27 +516,14 @@ impl MirrorSet {
     /// Members whose write failed are marked failed and that is persisted
     /// before returning. Fails only if no member took the write.
     pub fn write_all(&self, off: u64, buf: &[u8]) -> Result<()> {
-        let mut t = self.write_targets();
-        let mut ops = [IoOp::write(-1, 0, &[], false); MAX_MEMBERS];
-        for (k, &(_, fd)) in t.go[..t.n_go].iter().enumerate() {
-            ops[k] = IoOp::write(fd, off, buf, self.dsync());
+        let mut ops: [(usize, &[u8]); MAX_MEMBERS] = [(0, &[]); MAX_MEMBERS];
+        let mut n = 0;
+        for (i, _) in self.members.iter().enumerate().filter(|(_, m)| m.is_healthy()).take(MAX_MEMBERS) {
+            ops[n] = (i, buf);
+            n += 1;
         }
-        let mut res = [0i32; MAX_MEMBERS];
-        let t0 = std::time::Instant::now();
-        with_ring(|ring| submit_wait(ring, &ops[..t.n_go], &mut res[..t.n_go])).map_err(Error::Io)?;
-        let ns = t0.elapsed().as_nanos() as u64;
-        for (k, &r) in res[..t.n_go].iter().enumerate() {
-            let i = t.go[k].0;
-            match check_full(r, buf.len()) {
-                Ok(()) => self.note_write(i, ns),
-                Err(e) => {
-                    tracing::error!(device = %self.members[i].path.display(), offset = off, error = %e, "mirror write failed");
-                    t.failed[t.n_failed] = i;
-                    t.n_failed += 1;
-                }
-            }
-        }
-        self.settle_write(t.n_go + t.n_failed, &t.failed[..t.n_failed])
+        let failed = self.write_members(off, &ops[..n])?;
+        self.settle_write(n, failed.as_slice())
     }
 
     /// Writes `buf` at `off` to member `i` only (self-heal). Best effort: a

@@ -228,13 +228,15 @@ pub(crate) struct JState {
     next_batch_seq: u64,
     /// Every batch with a lower seq is retired.
     retired: u64,
-    /// Free batch buffers. Allocated on first need, up to `buffers_max`
-    /// (`max_inflight_batches + 2`), then reused: memory per journal is
-    /// bounded, and an idle journal holds none.
+    /// Free batch buffers. Allocated on first need, up to
+    /// `Config::batch_buffers` of them (`buffers` counts them), then reused:
+    /// memory per journal is bounded, and an idle journal holds none.
     pool: Vec<AlignedBuf>,
     buffers: usize,
     /// Slots reserved by the append being placed.
     reserved: Vec<u64>,
+    /// Appends, bytes and batches retired since open.
+    pub counters: JournalCounters,
     /// An append_batch is mid-placement: others wait so LSNs stay contiguous.
     exclusive: bool,
 }
@@ -255,7 +257,6 @@ pub(crate) struct JournalInner {
     cvs: Box<[Condvar]>,
     excl_cv: Condvar,
     pub mark_lock: Mutex<()>,
-    pub counters: Mutex<JournalCounters>,
     pub recovery: RecoveryStats,
 }
 
@@ -289,7 +290,7 @@ pub(crate) struct Recovered {
 impl JournalInner {
     pub(crate) fn new(shared: Arc<Shared>, id: u64, name: String, rec: Recovered) -> JournalInner {
         let cfg = &shared.cfg;
-        let nbufs = cfg.max_inflight_batches + 2;
+        let nbufs = cfg.batch_buffers();
         let st = JState {
             deleted: false,
             failed: None,
@@ -310,6 +311,7 @@ impl JournalInner {
             pool: Vec::with_capacity(nbufs),
             buffers: 0,
             reserved: Vec::new(),
+            counters: JournalCounters::default(),
             exclusive: false,
         };
         JournalInner {
@@ -320,7 +322,6 @@ impl JournalInner {
             cvs: (0..nbufs).map(|_| Condvar::new()).collect(),
             excl_cv: Condvar::new(),
             mark_lock: Mutex::new(()),
-            counters: Mutex::new(JournalCounters::default()),
             recovery: rec.stats,
         }
     }
@@ -343,26 +344,37 @@ impl JournalInner {
         Ok(())
     }
 
-    /// How many new segments placing records of these sizes needs (mirrors
-    /// `place` exactly, without changing anything).
+    /// The placement rule, shared by `place` and `segments_needed`: a
+    /// record of `t` bytes joins a batch that holds `rb` record bytes and
+    /// ends at segment offset `end` if the batch stays under the byte limit
+    /// (a batch takes at least one record) and within the segment.
+    fn fits_batch(&self, rb: u64, end: u64, t: u64) -> bool {
+        (rb == 0 || rb + t <= self.shared.cfg.max_batch_bytes as u64) && self.fits_segment(end, t)
+    }
+
+    /// Whether `t` bytes starting at segment offset `at` fit in the segment.
+    fn fits_segment(&self, at: u64, t: u64) -> bool {
+        align_up(at + t, self.block()) <= self.shared.set.segment_size
+    }
+
+    /// How many new segments placing records of these sizes needs: `place`'s
+    /// decisions, made on numbers only.
     fn segments_needed(&self, st: &JState, lens: impl Iterator<Item = usize>) -> usize {
-        let cfg = &self.shared.cfg;
         let bs = self.block();
-        let seg = self.shared.set.segment_size;
         let mut open = st.open.as_ref().map(|b| (b.seg_off + b.len as u64, (b.len - b.data_start) as u64));
         let mut tail = st.segs.back().map(|_| st.tail_off);
         let mut new = 0;
         for len in lens {
             let t = (RECORD_HEADER_LEN + len) as u64;
             if let Some((end, rb)) = open {
-                if (rb + t <= cfg.max_batch_bytes as u64 || rb == 0) && align_up(end + t, bs) <= seg {
+                if self.fits_batch(rb, end, t) {
                     open = Some((end + t, rb + t));
                     continue;
                 }
                 tail = Some(align_up(end, bs));
             }
             match tail {
-                Some(to) if align_up(to + t, bs) <= seg => open = Some((to + t, t)),
+                Some(to) if self.fits_segment(to, t) => open = Some((to + t, t)),
                 _ => {
                     new += 1;
                     tail = Some(0);
@@ -397,20 +409,15 @@ impl JournalInner {
     /// Places one record in the open batch. `Ok(None)`: no batch buffer is
     /// free; write or wait and call again.
     fn place(&self, st: &mut JState, payload: &[u8]) -> Result<Option<u64>> {
-        let cfg = &self.shared.cfg;
         let bs = self.block();
-        let seg_size = self.shared.set.segment_size;
         let t = (RECORD_HEADER_LEN + payload.len()) as u64;
         if let Some(b) = &st.open {
-            let rb = (b.len - b.data_start) as u64;
-            let fits = (rb + t <= cfg.max_batch_bytes as u64 || rb == 0)
-                && align_up(b.seg_off + b.len as u64 + t, bs) <= seg_size;
-            if !fits {
+            if !self.fits_batch((b.len - b.data_start) as u64, b.seg_off + b.len as u64, t) {
                 self.seal_open(st);
             }
         }
         if st.open.is_none() {
-            let in_tail = st.segs.back().is_some() && align_up(st.tail_off + t, bs) <= seg_size;
+            let in_tail = st.segs.back().is_some() && self.fits_segment(st.tail_off, t);
             let Some(mut buf) = st.pool.pop().or_else(|| self.new_buffer(st)) else {
                 return Ok(None);
             };
@@ -486,10 +493,15 @@ impl JournalInner {
         Ok(Some(seq))
     }
 
+    /// The open batch, if it holds a record.
+    fn open_batch(st: &JState) -> Option<&Batch> {
+        st.open.as_ref().filter(|b| b.next_lsn > b.first_lsn)
+    }
+
     /// Whether the open batch may be written now (group-commit wait elapsed).
     fn open_ready(&self, st: &JState) -> bool {
         let wait = self.shared.cfg.group_commit_wait;
-        st.open.as_ref().is_some_and(|b| b.next_lsn > b.first_lsn && (wait.is_zero() || b.opened.elapsed() >= wait))
+        Self::open_batch(st).is_some_and(|b| wait.is_zero() || b.opened.elapsed() >= wait)
     }
 
     /// The seq of a batch that a writer could take now.
@@ -564,15 +576,20 @@ impl JournalInner {
         }
     }
 
+    /// What became of batch `seq`: `None` while it is not retired yet,
+    /// `Some(Ok)` once it (and every batch before it) is durable, `Some(Err)`
+    /// if it failed or comes after a failed batch.
+    fn outcome(st: &JState, seq: u64) -> Option<Result<()>> {
+        match &st.failed {
+            Some((from, e)) if seq >= *from => Some(Err(e.duplicate())),
+            _ if seq < st.retired => Some(Ok(())),
+            _ => None,
+        }
+    }
+
     /// Whether a submitted record is durable.
     pub(crate) fn poll(&self, t: &Ticket) -> Result<bool> {
-        let st = self.st.lock();
-        if let Some((from, e)) = &st.failed {
-            if t.batch >= *from {
-                return Err(e.duplicate());
-            }
-        }
-        Ok(t.batch < st.retired)
+        Self::outcome(&self.st.lock(), t.batch).map_or(Ok(false), |r| r.map(|()| true))
     }
 
     /// Records a written batch and retires every completed batch in order.
@@ -602,7 +619,7 @@ impl JournalInner {
                             stride.max(bs),
                         );
                     }
-                    let mut c = self.counters.lock();
+                    let c = &mut st.counters;
                     c.batches += 1;
                     c.appends += b.next_lsn - b.first_lsn;
                     c.bytes += (b.len - b.data_start) as u64;
@@ -640,26 +657,18 @@ impl JournalInner {
 
     /// The first batch no writer has taken yet.
     fn first_unclaimed(&self, st: &JState) -> Option<u64> {
-        st.sealed.front().map(|b| b.seq).or(st.open.as_ref().filter(|b| b.next_lsn > b.first_lsn).map(|b| b.seq))
+        st.sealed.front().or(Self::open_batch(st)).map(|b| b.seq)
     }
 
     /// Writes batches or sleeps until batch `seq` is retired.
     pub(crate) fn wait_batch(&self, st: &mut MutexGuard<'_, JState>, seq: u64) -> Result<()> {
         loop {
-            if let Some((from, e)) = &st.failed {
-                if seq >= *from {
-                    return Err(e.duplicate());
-                }
-            }
-            if seq < st.retired {
+            if let Some(r) = Self::outcome(st, seq) {
                 // Done. If a batch is waiting for a writer, wake one of its appenders.
                 if let Some(s) = self.claimable(st) {
                     self.cv(s).notify_one();
                 }
-                return Ok(());
-            }
-            if st.deleted && st.writing == 0 && seq >= st.retired {
-                return Err(Error::UnknownJournal(self.name.clone()));
+                return r;
             }
             if self.help(st) {
                 continue;
@@ -689,7 +698,7 @@ impl JournalInner {
     fn sleep(&self, st: &mut MutexGuard<'_, JState>, seq: u64) {
         let on = self.first_unclaimed(st).map_or(seq, |u| u.min(seq));
         let wait = self.shared.cfg.group_commit_wait;
-        let open_age = st.open.as_ref().filter(|b| b.next_lsn > b.first_lsn).map(|b| b.opened.elapsed());
+        let open_age = Self::open_batch(st).map(|b| b.opened.elapsed());
         match open_age {
             Some(age) if !wait.is_zero() && age < wait => {
                 self.cv(on).wait_for(st, wait - age);
@@ -765,7 +774,6 @@ impl JournalInner {
         }
     }
 
-    /// Waits until nothing is being written (used before deleting).
     /// Marks the journal deleted: appends in progress and to come fail with
     /// `unknown-journal`. Does not wait for batches being written (their
     /// writer may be the calling thread's `Driver`); returns the slots that can

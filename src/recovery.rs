@@ -183,13 +183,8 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         tracing::info!(journal = %entry.name, dropped = scanned.pos.lsn - end.lsn, "dropped a partly written, unacknowledged batch");
     }
     // Index of the tail segment: batch starts at least `stride` apart.
-    for e in batch_starts.iter().skip(1) {
-        if e.lsn < end.lsn {
-            let last = tail.index.last().map(|l| l.off).unwrap_or(0);
-            if e.off >= last + stride {
-                tail.index.push(*e);
-            }
-        }
+    for e in batch_starts.iter().skip(1).filter(|e| e.lsn < end.lsn) {
+        tail.add_index(*e, stride);
     }
     tail.end_off = end.off;
 
