@@ -57,7 +57,8 @@ impl Config {
     /// Bytes of one batch buffer: a segment header block, the batch, and its padding.
     pub(crate) fn batch_buf_bytes(&self, block: u32) -> usize {
         let b = block as u64;
-        let body = (self.max_batch_bytes as u64).max(RECORD_HEADER_LEN as u64 + self.max_record_size as u64);
+        let body = (self.max_batch_bytes as u64)
+            .max((RECORD_HEADER_LEN + crate::format::TAG_LEN) as u64 + self.max_record_size as u64);
         (b + align_up(body, b) + b) as usize
     }
 

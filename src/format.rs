@@ -20,6 +20,37 @@ pub const RECORD_MAGIC: u16 = 0x4C4D;
 /// Flag: this is the last record of a write batch; the next record starts at
 /// the next block boundary (the rest of this block is zero padding).
 pub const FLAG_BATCH_END: u16 = 0x0001;
+/// Flag: the record body starts with a 16-byte producer tag (`Tag`), used
+/// by the daemon for idempotent appends; the payload follows it.
+pub const FLAG_TAGGED: u16 = 0x0002;
+/// Bytes of a producer tag at the front of a tagged record's body.
+pub const TAG_LEN: usize = 16;
+
+/// A producer tag: who wrote a record and its sequence number. Stored in the
+/// record (so covered by its CRC and shipped with it) to rebuild the
+/// daemon's idempotence table after a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tag {
+    pub producer: u64,
+    pub seq: u64,
+}
+
+impl Tag {
+    pub fn encode(&self, out: &mut [u8]) {
+        put_u64(out, 0, self.producer);
+        put_u64(out, 8, self.seq);
+    }
+}
+
+/// Splits a record body into its tag (if `flags` says it has one) and its
+/// payload. A tagged body shorter than a tag has none (never written so).
+pub fn split_tag(flags: u16, body: &[u8]) -> (Option<Tag>, &[u8]) {
+    if flags & FLAG_TAGGED != 0 && body.len() >= TAG_LEN {
+        (Some(Tag { producer: get_u64(body, 0), seq: get_u64(body, 8) }), &body[TAG_LEN..])
+    } else {
+        (None, body)
+    }
+}
 
 /// Segment header magic.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"MLOGSEGH";

@@ -5,10 +5,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::format::ChainPos;
+use crate::format::{ChainPos, Tag};
 use crate::pipeline::{IndexEntry, JournalInner};
 pub use crate::pipeline::{JournalCounters, Lsn, RecoveryStats, Ticket};
-use crate::read::{Rec, SegmentScan};
+pub use crate::read::Rec;
+use crate::read::SegmentScan;
 
 /// A handle to one journal. Cheap to clone; all methods take `&self` and may
 /// be called from many threads at once.
@@ -75,7 +76,7 @@ impl JournalInner {
                 slot,
                 bound,
                 end_lsn,
-                max_record: self.shared.cfg.max_record_size,
+                max_record: self.shared.cfg.max_record_size + crate::format::TAG_LEN as u32,
                 chunk,
                 prefer,
             };
@@ -145,7 +146,35 @@ impl Journal {
     /// blocking `append`/`wait` on this journal, or a `Driver` pumped by the
     /// caller. `Err(Backpressure)` when every batch buffer is in use.
     pub fn submit(&self, payload: &[u8]) -> Result<Ticket> {
-        self.inner.submit(payload)
+        self.inner.submit(payload, None)
+    }
+
+    /// Places records with consecutive LSNs without waiting (like `submit`),
+    /// all or none. With `tag`, record `i` carries the producer tag
+    /// `(tag.producer, tag.seq + i)`, returned by reads in `Rec::tag`. When no
+    /// batch buffer is free midway, `make_room` is called (with no lock held)
+    /// and must write batches, for example by pumping a `Driver`. Returns
+    /// the first LSN and the ticket of the last record (which is durable
+    /// only once all of them are).
+    pub fn submit_many(
+        &self,
+        payloads: &[&[u8]],
+        tag: Option<Tag>,
+        make_room: impl FnMut() -> Result<()>,
+    ) -> Result<(Lsn, Ticket)> {
+        self.inner.submit_many(payloads, tag, make_room)
+    }
+
+    /// Hands each verified record from `from` to `visit` until it returns
+    /// false or the durable end is reached. The payload is borrowed from the
+    /// read buffer; `chunk` is the read size in bytes.
+    pub fn visit(&self, from: Lsn, chunk: usize, visit: impl FnMut(&Rec<'_>) -> bool) -> Result<()> {
+        self.inner.scan(from, visit, chunk.max(self.inner.shared.set.block_size as usize))
+    }
+
+    /// The first LSN of each segment the journal holds, oldest first.
+    pub fn segment_starts(&self) -> Vec<Lsn> {
+        self.inner.st.lock().segs.iter().map(|s| s.first_lsn).collect()
     }
 
     /// `Ok(true)` once a submitted record is durable on every healthy mirror;

@@ -48,8 +48,9 @@ use parking_lot::Mutex;
 pub use config::Config;
 pub use driver::Driver;
 pub use error::{Error, Result};
+pub use format::Tag;
 pub use io::{FaultInjector, SyncMode};
-pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn, RecoveryStats, Ticket};
+pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn, Rec, RecoveryStats, Ticket};
 
 use format::{JournalEntry, MAX_JOURNALS, MAX_JOURNAL_NAME};
 use mirror::{hex_id, MirrorSet, SetOptions};

@@ -37,7 +37,8 @@ use rand::RngCore;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{
-    align_up, encode_record_header, set_batch_end, slot_offset, SegmentHeader, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    align_up, encode_record_header, set_batch_end, slot_offset, SegmentHeader, Tag, FLAG_TAGGED, RECORD_HEADER_LEN,
+    SEGMENT_HEADER_LEN, TAG_LEN,
 };
 use crate::io::AlignedBuf;
 use crate::mirror::MirrorSet;
@@ -408,9 +409,10 @@ impl JournalInner {
 
     /// Places one record in the open batch. `Ok(None)`: no batch buffer is
     /// free; write or wait and call again.
-    fn place(&self, st: &mut JState, payload: &[u8]) -> Result<Option<u64>> {
+    fn place(&self, st: &mut JState, payload: &[u8], tag: Option<Tag>) -> Result<Option<u64>> {
         let bs = self.block();
-        let t = (RECORD_HEADER_LEN + payload.len()) as u64;
+        let body = payload.len() + if tag.is_some() { TAG_LEN } else { 0 };
+        let t = (RECORD_HEADER_LEN + body) as u64;
         if let Some(b) = &st.open {
             if !self.fits_batch((b.len - b.data_start) as u64, b.seg_off + b.len as u64, t) {
                 self.seal_open(st);
@@ -480,9 +482,16 @@ impl JournalInner {
         let b = st.open.as_mut().ok_or(Error::Closed)?;
         let off = b.len;
         let out = &mut b.buf.as_mut_slice()[off..off + t as usize];
-        out[RECORD_HEADER_LEN..].copy_from_slice(payload);
-        let pcrc = crc32c::crc32c(payload);
-        let crc = encode_record_header(out, pcrc, payload.len() as u32, lsn, epoch, prev, 0);
+        let (flags, at) = match tag {
+            Some(tag) => {
+                tag.encode(&mut out[RECORD_HEADER_LEN..RECORD_HEADER_LEN + TAG_LEN]);
+                (FLAG_TAGGED, RECORD_HEADER_LEN + TAG_LEN)
+            }
+            None => (0, RECORD_HEADER_LEN),
+        };
+        out[at..].copy_from_slice(payload);
+        let pcrc = crc32c::crc32c(&out[RECORD_HEADER_LEN..]);
+        let crc = encode_record_header(out, pcrc, body as u32, lsn, epoch, prev, flags);
         b.last_rec = off;
         b.last_pcrc = pcrc;
         b.len += t as usize;
@@ -552,7 +561,7 @@ impl JournalInner {
 
     /// Places one record without waiting. `Err(Backpressure)` when every
     /// batch buffer is in use: write (pump a `Driver`) and try again.
-    pub(crate) fn submit(&self, payload: &[u8]) -> Result<Ticket> {
+    pub(crate) fn submit(&self, payload: &[u8], tag: Option<Tag>) -> Result<Ticket> {
         let max = self.shared.cfg.max_record_size as usize;
         if payload.len() > max {
             return Err(Error::RecordTooLarge { size: payload.len(), max });
@@ -562,11 +571,12 @@ impl JournalInner {
         if st.exclusive {
             return Err(Error::Backpressure);
         }
-        if self.segments_needed(&st, std::iter::once(payload.len())) > 0 {
+        let body = payload.len() + if tag.is_some() { TAG_LEN } else { 0 };
+        if self.segments_needed(&st, std::iter::once(body)) > 0 {
             st.reserved = self.shared.take_slots(self.id, 1)?;
         }
         let lsn = st.next_assign;
-        let r = self.place(&mut st, payload);
+        let r = self.place(&mut st, payload, tag);
         for s in st.reserved.drain(..) {
             self.shared.release_slot(s);
         }
@@ -574,6 +584,74 @@ impl JournalInner {
             Some(batch) => Ok(Ticket { lsn, batch }),
             None => Err(Error::Backpressure),
         }
+    }
+
+    /// Places records with consecutive LSNs without waiting for them to be
+    /// written; with `tag`, record `i` is tagged `(producer, seq + i)`.
+    /// All or none: the segments they need are reserved first (`full` places
+    /// nothing). When no batch buffer is free midway, other submitters are
+    /// held off (`exclusive`) and `make_room` runs, unlocked, to write
+    /// batches (pump a `Driver`). Returns the first LSN and the last record's
+    /// ticket.
+    pub(crate) fn submit_many(
+        &self,
+        payloads: &[&[u8]],
+        tag: Option<Tag>,
+        mut make_room: impl FnMut() -> Result<()>,
+    ) -> Result<(Lsn, Ticket)> {
+        let max = self.shared.cfg.max_record_size as usize;
+        if payloads.is_empty() {
+            return Err(Error::Config("an append needs at least one record".into()));
+        }
+        if let Some(p) = payloads.iter().find(|p| p.len() > max) {
+            return Err(Error::RecordTooLarge { size: p.len(), max });
+        }
+        let extra = if tag.is_some() { TAG_LEN } else { 0 };
+        let mut st = self.st.lock();
+        loop {
+            self.check_writable(&st)?;
+            if !st.exclusive {
+                break;
+            }
+            // Another submit_many is mid-placement (only on another thread).
+            MutexGuard::unlocked(&mut st, || make_room())?;
+        }
+        let need = self.segments_needed(&st, payloads.iter().map(|p| p.len() + extra));
+        if need > 0 {
+            st.reserved = self.shared.take_slots(self.id, need)?;
+        }
+        let first = st.next_assign;
+        let mut last = Ticket { lsn: first, batch: 0 };
+        let mut i = 0;
+        while i < payloads.len() {
+            if let Err(e) = self.check_writable(&st) {
+                self.end_exclusive(&mut st);
+                return Err(e);
+            }
+            let t = tag.map(|t| Tag { producer: t.producer, seq: t.seq + i as u64 });
+            let lsn = st.next_assign;
+            match self.place(&mut st, payloads[i], t) {
+                Ok(Some(batch)) => {
+                    last = Ticket { lsn, batch };
+                    i += 1;
+                }
+                Ok(None) => {
+                    st.exclusive = true;
+                    if let Err(e) = MutexGuard::unlocked(&mut st, || make_room()) {
+                        // Placed records stay placed (a writer will write
+                        // them); the caller learns the append failed.
+                        self.end_exclusive(&mut st);
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    self.end_exclusive(&mut st);
+                    return Err(e);
+                }
+            }
+        }
+        self.end_exclusive(&mut st);
+        Ok((first, last))
     }
 
     /// What became of batch `seq`: `None` while it is not retired yet,
@@ -740,7 +818,7 @@ impl JournalInner {
                 self.end_exclusive(&mut st);
                 return Err(e);
             }
-            match self.place(&mut st, p) {
+            match self.place(&mut st, p, None) {
                 Ok(Some(seq)) => {
                     last_seq = seq;
                     it.next();

@@ -22,6 +22,9 @@ pub struct Rec<'a> {
     pub epoch: u64,
     pub flags: u16,
     pub crc: u32,
+    /// The producer tag of a tagged record (`FLAG_TAGGED`).
+    pub tag: Option<crate::format::Tag>,
+    /// The payload, without the tag.
     pub payload: &'a [u8],
     /// Offset of the byte after this record (after padding, for a batch end)
     /// within the segment: where the chain continues.
@@ -234,12 +237,14 @@ impl SegmentScan<'_> {
         } else {
             end
         };
+        let (tag, payload) = crate::format::split_tag(f.header.flags, f.payload);
         let go = visit(&Rec {
             lsn: f.header.lsn,
             epoch: f.header.epoch,
             flags: f.header.flags,
             crc: f.header.crc,
-            payload: f.payload,
+            tag,
+            payload,
             next_off,
         });
         if !go {

@@ -159,7 +159,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         slot: tail.slot,
         bound: set.segment_size,
         end_lsn: u64::MAX,
-        max_record: shared.cfg.max_record_size.max(1 << 20),
+        max_record: shared.cfg.max_record_size.max(1 << 20) + crate::format::TAG_LEN as u32,
         chunk: 1 << 20,
         prefer: set.healthy_indexes().next().unwrap_or(0),
     };

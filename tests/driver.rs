@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use mirrorlog::{Driver, Error, FaultInjector, MirrorLog, Ticket};
+use mirrorlog::{Driver, Error, FaultInjector, MirrorLog, Tag, Ticket};
 
 #[test]
 fn driver_writes_many_journals_with_backpressure() {
@@ -114,4 +114,55 @@ fn driver_degrades_on_a_failed_mirror_and_fails_with_none_left() {
     let rs = run(&mut driver, 5);
     assert!(rs.iter().all(|r| matches!(r, Err(Error::NoHealthyMirror))), "{rs:?}");
     assert_eq!(j.next_lsn(), 41);
+}
+
+/// `submit_many` with a producer tag: consecutive LSNs, tags read back with
+/// each record (also after reopen), payloads without the tag, max-size
+/// payloads included; a batch larger than every batch buffer together is
+/// placed by making room midway.
+#[test]
+fn submit_many_tags_records_and_makes_room() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devs = common::devices(dir.path(), 2, 8 << 20);
+    let cfg = common::small_config(&devs);
+    let max = cfg.max_record_size as usize;
+    let payloads: Vec<Vec<u8>> =
+        (0..40u64).map(|i| common::payload(i, if i % 7 == 0 { max } else { 100 + i as usize })).collect();
+    let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+    let (first, untagged_lsn) = {
+        let log = MirrorLog::create(&cfg).expect("create");
+        let j = log.create_journal("t").expect("journal");
+        let mut driver = Driver::new().expect("driver");
+        let mut rooms = 0;
+        let (first, last) = j
+            .submit_many(&refs, Some(Tag { producer: 7, seq: 100 }), || {
+                rooms += 1;
+                driver.pump(&[&j], true).map(|_| ())
+            })
+            .expect("submit_many");
+        assert!(rooms > 0, "40 records of up to 64 KiB exceed the batch buffers: room must be made");
+        assert_eq!(last.lsn, first + 39);
+        let t = j.submit(b"plain").expect("submit");
+        while !j.poll(&t).expect("poll") {
+            driver.pump(&[&j], true).expect("pump");
+        }
+        assert!(j.poll(&last).expect("poll last"));
+        (first, t.lsn)
+    };
+    let log = MirrorLog::open(&cfg).expect("reopen");
+    let j = log.journal("t").expect("journal");
+    let mut got = Vec::new();
+    j.visit(first, 64 << 10, |r| {
+        got.push((r.lsn, r.tag, r.payload.to_vec()));
+        true
+    })
+    .expect("visit");
+    assert_eq!(got.len(), 41);
+    for (i, (lsn, tag, p)) in got.iter().take(40).enumerate() {
+        assert_eq!(*lsn, first + i as u64);
+        assert_eq!(*tag, Some(Tag { producer: 7, seq: 100 + i as u64 }));
+        assert_eq!(p, &payloads[i]);
+    }
+    assert_eq!(got[40], (untagged_lsn, None, b"plain".to_vec()));
+    assert_eq!(j.read(first + 7).expect("read"), payloads[7]);
 }
