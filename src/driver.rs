@@ -62,6 +62,12 @@ impl Driver {
         })
     }
 
+    /// Has the kernel signal `fd` (an eventfd) whenever a write of this
+    /// driver completes, so an event loop can sleep until then.
+    pub fn register_eventfd(&self, fd: std::os::fd::RawFd) -> Result<()> {
+        self.ring.submitter().register_eventfd(fd).map_err(Error::Io)
+    }
+
     /// Batches being written.
     pub fn in_flight(&self) -> usize {
         MAX_FLIGHTS - self.free.len()

@@ -27,7 +27,9 @@
 //! The on-disk format is in `docs/format.md`, the pipeline and its invariants
 //! in `docs/architecture.md`.
 
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod driver;
 pub mod error;
 pub mod format;
@@ -38,6 +40,7 @@ mod pipeline;
 pub mod protocol;
 pub mod read;
 mod recovery;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

@@ -614,7 +614,7 @@ impl JournalInner {
                 break;
             }
             // Another submit_many is mid-placement (only on another thread).
-            MutexGuard::unlocked(&mut st, || make_room())?;
+            MutexGuard::unlocked(&mut st, &mut make_room)?;
         }
         let need = self.segments_needed(&st, payloads.iter().map(|p| p.len() + extra));
         if need > 0 {
@@ -637,7 +637,7 @@ impl JournalInner {
                 }
                 Ok(None) => {
                     st.exclusive = true;
-                    if let Err(e) = MutexGuard::unlocked(&mut st, || make_room()) {
+                    if let Err(e) = MutexGuard::unlocked(&mut st, &mut make_room) {
                         // Placed records stay placed (a writer will write
                         // them); the caller learns the append failed.
                         self.end_exclusive(&mut st);

@@ -120,6 +120,71 @@ impl fmt::Display for ProtoError {
     }
 }
 
+/// Error codes of the daemon (200s). Engine errors keep their numbers
+/// (1–16, `Error::code`), protocol errors are 100–105 (`ProtoError::code`).
+/// docs/protocol.md lists them all.
+pub mod codes {
+    /// This node does not take appends (it is a replica).
+    pub const NOT_PRIMARY: u16 = 200;
+    /// A higher epoch exists: this node was fenced.
+    pub const FENCED: u16 = 201;
+    /// The daemon is at its connection limit; the connection is closed.
+    pub const TOO_MANY_CONNECTIONS: u16 = 202;
+    /// A producer's sequence is at or below its newest but not remembered.
+    pub const SEQUENCE_UNKNOWN: u16 = 203;
+    /// `Credit` for a subscription this connection does not have.
+    pub const UNKNOWN_SUBSCRIPTION: u16 = 204;
+    /// The daemon is draining (SIGTERM); the request was not taken.
+    pub const SHUTTING_DOWN: u16 = 205;
+    /// A frame was started but not finished in time; the connection is closed.
+    pub const FRAME_TIMEOUT: u16 = 206;
+    /// A `remote-*` durability was asked of a node with no replica.
+    pub const NO_REPLICA: u16 = 207;
+    /// The client's timeout passed before the response (client side only).
+    pub const TIMEOUT: u16 = 208;
+    /// No endpoint could be reached (client side only).
+    pub const UNAVAILABLE: u16 = 209;
+
+    /// The stable name of any code (engine, protocol, daemon).
+    pub fn name(code: u16) -> &'static str {
+        match code {
+            1 => "config",
+            2 => "device",
+            3 => "io",
+            4 => "no-healthy-mirror",
+            5 => "full",
+            6 => "record-too-large",
+            7 => "unknown-journal",
+            8 => "journal-exists",
+            9 => "invalid-name",
+            10 => "too-many-journals",
+            11 => "below-mark",
+            12 => "not-yet-written",
+            13 => "invalid-mark",
+            14 => "corrupt",
+            15 => "closed",
+            16 => "backpressure",
+            100 => "bad-magic",
+            101 => "unsupported-version",
+            102 => "frame-too-large",
+            103 => "bad-checksum",
+            104 => "unknown-opcode",
+            105 => "malformed",
+            NOT_PRIMARY => "not-primary",
+            FENCED => "fenced",
+            TOO_MANY_CONNECTIONS => "too-many-connections",
+            SEQUENCE_UNKNOWN => "sequence-unknown",
+            UNKNOWN_SUBSCRIPTION => "unknown-subscription",
+            SHUTTING_DOWN => "shutting-down",
+            FRAME_TIMEOUT => "frame-timeout",
+            NO_REPLICA => "no-replica",
+            TIMEOUT => "timeout",
+            UNAVAILABLE => "unavailable",
+            _ => "unknown",
+        }
+    }
+}
+
 /// A checked frame, borrowing its body from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame<'a> {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: real files, real O_DIRECT, real io_uring.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 
 use mirrorlog::Config;

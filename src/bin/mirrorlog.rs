@@ -1,0 +1,378 @@
+//! `mirrorlog`: the command-line client and offline tools.
+//!
+//! Exit codes: 0 success; 1 the request failed (the error's code and name
+//! are printed on stderr); 2 bad usage or arguments; 3 `verify` found a
+//! problem; 4 no endpoint could be reached.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mirrorlog::client::{BlockingClient, ClientConfig, ClientError, Record};
+use mirrorlog::daemon::config::{parse_durability, parse_size};
+use mirrorlog::protocol::{codes, Durability};
+
+#[derive(Parser, Debug)]
+#[command(name = "mirrorlog", version, about = "Client and offline tools for mirrorlog journal appliances")]
+struct Args {
+    /// Appliance address(es), HOST:PORT; several (comma-separated or
+    /// repeated) for failover.
+    #[arg(long, short = 'e', global = true, value_delimiter = ',', default_value = "127.0.0.1:7400")]
+    endpoint: Vec<String>,
+    /// Seconds to wait for an answer (reconnects included).
+    #[arg(long, global = true, default_value_t = 30)]
+    timeout: u64,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Append standard input as one record; prints its LSN.
+    Append {
+        #[arg(long, short = 'j', default_value = "default")]
+        journal: String,
+        /// local, remote-received or remote-durable (default: the journal's).
+        #[arg(long, value_parser = parse_durability)]
+        durability: Option<Durability>,
+    },
+    /// Print records as JSON lines: {"lsn","epoch","len","crc32c","hex"}.
+    Read {
+        #[arg(long, short = 'j', default_value = "default")]
+        journal: String,
+        /// First LSN (0: the first retained).
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// Records to print (default: up to the durable end).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Print records from an LSN as JSON lines and follow the tail.
+    Tail {
+        #[arg(long, short = 'j', default_value = "default")]
+        journal: String,
+        /// First LSN (default: the current end, so only new records).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Print the journal's mark, or set it with --set.
+    Mark {
+        #[arg(long, short = 'j', default_value = "default")]
+        journal: String,
+        /// Records below this LSN may be reclaimed.
+        #[arg(long)]
+        set: Option<u64>,
+    },
+    /// List journals.
+    Journals {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a journal.
+    CreateJournal { name: String },
+    /// Delete a journal and free its segments.
+    DeleteJournal { name: String },
+    /// The appliance's status: mirrors, journals, epoch.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offline: format devices as a new, empty mirror set (destroys them).
+    Format {
+        #[arg(long, value_delimiter = ',', required = true)]
+        devices: Vec<PathBuf>,
+        /// Create missing device files of this size.
+        #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+        device_size: u64,
+        #[arg(long, value_parser = parse_size, default_value = "64MiB")]
+        segment_size: u64,
+        /// Journals to create.
+        #[arg(long, value_delimiter = ',', default_value = "default")]
+        journal: Vec<String>,
+        /// Confirm that the devices' contents may be destroyed.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Offline: check every checksum and chain on every mirror and compare
+    /// the mirrors block by block; exit 3 on any problem.
+    Verify {
+        #[arg(long, value_delimiter = ',', required = true)]
+        devices: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Offline: print a journal's records as JSON lines (like `read`).
+    Dump {
+        #[arg(long, value_delimiter = ',', required = true)]
+        devices: Vec<PathBuf>,
+        #[arg(long, short = 'j', default_value = "default")]
+        journal: String,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+    },
+}
+
+fn hex(b: &[u8]) -> String {
+    const H: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(H[(x >> 4) as usize] as char);
+        s.push(H[(x & 15) as usize] as char);
+    }
+    s
+}
+
+fn json_line(out: &mut impl Write, lsn: u64, epoch: u64, payload: &[u8]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{{\"lsn\":{lsn},\"epoch\":{epoch},\"len\":{},\"crc32c\":{},\"hex\":\"{}\"}}",
+        payload.len(),
+        crc32c::crc32c(payload),
+        hex(payload)
+    )
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("mirrorlog: {e}");
+    if e.code == codes::UNAVAILABLE {
+        ExitCode::from(4)
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match &args.cmd {
+        Cmd::Format { devices, device_size, segment_size, journal, yes } => {
+            return format(devices, *device_size, *segment_size, journal, *yes)
+        }
+        Cmd::Verify { devices, json } => return verify(devices, *json),
+        Cmd::Dump { devices, journal, from } => return dump(devices, journal, *from),
+        _ => {}
+    }
+    let mut cfg = ClientConfig::new(args.endpoint.iter().cloned());
+    cfg.request_timeout = std::time::Duration::from_secs(args.timeout.max(1));
+    let c = match BlockingClient::connect(cfg) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let res = run(&c, &args.cmd);
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn io_err(e: std::io::Error) -> ClientError {
+    ClientError { code: 3, message: e.to_string() }
+}
+
+fn run(c: &BlockingClient, cmd: &Cmd) -> Result<(), ClientError> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match cmd {
+        Cmd::Append { journal, durability } => {
+            let mut data = Vec::new();
+            std::io::stdin().read_to_end(&mut data).map_err(io_err)?;
+            let lsn = c.append_batch_with(journal, &[&data], durability.unwrap_or(Durability::Default))?;
+            writeln!(out, "{lsn}").map_err(io_err)?;
+        }
+        Cmd::Read { journal, from, count } => {
+            let mut next = *from;
+            let mut left = count.unwrap_or(u64::MAX);
+            while left > 0 {
+                let (recs, n) = c.read(journal, next, left.min(10_000) as u32, 4 << 20)?;
+                if recs.is_empty() {
+                    break;
+                }
+                for r in &recs {
+                    json_line(&mut out, r.lsn, r.epoch, &r.payload).map_err(io_err)?;
+                }
+                left = left.saturating_sub(recs.len() as u64);
+                next = n;
+            }
+        }
+        Cmd::Tail { journal, from, count } => {
+            let from = match from {
+                Some(f) => *f,
+                None => {
+                    let st: serde_json::Value = serde_json::from_str(&c.status()?)
+                        .map_err(|e| ClientError { code: 105, message: e.to_string() })?;
+                    st["journals"]
+                        .as_array()
+                        .and_then(|js| js.iter().find(|j| j["name"] == journal.as_str()))
+                        .and_then(|j| j["next_lsn"].as_u64())
+                        .ok_or_else(|| ClientError { code: 7, message: format!("unknown journal {journal:?}") })?
+                }
+            };
+            let mut left = count.unwrap_or(u64::MAX);
+            c.block_on(async {
+                let mut sub = c.client().subscribe(journal, from, 1 << 20).await?;
+                while left > 0 {
+                    let Some(r) = sub.next().await else { break };
+                    let r: Record = r?;
+                    json_line(&mut out, r.lsn, r.epoch, &r.payload).map_err(io_err)?;
+                    out.flush().map_err(io_err)?;
+                    left -= 1;
+                }
+                Ok::<(), ClientError>(())
+            })?;
+        }
+        Cmd::Mark { journal, set } => match set {
+            Some(l) => c.set_mark(journal, *l)?,
+            None => writeln!(out, "{}", c.get_mark(journal)?).map_err(io_err)?,
+        },
+        Cmd::Journals { json } => {
+            let names = c.journals()?;
+            if *json {
+                writeln!(out, "{}", serde_json::json!(names)).map_err(io_err)?;
+            } else {
+                for n in names {
+                    writeln!(out, "{n}").map_err(io_err)?;
+                }
+            }
+        }
+        Cmd::CreateJournal { name } => c.create_journal(name)?,
+        Cmd::DeleteJournal { name } => c.delete_journal(name)?,
+        Cmd::Status { json } => {
+            let s = c.status()?;
+            if *json {
+                writeln!(out, "{s}").map_err(io_err)?;
+            } else {
+                print_status(&mut out, &s).map_err(io_err)?;
+            }
+        }
+        Cmd::Format { .. } | Cmd::Verify { .. } | Cmd::Dump { .. } => {}
+    }
+    out.flush().map_err(io_err)
+}
+
+fn print_status(out: &mut impl Write, s: &str) -> std::io::Result<()> {
+    let v: serde_json::Value = serde_json::from_str(s).map_err(std::io::Error::other)?;
+    writeln!(
+        out,
+        "server {}  role {}  epoch {}  set {}",
+        v["server"].as_str().unwrap_or("?"),
+        v["role"].as_str().unwrap_or("?"),
+        v["epoch"],
+        v["set_uuid"].as_str().unwrap_or("?")
+    )?;
+    writeln!(
+        out,
+        "segments {} free of {} ({} MiB each)  repairs {}  connections {}",
+        v["segments_free"],
+        v["segments_total"],
+        v["segment_size"].as_u64().unwrap_or(0) >> 20,
+        v["repairs"],
+        v["connections"]
+    )?;
+    writeln!(out, "\n{:<40} {:>8} {:>10} {:>14}", "MIRROR", "HEALTHY", "WRITES", "MEAN WRITE µs")?;
+    for m in v["mirrors"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{:<40} {:>8} {:>10} {:>14.1}",
+            m["path"].as_str().unwrap_or("?"),
+            if m["healthy"].as_bool() == Some(true) { "yes" } else { "FAILED" },
+            m["writes"].to_string(),
+            m["mean_write_us"].as_f64().unwrap_or(0.0)
+        )?;
+    }
+    writeln!(
+        out,
+        "\n{:<24} {:>12} {:>12} {:>12} {:>9} {:>16}",
+        "JOURNAL", "FIRST", "NEXT", "MARK", "SEGMENTS", "DURABILITY"
+    )?;
+    for j in v["journals"].as_array().into_iter().flatten() {
+        writeln!(
+            out,
+            "{:<24} {:>12} {:>12} {:>12} {:>9} {:>16}",
+            j["name"].as_str().unwrap_or("?"),
+            j["first_lsn"].to_string(),
+            j["next_lsn"].to_string(),
+            j["mark"].to_string(),
+            j["segments"].to_string(),
+            j["durability"].as_str().unwrap_or("?")
+        )?;
+    }
+    Ok(())
+}
+
+fn format(devices: &[PathBuf], device_size: u64, segment_size: u64, journals: &[String], yes: bool) -> ExitCode {
+    if !yes {
+        eprintln!("mirrorlog: format destroys what the devices hold; add --yes to confirm");
+        return ExitCode::from(2);
+    }
+    for d in devices {
+        if !d.exists() {
+            if let Err(e) = mirrorlog::io::create_device_file(d, device_size) {
+                eprintln!("mirrorlog: {}: {e}", d.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let mut cfg = mirrorlog::Config::new(devices.iter().cloned());
+    cfg.segment_size = segment_size;
+    let log = match mirrorlog::MirrorLog::create(&cfg) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("mirrorlog: format: {e} (error {} {})", e.code(), e.code_name());
+            return ExitCode::from(1);
+        }
+    };
+    for j in journals {
+        if let Err(e) = log.create_journal(j) {
+            eprintln!("mirrorlog: journal {j:?}: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    println!("formatted {} device(s), set {}", devices.len(), log.status().set_uuid);
+    ExitCode::SUCCESS
+}
+
+fn verify(devices: &[PathBuf], json: bool) -> ExitCode {
+    match mirrorlog::verify::verify(devices, &Default::default()) {
+        Ok(r) => {
+            if json {
+                println!("{}", r.to_json());
+            } else {
+                print!("{r}");
+            }
+            if r.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }
+        Err(e) => {
+            eprintln!("mirrorlog: verify: {e} (error {} {})", e.code(), e.code_name());
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dump(devices: &[PathBuf], journal: &str, from: u64) -> ExitCode {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut io_failed = false;
+    let res = mirrorlog::verify::dump(devices, journal, from, |r| {
+        if json_line(&mut out, r.lsn, r.epoch, r.payload).is_err() {
+            io_failed = true;
+            return false;
+        }
+        true
+    });
+    let _ = out.flush();
+    match res {
+        Ok(()) if !io_failed => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("mirrorlog: dump: {e} (error {} {})", e.code(), e.code_name());
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,814 @@
+//! The Rust client for `mirrorlogd` (`mirrorlog::client`): async on tokio,
+//! with a blocking wrapper (`BlockingClient`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mirrorlog::client::ClientError> {
+//! use mirrorlog::client::{Client, ClientConfig};
+//! let c = Client::connect(ClientConfig::new(["10.0.0.1:7400", "10.1.0.1:7400"])).await?;
+//! let lsn = c.append("default", b"hello").await?;
+//! let (recs, _next) = c.read("default", lsn, 1, 1 << 20).await?;
+//! assert_eq!(recs[0].payload, b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! Like ActiveMQ's failover transport, the client takes a list of endpoints,
+//! connects to the first that answers as primary, and on a lost connection
+//! (or a `not-primary`/`fenced`/`shutting-down` answer) reconnects with
+//! backoff to whichever endpoint serves as primary, then resends every
+//! request that was not answered, in order. Appends carry this client's
+//! producer id and their original sequence numbers, so a resend of an
+//! append that was written returns its original LSN instead of writing it
+//! twice.
+//!
+//! Invariants:
+//! * A request keeps its request id and (for appends) its sequence numbers
+//!   for its whole life; sequence numbers are given out by the connection
+//!   task in the order requests are sent, so they only grow on the wire.
+//! * Every frame received is checked (frame CRC, and each record's CRC32C)
+//!   before anything in it is used.
+//! * Bounded: at most `max_inflight` requests wait for an answer (callers
+//!   wait for a slot), and each has a deadline (`request_timeout`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+use crate::protocol::{
+    codes, decode_frame, Durability, Op, ProtoError, Request, Response, DEFAULT_MAX_BODY, HEADER_LEN, VERSION,
+};
+
+/// An error from the client: a numbered code (the daemon's, or `timeout`
+/// and `unavailable` from the client itself) and a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} (error {code} {name})", name = codes::name(*.code))]
+pub struct ClientError {
+    pub code: u16,
+    pub message: String,
+}
+
+impl ClientError {
+    fn new(code: u16, message: impl Into<String>) -> ClientError {
+        ClientError { code, message: message.into() }
+    }
+    fn proto(e: &ProtoError) -> ClientError {
+        ClientError::new(e.code(), e.to_string())
+    }
+    /// The stable name of the code.
+    pub fn name(&self) -> &'static str {
+        codes::name(self.code)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// Client settings. `ClientConfig::new(endpoints)` gives the defaults.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `HOST:PORT` of each appliance, tried in order.
+    pub endpoints: Vec<String>,
+    /// Per attempt to connect to one endpoint.
+    pub connect_timeout: Duration,
+    /// How long a request may wait for its answer, resends included.
+    pub request_timeout: Duration,
+    /// Requests waiting for an answer at once.
+    pub max_inflight: usize,
+    /// First and largest wait between rounds of reconnect attempts.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// The producer id of appends (random if `None`); 0 turns idempotence off.
+    pub producer: Option<u64>,
+    /// Name sent in Hello.
+    pub client_name: String,
+}
+
+impl ClientConfig {
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> ClientConfig {
+        ClientConfig {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(30),
+            max_inflight: 1024,
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_secs(1),
+            producer: None,
+            client_name: format!("mirrorlog-client/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// A record as read from the daemon (its CRC32C was checked on receipt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub lsn: u64,
+    pub epoch: u64,
+    pub crc32c: u32,
+    pub payload: Vec<u8>,
+}
+
+/// What the server said, owned.
+#[derive(Debug)]
+enum Reply {
+    Hello { server: String, epoch: u64, primary: bool },
+    Appended { first_lsn: u64 },
+    Records { records: Vec<Record>, next_lsn: u64 },
+    Mark(u64),
+    Journals(Vec<String>),
+    Status(String),
+    Ok,
+}
+
+fn owned(resp: Response<'_>) -> Result<Reply> {
+    Ok(match resp {
+        Response::Hello { server, epoch, primary, .. } => Reply::Hello { server: server.to_string(), epoch, primary },
+        Response::Appended { first_lsn, .. } => Reply::Appended { first_lsn },
+        Response::Records { records, next_lsn } => {
+            let mut out = Vec::with_capacity(records.len());
+            for r in records {
+                if crc32c::crc32c(r.payload) != r.crc32c {
+                    return Err(ClientError::new(14, format!("record {} failed its CRC32C on receipt", r.lsn)));
+                }
+                out.push(Record { lsn: r.lsn, epoch: r.epoch, crc32c: r.crc32c, payload: r.payload.to_vec() });
+            }
+            Reply::Records { records: out, next_lsn }
+        }
+        Response::Mark { lsn } => Reply::Mark(lsn),
+        Response::Journals { names } => Reply::Journals(names.iter().map(|s| s.to_string()).collect()),
+        Response::Status { json } => Reply::Status(json.to_string()),
+        Response::Ok => Reply::Ok,
+        Response::Error { code, message } => return Err(ClientError::new(code, message)),
+    })
+}
+
+/// Codes after which the request is resent elsewhere rather than failed.
+fn fails_over(code: u16) -> bool {
+    matches!(code, codes::NOT_PRIMARY | codes::FENCED | codes::SHUTTING_DOWN | codes::TOO_MANY_CONNECTIONS)
+}
+
+struct Cmd {
+    op: Op,
+    /// The encoded frame with request id 0 (and sequence 0 for appends).
+    frame: Vec<u8>,
+    /// Byte offset of an append's first sequence number in `frame`.
+    seq_at: Option<(usize, u64)>,
+    reply: Reply_,
+    permit: OwnedSemaphorePermit,
+}
+
+enum Reply_ {
+    Once(oneshot::Sender<Result<Reply>>),
+    /// A subscription: its records, and its request id once given.
+    Stream(mpsc::UnboundedSender<Result<Reply>>, Arc<AtomicU64>),
+    /// No answer expected (Credit).
+    None,
+}
+
+struct Pending {
+    op: Op,
+    frame: Vec<u8>,
+    reply: Reply_,
+    deadline: Instant,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Sets a frame's request id and (optionally) an append's first sequence,
+/// and recomputes its CRC.
+fn patch(frame: &mut [u8], rid: u64, seq: Option<(usize, u64)>) {
+    frame[4..12].copy_from_slice(&rid.to_le_bytes());
+    if let Some((at, s)) = seq {
+        frame[at..at + 8].copy_from_slice(&s.to_le_bytes());
+    }
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&frame[..16]), &frame[HEADER_LEN..]);
+    frame[16..20].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// A connection (with failover) to mirrorlog appliances. Cheap to clone;
+/// use from many tasks at once: requests pipeline on one connection.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::UnboundedSender<Cmd>,
+    slots: Arc<Semaphore>,
+    info: Arc<parking_lot::Mutex<(String, String, u64)>>,
+    producer: u64,
+}
+
+impl Client {
+    /// Connects to the first endpoint that answers as primary (waiting up
+    /// to `request_timeout` while none does) and starts the connection task.
+    pub async fn connect(cfg: ClientConfig) -> Result<Client> {
+        if cfg.endpoints.is_empty() {
+            return Err(ClientError::new(1, "no endpoints given"));
+        }
+        let producer = cfg.producer.unwrap_or_else(|| loop {
+            let p = rand::random::<u64>();
+            if p != 0 {
+                break p;
+            }
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let info = Arc::new(parking_lot::Mutex::new((String::new(), String::new(), 0)));
+        let slots = Arc::new(Semaphore::new(cfg.max_inflight.max(1)));
+        let deadline = Instant::now() + cfg.request_timeout;
+        let mut first = None;
+        let mut backoff = cfg.backoff_min;
+        let mut last_err = ClientError::new(codes::UNAVAILABLE, "no endpoint answered");
+        while first.is_none() {
+            match connect_any(&cfg, 0).await {
+                Ok(c) => first = Some(c),
+                Err(e) => last_err = e,
+            }
+            if first.is_none() {
+                if Instant::now() + backoff > deadline {
+                    return Err(last_err);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(cfg.backoff_max);
+            }
+        }
+        let Some(first) = first else { return Err(last_err) };
+        *info.lock() = (first.endpoint.clone(), first.server.clone(), first.epoch);
+        tokio::spawn(Actor { cfg, producer, next_rid: 1, next_seq: 1, info: info.clone() }.run(rx, first));
+        Ok(Client { tx, slots, info, producer })
+    }
+
+    /// This client's producer id (0: appends are not idempotent).
+    pub fn producer(&self) -> u64 {
+        self.producer
+    }
+
+    /// The endpoint, server name and epoch of the current connection.
+    pub fn server(&self) -> (String, String, u64) {
+        self.info.lock().clone()
+    }
+
+    async fn call(&self, op: Op, frame: Vec<u8>, seq_at: Option<(usize, u64)>) -> Result<Reply> {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?;
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd { op, frame, seq_at, reply: Reply_::Once(tx), permit })
+            .map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?;
+        rx.await.map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?
+    }
+
+    /// Appends one record; returns its LSN once it is durable as the
+    /// journal's default durability says.
+    pub async fn append(&self, journal: &str, payload: &[u8]) -> Result<u64> {
+        self.append_batch_with(journal, &[payload], Durability::Default).await
+    }
+
+    /// Appends records with consecutive LSNs, with a durability mode;
+    /// returns the first LSN.
+    pub async fn append_batch_with(&self, journal: &str, records: &[&[u8]], durability: Durability) -> Result<u64> {
+        let req =
+            Request::Append { journal, durability, producer: self.producer, first_seq: 0, records: records.to_vec() };
+        let mut frame =
+            Vec::with_capacity(HEADER_LEN + 32 + journal.len() + records.iter().map(|r| r.len() + 4).sum::<usize>());
+        req.encode(0, &mut frame);
+        let seq_at = (self.producer != 0).then_some((HEADER_LEN + 2 + journal.len() + 1 + 8, records.len() as u64));
+        match self.call(Op::Append, frame, seq_at).await? {
+            Reply::Appended { first_lsn } => Ok(first_lsn),
+            r => Err(unexpected(&r)),
+        }
+    }
+
+    /// Reads up to `max_count` records (about `max_bytes`) from `from` (0:
+    /// the first retained). Returns them and the LSN to read next.
+    pub async fn read(&self, journal: &str, from: u64, max_count: u32, max_bytes: u32) -> Result<(Vec<Record>, u64)> {
+        let mut frame = Vec::new();
+        Request::Read { journal, from, max_count, max_bytes }.encode(0, &mut frame);
+        match self.call(Op::Read, frame, None).await? {
+            Reply::Records { records, next_lsn } => Ok((records, next_lsn)),
+            r => Err(unexpected(&r)),
+        }
+    }
+
+    pub async fn set_mark(&self, journal: &str, lsn: u64) -> Result<()> {
+        let mut frame = Vec::new();
+        Request::SetMark { journal, lsn }.encode(0, &mut frame);
+        self.call(Op::SetMark, frame, None).await.map(|_| ())
+    }
+
+    pub async fn get_mark(&self, journal: &str) -> Result<u64> {
+        let mut frame = Vec::new();
+        Request::GetMark { journal }.encode(0, &mut frame);
+        match self.call(Op::GetMark, frame, None).await? {
+            Reply::Mark(l) => Ok(l),
+            r => Err(unexpected(&r)),
+        }
+    }
+
+    pub async fn create_journal(&self, journal: &str) -> Result<()> {
+        let mut frame = Vec::new();
+        Request::CreateJournal { journal }.encode(0, &mut frame);
+        self.call(Op::CreateJournal, frame, None).await.map(|_| ())
+    }
+
+    pub async fn delete_journal(&self, journal: &str) -> Result<()> {
+        let mut frame = Vec::new();
+        Request::DeleteJournal { journal }.encode(0, &mut frame);
+        self.call(Op::DeleteJournal, frame, None).await.map(|_| ())
+    }
+
+    pub async fn journals(&self) -> Result<Vec<String>> {
+        let mut frame = Vec::new();
+        Request::ListJournals.encode(0, &mut frame);
+        match self.call(Op::ListJournals, frame, None).await? {
+            Reply::Journals(n) => Ok(n),
+            r => Err(unexpected(&r)),
+        }
+    }
+
+    /// The daemon's status as JSON text.
+    pub async fn status(&self) -> Result<String> {
+        let mut frame = Vec::new();
+        Request::Status.encode(0, &mut frame);
+        match self.call(Op::Status, frame, None).await? {
+            Reply::Status(s) => Ok(s),
+            r => Err(unexpected(&r)),
+        }
+    }
+
+    /// Streams records from `from` (0: the first retained) and follows the
+    /// tail. `credit` bytes may be in flight to this subscriber at once.
+    pub async fn subscribe(&self, journal: &str, from: u64, credit: u32) -> Result<Subscription> {
+        let permit = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?;
+        // Unbounded, but the server sends at most `credit` bytes beyond
+        // what this subscriber has consumed.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let rid = Arc::new(AtomicU64::new(0));
+        let mut frame = Vec::new();
+        let credit = credit.max(64 << 10);
+        Request::Subscribe { journal, from, credit_bytes: credit }.encode(0, &mut frame);
+        self.tx
+            .send(Cmd { op: Op::Subscribe, frame, seq_at: None, reply: Reply_::Stream(tx, rid.clone()), permit })
+            .map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?;
+        Ok(Subscription { rx, buf: std::collections::VecDeque::new(), rid, consumed: 0, credit, client: self.clone() })
+    }
+}
+
+impl Subscription {
+    /// Gives the server back the credit this subscriber consumed.
+    fn grant(&mut self) {
+        let rid = self.rid.load(Ordering::Acquire);
+        if rid == 0 {
+            return;
+        }
+        let Ok(permit) = self.client.slots.clone().try_acquire_owned() else { return };
+        let mut frame = Vec::new();
+        Request::Credit { subscription: rid, bytes: self.consumed.min(u32::MAX as u64) as u32 }.encode(0, &mut frame);
+        self.consumed = 0;
+        let _ = self.client.tx.send(Cmd { op: Op::Credit, frame, seq_at: None, reply: Reply_::None, permit });
+    }
+}
+
+fn unexpected(r: &Reply) -> ClientError {
+    ClientError::new(105, format!("unexpected response {r:?}"))
+}
+
+/// Records of a subscription, in LSN order.
+pub struct Subscription {
+    rx: mpsc::UnboundedReceiver<Result<Reply>>,
+    buf: std::collections::VecDeque<Record>,
+    rid: Arc<AtomicU64>,
+    consumed: u64,
+    credit: u32,
+    client: Client,
+}
+
+impl Subscription {
+    /// The next record; `None` when the client is closed.
+    pub async fn next(&mut self) -> Option<Result<Record>> {
+        loop {
+            if let Some(r) = self.buf.pop_front() {
+                self.consumed += (r.payload.len() as u64).max(1);
+                if self.consumed >= self.credit as u64 / 2 {
+                    self.grant();
+                }
+                return Some(Ok(r));
+            }
+            match self.rx.recv().await? {
+                Ok(Reply::Records { records, .. }) => self.buf.extend(records),
+                Ok(r) => return Some(Err(unexpected(&r))),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the connection task
+
+struct Conn {
+    endpoint: String,
+    server: String,
+    epoch: u64,
+    primary: bool,
+    stream: TcpStream,
+    /// Bytes read past the Hello response.
+    rest: Vec<u8>,
+}
+
+async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u8, u64, Vec<u8>)> {
+    loop {
+        match decode_frame(buf, DEFAULT_MAX_BODY) {
+            Ok(Some((f, n))) => {
+                let out = (f.opcode, f.request_id, f.body.to_vec());
+                buf.drain(..n);
+                return Ok(out);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(ClientError::proto(&e)),
+        }
+        let mut chunk = [0u8; 64 << 10];
+        let n = s.read(&mut chunk).await.map_err(|e| ClientError::new(codes::UNAVAILABLE, e.to_string()))?;
+        if n == 0 {
+            return Err(ClientError::new(codes::UNAVAILABLE, "connection closed by the server"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn connect_one(cfg: &ClientConfig, ep: &str) -> Result<Conn> {
+    let unavailable = |e: String| ClientError::new(codes::UNAVAILABLE, format!("{ep}: {e}"));
+    let mut s = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(ep))
+        .await
+        .map_err(|_| unavailable("connect timed out".into()))?
+        .map_err(|e| unavailable(e.to_string()))?;
+    let _ = s.set_nodelay(true);
+    let mut hello = Vec::new();
+    Request::Hello { min_version: VERSION, max_version: VERSION, client: &cfg.client_name }.encode(0, &mut hello);
+    let mut rest = Vec::new();
+    let reply = tokio::time::timeout(cfg.connect_timeout, async {
+        s.write_all(&hello).await.map_err(|e| unavailable(e.to_string()))?;
+        read_frame(&mut s, &mut rest).await
+    })
+    .await
+    .map_err(|_| unavailable("no Hello answer".into()))??;
+    let (opcode, rid, body) = reply;
+    let f = crate::protocol::Frame { opcode, request_id: rid, body: &body };
+    match owned(Response::decode(&f, Op::Hello).map_err(|e| ClientError::proto(&e))?)? {
+        Reply::Hello { server, epoch, primary } => {
+            Ok(Conn { endpoint: ep.to_string(), server, epoch, primary, stream: s, rest })
+        }
+        r => Err(unexpected(&r)),
+    }
+}
+
+/// Tries every endpoint once from `start`; returns the first primary.
+async fn connect_any(cfg: &ClientConfig, start: usize) -> Result<Conn> {
+    let n = cfg.endpoints.len();
+    let mut last = ClientError::new(codes::UNAVAILABLE, "no endpoint answered");
+    for k in 0..n {
+        let ep = &cfg.endpoints[(start + k) % n];
+        match connect_one(cfg, ep).await {
+            Ok(c) if c.primary => return Ok(c),
+            Ok(c) => {
+                last = ClientError::new(codes::NOT_PRIMARY, format!("{} ({}) is not primary", c.endpoint, c.server))
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+enum Event {
+    Frame(u8, u64, Vec<u8>),
+    Lost(ClientError),
+}
+
+struct Actor {
+    cfg: ClientConfig,
+    producer: u64,
+    next_rid: u64,
+    next_seq: u64,
+    info: Arc<parking_lot::Mutex<(String, String, u64)>>,
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, first: Conn) {
+        let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+        let mut conn = Some(first);
+        let mut start = 0usize;
+        let mut closed = false;
+        loop {
+            // (Re)connect, failing requests whose deadline passed meanwhile.
+            let c = match conn.take() {
+                Some(c) => c,
+                None => {
+                    let mut backoff = self.cfg.backoff_min;
+                    loop {
+                        expire(&mut pending);
+                        if closed && pending.is_empty() {
+                            return;
+                        }
+                        match connect_any(&self.cfg, start).await {
+                            Ok(c) => break c,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "reconnect failed");
+                                start += 1;
+                                // Take new requests while waiting, so their deadlines run.
+                                let sleep = tokio::time::sleep(backoff);
+                                tokio::pin!(sleep);
+                                loop {
+                                    tokio::select! {
+                                        _ = &mut sleep => break,
+                                        cmd = rx.recv(), if !closed => match cmd {
+                                            Some(cmd) => {
+                                                // Sent with the resends once connected.
+                                                let _ = self.accept(cmd, &mut pending);
+                                            }
+                                            None => closed = true,
+                                        },
+                                    }
+                                }
+                                backoff = (backoff * 2).min(self.cfg.backoff_max);
+                            }
+                        }
+                    }
+                }
+            };
+            *self.info.lock() = (c.endpoint.clone(), c.server.clone(), c.epoch);
+            tracing::debug!(endpoint = %c.endpoint, server = %c.server, resend = pending.len(), "connected");
+            let (mut rd, mut wr) = c.stream.into_split();
+            let (etx, mut erx) = mpsc::unbounded_channel::<Event>();
+            let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
+            let reader = {
+                let mut buf = c.rest;
+                tokio::spawn(async move {
+                    let mut chunk = vec![0u8; 64 << 10];
+                    loop {
+                        loop {
+                            match decode_frame(&buf, DEFAULT_MAX_BODY) {
+                                Ok(Some((f, n))) => {
+                                    let ev = Event::Frame(f.opcode, f.request_id, f.body.to_vec());
+                                    buf.drain(..n);
+                                    if etx.send(ev).is_err() {
+                                        return;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    let _ = etx.send(Event::Lost(ClientError::proto(&e)));
+                                    return;
+                                }
+                            }
+                        }
+                        match rd.read(&mut chunk).await {
+                            Ok(0) | Err(_) => {
+                                let _ = etx.send(Event::Lost(ClientError::new(codes::UNAVAILABLE, "connection lost")));
+                                return;
+                            }
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                })
+            };
+            let writer = tokio::spawn(async move {
+                while let Some(f) = wrx.recv().await {
+                    if wr.write_all(&f).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            // Resend everything unanswered, oldest first.
+            for p in pending.values() {
+                let _ = wtx.send(p.frame.clone());
+            }
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let lost = loop {
+                tokio::select! {
+                    cmd = rx.recv(), if !closed => match cmd {
+                        Some(cmd) => {
+                            if let Some(f) = self.accept(cmd, &mut pending) {
+                                let _ = wtx.send(f);
+                            }
+                        }
+                        None => {
+                            closed = true;
+                            if pending.is_empty() { break false; }
+                        }
+                    },
+                    ev = erx.recv() => match ev {
+                        Some(Event::Frame(op, rid, body)) => {
+                            if let Some(code) = self.on_frame(op, rid, &body, &mut pending) {
+                                tracing::debug!(code, "server asks to fail over");
+                                break true;
+                            }
+                            if closed && pending.is_empty() { break false; }
+                        }
+                        Some(Event::Lost(e)) => {
+                            tracing::debug!(error = %e, "connection lost");
+                            break true;
+                        }
+                        None => break true,
+                    },
+                    _ = tick.tick() => {
+                        expire(&mut pending);
+                        if closed && pending.is_empty() { break false; }
+                    }
+                }
+            };
+            reader.abort();
+            writer.abort();
+            if !lost {
+                return;
+            }
+            start += 1;
+        }
+    }
+
+    /// Takes a new request: gives it its request id (and sequence numbers)
+    /// and returns the frame to send.
+    fn accept(&mut self, cmd: Cmd, pending: &mut BTreeMap<u64, Pending>) -> Option<Vec<u8>> {
+        let rid = self.next_rid;
+        self.next_rid += 1;
+        let mut frame = cmd.frame;
+        let seq = cmd.seq_at.map(|(at, count)| {
+            let s = self.next_seq;
+            self.next_seq += count;
+            (at, s)
+        });
+        let _ = self.producer;
+        if let Reply_::None = cmd.reply {
+            // Credit names its subscription in the body; its own id is unused.
+            patch(&mut frame, 0, None);
+            return Some(frame);
+        }
+        if let Reply_::Stream(_, cell) = &cmd.reply {
+            cell.store(rid, Ordering::Release);
+        }
+        patch(&mut frame, rid, seq);
+        let out = frame.clone();
+        pending.insert(
+            rid,
+            Pending {
+                op: cmd.op,
+                frame,
+                reply: cmd.reply,
+                deadline: Instant::now() + self.cfg.request_timeout,
+                _permit: cmd.permit,
+            },
+        );
+        Some(out)
+    }
+
+    /// Routes one frame to its request. Returns a code if the connection
+    /// should be abandoned for another endpoint.
+    fn on_frame(&mut self, opcode: u8, rid: u64, body: &[u8], pending: &mut BTreeMap<u64, Pending>) -> Option<u16> {
+        let Some(p) = pending.get(&rid) else {
+            if opcode == Op::Error as u8 {
+                // A connection-level error (request id 0).
+                let f = crate::protocol::Frame { opcode, request_id: rid, body };
+                if let Ok(Response::Error { code, message }) = Response::decode(&f, Op::Error) {
+                    tracing::warn!(code, message, "server error");
+                    return Some(code);
+                }
+            }
+            return None;
+        };
+        let f = crate::protocol::Frame { opcode, request_id: rid, body };
+        let res = Response::decode(&f, p.op).map_err(|e| ClientError::proto(&e)).and_then(owned);
+        if let Err(e) = &res {
+            if fails_over(e.code) {
+                return Some(e.code);
+            }
+        }
+        match &p.reply {
+            Reply_::Once(_) => {
+                if let Some(p) = pending.remove(&rid) {
+                    if let Reply_::Once(tx) = p.reply {
+                        let _ = tx.send(res);
+                    }
+                }
+            }
+            Reply_::Stream(tx, _) => {
+                let failed = res.is_err();
+                let next = match &res {
+                    Ok(Reply::Records { next_lsn, .. }) => Some(*next_lsn),
+                    _ => None,
+                };
+                if tx.send(res).is_err() || failed {
+                    // The subscriber is gone, or the subscription ended.
+                    pending.remove(&rid);
+                    return None;
+                }
+                if let (Some(next), Some(p)) = (next, pending.get_mut(&rid)) {
+                    // Resubscribe from here after a reconnect.
+                    resubscribe_from(&mut p.frame, next);
+                    p.deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
+                }
+            }
+            Reply_::None => {
+                pending.remove(&rid);
+            }
+        }
+        None
+    }
+}
+
+/// Rewrites a Subscribe frame's `from` so that a resend continues where the
+/// records received so far end.
+fn resubscribe_from(frame: &mut [u8], next: u64) {
+    let jlen = u16::from_le_bytes([frame[HEADER_LEN], frame[HEADER_LEN + 1]]) as usize;
+    let at = HEADER_LEN + 2 + jlen;
+    if frame.len() >= at + 8 {
+        frame[at..at + 8].copy_from_slice(&next.to_le_bytes());
+        let rid = u64::from_le_bytes(frame[4..12].try_into().unwrap_or([0; 8]));
+        patch(frame, rid, None);
+    }
+}
+
+fn expire(pending: &mut BTreeMap<u64, Pending>) {
+    let now = Instant::now();
+    let late: Vec<u64> = pending.iter().filter(|(_, p)| p.deadline <= now).map(|(k, _)| *k).collect();
+    for k in late {
+        if let Some(p) = pending.remove(&k) {
+            let e = ClientError::new(
+                codes::TIMEOUT,
+                "no answer within the request timeout (the request may or may not have taken effect)",
+            );
+            match p.reply {
+                Reply_::Once(tx) => {
+                    let _ = tx.send(Err(e));
+                }
+                Reply_::Stream(tx, _) => {
+                    let _ = tx.send(Err(e));
+                }
+                Reply_::None => {}
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// blocking wrapper
+
+/// The client for synchronous code: the same calls, blocking. It runs its
+/// own small tokio runtime (one worker thread) for the connection.
+pub struct BlockingClient {
+    rt: tokio::runtime::Runtime,
+    c: Client,
+}
+
+impl BlockingClient {
+    pub fn connect(cfg: ClientConfig) -> Result<BlockingClient> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::new(3, e.to_string()))?;
+        let c = rt.block_on(Client::connect(cfg))?;
+        Ok(BlockingClient { rt, c })
+    }
+    pub fn client(&self) -> &Client {
+        &self.c
+    }
+    pub fn server(&self) -> (String, String, u64) {
+        self.c.server()
+    }
+    pub fn append(&self, journal: &str, payload: &[u8]) -> Result<u64> {
+        self.rt.block_on(self.c.append(journal, payload))
+    }
+    pub fn append_batch_with(&self, journal: &str, records: &[&[u8]], d: Durability) -> Result<u64> {
+        self.rt.block_on(self.c.append_batch_with(journal, records, d))
+    }
+    pub fn read(&self, journal: &str, from: u64, max_count: u32, max_bytes: u32) -> Result<(Vec<Record>, u64)> {
+        self.rt.block_on(self.c.read(journal, from, max_count, max_bytes))
+    }
+    pub fn set_mark(&self, journal: &str, lsn: u64) -> Result<()> {
+        self.rt.block_on(self.c.set_mark(journal, lsn))
+    }
+    pub fn get_mark(&self, journal: &str) -> Result<u64> {
+        self.rt.block_on(self.c.get_mark(journal))
+    }
+    pub fn create_journal(&self, journal: &str) -> Result<()> {
+        self.rt.block_on(self.c.create_journal(journal))
+    }
+    pub fn delete_journal(&self, journal: &str) -> Result<()> {
+        self.rt.block_on(self.c.delete_journal(journal))
+    }
+    pub fn journals(&self) -> Result<Vec<String>> {
+        self.rt.block_on(self.c.journals())
+    }
+    pub fn status(&self) -> Result<String> {
+        self.rt.block_on(self.c.status())
+    }
+    /// Runs `f` on the client's runtime (for subscriptions and pipelining).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}

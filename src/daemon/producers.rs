@@ -1,0 +1,164 @@
+//! The idempotence table: for each producer of a journal, the newest
+//! sequence numbers it wrote and the LSNs they got.
+//!
+//! Invariants:
+//! * An entry is added when an append is *placed* (before it is durable),
+//!   so a resend that arrives while the original is still being written is
+//!   matched to it rather than written twice; the resend is answered when
+//!   the original is durable (or with the original's error).
+//! * Sequences of one producer only grow: a new append must start above the
+//!   producer's newest sequence. Anything at or below it is a resend.
+//! * The table is rebuilt at start from the tags of the records on disk
+//!   (`FLAG_TAGGED`), so a resend after a daemon restart is matched too.
+//! * Bounded: `window` runs per producer, `max_producers` per journal (the
+//!   least recently used producer is forgotten first).
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::journal::Ticket;
+
+/// A run of consecutive sequences written at consecutive LSNs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub seq: u64,
+    pub count: u64,
+    pub lsn: u64,
+    /// The ticket of the run's last record while this daemon placed it
+    /// (`None` for runs rebuilt from disk: those are durable).
+    pub ticket: Option<Ticket>,
+}
+
+#[derive(Debug, Default)]
+struct Producer {
+    runs: VecDeque<Run>,
+    last_use: u64,
+}
+
+/// What to do with an append from a producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// New sequences: write them.
+    New,
+    /// Already written: the first record's LSN, and the ticket to wait on if
+    /// it may not be durable yet.
+    Written { lsn: u64, ticket: Option<Ticket> },
+    /// At or below the newest sequence but not remembered (too old), or
+    /// overlapping a remembered run only in part.
+    Unknown { newest: u64 },
+}
+
+/// One journal's producers.
+#[derive(Debug)]
+pub struct Producers {
+    map: HashMap<u64, Producer>,
+    window: usize,
+    max: usize,
+    clock: u64,
+}
+
+impl Producers {
+    pub fn new(window: usize, max_producers: usize) -> Producers {
+        Producers { map: HashMap::new(), window: window.max(1), max: max_producers.max(1), clock: 0 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Classifies an append of `count` records from `first_seq`.
+    pub fn check(&mut self, producer: u64, first_seq: u64, count: u64) -> Check {
+        self.clock += 1;
+        let Some(p) = self.map.get_mut(&producer) else { return Check::New };
+        p.last_use = self.clock;
+        let newest = p.runs.back().map(|r| r.seq + r.count - 1).unwrap_or(0);
+        if first_seq > newest || p.runs.is_empty() {
+            return Check::New;
+        }
+        // Newest runs first: resends are of recent appends.
+        for r in p.runs.iter().rev() {
+            if first_seq >= r.seq && first_seq < r.seq + r.count {
+                if first_seq + count > r.seq + r.count {
+                    return Check::Unknown { newest };
+                }
+                return Check::Written { lsn: r.lsn + (first_seq - r.seq), ticket: r.ticket };
+            }
+            if r.seq + r.count <= first_seq {
+                break;
+            }
+        }
+        Check::Unknown { newest }
+    }
+
+    /// Records that `count` sequences from `seq` were placed at `lsn`.
+    pub fn record(&mut self, producer: u64, seq: u64, count: u64, lsn: u64, ticket: Option<Ticket>) {
+        self.clock += 1;
+        if !self.map.contains_key(&producer) && self.map.len() >= self.max {
+            if let Some((&old, _)) = self.map.iter().min_by_key(|(_, p)| p.last_use) {
+                self.map.remove(&old);
+            }
+        }
+        let window = self.window;
+        let p = self.map.entry(producer).or_default();
+        p.last_use = self.clock;
+        if let Some(last) = p.runs.back_mut() {
+            // Extend a run rebuilt from disk record by record.
+            if ticket.is_none() && last.ticket.is_none() && last.seq + last.count == seq && last.lsn + last.count == lsn
+            {
+                last.count += count;
+                return;
+            }
+        }
+        p.runs.push_back(Run { seq, count, lsn, ticket });
+        while p.runs.len() > window {
+            p.runs.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_resend_and_unknown() {
+        let mut t = Producers::new(4, 10);
+        assert_eq!(t.check(1, 1, 1), Check::New);
+        t.record(1, 1, 1, 100, None);
+        t.record(1, 2, 3, 105, None); // 2..4 at 105..107
+        assert_eq!(t.check(1, 1, 1), Check::Written { lsn: 100, ticket: None });
+        assert_eq!(t.check(1, 3, 2), Check::Written { lsn: 106, ticket: None });
+        assert_eq!(t.check(1, 3, 3), Check::Unknown { newest: 4 }, "overlaps the run only in part");
+        assert_eq!(t.check(1, 5, 1), Check::New);
+        assert_eq!(t.check(2, 1, 1), Check::New, "producers are separate");
+    }
+
+    #[test]
+    fn rebuilt_records_merge_into_runs_and_window_bounds() {
+        let mut t = Producers::new(2, 10);
+        for i in 0..100 {
+            t.record(9, 10 + i, 1, 1000 + i, None);
+        }
+        assert_eq!(t.check(9, 10, 1), Check::Written { lsn: 1000, ticket: None }, "one merged run");
+        assert_eq!(t.check(9, 109, 1), Check::Written { lsn: 1099, ticket: None });
+        t.record(9, 200, 1, 5000, None);
+        t.record(9, 300, 1, 6000, None);
+        assert_eq!(t.check(9, 10, 1), Check::Unknown { newest: 300 }, "fell out of the window");
+        assert_eq!(t.check(9, 200, 1), Check::Written { lsn: 5000, ticket: None });
+    }
+
+    #[test]
+    fn least_recently_used_producer_is_forgotten() {
+        let mut t = Producers::new(4, 2);
+        t.record(1, 1, 1, 1, None);
+        t.record(2, 1, 1, 2, None);
+        let _ = t.check(1, 1, 1); // 1 is used again
+        t.record(3, 1, 1, 3, None);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.check(2, 1, 1), Check::New, "2 was the least recently used");
+        assert_eq!(t.check(1, 1, 1), Check::Written { lsn: 1, ticket: None });
+    }
+}

@@ -1,0 +1,1052 @@
+//! The server: one event loop thread on tokio-uring that runs the network
+//! (io_uring sockets) and the disk (the engine's `Driver`, its own io_uring,
+//! whose completions wake the loop through an eventfd).
+//!
+//! Every connection's appends are placed into the journals' open batches
+//! right where their frames are decoded, on the loop's thread; the pump task
+//! runs after the ready connections and writes whatever batches formed, so
+//! appends from many connections share one group commit with no hop
+//! between threads.
+//!
+//! Invariants:
+//! * An append is acknowledged only once `Journal::poll` says its records
+//!   are durable on every healthy mirror (`settle`). Acks of one journal are
+//!   settled in placement order.
+//! * Records of one append are placed contiguously: only this thread places
+//!   records, and `submit_many` places all of a request before returning.
+//! * Bounded: connections (`max_connections`), per-connection bytes
+//!   waiting for durability and responses waiting to be sent
+//!   (`max_inflight_bytes`; past it the connection is not read), frame size
+//!   (`max_frame_bytes`), one read or subscription read at a time per
+//!   request, batch buffers per journal (the engine).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::Notify;
+
+use super::config::{DaemonConfig, Listen};
+use super::metrics::{self, Metrics};
+use super::notify::Notifier;
+use super::producers::{Check, Producers};
+use crate::protocol::{
+    codes, decode_frame, Durability, Frame, Op, ProtoError, Request, Response, WireRecord, HEADER_LEN, VERSION,
+};
+use crate::{Driver, Error, Journal, MirrorLog, Tag, Ticket};
+
+/// One journal as the server sees it.
+struct Jd {
+    j: Journal,
+    durability: Cell<Durability>,
+    pending: RefCell<VecDeque<Ack>>,
+    producers: RefCell<Producers>,
+    /// Woken when the durable end moves (subscriptions wait on it).
+    advanced: Notify,
+    last_durable: Cell<u64>,
+}
+
+/// An append waiting to be durable.
+struct Ack {
+    conn: Rc<Conn>,
+    request_id: u64,
+    ticket: Ticket,
+    first_lsn: u64,
+    count: u32,
+    /// Counted against the connection's in-flight limit (payload and headers).
+    bytes: usize,
+    payload: usize,
+    start: Instant,
+}
+
+/// A client connection's shared state (its reader and writer tasks, and
+/// the acks and subscriptions that answer it).
+struct Conn {
+    out: RefCell<Vec<u8>>,
+    out_ready: Notify,
+    /// Acks or output drained: the reader may go on.
+    progress: Notify,
+    /// Bytes of appends waiting for durability.
+    inflight: Cell<usize>,
+    /// The socket failed or the connection ended: stop sending.
+    gone: Cell<bool>,
+    /// The reader finished; the writer exits once `out` is empty.
+    done: Cell<bool>,
+    subs: RefCell<HashMap<u64, Rc<Sub>>>,
+}
+
+impl Conn {
+    fn new() -> Rc<Conn> {
+        Rc::new(Conn {
+            out: RefCell::new(Vec::with_capacity(16 << 10)),
+            out_ready: Notify::new(),
+            progress: Notify::new(),
+            inflight: Cell::new(0),
+            gone: Cell::new(false),
+            done: Cell::new(false),
+            subs: RefCell::new(HashMap::new()),
+        })
+    }
+
+    fn send(&self, f: impl FnOnce(&mut Vec<u8>)) {
+        if self.gone.get() {
+            return;
+        }
+        f(&mut self.out.borrow_mut());
+        self.out_ready.notify_one();
+    }
+
+    fn out_len(&self) -> usize {
+        self.out.borrow().len()
+    }
+}
+
+struct Sub {
+    credit: Cell<u64>,
+    wake: Notify,
+}
+
+/// The server's state, owned by the loop thread.
+pub(crate) struct Srv {
+    log: MirrorLog,
+    cfg: DaemonConfig,
+    journals: RefCell<HashMap<String, Rc<Jd>>>,
+    jlist: RefCell<Vec<Journal>>,
+    driver: RefCell<Driver>,
+    kick: Notify,
+    draining: Cell<bool>,
+    drain: Notify,
+    m: Metrics,
+    started: Instant,
+}
+
+fn proto_err(out: &mut Vec<u8>, rid: u64, e: &ProtoError) {
+    Response::Error { code: e.code(), message: &e.to_string() }.encode(Op::Error, rid, out);
+}
+
+fn err_frame(out: &mut Vec<u8>, rid: u64, code: u16, msg: &str) {
+    Response::Error { code, message: msg }.encode(Op::Error, rid, out);
+}
+
+/// Socket reads and writes for both TCP and Unix streams.
+trait Stream: 'static {
+    async fn read_into(&self, buf: Vec<u8>, at: usize) -> (std::io::Result<usize>, Vec<u8>);
+    async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>);
+}
+
+macro_rules! impl_stream {
+    ($t:ty) => {
+        impl Stream for $t {
+            async fn read_into(&self, buf: Vec<u8>, at: usize) -> (std::io::Result<usize>, Vec<u8>) {
+                use tokio_uring::buf::BoundedBuf;
+                let (r, s) = self.read(buf.slice(at..)).await;
+                (r, s.into_inner())
+            }
+            async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+                self.write_all(buf).await
+            }
+        }
+    };
+}
+impl_stream!(tokio_uring::net::TcpStream);
+impl_stream!(tokio_uring::net::UnixStream);
+
+impl Srv {
+    pub(crate) fn new(log: MirrorLog, cfg: DaemonConfig) -> crate::Result<Rc<Srv>> {
+        let srv = Rc::new(Srv {
+            log,
+            cfg,
+            journals: RefCell::new(HashMap::new()),
+            jlist: RefCell::new(Vec::new()),
+            driver: RefCell::new(Driver::new()?),
+            kick: Notify::new(),
+            draining: Cell::new(false),
+            drain: Notify::new(),
+            m: Metrics::default(),
+            started: Instant::now(),
+        });
+        for name in srv.log.journal_names() {
+            let j = srv.log.journal(&name)?;
+            let d = srv.cfg.journals.iter().find(|s| s.name == name).map(|s| s.durability).unwrap_or(Durability::Local);
+            srv.add_journal(j, d);
+        }
+        Ok(srv)
+    }
+
+    fn add_journal(&self, j: Journal, durability: Durability) {
+        let idem = &self.cfg.idempotence;
+        let mut producers = Producers::new(idem.window, idem.max_producers);
+        let t0 = Instant::now();
+        let starts = j.segment_starts();
+        let from = starts.get(starts.len().saturating_sub(idem.scan_segments)).copied().unwrap_or(1).max(j.mark());
+        let mut tagged = 0u64;
+        let res = j.visit(from, 1 << 20, |r| {
+            if let Some(t) = r.tag {
+                producers.record(t.producer, t.seq, 1, r.lsn, None);
+                tagged += 1;
+            }
+            true
+        });
+        if let Err(e) = res {
+            tracing::warn!(journal = j.name(), error = %e, "could not rebuild the idempotence table from the journal");
+        }
+        tracing::info!(
+            journal = j.name(),
+            next_lsn = j.next_lsn(),
+            producers = producers.len(),
+            tagged_records = tagged,
+            seconds = t0.elapsed().as_secs_f64(),
+            "journal ready"
+        );
+        let jd = Rc::new(Jd {
+            last_durable: Cell::new(j.next_lsn()),
+            j: j.clone(),
+            durability: Cell::new(durability),
+            pending: RefCell::new(VecDeque::new()),
+            producers: RefCell::new(producers),
+            advanced: Notify::new(),
+        });
+        self.journals.borrow_mut().insert(j.name().to_string(), jd);
+        self.jlist.borrow_mut().push(j);
+    }
+
+    fn journal(&self, name: &str) -> Option<Rc<Jd>> {
+        self.journals.borrow().get(name).cloned()
+    }
+
+    /// Writes batches and reaps completions; waits for one if `wait`.
+    fn pump(&self, wait: bool) -> crate::Result<usize> {
+        let list = self.jlist.borrow().clone();
+        let refs: Vec<&Journal> = list.iter().collect();
+        let n = self.driver.borrow_mut().pump(&refs, wait)?;
+        self.settle();
+        Ok(n)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.driver.borrow().in_flight()
+    }
+
+    fn pending_acks(&self) -> usize {
+        self.journals.borrow().values().map(|jd| jd.pending.borrow().len()).sum()
+    }
+
+    /// Answers every append that became durable (or failed).
+    fn settle(&self) {
+        let jds: Vec<Rc<Jd>> = self.journals.borrow().values().cloned().collect();
+        for jd in jds {
+            loop {
+                let front = {
+                    let p = jd.pending.borrow();
+                    match p.front() {
+                        None => break,
+                        Some(a) => jd.j.poll(&a.ticket),
+                    }
+                };
+                if let Ok(false) = front {
+                    break;
+                }
+                let Some(a) = jd.pending.borrow_mut().pop_front() else { break };
+                match front {
+                    Ok(_) => {
+                        a.conn.send(|o| {
+                            Response::Appended { first_lsn: a.first_lsn, count: a.count }.encode(
+                                Op::Append,
+                                a.request_id,
+                                o,
+                            )
+                        });
+                        self.m.append_latency.observe(a.start.elapsed());
+                        self.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
+                    }
+                    Err(e) => {
+                        self.m.error(e.code());
+                        a.conn.send(|o| err_frame(o, a.request_id, e.code(), &e.to_string()));
+                    }
+                }
+                a.conn.inflight.set(a.conn.inflight.get() - a.bytes);
+                a.conn.progress.notify_one();
+            }
+            let d = jd.j.next_lsn();
+            if d != jd.last_durable.get() {
+                jd.last_durable.set(d);
+                jd.advanced.notify_waiters();
+            }
+        }
+    }
+
+    fn status_json(&self) -> String {
+        let st = self.log.status();
+        let journals: Vec<serde_json::Value> = st
+            .journals
+            .iter()
+            .map(|i| {
+                let jd = self.journal(&i.name);
+                serde_json::json!({
+                    "name": i.name,
+                    "first_lsn": i.first_lsn,
+                    "next_lsn": i.next_lsn,
+                    "mark": i.mark,
+                    "segments": i.segments,
+                    "bytes": i.bytes,
+                    "durability": jd.as_ref().map(|jd| durability_name(jd.durability.get())).unwrap_or("local"),
+                    "producers": jd.as_ref().map(|jd| jd.producers.borrow().len()).unwrap_or(0),
+                })
+            })
+            .collect();
+        let mirrors: Vec<serde_json::Value> = st
+            .mirrors
+            .iter()
+            .map(|m| {
+                serde_json::json!({
+                    "path": m.path, "uuid": m.uuid, "slot": m.slot, "healthy": m.healthy,
+                    "writes": m.writes, "mean_write_us": m.mean_write_us,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "server": self.cfg.server.name,
+            "version": env!("CARGO_PKG_VERSION"),
+            "role": "primary",
+            "uptime_seconds": self.started.elapsed().as_secs_f64(),
+            "set_uuid": st.set_uuid,
+            "epoch": st.epoch,
+            "block_size": st.block_size,
+            "segment_size": st.segment_size,
+            "segments_total": st.segments_total,
+            "segments_free": st.segments_free,
+            "repairs": st.repairs,
+            "connections": self.m.connections.get(),
+            "mirrors": mirrors,
+            "journals": journals,
+        })
+        .to_string()
+    }
+
+    fn metrics_text(&self) -> String {
+        let st = self.log.status();
+        let counters: Vec<(String, crate::JournalCounters)> =
+            self.jlist.borrow().iter().map(|j| (j.name().to_string(), j.counters())).collect();
+        metrics::render(&self.m, &st, &counters)
+    }
+}
+
+pub(crate) fn durability_name(d: Durability) -> &'static str {
+    match d {
+        Durability::Default | Durability::Local => "local",
+        Durability::RemoteReceived => "remote-received",
+        Durability::RemoteDurable => "remote-durable",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the loop
+
+/// Listeners bound before the loop starts (so binding errors are reported
+/// before READY=1).
+pub(crate) struct Bound {
+    pub tcp: Vec<std::net::TcpListener>,
+    pub unix: Vec<std::path::PathBuf>,
+    pub metrics: Option<std::net::TcpListener>,
+}
+
+pub(crate) fn bind(cfg: &DaemonConfig) -> Result<Bound, String> {
+    let mut b = Bound { tcp: Vec::new(), unix: Vec::new(), metrics: None };
+    for l in &cfg.server.listen {
+        match l {
+            Listen::Tcp(a) => b.tcp.push(bind_tcp(*a).map_err(|e| format!("listen on {a}: {e}"))?),
+            Listen::Unix(p) => {
+                // A socket file left by an earlier run is replaced; anything else is not.
+                if let Ok(md) = std::fs::symlink_metadata(p) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if md.file_type().is_socket() {
+                        let _ = std::fs::remove_file(p);
+                    }
+                }
+                b.unix.push(p.clone());
+            }
+        }
+    }
+    if let Some(a) = cfg.metrics.listen {
+        b.metrics = Some(bind_tcp(a).map_err(|e| format!("metrics on {a}: {e}"))?);
+    }
+    Ok(b)
+}
+
+fn bind_tcp(a: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(a), socket2::Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.bind(&a.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// Runs the loop until SIGTERM/SIGINT and a drain. `on_ready` runs once
+/// the listeners accept (then READY=1 is sent).
+pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) -> Result<(), String> {
+    let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if efd < 0 {
+        return Err(format!("eventfd: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: efd is a fresh descriptor we own.
+    let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+    srv.driver.borrow().register_eventfd(efd.as_raw_fd()).map_err(|e| e.to_string())?;
+    // SAFETY: an OwnedFd keeps returning the same open descriptor until the
+    // AsyncFd is dropped.
+    let efd = unsafe { AsyncFd::register(efd) }.map_err(|e| format!("eventfd: {e}"))?;
+
+    for l in bound.tcp {
+        let srv = srv.clone();
+        tokio_uring::spawn(async move {
+            let l = tokio_uring::net::TcpListener::from_std(l);
+            loop {
+                let acc = tokio::select! {
+                    a = l.accept() => a,
+                    _ = srv.drain.notified() => break,
+                };
+                match acc {
+                    Ok((s, peer)) => {
+                        let _ = s.set_nodelay(true);
+                        let srv = srv.clone();
+                        tokio_uring::spawn(connection(srv, Rc::new(s), peer.to_string()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        });
+    }
+    for path in bound.unix {
+        let l = tokio_uring::net::UnixListener::bind(&path)
+            .map_err(|e| format!("listen on unix:{}: {e}", path.display()))?;
+        let srv = srv.clone();
+        tokio_uring::spawn(async move {
+            loop {
+                let acc = tokio::select! {
+                    a = l.accept() => a,
+                    _ = srv.drain.notified() => break,
+                };
+                match acc {
+                    Ok(s) => {
+                        let srv = srv.clone();
+                        tokio_uring::spawn(connection(srv, Rc::new(s), format!("unix:{}", path.display())));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        });
+    }
+    if let Some(l) = bound.metrics {
+        let srv = srv.clone();
+        tokio_uring::spawn(async move {
+            let l = tokio_uring::net::TcpListener::from_std(l);
+            loop {
+                let acc = tokio::select! {
+                    a = l.accept() => a,
+                    _ = srv.drain.notified() => break,
+                };
+                if let Ok((s, _)) = acc {
+                    tokio_uring::spawn(http_metrics(srv.clone(), s));
+                }
+            }
+        });
+    }
+    if let Some(every) = Notifier::watchdog_interval() {
+        let n = notifier.clone();
+        tokio_uring::spawn(async move {
+            let mut t = tokio::time::interval(every);
+            loop {
+                t.tick().await;
+                n.notify("WATCHDOG=1");
+            }
+        });
+    }
+    {
+        let srv = srv.clone();
+        let notifier = notifier.clone();
+        tokio_uring::spawn(async move {
+            let (Ok(mut term), Ok(mut int)) = (
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()),
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()),
+            ) else {
+                tracing::error!("cannot install signal handlers");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            tracing::info!(pending = srv.pending_acks(), "stopping: draining in-flight appends");
+            notifier.notify("STOPPING=1");
+            srv.draining.set(true);
+            srv.drain.notify_waiters();
+            srv.kick.notify_one();
+        });
+    }
+    notifier.notify("READY=1");
+    tracing::info!("ready");
+
+    // The pump: writes batches as they form, wakes on completions.
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        if let Err(e) = srv.pump(false) {
+            tracing::error!(error = %e, "the write driver failed");
+            return Err(e.to_string());
+        }
+        if srv.draining.get() {
+            let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + srv.cfg.limits.drain_timeout);
+            if srv.pending_acks() == 0 && srv.in_flight() == 0 {
+                tracing::info!("drained");
+                break;
+            }
+            if Instant::now() > deadline {
+                tracing::warn!(pending = srv.pending_acks(), "drain timeout: closing with appends unanswered");
+                break;
+            }
+        }
+        let gcw = srv.cfg.limits.group_commit_wait;
+        if srv.in_flight() > 0 {
+            tokio::select! {
+                g = efd.readable() => {
+                    if let Ok(mut g) = g {
+                        let mut v = [0u8; 8];
+                        // SAFETY: reading 8 bytes into v from our eventfd.
+                        let r = unsafe { libc::read(g.get_inner().as_raw_fd(), v.as_mut_ptr() as *mut _, 8) };
+                        if r < 0 {
+                            g.clear_ready();
+                        }
+                    }
+                }
+                _ = srv.kick.notified() => {}
+            }
+        } else if srv.pending_acks() > 0 {
+            // Open batches waiting out the group-commit wait (or a retry).
+            let wait = if gcw.is_zero() { Duration::from_micros(100) } else { gcw };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = srv.kick.notified() => {}
+            }
+        } else {
+            tokio::select! {
+                _ = srv.kick.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)), if srv.draining.get() => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn http_metrics(srv: Rc<Srv>, s: tokio_uring::net::TcpStream) {
+    let mut req = Vec::with_capacity(1024);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if req.len() >= 8192 || Instant::now() > deadline {
+            return;
+        }
+        req.reserve(1024);
+        let at = req.len();
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read_into(req, at)).await;
+        let Ok((Ok(n), b)) = r else { return };
+        req = b;
+        if n == 0 || req.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let (status, body) = if req.starts_with(b"GET /metrics ") || req.starts_with(b"GET /metrics?") {
+        ("200 OK", srv.metrics_text())
+    } else if req.starts_with(b"GET /status ") {
+        ("200 OK", srv.status_json())
+    } else {
+        ("404 Not Found", "GET /metrics or /status\n".to_string())
+    };
+    let ctype = if body.starts_with('{') { "application/json" } else { "text/plain; version=0.0.4" };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write_all_buf(resp.into_bytes()).await;
+}
+
+// ---------------------------------------------------------------------------
+// connections
+
+async fn connection<S: Stream>(srv: Rc<Srv>, s: Rc<S>, peer: String) {
+    let span = tracing::info_span!("conn", peer = %peer);
+    let _e = span.enter();
+    if srv.m.connections.get() as usize >= srv.cfg.limits.max_connections || srv.draining.get() {
+        srv.m.connections_rejected.set(srv.m.connections_rejected.get() + 1);
+        let (code, msg) = if srv.draining.get() {
+            (codes::SHUTTING_DOWN, "the daemon is shutting down".to_string())
+        } else {
+            (codes::TOO_MANY_CONNECTIONS, format!("at the connection limit ({})", srv.cfg.limits.max_connections))
+        };
+        srv.m.error(code);
+        let mut out = Vec::new();
+        err_frame(&mut out, 0, code, &msg);
+        let _ = s.write_all_buf(out).await;
+        tracing::debug!(code, "connection refused");
+        return;
+    }
+    srv.m.connections.set(srv.m.connections.get() + 1);
+    srv.m.connections_total.set(srv.m.connections_total.get() + 1);
+    tracing::debug!("connected");
+    let conn = Conn::new();
+    let writer = {
+        let (conn, s) = (conn.clone(), s.clone());
+        tokio_uring::spawn(async move {
+            let mut spare = Vec::with_capacity(16 << 10);
+            loop {
+                let data = {
+                    let mut o = conn.out.borrow_mut();
+                    if o.is_empty() {
+                        None
+                    } else {
+                        Some(std::mem::replace(&mut *o, std::mem::take(&mut spare)))
+                    }
+                };
+                match data {
+                    None if conn.done.get() || conn.gone.get() => break,
+                    None => conn.out_ready.notified().await,
+                    Some(d) => {
+                        let (r, mut d) = s.write_all_buf(d).await;
+                        if r.is_err() {
+                            conn.gone.set(true);
+                            conn.out.borrow_mut().clear();
+                            conn.progress.notify_one();
+                            break;
+                        }
+                        d.clear();
+                        if d.capacity() <= 1 << 20 {
+                            spare = d;
+                        }
+                        conn.progress.notify_one();
+                    }
+                }
+            }
+        })
+    };
+    let why = read_loop(&srv, &conn, &*s).await;
+    tracing::debug!(why, "reader done");
+    // Answer what was taken before closing (acks come as writes finish).
+    while conn.inflight.get() > 0 && !conn.gone.get() {
+        conn.progress.notified().await;
+    }
+    conn.subs.borrow_mut().clear();
+    conn.done.set(true);
+    conn.out_ready.notify_one();
+    let _ = writer.await;
+    srv.m.connections.set(srv.m.connections.get().saturating_sub(1));
+}
+
+/// Reads and handles frames until the connection ends; returns why.
+async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) -> &'static str {
+    let lim = &srv.cfg.limits;
+    let max_frame = lim.max_frame_bytes as u32;
+    let max_inflight = lim.max_inflight_bytes as usize;
+    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut partial_since: Option<Instant> = None;
+    loop {
+        // Back-pressure: do not read more while too much is waiting.
+        while (conn.inflight.get() > max_inflight || conn.out_len() > max_inflight) && !conn.gone.get() {
+            srv.kick.notify_one();
+            conn.progress.notified().await;
+        }
+        if conn.gone.get() {
+            return "socket error";
+        }
+        if srv.draining.get() {
+            return "draining";
+        }
+        if buf.capacity() - buf.len() < 16 << 10 {
+            buf.reserve(64 << 10);
+        }
+        let at = buf.len();
+        let timeout = match partial_since {
+            Some(t) => lim.frame_timeout.saturating_sub(t.elapsed()),
+            None => Duration::from_secs(365 * 24 * 3600),
+        };
+        let read = tokio::select! {
+            r = tokio::time::timeout(timeout, s.read_into(buf, at)) => r,
+            _ = srv.drain.notified() => return "draining",
+        };
+        let (res, b) = match read {
+            Ok(r) => r,
+            Err(_) => {
+                srv.m.error(codes::FRAME_TIMEOUT);
+                conn.send(|o| {
+                    err_frame(
+                        o,
+                        0,
+                        codes::FRAME_TIMEOUT,
+                        &format!("frame not completed within {:?}", lim.frame_timeout),
+                    )
+                });
+                return "frame timeout";
+            }
+        };
+        buf = b;
+        match res {
+            Ok(0) => return "closed by peer",
+            Ok(_) => {}
+            Err(_) => return "read error",
+        }
+        // Handle every complete frame in the buffer.
+        let mut pos = 0;
+        loop {
+            let f = match decode_frame(&buf[pos..], max_frame) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    srv.m.error(e.code());
+                    tracing::info!(error = %e, "bad frame: closing the connection");
+                    conn.send(|o| proto_err(o, 0, &e));
+                    return "bad frame";
+                }
+            };
+            let (frame, used) = f;
+            pos += used;
+            handle(srv, conn, &frame).await;
+        }
+        if pos > 0 {
+            buf.drain(..pos);
+        }
+        partial_since = if buf.is_empty() { None } else { partial_since.or(Some(Instant::now())) };
+        if buf.capacity() > 4 << 20 && buf.len() < 64 << 10 {
+            buf.shrink_to(256 << 10);
+        }
+        // Let the pump write what formed (it runs after the other ready connections).
+        srv.kick.notify_one();
+    }
+}
+
+/// Handles one request. The frame borrows the read buffer, which is not
+/// touched until every frame in it was handled.
+async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
+    let rid = frame.request_id;
+    let req = match Request::decode(frame, (srv.cfg.limits.max_frame_bytes / 4) as u32) {
+        Ok(r) => r,
+        Err(e) => {
+            srv.m.error(e.code());
+            conn.send(|o| proto_err(o, rid, &e));
+            return;
+        }
+    };
+    let fail = |e: &Error| {
+        srv.m.error(e.code());
+        conn.send(|o| err_frame(o, rid, e.code(), &e.to_string()));
+    };
+    match req {
+        Request::Hello { min_version, max_version, .. } => {
+            if !(min_version..=max_version).contains(&VERSION) {
+                let e = ProtoError::UnsupportedVersion(min_version);
+                srv.m.error(e.code());
+                conn.send(|o| proto_err(o, rid, &e));
+                return;
+            }
+            let name = srv.cfg.server.name.clone();
+            let epoch = srv.log.epoch();
+            conn.send(|o| {
+                Response::Hello { version: VERSION, server: &name, epoch, primary: true }.encode(Op::Hello, rid, o)
+            });
+        }
+        Request::Append { journal, durability, producer, first_seq, records } => {
+            append(srv, conn, rid, journal, durability, producer, first_seq, &records);
+        }
+        Request::Read { journal, from, max_count, max_bytes } => {
+            let Some(jd) = srv.journal(journal) else {
+                return fail(&Error::UnknownJournal(journal.to_string()));
+            };
+            let max_bytes = (max_bytes as u64).min(srv.cfg.limits.max_frame_bytes) as usize;
+            let max_count = max_count.max(1) as usize;
+            match read_records(&jd.j, from, max_count, max_bytes).await {
+                Ok((recs, next)) => conn.send(|o| encode_records(o, Op::Read, rid, &recs, next)),
+                Err(e) => fail(&e),
+            }
+        }
+        Request::Subscribe { journal, from, credit_bytes } => {
+            let Some(jd) = srv.journal(journal) else {
+                return fail(&Error::UnknownJournal(journal.to_string()));
+            };
+            let sub = Rc::new(Sub { credit: Cell::new(credit_bytes as u64), wake: Notify::new() });
+            conn.subs.borrow_mut().insert(rid, sub.clone());
+            tokio_uring::spawn(subscription(srv.clone(), conn.clone(), jd, rid, from, sub));
+        }
+        Request::Credit { subscription, bytes } => {
+            let sub = conn.subs.borrow().get(&subscription).cloned();
+            match sub {
+                Some(s) => {
+                    s.credit.set(s.credit.get().saturating_add(bytes as u64));
+                    s.wake.notify_one();
+                }
+                None => {
+                    srv.m.error(codes::UNKNOWN_SUBSCRIPTION);
+                    conn.send(|o| {
+                        err_frame(o, rid, codes::UNKNOWN_SUBSCRIPTION, &format!("no subscription {subscription}"))
+                    });
+                }
+            }
+        }
+        Request::SetMark { journal, lsn } => {
+            let Some(jd) = srv.journal(journal) else {
+                return fail(&Error::UnknownJournal(journal.to_string()));
+            };
+            let j = jd.j.clone();
+            match blocking(move || j.set_mark(lsn)).await {
+                Ok(()) => conn.send(|o| Response::Ok.encode(Op::SetMark, rid, o)),
+                Err(e) => fail(&e),
+            }
+        }
+        Request::GetMark { journal } => match srv.journal(journal) {
+            Some(jd) => {
+                let lsn = jd.j.mark();
+                conn.send(|o| Response::Mark { lsn }.encode(Op::GetMark, rid, o));
+            }
+            None => fail(&Error::UnknownJournal(journal.to_string())),
+        },
+        Request::CreateJournal { journal } => match srv.log.create_journal(journal) {
+            Ok(j) => {
+                srv.add_journal(j, Durability::Local);
+                tracing::info!(journal, "journal created");
+                conn.send(|o| Response::Ok.encode(Op::CreateJournal, rid, o));
+            }
+            Err(e) => fail(&e),
+        },
+        Request::DeleteJournal { journal } => match srv.log.delete_journal(journal) {
+            Ok(()) => {
+                if let Some(jd) = srv.journals.borrow_mut().remove(journal) {
+                    srv.jlist.borrow_mut().retain(|j| j.name() != journal);
+                    let e = Error::UnknownJournal(journal.to_string());
+                    for a in jd.pending.borrow_mut().drain(..) {
+                        a.conn.send(|o| err_frame(o, a.request_id, e.code(), &e.to_string()));
+                        a.conn.inflight.set(a.conn.inflight.get() - a.bytes);
+                        a.conn.progress.notify_one();
+                    }
+                    jd.advanced.notify_waiters();
+                }
+                tracing::info!(journal, "journal deleted");
+                conn.send(|o| Response::Ok.encode(Op::DeleteJournal, rid, o));
+            }
+            Err(e) => fail(&e),
+        },
+        Request::ListJournals => {
+            let names = srv.log.journal_names();
+            let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+            conn.send(|o| Response::Journals { names: refs }.encode(Op::ListJournals, rid, o));
+        }
+        Request::Status => {
+            let json = srv.status_json();
+            conn.send(|o| Response::Status { json: &json }.encode(Op::Status, rid, o));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn append(
+    srv: &Rc<Srv>,
+    conn: &Rc<Conn>,
+    rid: u64,
+    journal: &str,
+    durability: Durability,
+    producer: u64,
+    first_seq: u64,
+    records: &[&[u8]],
+) {
+    let start = Instant::now();
+    let fail = |code: u16, msg: &str| {
+        srv.m.error(code);
+        conn.send(|o| err_frame(o, rid, code, msg));
+    };
+    if srv.draining.get() {
+        return fail(codes::SHUTTING_DOWN, "the daemon is shutting down; append not taken");
+    }
+    let Some(jd) = srv.journal(journal) else {
+        let e = Error::UnknownJournal(journal.to_string());
+        return fail(e.code(), &e.to_string());
+    };
+    let mode = if durability == Durability::Default { jd.durability.get() } else { durability };
+    if mode != Durability::Local {
+        return fail(
+            codes::NO_REPLICA,
+            &format!("durability {} needs a replica; this node runs standalone", durability_name(mode)),
+        );
+    }
+    let count = records.len() as u64;
+    let payload: usize = records.iter().map(|r| r.len()).sum();
+    let bytes = payload + 32 * records.len();
+    if producer != 0 {
+        let check = jd.producers.borrow_mut().check(producer, first_seq, count);
+        match check {
+            Check::New => {}
+            Check::Written { lsn, ticket } => {
+                srv.m.deduplicated.set(srv.m.deduplicated.get() + 1);
+                let ready = ticket.map(|t| jd.j.poll(&t));
+                match ready {
+                    None | Some(Ok(true)) => {
+                        conn.send(|o| {
+                            Response::Appended { first_lsn: lsn, count: count as u32 }.encode(Op::Append, rid, o)
+                        });
+                    }
+                    Some(Err(e)) => fail(e.code(), &e.to_string()),
+                    Some(Ok(false)) => {
+                        // The original is still being written: answer with it.
+                        let t = ticket.unwrap_or(Ticket { lsn, batch: 0 });
+                        conn.inflight.set(conn.inflight.get() + bytes);
+                        jd.pending.borrow_mut().push_back(Ack {
+                            conn: conn.clone(),
+                            request_id: rid,
+                            ticket: t,
+                            first_lsn: lsn,
+                            count: count as u32,
+                            bytes,
+                            payload,
+                            start,
+                        });
+                    }
+                }
+                return;
+            }
+            Check::Unknown { newest } => {
+                return fail(
+                    codes::SEQUENCE_UNKNOWN,
+                    &format!(
+                        "producer {producer}: sequence {first_seq}..{} is at or below its newest ({newest}) but is not remembered",
+                        first_seq + count - 1
+                    ),
+                );
+            }
+        }
+    }
+    let tag = (producer != 0).then_some(Tag { producer, seq: first_seq });
+    let res = jd.j.submit_many(records, tag, || srv.pump(true).map(|_| ()));
+    match res {
+        Ok((first, last)) => {
+            if producer != 0 {
+                jd.producers.borrow_mut().record(producer, first_seq, count, first, Some(last));
+            }
+            conn.inflight.set(conn.inflight.get() + bytes);
+            jd.pending.borrow_mut().push_back(Ack {
+                conn: conn.clone(),
+                request_id: rid,
+                ticket: last,
+                first_lsn: first,
+                count: count as u32,
+                bytes,
+                payload,
+                start,
+            });
+        }
+        Err(e) => fail(e.code(), &e.to_string()),
+    }
+}
+
+type OwnedRec = (u64, u64, u32, Vec<u8>);
+
+/// Reads up to `max_count` records / about `max_bytes` from `from` on the
+/// blocking pool (reads are synchronous O_DIRECT preads).
+async fn read_records(
+    j: &Journal,
+    from: u64,
+    max_count: usize,
+    max_bytes: usize,
+) -> crate::Result<(Vec<OwnedRec>, u64)> {
+    let j = j.clone();
+    blocking(move || {
+        let first = j.info().first_lsn;
+        let from = if from == 0 { first } else { from };
+        let next = j.next_lsn();
+        if from >= next {
+            if from > next {
+                return Err(Error::NotYetWritten { lsn: from, next });
+            }
+            return Ok((Vec::new(), from));
+        }
+        let mut out: Vec<OwnedRec> = Vec::new();
+        let mut bytes = 0usize;
+        let chunk = max_bytes.clamp(64 << 10, 1 << 20);
+        j.visit(from, chunk, |r| {
+            out.push((r.lsn, r.epoch, crc32c::crc32c(r.payload), r.payload.to_vec()));
+            bytes += r.payload.len() + 24;
+            out.len() < max_count && bytes < max_bytes
+        })?;
+        let next = out.last().map(|r| r.0 + 1).unwrap_or(from);
+        Ok((out, next))
+    })
+    .await
+}
+
+fn encode_records(o: &mut Vec<u8>, op: Op, rid: u64, recs: &[OwnedRec], next: u64) {
+    let records: Vec<WireRecord<'_>> = recs
+        .iter()
+        .map(|(lsn, epoch, crc, p)| WireRecord { lsn: *lsn, epoch: *epoch, crc32c: *crc, payload: p })
+        .collect();
+    Response::Records { records, next_lsn: next }.encode(op, rid, o);
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> crate::Result<T> + Send + 'static) -> crate::Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(Error::Io(std::io::Error::other(format!("blocking task failed: {e}")))),
+    }
+}
+
+async fn subscription(srv: Rc<Srv>, conn: Rc<Conn>, jd: Rc<Jd>, rid: u64, from: u64, sub: Rc<Sub>) {
+    let max_inflight = srv.cfg.limits.max_inflight_bytes as usize;
+    let frame_cap = (srv.cfg.limits.max_frame_bytes as usize).saturating_sub(HEADER_LEN + 64).max(4096);
+    let mut next = from;
+    loop {
+        if conn.gone.get() || conn.done.get() || !conn.subs.borrow().contains_key(&rid) {
+            break;
+        }
+        if sub.credit.get() == 0 || conn.out_len() > max_inflight {
+            tokio::select! {
+                _ = sub.wake.notified() => {}
+                _ = conn.progress.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            continue;
+        }
+        let advanced = jd.advanced.notified();
+        let durable = jd.j.next_lsn();
+        if next != 0 && next >= durable {
+            tokio::select! {
+                _ = advanced => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            if !srv.journals.borrow().contains_key(jd.j.name()) {
+                let e = Error::UnknownJournal(jd.j.name().to_string());
+                conn.send(|o| err_frame(o, rid, e.code(), &e.to_string()));
+                break;
+            }
+            continue;
+        }
+        let want = (sub.credit.get() as usize).min(frame_cap);
+        match read_records(&jd.j, next, usize::MAX, want).await {
+            Ok((recs, n)) => {
+                if recs.is_empty() {
+                    next = n;
+                    continue;
+                }
+                let used: u64 = recs.iter().map(|r| r.3.len() as u64).sum();
+                sub.credit.set(sub.credit.get().saturating_sub(used.max(1)));
+                next = n;
+                conn.send(|o| encode_records(o, Op::Subscribe, rid, &recs, n));
+            }
+            Err(e) => {
+                srv.m.error(e.code());
+                conn.send(|o| err_frame(o, rid, e.code(), &e.to_string()));
+                break;
+            }
+        }
+    }
+    conn.subs.borrow_mut().remove(&rid);
+}

@@ -1,0 +1,153 @@
+//! Runs the real `mirrorlogd` binary for tests: config in a temp folder,
+//! file mirrors, loopback ports, SIGKILL/SIGTERM.
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr").port()
+}
+
+pub struct Daemon {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub addr: String,
+    pub metrics: String,
+    pub log: PathBuf,
+    pub env: Vec<(String, String)>,
+    starts: u32,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_mirrorlogd")
+}
+
+impl Daemon {
+    /// Writes a config (two 64 MiB file mirrors, 4 MiB segments, journal
+    /// `default`, `extra` appended) and starts the daemon.
+    pub fn start(dir: &Path, extra: &str) -> Daemon {
+        Self::start_with_env(dir, extra, Vec::new())
+    }
+
+    pub fn start_with_env(dir: &Path, extra: &str, env: Vec<(String, String)>) -> Daemon {
+        let port = free_port();
+        let mport = free_port();
+        let config = dir.join("mirrorlogd.toml");
+        let text = format!(
+            "[storage]\ndevices = [\"{d}/m0.dev\", \"{d}/m1.dev\"]\ndevice_size = \"64MiB\"\nsegment_size = \"4MiB\"\n\n\
+             [[journal]]\nname = \"default\"\n\n[server]\nlisten = [\"127.0.0.1:{port}\"]\n\n\
+             [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n{extra}\n",
+            d = dir.display()
+        );
+        std::fs::write(&config, text).expect("write config");
+        let mut d = Daemon {
+            child: None,
+            dir: dir.to_path_buf(),
+            config,
+            addr: format!("127.0.0.1:{port}"),
+            metrics: format!("127.0.0.1:{mport}"),
+            log: dir.join("mirrorlogd.log"),
+            env,
+            starts: 0,
+        };
+        d.spawn();
+        d.wait_ready();
+        d
+    }
+
+    /// Starts the process (appending to the log), without waiting.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config").arg(&self.config).arg("--log-level").arg("info");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("spawn mirrorlogd"));
+        self.starts += 1;
+    }
+
+    /// Waits until the client port accepts connections.
+    pub fn wait_ready(&mut self) {
+        let t0 = Instant::now();
+        loop {
+            if TcpStream::connect(&self.addr).is_ok() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(st)) = c.try_wait() {
+                    panic!("mirrorlogd exited with {st} during start:\n{}", self.log_text());
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "mirrorlogd not ready:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn term(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: plain kill(2) on our child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().expect("wait")
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn devices(&self) -> Vec<PathBuf> {
+        vec![self.dir.join("m0.dev"), self.dir.join("m1.dev")]
+    }
+
+    /// GET a path from the metrics listener.
+    pub fn http_get(&self, path: &str) -> String {
+        use std::io::Write;
+        let mut s = TcpStream::connect(&self.metrics).expect("metrics connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    /// Resident memory of the daemon, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        st.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
