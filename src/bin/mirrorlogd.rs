@@ -56,6 +56,10 @@ fn main() -> ExitCode {
         (None, Some(d)) => {
             let mut c = DaemonConfig::embedded(d);
             c.storage.device_size = args.device_size;
+            // Small devices get smaller segments: at least 8 per device.
+            while c.storage.segment_size > 1 << 20 && c.storage.segment_size * 8 > args.device_size {
+                c.storage.segment_size /= 2;
+            }
             c
         }
         (None, None) => {

@@ -43,8 +43,9 @@ impl Histogram {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
         }
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count.get());
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_ns.get() as f64 / 1e9);
-        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count.get());
+        let l = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{l} {}", self.sum_ns.get() as f64 / 1e9);
+        let _ = writeln!(out, "{name}_count{l} {}", self.count.get());
     }
 }
 

@@ -135,6 +135,8 @@ fn err_frame(out: &mut Vec<u8>, rid: u64, code: u16, msg: &str) {
 trait Stream: 'static {
     async fn read_into(&self, buf: Vec<u8>, at: usize) -> (std::io::Result<usize>, Vec<u8>);
     async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>);
+    /// Ends both directions: a read left pending completes, the peer sees EOF.
+    fn close(&self);
 }
 
 macro_rules! impl_stream {
@@ -147,6 +149,9 @@ macro_rules! impl_stream {
             }
             async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
                 self.write_all(buf).await
+            }
+            fn close(&self) {
+                let _ = self.shutdown(std::net::Shutdown::Both);
             }
         }
     };
@@ -575,6 +580,7 @@ async fn http_metrics(srv: Rc<Srv>, s: tokio_uring::net::TcpStream) {
         body.len()
     );
     let _ = s.write_all_buf(resp.into_bytes()).await;
+    s.close();
 }
 
 // ---------------------------------------------------------------------------
@@ -594,6 +600,7 @@ async fn connection<S: Stream>(srv: Rc<Srv>, s: Rc<S>, peer: String) {
         let mut out = Vec::new();
         err_frame(&mut out, 0, code, &msg);
         let _ = s.write_all_buf(out).await;
+        s.close();
         tracing::debug!(code, "connection refused");
         return;
     }
@@ -645,6 +652,7 @@ async fn connection<S: Stream>(srv: Rc<Srv>, s: Rc<S>, peer: String) {
     conn.done.set(true);
     conn.out_ready.notify_one();
     let _ = writer.await;
+    s.close();
     srv.m.connections.set(srv.m.connections.get().saturating_sub(1));
 }
 

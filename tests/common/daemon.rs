@@ -74,11 +74,15 @@ impl Daemon {
         self.starts += 1;
     }
 
-    /// Waits until the client port accepts connections.
+    /// Waits until this start logged `ready` and the client port accepts
+    /// connections. (A killed daemon's listening socket may linger a moment
+    /// while the kernel tears its io_uring down, so a connect alone proves
+    /// nothing.)
     pub fn wait_ready(&mut self) {
         let t0 = Instant::now();
         loop {
-            if TcpStream::connect(&self.addr).is_ok() {
+            let readies = self.log_text().matches("server: ready").count();
+            if readies >= self.starts as usize && TcpStream::connect(&self.addr).is_ok() {
                 return;
             }
             if let Some(c) = self.child.as_mut() {
