@@ -22,8 +22,11 @@
 //!
 //! Invariants:
 //! * A request keeps its request id and (for appends) its sequence numbers
-//!   for its whole life; sequence numbers are given out by the connection
-//!   task in the order requests are sent, so they only grow on the wire.
+//!   for its whole life; both are given out under the client's lock in the
+//!   order requests are put on the wire, so sequences only grow there.
+//! * The hot path has no task hop: a request is sent by the calling task
+//!   itself (a non-blocking send under the lock) unless the writer task is
+//!   mid-write; the reader task answers it directly.
 //! * Every frame received is checked (frame CRC, and each record's CRC32C)
 //!   before anything in it is used.
 //! * Bounded: at most `max_inflight` requests wait for an answer (callers
@@ -34,9 +37,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::os::fd::AsRawFd;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::{
     codes, decode_frame, Durability, Op, ProtoError, Request, Response, DEFAULT_MAX_BODY, HEADER_LEN, VERSION,
@@ -190,15 +195,132 @@ fn patch(frame: &mut [u8], rid: u64, seq: Option<(usize, u64)>) {
 /// use from many tasks at once: requests pipeline on one connection.
 #[derive(Clone)]
 pub struct Client {
-    tx: mpsc::UnboundedSender<Cmd>,
+    h: Arc<Handle>,
     slots: Arc<Semaphore>,
     info: Arc<parking_lot::Mutex<(String, String, u64)>>,
     producer: u64,
+    timeout: Duration,
+}
+
+/// Shared by the client handles and the connection tasks; dropping the last
+/// `Client` ends the connection once every request is answered.
+struct Handle {
+    sh: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.sh.st.lock().closed = true;
+        self.sh.wake_super.notify_one();
+    }
+}
+
+struct Shared {
+    st: parking_lot::Mutex<State>,
+    wake_super: Notify,
+}
+
+struct State {
+    pending: BTreeMap<u64, Pending>,
+    next_rid: u64,
+    next_seq: u64,
+    link: Option<Link>,
+    closed: bool,
+}
+
+/// The current connection as the senders see it.
+struct Link {
+    gen: u64,
+    stream: Arc<TcpStream>,
+    /// Bytes queued for the writer task (the socket would not take them).
+    out: Vec<u8>,
+    /// The writer task is writing: queue behind it to keep bytes in order.
+    writing: bool,
+    wake_writer: Arc<Notify>,
+}
+
+impl Link {
+    /// Sends `bytes` now if nothing is queued ahead of them (a non-blocking
+    /// send from the calling task), queuing what the socket does not take.
+    /// Returns false if the socket failed.
+    fn send(&mut self, bytes: &[u8]) -> bool {
+        let mut sent = 0;
+        if !self.writing && self.out.is_empty() {
+            let fd = self.stream.as_raw_fd();
+            while sent < bytes.len() {
+                // SAFETY: send(2) reads bytes[sent..] from our open socket.
+                let n = unsafe {
+                    libc::send(
+                        fd,
+                        bytes[sent..].as_ptr() as *const libc::c_void,
+                        bytes.len() - sent,
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if n > 0 {
+                    sent += n as usize;
+                    continue;
+                }
+                match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::EAGAIN) => break,
+                    _ => return false,
+                }
+            }
+        }
+        if sent < bytes.len() {
+            self.out.extend_from_slice(&bytes[sent..]);
+            self.wake_writer.notify_one();
+        }
+        true
+    }
+}
+
+impl Shared {
+    /// Takes a new request: gives it its request id (and sequence numbers),
+    /// remembers it until answered, and sends it if connected.
+    fn submit(&self, cmd: Cmd, timeout: Duration) {
+        let mut st = self.st.lock();
+        let st = &mut *st;
+        let rid = st.next_rid;
+        st.next_rid += 1;
+        let mut frame = cmd.frame;
+        let seq = cmd.seq_at.map(|(at, count)| {
+            let s = st.next_seq;
+            st.next_seq += count;
+            (at, s)
+        });
+        if let Reply_::None = cmd.reply {
+            // Credit names its subscription in the body; nothing answers it.
+            patch(&mut frame, 0, None);
+            if let Some(l) = st.link.as_mut() {
+                if !l.send(&frame) {
+                    st.link = None;
+                    self.wake_super.notify_one();
+                }
+            }
+            return;
+        }
+        if let Reply_::Stream(_, cell) = &cmd.reply {
+            cell.store(rid, Ordering::Release);
+        }
+        patch(&mut frame, rid, seq);
+        if let Some(l) = st.link.as_mut() {
+            if !l.send(&frame) {
+                st.link = None;
+                self.wake_super.notify_one();
+            }
+        }
+        st.pending.insert(
+            rid,
+            Pending { op: cmd.op, frame, reply: cmd.reply, deadline: Instant::now() + timeout, _permit: cmd.permit },
+        );
+    }
 }
 
 impl Client {
     /// Connects to the first endpoint that answers as primary (waiting up
-    /// to `request_timeout` while none does) and starts the connection task.
+    /// to `request_timeout` while none does) and starts the connection tasks.
     pub async fn connect(cfg: ClientConfig) -> Result<Client> {
         if cfg.endpoints.is_empty() {
             return Err(ClientError::new(1, "no endpoints given"));
@@ -209,7 +331,6 @@ impl Client {
                 break p;
             }
         });
-        let (tx, rx) = mpsc::unbounded_channel();
         let info = Arc::new(parking_lot::Mutex::new((String::new(), String::new(), 0)));
         let slots = Arc::new(Semaphore::new(cfg.max_inflight.max(1)));
         let deadline = Instant::now() + cfg.request_timeout;
@@ -230,9 +351,21 @@ impl Client {
             }
         }
         let Some(first) = first else { return Err(last_err) };
-        *info.lock() = (first.endpoint.clone(), first.server.clone(), first.epoch);
-        tokio::spawn(Actor { cfg, producer, next_rid: 1, next_seq: 1, info: info.clone() }.run(rx, first));
-        Ok(Client { tx, slots, info, producer })
+        let sh = Arc::new(Shared {
+            st: parking_lot::Mutex::new(State {
+                pending: BTreeMap::new(),
+                next_rid: 1,
+                next_seq: 1,
+                link: None,
+                closed: false,
+            }),
+            wake_super: Notify::new(),
+        });
+        let timeout = cfg.request_timeout;
+        let mut sup = Supervisor { cfg, sh: sh.clone(), info: info.clone(), gen: 0 };
+        sup.install(first);
+        tokio::spawn(sup.run());
+        Ok(Client { h: Arc::new(Handle { sh }), slots, info, producer, timeout })
     }
 
     /// This client's producer id (0: appends are not idempotent).
@@ -253,9 +386,7 @@ impl Client {
             .await
             .map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?;
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd { op, frame, seq_at, reply: Reply_::Once(tx), permit })
-            .map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?;
+        self.h.sh.submit(Cmd { op, frame, seq_at, reply: Reply_::Once(tx), permit }, self.timeout);
         rx.await.map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?
     }
 
@@ -353,9 +484,9 @@ impl Client {
         let mut frame = Vec::new();
         let credit = credit.max(64 << 10);
         Request::Subscribe { journal, from, credit_bytes: credit }.encode(0, &mut frame);
-        self.tx
-            .send(Cmd { op: Op::Subscribe, frame, seq_at: None, reply: Reply_::Stream(tx, rid.clone()), permit })
-            .map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?;
+        let cmd = Cmd { op: Op::Subscribe, frame, seq_at: None, reply: Reply_::Stream(tx, rid.clone()), permit };
+        // A subscription lives until its connection or subscriber ends.
+        self.h.sh.submit(cmd, Duration::from_secs(365 * 24 * 3600));
         Ok(Subscription { rx, buf: std::collections::VecDeque::new(), rid, consumed: 0, credit, client: self.clone() })
     }
 }
@@ -371,7 +502,10 @@ impl Subscription {
         let mut frame = Vec::new();
         Request::Credit { subscription: rid, bytes: self.consumed.min(u32::MAX as u64) as u32 }.encode(0, &mut frame);
         self.consumed = 0;
-        let _ = self.client.tx.send(Cmd { op: Op::Credit, frame, seq_at: None, reply: Reply_::None, permit });
+        self.client
+            .h
+            .sh
+            .submit(Cmd { op: Op::Credit, frame, seq_at: None, reply: Reply_::None, permit }, Duration::ZERO);
     }
 }
 
@@ -485,239 +619,207 @@ async fn connect_any(cfg: &ClientConfig, start: usize) -> Result<Conn> {
     Err(last)
 }
 
-enum Event {
-    Frame(u8, u64, Vec<u8>),
-    Lost(ClientError),
-}
-
-struct Actor {
+/// Owns the connection: installs it, runs its reader and writer tasks,
+/// reconnects (with backoff, to the next endpoint that answers as primary)
+/// when it is lost or the server asks to fail over, resends everything
+/// unanswered, and fails requests whose deadline passed.
+struct Supervisor {
     cfg: ClientConfig,
-    producer: u64,
-    next_rid: u64,
-    next_seq: u64,
+    sh: Arc<Shared>,
     info: Arc<parking_lot::Mutex<(String, String, u64)>>,
+    gen: u64,
 }
 
-impl Actor {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Cmd>, first: Conn) {
-        let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
-        let mut conn = Some(first);
-        let mut start = 0usize;
-        let mut closed = false;
-        loop {
-            // (Re)connect, failing requests whose deadline passed meanwhile.
-            let c = match conn.take() {
-                Some(c) => c,
-                None => {
-                    let mut backoff = self.cfg.backoff_min;
-                    loop {
-                        expire(&mut pending);
-                        if closed && pending.is_empty() {
-                            return;
-                        }
-                        match connect_any(&self.cfg, start).await {
-                            Ok(c) => break c,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "reconnect failed");
-                                start += 1;
-                                // Take new requests while waiting, so their deadlines run.
-                                let sleep = tokio::time::sleep(backoff);
-                                tokio::pin!(sleep);
-                                loop {
-                                    tokio::select! {
-                                        _ = &mut sleep => break,
-                                        cmd = rx.recv(), if !closed => match cmd {
-                                            Some(cmd) => {
-                                                // Sent with the resends once connected.
-                                                let _ = self.accept(cmd, &mut pending);
-                                            }
-                                            None => closed = true,
-                                        },
-                                    }
-                                }
-                                backoff = (backoff * 2).min(self.cfg.backoff_max);
-                            }
-                        }
-                    }
-                }
-            };
-            *self.info.lock() = (c.endpoint.clone(), c.server.clone(), c.epoch);
-            tracing::debug!(endpoint = %c.endpoint, server = %c.server, resend = pending.len(), "connected");
-            let (mut rd, mut wr) = c.stream.into_split();
-            let (etx, mut erx) = mpsc::unbounded_channel::<Event>();
-            let (wtx, mut wrx) = mpsc::unbounded_channel::<Vec<u8>>();
-            let reader = {
-                let mut buf = c.rest;
-                tokio::spawn(async move {
-                    let mut chunk = vec![0u8; 64 << 10];
-                    loop {
-                        loop {
-                            match decode_frame(&buf, DEFAULT_MAX_BODY) {
-                                Ok(Some((f, n))) => {
-                                    let ev = Event::Frame(f.opcode, f.request_id, f.body.to_vec());
-                                    buf.drain(..n);
-                                    if etx.send(ev).is_err() {
-                                        return;
-                                    }
-                                }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    let _ = etx.send(Event::Lost(ClientError::proto(&e)));
-                                    return;
-                                }
-                            }
-                        }
-                        match rd.read(&mut chunk).await {
-                            Ok(0) | Err(_) => {
-                                let _ = etx.send(Event::Lost(ClientError::new(codes::UNAVAILABLE, "connection lost")));
-                                return;
-                            }
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                })
-            };
-            let writer = tokio::spawn(async move {
-                while let Some(f) = wrx.recv().await {
-                    if wr.write_all(&f).await.is_err() {
-                        return;
-                    }
-                }
-            });
-            // Resend everything unanswered, oldest first.
-            for p in pending.values() {
-                let _ = wtx.send(p.frame.clone());
+impl Supervisor {
+    /// Makes `c` the connection: queues every unanswered request on it
+    /// (oldest first) and starts its reader and writer.
+    fn install(&mut self, c: Conn) {
+        self.gen += 1;
+        let gen = self.gen;
+        *self.info.lock() = (c.endpoint.clone(), c.server.clone(), c.epoch);
+        tracing::debug!(endpoint = %c.endpoint, server = %c.server, "connected");
+        let stream = Arc::new(c.stream);
+        let wake_writer = Arc::new(Notify::new());
+        {
+            let mut st = self.sh.st.lock();
+            let mut out = Vec::new();
+            for p in st.pending.values() {
+                out.extend_from_slice(&p.frame);
             }
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            let lost = loop {
-                tokio::select! {
-                    cmd = rx.recv(), if !closed => match cmd {
-                        Some(cmd) => {
-                            if let Some(f) = self.accept(cmd, &mut pending) {
-                                let _ = wtx.send(f);
-                            }
-                        }
-                        None => {
-                            closed = true;
-                            if pending.is_empty() { break false; }
-                        }
-                    },
-                    ev = erx.recv() => match ev {
-                        Some(Event::Frame(op, rid, body)) => {
-                            if let Some(code) = self.on_frame(op, rid, &body, &mut pending) {
-                                tracing::debug!(code, "server asks to fail over");
-                                break true;
-                            }
-                            if closed && pending.is_empty() { break false; }
-                        }
-                        Some(Event::Lost(e)) => {
-                            tracing::debug!(error = %e, "connection lost");
-                            break true;
-                        }
-                        None => break true,
-                    },
-                    _ = tick.tick() => {
-                        expire(&mut pending);
-                        if closed && pending.is_empty() { break false; }
-                    }
-                }
+            if !out.is_empty() {
+                wake_writer.notify_one();
+            }
+            st.link = Some(Link { gen, stream: stream.clone(), out, writing: false, wake_writer: wake_writer.clone() });
+        }
+        tokio::spawn(reader(self.sh.clone(), stream.clone(), gen, c.rest));
+        tokio::spawn(writer(self.sh.clone(), stream, gen, wake_writer));
+    }
+
+    async fn run(mut self) {
+        let mut start = 1usize;
+        let mut backoff = self.cfg.backoff_min;
+        loop {
+            tokio::select! {
+                _ = self.sh.wake_super.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+            let (connected, done) = {
+                let mut st = self.sh.st.lock();
+                expire(&mut st.pending);
+                let done = st.closed && st.pending.values().all(|p| matches!(p.reply, Reply_::Stream(..)));
+                (st.link.is_some(), done)
             };
-            reader.abort();
-            writer.abort();
-            if !lost {
+            if done {
+                if let Some(l) = self.sh.st.lock().link.take() {
+                    let _ = socket2::SockRef::from(&*l.stream).shutdown(std::net::Shutdown::Both);
+                }
                 return;
             }
-            start += 1;
+            if connected {
+                backoff = self.cfg.backoff_min;
+                continue;
+            }
+            match connect_any(&self.cfg, start).await {
+                Ok(c) => self.install(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "reconnect failed");
+                    start += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.cfg.backoff_max);
+                    self.sh.wake_super.notify_one();
+                }
+            }
         }
     }
+}
 
-    /// Takes a new request: gives it its request id (and sequence numbers)
-    /// and returns the frame to send.
-    fn accept(&mut self, cmd: Cmd, pending: &mut BTreeMap<u64, Pending>) -> Option<Vec<u8>> {
-        let rid = self.next_rid;
-        self.next_rid += 1;
-        let mut frame = cmd.frame;
-        let seq = cmd.seq_at.map(|(at, count)| {
-            let s = self.next_seq;
-            self.next_seq += count;
-            (at, s)
-        });
-        let _ = self.producer;
-        if let Reply_::None = cmd.reply {
-            // Credit names its subscription in the body; its own id is unused.
-            patch(&mut frame, 0, None);
-            return Some(frame);
+/// Drops connection `gen` (if it is still the current one) and wakes the
+/// supervisor to reconnect.
+fn lose(sh: &Shared, gen: u64) {
+    let mut st = sh.st.lock();
+    if st.link.as_ref().is_some_and(|l| l.gen == gen) {
+        if let Some(l) = st.link.take() {
+            let _ = socket2::SockRef::from(&*l.stream).shutdown(std::net::Shutdown::Both);
+            l.wake_writer.notify_one();
         }
-        if let Reply_::Stream(_, cell) = &cmd.reply {
-            cell.store(rid, Ordering::Release);
-        }
-        patch(&mut frame, rid, seq);
-        let out = frame.clone();
-        pending.insert(
-            rid,
-            Pending {
-                op: cmd.op,
-                frame,
-                reply: cmd.reply,
-                deadline: Instant::now() + self.cfg.request_timeout,
-                _permit: cmd.permit,
-            },
-        );
-        Some(out)
     }
+    drop(st);
+    sh.wake_super.notify_one();
+}
 
-    /// Routes one frame to its request. Returns a code if the connection
-    /// should be abandoned for another endpoint.
-    fn on_frame(&mut self, opcode: u8, rid: u64, body: &[u8], pending: &mut BTreeMap<u64, Pending>) -> Option<u16> {
-        let Some(p) = pending.get(&rid) else {
-            if opcode == Op::Error as u8 {
-                // A connection-level error (request id 0).
-                let f = crate::protocol::Frame { opcode, request_id: rid, body };
-                if let Ok(Response::Error { code, message }) = Response::decode(&f, Op::Error) {
-                    tracing::warn!(code, message, "server error");
-                    return Some(code);
+async fn writer(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        loop {
+            let data = {
+                let mut st = sh.st.lock();
+                let Some(l) = st.link.as_mut().filter(|l| l.gen == gen) else { return };
+                if l.out.is_empty() {
+                    l.writing = false;
+                    break;
                 }
-            }
-            return None;
-        };
-        let f = crate::protocol::Frame { opcode, request_id: rid, body };
-        let res = Response::decode(&f, p.op).map_err(|e| ClientError::proto(&e)).and_then(owned);
-        if let Err(e) = &res {
-            if fails_over(e.code) {
-                return Some(e.code);
+                l.writing = true;
+                std::mem::take(&mut l.out)
+            };
+            let mut off = 0;
+            while off < data.len() {
+                if stream.writable().await.is_err() {
+                    return lose(&sh, gen);
+                }
+                match stream.try_write(&data[off..]) {
+                    Ok(n) => off += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return lose(&sh, gen),
+                }
             }
         }
-        match &p.reply {
-            Reply_::Once(_) => {
-                if let Some(p) = pending.remove(&rid) {
-                    if let Reply_::Once(tx) = p.reply {
-                        let _ = tx.send(res);
-                    }
+    }
+}
+
+async fn reader(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, mut buf: Vec<u8>) {
+    buf.reserve(64 << 10);
+    loop {
+        loop {
+            let f = match decode_frame(&buf, DEFAULT_MAX_BODY) {
+                Ok(Some((f, n))) => (f.opcode, f.request_id, n),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "bad frame from the server");
+                    return lose(&sh, gen);
                 }
+            };
+            let (opcode, rid, n) = f;
+            let failover = route(&sh, opcode, rid, &buf[HEADER_LEN..n]);
+            buf.drain(..n);
+            if let Some(code) = failover {
+                tracing::debug!(code, "server asks to fail over");
+                return lose(&sh, gen);
             }
-            Reply_::Stream(tx, _) => {
-                let failed = res.is_err();
-                let next = match &res {
-                    Ok(Reply::Records { next_lsn, .. }) => Some(*next_lsn),
-                    _ => None,
-                };
-                if tx.send(res).is_err() || failed {
-                    // The subscriber is gone, or the subscription ended.
-                    pending.remove(&rid);
-                    return None;
-                }
-                if let (Some(next), Some(p)) = (next, pending.get_mut(&rid)) {
-                    // Resubscribe from here after a reconnect.
-                    resubscribe_from(&mut p.frame, next);
-                    p.deadline = Instant::now() + Duration::from_secs(365 * 24 * 3600);
-                }
+        }
+        if buf.capacity() - buf.len() < 16 << 10 {
+            buf.reserve(64 << 10);
+        }
+        if stream.readable().await.is_err() {
+            return lose(&sh, gen);
+        }
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return lose(&sh, gen),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return lose(&sh, gen),
+        }
+    }
+}
+
+/// Routes one frame to its request. Returns a code if the connection
+/// should be abandoned for another endpoint (the request stays pending).
+fn route(sh: &Shared, opcode: u8, rid: u64, body: &[u8]) -> Option<u16> {
+    let mut st = sh.st.lock();
+    let pending = &mut st.pending;
+    let f = crate::protocol::Frame { opcode, request_id: rid, body };
+    let Some(p) = pending.get(&rid) else {
+        if opcode == Op::Error as u8 {
+            // A connection-level error (request id 0).
+            if let Ok(Response::Error { code, message }) = Response::decode(&f, Op::Error) {
+                tracing::warn!(code, message, "server error");
+                return Some(code);
             }
-            Reply_::None => {
+        }
+        return None;
+    };
+    let res = Response::decode(&f, p.op).map_err(|e| ClientError::proto(&e)).and_then(owned);
+    if let Err(e) = &res {
+        if fails_over(e.code) {
+            return Some(e.code);
+        }
+    }
+    match &p.reply {
+        Reply_::Once(_) => {
+            if let Some(Pending { reply: Reply_::Once(tx), .. }) = pending.remove(&rid) {
+                let _ = tx.send(res);
+            }
+        }
+        Reply_::Stream(tx, _) => {
+            let failed = res.is_err();
+            let next = match &res {
+                Ok(Reply::Records { next_lsn, .. }) => Some(*next_lsn),
+                _ => None,
+            };
+            if tx.send(res).is_err() || failed {
+                // The subscriber is gone, or the subscription ended.
                 pending.remove(&rid);
+                return None;
+            }
+            if let (Some(next), Some(p)) = (next, pending.get_mut(&rid)) {
+                // Resubscribe from here after a reconnect.
+                resubscribe_from(&mut p.frame, next);
             }
         }
-        None
+        Reply_::None => {
+            pending.remove(&rid);
+        }
     }
+    None
 }
 
 /// Rewrites a Subscribe frame's `from` so that a resend continues where the

@@ -49,6 +49,8 @@ pub struct Driver {
     ring: IoUring,
     flights: Vec<Option<Flight>>,
     free: Vec<usize>,
+    /// Writes queued in the submission ring but not yet submitted.
+    queued: usize,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -58,6 +60,7 @@ impl Driver {
             ring: IoUring::new(RING_ENTRIES).map_err(Error::Io)?,
             flights: (0..MAX_FLIGHTS).map(|_| None).collect(),
             free: (0..MAX_FLIGHTS).rev().collect(),
+            queued: 0,
             _not_send: std::marker::PhantomData,
         })
     }
@@ -93,14 +96,19 @@ impl Driver {
         if self.in_flight() == 0 {
             return Ok(finished);
         }
+        // Enter the kernel only to submit new writes or to wait: completions
+        // are read from the shared ring without a system call.
         let want = if wait && finished == 0 { 1 } else { 0 };
-        loop {
-            match self.ring.submit_and_wait(want) {
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
-                Err(e) => return Err(Error::Io(e)),
+        if self.queued > 0 || want > 0 {
+            loop {
+                match self.ring.submit_and_wait(want) {
+                    Ok(_) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
+                    Err(e) => return Err(Error::Io(e)),
+                }
             }
+            self.queued = 0;
         }
         let mut done: [(u64, i32); 64] = [(0, 0); 64];
         loop {
@@ -146,12 +154,15 @@ impl Driver {
             // The ring has room: at most MAX_FLIGHTS * MAX_MEMBERS entries are queued.
             if unsafe { self.ring.submission().push(&e) }.is_err() {
                 let _ = self.ring.submit();
+                self.queued = 0;
                 // SAFETY: as above.
                 if unsafe { self.ring.submission().push(&e) }.is_err() {
                     f.failed.push(m);
                     f.remaining -= 1;
+                    continue;
                 }
             }
+            self.queued += 1;
         }
         if f.remaining == 0 {
             self.free.push(idx);

@@ -114,9 +114,9 @@ fn check(addr: &str, acks: &[(u64, u64, u64)]) {
     }
 }
 
-fn run(kill: impl Fn(&mut Daemon), cycles: usize) {
+fn run(kill: impl Fn(&mut Daemon), cycles: usize, network: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut d = Daemon::start(dir.path(), "");
+    let mut d = Daemon::start_full(dir.path(), "", Vec::new(), network);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let stop = Arc::new(AtomicBool::new(false));
     let acks: Acks = Arc::new(Mutex::new(Vec::new()));
@@ -154,7 +154,13 @@ fn run(kill: impl Fn(&mut Daemon), cycles: usize) {
 
 #[test]
 fn sigkill_mid_load_loses_and_duplicates_nothing() {
-    run(|d| d.kill9(), 3);
+    run(|d| d.kill9(), 3, "epoll");
+}
+
+/// The same with the sockets on io_uring (`server.network = "io_uring"`).
+#[test]
+fn sigkill_mid_load_io_uring_sockets() {
+    run(|d| d.kill9(), 2, "io_uring");
 }
 
 #[test]
@@ -167,5 +173,6 @@ fn sigterm_drains_cleanly() {
             assert!(log.contains("drained"), "no clean drain in the log:\n{log}");
         },
         2,
+        "epoll",
     );
 }

@@ -218,3 +218,90 @@ fn embedded_default_and_cli() {
     let o = Command::new(cli).args(["verify", "--devices", &devs, "--json"]).output().expect("verify");
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
 }
+
+/// Unix-socket listeners, with the sockets on epoll and on io_uring: a
+/// request is answered, and the socket file is removed on a clean stop.
+#[test]
+fn unix_socket_listener_both_networks() {
+    use mirrorlog::protocol::{decode_frame, Op, Request, Response};
+    use std::io::{Read, Write};
+    for network in ["epoll", "io_uring"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("mirrorlogd.sock");
+        let cfg = dir.path().join("d.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[storage]\ndevices = [\"{d}/m0.dev\", \"{d}/m1.dev\"]\ndevice_size = \"32MiB\"\nsegment_size = \"2MiB\"\n\
+                 [[journal]]\nname = \"default\"\n[server]\nlisten = [\"unix:{s}\"]\nnetwork = \"{network}\"\n[metrics]\nlisten = \"off\"\n",
+                d = dir.path().display(),
+                s = sock.display()
+            ),
+        )
+        .expect("config");
+        struct Kill(std::process::Child);
+        impl Drop for Kill {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut child = Kill(
+            Command::new(common::daemon::bin())
+                .arg("--config")
+                .arg(&cfg)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn"),
+        );
+        let t0 = Instant::now();
+        let mut s = loop {
+            match std::os::unix::net::UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(_) => {
+                    assert!(t0.elapsed() < Duration::from_secs(30), "{network}: not ready");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
+        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut buf = Vec::new();
+        let mut ask = |s: &mut std::os::unix::net::UnixStream, req: Request<'_>, rid: u64| {
+            let mut out = Vec::new();
+            req.encode(rid, &mut out);
+            s.write_all(&out).expect("write");
+            loop {
+                if let Ok(Some((f, used))) = decode_frame(&buf, 1 << 20) {
+                    let got = (f.opcode, f.request_id, f.body.to_vec());
+                    buf.drain(..used);
+                    return got;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = s.read(&mut chunk).expect("read");
+                assert!(n > 0, "{network}: closed");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        let append = Request::Append {
+            journal: "default",
+            durability: mirrorlog::protocol::Durability::Local,
+            producer: 0,
+            first_seq: 0,
+            records: vec![b"over unix"],
+        };
+        let a = ask(&mut s, append, 5);
+        assert_eq!((a.0, a.1), (Op::Append as u8 | 0x80, 5), "{network}: appended");
+        let read = ask(&mut s, Request::Read { journal: "default", from: 1, max_count: 1, max_bytes: 4096 }, 6);
+        let f = mirrorlog::protocol::Frame { opcode: read.0, request_id: 6, body: &read.2 };
+        match Response::decode(&f, Op::Read) {
+            Ok(Response::Records { records, .. }) => assert_eq!(records[0].payload, b"over unix", "{network}"),
+            r => panic!("{network}: {r:?}"),
+        }
+        drop(s);
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+        assert!(child.0.wait().expect("wait").success());
+        assert!(!sock.exists(), "{network}: socket file removed on stop");
+    }
+}

@@ -107,11 +107,30 @@ pub struct Server {
     /// A name reported in Hello and status.
     #[serde(default = "default_name")]
     pub name: String,
+    /// How the event loop drives client TCP sockets: `epoll` (readiness, the
+    /// default) or `io_uring` (completion-based socket reads and writes on
+    /// the loop's ring). Unix sockets always use epoll; disk writes always
+    /// go through io_uring. See docs/benchmarks.md for why epoll is the
+    /// default.
+    #[serde(default = "default_network", deserialize_with = "network")]
+    pub network: String,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { listen: default_listen(), name: default_name() }
+        Server { listen: default_listen(), name: default_name(), network: default_network() }
+    }
+}
+
+fn default_network() -> String {
+    "epoll".into()
+}
+
+fn network<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "epoll" | "io_uring" => Ok(s),
+        _ => Err(serde::de::Error::custom(format!("invalid network {s:?}: use epoll or io_uring"))),
     }
 }
 

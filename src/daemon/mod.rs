@@ -52,6 +52,8 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
         tracing::info!(listen = %m, "metrics at /metrics");
     }
     let notifier = Rc::new(notify::Notifier::from_env());
+    // Not IORING_SETUP_COOP_TASKRUN: it raised many-connection throughput
+    // here but deferred wake-ups of an idle loop by ~90 µs (docs/benchmarks.md).
     let res = tokio_uring::builder().entries(1024).start(async move {
         let srv = server::Srv::new(log, cfg).map_err(|e| e.to_string())?;
         server::serve(srv, bound, notifier).await

@@ -76,11 +76,18 @@ struct Conn {
     /// The reader finished; the writer exits once `out` is empty.
     done: Cell<bool>,
     subs: RefCell<HashMap<u64, Rc<Sub>>>,
+    /// The socket, for direct non-blocking sends (`flush`).
+    fd: std::os::fd::RawFd,
+    /// The writer task has a write in progress: direct sends must wait, so
+    /// bytes stay in order.
+    writing: Cell<bool>,
 }
 
 impl Conn {
-    fn new() -> Rc<Conn> {
+    fn new(fd: std::os::fd::RawFd) -> Rc<Conn> {
         Rc::new(Conn {
+            fd,
+            writing: Cell::new(false),
             out: RefCell::new(Vec::with_capacity(16 << 10)),
             out_ready: Notify::new(),
             progress: Notify::new(),
@@ -96,7 +103,54 @@ impl Conn {
             return;
         }
         f(&mut self.out.borrow_mut());
-        self.out_ready.notify_one();
+        self.flush();
+    }
+
+    /// Sends what is queued straight from this task with a non-blocking
+    /// send(2), and leaves only what the socket would not take to the
+    /// writer task. (Waking the writer task for every response cost ~70 µs
+    /// per round trip on an idle loop here; docs/benchmarks.md.)
+    fn flush(&self) {
+        if self.writing.get() || self.gone.get() {
+            if !self.gone.get() {
+                self.out_ready.notify_one();
+            }
+            return;
+        }
+        let mut out = self.out.borrow_mut();
+        let mut sent = 0;
+        while sent < out.len() {
+            // SAFETY: send(2) reads out[sent..] (valid, borrowed) from our socket.
+            let n = unsafe {
+                libc::send(
+                    self.fd,
+                    out[sent..].as_ptr() as *const libc::c_void,
+                    out.len() - sent,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n > 0 {
+                sent += n as usize;
+                continue;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => break,
+                _ => {
+                    self.gone.set(true);
+                    out.clear();
+                    self.progress.notify_one();
+                    return;
+                }
+            }
+        }
+        out.drain(..sent);
+        if !out.is_empty() {
+            self.out_ready.notify_one();
+        } else if sent > 0 {
+            self.progress.notify_one();
+        }
     }
 
     fn out_len(&self) -> usize {
@@ -137,6 +191,7 @@ trait Stream: 'static {
     async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>);
     /// Ends both directions: a read left pending completes, the peer sees EOF.
     fn close(&self);
+    fn raw_fd(&self) -> std::os::fd::RawFd;
 }
 
 macro_rules! impl_stream {
@@ -153,11 +208,57 @@ macro_rules! impl_stream {
             fn close(&self) {
                 let _ = self.shutdown(std::net::Shutdown::Both);
             }
+            fn raw_fd(&self) -> std::os::fd::RawFd {
+                self.as_raw_fd()
+            }
         }
     };
 }
 impl_stream!(tokio_uring::net::TcpStream);
-impl_stream!(tokio_uring::net::UnixStream);
+
+/// The same for readiness-based (epoll) sockets, which tokio-uring's
+/// runtime also drives (`server.network = "epoll"`).
+macro_rules! impl_stream_epoll {
+    ($t:ty) => {
+        impl Stream for $t {
+            async fn read_into(&self, mut buf: Vec<u8>, at: usize) -> (std::io::Result<usize>, Vec<u8>) {
+                debug_assert_eq!(buf.len(), at);
+                loop {
+                    if let Err(e) = self.readable().await {
+                        return (Err(e), buf);
+                    }
+                    match self.try_read_buf(&mut buf) {
+                        Ok(n) => return (Ok(n), buf),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return (Err(e), buf),
+                    }
+                }
+            }
+            async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+                let mut off = 0;
+                while off < buf.len() {
+                    if let Err(e) = self.writable().await {
+                        return (Err(e), buf);
+                    }
+                    match self.try_write(&buf[off..]) {
+                        Ok(n) => off += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return (Err(e), buf),
+                    }
+                }
+                (Ok(()), buf)
+            }
+            fn close(&self) {
+                let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both);
+            }
+            fn raw_fd(&self) -> std::os::fd::RawFd {
+                self.as_raw_fd()
+            }
+        }
+    };
+}
+impl_stream_epoll!(tokio::net::TcpStream);
+impl_stream_epoll!(tokio::net::UnixStream);
 
 impl Srv {
     pub(crate) fn new(log: MirrorLog, cfg: DaemonConfig) -> crate::Result<Rc<Srv>> {
@@ -355,11 +456,12 @@ pub(crate) fn durability_name(d: Durability) -> &'static str {
 pub(crate) struct Bound {
     pub tcp: Vec<std::net::TcpListener>,
     pub unix: Vec<std::path::PathBuf>,
+    pub epoll: bool,
     pub metrics: Option<std::net::TcpListener>,
 }
 
 pub(crate) fn bind(cfg: &DaemonConfig) -> Result<Bound, String> {
-    let mut b = Bound { tcp: Vec::new(), unix: Vec::new(), metrics: None };
+    let mut b = Bound { tcp: Vec::new(), unix: Vec::new(), metrics: None, epoll: cfg.server.network == "epoll" };
     for l in &cfg.server.listen {
         match l {
             Listen::Tcp(a) => b.tcp.push(bind_tcp(*a).map_err(|e| format!("listen on {a}: {e}"))?),
@@ -406,6 +508,28 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
 
     for l in bound.tcp {
         let srv = srv.clone();
+        if bound.epoll {
+            let l = tokio::net::TcpListener::from_std(l).map_err(|e| format!("listener: {e}"))?;
+            tokio_uring::spawn(async move {
+                loop {
+                    let acc = tokio::select! {
+                        a = l.accept() => a,
+                        _ = srv.drain.notified() => break,
+                    };
+                    match acc {
+                        Ok((s, peer)) => {
+                            let _ = s.set_nodelay(true);
+                            tokio_uring::spawn(connection(srv.clone(), Rc::new(s), peer.to_string()));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            });
+            continue;
+        }
         tokio_uring::spawn(async move {
             let l = tokio_uring::net::TcpListener::from_std(l);
             loop {
@@ -427,9 +551,10 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
             }
         });
     }
+    // Unix sockets are always readiness-based: tokio-uring's Unix listener
+    // fails with EOPNOTSUPP on this kernel.
     for path in bound.unix {
-        let l = tokio_uring::net::UnixListener::bind(&path)
-            .map_err(|e| format!("listen on unix:{}: {e}", path.display()))?;
+        let l = tokio::net::UnixListener::bind(&path).map_err(|e| format!("listen on unix:{}: {e}", path.display()))?;
         let srv = srv.clone();
         tokio_uring::spawn(async move {
             loop {
@@ -438,9 +563,8 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
                     _ = srv.drain.notified() => break,
                 };
                 match acc {
-                    Ok(s) => {
-                        let srv = srv.clone();
-                        tokio_uring::spawn(connection(srv, Rc::new(s), format!("unix:{}", path.display())));
+                    Ok((s, _)) => {
+                        tokio_uring::spawn(connection(srv.clone(), Rc::new(s), format!("unix:{}", path.display())));
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -547,6 +671,9 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
                 _ = tokio::time::sleep(Duration::from_millis(200)), if srv.draining.get() => {}
             }
         }
+        // Let every other ready task (connections whose reads completed)
+        // place its appends first: they join the next batch.
+        tokio::task::yield_now().await;
     }
     Ok(())
 }
@@ -607,7 +734,7 @@ async fn connection<S: Stream>(srv: Rc<Srv>, s: Rc<S>, peer: String) {
     srv.m.connections.set(srv.m.connections.get() + 1);
     srv.m.connections_total.set(srv.m.connections_total.get() + 1);
     tracing::debug!("connected");
-    let conn = Conn::new();
+    let conn = Conn::new(s.raw_fd());
     let writer = {
         let (conn, s) = (conn.clone(), s.clone());
         tokio_uring::spawn(async move {
@@ -625,7 +752,9 @@ async fn connection<S: Stream>(srv: Rc<Srv>, s: Rc<S>, peer: String) {
                     None if conn.done.get() || conn.gone.get() => break,
                     None => conn.out_ready.notified().await,
                     Some(d) => {
+                        conn.writing.set(true);
                         let (r, mut d) = s.write_all_buf(d).await;
+                        conn.writing.set(false);
                         if r.is_err() {
                             conn.gone.set(true);
                             conn.out.borrow_mut().clear();
@@ -683,9 +812,16 @@ async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) -> &'static
             Some(t) => lim.frame_timeout.saturating_sub(t.elapsed()),
             None => Duration::from_secs(365 * 24 * 3600),
         };
-        let read = tokio::select! {
-            r = tokio::time::timeout(timeout, s.read_into(buf, at)) => r,
-            _ = srv.drain.notified() => return "draining",
+        let read = if partial_since.is_some() {
+            tokio::select! {
+                r = tokio::time::timeout(timeout, s.read_into(buf, at)) => r,
+                _ = srv.drain.notified() => return "draining",
+            }
+        } else {
+            tokio::select! {
+                r = s.read_into(buf, at) => Ok(r),
+                _ = srv.drain.notified() => return "draining",
+            }
         };
         let (res, b) = match read {
             Ok(r) => r,

@@ -36,12 +36,17 @@ impl Daemon {
     }
 
     pub fn start_with_env(dir: &Path, extra: &str, env: Vec<(String, String)>) -> Daemon {
+        Self::start_full(dir, extra, env, "epoll")
+    }
+
+    /// `network`: `epoll` or `io_uring` (`server.network`).
+    pub fn start_full(dir: &Path, extra: &str, env: Vec<(String, String)>, network: &str) -> Daemon {
         let port = free_port();
         let mport = free_port();
         let config = dir.join("mirrorlogd.toml");
         let text = format!(
             "[storage]\ndevices = [\"{d}/m0.dev\", \"{d}/m1.dev\"]\ndevice_size = \"64MiB\"\nsegment_size = \"4MiB\"\n\n\
-             [[journal]]\nname = \"default\"\n\n[server]\nlisten = [\"127.0.0.1:{port}\"]\n\n\
+             [[journal]]\nname = \"default\"\n\n[server]\nlisten = [\"127.0.0.1:{port}\"]\nnetwork = \"{network}\"\n\n\
              [metrics]\nlisten = \"127.0.0.1:{mport}\"\n\n{extra}\n",
             d = dir.display()
         );

@@ -55,6 +55,9 @@ fn kib(b: u64) -> String {
 
 pub fn calibrate(a: &CalibrateArgs) -> Result<(), String> {
     let c = &a.common;
+    if c.devices.is_empty() {
+        return Err("--devices is required".into());
+    }
     crate::raw::refuse_mirror_sets(c, a.force)?;
     let secs = a.seconds;
     let mut out = serde_json::Map::new();

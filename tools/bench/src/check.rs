@@ -40,6 +40,14 @@ pub fn check(a: &CheckArgs) -> Result<Findings, String> {
             None => bad_lines += 1,
         }
     }
+    if !a.endpoint.is_empty() {
+        let mut f = crate::remote::check_remote(&a.endpoint, &a.journal, &acks)?;
+        f.bad_lines = bad_lines;
+        return Ok(f);
+    }
+    if a.common.devices.is_empty() {
+        return Err("check needs --devices or --endpoint".into());
+    }
     let log = MirrorLog::open(&config(&a.common)).map_err(|e| e.to_string())?;
     let j = log.journal(&a.journal).map_err(|e| e.to_string())?;
     let mut out = Findings { acks: acks.len() as u64, bad_lines, ..Default::default() };

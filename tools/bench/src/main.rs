@@ -12,10 +12,12 @@
 
 mod calibrate;
 mod check;
+mod daemon_cmp;
 mod embedded;
 mod load;
 mod peers;
 mod raw;
+mod remote;
 mod report;
 mod scenarios;
 
@@ -43,6 +45,9 @@ enum Cmd {
     Run(RunArgs),
     /// Raw mirrored writes and the journal, back to back, side by side.
     EngineVsRaw(CompareArgs),
+    /// The embedded engine, then mirrorlogd on the same devices over
+    /// loopback TCP, and a bare TCP ping-pong: QD1 and many-connection runs.
+    DaemonVsEmbedded(DaemonCmpArgs),
     /// Recovery: time the tail scan of a full segment at open, against
     /// sequential O_DIRECT reads of the same bytes.
     Recovery(RecoveryArgs),
@@ -112,7 +117,7 @@ pub struct PeersArgs {
 #[derive(Args, Clone)]
 pub struct Common {
     /// Device paths, comma separated; missing ones are created as files.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',')]
     pub devices: Vec<PathBuf>,
     /// Size of device files created by the bench (bytes; K, M, G suffixes).
     #[arg(long, default_value = "2G", value_parser = parse_size)]
@@ -138,6 +143,20 @@ struct RunArgs {
     /// The engine in process.
     #[arg(long)]
     embedded: bool,
+    /// A running daemon (HOST:PORT; several, comma separated, for failover).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["raw", "embedded"])]
+    endpoint: Vec<String>,
+    /// Durability of each append (endpoint): local, remote-received,
+    /// remote-durable; default: the journal's.
+    #[arg(long, value_parser = mirrorlog::daemon::config::parse_durability)]
+    durability: Option<mirrorlog::protocol::Durability>,
+    /// Endpoint: tokio worker threads for the clients.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+    /// Endpoint: send GetMark (no disk work) instead of appends, to measure
+    /// the protocol and network round trip alone.
+    #[arg(long, requires = "endpoint")]
+    ping: bool,
     /// Concurrent clients, each waiting for its ack before its next send.
     #[arg(long, default_value_t = 1)]
     clients: usize,
@@ -201,6 +220,27 @@ pub struct CompareArgs {
 }
 
 #[derive(Args, Clone)]
+pub struct DaemonCmpArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The mirrorlogd binary to start on the devices.
+    #[arg(long, default_value = "target/release/mirrorlogd")]
+    pub daemon: PathBuf,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 6.0)]
+    pub duration: f64,
+    /// Appenders / connections in the throughput runs.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// Tokio worker threads for the daemon's clients (1: one thread).
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
+    /// Draw the runs' latency percentile curves on one SVG chart.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
 pub struct RecoveryArgs {
     #[command(flatten)]
     pub common: Common,
@@ -219,6 +259,9 @@ pub struct CheckArgs {
     /// The ack log written by `run --ack-log`.
     #[arg(long)]
     pub ack_log: PathBuf,
+    /// Read back through a running daemon instead of the devices.
+    #[arg(long, value_delimiter = ',')]
+    pub endpoint: Vec<String>,
     /// Journal name.
     #[arg(long, default_value = "bench")]
     pub journal: String,
@@ -257,8 +300,15 @@ fn parse_sync(s: &str) -> Result<SyncMode, String> {
 }
 
 fn run(r: &RunArgs) -> Result<(), String> {
-    if r.raw == r.embedded {
-        return Err("choose one target: --raw or --embedded".into());
+    let targets = r.raw as u8 + r.embedded as u8 + !r.endpoint.is_empty() as u8;
+    if targets != 1 {
+        return Err("choose one target: --raw, --embedded or --endpoint".into());
+    }
+    if (r.raw || r.embedded) && r.common.devices.is_empty() {
+        return Err("--raw and --embedded need --devices".into());
+    }
+    if r.durability.is_some() && r.endpoint.is_empty() {
+        return Err("--durability needs --endpoint (the embedded engine is local only)".into());
     }
     if r.rate.is_some_and(|x| x <= 0.0) {
         return Err("--rate must be positive".into());
@@ -275,7 +325,31 @@ fn run(r: &RunArgs) -> Result<(), String> {
         Some(x) => format!(", open loop {x:.0}/s"),
         None => String::new(),
     };
-    let report = if r.raw {
+    let report = if !r.endpoint.is_empty() {
+        let ack_log = match &r.ack_log {
+            Some(p) => Some(Arc::new(AckLog::create(p).map_err(|e| format!("{}: {e}", p.display()))?)),
+            None => None,
+        };
+        let d = r.durability.unwrap_or(mirrorlog::protocol::Durability::Default);
+        let o = remote::RemoteOpts {
+            endpoints: r.endpoint.clone(),
+            journal: r.journal.clone(),
+            durability: d,
+            record_size: r.record_size,
+            ack_log,
+            threads: r.client_threads,
+            ping: r.ping,
+        };
+        let dname = match d {
+            mirrorlog::protocol::Durability::Default => "default",
+            mirrorlog::protocol::Durability::Local => "local",
+            mirrorlog::protocol::Durability::RemoteReceived => "remote-received",
+            mirrorlog::protocol::Durability::RemoteDurable => "remote-durable",
+        };
+        let what = if r.ping { "ping (GetMark)".to_string() } else { format!("{} {dname}", r.record_size) };
+        let label = format!("daemon {} {what}, {} connections{mode}", r.endpoint.join(","), r.clients);
+        remote::run_remote(&load, &o, label)?
+    } else if r.raw {
         if r.ack_log.is_some() {
             return Err("--ack-log needs --embedded: raw writes have no LSNs".into());
         }
@@ -317,6 +391,7 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Run(r) => run(&r),
         Cmd::EngineVsRaw(a) => scenarios::compare(&a),
+        Cmd::DaemonVsEmbedded(a) => daemon_cmp::daemon_vs_embedded(&a),
         Cmd::Recovery(a) => scenarios::recovery(&a),
         Cmd::Peers(a) => peers::peers(&a),
         Cmd::Calibrate(a) => calibrate::calibrate(&a),

@@ -13,6 +13,9 @@ use crate::Common;
 
 /// Creates missing device files (zero-filled, so no unwritten extents).
 pub fn ensure_devices(c: &Common) -> Result<(), String> {
+    if c.devices.is_empty() {
+        return Err("--devices is required".into());
+    }
     for d in &c.devices {
         if !d.exists() {
             eprintln!("creating {} ({} bytes, zero-filled)", d.display(), c.device_size);

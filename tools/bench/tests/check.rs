@@ -132,3 +132,91 @@ fn calibrate_measures_devices_and_a_peer() {
     assert!(seg.is_power_of_two() && seg >= 16 << 20);
     assert!(rec["max_inflight_batches"].as_u64().unwrap() >= 1);
 }
+
+/// `--endpoint`: the bench against a running daemon (the real binary),
+/// with an ack log checked back through the daemon; a doctored ack log
+/// (an LSN that was never written, a wrong checksum) fails the check.
+#[test]
+fn endpoint_run_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    // The daemon binary is built with the workspace (target/<profile>/mirrorlogd).
+    let daemon = Path::new(BENCH).with_file_name("mirrorlogd");
+    if !daemon.exists() {
+        let st = Command::new(env!("CARGO")).args(["build", "--bin", "mirrorlogd"]).status().unwrap();
+        assert!(st.success());
+    }
+    assert!(daemon.exists(), "{} not built", daemon.display());
+    let mut child = Command::new(&daemon)
+        .args(["--data-dir", &dir.path().display().to_string(), "--device-size", "128MiB", "--listen", &addr])
+        .args(["--metrics", "off"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30), "daemon not ready");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let acks = dir.path().join("acks.txt");
+    let acks_s = acks.display().to_string();
+    let out = bench(&[
+        "run",
+        "--endpoint",
+        &addr,
+        "--journal",
+        "default",
+        "--clients",
+        "8",
+        "--records",
+        "2000",
+        "--ack-log",
+        &acks_s,
+        "--durability",
+        "local",
+        "--json",
+    ]);
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["records"].as_u64().unwrap() >= 2000);
+    assert_eq!(report["errors"].as_u64(), Some(0));
+    let out = bench(&["check", "--endpoint", &addr, "--journal", "default", "--ack-log", &acks_s, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["ok"], true);
+    assert!(f["acks"].as_u64().unwrap() >= 2000);
+
+    // remote-durable without a replica: every append fails, with the code.
+    let out = bench(&[
+        "run",
+        "--endpoint",
+        &addr,
+        "--journal",
+        "default",
+        "--duration",
+        "1",
+        "--durability",
+        "remote-durable",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(!out.status.success() || report["records"] == 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-replica"));
+
+    let text = std::fs::read_to_string(&acks).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines.push("999999 0 77 deadbeef".into()); // never written
+    let mut w: Vec<&str> = lines[0].split_whitespace().collect();
+    w[3] = "00000000"; // wrong checksum
+    lines[0] = w.join(" ");
+    std::fs::write(&acks, lines.join("\n")).unwrap();
+    let out = bench(&["check", "--endpoint", &addr, "--journal", "default", "--ack-log", &acks_s, "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(f["missing"], 1);
+    assert_eq!(f["corrupt"], 1);
+    // SAFETY: kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

@@ -1,0 +1,200 @@
+//! `--endpoint`: a running daemon over the wire protocol. Each bench client
+//! is its own `mirrorlog::client::Client` (its own connection and producer
+//! id), closed loop (waits for each ack) or open loop (`--rate`, latency
+//! from the intended send time).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use mirrorlog::client::{Client, ClientConfig};
+use mirrorlog::protocol::Durability;
+
+use crate::check::Findings;
+use crate::load::{parse_payload, payload, run_workers, Lat, Load, Sizes};
+use crate::report::Report;
+
+pub struct RemoteOpts {
+    pub endpoints: Vec<String>,
+    pub journal: String,
+    pub durability: Durability,
+    pub record_size: Sizes,
+    pub ack_log: Option<std::sync::Arc<crate::load::AckLog>>,
+    /// Tokio worker threads for the clients.
+    pub threads: usize,
+    /// Send a request that touches no disk (GetMark) instead of appends:
+    /// the round trip of the protocol and the network alone.
+    pub ping: bool,
+}
+
+/// One thread: the clients, their connection tasks and the load loop all
+/// run on it (no cross-thread wake-ups); more: a multi-thread runtime.
+fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+    .map_err(|e| e.to_string())
+}
+
+pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, String> {
+    let rt = runtime(o.threads)?;
+    // Connect every client before the clock starts; make the journal.
+    let clients: Vec<Client> = rt.block_on(async {
+        let mut v = Vec::with_capacity(load.clients);
+        for _ in 0..load.clients.max(1) {
+            let c = Client::connect(ClientConfig::new(o.endpoints.iter().cloned())).await.map_err(|e| e.to_string())?;
+            v.push(c);
+        }
+        match v[0].create_journal(&o.journal).await {
+            Ok(()) => {}
+            Err(e) if e.code == 8 => {} // journal-exists
+            Err(e) => return Err(e.to_string()),
+        }
+        Ok::<_, String>(v)
+    })?;
+    let sizes = o.record_size;
+    let report = run_workers(label, 1, load, sizes.mean(), |_, p| {
+        rt.block_on(async {
+            let futs = clients.iter().enumerate().map(|(id, c)| {
+                let (journal, durability, ack_log) = (o.journal.as_str(), o.durability, o.ack_log.as_ref());
+                async move {
+                    let mut lat = Lat::new();
+                    let mut buf = Vec::with_capacity(sizes.max as usize);
+                    let mut seq = 0u64;
+                    while !p.stopped() {
+                        let t0 = match load.intended(p.start, id, seq) {
+                            Some(at) => {
+                                tokio::time::sleep_until(at.into()).await;
+                                at
+                            }
+                            None => Instant::now(),
+                        };
+                        if o.ping {
+                            match c.get_mark(journal).await {
+                                Ok(_) => {
+                                    lat.record(p, t0);
+                                    p.acked(1);
+                                }
+                                Err(e) => p.error(e),
+                            }
+                            seq += 1;
+                            continue;
+                        }
+                        buf.resize(sizes.of(id, seq), 0);
+                        payload(&mut buf, id, seq);
+                        match c.append_batch_with(journal, &[&buf], durability).await {
+                            Ok(lsn) => {
+                                lat.record(p, t0);
+                                p.acked(1);
+                                if let Some(a) = ack_log {
+                                    a.ack(lsn, id, seq, &buf);
+                                }
+                            }
+                            Err(e) => {
+                                p.error(e);
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                        }
+                        seq += 1;
+                    }
+                    lat.all
+                }
+            });
+            // Keep space (not with an ack log: `check` reads every record back):
+            // once the journal holds over half the set, reclaim all but the
+            // newest records.
+            let marker = async {
+                if o.ack_log.is_some() {
+                    return;
+                }
+                let c = &clients[0];
+                while !p.stopped() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let Ok(st) = c.status().await else { continue };
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&st) else { continue };
+                    let total = v["segments_total"].as_u64().unwrap_or(0);
+                    let Some(j) =
+                        v["journals"].as_array().and_then(|a| a.iter().find(|j| j["name"] == o.journal.as_str()))
+                    else {
+                        continue;
+                    };
+                    if j["segments"].as_u64().unwrap_or(0) * 2 > total {
+                        let m = j["next_lsn"]
+                            .as_u64()
+                            .unwrap_or(0)
+                            .saturating_sub(10_000)
+                            .max(j["mark"].as_u64().unwrap_or(0));
+                        let _ = c.set_mark(&o.journal, m).await;
+                    }
+                }
+            };
+            let (hists, ()) = futures::future::join(futures::future::join_all(futs), marker).await;
+            let mut all = crate::report::new_hist();
+            for h in &hists {
+                let _ = all.add(h);
+            }
+            all
+        })
+    });
+    if let Some(a) = &o.ack_log {
+        a.flush().map_err(|e| format!("ack log: {e}"))?;
+    }
+    Ok(report)
+}
+
+/// `check --endpoint`: reads the journal from the first acknowledged LSN
+/// through the daemon and checks every ack against it.
+pub fn check_remote(endpoints: &[String], journal: &str, acks: &[crate::load::Ack]) -> Result<Findings, String> {
+    let rt = runtime(1)?;
+    rt.block_on(async {
+        let c = Client::connect(ClientConfig::new(endpoints.iter().cloned())).await.map_err(|e| e.to_string())?;
+        let mut out = Findings { acks: acks.len() as u64, ..Default::default() };
+        let from = acks.iter().map(|a| a.lsn).min().unwrap_or(1);
+        let mut by_lsn: HashMap<u64, (u32, Option<(usize, u64)>)> = HashMap::new();
+        let mut seen: HashMap<(usize, u64), Vec<u64>> = HashMap::new();
+        let mut next = from;
+        loop {
+            let (recs, n) = match c.read(journal, next, 100_000, 8 << 20).await {
+                Ok(r) => r,
+                Err(e) if e.code == 11 => {
+                    // below the mark: those acks are reported missing
+                    let (r, _) = c.read(journal, 0, 1, 1).await.map_err(|e| e.to_string())?;
+                    next = r.first().map(|r| r.lsn).unwrap_or(next + 1);
+                    continue;
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            if recs.is_empty() {
+                break;
+            }
+            for r in recs {
+                let who = parse_payload(&r.payload);
+                if let Some(k) = who {
+                    seen.entry(k).or_default().push(r.lsn);
+                }
+                by_lsn.insert(r.lsn, (r.crc32c, who));
+            }
+            next = n;
+        }
+        for a in acks {
+            match by_lsn.get(&a.lsn) {
+                None => out.missing.push(a.lsn),
+                Some((crc, who)) => {
+                    if *crc != a.crc || (who.is_some() && *who != Some((a.client, a.seq))) {
+                        out.corrupt.push(a.lsn);
+                    }
+                }
+            }
+        }
+        for ((client, seq), lsns) in seen {
+            if lsns.len() > 1 {
+                out.duplicated.push((client, seq, lsns));
+            }
+        }
+        out.missing.sort_unstable();
+        out.corrupt.sort_unstable();
+        out.duplicated.sort();
+        Ok(out)
+    })
+}
