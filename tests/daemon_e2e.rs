@@ -176,3 +176,58 @@ fn sigterm_drains_cleanly() {
         "epoll",
     );
 }
+
+/// Failover across an endpoint list: the first endpoint is dead, the client
+/// connects to the second; while it appends, that daemon is SIGKILLed and
+/// a daemon is started on the first endpoint's address with the same
+/// devices (what an operator's restart elsewhere looks like); the client
+/// moves there, resends, and nothing acknowledged is lost or written twice.
+#[test]
+fn client_fails_over_to_the_next_endpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(dir.path(), "");
+    let dead = format!("127.0.0.1:{}", common::daemon::free_port());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let acks: Acks = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (acks, stop, eps) = (acks.clone(), stop.clone(), vec![dead.clone(), d.addr.clone()]);
+        rt.spawn(async move {
+            let mut cfg = ClientConfig::new(eps);
+            cfg.request_timeout = Duration::from_secs(60);
+            cfg.backoff_max = Duration::from_millis(100);
+            let c = Client::connect(cfg).await.expect("connect skips the dead endpoint");
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let lsn = c.append("default", &payload(0, seq)).await.expect("append");
+                acks.lock().expect("acks").push((lsn, 0, seq));
+            }
+            c.server().0
+        })
+    };
+    let wait_for = |n: usize| {
+        let t0 = std::time::Instant::now();
+        while acks.lock().expect("acks").len() < n {
+            assert!(t0.elapsed() < Duration::from_secs(30), "no progress");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_for(200);
+    // Move the appliance to the first endpoint's address.
+    d.kill9();
+    let port: u16 = dead.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+    let text = std::fs::read_to_string(&d.config).expect("config");
+    let old_port = d.addr.rsplit(':').next().expect("port").to_string();
+    std::fs::write(&d.config, text.replace(&format!(":{old_port}\""), &format!(":{port}\""))).expect("config");
+    d.addr = dead.clone();
+    d.spawn();
+    d.wait_ready();
+    let n = acks.lock().expect("acks").len();
+    wait_for(n + 200);
+    stop.store(true, Ordering::Relaxed);
+    let served_by = rt.block_on(load).expect("load");
+    assert_eq!(served_by, dead, "the client followed the appliance to the other endpoint");
+    let acks = acks.lock().expect("acks").clone();
+    check(&d.addr, &acks);
+}
