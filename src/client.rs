@@ -246,26 +246,9 @@ impl Link {
     fn send(&mut self, bytes: &[u8]) -> bool {
         let mut sent = 0;
         if !self.writing && self.out.is_empty() {
-            let fd = self.stream.as_raw_fd();
-            while sent < bytes.len() {
-                // SAFETY: send(2) reads bytes[sent..] from our open socket.
-                let n = unsafe {
-                    libc::send(
-                        fd,
-                        bytes[sent..].as_ptr() as *const libc::c_void,
-                        bytes.len() - sent,
-                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                    )
-                };
-                if n > 0 {
-                    sent += n as usize;
-                    continue;
-                }
-                match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::EAGAIN) => break,
-                    _ => return false,
-                }
+            match crate::io::send_nonblocking(self.stream.as_raw_fd(), bytes) {
+                Ok(n) => sent = n,
+                Err(_) => return false,
             }
         }
         if sent < bytes.len() {
@@ -378,13 +361,13 @@ impl Client {
         self.info.lock().clone()
     }
 
+    /// Waits for one of the `max_inflight` request slots.
+    async fn slot(&self) -> Result<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))
+    }
+
     async fn call(&self, op: Op, frame: Vec<u8>, seq_at: Option<(usize, u64)>) -> Result<Reply> {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?;
+        let permit = self.slot().await?;
         let (tx, rx) = oneshot::channel();
         self.h.sh.submit(Cmd { op, frame, seq_at, reply: Reply_::Once(tx), permit }, self.timeout);
         rx.await.map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?
@@ -471,12 +454,7 @@ impl Client {
     /// Streams records from `from` (0: the first retained) and follows the
     /// tail. `credit` bytes may be in flight to this subscriber at once.
     pub async fn subscribe(&self, journal: &str, from: u64, credit: u32) -> Result<Subscription> {
-        let permit = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?;
+        let permit = self.slot().await?;
         // Unbounded, but the server sends at most `credit` bytes beyond
         // what this subscriber has consumed.
         let (tx, rx) = mpsc::unbounded_channel();

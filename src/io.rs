@@ -417,3 +417,35 @@ impl FaultInjector {
         self.rules.lock().iter().any(|(p, w, r)| p == path && ((write && *w) || (!write && *r)))
     }
 }
+
+/// Sends as much of `bytes` as the socket `fd` takes now, without blocking
+/// (`send(2)` with `MSG_DONTWAIT | MSG_NOSIGNAL`). Returns the bytes sent
+/// (fewer than asked when the socket buffer is full), or the socket's error.
+/// Used by the daemon and the client to answer from the task that has the
+/// bytes, instead of waking a writer task for each message.
+pub fn send_nonblocking(fd: std::os::fd::RawFd, bytes: &[u8]) -> std::io::Result<usize> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        // SAFETY: send(2) reads bytes[sent..], a valid borrowed slice.
+        let n = unsafe {
+            libc::send(
+                fd,
+                bytes[sent..].as_ptr() as *const libc::c_void,
+                bytes.len() - sent,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n > 0 {
+            sent += n as usize;
+            continue;
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) => break,
+            _ if n == 0 => break,
+            _ => return Err(e),
+        }
+    }
+    Ok(sent)
+}

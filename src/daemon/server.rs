@@ -118,33 +118,15 @@ impl Conn {
             return;
         }
         let mut out = self.out.borrow_mut();
-        let mut sent = 0;
-        while sent < out.len() {
-            // SAFETY: send(2) reads out[sent..] (valid, borrowed) from our socket.
-            let n = unsafe {
-                libc::send(
-                    self.fd,
-                    out[sent..].as_ptr() as *const libc::c_void,
-                    out.len() - sent,
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n > 0 {
-                sent += n as usize;
-                continue;
+        let sent = match crate::io::send_nonblocking(self.fd, &out) {
+            Ok(n) => n,
+            Err(_) => {
+                self.gone.set(true);
+                out.clear();
+                self.progress.notify_one();
+                return;
             }
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => break,
-                _ => {
-                    self.gone.set(true);
-                    out.clear();
-                    self.progress.notify_one();
-                    return;
-                }
-            }
-        }
+        };
         out.drain(..sent);
         if !out.is_empty() {
             self.out_ready.notify_one();
@@ -507,71 +489,41 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
     let efd = unsafe { AsyncFd::register(efd) }.map_err(|e| format!("eventfd: {e}"))?;
 
     for l in bound.tcp {
-        let srv = srv.clone();
         if bound.epoll {
-            let l = tokio::net::TcpListener::from_std(l).map_err(|e| format!("listener: {e}"))?;
-            tokio_uring::spawn(async move {
-                loop {
-                    let acc = tokio::select! {
-                        a = l.accept() => a,
-                        _ = srv.drain.notified() => break,
-                    };
-                    match acc {
-                        Ok((s, peer)) => {
-                            let _ = s.set_nodelay(true);
-                            tokio_uring::spawn(connection(srv.clone(), Rc::new(s), peer.to_string()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
+            let l = Rc::new(tokio::net::TcpListener::from_std(l).map_err(|e| format!("listener: {e}"))?);
+            tokio_uring::spawn(accept_loop(srv.clone(), move || {
+                let l = l.clone();
+                async move {
+                    let (s, peer) = l.accept().await?;
+                    let _ = s.set_nodelay(true);
+                    Ok((s, peer.to_string()))
                 }
-            });
-            continue;
+            }));
+        } else {
+            let l = Rc::new(tokio_uring::net::TcpListener::from_std(l));
+            tokio_uring::spawn(accept_loop(srv.clone(), move || {
+                let l = l.clone();
+                async move {
+                    let (s, peer) = l.accept().await?;
+                    let _ = s.set_nodelay(true);
+                    Ok((s, peer.to_string()))
+                }
+            }));
         }
-        tokio_uring::spawn(async move {
-            let l = tokio_uring::net::TcpListener::from_std(l);
-            loop {
-                let acc = tokio::select! {
-                    a = l.accept() => a,
-                    _ = srv.drain.notified() => break,
-                };
-                match acc {
-                    Ok((s, peer)) => {
-                        let _ = s.set_nodelay(true);
-                        let srv = srv.clone();
-                        tokio_uring::spawn(connection(srv, Rc::new(s), peer.to_string()));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        });
     }
     // Unix sockets are always readiness-based: tokio-uring's Unix listener
     // fails with EOPNOTSUPP on this kernel.
     for path in bound.unix {
         let l = tokio::net::UnixListener::bind(&path).map_err(|e| format!("listen on unix:{}: {e}", path.display()))?;
+        let l = Rc::new(l);
+        let name = format!("unix:{}", path.display());
         let srv = srv.clone();
         tokio_uring::spawn(async move {
-            loop {
-                let acc = tokio::select! {
-                    a = l.accept() => a,
-                    _ = srv.drain.notified() => break,
-                };
-                match acc {
-                    Ok((s, _)) => {
-                        tokio_uring::spawn(connection(srv.clone(), Rc::new(s), format!("unix:{}", path.display())));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
+            accept_loop(srv, move || {
+                let (l, name) = (l.clone(), name.clone());
+                async move { Ok((l.accept().await?.0, name)) }
+            })
+            .await;
             let _ = std::fs::remove_file(&path);
         });
     }
@@ -676,6 +628,29 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
         tokio::task::yield_now().await;
     }
     Ok(())
+}
+
+/// Accepts connections until the drain starts; each gets its own task.
+async fn accept_loop<S: Stream, F, Fut>(srv: Rc<Srv>, mut accept: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<(S, String)>>,
+{
+    loop {
+        let acc = tokio::select! {
+            a = accept() => a,
+            _ = srv.drain.notified() => break,
+        };
+        match acc {
+            Ok((s, peer)) => {
+                tokio_uring::spawn(connection(srv.clone(), Rc::new(s), peer));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
 }
 
 async fn http_metrics(srv: Rc<Srv>, s: tokio_uring::net::TcpStream) {
