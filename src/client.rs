@@ -89,6 +89,9 @@ pub struct ClientConfig {
     pub producer: Option<u64>,
     /// Name sent in Hello.
     pub client_name: String,
+    /// Largest frame body accepted from a server (its `limits.max_frame_bytes`
+    /// plus one record may exceed the protocol default).
+    pub max_frame: u32,
 }
 
 impl ClientConfig {
@@ -102,6 +105,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(1),
             producer: None,
             client_name: format!("mirrorlog-client/{}", env!("CARGO_PKG_VERSION")),
+            max_frame: 1 << 30,
         }
     }
 }
@@ -161,7 +165,8 @@ struct Cmd {
     /// Byte offset of an append's first sequence number in `frame`.
     seq_at: Option<(usize, u64)>,
     reply: Reply_,
-    permit: OwnedSemaphorePermit,
+    /// A request slot (none for Credit, which nothing answers).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 enum Reply_ {
@@ -177,7 +182,7 @@ struct Pending {
     frame: Vec<u8>,
     reply: Reply_,
     deadline: Instant,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Sets a frame's request id and (optionally) an append's first sequence,
@@ -278,7 +283,7 @@ impl Shared {
             patch(&mut frame, 0, None);
             if let Some(l) = st.link.as_mut() {
                 if !l.send(&frame) {
-                    st.link = None;
+                    drop_link(st);
                     self.wake_super.notify_one();
                 }
             }
@@ -290,7 +295,7 @@ impl Shared {
         patch(&mut frame, rid, seq);
         if let Some(l) = st.link.as_mut() {
             if !l.send(&frame) {
-                st.link = None;
+                drop_link(st);
                 self.wake_super.notify_one();
             }
         }
@@ -338,7 +343,13 @@ impl Client {
             st: parking_lot::Mutex::new(State {
                 pending: BTreeMap::new(),
                 next_rid: 1,
-                next_seq: 1,
+                // Sequences only grow for a producer id, also across restarts
+                // of a client configured with a fixed one: start from the clock.
+                next_seq: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or(1)
+                    .max(1),
                 link: None,
                 closed: false,
             }),
@@ -369,7 +380,7 @@ impl Client {
     async fn call(&self, op: Op, frame: Vec<u8>, seq_at: Option<(usize, u64)>) -> Result<Reply> {
         let permit = self.slot().await?;
         let (tx, rx) = oneshot::channel();
-        self.h.sh.submit(Cmd { op, frame, seq_at, reply: Reply_::Once(tx), permit }, self.timeout);
+        self.h.sh.submit(Cmd { op, frame, seq_at, reply: Reply_::Once(tx), permit: Some(permit) }, self.timeout);
         rx.await.map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))?
     }
 
@@ -462,7 +473,13 @@ impl Client {
         let mut frame = Vec::new();
         let credit = credit.max(64 << 10);
         Request::Subscribe { journal, from, credit_bytes: credit }.encode(0, &mut frame);
-        let cmd = Cmd { op: Op::Subscribe, frame, seq_at: None, reply: Reply_::Stream(tx, rid.clone()), permit };
+        let cmd = Cmd {
+            op: Op::Subscribe,
+            frame,
+            seq_at: None,
+            reply: Reply_::Stream(tx, rid.clone()),
+            permit: Some(permit),
+        };
         // A subscription lives until its connection or subscriber ends.
         self.h.sh.submit(cmd, Duration::from_secs(365 * 24 * 3600));
         Ok(Subscription { rx, buf: std::collections::VecDeque::new(), rid, consumed: 0, credit, client: self.clone() })
@@ -476,14 +493,13 @@ impl Subscription {
         if rid == 0 {
             return;
         }
-        let Ok(permit) = self.client.slots.clone().try_acquire_owned() else { return };
         let mut frame = Vec::new();
         Request::Credit { subscription: rid, bytes: self.consumed.min(u32::MAX as u64) as u32 }.encode(0, &mut frame);
         self.consumed = 0;
         self.client
             .h
             .sh
-            .submit(Cmd { op: Op::Credit, frame, seq_at: None, reply: Reply_::None, permit }, Duration::ZERO);
+            .submit(Cmd { op: Op::Credit, frame, seq_at: None, reply: Reply_::None, permit: None }, Duration::ZERO);
     }
 }
 
@@ -629,7 +645,7 @@ impl Supervisor {
             }
             st.link = Some(Link { gen, stream: stream.clone(), out, writing: false, wake_writer: wake_writer.clone() });
         }
-        tokio::spawn(reader(self.sh.clone(), stream.clone(), gen, c.rest));
+        tokio::spawn(reader(self.sh.clone(), stream.clone(), gen, c.rest, self.cfg.max_frame));
         tokio::spawn(writer(self.sh.clone(), stream, gen, wake_writer));
     }
 
@@ -676,13 +692,19 @@ impl Supervisor {
 fn lose(sh: &Shared, gen: u64) {
     let mut st = sh.st.lock();
     if st.link.as_ref().is_some_and(|l| l.gen == gen) {
-        if let Some(l) = st.link.take() {
-            let _ = socket2::SockRef::from(&*l.stream).shutdown(std::net::Shutdown::Both);
-            l.wake_writer.notify_one();
-        }
+        drop_link(&mut st);
     }
     drop(st);
     sh.wake_super.notify_one();
+}
+
+/// Ends the current connection: its socket is shut down, so its reader
+/// and writer tasks end and release it.
+fn drop_link(st: &mut State) {
+    if let Some(l) = st.link.take() {
+        let _ = socket2::SockRef::from(&*l.stream).shutdown(std::net::Shutdown::Both);
+        l.wake_writer.notify_one();
+    }
 }
 
 async fn writer(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, wake: Arc<Notify>) {
@@ -714,11 +736,11 @@ async fn writer(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, wake: Arc<Not
     }
 }
 
-async fn reader(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, mut buf: Vec<u8>) {
+async fn reader(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, mut buf: Vec<u8>, max_frame: u32) {
     buf.reserve(64 << 10);
     loop {
         loop {
-            let f = match decode_frame(&buf, DEFAULT_MAX_BODY) {
+            let f = match decode_frame(&buf, max_frame) {
                 Ok(Some((f, n))) => (f.opcode, f.request_id, n),
                 Ok(None) => break,
                 Err(e) => {
@@ -756,11 +778,14 @@ fn route(sh: &Shared, opcode: u8, rid: u64, body: &[u8]) -> Option<u16> {
     let pending = &mut st.pending;
     let f = crate::protocol::Frame { opcode, request_id: rid, body };
     let Some(p) = pending.get(&rid) else {
-        if opcode == Op::Error as u8 {
-            // A connection-level error (request id 0).
+        if opcode == Op::Error as u8 && rid == 0 {
+            // A connection-level error; others (a late answer to a request
+            // that timed out, an answer to Credit) are ignored.
             if let Ok(Response::Error { code, message }) = Response::decode(&f, Op::Error) {
                 tracing::warn!(code, message, "server error");
-                return Some(code);
+                if matches!(code, 100..=103) || fails_over(code) || code == codes::FRAME_TIMEOUT {
+                    return Some(code);
+                }
             }
         }
         return None;

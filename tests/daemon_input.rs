@@ -303,3 +303,86 @@ fn idempotent_appends_survive_restart() {
         vec![b"one", b"two", b"three", b"other producer", b"four", b"more", b"more", b"more", b"more", b"more"];
     assert_eq!(payloads, want, "each record written once");
 }
+
+/// Review findings, as regressions: a client that pipelines requests and
+/// never reads its answers holds the daemon's memory bounded (the daemon
+/// stops reading it); a busy pipelined sender whose reads always end
+/// mid-frame is not taken for a stalled one; a client restarted with a
+/// fixed producer id has its new appends written, not answered with old LSNs.
+#[test]
+fn review_regressions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(
+        dir.path(),
+        "[limits]\nframe_timeout = \"500ms\"\nmax_record_size = \"64KiB\"\nmax_frame_bytes = \"1MiB\"\nmax_inflight_bytes = \"1MiB\"\n",
+    );
+    let good = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).expect("client");
+    for i in 0..50u32 {
+        good.append("default", &[i as u8; 1000]).expect("append");
+    }
+    let rss0 = d.rss_kib();
+    // 1. Never reading: 20,000 Read requests of up to 1 MiB each.
+    let mut s = raw(&d.addr);
+    s.set_write_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let mut one = Vec::new();
+    Request::Read { journal: "default", from: 1, max_count: 1000, max_bytes: 1 << 20 }.encode(1, &mut one);
+    let mut sent = 0;
+    for _ in 0..20_000 {
+        if s.write_all(&one).is_err() {
+            break; // the daemon stopped reading us: back-pressure reached the socket
+        }
+        sent += 1;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss1 = d.rss_kib();
+    assert!(rss1 < rss0 + 64 * 1024, "memory grew from {rss0} to {rss1} KiB after {sent} unread reads");
+    good.append("default", b"others keep their service").expect("append");
+    drop(s);
+
+    // 2. A busy sender whose writes always end mid-frame, for 4 frame timeouts.
+    let mut s = raw(&d.addr);
+    let mut stream = Vec::new();
+    for i in 0..3000u64 {
+        Request::GetMark { journal: "default" }.encode(i + 1, &mut stream);
+    }
+    let t0 = std::time::Instant::now();
+    let mut off = 0;
+    let chunk = 37; // never a frame boundary for long
+    let reader = {
+        let mut r = s.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while n < 3000 {
+                match read_frame(&mut r) {
+                    Some(f) => {
+                        assert_eq!(error_code(&f), None, "answer {n}: an error, not a mark");
+                        n += 1;
+                    }
+                    None => return n,
+                }
+            }
+            n
+        })
+    };
+    while off < stream.len() {
+        let end = (off + chunk).min(stream.len());
+        s.write_all(&stream[off..end]).expect("write");
+        off = end;
+        std::thread::sleep(Duration::from_micros(600));
+    }
+    let answered = reader.join().expect("reader");
+    assert_eq!(answered, 3000, "every request answered ({:?} of steady mid-frame writes)", t0.elapsed());
+    assert!(t0.elapsed() > Duration::from_millis(1000), "the sender kept frames open past the 500 ms timeout");
+
+    // 3. A fixed producer id across client restarts.
+    let mut lsns = Vec::new();
+    for round in 0..2u8 {
+        let mut cfg = ClientConfig::new([d.addr.clone()]);
+        cfg.producer = Some(4242);
+        let c = BlockingClient::connect(cfg).expect("client");
+        lsns.push(c.append("default", &[round; 10]).expect("append"));
+    }
+    assert_ne!(lsns[0], lsns[1], "the second client's append was written, not answered with the first's LSN");
+    let (recs, _) = good.read("default", lsns[1], 1, 1 << 20).expect("read");
+    assert_eq!(recs[0].payload, [1u8; 10]);
+}

@@ -38,6 +38,9 @@ use crate::protocol::{
 };
 use crate::{Driver, Error, Journal, MirrorLog, Tag, Ticket};
 
+/// Subscriptions one connection may hold at once.
+const MAX_SUBSCRIPTIONS: usize = 16;
+
 /// One journal as the server sees it.
 struct Jd {
     j: Journal,
@@ -188,7 +191,7 @@ macro_rules! impl_stream {
                 self.write_all(buf).await
             }
             fn close(&self) {
-                let _ = self.shutdown(std::net::Shutdown::Both);
+                graceful_close(self.as_raw_fd());
             }
             fn raw_fd(&self) -> std::os::fd::RawFd {
                 self.as_raw_fd()
@@ -197,6 +200,25 @@ macro_rules! impl_stream {
     };
 }
 impl_stream!(tokio_uring::net::TcpStream);
+
+/// Ends a connection so that what was sent still arrives: FIN after the
+/// queued bytes, then input still unread is discarded (closing with unread
+/// input would make the kernel send a reset, which can destroy answers the
+/// peer has not read yet), then both directions are shut, which also ends
+/// a read pending in io_uring. The descriptor itself is closed on drop.
+fn graceful_close(fd: std::os::fd::RawFd) {
+    // SAFETY: shutdown(2) and recv(2) on our own socket, into a local buffer.
+    unsafe {
+        libc::shutdown(fd, libc::SHUT_WR);
+        let mut junk = [0u8; 4096];
+        for _ in 0..256 {
+            if libc::recv(fd, junk.as_mut_ptr() as *mut libc::c_void, junk.len(), libc::MSG_DONTWAIT) <= 0 {
+                break;
+            }
+        }
+        libc::shutdown(fd, libc::SHUT_RDWR);
+    }
+}
 
 /// The same for readiness-based (epoll) sockets, which tokio-uring's
 /// runtime also drives (`server.network = "epoll"`).
@@ -231,7 +253,7 @@ macro_rules! impl_stream_epoll {
                 (Ok(()), buf)
             }
             fn close(&self) {
-                let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Both);
+                graceful_close(self.as_raw_fd());
             }
             fn raw_fd(&self) -> std::os::fd::RawFd {
                 self.as_raw_fd()
@@ -586,7 +608,9 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
         }
         if srv.draining.get() {
             let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + srv.cfg.limits.drain_timeout);
-            if srv.pending_acks() == 0 && srv.in_flight() == 0 {
+            // Every append taken is answered, and every connection has
+            // flushed its answers and closed.
+            if srv.pending_acks() == 0 && srv.in_flight() == 0 && srv.m.connections.get() == 0 {
                 tracing::info!("drained");
                 break;
             }
@@ -756,6 +780,11 @@ async fn connection<S: Stream>(srv: Rc<Srv>, s: Rc<S>, peer: String) {
     conn.done.set(true);
     conn.out_ready.notify_one();
     let _ = writer.await;
+    // Invariant: nothing sends on this connection's descriptor once it is
+    // closed (the number may be reused by the next accepted socket): every
+    // send checks `gone` first, and tasks that outlive this one (a
+    // subscription's read in flight) see it.
+    conn.gone.set(true);
     s.close();
     srv.m.connections.set(srv.m.connections.get().saturating_sub(1));
 }
@@ -769,9 +798,14 @@ async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) -> &'static
     let mut partial_since: Option<Instant> = None;
     loop {
         // Back-pressure: do not read more while too much is waiting.
+        let waited_from = Instant::now();
         while (conn.inflight.get() > max_inflight || conn.out_len() > max_inflight) && !conn.gone.get() {
             srv.kick.notify_one();
             conn.progress.notified().await;
+        }
+        if let Some(t) = partial_since {
+            // Time the daemon itself held the connection back does not count.
+            partial_since = Some(t + waited_from.elapsed());
         }
         if conn.gone.get() {
             return "socket error";
@@ -835,11 +869,25 @@ async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) -> &'static
             let (frame, used) = f;
             pos += used;
             handle(srv, conn, &frame).await;
+            // Back-pressure between frames too: many small requests in one
+            // read must not pile up unbounded answers.
+            while (conn.inflight.get() > max_inflight || conn.out_len() > max_inflight) && !conn.gone.get() {
+                srv.kick.notify_one();
+                conn.progress.notified().await;
+            }
         }
         if pos > 0 {
             buf.drain(..pos);
         }
-        partial_since = if buf.is_empty() { None } else { partial_since.or(Some(Instant::now())) };
+        // The frame clock runs from when the current partial frame began:
+        // progress (a frame handled) or an empty buffer restarts it.
+        partial_since = if buf.is_empty() {
+            None
+        } else if pos > 0 {
+            Some(Instant::now())
+        } else {
+            partial_since.or(Some(Instant::now()))
+        };
         if buf.capacity() > 4 << 20 && buf.len() < 64 << 10 {
             buf.shrink_to(256 << 10);
         }
@@ -896,6 +944,11 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
             let Some(jd) = srv.journal(journal) else {
                 return fail(&Error::UnknownJournal(journal.to_string()));
             };
+            if conn.subs.borrow().contains_key(&rid) || conn.subs.borrow().len() >= MAX_SUBSCRIPTIONS {
+                let e = ProtoError::Malformed("subscription id in use, or too many subscriptions on this connection");
+                srv.m.error(e.code());
+                return conn.send(|o| proto_err(o, rid, &e));
+            }
             let sub = Rc::new(Sub { credit: Cell::new(credit_bytes as u64), wake: Notify::new() });
             conn.subs.borrow_mut().insert(rid, sub.clone());
             tokio_uring::spawn(subscription(srv.clone(), conn.clone(), jd, rid, from, sub));
@@ -1000,6 +1053,10 @@ fn append(
         );
     }
     let count = records.len() as u64;
+    if producer != 0 && first_seq.checked_add(count).is_none() {
+        let e = ProtoError::Malformed("sequence numbers overflow");
+        return fail(e.code(), &e.to_string());
+    }
     let payload: usize = records.iter().map(|r| r.len()).sum();
     let bytes = payload + 32 * records.len();
     if producer != 0 {
@@ -1093,6 +1150,10 @@ async fn read_records(
         let mut bytes = 0usize;
         let chunk = max_bytes.clamp(64 << 10, 1 << 20);
         j.visit(from, chunk, |r| {
+            // An answer stays within max_bytes, unless it is a single record.
+            if !out.is_empty() && bytes + r.payload.len() + 24 > max_bytes {
+                return false;
+            }
             out.push((r.lsn, r.epoch, crc32c::crc32c(r.payload), r.payload.to_vec()));
             bytes += r.payload.len() + 24;
             out.len() < max_count && bytes < max_bytes
@@ -1155,8 +1216,9 @@ async fn subscription(srv: Rc<Srv>, conn: Rc<Conn>, jd: Rc<Jd>, rid: u64, from: 
                     next = n;
                     continue;
                 }
-                let used: u64 = recs.iter().map(|r| r.3.len() as u64).sum();
-                sub.credit.set(sub.credit.get().saturating_sub(used.max(1)));
+                // Charged as the client refunds: payload bytes, at least 1 per record.
+                let used: u64 = recs.iter().map(|r| (r.3.len() as u64).max(1)).sum();
+                sub.credit.set(sub.credit.get().saturating_sub(used));
                 next = n;
                 conn.send(|o| encode_records(o, Op::Subscribe, rid, &recs, n));
             }
@@ -1167,5 +1229,8 @@ async fn subscription(srv: Rc<Srv>, conn: Rc<Conn>, jd: Rc<Jd>, rid: u64, from: 
             }
         }
     }
-    conn.subs.borrow_mut().remove(&rid);
+    let mut subs = conn.subs.borrow_mut();
+    if subs.get(&rid).is_some_and(|x| Rc::ptr_eq(x, &sub)) {
+        subs.remove(&rid);
+    }
 }
