@@ -42,6 +42,8 @@ pub enum Error {
     Closed,
     #[error("back-pressure: every batch buffer is in use; retry after writes complete")]
     Backpressure,
+    #[error("an append of several records totalling {size} bytes exceeds {max} bytes, the most one write batch holds (its records must be written together); split it")]
+    AppendTooLarge { size: usize, max: usize },
 }
 
 impl Error {
@@ -64,6 +66,7 @@ impl Error {
             Error::Corrupt(_) => 14,
             Error::Closed => 15,
             Error::Backpressure => 16,
+            Error::AppendTooLarge { .. } => 17,
         }
     }
 
@@ -86,6 +89,7 @@ impl Error {
             Error::Corrupt(_) => "corrupt",
             Error::Closed => "closed",
             Error::Backpressure => "backpressure",
+            Error::AppendTooLarge { .. } => "append-too-large",
         }
     }
 
@@ -110,6 +114,7 @@ impl Error {
             Error::Corrupt(s) => Error::Corrupt(s.clone()),
             Error::Closed => Error::Closed,
             Error::Backpressure => Error::Backpressure,
+            Error::AppendTooLarge { size, max } => Error::AppendTooLarge { size: *size, max: *max },
         }
     }
 }

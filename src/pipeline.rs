@@ -360,22 +360,24 @@ impl JournalInner {
 
     /// How many new segments placing records of these sizes needs: `place`'s
     /// decisions, made on numbers only.
-    fn segments_needed(&self, st: &JState, lens: impl Iterator<Item = usize>) -> usize {
+    fn segments_needed(&self, st: &JState, lens: impl Iterator<Item = usize>, group: Option<u64>) -> usize {
         let bs = self.block();
         let mut open = st.open.as_ref().map(|b| (b.seg_off + b.len as u64, (b.len - b.data_start) as u64));
         let mut tail = st.segs.back().map(|_| st.tail_off);
         let mut new = 0;
-        for len in lens {
+        for (i, len) in lens.enumerate() {
             let t = (RECORD_HEADER_LEN + len) as u64;
+            // The first record of a group is placed where the whole group fits.
+            let need = if i == 0 { group.unwrap_or(t).max(t) } else { t };
             if let Some((end, rb)) = open {
-                if self.fits_batch(rb, end, t) {
+                if self.fits_batch(rb, end, need) {
                     open = Some((end + t, rb + t));
                     continue;
                 }
                 tail = Some(align_up(end, bs));
             }
             match tail {
-                Some(to) if self.fits_segment(to, t) => open = Some((to + t, t)),
+                Some(to) if self.fits_segment(to, need) => open = Some((to + t, t)),
                 _ => {
                     new += 1;
                     tail = Some(0);
@@ -409,17 +411,21 @@ impl JournalInner {
 
     /// Places one record in the open batch. `Ok(None)`: no batch buffer is
     /// free; write or wait and call again.
-    fn place(&self, st: &mut JState, payload: &[u8], tag: Option<Tag>) -> Result<Option<u64>> {
+    /// `need`: bytes (with headers) that must fit in the batch from this
+    /// record on: the whole append for the first record of a group, so a
+    /// group lands in one batch (recovery keeps or drops a batch whole).
+    fn place(&self, st: &mut JState, payload: &[u8], tag: Option<Tag>, need: u64) -> Result<Option<u64>> {
         let bs = self.block();
         let body = payload.len() + if tag.is_some() { TAG_LEN } else { 0 };
         let t = (RECORD_HEADER_LEN + body) as u64;
+        let need = need.max(t);
         if let Some(b) = &st.open {
-            if !self.fits_batch((b.len - b.data_start) as u64, b.seg_off + b.len as u64, t) {
+            if !self.fits_batch((b.len - b.data_start) as u64, b.seg_off + b.len as u64, need) {
                 self.seal_open(st);
             }
         }
         if st.open.is_none() {
-            let in_tail = st.segs.back().is_some() && self.fits_segment(st.tail_off, t);
+            let in_tail = st.segs.back().is_some() && self.fits_segment(st.tail_off, need);
             let Some(mut buf) = st.pool.pop().or_else(|| self.new_buffer(st)) else {
                 return Ok(None);
             };
@@ -572,11 +578,11 @@ impl JournalInner {
             return Err(Error::Backpressure);
         }
         let body = payload.len() + if tag.is_some() { TAG_LEN } else { 0 };
-        if self.segments_needed(&st, std::iter::once(body)) > 0 {
+        if self.segments_needed(&st, std::iter::once(body), None) > 0 {
             st.reserved = self.shared.take_slots(self.id, 1)?;
         }
         let lsn = st.next_assign;
-        let r = self.place(&mut st, payload, tag);
+        let r = self.place(&mut st, payload, tag, 0);
         for s in st.reserved.drain(..) {
             self.shared.release_slot(s);
         }
@@ -607,6 +613,13 @@ impl JournalInner {
             return Err(Error::RecordTooLarge { size: p.len(), max });
         }
         let extra = if tag.is_some() { TAG_LEN } else { 0 };
+        // Invariant: the records of one submit_many land in one batch, so a
+        // crash keeps all of them or none (recovery cuts at batch ends).
+        let group: u64 = payloads.iter().map(|p| (RECORD_HEADER_LEN + extra + p.len()) as u64).sum();
+        let max_group = self.shared.cfg.max_batch_bytes.max(RECORD_HEADER_LEN + extra + max) as u64;
+        if payloads.len() > 1 && group > max_group {
+            return Err(Error::AppendTooLarge { size: group as usize, max: max_group as usize });
+        }
         let mut st = self.st.lock();
         loop {
             self.check_writable(&st)?;
@@ -616,7 +629,7 @@ impl JournalInner {
             // Another submit_many is mid-placement (only on another thread).
             MutexGuard::unlocked(&mut st, &mut make_room)?;
         }
-        let need = self.segments_needed(&st, payloads.iter().map(|p| p.len() + extra));
+        let need = self.segments_needed(&st, payloads.iter().map(|p| p.len() + extra), Some(group));
         if need > 0 {
             st.reserved = self.shared.take_slots(self.id, need)?;
         }
@@ -630,7 +643,9 @@ impl JournalInner {
             }
             let t = tag.map(|t| Tag { producer: t.producer, seq: t.seq + i as u64 });
             let lsn = st.next_assign;
-            match self.place(&mut st, payloads[i], t) {
+            // The whole group must fit where the first record goes.
+            let need = if i == 0 { group } else { 0 };
+            match self.place(&mut st, payloads[i], t, need) {
                 Ok(Some(batch)) => {
                     last = Ticket { lsn, batch };
                     i += 1;
@@ -805,7 +820,7 @@ impl JournalInner {
             self.excl_cv.wait(&mut st);
         }
         self.check_writable(&st)?;
-        let need = self.segments_needed(&st, payloads.clone().map(|p| p.len()));
+        let need = self.segments_needed(&st, payloads.clone().map(|p| p.len()), None);
         if need > 0 {
             st.reserved = self.shared.take_slots(self.id, need)?;
         }
@@ -818,7 +833,7 @@ impl JournalInner {
                 self.end_exclusive(&mut st);
                 return Err(e);
             }
-            match self.place(&mut st, p, None) {
+            match self.place(&mut st, p, None, 0) {
                 Ok(Some(seq)) => {
                     last_seq = seq;
                     it.next();

@@ -164,6 +164,7 @@ pub mod codes {
             14 => "corrupt",
             15 => "closed",
             16 => "backpressure",
+            17 => "append-too-large",
             100 => "bad-magic",
             101 => "unsupported-version",
             102 => "frame-too-large",

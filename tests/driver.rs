@@ -117,22 +117,40 @@ fn driver_degrades_on_a_failed_mirror_and_fails_with_none_left() {
 }
 
 /// `submit_many` with a producer tag: consecutive LSNs, tags read back with
-/// each record (also after reopen), payloads without the tag, max-size
-/// payloads included; a batch larger than every batch buffer together is
-/// placed by making room midway.
+/// each record (also after reopen), payloads without the tag. The records
+/// of one call land in one write batch (a crash keeps all or none): a group
+/// that does not fit the open batch starts a new one, a group larger than
+/// a batch is refused whole, and when every batch buffer is in use room is
+/// made midway.
 #[test]
-fn submit_many_tags_records_and_makes_room() {
+fn submit_many_tags_records_in_one_batch_and_makes_room() {
+    use mirrorlog::format::FLAG_BATCH_END;
     let dir = tempfile::tempdir().expect("tempdir");
     let devs = common::devices(dir.path(), 2, 8 << 20);
-    let cfg = common::small_config(&devs);
-    let max = cfg.max_record_size as usize;
-    let payloads: Vec<Vec<u8>> =
-        (0..40u64).map(|i| common::payload(i, if i % 7 == 0 { max } else { 100 + i as usize })).collect();
-    let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
-    let (first, untagged_lsn) = {
+    let cfg = common::small_config(&devs); // 32 KiB batches, 64 KiB records
+    let big: Vec<Vec<u8>> = (0..40u64).map(|i| common::payload(i, 4000)).collect();
+    let big_refs: Vec<&[u8]> = big.iter().map(|p| p.as_slice()).collect();
+    let group: Vec<Vec<u8>> = (0..3u64).map(|i| common::payload(100 + i, 8000)).collect();
+    let refs: Vec<&[u8]> = group.iter().map(|p| p.as_slice()).collect();
+    let (first, filler_last) = {
         let log = MirrorLog::create(&cfg).expect("create");
         let j = log.create_journal("t").expect("journal");
         let mut driver = Driver::new().expect("driver");
+        // Too large to be one batch: refused, nothing placed.
+        match j.submit_many(&big_refs, Some(Tag { producer: 7, seq: 1 }), || Ok(())) {
+            Err(Error::AppendTooLarge { .. }) => {}
+            r => panic!("expected append-too-large, got {r:?}"),
+        }
+        assert_eq!(j.next_lsn(), 1);
+        // Occupy every batch buffer with single records (nothing pumped yet).
+        let mut filler_last = 0;
+        loop {
+            match j.submit(&[9u8; 6000]) {
+                Ok(t) => filler_last = t.lsn,
+                Err(Error::Backpressure) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
         let mut rooms = 0;
         let (first, last) = j
             .submit_many(&refs, Some(Tag { producer: 7, seq: 100 }), || {
@@ -140,29 +158,35 @@ fn submit_many_tags_records_and_makes_room() {
                 driver.pump(&[&j], true).map(|_| ())
             })
             .expect("submit_many");
-        assert!(rooms > 0, "40 records of up to 64 KiB exceed the batch buffers: room must be made");
-        assert_eq!(last.lsn, first + 39);
+        assert!(rooms > 0, "every buffer was in use: room must be made");
+        assert_eq!(first, filler_last + 1);
+        assert_eq!(last.lsn, first + 2);
         let t = j.submit(b"plain").expect("submit");
         while !j.poll(&t).expect("poll") {
             driver.pump(&[&j], true).expect("pump");
         }
         assert!(j.poll(&last).expect("poll last"));
-        (first, t.lsn)
+        (first, filler_last)
     };
     let log = MirrorLog::open(&cfg).expect("reopen");
     let j = log.journal("t").expect("journal");
     let mut got = Vec::new();
-    j.visit(first, 64 << 10, |r| {
-        got.push((r.lsn, r.tag, r.payload.to_vec()));
+    j.visit(filler_last, 64 << 10, |r| {
+        got.push((r.lsn, r.tag, r.flags, r.payload.to_vec()));
         true
     })
     .expect("visit");
-    assert_eq!(got.len(), 41);
-    for (i, (lsn, tag, p)) in got.iter().take(40).enumerate() {
+    assert_eq!(got.len(), 5, "the last filler, the group of 3, the plain record");
+    assert!(got[0].2 & FLAG_BATCH_END != 0, "the group starts a batch of its own");
+    for (i, (lsn, tag, flags, p)) in got[1..4].iter().enumerate() {
         assert_eq!(*lsn, first + i as u64);
         assert_eq!(*tag, Some(Tag { producer: 7, seq: 100 + i as u64 }));
-        assert_eq!(p, &payloads[i]);
+        assert_eq!(p, &group[i]);
+        if i < 2 {
+            assert_eq!(*flags & FLAG_BATCH_END, 0, "no batch ends inside the group");
+        }
     }
-    assert_eq!(got[40], (untagged_lsn, None, b"plain".to_vec()));
-    assert_eq!(j.read(first + 7).expect("read"), payloads[7]);
+    assert_eq!(got[4].1, None);
+    assert_eq!(got[4].3, b"plain".to_vec());
+    assert_eq!(j.read(first + 1).expect("read"), group[1]);
 }
