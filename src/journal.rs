@@ -43,7 +43,19 @@ pub struct JournalInfo {
 impl JournalInner {
     /// Scans records from `from`, handing each verified record to `visit`
     /// until it returns false or the durable end is reached.
-    pub(crate) fn scan(&self, from: Lsn, mut visit: impl FnMut(&Rec<'_>) -> bool, chunk: usize) -> Result<()> {
+    pub(crate) fn scan(&self, from: Lsn, visit: impl FnMut(&Rec<'_>) -> bool, chunk: usize) -> Result<()> {
+        self.scan_from(from, visit, chunk, false)
+    }
+
+    /// `scan`; with `below_mark`, records below the mark are read too while
+    /// their segment is still held (not yet reclaimed).
+    pub(crate) fn scan_from(
+        &self,
+        from: Lsn,
+        mut visit: impl FnMut(&Rec<'_>) -> bool,
+        chunk: usize,
+        below_mark: bool,
+    ) -> Result<()> {
         let bs = self.shared.set.block_size;
         let mut lsn = from;
         let mut prefer = self.shared.set.healthy_indexes().next().unwrap_or(0);
@@ -53,7 +65,7 @@ impl JournalInner {
                 if st.deleted {
                     return Err(Error::UnknownJournal(self.name.clone()));
                 }
-                if lsn < st.mark {
+                if lsn < st.mark && !below_mark {
                     return Err(Error::BelowMark { lsn, mark: st.mark });
                 }
                 if lsn >= st.durable_lsn {
@@ -170,6 +182,13 @@ impl Journal {
     /// read buffer; `chunk` is the read size in bytes.
     pub fn visit(&self, from: Lsn, chunk: usize, visit: impl FnMut(&Rec<'_>) -> bool) -> Result<()> {
         self.inner.scan(from, visit, chunk.max(self.inner.shared.set.block_size as usize))
+    }
+
+    /// `visit`, but from any record the journal still holds, below the mark
+    /// too (records below the mark stay on disk until their whole segment is
+    /// reclaimed). The daemon rebuilds its idempotence table with it.
+    pub fn visit_retained(&self, from: Lsn, chunk: usize, visit: impl FnMut(&Rec<'_>) -> bool) -> Result<()> {
+        self.inner.scan_from(from, visit, chunk.max(self.inner.shared.set.block_size as usize), true)
     }
 
     /// The first LSN of each segment the journal holds, oldest first.

@@ -302,6 +302,17 @@ fn idempotent_appends_survive_restart() {
     let want: Vec<&[u8]> =
         vec![b"one", b"two", b"three", b"other producer", b"four", b"more", b"more", b"more", b"more", b"more"];
     assert_eq!(payloads, want, "each record written once");
+    // A consumer marks past the records, then the daemon restarts: a resend
+    // is still recognized (the table is rebuilt below the mark too).
+    let end = recs.last().map(|r| r.lsn + 1).expect("records");
+    c2.set_mark("default", end).expect("mark");
+    drop(c2);
+    d.kill9();
+    d.spawn();
+    d.wait_ready();
+    assert_eq!(send(&d.addr, 40, 42, 4, vec![b"four"]), Ok(c), "resend below the mark after a restart");
+    let c3 = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).expect("client");
+    assert_eq!(c3.read("default", end, 10, 1 << 20).expect("read").0.len(), 0, "nothing written again");
 }
 
 /// Review findings, as regressions: a client that pipelines requests and

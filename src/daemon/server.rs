@@ -291,9 +291,12 @@ impl Srv {
         let mut producers = Producers::new(idem.window, idem.max_producers);
         let t0 = Instant::now();
         let starts = j.segment_starts();
-        let from = starts.get(starts.len().saturating_sub(idem.scan_segments)).copied().unwrap_or(1).max(j.mark());
+        // From the start of the newest `scan_segments` segments, below the
+        // mark too: a record a consumer already marked may still be the
+        // answer to a producer's resend.
+        let from = starts.get(starts.len().saturating_sub(idem.scan_segments)).copied().unwrap_or(1);
         let mut tagged = 0u64;
-        let res = j.visit(from, 1 << 20, |r| {
+        let res = j.visit_retained(from, 1 << 20, |r| {
             if let Some(t) = r.tag {
                 producers.record(t.producer, t.seq, 1, r.lsn, None);
                 tagged += 1;
