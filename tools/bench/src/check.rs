@@ -23,6 +23,19 @@ pub struct Findings {
 }
 
 impl Findings {
+    /// Records every (client, seq) seen at more than one LSN as duplicated,
+    /// and sorts the findings.
+    pub fn finish(&mut self, seen: HashMap<(usize, u64), Vec<u64>>) {
+        for ((client, seq), lsns) in seen {
+            if lsns.len() > 1 {
+                self.duplicated.push((client, seq, lsns));
+            }
+        }
+        self.missing.sort_unstable();
+        self.corrupt.sort_unstable();
+        self.duplicated.sort();
+    }
+
     pub fn ok(&self) -> bool {
         self.missing.is_empty() && self.corrupt.is_empty() && self.duplicated.is_empty() && self.bad_lines == 0
     }
@@ -93,14 +106,7 @@ pub fn check(a: &CheckArgs) -> Result<Findings, String> {
         out.unreadable += 1;
         lsn += 1;
     }
-    for ((client, seq), lsns) in seen {
-        if lsns.len() > 1 {
-            out.duplicated.push((client, seq, lsns));
-        }
-    }
-    out.missing.sort_unstable();
-    out.corrupt.sort_unstable();
-    out.duplicated.sort();
+    out.finish(seen);
     Ok(out)
 }
 

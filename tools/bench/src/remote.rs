@@ -187,14 +187,7 @@ pub fn check_remote(endpoints: &[String], journal: &str, acks: &[crate::load::Ac
                 }
             }
         }
-        for ((client, seq), lsns) in seen {
-            if lsns.len() > 1 {
-                out.duplicated.push((client, seq, lsns));
-            }
-        }
-        out.missing.sort_unstable();
-        out.corrupt.sort_unstable();
-        out.duplicated.sort();
+        out.finish(seen);
         Ok(out)
     })
 }
