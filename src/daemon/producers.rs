@@ -94,10 +94,16 @@ impl Producers {
     }
 
     /// Records that `count` sequences from `seq` were placed at `lsn`.
-    pub fn record(&mut self, producer: u64, seq: u64, count: u64, lsn: u64, ticket: Option<Ticket>) {
+    /// `durable` is the journal's durable end: past `max_producers`, the
+    /// least recently used producer whose appends are all durable is
+    /// forgotten; one with an append still being written never is (so the
+    /// table may exceed the bound by the appends in flight, themselves
+    /// bounded per connection).
+    pub fn record(&mut self, producer: u64, seq: u64, count: u64, lsn: u64, ticket: Option<Ticket>, durable: u64) {
         self.clock += 1;
         if !self.map.contains_key(&producer) && self.map.len() >= self.max {
-            if let Some((&old, _)) = self.map.iter().min_by_key(|(_, p)| p.last_use) {
+            let settled = |p: &Producer| p.runs.back().is_none_or(|r| r.lsn + r.count <= durable);
+            if let Some((&old, _)) = self.map.iter().filter(|(_, p)| settled(p)).min_by_key(|(_, p)| p.last_use) {
                 self.map.remove(&old);
             }
         }
@@ -127,8 +133,8 @@ mod tests {
     fn new_resend_and_unknown() {
         let mut t = Producers::new(4, 10);
         assert_eq!(t.check(1, 1, 1), Check::New);
-        t.record(1, 1, 1, 100, None);
-        t.record(1, 2, 3, 105, None); // 2..4 at 105..107
+        t.record(1, 1, 1, 100, None, u64::MAX);
+        t.record(1, 2, 3, 105, None, u64::MAX); // 2..4 at 105..107
         assert_eq!(t.check(1, 1, 1), Check::Written { lsn: 100, ticket: None });
         assert_eq!(t.check(1, 3, 2), Check::Written { lsn: 106, ticket: None });
         assert_eq!(t.check(1, 3, 3), Check::Unknown { newest: 4 }, "overlaps the run only in part");
@@ -140,23 +146,34 @@ mod tests {
     fn rebuilt_records_merge_into_runs_and_window_bounds() {
         let mut t = Producers::new(2, 10);
         for i in 0..100 {
-            t.record(9, 10 + i, 1, 1000 + i, None);
+            t.record(9, 10 + i, 1, 1000 + i, None, u64::MAX);
         }
         assert_eq!(t.check(9, 10, 1), Check::Written { lsn: 1000, ticket: None }, "one merged run");
         assert_eq!(t.check(9, 109, 1), Check::Written { lsn: 1099, ticket: None });
-        t.record(9, 200, 1, 5000, None);
-        t.record(9, 300, 1, 6000, None);
+        t.record(9, 200, 1, 5000, None, u64::MAX);
+        t.record(9, 300, 1, 6000, None, u64::MAX);
         assert_eq!(t.check(9, 10, 1), Check::Unknown { newest: 300 }, "fell out of the window");
         assert_eq!(t.check(9, 200, 1), Check::Written { lsn: 5000, ticket: None });
     }
 
     #[test]
+    fn a_producer_with_an_append_in_flight_is_never_forgotten() {
+        let mut t = Producers::new(4, 2);
+        t.record(1, 1, 1, 10, None, 11); // durable
+        t.record(2, 1, 1, 11, None, 11); // lsn 11 not yet durable
+        let _ = t.check(1, 1, 1); // 1 is the more recently used
+        t.record(3, 1, 1, 12, None, 11);
+        assert_eq!(t.check(2, 1, 1), Check::Written { lsn: 11, ticket: None }, "in flight: kept");
+        assert_eq!(t.check(1, 1, 1), Check::New, "settled: forgotten, though used more recently");
+    }
+
+    #[test]
     fn least_recently_used_producer_is_forgotten() {
         let mut t = Producers::new(4, 2);
-        t.record(1, 1, 1, 1, None);
-        t.record(2, 1, 1, 2, None);
+        t.record(1, 1, 1, 1, None, u64::MAX);
+        t.record(2, 1, 1, 2, None, u64::MAX);
         let _ = t.check(1, 1, 1); // 1 is used again
-        t.record(3, 1, 1, 3, None);
+        t.record(3, 1, 1, 3, None, u64::MAX);
         assert_eq!(t.len(), 2);
         assert_eq!(t.check(2, 1, 1), Check::New, "2 was the least recently used");
         assert_eq!(t.check(1, 1, 1), Check::Written { lsn: 1, ticket: None });

@@ -298,7 +298,7 @@ impl Srv {
         let mut tagged = 0u64;
         let res = j.visit_retained(from, 1 << 20, |r| {
             if let Some(t) = r.tag {
-                producers.record(t.producer, t.seq, 1, r.lsn, None);
+                producers.record(t.producer, t.seq, 1, r.lsn, None, u64::MAX);
                 tagged += 1;
             }
             true
@@ -1110,7 +1110,8 @@ fn append(
     match res {
         Ok((first, last)) => {
             if producer != 0 {
-                jd.producers.borrow_mut().record(producer, first_seq, count, first, Some(last));
+                let durable = jd.j.next_lsn();
+                jd.producers.borrow_mut().record(producer, first_seq, count, first, Some(last), durable);
             }
             conn.inflight.set(conn.inflight.get() + bytes);
             jd.pending.borrow_mut().push_back(Ack {
