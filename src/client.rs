@@ -44,7 +44,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::protocol::{
-    codes, decode_frame, Durability, Op, ProtoError, Request, Response, DEFAULT_MAX_BODY, HEADER_LEN, VERSION,
+    codes, decode_frame, seal_frame, Durability, Op, ProtoError, Request, Response, DEFAULT_MAX_BODY, HEADER_LEN,
+    VERSION,
 };
 
 /// An error from the client: a numbered code (the daemon's, or `timeout`
@@ -186,14 +187,13 @@ struct Pending {
 }
 
 /// Sets a frame's request id and (optionally) an append's first sequence,
-/// and recomputes its CRC.
+/// then seals it (its CRC is computed once, here).
 fn patch(frame: &mut [u8], rid: u64, seq: Option<(usize, u64)>) {
     frame[4..12].copy_from_slice(&rid.to_le_bytes());
     if let Some((at, s)) = seq {
         frame[at..at + 8].copy_from_slice(&s.to_le_bytes());
     }
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&frame[..16]), &frame[HEADER_LEN..]);
-    frame[16..20].copy_from_slice(&crc.to_le_bytes());
+    seal_frame(frame);
 }
 
 /// A connection (with failover) to mirrorlog appliances. Cheap to clone;
@@ -397,7 +397,7 @@ impl Client {
             Request::Append { journal, durability, producer: self.producer, first_seq: 0, records: records.to_vec() };
         let mut frame =
             Vec::with_capacity(HEADER_LEN + 32 + journal.len() + records.iter().map(|r| r.len() + 4).sum::<usize>());
-        req.encode(0, &mut frame);
+        req.encode_unsealed(0, &mut frame);
         let seq_at = (self.producer != 0).then_some((HEADER_LEN + 2 + journal.len() + 1 + 8, records.len() as u64));
         match self.call(Op::Append, frame, seq_at).await? {
             Reply::Appended { first_lsn } => Ok(first_lsn),
@@ -409,7 +409,7 @@ impl Client {
     /// the first retained). Returns them and the LSN to read next.
     pub async fn read(&self, journal: &str, from: u64, max_count: u32, max_bytes: u32) -> Result<(Vec<Record>, u64)> {
         let mut frame = Vec::new();
-        Request::Read { journal, from, max_count, max_bytes }.encode(0, &mut frame);
+        Request::Read { journal, from, max_count, max_bytes }.encode_unsealed(0, &mut frame);
         match self.call(Op::Read, frame, None).await? {
             Reply::Records { records, next_lsn } => Ok((records, next_lsn)),
             r => Err(unexpected(&r)),
@@ -418,13 +418,13 @@ impl Client {
 
     pub async fn set_mark(&self, journal: &str, lsn: u64) -> Result<()> {
         let mut frame = Vec::new();
-        Request::SetMark { journal, lsn }.encode(0, &mut frame);
+        Request::SetMark { journal, lsn }.encode_unsealed(0, &mut frame);
         self.call(Op::SetMark, frame, None).await.map(|_| ())
     }
 
     pub async fn get_mark(&self, journal: &str) -> Result<u64> {
         let mut frame = Vec::new();
-        Request::GetMark { journal }.encode(0, &mut frame);
+        Request::GetMark { journal }.encode_unsealed(0, &mut frame);
         match self.call(Op::GetMark, frame, None).await? {
             Reply::Mark(l) => Ok(l),
             r => Err(unexpected(&r)),
@@ -433,19 +433,19 @@ impl Client {
 
     pub async fn create_journal(&self, journal: &str) -> Result<()> {
         let mut frame = Vec::new();
-        Request::CreateJournal { journal }.encode(0, &mut frame);
+        Request::CreateJournal { journal }.encode_unsealed(0, &mut frame);
         self.call(Op::CreateJournal, frame, None).await.map(|_| ())
     }
 
     pub async fn delete_journal(&self, journal: &str) -> Result<()> {
         let mut frame = Vec::new();
-        Request::DeleteJournal { journal }.encode(0, &mut frame);
+        Request::DeleteJournal { journal }.encode_unsealed(0, &mut frame);
         self.call(Op::DeleteJournal, frame, None).await.map(|_| ())
     }
 
     pub async fn journals(&self) -> Result<Vec<String>> {
         let mut frame = Vec::new();
-        Request::ListJournals.encode(0, &mut frame);
+        Request::ListJournals.encode_unsealed(0, &mut frame);
         match self.call(Op::ListJournals, frame, None).await? {
             Reply::Journals(n) => Ok(n),
             r => Err(unexpected(&r)),
@@ -455,7 +455,7 @@ impl Client {
     /// The daemon's status as JSON text.
     pub async fn status(&self) -> Result<String> {
         let mut frame = Vec::new();
-        Request::Status.encode(0, &mut frame);
+        Request::Status.encode_unsealed(0, &mut frame);
         match self.call(Op::Status, frame, None).await? {
             Reply::Status(s) => Ok(s),
             r => Err(unexpected(&r)),
@@ -472,7 +472,7 @@ impl Client {
         let rid = Arc::new(AtomicU64::new(0));
         let mut frame = Vec::new();
         let credit = credit.max(64 << 10);
-        Request::Subscribe { journal, from, credit_bytes: credit }.encode(0, &mut frame);
+        Request::Subscribe { journal, from, credit_bytes: credit }.encode_unsealed(0, &mut frame);
         let cmd = Cmd {
             op: Op::Subscribe,
             frame,
@@ -494,7 +494,8 @@ impl Subscription {
             return;
         }
         let mut frame = Vec::new();
-        Request::Credit { subscription: rid, bytes: self.consumed.min(u32::MAX as u64) as u32 }.encode(0, &mut frame);
+        Request::Credit { subscription: rid, bytes: self.consumed.min(u32::MAX as u64) as u32 }
+            .encode_unsealed(0, &mut frame);
         self.consumed = 0;
         self.client
             .h

@@ -80,8 +80,19 @@ impl Driver {
     /// then reaps completions, waiting for at least one if `wait` and any
     /// write is in flight. Returns how many batch writes finished.
     pub fn pump(&mut self, journals: &[&Journal], wait: bool) -> Result<usize> {
+        self.pump_any(journals, wait)
+    }
+
+    /// `pump` over owned handles (an event loop's journal list, without
+    /// building a slice of references on every turn).
+    pub fn pump_all(&mut self, journals: &[Journal], wait: bool) -> Result<usize> {
+        self.pump_any(journals, wait)
+    }
+
+    fn pump_any<J: std::borrow::Borrow<Journal>>(&mut self, journals: &[J], wait: bool) -> Result<usize> {
         let mut finished = 0;
         for j in journals {
+            let j = j.borrow();
             // Claim only with a flight slot in hand: a claimed batch must be written.
             while let Some(idx) = self.free.pop() {
                 match j.inner.claim_async() {

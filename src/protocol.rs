@@ -243,6 +243,14 @@ pub fn decode_frame(buf: &[u8], max_body: u32) -> Result<Option<(Frame<'_>, usiz
 /// Appends a frame (header and body) to `out`. `body` fills the body.
 pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, request_id: u64, body: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
+    encode_frame_unsealed(out, opcode, request_id, body);
+    seal_frame(&mut out[start..]);
+}
+
+/// `encode_frame` without the CRC: for a sender that sets fields (request
+/// id, sequence) later and then calls `seal_frame` once.
+pub fn encode_frame_unsealed(out: &mut Vec<u8>, opcode: u8, request_id: u64, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.push(VERSION);
     out.push(opcode);
@@ -251,8 +259,12 @@ pub fn encode_frame(out: &mut Vec<u8>, opcode: u8, request_id: u64, body: impl F
     body(out);
     let len = (out.len() - start - HEADER_LEN) as u32;
     out[start + 12..start + 16].copy_from_slice(&len.to_le_bytes());
-    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[start..start + 16]), &out[start + HEADER_LEN..]);
-    out[start + 16..start + 20].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Sets a whole encoded frame's CRC (header bytes 0..16, then the body).
+pub fn seal_frame(frame: &mut [u8]) {
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&frame[..16]), &frame[HEADER_LEN..]);
+    frame[16..20].copy_from_slice(&crc.to_le_bytes());
 }
 
 // ---------------------------------------------------------------------------
@@ -474,7 +486,14 @@ impl<'a> Request<'a> {
 
     /// Appends this request as a frame.
     pub fn encode(&self, request_id: u64, out: &mut Vec<u8>) {
-        encode_frame(out, self.op() as u8, request_id, |b| match self {
+        let start = out.len();
+        self.encode_unsealed(request_id, out);
+        seal_frame(&mut out[start..]);
+    }
+
+    /// Appends this request as a frame without its CRC (`seal_frame`).
+    pub fn encode_unsealed(&self, request_id: u64, out: &mut Vec<u8>) {
+        encode_frame_unsealed(out, self.op() as u8, request_id, |b| match self {
             Request::Hello { min_version, max_version, client } => {
                 b.push(*min_version);
                 b.push(*max_version);

@@ -34,7 +34,7 @@
 //! complete batch: the records an open of the set would keep.
 
 use std::collections::HashMap;
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
@@ -80,7 +80,7 @@ impl Default for VerifyOptions {
 
 /// The findings of `verify`. `ok()` when there is no problem; notes are
 /// informational (warnings included).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct VerifyReport {
     /// The set, from the newest valid superblock (None if no device has one).
     pub set: Option<SetSummary>,
@@ -91,7 +91,7 @@ pub struct VerifyReport {
 }
 
 /// The mirror set as the newest superblock describes it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SetSummary {
     pub set_uuid: String,
     pub generation: u64,
@@ -104,17 +104,18 @@ pub struct SetSummary {
 }
 
 /// One member listed in the superblock.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct MemberReport {
     pub uuid: String,
     pub slot: u16,
+    #[serde(serialize_with = "ser_health")]
     pub health: Health,
     /// The given device that is this member, if any.
     pub device: Option<String>,
 }
 
 /// One given device.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct DeviceReport {
     pub path: String,
     pub opened: bool,
@@ -123,6 +124,7 @@ pub struct DeviceReport {
     pub in_use: bool,
     pub size: u64,
     /// Superblock copies A and B.
+    #[serde(rename = "superblock_copies")]
     pub copies: Vec<CopyReport>,
     pub set_uuid: Option<String>,
     pub member_uuid: Option<String>,
@@ -130,11 +132,12 @@ pub struct DeviceReport {
     pub generation: Option<u64>,
     /// Its member slot and health in the newest superblock.
     pub member_slot: Option<u16>,
+    #[serde(serialize_with = "ser_opt_health")]
     pub health: Option<Health>,
 }
 
 /// One superblock copy of a device.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct CopyReport {
     pub offset: u64,
     pub generation: Option<u64>,
@@ -142,7 +145,7 @@ pub struct CopyReport {
 }
 
 /// One journal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct JournalReport {
     pub name: String,
     pub id: u64,
@@ -154,7 +157,7 @@ pub struct JournalReport {
 }
 
 /// A journal's chain on one member.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct MemberChain {
     pub device: String,
     pub failed: bool,
@@ -168,7 +171,7 @@ pub struct MemberChain {
 }
 
 /// The chain of one segment on one member.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct SegmentChain {
     pub slot: u64,
     pub seq: u64,
@@ -181,7 +184,7 @@ pub struct SegmentChain {
 }
 
 /// Where a member's chain ends in the tail segment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct TailEnd {
     pub slot: u64,
     /// The LSN after the last verified record.
@@ -1242,92 +1245,7 @@ pub fn dump(
 }
 
 // ---------------------------------------------------------------------------
-// JSON (hand-written: no serialization crate)
-
-fn json_str(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-/// Writes one JSON object, field by field.
-struct Obj<'a> {
-    out: &'a mut String,
-    first: bool,
-}
-
-impl<'a> Obj<'a> {
-    fn new(out: &'a mut String) -> Obj<'a> {
-        out.push('{');
-        Obj { out, first: true }
-    }
-    fn key(&mut self, k: &str) -> &mut String {
-        if !self.first {
-            self.out.push(',');
-        }
-        self.first = false;
-        json_str(self.out, k);
-        self.out.push(':');
-        self.out
-    }
-    fn str(&mut self, k: &str, v: &str) -> &mut Self {
-        json_str(self.key(k), v);
-        self
-    }
-    fn opt_str(&mut self, k: &str, v: Option<&str>) -> &mut Self {
-        match v {
-            Some(v) => self.str(k, v),
-            None => {
-                self.key(k).push_str("null");
-                self
-            }
-        }
-    }
-    fn num(&mut self, k: &str, v: u64) -> &mut Self {
-        let _ = write!(self.key(k), "{v}");
-        self
-    }
-    fn opt_num(&mut self, k: &str, v: Option<u64>) -> &mut Self {
-        match v {
-            Some(v) => self.num(k, v),
-            None => {
-                self.key(k).push_str("null");
-                self
-            }
-        }
-    }
-    fn bool(&mut self, k: &str, v: bool) -> &mut Self {
-        self.key(k).push_str(if v { "true" } else { "false" });
-        self
-    }
-    fn arr<T>(&mut self, k: &str, items: &[T], f: impl Fn(&mut String, &T)) -> &mut Self {
-        let out = self.key(k);
-        out.push('[');
-        for (i, it) in items.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            f(out, it);
-        }
-        out.push(']');
-        self
-    }
-    fn end(self) {
-        self.out.push('}');
-    }
-}
+// JSON
 
 fn health_str(h: Health) -> &'static str {
     match h {
@@ -1336,101 +1254,28 @@ fn health_str(h: Health) -> &'static str {
     }
 }
 
+fn ser_health<S: serde::Serializer>(h: &Health, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(health_str(*h))
+}
+
+fn ser_opt_health<S: serde::Serializer>(h: &Option<Health>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    match h {
+        Some(h) => s.serialize_str(health_str(*h)),
+        None => s.serialize_none(),
+    }
+}
+
 impl VerifyReport {
-    /// The report as a JSON object (no serialization crate involved).
+    /// The report as a JSON object, with `ok` added.
     pub fn to_json(&self) -> String {
-        let mut out = String::new();
-        let mut o = Obj::new(&mut out);
-        o.bool("ok", self.ok());
-        match &self.set {
-            None => {
-                o.key("set").push_str("null");
-            }
-            Some(s) => {
-                let out = o.key("set");
-                let mut so = Obj::new(out);
-                so.str("set_uuid", &s.set_uuid)
-                    .num("generation", s.generation)
-                    .num("epoch", s.epoch)
-                    .num("block_size", s.block_size as u64)
-                    .num("segment_size", s.segment_size)
-                    .num("device_size", s.device_size)
-                    .num("slot_count", s.slot_count)
-                    .arr("members", &s.members, |out, m| {
-                        let mut mo = Obj::new(out);
-                        mo.str("uuid", &m.uuid)
-                            .num("slot", m.slot as u64)
-                            .str("health", health_str(m.health))
-                            .opt_str("device", m.device.as_deref());
-                        mo.end();
-                    });
-                so.end();
-            }
+        #[derive(serde::Serialize)]
+        struct WithOk<'a> {
+            ok: bool,
+            #[serde(flatten)]
+            report: &'a VerifyReport,
         }
-        o.arr("devices", &self.devices, |out, d| {
-            let mut dobj = Obj::new(out);
-            dobj.str("path", &d.path)
-                .bool("opened", d.opened)
-                .bool("direct_io", d.direct_io)
-                .bool("in_use", d.in_use)
-                .num("size", d.size)
-                .arr("superblock_copies", &d.copies, |out, c| {
-                    let mut co = Obj::new(out);
-                    co.num("offset", c.offset).opt_num("generation", c.generation).opt_str("error", c.error.as_deref());
-                    co.end();
-                })
-                .opt_str("set_uuid", d.set_uuid.as_deref())
-                .opt_str("member_uuid", d.member_uuid.as_deref())
-                .opt_num("generation", d.generation)
-                .opt_num("member_slot", d.member_slot.map(u64::from))
-                .opt_str("health", d.health.map(health_str));
-            dobj.end();
-        });
-        o.arr("journals", &self.journals, |out, j| {
-            let mut jo = Obj::new(out);
-            jo.str("name", &j.name)
-                .num("id", j.id)
-                .num("mark", j.mark)
-                .num("differing_blocks", j.differing_blocks)
-                .arr("members", &j.members, |out, m| {
-                    let mut mo = Obj::new(out);
-                    mo.str("device", &m.device)
-                        .bool("failed", m.failed)
-                        .num("records", m.records)
-                        .opt_num("first_lsn", m.first_lsn)
-                        .opt_num("last_lsn", m.last_lsn)
-                        .arr("segments", &m.segments, |out, s| {
-                            let mut so = Obj::new(out);
-                            so.num("slot", s.slot)
-                                .num("seq", s.seq)
-                                .num("first_lsn", s.first_lsn)
-                                .num("records", s.records)
-                                .num("end_lsn", s.end_lsn)
-                                .num("end_offset", s.end_offset);
-                            so.end();
-                        });
-                    match &m.tail {
-                        None => {
-                            mo.key("tail").push_str("null");
-                        }
-                        Some(t) => {
-                            let mut to = Obj::new(mo.key("tail"));
-                            to.num("slot", t.slot)
-                                .num("next_lsn", t.next_lsn)
-                                .num("end_offset", t.end_offset)
-                                .num("complete_lsn", t.complete_lsn)
-                                .num("complete_offset", t.complete_offset);
-                            to.end();
-                        }
-                    }
-                    mo.end();
-                });
-            jo.end();
-        });
-        o.arr("problems", &self.problems, |out, p| json_str(out, p));
-        o.arr("notes", &self.notes, |out, n| json_str(out, n));
-        o.end();
-        out
+        serde_json::to_string(&WithOk { ok: self.ok(), report: self })
+            .unwrap_or_else(|e| format!("{{\"ok\":false,\"error\":{:?}}}", e.to_string()))
     }
 }
 
@@ -1536,13 +1381,6 @@ impl fmt::Display for VerifyReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn json_strings_are_escaped() {
-        let mut s = String::new();
-        json_str(&mut s, "a\"b\\c\nd\u{1}é");
-        assert_eq!(s, "\"a\\\"b\\\\c\\nd\\u0001é\"");
-    }
 
     #[test]
     fn empty_report_is_ok_and_serializes() {

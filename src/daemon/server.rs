@@ -65,6 +65,26 @@ struct Ack {
     start: Instant,
 }
 
+impl Ack {
+    /// Queues the ack: its bytes count against the connection's in-flight
+    /// limit until it is answered (`release`).
+    fn queue(self, jd: &Jd) {
+        self.conn.inflight.set(self.conn.inflight.get() + self.bytes);
+        jd.pending.borrow_mut().push_back(self);
+    }
+
+    fn release(&self) {
+        self.conn.inflight.set(self.conn.inflight.get() - self.bytes);
+        self.conn.progress.notify_one();
+    }
+
+    /// Answers with an error instead.
+    fn fail(&self, e: &Error) {
+        self.conn.send(|o| err_frame(o, self.request_id, e.code(), &e.to_string()));
+        self.release();
+    }
+}
+
 /// A client connection's shared state (its reader and writer tasks, and
 /// the acks and subscriptions that answer it).
 struct Conn {
@@ -331,10 +351,9 @@ impl Srv {
     }
 
     /// Writes batches and reaps completions; waits for one if `wait`.
+    /// (No allocation: it runs on every turn of the loop.)
     fn pump(&self, wait: bool) -> crate::Result<usize> {
-        let list = self.jlist.borrow().clone();
-        let refs: Vec<&Journal> = list.iter().collect();
-        let n = self.driver.borrow_mut().pump(&refs, wait)?;
+        let n = self.driver.borrow_mut().pump_all(&self.jlist.borrow(), wait)?;
         self.settle();
         Ok(n)
     }
@@ -349,8 +368,8 @@ impl Srv {
 
     /// Answers every append that became durable (or failed).
     fn settle(&self) {
-        let jds: Vec<Rc<Jd>> = self.journals.borrow().values().cloned().collect();
-        for jd in jds {
+        // Nothing below creates or deletes journals, so the map stays borrowed.
+        for jd in self.journals.borrow().values() {
             loop {
                 let front = {
                     let p = jd.pending.borrow();
@@ -374,14 +393,13 @@ impl Srv {
                         });
                         self.m.append_latency.observe(a.start.elapsed());
                         self.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
+                        a.release();
                     }
                     Err(e) => {
                         self.m.error(e.code());
-                        a.conn.send(|o| err_frame(o, a.request_id, e.code(), &e.to_string()));
+                        a.fail(&e);
                     }
                 }
-                a.conn.inflight.set(a.conn.inflight.get() - a.bytes);
-                a.conn.progress.notify_one();
             }
             let d = jd.j.next_lsn();
             if d != jd.last_durable.get() {
@@ -998,13 +1016,12 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
         },
         Request::DeleteJournal { journal } => match srv.log.delete_journal(journal) {
             Ok(()) => {
-                if let Some(jd) = srv.journals.borrow_mut().remove(journal) {
+                let removed = srv.journals.borrow_mut().remove(journal);
+                if let Some(jd) = removed {
                     srv.jlist.borrow_mut().retain(|j| j.name() != journal);
                     let e = Error::UnknownJournal(journal.to_string());
                     for a in jd.pending.borrow_mut().drain(..) {
-                        a.conn.send(|o| err_frame(o, a.request_id, e.code(), &e.to_string()));
-                        a.conn.inflight.set(a.conn.inflight.get() - a.bytes);
-                        a.conn.progress.notify_one();
+                        a.fail(&e);
                     }
                     jd.advanced.notify_waiters();
                 }
@@ -1062,35 +1079,32 @@ fn append(
     }
     let payload: usize = records.iter().map(|r| r.len()).sum();
     let bytes = payload + 32 * records.len();
+    let ack = |ticket: Ticket, first_lsn: u64| Ack {
+        conn: conn.clone(),
+        request_id: rid,
+        ticket,
+        first_lsn,
+        count: count as u32,
+        bytes,
+        payload,
+        start,
+    };
     if producer != 0 {
         let check = jd.producers.borrow_mut().check(producer, first_seq, count);
         match check {
             Check::New => {}
             Check::Written { lsn, ticket } => {
                 srv.m.deduplicated.set(srv.m.deduplicated.get() + 1);
-                let ready = ticket.map(|t| jd.j.poll(&t));
-                match ready {
-                    None | Some(Ok(true)) => {
+                match ticket.map(|t| (t, jd.j.poll(&t))) {
+                    // Rebuilt from disk (durable), or written since.
+                    None | Some((_, Ok(true))) => {
                         conn.send(|o| {
                             Response::Appended { first_lsn: lsn, count: count as u32 }.encode(Op::Append, rid, o)
                         });
                     }
-                    Some(Err(e)) => fail(e.code(), &e.to_string()),
-                    Some(Ok(false)) => {
-                        // The original is still being written: answer with it.
-                        let t = ticket.unwrap_or(Ticket { lsn, batch: 0 });
-                        conn.inflight.set(conn.inflight.get() + bytes);
-                        jd.pending.borrow_mut().push_back(Ack {
-                            conn: conn.clone(),
-                            request_id: rid,
-                            ticket: t,
-                            first_lsn: lsn,
-                            count: count as u32,
-                            bytes,
-                            payload,
-                            start,
-                        });
-                    }
+                    Some((_, Err(e))) => fail(e.code(), &e.to_string()),
+                    // The original is still being written: answer with it.
+                    Some((ticket, Ok(false))) => ack(ticket, lsn).queue(&jd),
                 }
                 return;
             }
@@ -1113,17 +1127,7 @@ fn append(
                 let durable = jd.j.next_lsn();
                 jd.producers.borrow_mut().record(producer, first_seq, count, first, Some(last), durable);
             }
-            conn.inflight.set(conn.inflight.get() + bytes);
-            jd.pending.borrow_mut().push_back(Ack {
-                conn: conn.clone(),
-                request_id: rid,
-                ticket: last,
-                first_lsn: first,
-                count: count as u32,
-                bytes,
-                payload,
-                start,
-            });
+            ack(last, first).queue(&jd);
         }
         Err(e) => fail(e.code(), &e.to_string()),
     }
