@@ -32,6 +32,9 @@ pub struct Config {
     /// Read index granularity: one index entry per this many bytes of a
     /// segment (default 64 KiB). Smaller is faster reads, more memory.
     pub index_stride: u32,
+    /// Format with this set UUID instead of a random one (a replica takes
+    /// its primary's). Only used when formatting.
+    pub set_uuid: Option<[u8; 16]>,
     /// Test hook: fail I/O on chosen devices, below the engine.
     #[doc(hidden)]
     pub fault: Option<Arc<FaultInjector>>,
@@ -50,6 +53,7 @@ impl Config {
             group_commit_wait: Duration::ZERO,
             sync: SyncMode::RwfDsync,
             index_stride: 64 << 10,
+            set_uuid: None,
             fault: None,
         }
     }

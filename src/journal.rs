@@ -260,6 +260,10 @@ impl Journal {
             }
             Ok(())
         })?;
+        // Shipped before the slots it frees are released (see `ship.rs`).
+        if let Some(sink) = inner.shared.sink() {
+            sink.mark(id, lsn);
+        }
         let mut st = inner.st.lock();
         st.mark = lsn;
         // A segment is reclaimable once the next one starts at or below the mark.

@@ -40,6 +40,7 @@ mod pipeline;
 pub mod protocol;
 pub mod read;
 mod recovery;
+pub mod ship;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -110,6 +111,7 @@ fn set_options(cfg: &Config) -> SetOptions {
         sync: cfg.sync,
         inflight_window: cfg.inflight_window(cfg.block_size),
         fault: cfg.fault.clone(),
+        set_uuid: cfg.set_uuid,
     }
 }
 
@@ -153,8 +155,12 @@ impl MirrorLog {
     fn start(set: MirrorSet, cfg: &Config) -> Result<MirrorLog> {
         cfg.validate(set.block_size, set.segment_size)?;
         let sb = set.superblock();
-        let shared =
-            Arc::new(Shared { slots: Mutex::new(SlotTable::new(set.slot_count as usize)), set, cfg: cfg.clone() });
+        let shared = Arc::new(Shared {
+            slots: Mutex::new(SlotTable::new(set.slot_count as usize)),
+            set,
+            cfg: cfg.clone(),
+            sink: parking_lot::RwLock::new(None),
+        });
         let recovered = recovery::recover(&shared, &sb)?;
         let mut journals = BTreeMap::new();
         for (entry, rec) in recovered {
@@ -166,6 +172,16 @@ impl MirrorLog {
 
     /// Creates a journal. Names are 1 to 64 bytes of `[A-Za-z0-9._-]`.
     pub fn create_journal(&self, name: &str) -> Result<Journal> {
+        self.create_journal_as(name, None)
+    }
+
+    /// Replica: creates a journal with the id its primary gave it (ids are
+    /// equal on both sites; they are in every segment header).
+    pub fn create_journal_with_id(&self, name: &str, id: u64) -> Result<Journal> {
+        self.create_journal_as(name, Some(id))
+    }
+
+    fn create_journal_as(&self, name: &str, want_id: Option<u64>) -> Result<Journal> {
         if !valid_name(name) {
             return Err(Error::InvalidName(name.to_string()));
         }
@@ -178,11 +194,17 @@ impl MirrorLog {
         }
         let mut id = 0;
         self.shared.set.update_superblock(|sb| {
-            id = sb.next_journal_id;
-            sb.next_journal_id += 1;
+            id = want_id.unwrap_or(sb.next_journal_id);
+            if sb.journals.iter().any(|j| j.id == id) {
+                return Err(Error::JournalExists(format!("{name} (id {id})")));
+            }
+            sb.next_journal_id = sb.next_journal_id.max(id + 1);
             sb.journals.push(JournalEntry { id, mark: 0, name: name.to_string() });
             Ok(())
         })?;
+        if let Some(sink) = self.shared.sink() {
+            sink.created(id, name);
+        }
         let rec = Recovered {
             stats: Default::default(),
             segs: Default::default(),
@@ -227,6 +249,9 @@ impl MirrorLog {
             sb.journals.retain(|e| e.id != id);
             Ok(())
         })?;
+        if let Some(sink) = self.shared.sink() {
+            sink.deleted(id);
+        }
         let slots = j.inner.shut();
         for s in slots {
             self.shared.release_slot(s);
@@ -238,6 +263,49 @@ impl MirrorLog {
     /// The set's current epoch (raised by promotion; every record carries it).
     pub fn epoch(&self) -> u64 {
         self.shared.set.superblock().epoch
+    }
+
+    /// Persists a new epoch in the superblock; records placed from now on
+    /// carry it. Never lowers the epoch.
+    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
+        if epoch <= self.epoch() {
+            return Ok(());
+        }
+        self.shared.set.update_superblock(|sb| {
+            sb.epoch = sb.epoch.max(epoch);
+            Ok(())
+        })?;
+        for j in self.journals.lock().values() {
+            j.inner.st.lock().epoch = epoch;
+        }
+        Ok(())
+    }
+
+    /// The set's identity, the same on a primary and its replicas.
+    pub fn set_uuid(&self) -> [u8; 16] {
+        self.shared.set.set_uuid
+    }
+
+    /// (block size, segment size, slot count, batch buffer bytes).
+    pub fn geometry(&self) -> (u32, u64, u64, u64) {
+        let s = &self.shared.set;
+        (s.block_size, s.segment_size, s.slot_count, self.shared.cfg.batch_buf_bytes(s.block_size) as u64)
+    }
+
+    /// Every journal with its id, by name.
+    pub fn journals(&self) -> Vec<Journal> {
+        self.journals.lock().values().cloned().collect()
+    }
+
+    /// The journal with this id.
+    pub fn journal_by_id(&self, id: u64) -> Option<Journal> {
+        self.journals.lock().values().find(|j| j.inner.id == id).cloned()
+    }
+
+    /// Ships every batch claimed from now on, every mark and every journal
+    /// change to `sink` (a primary's replication outbox); `None` stops it.
+    pub fn set_ship_sink(&self, sink: Option<Arc<dyn ship::ShipSink>>) {
+        ship::set_sink(&self.shared, sink);
     }
 
     /// Health, sizes and every journal's LSN range.

@@ -54,6 +54,8 @@ pub struct SetOptions {
     pub sync: SyncMode,
     pub inflight_window: u64,
     pub fault: Option<Arc<FaultInjector>>,
+    /// Format with this set UUID (a replica takes its primary's) instead of a random one.
+    pub set_uuid: Option<[u8; 16]>,
 }
 
 /// Members that failed a write: a fixed-size set, so the write path does
@@ -167,7 +169,7 @@ impl MirrorSet {
             )));
         }
         let size = devs.iter().map(|d| d.size).min().unwrap_or(0);
-        let set_uuid = random16();
+        let set_uuid = opts.set_uuid.unwrap_or_else(random16);
         let members: Vec<Member> = devs
             .into_iter()
             .enumerate()

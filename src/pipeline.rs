@@ -51,6 +51,9 @@ pub(crate) struct Shared {
     pub set: MirrorSet,
     pub cfg: Config,
     pub slots: Mutex<SlotTable>,
+    /// Where batches, marks and journal changes are shipped (a primary's
+    /// replication outbox), if anywhere. See `ship.rs`.
+    pub sink: parking_lot::RwLock<Option<Arc<dyn crate::ship::ShipSink>>>,
 }
 
 /// Ownership of segment slots.
@@ -101,6 +104,28 @@ impl Shared {
             t.owner[s as usize] = Some(journal);
         }
         Ok(free)
+    }
+
+    /// Takes one given slot for `journal` (a replica applying its
+    /// primary's segment). `Backpressure` while a reader still has it
+    /// pinned; `Corrupt` if another journal owns it.
+    pub(crate) fn take_slot_exact(&self, journal: u64, slot: u64) -> Result<()> {
+        let mut t = self.slots.lock();
+        let i = slot as usize;
+        match t.owner.get(i).copied() {
+            None => Err(Error::Corrupt(format!("slot {slot} is outside this set"))),
+            Some(Some(o)) if o == journal => Ok(()),
+            Some(Some(o)) => Err(Error::Corrupt(format!("slot {slot} is held by journal id {o} here"))),
+            Some(None) if t.pins[i] > 0 => Err(Error::Backpressure),
+            Some(None) => {
+                t.owner[i] = Some(journal);
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn sink(&self) -> Option<Arc<dyn crate::ship::ShipSink>> {
+        self.sink.read().clone()
     }
 
     pub(crate) fn release_slot(&self, slot: u64) {
@@ -165,25 +190,27 @@ impl Seg {
 }
 
 pub(crate) struct Batch {
-    seq: u64,
-    buf: AlignedBuf,
+    pub(crate) seq: u64,
+    pub(crate) buf: AlignedBuf,
     /// Bytes used in `buf` (a leading header block included).
-    len: usize,
+    pub(crate) len: usize,
     /// Where records start in `buf` (0, or one block after a header).
-    data_start: usize,
-    slot: u64,
-    seg_seq: u64,
+    pub(crate) data_start: usize,
+    pub(crate) slot: u64,
+    pub(crate) seg_seq: u64,
     /// Segment offset of `buf[0]`.
-    seg_off: u64,
-    first_lsn: u64,
-    next_lsn: u64,
-    first_prev: u32,
-    last_rec: usize,
-    last_pcrc: u32,
-    opened: Instant,
-    header: bool,
+    pub(crate) seg_off: u64,
+    pub(crate) first_lsn: u64,
+    pub(crate) next_lsn: u64,
+    pub(crate) first_prev: u32,
+    pub(crate) last_rec: usize,
+    pub(crate) last_pcrc: u32,
+    pub(crate) opened: Instant,
+    pub(crate) header: bool,
     /// Set when sealed: bytes to write (a multiple of the block size).
-    padded: usize,
+    pub(crate) padded: usize,
+    /// Set when sealed: the CRC of the batch's last record.
+    pub(crate) end_crc: u32,
 }
 
 impl Batch {
@@ -202,7 +229,7 @@ pub struct Ticket {
     pub(crate) batch: u64,
 }
 
-struct Pending {
+pub(crate) struct Pending {
     seq: u64,
     done: Option<(Batch, Result<()>)>,
 }
@@ -210,36 +237,36 @@ struct Pending {
 pub(crate) struct JState {
     pub deleted: bool,
     /// (first failed batch seq, why): that batch and all later ones fail.
-    failed: Option<(u64, Error)>,
+    pub(crate) failed: Option<(u64, Error)>,
     pub epoch: u64,
     pub mark: u64,
     /// Next lsn to hand out; `last_crc` is the chain value it must carry.
     pub next_assign: u64,
-    last_crc: u32,
+    pub(crate) last_crc: u32,
     /// Next lsn not yet durable: everything below it is acknowledged.
     pub durable_lsn: u64,
     pub segs: VecDeque<Seg>,
     /// Segment offset (block aligned) where the next new batch starts.
-    tail_off: u64,
-    next_seg_seq: u64,
-    open: Option<Batch>,
-    sealed: VecDeque<Batch>,
-    writing: usize,
-    pending: VecDeque<Pending>,
-    next_batch_seq: u64,
+    pub(crate) tail_off: u64,
+    pub(crate) next_seg_seq: u64,
+    pub(crate) open: Option<Batch>,
+    pub(crate) sealed: VecDeque<Batch>,
+    pub(crate) writing: usize,
+    pub(crate) pending: VecDeque<Pending>,
+    pub(crate) next_batch_seq: u64,
     /// Every batch with a lower seq is retired.
-    retired: u64,
+    pub(crate) retired: u64,
     /// Free batch buffers. Allocated on first need, up to
     /// `Config::batch_buffers` of them (`buffers` counts them), then reused:
     /// memory per journal is bounded, and an idle journal holds none.
-    pool: Vec<AlignedBuf>,
-    buffers: usize,
+    pub(crate) pool: Vec<AlignedBuf>,
+    pub(crate) buffers: usize,
     /// Slots reserved by the append being placed.
     reserved: Vec<u64>,
     /// Appends, bytes and batches retired since open.
     pub counters: JournalCounters,
     /// An append_batch is mid-placement: others wait so LSNs stay contiguous.
-    exclusive: bool,
+    pub(crate) exclusive: bool,
 }
 
 /// Counters of one journal.
@@ -335,7 +362,7 @@ impl JournalInner {
         &self.cvs[(seq % self.cvs.len() as u64) as usize]
     }
 
-    fn check_writable(&self, st: &JState) -> Result<()> {
+    pub(crate) fn check_writable(&self, st: &JState) -> Result<()> {
         if st.deleted {
             return Err(Error::UnknownJournal(self.name.clone()));
         }
@@ -393,6 +420,7 @@ impl JournalInner {
         let bs = self.block() as usize;
         let rec = b.last_rec;
         st.last_crc = set_batch_end(&mut b.buf.as_mut_slice()[rec..rec + RECORD_HEADER_LEN], b.last_pcrc);
+        b.end_crc = st.last_crc;
         b.padded = align_up(b.len as u64, bs as u64) as usize;
         let (len, padded) = (b.len, b.padded);
         b.buf.as_mut_slice()[len..padded].fill(0);
@@ -400,7 +428,7 @@ impl JournalInner {
         st.sealed.push_back(b);
     }
 
-    fn new_buffer(&self, st: &mut JState) -> Option<AlignedBuf> {
+    pub(crate) fn new_buffer(&self, st: &mut JState) -> Option<AlignedBuf> {
         if st.buffers >= self.cvs.len() {
             return None;
         }
@@ -481,6 +509,7 @@ impl JournalInner {
                 opened: Instant::now(),
                 header,
                 padded: 0,
+                end_crc: 0,
             });
         }
         let lsn = st.next_assign;
@@ -545,6 +574,13 @@ impl JournalInner {
         let b = st.sealed.pop_front()?;
         st.writing += 1;
         st.pending.push_back(Pending { seq: b.seq, done: None });
+        // Invariant (ordering of the shipped stream): a batch is handed to the
+        // sink when it is claimed, under the journal lock, so a journal's
+        // batches are shipped in LSN order, and after any mark that freed the
+        // slot it reuses (the mark is shipped before its slots are released).
+        if let Some(sink) = self.shared.sink() {
+            sink.batch(&crate::ship::ShipView::of(self.id, &b, st.epoch));
+        }
         Some(b)
     }
 

@@ -1,0 +1,648 @@
+//! The engine's side of remote-site replication: the same blocks, shipped.
+//!
+//! A primary hands every batch it claims for writing to a [`ShipSink`] (the
+//! daemon's replication outbox) together with where it goes (slot, segment
+//! offset) and which LSNs it holds, and reads older batches back from its
+//! segments for catch-up ([`Journal::read_shipment`]). A replica *applies*
+//! shipped batches ([`Journal::apply_shipment`]): they enter its pipeline
+//! as sealed batches and are written like its own, to the same slot and
+//! offset, so the two sites hold the same blocks.
+//!
+//! Invariants:
+//! * A shipment is applied only if its bytes continue the replica's chain:
+//!   the segment header (for a segment's first batch) names this set, this
+//!   journal, the next segment sequence and the next LSN, and every record
+//!   verifies (CRC, LSN, `prev_crc`) up to a `BATCH_END` that ends the
+//!   shipment. A bad shipment is refused and nothing of it is written.
+//! * `read_shipment` returns only bytes whose chain it verified, whole
+//!   batches, durable on this node.
+//! * `truncate_after` leaves no trace of the cut records on any mirror:
+//!   headers of dropped segments and the bytes after the new tail are
+//!   zeroed durably before the new tail is used, so recovery cannot revive
+//!   them.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::format::{align_up, scan_chain, slot_offset, ChainPos, ScanStop, SegmentHeader, FLAG_BATCH_END, TAG_LEN};
+use crate::io::AlignedBuf;
+use crate::journal::Journal;
+use crate::pipeline::{Batch, IndexEntry, JournalInner, Seg};
+use crate::read::SegmentScan;
+
+/// A batch as a replica needs it, borrowed from the primary's pipeline.
+#[derive(Debug, Clone, Copy)]
+pub struct ShipView<'a> {
+    pub journal_id: u64,
+    pub slot: u64,
+    pub seg_seq: u64,
+    /// Segment offset of `bytes[0]`.
+    pub seg_off: u64,
+    pub first_lsn: u64,
+    /// One past the last record.
+    pub next_lsn: u64,
+    /// CRC of the last record (where the chain continues).
+    pub end_crc: u32,
+    /// `bytes` starts with the segment header block.
+    pub header: bool,
+    /// Whole blocks, exactly as written locally.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> ShipView<'a> {
+    pub(crate) fn of(journal_id: u64, b: &'a Batch, _epoch: u64) -> ShipView<'a> {
+        ShipView {
+            journal_id,
+            slot: b.slot,
+            seg_seq: b.seg_seq,
+            seg_off: b.seg_off,
+            first_lsn: b.first_lsn,
+            next_lsn: b.next_lsn,
+            end_crc: b.end_crc,
+            header: b.header,
+            bytes: &b.buf.as_slice()[..b.padded],
+        }
+    }
+}
+
+/// An owned shipment (what travels to the replica).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shipment {
+    pub journal_id: u64,
+    pub slot: u64,
+    pub seg_seq: u64,
+    pub seg_off: u64,
+    pub first_lsn: u64,
+    pub next_lsn: u64,
+    pub end_crc: u32,
+    pub header: bool,
+    pub bytes: Vec<u8>,
+}
+
+impl Shipment {
+    pub fn view(&self) -> ShipView<'_> {
+        ShipView {
+            journal_id: self.journal_id,
+            slot: self.slot,
+            seg_seq: self.seg_seq,
+            seg_off: self.seg_off,
+            first_lsn: self.first_lsn,
+            next_lsn: self.next_lsn,
+            end_crc: self.end_crc,
+            header: self.header,
+            bytes: &self.bytes,
+        }
+    }
+}
+
+/// Receives what a primary ships. Called with engine locks held: it must
+/// not block and must not call back into the engine.
+pub trait ShipSink: Send + Sync {
+    /// A batch was claimed for writing (in LSN order per journal).
+    fn batch(&self, b: &ShipView<'_>);
+    /// A mark was persisted (before the slots it frees are released).
+    fn mark(&self, journal_id: u64, lsn: u64);
+    /// A journal was created.
+    fn created(&self, journal_id: u64, name: &str);
+    /// A journal was deleted.
+    fn deleted(&self, journal_id: u64);
+}
+
+/// Where a journal's chain ends on this node, as a replica states it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChainEnd {
+    /// One past the last durable record.
+    pub next_lsn: u64,
+    /// CRC of record `next_lsn - 1` (0 when the journal holds none).
+    pub last_crc: u32,
+    /// The tail segment's sequence number and the offset where the next
+    /// batch goes (`u64::MAX` for both when the journal holds no segment).
+    pub seg_seq: u64,
+    pub tail_off: u64,
+    pub mark: u64,
+    /// Lowest LSN held.
+    pub first_lsn: u64,
+}
+
+impl JournalInner {
+    fn max_body(&self) -> u32 {
+        self.shared.cfg.max_record_size + TAG_LEN as u32
+    }
+
+    /// See `Journal::apply_shipment`.
+    pub(crate) fn apply(&self, v: &ShipView<'_>) -> Result<()> {
+        let bs = self.block() as usize;
+        let len = v.bytes.len();
+        let mut st = self.st.lock();
+        self.check_writable(&st)?;
+        if st.open.is_some() {
+            return Err(Error::Corrupt("replica journal has an open batch of its own".into()));
+        }
+        if len == 0 || len % bs != 0 || len > self.shared.cfg.batch_buf_bytes(bs as u32) {
+            return Err(Error::Corrupt(format!("shipment of {len} bytes is not whole blocks within a batch buffer")));
+        }
+        if v.seg_off % bs as u64 != 0 || v.seg_off + len as u64 > self.shared.set.segment_size {
+            return Err(Error::Corrupt(format!("shipment at segment offset {} runs past the segment", v.seg_off)));
+        }
+        if v.first_lsn != st.next_assign && !(st.segs.is_empty() && v.header) {
+            return Err(Error::Corrupt(format!(
+                "shipment starts at lsn {} but this journal continues at {}",
+                v.first_lsn, st.next_assign
+            )));
+        }
+        let (start, new_seg) = if v.header {
+            let (h, hcrc) = SegmentHeader::decode(&v.bytes[..bs])
+                .map_err(|e| Error::Corrupt(format!("shipped segment header: {e}")))?;
+            let ok = v.seg_off == 0
+                && h.set_uuid == self.shared.set.set_uuid
+                && h.journal_id == self.id
+                && h.seq == v.seg_seq
+                && h.first_lsn == v.first_lsn
+                && (st.segs.is_empty() || (h.seq == st.next_seg_seq && h.prev_crc == st.last_crc));
+            if !ok {
+                return Err(Error::Corrupt(format!(
+                    "shipped segment header (journal {}, seq {}, lsn {}) does not continue this journal (seq {}, lsn {})",
+                    h.journal_id, h.seq, h.first_lsn, st.next_seg_seq, st.next_assign
+                )));
+            }
+            (ChainPos { off: bs, lsn: v.first_lsn, prev_crc: hcrc }, Some(hcrc))
+        } else {
+            let tail = st.segs.back().map(|s| (s.slot, s.seq));
+            if tail != Some((v.slot, v.seg_seq)) || v.seg_off != st.tail_off {
+                return Err(Error::Corrupt(format!(
+                    "shipment for segment {} at offset {} does not continue this journal's tail (segment {:?}, offset {})",
+                    v.seg_seq,
+                    v.seg_off,
+                    tail.map(|t| t.1),
+                    st.tail_off
+                )));
+            }
+            (ChainPos { off: 0, lsn: v.first_lsn, prev_crc: st.last_crc }, None)
+        };
+        // Every record verified, ending with a batch end exactly at the end.
+        let mut pos = start;
+        let mut last_flags = 0;
+        let stop = scan_chain(v.bytes, &mut pos, bs, self.max_body(), |f| {
+            last_flags = f.header.flags;
+            f.header.lsn + 1 < v.next_lsn
+        });
+        let complete = stop == ScanStop::Stopped
+            && pos.lsn == v.next_lsn
+            && pos.off == len
+            && pos.prev_crc == v.end_crc
+            && last_flags & FLAG_BATCH_END != 0;
+        if !complete || v.next_lsn <= v.first_lsn {
+            return Err(Error::Corrupt(format!(
+                "shipment of lsn {}..{} does not verify (chain ends at lsn {}, offset {})",
+                v.first_lsn, v.next_lsn, pos.lsn, pos.off
+            )));
+        }
+        if new_seg.is_some() {
+            self.shared.take_slot_exact(self.id, v.slot)?;
+        }
+        let Some(mut buf) = st.pool.pop().or_else(|| self.new_buffer(&mut st)) else {
+            if new_seg.is_some() {
+                self.shared.release_slot(v.slot);
+            }
+            return Err(Error::Backpressure);
+        };
+        buf.as_mut_slice()[..len].copy_from_slice(v.bytes);
+        if let Some(hcrc) = new_seg {
+            st.segs.push_back(Seg {
+                slot: v.slot,
+                seq: v.seg_seq,
+                first_lsn: v.first_lsn,
+                header_crc: hcrc,
+                end_off: bs as u64,
+                index: Vec::new(),
+            });
+            st.next_seg_seq = v.seg_seq + 1;
+            if st.durable_lsn < v.first_lsn {
+                // A journal reset to start at its primary's oldest segment.
+                st.durable_lsn = v.first_lsn;
+            }
+        }
+        let seq = st.next_batch_seq;
+        st.next_batch_seq += 1;
+        st.sealed.push_back(Batch {
+            seq,
+            buf,
+            len,
+            data_start: start.off,
+            slot: v.slot,
+            seg_seq: v.seg_seq,
+            seg_off: v.seg_off,
+            first_lsn: v.first_lsn,
+            next_lsn: v.next_lsn,
+            first_prev: start.prev_crc,
+            last_rec: 0,
+            last_pcrc: 0,
+            opened: std::time::Instant::now(),
+            header: new_seg.is_some(),
+            padded: len,
+            end_crc: v.end_crc,
+        });
+        st.last_crc = v.end_crc;
+        st.tail_off = v.seg_off + len as u64;
+        st.next_assign = v.next_lsn;
+        Ok(())
+    }
+
+    /// See `Journal::chain_end`.
+    pub(crate) fn chain_end(&self) -> Result<ChainEnd> {
+        let st = self.st.lock();
+        self.check_writable(&st)?;
+        if st.open.is_some() || !st.sealed.is_empty() || st.writing > 0 {
+            return Err(Error::Backpressure);
+        }
+        let first = st.segs.front().map(|s| s.first_lsn).unwrap_or(st.durable_lsn).max(st.mark).max(1);
+        Ok(ChainEnd {
+            next_lsn: st.durable_lsn,
+            last_crc: st.last_crc,
+            seg_seq: st.segs.back().map(|s| s.seq).unwrap_or(u64::MAX),
+            tail_off: st.segs.back().map(|_| st.tail_off).unwrap_or(u64::MAX),
+            mark: st.mark,
+            first_lsn: first.min(st.durable_lsn),
+        })
+    }
+
+    /// See `Journal::read_shipment`.
+    pub(crate) fn read_shipment(
+        &self,
+        from: u64,
+        prev_crc: u32,
+        hint: Option<(u64, u64)>,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Option<Shipment>> {
+        let set = &self.shared.set;
+        let bs = set.block_size as usize;
+        let (slot, seg_seq, start, header, bound, end_lsn, _pin) = {
+            let st = self.st.lock();
+            if st.deleted {
+                return Err(Error::UnknownJournal(self.name.clone()));
+            }
+            let end = end.min(st.durable_lsn);
+            if from >= end {
+                return Ok(None);
+            }
+            let i = st.segs.partition_point(|s| s.first_lsn <= from);
+            if i == 0 {
+                return Err(Error::BelowMark { lsn: from, mark: st.mark });
+            }
+            let seg = &st.segs[i - 1];
+            let end_lsn = st.segs.get(i).map(|n| n.first_lsn).unwrap_or(end).min(end);
+            let Some(pin) = self.shared.pin(seg.slot, self.id) else {
+                return Err(Error::BelowMark { lsn: from, mark: st.mark });
+            };
+            let start = if from == seg.first_lsn {
+                Some(ChainPos { off: bs, lsn: from, prev_crc: seg.header_crc })
+            } else {
+                match hint {
+                    Some((s, off)) if s == seg.seq => Some(ChainPos { off: off as usize, lsn: from, prev_crc }),
+                    _ => None,
+                }
+            };
+            let start = match start {
+                Some(s) => s,
+                None => {
+                    let e = seg.entry_for(from, bs as u32);
+                    ChainPos { off: e.off as usize, lsn: e.lsn, prev_crc: e.prev_crc }
+                }
+            };
+            (seg.slot, seg.seq, start, from == seg.first_lsn, seg.end_off, end_lsn, pin)
+        };
+        // Find where record `from` starts if we began at an index entry before
+        // it (verified; heals a bad copy on the way).
+        let mut start = start;
+        if start.lsn < from {
+            let scan = SegmentScan {
+                set,
+                slot,
+                bound,
+                end_lsn: from,
+                max_record: self.max_body(),
+                chunk: 1 << 20,
+                prefer: set.healthy_indexes().next().unwrap_or(0),
+            };
+            let e = scan.run(start, |_| true)?;
+            if e.pos.lsn != from {
+                return Err(Error::Corrupt(format!("journal {}: the chain breaks before lsn {from}", self.name)));
+            }
+            start = e.pos;
+        }
+        if start.off % bs != 0 {
+            return Err(Error::Corrupt(format!("journal {}: lsn {from} does not start a batch", self.name)));
+        }
+        let read_from = if header { 0 } else { start.off };
+        // At least one whole batch fits: a batch never exceeds a batch buffer.
+        let max_bytes = max_bytes.max(self.shared.cfg.batch_buf_bytes(bs as u32));
+        let len = ((bound as usize).saturating_sub(read_from)).min(max_bytes) / bs * bs;
+        if len <= start.off - read_from {
+            return Err(Error::Corrupt(format!("journal {}: nothing to ship at lsn {from}", self.name)));
+        }
+        let base = slot_offset(slot, set.segment_size);
+        let mut buf = AlignedBuf::new(len, bs);
+        let members: Vec<usize> = set.healthy_indexes().collect();
+        for attempt in 0..2 {
+            for &m in &members {
+                if set.read_member(m, base + read_from as u64, &mut buf.as_mut_slice()[..len]).is_err() {
+                    continue;
+                }
+                let mut pos = ChainPos { off: start.off - read_from, lsn: start.lsn, prev_crc: start.prev_crc };
+                let mut cut: Option<(usize, u64, u32)> = None;
+                scan_chain(&buf.as_slice()[..len], &mut pos, bs, self.max_body(), |f| {
+                    if f.header.flags & FLAG_BATCH_END != 0 {
+                        let next = align_up((f.off + f.header.total_len()) as u64, bs as u64) as usize;
+                        cut = Some((next, f.header.lsn + 1, f.header.crc));
+                    }
+                    f.header.lsn + 1 < end_lsn
+                });
+                if let Some((off, next, crc)) = cut {
+                    return Ok(Some(Shipment {
+                        journal_id: self.id,
+                        slot,
+                        seg_seq,
+                        seg_off: read_from as u64,
+                        first_lsn: from,
+                        next_lsn: next,
+                        end_crc: crc,
+                        header,
+                        bytes: buf.as_slice()[..off].to_vec(),
+                    }));
+                }
+            }
+            if attempt == 0 {
+                // No member's copy held a whole batch: let the verified scan
+                // find (and rewrite from) a good copy, then read again.
+                let scan = SegmentScan {
+                    set,
+                    slot,
+                    bound,
+                    end_lsn,
+                    max_record: self.max_body(),
+                    chunk: 1 << 20,
+                    prefer: members.first().copied().unwrap_or(0),
+                };
+                scan.run(start, |_| true)?;
+            }
+        }
+        Err(Error::Corrupt(format!("journal {}: no mirror holds a whole batch at lsn {from}", self.name)))
+    }
+
+    /// See `Journal::truncate_after`.
+    pub(crate) fn truncate_after(&self, keep: u64) -> Result<ChainEnd> {
+        let set = &self.shared.set;
+        let bs = set.block_size as u64;
+        let _g = self.mark_lock.lock();
+        let (segs, keep_seg, tail_end) = {
+            let st = self.st.lock();
+            self.check_writable(&st)?;
+            if st.open.is_some() || !st.sealed.is_empty() || st.writing > 0 {
+                return Err(Error::Backpressure);
+            }
+            if keep + 1 >= st.durable_lsn {
+                drop(st);
+                return self.chain_end();
+            }
+            let i = st.segs.partition_point(|s| s.first_lsn <= keep);
+            let segs: Vec<(u64, u64, u64, u32, u64)> =
+                st.segs.iter().map(|s| (s.slot, s.seq, s.first_lsn, s.header_crc, s.end_off)).collect();
+            (segs, i, st.tail_off)
+        };
+        // The last batch end at or below `keep` in segment keep_seg - 1.
+        let mut cut: Option<(usize, IndexEntry)> = None;
+        if keep_seg > 0 {
+            let (slot, _, first, hcrc, end_off) = segs[keep_seg - 1];
+            let bound = if keep_seg == segs.len() { tail_end } else { end_off };
+            let scan = SegmentScan {
+                set,
+                slot,
+                bound,
+                end_lsn: keep + 1,
+                max_record: self.max_body(),
+                chunk: 1 << 20,
+                prefer: set.healthy_indexes().next().unwrap_or(0),
+            };
+            let mut last = None;
+            scan.run(ChainPos { off: bs as usize, lsn: first, prev_crc: hcrc }, |r| {
+                if r.flags & FLAG_BATCH_END != 0 {
+                    last = Some(IndexEntry { lsn: r.lsn + 1, off: r.next_off, prev_crc: r.crc });
+                }
+                true
+            })?;
+            cut = last.map(|e| (keep_seg - 1, e));
+        }
+        // No batch end there: cut at the end of the segment before it.
+        if cut.is_none() && keep_seg >= 2 {
+            let (slot, _, first, hcrc, end_off) = segs[keep_seg - 2];
+            let scan = SegmentScan {
+                set,
+                slot,
+                bound: end_off,
+                end_lsn: segs[keep_seg - 1].2,
+                max_record: self.max_body(),
+                chunk: 1 << 20,
+                prefer: set.healthy_indexes().next().unwrap_or(0),
+            };
+            let e = scan.run(ChainPos { off: bs as usize, lsn: first, prev_crc: hcrc }, |_| true)?;
+            if e.pos.lsn == segs[keep_seg - 1].2 {
+                cut = Some((
+                    keep_seg - 2,
+                    IndexEntry { lsn: e.pos.lsn, off: e.pos.off as u64, prev_crc: e.pos.prev_crc },
+                ));
+            }
+        }
+        let Some((kept, at)) = cut else {
+            let next = segs.first().map(|s| s.2).unwrap_or(1);
+            return self.reset(next);
+        };
+        // Drop later segments: zero their headers (durably) first, so no
+        // later open finds them, then their bodies (the same header may be
+        // shipped into the same slot again, and records left behind it would
+        // chain on), then the kept segment past the cut.
+        let last = segs.len() - 1;
+        let written = |k: usize| if k == last { tail_end } else { set.segment_size };
+        for &(slot, ..) in &segs[kept + 1..] {
+            self.zero(slot, 0, bs)?;
+        }
+        for (k, &(slot, ..)) in segs.iter().enumerate().skip(kept + 1) {
+            self.zero(slot, bs, written(k))?;
+        }
+        self.zero(segs[kept].0, at.off, written(kept))?;
+        let mut st = self.st.lock();
+        let dropped: Vec<Seg> = st.segs.drain(kept + 1..).collect();
+        for s in &dropped {
+            self.shared.release_slot(s.slot);
+        }
+        if let Some(seg) = st.segs.back_mut() {
+            seg.end_off = at.off;
+            seg.index.retain(|e| e.lsn <= at.lsn);
+            st.next_seg_seq = seg.seq + 1;
+        }
+        st.durable_lsn = at.lsn;
+        st.next_assign = at.lsn;
+        st.last_crc = at.prev_crc;
+        st.tail_off = at.off;
+        let lower_mark = st.mark > at.lsn;
+        drop(st);
+        if lower_mark {
+            self.persist_mark(at.lsn)?;
+        }
+        tracing::warn!(journal = %self.name, next_lsn = at.lsn, "cut the journal back to its primary's history");
+        self.chain_end()
+    }
+
+    /// See `Journal::reset`.
+    pub(crate) fn reset(&self, next_lsn: u64) -> Result<ChainEnd> {
+        let set = &self.shared.set;
+        let bs = set.block_size as usize;
+        let slots: Vec<(u64, u64)> = {
+            let st = self.st.lock();
+            self.check_writable(&st)?;
+            if st.open.is_some() || !st.sealed.is_empty() || st.writing > 0 {
+                return Err(Error::Backpressure);
+            }
+            let last = st.segs.len().saturating_sub(1);
+            st.segs
+                .iter()
+                .enumerate()
+                .map(|(k, s)| (s.slot, if k == last { st.tail_off } else { set.segment_size }))
+                .collect()
+        };
+        for &(slot, _) in &slots {
+            self.zero(slot, 0, bs as u64)?;
+        }
+        for &(slot, end) in &slots {
+            self.zero(slot, bs as u64, end)?;
+        }
+        {
+            let mut st = self.st.lock();
+            for s in std::mem::take(&mut st.segs) {
+                self.shared.release_slot(s.slot);
+            }
+            st.durable_lsn = next_lsn.max(1);
+            st.next_assign = next_lsn.max(1);
+            st.last_crc = 0;
+            st.tail_off = 0;
+        }
+        self.persist_mark(if next_lsn > 1 { next_lsn } else { 0 })?;
+        tracing::warn!(journal = %self.name, next_lsn, "journal reset: every segment dropped, to be sent again whole");
+        self.chain_end()
+    }
+
+    /// Zeroes `[from, to)` of a slot on every healthy mirror, durably.
+    fn zero(&self, slot: u64, from: u64, to: u64) -> Result<()> {
+        let set = &self.shared.set;
+        let bs = set.block_size as usize;
+        let z = AlignedBuf::new(1 << 20, bs);
+        let mut off = from;
+        while off < to {
+            let n = (to - off).min(1 << 20) as usize;
+            set.write_all(slot_offset(slot, set.segment_size) + off, &z.as_slice()[..n])?;
+            off += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Sets the mark to exactly `lsn` (up or down) and persists it.
+    fn persist_mark(&self, lsn: u64) -> Result<()> {
+        let id = self.id;
+        self.shared.set.update_superblock(|sb| {
+            match sb.journals.iter_mut().find(|j| j.id == id) {
+                Some(j) => j.mark = lsn,
+                None => return Err(Error::UnknownJournal(self.name.clone())),
+            }
+            Ok(())
+        })?;
+        self.st.lock().mark = lsn;
+        Ok(())
+    }
+}
+
+impl Journal {
+    /// Replica: queues a batch shipped by the primary. It is written (by a
+    /// `Driver` or a blocking wait) to the same slot and offset as on the
+    /// primary, and becomes durable like a batch of this node's own.
+    /// Refused (nothing written) unless it continues this journal's chain;
+    /// `Backpressure` when every batch buffer is in use or the slot is
+    /// still pinned by a reader (write, then retry).
+    pub fn apply_shipment(&self, v: &ShipView<'_>) -> Result<()> {
+        self.inner.apply(v)
+    }
+
+    /// Replica: where this journal's chain ends, once nothing is queued or
+    /// being written (`Backpressure` until then).
+    pub fn chain_end(&self) -> Result<ChainEnd> {
+        self.inner.chain_end()
+    }
+
+    /// Primary (catch-up): whole batches from `from` (a batch start, whose
+    /// previous record has CRC `prev_crc`) up to `end` or the durable end,
+    /// at most `max_bytes` (at least one batch), read from the segments and
+    /// verified. `hint`: (segment seq, offset) where `from` starts, as the
+    /// replica reported it. `None` when nothing is left to send.
+    pub fn read_shipment(
+        &self,
+        from: u64,
+        prev_crc: u32,
+        hint: Option<(u64, u64)>,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Option<Shipment>> {
+        self.inner.read_shipment(from, prev_crc, hint, end, max_bytes)
+    }
+
+    /// Replica: cuts the journal back to the last batch end at or below
+    /// `keep` (records after it were never its new primary's), zeroing what
+    /// lies after on every mirror. Nothing may be queued or in flight.
+    pub fn truncate_after(&self, keep: u64) -> Result<ChainEnd> {
+        self.inner.truncate_after(keep)
+    }
+
+    /// Replica: drops every segment (their headers zeroed) so the journal
+    /// can be sent again whole; it continues at `next_lsn`.
+    pub fn reset(&self, next_lsn: u64) -> Result<ChainEnd> {
+        self.inner.reset(next_lsn)
+    }
+
+    /// The CRC of the record at `lsn` (its place in the chain: equal CRCs
+    /// mean equal histories up to it), read and verified.
+    pub fn record_crc(&self, lsn: u64) -> Result<u32> {
+        let mut out = None;
+        self.inner.scan_from(
+            lsn,
+            |r| {
+                out = Some(r.crc);
+                false
+            },
+            64 << 10,
+            true,
+        )?;
+        out.ok_or(Error::NotYetWritten { lsn, next: self.next_lsn() })
+    }
+
+    /// Replica: takes the primary's mark, up (reclaiming segments like
+    /// `set_mark`; the records below it must be durable here) or down.
+    pub fn apply_mark(&self, lsn: u64) -> Result<()> {
+        let cur = self.mark();
+        if lsn > cur {
+            self.set_mark(lsn)
+        } else if lsn < cur {
+            let _g = self.inner.mark_lock.lock();
+            self.inner.persist_mark(lsn)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The journal's id in its set (equal on a primary and its replicas).
+    pub fn id(&self) -> u64 {
+        self.inner.id
+    }
+}
+
+/// Installs (or removes) the sink a primary ships through.
+pub(crate) fn set_sink(shared: &crate::pipeline::Shared, sink: Option<Arc<dyn ShipSink>>) {
+    *shared.sink.write() = sink;
+}

@@ -1,0 +1,265 @@
+//! The engine's replication primitives on real files: batches shipped as
+//! claimed, applied on a replica set with the same identity, catch-up read
+//! from segments, cut-back and reset, and recovery of what was applied.
+
+mod common;
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use common::{devices, payload, small_config, Rng};
+use mirrorlog::ship::{ShipSink, ShipView, Shipment};
+use mirrorlog::{Driver, Journal, MirrorLog};
+
+#[derive(Default)]
+struct Collect {
+    batches: Mutex<Vec<Shipment>>,
+    marks: Mutex<Vec<(u64, u64)>>,
+}
+
+impl ShipSink for Collect {
+    fn batch(&self, b: &ShipView<'_>) {
+        self.batches.lock().push(Shipment {
+            journal_id: b.journal_id,
+            slot: b.slot,
+            seg_seq: b.seg_seq,
+            seg_off: b.seg_off,
+            first_lsn: b.first_lsn,
+            next_lsn: b.next_lsn,
+            end_crc: b.end_crc,
+            header: b.header,
+            bytes: b.bytes.to_vec(),
+        });
+    }
+    fn mark(&self, j: u64, lsn: u64) {
+        self.marks.lock().push((j, lsn));
+    }
+    fn created(&self, _: u64, _: &str) {}
+    fn deleted(&self, _: u64) {}
+}
+
+/// Applies one shipment, writing with `d` while buffers are short.
+fn apply(j: &Journal, d: &mut Driver, s: &Shipment) {
+    loop {
+        match j.apply_shipment(&s.view()) {
+            Ok(()) => break,
+            Err(mirrorlog::Error::Backpressure) => {
+                d.pump(&[j], true).expect("pump");
+            }
+            Err(e) => panic!("apply {}..{}: {e}", s.first_lsn, s.next_lsn),
+        }
+    }
+    d.pump(&[j], false).expect("pump");
+}
+
+fn settle(j: &Journal, d: &mut Driver, next: u64) {
+    while j.next_lsn() < next {
+        d.pump(&[j], true).expect("pump");
+    }
+}
+
+struct Site {
+    _dir: tempfile::TempDir,
+    devs: Vec<std::path::PathBuf>,
+    cfg: mirrorlog::Config,
+}
+
+fn site(set_uuid: Option<[u8; 16]>) -> Site {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devs = devices(dir.path(), 2, 8 << 20);
+    let mut cfg = small_config(&devs);
+    cfg.set_uuid = set_uuid;
+    Site { _dir: dir, devs, cfg }
+}
+
+/// Appends `n` records of random sizes in groups, as a daemon would.
+fn load(j: &Journal, d: &mut Driver, rng: &mut Rng, n: u64) -> Vec<(u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut done = 0;
+    while done < n {
+        let group = 1 + rng.below(6);
+        let recs: Vec<Vec<u8>> =
+            (0..group).map(|i| payload(done + i + rng.below(1000), 1 + rng.below(3000) as usize)).collect();
+        let refs: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
+        let (first, _) = j.submit_many(&refs, None, || d.pump(&[j], true).map(|_| ())).expect("submit");
+        for (i, r) in recs.into_iter().enumerate() {
+            out.push((first + i as u64, r));
+        }
+        done += group;
+        if rng.below(3) == 0 {
+            d.pump(&[j], false).expect("pump");
+        }
+    }
+    let last = out.last().map(|r| r.0 + 1).unwrap_or(1);
+    settle(j, d, last);
+    out
+}
+
+fn slot_bytes(path: &std::path::Path, slot: u64, seg: u64, len: usize) -> Vec<u8> {
+    common::read_at(path, (1 << 20) + slot * seg, len)
+}
+
+#[test]
+fn shipped_batches_make_the_same_blocks_and_catch_up_reads_match_them() {
+    let p = site(None);
+    let plog = MirrorLog::create(&p.cfg).expect("create primary");
+    let r = site(Some(plog.set_uuid()));
+    let rlog = MirrorLog::create(&r.cfg).expect("create replica");
+    let sink = Arc::new(Collect::default());
+    plog.set_ship_sink(Some(sink.clone()));
+    let pj = plog.create_journal("orders").expect("journal");
+    let rj = rlog.create_journal_with_id("orders", pj.id()).expect("journal with id");
+    let mut d = Driver::new().expect("driver");
+    let mut rng = Rng(7);
+    // Enough to fill several 256 KiB segments.
+    let written = load(&pj, &mut d, &mut rng, 600);
+    let shipped = std::mem::take(&mut *sink.batches.lock());
+    assert!(shipped.len() > 20, "batches shipped: {}", shipped.len());
+    assert!(shipped.iter().filter(|s| s.header).count() >= 3, "several segments");
+    for s in &shipped {
+        apply(&rj, &mut d, s);
+    }
+    settle(&rj, &mut d, pj.next_lsn());
+    assert_eq!(rj.next_lsn(), pj.next_lsn());
+    for (lsn, want) in &written {
+        assert_eq!(&rj.read(*lsn).expect("replica read"), want, "lsn {lsn}");
+    }
+    // The same blocks: every segment slot the primary uses holds the same
+    // bytes on the replica's mirrors.
+    let seg = p.cfg.segment_size;
+    for s in shipped.iter().filter(|s| s.header) {
+        let a = slot_bytes(&p.devs[0], s.slot, seg, seg as usize);
+        for dev in &r.devs {
+            assert!(a == slot_bytes(dev, s.slot, seg, seg as usize), "slot {} differs", s.slot);
+        }
+    }
+
+    // Catch-up from the segments gives byte-identical shipments for a
+    // second, empty replica, whatever the chunk size.
+    let r2 = site(Some(plog.set_uuid()));
+    let r2log = MirrorLog::create(&r2.cfg).expect("create replica 2");
+    let r2j = r2log.create_journal_with_id("orders", pj.id()).expect("journal");
+    let mut from = 1;
+    let mut prev = 0;
+    let mut hint = None;
+    let mut n = 0;
+    while let Some(s) =
+        pj.read_shipment(from, prev, hint, u64::MAX, (8 << 10) + rng.below(4) as usize * 4096).expect("read")
+    {
+        assert_eq!(s.first_lsn, from);
+        apply(&r2j, &mut d, &s);
+        from = s.next_lsn;
+        prev = s.end_crc;
+        hint = Some((s.seg_seq, s.seg_off + s.bytes.len() as u64));
+        n += 1;
+    }
+    assert!(n > 10);
+    settle(&r2j, &mut d, pj.next_lsn());
+    for s in shipped.iter().filter(|s| s.header) {
+        let a = slot_bytes(&p.devs[0], s.slot, seg, seg as usize);
+        assert!(a == slot_bytes(&r2.devs[1], s.slot, seg, seg as usize), "catch-up slot {} differs", s.slot);
+    }
+
+    // A replica reopened recovers exactly the applied chain.
+    let end = rj.chain_end().expect("chain end");
+    drop(rj);
+    drop(rlog);
+    let rlog = MirrorLog::open(&r.cfg).expect("reopen replica");
+    let rj = rlog.journal("orders").expect("journal");
+    assert_eq!(rj.chain_end().expect("end"), end);
+    assert_eq!(rj.record_crc(end.next_lsn - 1).expect("crc"), pj.record_crc(end.next_lsn - 1).expect("crc"));
+    // A shipment that does not continue the chain is refused: a replay, a
+    // corrupted copy.
+    let last = shipped.last().expect("one");
+    assert!(matches!(rj.apply_shipment(&last.view()), Err(mirrorlog::Error::Corrupt(_))));
+    let mut more = load(&pj, &mut d, &mut rng, 5);
+    let fresh = std::mem::take(&mut *sink.batches.lock());
+    let mut bad = fresh[0].clone();
+    let k = bad.bytes.len() / 2;
+    bad.bytes[k] ^= 1;
+    assert!(matches!(rj.apply_shipment(&bad.view()), Err(mirrorlog::Error::Corrupt(_))));
+    for s in &fresh {
+        apply(&rj, &mut d, s);
+    }
+    settle(&rj, &mut d, pj.next_lsn());
+    let (lsn, want) = more.pop().expect("one");
+    assert_eq!(rj.read(lsn).expect("read"), want);
+}
+
+#[test]
+fn a_diverged_tail_is_cut_back_and_leaves_nothing_to_recover() {
+    let p = site(None);
+    let plog = MirrorLog::create(&p.cfg).expect("create");
+    let r = site(Some(plog.set_uuid()));
+    let rlog = MirrorLog::create(&r.cfg).expect("create replica");
+    let sink = Arc::new(Collect::default());
+    plog.set_ship_sink(Some(sink.clone()));
+    let pj = plog.create_journal("j").expect("journal");
+    let rj = rlog.create_journal_with_id("j", pj.id()).expect("journal");
+    let mut d = Driver::new().expect("driver");
+    let mut rng = Rng(99);
+    let written = load(&pj, &mut d, &mut rng, 500);
+    for s in std::mem::take(&mut *sink.batches.lock()) {
+        apply(&rj, &mut d, &s);
+    }
+    settle(&rj, &mut d, pj.next_lsn());
+    let common_end = rj.next_lsn();
+    // The replica now goes on alone (as a primary that was cut off would):
+    // records the other side never had, into new segments too.
+    let own = load(&rj, &mut d, &mut rng, 400);
+    assert!(rj.segment_starts().len() > pj.segment_starts().len());
+    // Cut back to a point in the common history.
+    let keep = common_end - 1 - 37;
+    let end = rj.truncate_after(keep).expect("truncate");
+    assert!(end.next_lsn <= keep + 1 && end.next_lsn > keep - 40, "cut at {}", end.next_lsn);
+    assert_eq!(end.last_crc, pj.record_crc(end.next_lsn - 1).expect("crc"));
+    assert!(matches!(rj.read(own[0].0), Err(mirrorlog::Error::NotYetWritten { .. })));
+    // Reopened, nothing of the cut tail comes back.
+    drop(rj);
+    drop(rlog);
+    let rlog = MirrorLog::open(&r.cfg).expect("reopen");
+    let rj = rlog.journal("j").expect("journal");
+    assert_eq!(rj.chain_end().expect("end"), end);
+    // And catch-up from there makes it equal to the primary again.
+    let mut from = end.next_lsn;
+    let (mut prev, mut hint) = (end.last_crc, Some((end.seg_seq, end.tail_off)));
+    while let Some(s) = pj.read_shipment(from, prev, hint, u64::MAX, 64 << 10).expect("read") {
+        apply(&rj, &mut d, &s);
+        from = s.next_lsn;
+        prev = s.end_crc;
+        hint = Some((s.seg_seq, s.seg_off + s.bytes.len() as u64));
+    }
+    settle(&rj, &mut d, pj.next_lsn());
+    for (lsn, want) in written.iter().step_by(7) {
+        assert_eq!(&rj.read(*lsn).expect("read"), want);
+    }
+    assert_eq!(rj.record_crc(pj.next_lsn() - 1).expect("crc"), pj.record_crc(pj.next_lsn() - 1).expect("crc"));
+
+    // Reset: everything dropped, then sent again whole from the primary's
+    // oldest segment (after a mark reclaimed the first ones).
+    let starts = pj.segment_starts();
+    assert!(starts.len() >= 3, "segments: {starts:?}");
+    pj.set_mark(starts[1] + 1).expect("mark");
+    let first = pj.segment_starts()[0];
+    let e = rj.reset(first).expect("reset");
+    assert_eq!(e.next_lsn, first);
+    let mut from = first;
+    let mut prev = 0;
+    while let Some(s) = pj.read_shipment(from, prev, None, u64::MAX, 64 << 10).expect("read") {
+        apply(&rj, &mut d, &s);
+        from = s.next_lsn;
+        prev = s.end_crc;
+    }
+    settle(&rj, &mut d, pj.next_lsn());
+    rj.apply_mark(pj.mark()).expect("mark");
+    drop(rj);
+    drop(rlog);
+    let rlog = MirrorLog::open(&r.cfg).expect("reopen");
+    let rj = rlog.journal("j").expect("journal");
+    assert_eq!(rj.next_lsn(), pj.next_lsn());
+    assert_eq!(rj.mark(), pj.mark());
+    for (lsn, want) in written.iter().filter(|w| w.0 >= pj.mark()) {
+        assert_eq!(&rj.read(*lsn).expect("read"), want);
+    }
+}
