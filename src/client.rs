@@ -918,3 +918,47 @@ impl BlockingClient {
         self.rt.block_on(f)
     }
 }
+
+// ---------------------------------------------------------------------------
+// one-shot requests to one node, whatever its role
+
+/// Sends one request to exactly `endpoint` (primary or replica: no
+/// failover) and returns the JSON status it answers with. For `Status`,
+/// `Promote` and `Demote`: what an operator aims at one node.
+pub fn admin(endpoint: &str, req: &Request<'_>, timeout: Duration) -> Result<String> {
+    use std::io::{Read, Write};
+    let unavailable = |e: String| ClientError::new(codes::UNAVAILABLE, format!("{endpoint}: {e}"));
+    let addrs: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(endpoint).map_err(|e| unavailable(e.to_string()))?.collect();
+    let addr = addrs.first().copied().ok_or_else(|| unavailable("no address".into()))?;
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(|e| unavailable(e.to_string()))?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| unavailable(e.to_string()))?;
+    let _ = s.set_nodelay(true);
+    let mut out = Vec::new();
+    Request::Hello { min_version: VERSION, max_version: VERSION, client: "mirrorlog-admin" }.encode(1, &mut out);
+    req.encode(2, &mut out);
+    s.write_all(&out).map_err(|e| unavailable(e.to_string()))?;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        while let Some((f, n)) =
+            crate::protocol::decode_frame(&buf, DEFAULT_MAX_BODY).map_err(|e| ClientError::proto(&e))?
+        {
+            if f.request_id == 2 || (f.opcode == Op::Error as u8 && f.request_id == 0) {
+                let r = Response::decode(&f, req.op()).map_err(|e| ClientError::proto(&e))?;
+                return match r {
+                    Response::Status { json } => Ok(json.to_string()),
+                    Response::Error { code, message } => Err(ClientError::new(code, message.to_string())),
+                    other => Err(ClientError::new(105, format!("unexpected answer {other:?}"))),
+                };
+            }
+            buf.drain(..n);
+        }
+        let n = s.read(&mut chunk).map_err(|e| unavailable(e.to_string()))?;
+        if n == 0 {
+            return Err(unavailable("closed before answering".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

@@ -40,6 +40,7 @@ mod pipeline;
 pub mod protocol;
 pub mod read;
 mod recovery;
+pub mod replication;
 pub mod ship;
 pub mod verify;
 

@@ -45,6 +45,11 @@ pub enum Op {
     DeleteJournal = 0x09,
     ListJournals = 0x0A,
     Status = 0x0B,
+    /// Make this replica the primary (raises the epoch).
+    Promote = 0x0C,
+    /// Make this primary a replica (planned; optionally once the replica
+    /// holds everything).
+    Demote = 0x0D,
     /// Server push: records of a subscription.
     Records = 0x7E,
     /// Server: a request failed.
@@ -68,6 +73,8 @@ impl Op {
             0x09 => Op::DeleteJournal,
             0x0A => Op::ListJournals,
             0x0B => Op::Status,
+            0x0C => Op::Promote,
+            0x0D => Op::Demote,
             0x7E => Op::Records,
             0x7F => Op::Error,
             _ => return None,
@@ -140,6 +147,10 @@ pub mod codes {
     pub const FRAME_TIMEOUT: u16 = 206;
     /// A `remote-*` durability was asked of a node with no replica.
     pub const NO_REPLICA: u16 = 207;
+    /// A `remote-*` append was not confirmed by the replica within the
+    /// replication ack timeout (its journal blocks on replica loss). The
+    /// records are durable here and will still be shipped.
+    pub const REPLICA_TIMEOUT: u16 = 210;
     /// The client's timeout passed before the response (client side only).
     pub const TIMEOUT: u16 = 208;
     /// No endpoint could be reached (client side only).
@@ -181,6 +192,7 @@ pub mod codes {
             NO_REPLICA => "no-replica",
             TIMEOUT => "timeout",
             UNAVAILABLE => "unavailable",
+            REPLICA_TIMEOUT => "replica-timeout",
             _ => "unknown",
         }
     }
@@ -326,13 +338,13 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
     out.extend_from_slice(&(b.len() as u16).to_le_bytes());
     out.extend_from_slice(b);
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&(b.len() as u32).to_le_bytes());
     out.extend_from_slice(b);
 }
@@ -419,6 +431,14 @@ pub enum Request<'a> {
     },
     ListJournals,
     Status,
+    /// Answered with `Status` (the new role and epoch).
+    Promote,
+    /// With `sync`, waits (up to `timeout_ms`) until the replica is durable
+    /// at every journal's end before stepping down. Answered with `Status`.
+    Demote {
+        sync: bool,
+        timeout_ms: u32,
+    },
 }
 
 /// A record as returned by `Read` and `Records`.
@@ -481,6 +501,8 @@ impl<'a> Request<'a> {
             Request::DeleteJournal { .. } => Op::DeleteJournal,
             Request::ListJournals => Op::ListJournals,
             Request::Status => Op::Status,
+            Request::Promote => Op::Promote,
+            Request::Demote { .. } => Op::Demote,
         }
     }
 
@@ -531,7 +553,11 @@ impl<'a> Request<'a> {
             Request::GetMark { journal } | Request::CreateJournal { journal } | Request::DeleteJournal { journal } => {
                 put_str(b, journal)
             }
-            Request::ListJournals | Request::Status => {}
+            Request::ListJournals | Request::Status | Request::Promote => {}
+            Request::Demote { sync, timeout_ms } => {
+                b.push(*sync as u8);
+                b.extend_from_slice(&timeout_ms.to_le_bytes());
+            }
         });
     }
 
@@ -572,6 +598,8 @@ impl<'a> Request<'a> {
             Op::DeleteJournal => Request::DeleteJournal { journal: r.str()? },
             Op::ListJournals => Request::ListJournals,
             Op::Status => Request::Status,
+            Op::Promote => Request::Promote,
+            Op::Demote => Request::Demote { sync: r.u8()? != 0, timeout_ms: r.u32()? },
             Op::Records | Op::Error => return Err(ProtoError::UnknownOpcode(frame.opcode)),
         };
         r.end()?;
@@ -660,7 +688,7 @@ impl<'a> Response<'a> {
                     }
                     Response::Journals { names }
                 }
-                Op::Status => {
+                Op::Status | Op::Promote | Op::Demote => {
                     let b = r.bytes()?;
                     Response::Status {
                         json: std::str::from_utf8(b).map_err(|_| ProtoError::Malformed("status is not UTF-8"))?,

@@ -9,9 +9,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mirrorlog::client::{BlockingClient, ClientConfig, ClientError, Record};
+use std::time::Duration;
+
+use mirrorlog::client::{admin, BlockingClient, ClientConfig, ClientError, Record};
 use mirrorlog::daemon::config::{parse_durability, parse_size};
-use mirrorlog::protocol::{codes, Durability};
+use mirrorlog::protocol::{codes, Durability, Request};
 
 #[derive(Parser, Debug)]
 #[command(name = "mirrorlog", version, about = "Client and offline tools for mirrorlog journal appliances")]
@@ -76,10 +78,38 @@ enum Cmd {
     CreateJournal { name: String },
     /// Delete a journal and free its segments.
     DeleteJournal { name: String },
-    /// The appliance's status: mirrors, journals, epoch.
+    /// The appliance's status: role, epoch, mirrors, journals, replication
+    /// lag. Asks the first endpoint that answers (primary or replica).
     Status {
         #[arg(long)]
         json: bool,
+    },
+    /// Make the replica at --endpoint the primary (the primary site is
+    /// lost): its epoch rises, and an old primary that returns is fenced.
+    Promote {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the primary at --endpoint a replica (planned). By default it
+    /// first waits until its replica is durable at every journal's end.
+    Demote {
+        /// Step down at once, without waiting for the replica.
+        #[arg(long)]
+        no_sync: bool,
+        /// Seconds to wait for appends in flight and the replica.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned role swap with no loss: demote the primary at --endpoint
+    /// once its replica has everything, then promote the replica at --to.
+    Switchover {
+        /// The replica's client address (HOST:PORT).
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
     },
     /// Offline: format devices as a new, empty mirror set (destroys them).
     Format {
@@ -153,6 +183,15 @@ fn main() -> ExitCode {
         }
         Cmd::Verify { devices, json } => return verify(devices, *json),
         Cmd::Dump { devices, journal, from } => return dump(devices, journal, *from),
+        Cmd::Status { json } => return admin_status(&args.endpoint, *json, args.timeout),
+        Cmd::Promote { json } => {
+            return admin_print(&args.endpoint, &Request::Promote, *json, args.timeout);
+        }
+        Cmd::Demote { no_sync, wait, json } => {
+            let req = Request::Demote { sync: !no_sync, timeout_ms: (*wait * 1000).min(u32::MAX as u64) as u32 };
+            return admin_print(&args.endpoint, &req, *json, args.timeout.max(*wait + 5));
+        }
+        Cmd::Switchover { to, wait } => return switchover(&args.endpoint, to, *wait),
         _ => {}
     }
     let mut cfg = ClientConfig::new(args.endpoint.iter().cloned());
@@ -239,17 +278,76 @@ fn run(c: &BlockingClient, cmd: &Cmd) -> Result<(), ClientError> {
         }
         Cmd::CreateJournal { name } => c.create_journal(name)?,
         Cmd::DeleteJournal { name } => c.delete_journal(name)?,
-        Cmd::Status { json } => {
-            let s = c.status()?;
-            if *json {
-                writeln!(out, "{s}").map_err(io_err)?;
-            } else {
-                print_status(&mut out, &s).map_err(io_err)?;
-            }
-        }
-        Cmd::Format { .. } | Cmd::Verify { .. } | Cmd::Dump { .. } => {}
+        Cmd::Format { .. }
+        | Cmd::Verify { .. }
+        | Cmd::Dump { .. }
+        | Cmd::Status { .. }
+        | Cmd::Promote { .. }
+        | Cmd::Demote { .. }
+        | Cmd::Switchover { .. } => {}
     }
     out.flush().map_err(io_err)
+}
+
+fn admin_status(endpoints: &[String], json: bool, timeout: u64) -> ExitCode {
+    let mut last = ClientError { code: codes::UNAVAILABLE, message: "no endpoint given".into() };
+    for ep in endpoints {
+        match admin(ep, &Request::Status, Duration::from_secs(timeout.max(1))) {
+            Ok(s) => return show(&s, json),
+            Err(e) => last = e,
+        }
+    }
+    fail(&last)
+}
+
+fn show(s: &str, json: bool) -> ExitCode {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let r = if json { writeln!(out, "{s}") } else { print_status(&mut out, s) };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&io_err(e)),
+    }
+}
+
+/// Sends an admin request to the first endpoint (exactly that node).
+fn admin_print(endpoints: &[String], req: &Request<'_>, json: bool, timeout: u64) -> ExitCode {
+    let Some(ep) = endpoints.first() else {
+        eprintln!("mirrorlog: give --endpoint");
+        return ExitCode::from(2);
+    };
+    match admin(ep, req, Duration::from_secs(timeout.max(1))) {
+        Ok(s) => show(&s, json),
+        Err(e) => fail(&e),
+    }
+}
+
+fn switchover(endpoints: &[String], to: &str, wait: u64) -> ExitCode {
+    let Some(from) = endpoints.first() else {
+        eprintln!("mirrorlog: give --endpoint (the primary)");
+        return ExitCode::from(2);
+    };
+    let t0 = std::time::Instant::now();
+    let demote = Request::Demote { sync: true, timeout_ms: (wait * 1000).min(u32::MAX as u64) as u32 };
+    if let Err(e) = admin(from, &demote, Duration::from_secs(wait + 5)) {
+        eprintln!("mirrorlog: demoting {from}: {e} (nothing changed)");
+        return fail(&e);
+    }
+    match admin(to, &Request::Promote, Duration::from_secs(wait + 5)) {
+        Ok(s) => {
+            let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
+            println!(
+                "switched over: {to} is primary at epoch {} ({} ms); {from} is its replica",
+                v["epoch"],
+                t0.elapsed().as_millis()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mirrorlog: promoting {to} failed: {e}; {from} is a replica now: promote one of them");
+            fail(&e)
+        }
+    }
 }
 
 fn print_status(out: &mut impl Write, s: &str) -> std::io::Result<()> {
@@ -298,6 +396,42 @@ fn print_status(out: &mut impl Write, s: &str) -> std::io::Result<()> {
             j["segments"].to_string(),
             j["durability"].as_str().unwrap_or("?")
         )?;
+    }
+    let r = &v["replication"];
+    if r.is_object() && r["role"] != "standalone" {
+        writeln!(
+            out,
+            "\nreplication: peer {} ({})  {}  sessions {}  resyncs {}  cut-backs {}  backlog {} B",
+            r["peer"].as_str().unwrap_or("-"),
+            r["peer_name"].as_str().unwrap_or(""),
+            if r["connected"].as_bool() == Some(true) { "connected" } else { "NOT CONNECTED" },
+            r["sessions"],
+            r["resyncs"],
+            r["truncations"],
+            r["backlog_bytes"]
+        )?;
+        if let Some(e) = r["last_error"].as_str().filter(|e| !e.is_empty()) {
+            writeln!(out, "last error: {e}")?;
+        }
+        writeln!(
+            out,
+            "{:<24} {:>12} {:>12} {:>12} {:>10} {:>12} {:>9}",
+            "JOURNAL", "NEXT", "REPLICA RCV", "REPLICA DUR", "LAG RECS", "LAG BYTES", "LAG s"
+        )?;
+        for j in r["journals"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "{:<24} {:>12} {:>12} {:>12} {:>10} {:>12} {:>9.3}{}",
+                j["name"].as_str().unwrap_or("?"),
+                j["next_lsn"].to_string(),
+                j["replica_received"].to_string(),
+                j["replica_durable"].to_string(),
+                j["lag_records"].to_string(),
+                j["lag_bytes"].to_string(),
+                j["lag_seconds"].as_f64().unwrap_or(0.0),
+                if j["degraded"].as_bool() == Some(true) { "  DEGRADED" } else { "" }
+            )?;
+        }
     }
     Ok(())
 }

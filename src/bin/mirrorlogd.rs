@@ -3,6 +3,7 @@
 //! ```text
 //! mirrorlogd --config /etc/mirrorlog/mirrorlogd.toml
 //! mirrorlogd --data-dir DIR            # embedded default: two file mirrors in DIR
+//! mirrorlogd --data-dir A --role primary --peer B:7410 --repl-listen A:7410   # a two-site pair
 //! ```
 
 use std::net::SocketAddr;
@@ -38,6 +39,19 @@ struct Args {
     /// Log format (overrides the config): text or json.
     #[arg(long)]
     log_format: Option<String>,
+    /// Replication role at start (overrides the config): standalone,
+    /// primary or replica.
+    #[arg(long, value_name = "ROLE")]
+    role: Option<String>,
+    /// The peer site's replication address (HOST:PORT); a primary ships there.
+    #[arg(long, value_name = "ADDR")]
+    peer: Option<SocketAddr>,
+    /// This node's replication address (HOST:PORT); a replica is fed there.
+    #[arg(long, value_name = "ADDR")]
+    repl_listen: Option<SocketAddr>,
+    /// This node's name in Hello, status and the peer's logs.
+    #[arg(long)]
+    name: Option<String>,
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -82,6 +96,22 @@ fn main() -> ExitCode {
                 }
             }
         };
+    }
+    if let Some(r) = &args.role {
+        if !matches!(r.as_str(), "standalone" | "primary" | "replica") {
+            eprintln!("mirrorlogd: --role must be standalone, primary or replica");
+            return ExitCode::from(2);
+        }
+        cfg.replication.role = r.clone();
+    }
+    if args.peer.is_some() {
+        cfg.replication.peer = args.peer;
+    }
+    if args.repl_listen.is_some() {
+        cfg.replication.listen = args.repl_listen;
+    }
+    if let Some(n) = &args.name {
+        cfg.server.name = n.clone();
     }
     if let Some(l) = &args.log_level {
         cfg.log.level = l.clone();

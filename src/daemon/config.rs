@@ -65,6 +65,32 @@ pub struct JournalSpec {
     /// Default durability of appends that ask for the default.
     #[serde(default = "default_durability", deserialize_with = "durability")]
     pub durability: Durability,
+    /// When the replica cannot confirm a `remote-*` append within
+    /// `replication.ack_timeout`: `block` fails it with `replica-timeout`
+    /// (210); `degrade` acknowledges it as `local` and keeps doing so until
+    /// the replica has caught up.
+    #[serde(default = "default_on_loss", deserialize_with = "on_loss")]
+    pub on_replica_loss: OnReplicaLoss,
+}
+
+/// `on_replica_loss` of a journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReplicaLoss {
+    Block,
+    Degrade,
+}
+
+fn default_on_loss() -> OnReplicaLoss {
+    OnReplicaLoss::Block
+}
+
+fn on_loss<'de, D: Deserializer<'de>>(d: D) -> Result<OnReplicaLoss, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "block" => Ok(OnReplicaLoss::Block),
+        "degrade" => Ok(OnReplicaLoss::Degrade),
+        _ => Err(serde::de::Error::custom(format!("invalid on_replica_loss {s:?}: use block or degrade"))),
+    }
 }
 
 /// A client listener: `"127.0.0.1:7400"` or `"unix:/run/mirrorlog/sock"`.
@@ -247,18 +273,76 @@ impl Default for Metrics {
     }
 }
 
-/// `[replication]`: reserved; only `role = "standalone"` in this version.
+/// `[replication]`: this node's role and its peer on the other site.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Replication {
+    /// `standalone` (no peer), `primary` or `replica`: the role at start.
     #[serde(default = "default_role", deserialize_with = "role")]
     pub role: String,
+    /// The peer's replication address (HOST:PORT): a primary ships there.
+    #[serde(default, deserialize_with = "opt_addr")]
+    pub peer: Option<SocketAddr>,
+    /// This node's replication address: a replica takes its primary's
+    /// stream here (and a primary learns of a newer primary here).
+    #[serde(default, deserialize_with = "opt_addr")]
+    pub listen: Option<SocketAddr>,
+    /// How long a `remote-*` append waits for the replica before its
+    /// journal's `on_replica_loss` applies.
+    #[serde(default = "default_ack_timeout", deserialize_with = "duration")]
+    pub ack_timeout: Duration,
+    /// Bound of the replication backlog kept in memory (bytes shipped but
+    /// not yet sent). Past it the replica is caught up from the segments.
+    #[serde(default = "default_backlog", deserialize_with = "size")]
+    pub backlog_bytes: u64,
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// A session with no frame from the peer for this long is ended.
+    #[serde(default = "default_peer_timeout", deserialize_with = "duration")]
+    pub peer_timeout: Duration,
+    /// A primary at start asks its peer this long whether a newer primary
+    /// exists before it serves.
+    #[serde(default = "default_startup_wait", deserialize_with = "duration")]
+    pub startup_wait: Duration,
+    /// Socket send and receive buffer sizes for the replication link (0:
+    /// the kernel's default).
+    #[serde(default = "default_socket_buffer", deserialize_with = "size")]
+    pub socket_buffer: u64,
 }
 
 impl Default for Replication {
     fn default() -> Self {
-        Replication { role: default_role() }
+        Replication {
+            role: default_role(),
+            peer: None,
+            listen: None,
+            ack_timeout: default_ack_timeout(),
+            backlog_bytes: default_backlog(),
+            connect_timeout: default_connect_timeout(),
+            peer_timeout: default_peer_timeout(),
+            startup_wait: default_startup_wait(),
+            socket_buffer: default_socket_buffer(),
+        }
     }
+}
+
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_backlog() -> u64 {
+    64 << 20
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_peer_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_startup_wait() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_socket_buffer() -> u64 {
+    4 << 20
 }
 
 /// Default client port.
@@ -440,10 +524,8 @@ fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 fn role<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
     match s.as_str() {
-        "standalone" => Ok(s),
-        _ => {
-            Err(serde::de::Error::custom(format!("role {s:?} is not supported by this version (only \"standalone\")")))
-        }
+        "standalone" | "primary" | "replica" => Ok(s),
+        _ => Err(serde::de::Error::custom(format!("invalid role {s:?}: use standalone, primary or replica"))),
     }
 }
 
@@ -471,7 +553,11 @@ impl DaemonConfig {
                 segment_size: default_segment_size(),
                 block_size: default_block_size(),
             },
-            journals: vec![JournalSpec { name: "default".into(), durability: Durability::Local }],
+            journals: vec![JournalSpec {
+                name: "default".into(),
+                durability: Durability::Local,
+                on_replica_loss: OnReplicaLoss::Block,
+            }],
             server: Server::default(),
             limits: Limits::default(),
             idempotence: Idempotence::default(),
@@ -510,6 +596,23 @@ impl DaemonConfig {
         }
         if self.idempotence.window == 0 || self.idempotence.max_producers == 0 {
             return Err("idempotence.window and idempotence.max_producers must be at least 1".into());
+        }
+        let r = &self.replication;
+        match r.role.as_str() {
+            "primary" if r.peer.is_none() => {
+                return Err(
+                    "replication.role = \"primary\" needs replication.peer (the replica's replication address)".into()
+                )
+            }
+            "replica" if r.listen.is_none() => {
+                return Err(
+                    "replication.role = \"replica\" needs replication.listen (where the primary connects)".into()
+                )
+            }
+            _ => {}
+        }
+        if r.backlog_bytes < 2 * self.limits.max_batch_bytes.max(self.limits.max_record_size + 4096) {
+            return Err("replication.backlog_bytes must hold at least two batches".into());
         }
         let mut names = std::collections::HashSet::new();
         for j in &self.journals {
@@ -598,8 +701,12 @@ listen = "off"
         assert!(e.contains("line 5") && e.contains("durability"), "{e}");
         let e = err("[storage]\ndevices = [\"/a\"]\n[limits]\nframe_timeout = \"30\"\n");
         assert!(e.contains("line 4") && e.contains("frame_timeout"), "{e}");
-        let e = err("[storage]\ndevices = [\"/a\"]\n[replication]\nrole = \"primary\"\n");
+        let e = err("[storage]\ndevices = [\"/a\"]\n[replication]\nrole = \"leader\"\n");
         assert!(e.contains("line 4") && e.contains("role"), "{e}");
+        let e = err("[storage]\ndevices = [\"/a\"]\n[[journal]]\nname = \"x\"\non_replica_loss = \"hope\"\n");
+        assert!(e.contains("line 5") && e.contains("on_replica_loss"), "{e}");
+        let e = err("[storage]\ndevices = [\"/a\"]\n[replication]\nrole = \"primary\"\n");
+        assert!(e.contains("replication.peer"), "{e}");
     }
 
     #[test]

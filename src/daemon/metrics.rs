@@ -63,6 +63,77 @@ pub struct Metrics {
     pub connections_rejected: Cell<u64>,
     /// Time from an append's arrival to its acknowledgement.
     pub append_latency: Histogram,
+    /// `remote-*` appends acknowledged as `local` (degraded journals).
+    pub degraded_acks: Cell<u64>,
+}
+
+/// Replication state for `/metrics` and status.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReplStatus {
+    pub role: String,
+    pub peer: Option<String>,
+    pub peer_name: String,
+    pub connected: bool,
+    pub epoch: u64,
+    pub seen_epoch: u64,
+    pub sessions: u64,
+    pub resyncs: u64,
+    pub truncations: u64,
+    pub backlog_bytes: u64,
+    pub last_error: String,
+    pub journals: Vec<ReplJournal>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ReplJournal {
+    pub name: String,
+    pub next_lsn: u64,
+    pub replica_received: u64,
+    pub replica_durable: u64,
+    pub lag_records: u64,
+    pub lag_bytes: u64,
+    pub lag_seconds: f64,
+    pub degraded: bool,
+}
+
+/// Renders the replication metrics.
+pub fn render_repl(o: &mut String, m: &Metrics, r: &ReplStatus) {
+    let h = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    h(o, "mirrorlog_replication_role", "gauge", "1 for this node's current role.");
+    let _ = writeln!(o, "mirrorlog_replication_role{{role=\"{}\"}} 1", esc(&r.role));
+    h(o, "mirrorlog_replication_connected", "gauge", "1 while a replication session streams.");
+    let _ = writeln!(o, "mirrorlog_replication_connected {}", r.connected as u8);
+    h(o, "mirrorlog_replication_sessions_total", "counter", "Replication sessions started.");
+    let _ = writeln!(o, "mirrorlog_replication_sessions_total {}", r.sessions);
+    h(o, "mirrorlog_replication_resyncs_total", "counter", "Replica journals sent again whole.");
+    let _ = writeln!(o, "mirrorlog_replication_resyncs_total {}", r.resyncs);
+    h(o, "mirrorlog_replication_truncations_total", "counter", "Replica journals cut back to this primary's history.");
+    let _ = writeln!(o, "mirrorlog_replication_truncations_total {}", r.truncations);
+    h(o, "mirrorlog_replication_backlog_bytes", "gauge", "Bytes shipped but not yet sent to the replica.");
+    let _ = writeln!(o, "mirrorlog_replication_backlog_bytes {}", r.backlog_bytes);
+    h(o, "mirrorlog_replication_degraded_acks_total", "counter", "remote-* appends acknowledged as local.");
+    let _ = writeln!(o, "mirrorlog_replication_degraded_acks_total {}", m.degraded_acks.get());
+    for (name, help, f) in [
+        (
+            "mirrorlog_replication_replica_durable_lsn",
+            "The replica's durable next LSN.",
+            (|j: &ReplJournal| j.replica_durable as f64) as fn(&ReplJournal) -> f64,
+        ),
+        ("mirrorlog_replication_lag_records", "Records durable here but not on the replica.", |j| j.lag_records as f64),
+        ("mirrorlog_replication_lag_bytes", "Bytes written here but not durable on the replica.", |j| {
+            j.lag_bytes as f64
+        }),
+        ("mirrorlog_replication_lag_seconds", "Seconds since the replica last held everything durable here.", |j| {
+            j.lag_seconds
+        }),
+    ] {
+        h(o, name, "gauge", help);
+        for j in &r.journals {
+            let _ = writeln!(o, "{name}{{journal=\"{}\"}} {}", esc(&j.name), f(j));
+        }
+    }
 }
 
 impl Metrics {

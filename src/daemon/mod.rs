@@ -9,6 +9,9 @@ pub mod producers;
 mod server;
 
 use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::replication::{self, ReplConfig, ReplShared, Role};
 
 pub use config::DaemonConfig;
 
@@ -25,9 +28,30 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
             crate::io::create_device_file(d, cfg.storage.device_size).map_err(|e| format!("{}: {e}", d.display()))?;
         }
     }
-    let ecfg = cfg.engine();
+    let mut ecfg = cfg.engine();
+    let rc = &cfg.replication;
+    let role = match rc.role.as_str() {
+        "primary" => Role::Primary,
+        "replica" => Role::Replica,
+        _ => Role::Standalone,
+    };
+    // The replication listener is bound before anything else, so a replica
+    // with empty devices can be bootstrapped by its primary.
+    let repl_listener = match rc.listen {
+        Some(a) => Some(std::net::TcpListener::bind(a).map_err(|e| format!("replication listen on {a}: {e}"))?),
+        None => None,
+    };
+    let mut formatted = false;
+    for d in &ecfg.devices {
+        formatted |= crate::mirror::MirrorSet::is_formatted(d, ecfg.sync).map_err(|e| e.to_string())?;
+    }
+    if role == Role::Replica && !formatted {
+        let l = repl_listener.as_ref().ok_or("a replica needs replication.listen")?;
+        replication::bootstrap(l, &mut ecfg)?;
+    }
     let t0 = std::time::Instant::now();
-    let log = if cfg.storage.create { crate::MirrorLog::open_or_create(&ecfg) } else { crate::MirrorLog::open(&ecfg) }
+    let create = cfg.storage.create && role != Role::Replica;
+    let log = if create { crate::MirrorLog::open_or_create(&ecfg) } else { crate::MirrorLog::open(&ecfg) }
         .map_err(|e| format!("opening the mirror set: {e} (error code {})", e.code()))?;
     let st = log.status();
     tracing::info!(
@@ -41,8 +65,44 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
     if st.mirrors.len() == 1 {
         tracing::warn!("one device: nothing is mirrored");
     }
-    for j in &cfg.journals {
-        log.journal_or_create(&j.name).map_err(|e| format!("journal {:?}: {e}", j.name))?;
+    if role != Role::Replica {
+        for j in &cfg.journals {
+            log.journal_or_create(&j.name).map_err(|e| format!("journal {:?}: {e}", j.name))?;
+        }
+    }
+    let log = Arc::new(log);
+    let shared = ReplShared::new(ReplConfig {
+        role,
+        peer: rc.peer,
+        listen: rc.listen,
+        name: cfg.server.name.clone(),
+        ack_timeout: rc.ack_timeout,
+        backlog_bytes: rc.backlog_bytes as usize,
+        connect_timeout: rc.connect_timeout,
+        peer_timeout: rc.peer_timeout,
+        startup_wait: rc.startup_wait,
+        socket_buffer: rc.socket_buffer as usize,
+    });
+    if role == Role::Primary {
+        // Ask the peer first: a newer primary may exist (we were fenced
+        // while down). Only a node that may go on as primary raises its
+        // epoch, so no two runs write records of one epoch.
+        match replication::sender::probe(&log, &shared, rc.startup_wait) {
+            replication::sender::Probe::Fenced(e) => {
+                tracing::error!(epoch = e, "a newer primary exists: starting as its replica");
+                shared.set_role(Role::Replica);
+            }
+            p => {
+                if let replication::sender::Probe::Unreachable(why) = &p {
+                    tracing::warn!(peer = ?rc.peer, why, "peer not reachable at start: serving as primary");
+                }
+                log.set_epoch(log.epoch() + 1).map_err(|e| format!("raising the epoch: {e}"))?;
+                replication::start_primary(&log, &shared).map_err(|e| format!("replication sender: {e}"))?;
+            }
+        }
+    }
+    if let Some(l) = repl_listener {
+        replication::start_receiver(&log, &shared, l).map_err(|e| format!("replication receiver: {e}"))?;
     }
     let bound = server::bind(&cfg)?;
     for l in &cfg.server.listen {
@@ -54,10 +114,12 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
     let notifier = Rc::new(notify::Notifier::from_env());
     // Not IORING_SETUP_COOP_TASKRUN: it raised many-connection throughput
     // here but deferred wake-ups of an idle loop by ~90 µs (docs/benchmarks.md).
+    let sh = shared.clone();
     let res = tokio_uring::builder().entries(1024).start(async move {
-        let srv = server::Srv::new(log, cfg).map_err(|e| e.to_string())?;
+        let srv = server::Srv::new(log, cfg, shared).map_err(|e| e.to_string())?;
         server::serve(srv, bound, notifier).await
     });
+    sh.stop.store(true, std::sync::atomic::Ordering::Release);
     tracing::info!("stopped");
     res
 }

@@ -29,13 +29,17 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 
-use super::config::{DaemonConfig, Listen};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::config::{DaemonConfig, Listen, OnReplicaLoss};
 use super::metrics::{self, Metrics};
 use super::notify::Notifier;
 use super::producers::{Check, Producers};
 use crate::protocol::{
     codes, decode_frame, Durability, Frame, Op, ProtoError, Request, Response, WireRecord, HEADER_LEN, VERSION,
 };
+use crate::replication::{self, JRepl, ReplShared, Role};
 use crate::{Driver, Error, Journal, MirrorLog, Tag, Ticket};
 
 /// Subscriptions one connection may hold at once.
@@ -45,7 +49,16 @@ const MAX_SUBSCRIPTIONS: usize = 16;
 struct Jd {
     j: Journal,
     durability: Cell<Durability>,
+    /// `local` appends waiting for local durability, in placement order.
     pending: RefCell<VecDeque<Ack>>,
+    /// `remote-*` appends waiting for local durability and the replica.
+    remote: RefCell<VecDeque<Ack>>,
+    /// The replica's progress on this journal.
+    jr: Arc<JRepl>,
+    on_loss: OnReplicaLoss,
+    /// `remote-*` appends are acknowledged as `local` until the replica
+    /// catches up (`on_replica_loss = "degrade"` after a timeout).
+    degraded: Cell<bool>,
     producers: RefCell<Producers>,
     /// Woken when the durable end moves (subscriptions wait on it).
     advanced: Notify,
@@ -56,7 +69,10 @@ struct Jd {
 struct Ack {
     conn: Rc<Conn>,
     request_id: u64,
-    ticket: Ticket,
+    /// `None`: durable here already (an idempotent resend of a record read
+    /// back from disk).
+    ticket: Option<Ticket>,
+    mode: Durability,
     first_lsn: u64,
     count: u32,
     /// Counted against the connection's in-flight limit (payload and headers).
@@ -70,7 +86,11 @@ impl Ack {
     /// limit until it is answered (`release`).
     fn queue(self, jd: &Jd) {
         self.conn.inflight.set(self.conn.inflight.get() + self.bytes);
-        jd.pending.borrow_mut().push_back(self);
+        if self.mode == Durability::Local {
+            jd.pending.borrow_mut().push_back(self);
+        } else {
+            jd.remote.borrow_mut().push_back(self);
+        }
     }
 
     fn release(&self) {
@@ -80,7 +100,18 @@ impl Ack {
 
     /// Answers with an error instead.
     fn fail(&self, e: &Error) {
-        self.conn.send(|o| err_frame(o, self.request_id, e.code(), &e.to_string()));
+        self.fail_with(e.code(), &e.to_string());
+    }
+
+    fn fail_with(&self, code: u16, msg: &str) {
+        self.conn.send(|o| err_frame(o, self.request_id, code, msg));
+        self.release();
+    }
+
+    fn answer(&self) {
+        self.conn.send(|o| {
+            Response::Appended { first_lsn: self.first_lsn, count: self.count }.encode(Op::Append, self.request_id, o)
+        });
         self.release();
     }
 }
@@ -170,7 +201,10 @@ struct Sub {
 
 /// The server's state, owned by the loop thread.
 pub(crate) struct Srv {
-    log: MirrorLog,
+    log: Arc<MirrorLog>,
+    repl: Arc<ReplShared>,
+    /// A planned demotion is in progress (appends finish normally).
+    demoting: Cell<bool>,
     cfg: DaemonConfig,
     journals: RefCell<HashMap<String, Rc<Jd>>>,
     jlist: RefCell<Vec<Journal>>,
@@ -285,9 +319,11 @@ impl_stream_epoll!(tokio::net::TcpStream);
 impl_stream_epoll!(tokio::net::UnixStream);
 
 impl Srv {
-    pub(crate) fn new(log: MirrorLog, cfg: DaemonConfig) -> crate::Result<Rc<Srv>> {
+    pub(crate) fn new(log: Arc<MirrorLog>, cfg: DaemonConfig, repl: Arc<ReplShared>) -> crate::Result<Rc<Srv>> {
         let srv = Rc::new(Srv {
             log,
+            repl,
+            demoting: Cell::new(false),
             cfg,
             journals: RefCell::new(HashMap::new()),
             jlist: RefCell::new(Vec::new()),
@@ -300,13 +336,14 @@ impl Srv {
         });
         for name in srv.log.journal_names() {
             let j = srv.log.journal(&name)?;
-            let d = srv.cfg.journals.iter().find(|s| s.name == name).map(|s| s.durability).unwrap_or(Durability::Local);
-            srv.add_journal(j, d);
+            srv.add_journal(j);
         }
         Ok(srv)
     }
 
-    fn add_journal(&self, j: Journal, durability: Durability) {
+    /// Builds a journal's idempotence table from the producer tags in its
+    /// newest segments.
+    fn producers_from_disk(&self, j: &Journal) -> Producers {
         let idem = &self.cfg.idempotence;
         let mut producers = Producers::new(idem.window, idem.max_producers);
         let t0 = Instant::now();
@@ -334,11 +371,21 @@ impl Srv {
             seconds = t0.elapsed().as_secs_f64(),
             "journal ready"
         );
+        producers
+    }
+
+    fn add_journal(&self, j: Journal) {
+        let spec = self.cfg.journals.iter().find(|s| s.name == j.name());
+        let producers = self.producers_from_disk(&j);
         let jd = Rc::new(Jd {
             last_durable: Cell::new(j.next_lsn()),
             j: j.clone(),
-            durability: Cell::new(durability),
+            durability: Cell::new(spec.map(|s| s.durability).unwrap_or(Durability::Local)),
             pending: RefCell::new(VecDeque::new()),
+            remote: RefCell::new(VecDeque::new()),
+            jr: self.repl.journal(j.id()),
+            on_loss: spec.map(|s| s.on_replica_loss).unwrap_or(OnReplicaLoss::Block),
+            degraded: Cell::new(false),
             producers: RefCell::new(producers),
             advanced: Notify::new(),
         });
@@ -346,14 +393,46 @@ impl Srv {
         self.jlist.borrow_mut().push(j);
     }
 
+    /// The journal of this name. On a replica the receiver creates and
+    /// deletes journals; the map follows the engine's on each lookup.
     fn journal(&self, name: &str) -> Option<Rc<Jd>> {
-        self.journals.borrow().get(name).cloned()
+        let have = self.journals.borrow().get(name).cloned();
+        if self.repl.role().is_primary() {
+            return have;
+        }
+        match (have, self.log.journal(name).ok()) {
+            (Some(jd), Some(j)) if jd.j.id() == j.id() => Some(jd),
+            (old, now) => {
+                if old.is_some() {
+                    self.journals.borrow_mut().remove(name);
+                    self.jlist.borrow_mut().retain(|j| j.name() != name);
+                }
+                let j = now?;
+                self.add_journal(j);
+                self.journals.borrow().get(name).cloned()
+            }
+        }
+    }
+
+    /// Rebuilds every journal's entry from the engine (after a role change:
+    /// a replica's journals came from its primary, and its idempotence
+    /// tables must know what the primary's producers wrote).
+    fn reload_journals(&self) {
+        self.journals.borrow_mut().clear();
+        self.jlist.borrow_mut().clear();
+        for j in self.log.journals() {
+            self.add_journal(j);
+        }
     }
 
     /// Writes batches and reaps completions; waits for one if `wait`.
     /// (No allocation: it runs on every turn of the loop.)
     fn pump(&self, wait: bool) -> crate::Result<usize> {
-        let n = self.driver.borrow_mut().pump_all(&self.jlist.borrow(), wait)?;
+        // A replica's batches are written by its receiver's own Driver.
+        let n = match self.repl.role() {
+            Role::Replica | Role::Promoting => self.driver.borrow_mut().pump_all(&[], wait)?,
+            _ => self.driver.borrow_mut().pump_all(&self.jlist.borrow(), wait)?,
+        };
         self.settle();
         Ok(n)
     }
@@ -363,7 +442,11 @@ impl Srv {
     }
 
     fn pending_acks(&self) -> usize {
-        self.journals.borrow().values().map(|jd| jd.pending.borrow().len()).sum()
+        self.journals.borrow().values().map(|jd| jd.pending.borrow().len() + jd.remote.borrow().len()).sum()
+    }
+
+    fn remote_acks(&self) -> usize {
+        self.journals.borrow().values().map(|jd| jd.remote.borrow().len()).sum()
     }
 
     /// Answers every append that became durable (or failed).
@@ -375,7 +458,7 @@ impl Srv {
                     let p = jd.pending.borrow();
                     match p.front() {
                         None => break,
-                        Some(a) => jd.j.poll(&a.ticket),
+                        Some(a) => a.ticket.map_or(Ok(true), |t| jd.j.poll(&t)),
                     }
                 };
                 if let Ok(false) = front {
@@ -384,16 +467,9 @@ impl Srv {
                 let Some(a) = jd.pending.borrow_mut().pop_front() else { break };
                 match front {
                     Ok(_) => {
-                        a.conn.send(|o| {
-                            Response::Appended { first_lsn: a.first_lsn, count: a.count }.encode(
-                                Op::Append,
-                                a.request_id,
-                                o,
-                            )
-                        });
                         self.m.append_latency.observe(a.start.elapsed());
                         self.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
-                        a.release();
+                        a.answer();
                     }
                     Err(e) => {
                         self.m.error(e.code());
@@ -401,11 +477,112 @@ impl Srv {
                     }
                 }
             }
+            self.settle_remote(jd);
             let d = jd.j.next_lsn();
             if d != jd.last_durable.get() {
                 jd.last_durable.set(d);
                 jd.advanced.notify_waiters();
             }
+        }
+    }
+
+    /// Answers `remote-*` appends that are durable here and confirmed by
+    /// the replica (received or durable, as asked), or whose wait for the
+    /// replica timed out (then the journal's `on_replica_loss` decides).
+    fn settle_remote(&self, jd: &Jd) {
+        let timeout = self.repl.cfg.ack_timeout;
+        let received = jd.jr.received.load(Ordering::Acquire);
+        let durable = jd.jr.durable.load(Ordering::Acquire);
+        loop {
+            let (local, need, mode, age) = {
+                let q = jd.remote.borrow();
+                let Some(a) = q.front() else { break };
+                (a.ticket.map_or(Ok(true), |t| jd.j.poll(&t)), a.first_lsn + a.count as u64, a.mode, a.start.elapsed())
+            };
+            match local {
+                Ok(false) => break,
+                Err(e) => {
+                    if let Some(a) = jd.remote.borrow_mut().pop_front() {
+                        self.m.error(e.code());
+                        a.fail(&e);
+                    }
+                    continue;
+                }
+                Ok(true) => {}
+            }
+            let confirmed = match mode {
+                Durability::RemoteReceived => received.max(durable) >= need,
+                _ => durable >= need,
+            };
+            if !confirmed && !jd.degraded.get() && age < timeout {
+                break;
+            }
+            let Some(a) = jd.remote.borrow_mut().pop_front() else { break };
+            if confirmed || jd.degraded.get() {
+                if !confirmed {
+                    self.m.degraded_acks.set(self.m.degraded_acks.get() + 1);
+                }
+                self.m.append_latency.observe(a.start.elapsed());
+                self.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
+                a.answer();
+                continue;
+            }
+            match jd.on_loss {
+                OnReplicaLoss::Degrade => {
+                    tracing::warn!(journal = jd.j.name(), replica_durable = durable, timeout = ?timeout,
+                        "replica did not confirm in time: acknowledging remote appends as local until it catches up");
+                    jd.degraded.set(true);
+                    self.m.degraded_acks.set(self.m.degraded_acks.get() + 1);
+                    self.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
+                    a.answer();
+                }
+                OnReplicaLoss::Block => {
+                    self.m.error(crate::protocol::codes::REPLICA_TIMEOUT);
+                    a.fail_with(
+                        crate::protocol::codes::REPLICA_TIMEOUT,
+                        &format!(
+                            "the replica did not confirm lsn {}..{} within {:?} ({}); the records are durable on this node and will still be shipped",
+                            a.first_lsn,
+                            need - 1,
+                            timeout,
+                            if self.repl.connected.load(Ordering::Acquire) { "it lags" } else { "it is not connected" }
+                        ),
+                    );
+                }
+            }
+        }
+        let local_end = jd.j.next_lsn();
+        if durable >= local_end {
+            *jd.jr.caught_up_at.lock() = Instant::now();
+            if jd.degraded.get() && self.repl.connected.load(Ordering::Acquire) {
+                tracing::info!(journal = jd.j.name(), "replica caught up: remote appends wait for it again");
+                jd.degraded.set(false);
+            }
+        }
+    }
+
+    /// Follows a role change made by the replication threads: a fenced
+    /// primary fails what waits and steps down once its writes are done.
+    fn check_role(&self) {
+        if self.repl.role() != Role::SteppingDown || self.demoting.get() {
+            return;
+        }
+        let epoch = self.repl.seen_epoch.load(Ordering::Acquire);
+        let msg = format!("fenced: a newer primary exists (epoch {epoch}); this node is a replica now");
+        for jd in self.journals.borrow().values() {
+            for q in [&jd.pending, &jd.remote] {
+                let drained: Vec<Ack> = q.borrow_mut().drain(..).collect();
+                for a in drained {
+                    self.m.error(codes::FENCED);
+                    a.fail_with(codes::FENCED, &msg);
+                }
+            }
+        }
+        if self.in_flight() == 0
+            && self.log.journals().iter().all(|j| !matches!(j.chain_end(), Err(Error::Backpressure)))
+        {
+            replication::stop_primary(&self.log, &self.repl);
+            self.repl.change_role(Role::SteppingDown, Role::Replica);
         }
     }
 
@@ -441,7 +618,8 @@ impl Srv {
         serde_json::json!({
             "server": self.cfg.server.name,
             "version": env!("CARGO_PKG_VERSION"),
-            "role": "primary",
+            "role": self.repl.role().name(),
+            "replication": self.repl_status(),
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
             "set_uuid": st.set_uuid,
             "epoch": st.epoch,
@@ -461,7 +639,57 @@ impl Srv {
         let st = self.log.status();
         let counters: Vec<(String, crate::JournalCounters)> =
             self.jlist.borrow().iter().map(|j| (j.name().to_string(), j.counters())).collect();
-        metrics::render(&self.m, &st, &counters)
+        let mut o = metrics::render(&self.m, &st, &counters);
+        metrics::render_repl(&mut o, &self.m, &self.repl_status());
+        o
+    }
+
+    fn repl_status(&self) -> metrics::ReplStatus {
+        let r = &self.repl;
+        let ob = r.outbox.lock().clone();
+        let role = r.role();
+        let journals = self
+            .log
+            .journals()
+            .iter()
+            .map(|j| {
+                let jr = r.journal(j.id());
+                let next = j.next_lsn();
+                let durable = jr.durable.load(Ordering::Acquire);
+                let lag = next.saturating_sub(durable);
+                metrics::ReplJournal {
+                    name: j.name().to_string(),
+                    next_lsn: next,
+                    replica_received: jr.received.load(Ordering::Acquire),
+                    replica_durable: durable,
+                    lag_records: if role == Role::Primary { lag } else { 0 },
+                    lag_bytes: match (&ob, role) {
+                        (Some(ob), Role::Primary) if lag > 0 => ob.bytes_after(j.id(), durable),
+                        _ => 0,
+                    },
+                    lag_seconds: if role == Role::Primary && lag > 0 {
+                        jr.caught_up_at.lock().elapsed().as_secs_f64()
+                    } else {
+                        0.0
+                    },
+                    degraded: self.journals.borrow().get(j.name()).is_some_and(|jd| jd.degraded.get()),
+                }
+            })
+            .collect();
+        metrics::ReplStatus {
+            role: role.name().to_string(),
+            peer: r.cfg.peer.map(|p| p.to_string()),
+            peer_name: r.peer_name.lock().clone(),
+            connected: r.connected.load(Ordering::Acquire),
+            epoch: self.log.epoch(),
+            seen_epoch: r.seen_epoch.load(Ordering::Acquire),
+            sessions: r.sessions.load(Ordering::Relaxed),
+            resyncs: r.resyncs.load(Ordering::Relaxed),
+            truncations: r.truncations.load(Ordering::Relaxed),
+            backlog_bytes: ob.map(|o| o.queued_bytes() as u64).unwrap_or(0),
+            last_error: r.last_error.lock().clone(),
+            journals,
+        }
     }
 }
 
@@ -622,7 +850,9 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
 
     // The pump: writes batches as they form, wakes on completions.
     let mut drain_deadline: Option<Instant> = None;
+    let repl_wake = srv.repl.wake.clone();
     loop {
+        srv.check_role();
         if let Err(e) = srv.pump(false) {
             tracing::error!(error = %e, "the write driver failed");
             return Err(e.to_string());
@@ -641,6 +871,13 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
             }
         }
         let gcw = srv.cfg.limits.group_commit_wait;
+        // remote-* appends wait on the replica's acks (which wake the loop)
+        // and on their timeout (this tick).
+        let tick = if srv.remote_acks() > 0 || srv.repl.role() == Role::SteppingDown {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_secs(3600)
+        };
         if srv.in_flight() > 0 {
             tokio::select! {
                 g = efd.readable() => {
@@ -654,17 +891,22 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
                     }
                 }
                 _ = srv.kick.notified() => {}
+                _ = repl_wake.notified() => {}
+                _ = tokio::time::sleep(tick) => {}
             }
-        } else if srv.pending_acks() > 0 {
+        } else if srv.pending_acks() > srv.remote_acks() {
             // Open batches waiting out the group-commit wait (or a retry).
             let wait = if gcw.is_zero() { Duration::from_micros(100) } else { gcw };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = srv.kick.notified() => {}
+                _ = repl_wake.notified() => {}
             }
         } else {
             tokio::select! {
                 _ = srv.kick.notified() => {}
+                _ = repl_wake.notified() => {}
+                _ = tokio::time::sleep(tick) => {}
                 _ = tokio::time::sleep(Duration::from_millis(200)), if srv.draining.get() => {}
             }
         }
@@ -943,8 +1185,9 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
             }
             let name = srv.cfg.server.name.clone();
             let epoch = srv.log.epoch();
+            let primary = srv.repl.role().is_primary();
             conn.send(|o| {
-                Response::Hello { version: VERSION, server: &name, epoch, primary: true }.encode(Op::Hello, rid, o)
+                Response::Hello { version: VERSION, server: &name, epoch, primary }.encode(Op::Hello, rid, o)
             });
         }
         Request::Append { journal, durability, producer, first_seq, records } => {
@@ -989,6 +1232,42 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
                 }
             }
         }
+        Request::SetMark { .. } | Request::CreateJournal { .. } | Request::DeleteJournal { .. }
+            if !srv.repl.role().is_primary() =>
+        {
+            srv.m.error(codes::NOT_PRIMARY);
+            let msg = format!(
+                "this node is {} (not primary): marks and journals are set on the primary",
+                srv.repl.role().name()
+            );
+            conn.send(|o| err_frame(o, rid, codes::NOT_PRIMARY, &msg));
+        }
+        Request::Promote => {
+            let res = promote(srv).await;
+            match res {
+                Ok(()) => {
+                    let json = srv.status_json();
+                    conn.send(|o| Response::Status { json: &json }.encode(Op::Promote, rid, o));
+                }
+                Err((code, msg)) => {
+                    srv.m.error(code);
+                    conn.send(|o| err_frame(o, rid, code, &msg));
+                }
+            }
+        }
+        Request::Demote { sync, timeout_ms } => {
+            let res = demote(srv, sync, Duration::from_millis(timeout_ms as u64)).await;
+            match res {
+                Ok(()) => {
+                    let json = srv.status_json();
+                    conn.send(|o| Response::Status { json: &json }.encode(Op::Demote, rid, o));
+                }
+                Err((code, msg)) => {
+                    srv.m.error(code);
+                    conn.send(|o| err_frame(o, rid, code, &msg));
+                }
+            }
+        }
         Request::SetMark { journal, lsn } => {
             let Some(jd) = srv.journal(journal) else {
                 return fail(&Error::UnknownJournal(journal.to_string()));
@@ -1008,7 +1287,7 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
         },
         Request::CreateJournal { journal } => match srv.log.create_journal(journal) {
             Ok(j) => {
-                srv.add_journal(j, Durability::Local);
+                srv.add_journal(j);
                 tracing::info!(journal, "journal created");
                 conn.send(|o| Response::Ok.encode(Op::CreateJournal, rid, o));
             }
@@ -1042,6 +1321,98 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
     }
 }
 
+/// Makes this replica the primary: its receiver stops (after writing
+/// everything received), the epoch rises past any seen, the idempotence
+/// tables are rebuilt from the journals, and it starts shipping to its peer.
+async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
+    let r = &srv.repl;
+    match r.role() {
+        Role::Primary | Role::Standalone => return Ok(()),
+        Role::Replica => {}
+        other => return Err((codes::NOT_PRIMARY, format!("this node is {}; try again", other.name()))),
+    }
+    if !r.change_role(Role::Replica, Role::Promoting) {
+        return Err((codes::NOT_PRIMARY, "the role changed meanwhile; try again".into()));
+    }
+    // The receiver sees the role, writes what it holds and ends its session.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while r.applying.load(Ordering::Acquire) {
+        if Instant::now() > deadline {
+            r.set_role(Role::Replica);
+            return Err((codes::NOT_PRIMARY, "the replication receiver did not stop in time".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let epoch = srv.log.epoch().max(r.seen_epoch.load(Ordering::Acquire)) + 1;
+    let log = srv.log.clone();
+    if let Err(e) = blocking(move || log.set_epoch(epoch)).await {
+        r.set_role(Role::Replica);
+        return Err((e.code(), format!("persisting epoch {epoch}: {e}")));
+    }
+    srv.reload_journals();
+    r.set_role(Role::Primary);
+    if let Err(e) = replication::start_primary(&srv.log, r) {
+        tracing::error!(error = %e, "replication sender did not start");
+    }
+    tracing::warn!(epoch, "promoted: this node is the primary");
+    Ok(())
+}
+
+/// Makes this primary a replica (planned): no new appends; the waiting
+/// ones finish; with `sync`, waits until the replica is durable at every
+/// journal's end, so promoting it loses nothing.
+async fn demote(srv: &Rc<Srv>, sync: bool, timeout: Duration) -> Result<(), (u16, String)> {
+    let r = &srv.repl;
+    match r.role() {
+        Role::Replica => return Ok(()),
+        Role::Primary => {}
+        Role::Standalone => {
+            return Err((codes::NO_REPLICA, "this node runs standalone: there is no replica to hand over to".into()))
+        }
+        other => return Err((codes::NOT_PRIMARY, format!("this node is {}; try again", other.name()))),
+    }
+    srv.demoting.set(true);
+    r.set_role(Role::SteppingDown);
+    let deadline = Instant::now() + timeout;
+    let undo = |why: String| {
+        r.set_role(Role::Primary);
+        srv.demoting.set(false);
+        srv.kick.notify_one();
+        Err((codes::TIMEOUT, why))
+    };
+    // Appends already taken are answered (pumped by the loop).
+    while srv.pending_acks() > 0 || srv.in_flight() > 0 {
+        if Instant::now() > deadline {
+            return undo("appends in flight did not finish in time; still primary".into());
+        }
+        srv.kick.notify_one();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if sync {
+        loop {
+            let behind: Vec<String> = srv
+                .log
+                .journals()
+                .iter()
+                .filter(|j| r.journal(j.id()).durable.load(Ordering::Acquire) < j.next_lsn())
+                .map(|j| j.name().to_string())
+                .collect();
+            if behind.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return undo(format!("the replica is not durable at the end of {behind:?} in time; still primary"));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    replication::stop_primary(&srv.log, r);
+    r.set_role(Role::Replica);
+    srv.demoting.set(false);
+    tracing::warn!(sync, "demoted: this node is a replica");
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn append(
     srv: &Rc<Srv>,
@@ -1066,11 +1437,22 @@ fn append(
         return fail(e.code(), &e.to_string());
     };
     let mode = if durability == Durability::Default { jd.durability.get() } else { durability };
-    if mode != Durability::Local {
-        return fail(
-            codes::NO_REPLICA,
-            &format!("durability {} needs a replica; this node runs standalone", durability_name(mode)),
-        );
+    match srv.repl.role() {
+        Role::Primary => {}
+        Role::Standalone if mode == Durability::Local => {}
+        Role::Standalone => {
+            return fail(
+                codes::NO_REPLICA,
+                &format!("durability {} needs a replica; this node runs standalone", durability_name(mode)),
+            );
+        }
+        Role::SteppingDown if !srv.demoting.get() => {
+            let e = srv.repl.seen_epoch.load(Ordering::Acquire);
+            return fail(codes::FENCED, &format!("fenced: a newer primary exists (epoch {e}); append not taken"));
+        }
+        r => {
+            return fail(codes::NOT_PRIMARY, &format!("this node is {} (not primary); append not taken", r.name()));
+        }
     }
     let count = records.len() as u64;
     if producer != 0 && first_seq.checked_add(count).is_none() {
@@ -1079,10 +1461,11 @@ fn append(
     }
     let payload: usize = records.iter().map(|r| r.len()).sum();
     let bytes = payload + 32 * records.len();
-    let ack = |ticket: Ticket, first_lsn: u64| Ack {
+    let ack = |ticket: Option<Ticket>, first_lsn: u64| Ack {
         conn: conn.clone(),
         request_id: rid,
         ticket,
+        mode,
         first_lsn,
         count: count as u32,
         bytes,
@@ -1097,14 +1480,16 @@ fn append(
                 srv.m.deduplicated.set(srv.m.deduplicated.get() + 1);
                 match ticket.map(|t| (t, jd.j.poll(&t))) {
                     // Rebuilt from disk (durable), or written since.
-                    None | Some((_, Ok(true))) => {
+                    None | Some((_, Ok(true))) if mode == Durability::Local => {
                         conn.send(|o| {
                             Response::Appended { first_lsn: lsn, count: count as u32 }.encode(Op::Append, rid, o)
                         });
                     }
                     Some((_, Err(e))) => fail(e.code(), &e.to_string()),
-                    // The original is still being written: answer with it.
-                    Some((ticket, Ok(false))) => ack(ticket, lsn).queue(&jd),
+                    // The original is still being written, or must still
+                    // reach the replica: answer with it when it has.
+                    Some((ticket, Ok(false))) => ack(Some(ticket), lsn).queue(&jd),
+                    None | Some((_, Ok(true))) => ack(None, lsn).queue(&jd),
                 }
                 return;
             }
@@ -1127,7 +1512,7 @@ fn append(
                 let durable = jd.j.next_lsn();
                 jd.producers.borrow_mut().record(producer, first_seq, count, first, Some(last), durable);
             }
-            ack(last, first).queue(&jd);
+            ack(Some(last), first).queue(&jd);
         }
         Err(e) => fail(e.code(), &e.to_string()),
     }

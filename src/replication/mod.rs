@@ -1,0 +1,390 @@
+//! Remote-site replication: a primary ships the blocks it writes to a
+//! replica on another site, which writes the same blocks to its own mirror
+//! set. docs/replication.md is the operator's guide; the exchange is in
+//! `wire.rs`.
+//!
+//! ```text
+//!  primary                                              replica
+//!  engine ── claim ──► outbox ──► sender thread ══TCP══► receiver thread
+//!   (ShipSink: batches, marks,     (catch-up from        (verifies, applies to
+//!    journal changes, bounded)      segments, then        its pipeline, writes
+//!                                   the outbox)           with its own Driver)
+//!  server loop ◄── wake ◄── ack reader thread ◄══TCP══ Acks (received, durable)
+//! ```
+//!
+//! Roles and epochs: one node is primary (takes appends), the other replica
+//! (takes its primary's stream; clients may read). Each node listens on its
+//! replication address always; a primary connects to its peer's. When two
+//! primaries meet, the higher epoch wins and the other steps down (fenced).
+//! Promotion raises the epoch; a primary that starts first asks its peer
+//! who is primary, and raises its own epoch only if it may go on as primary
+//! (so records written after any restart carry an epoch no earlier run
+//! used, and equal CRCs at an LSN mean equal histories).
+
+pub mod outbox;
+pub mod receiver;
+pub mod sender;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::protocol::decode_frame;
+use wire::Msg;
+
+/// What this node does now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Role {
+    /// No peer: appends only in `local` mode.
+    Standalone = 0,
+    Primary = 1,
+    Replica = 2,
+    /// A primary stepping down (fenced by a higher epoch, or demoted): it
+    /// takes no appends and fails the ones waiting, then becomes a replica.
+    SteppingDown = 3,
+    /// A replica becoming primary: its receiver stops first.
+    Promoting = 4,
+}
+
+impl Role {
+    fn from_u8(v: u8) -> Role {
+        match v {
+            1 => Role::Primary,
+            2 => Role::Replica,
+            3 => Role::SteppingDown,
+            4 => Role::Promoting,
+            _ => Role::Standalone,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Standalone => "standalone",
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+            Role::SteppingDown => "stepping-down",
+            Role::Promoting => "promoting",
+        }
+    }
+    /// Takes appends.
+    pub fn is_primary(self) -> bool {
+        matches!(self, Role::Primary | Role::Standalone)
+    }
+}
+
+/// The replica's progress on one journal, as its acks report it.
+#[derive(Debug)]
+pub struct JRepl {
+    /// Every record below this LSN reached the replica's memory.
+    pub received: AtomicU64,
+    /// Every record below this LSN is durable on the replica's mirrors.
+    pub durable: AtomicU64,
+    /// When the replica last held everything this node had durable.
+    pub caught_up_at: Mutex<Instant>,
+}
+
+/// Settings (from `[replication]` or the command line).
+#[derive(Debug, Clone)]
+pub struct ReplConfig {
+    pub role: Role,
+    /// The peer's replication address (where a primary ships to).
+    pub peer: Option<SocketAddr>,
+    /// This node's replication address.
+    pub listen: Option<SocketAddr>,
+    pub name: String,
+    /// How long a `remote-*` append waits for the replica before its
+    /// journal's `on_replica_loss` applies.
+    pub ack_timeout: Duration,
+    /// Bound of the outbox (bytes shipped but not yet sent).
+    pub backlog_bytes: usize,
+    pub connect_timeout: Duration,
+    /// A session with no frame from the peer for this long is dead.
+    pub peer_timeout: Duration,
+    /// A primary at start tries this long to learn from its peer whether a
+    /// newer primary exists before it serves.
+    pub startup_wait: Duration,
+    /// Socket buffer sizes (0: the kernel's default).
+    pub socket_buffer: usize,
+}
+
+/// State shared by the server loop and the replication threads.
+pub struct ReplShared {
+    role: AtomicU8,
+    pub cfg: ReplConfig,
+    /// Highest epoch seen from a peer.
+    pub seen_epoch: AtomicU64,
+    journals: Mutex<HashMap<u64, Arc<JRepl>>>,
+    /// A session with the peer is streaming.
+    pub connected: AtomicBool,
+    /// The receiver has a session open (it may be writing).
+    pub applying: AtomicBool,
+    pub peer_name: Mutex<String>,
+    pub last_error: Mutex<String>,
+    /// Journals sent again whole, and cut back, since start.
+    pub resyncs: AtomicU64,
+    pub truncations: AtomicU64,
+    pub sessions: AtomicU64,
+    /// Wakes the server loop (acks arrived, the role changed).
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Set while shutting down: threads end.
+    pub stop: AtomicBool,
+    /// The primary's outbox (while primary).
+    pub outbox: Mutex<Option<Arc<outbox::Outbox>>>,
+}
+
+impl ReplShared {
+    pub fn new(cfg: ReplConfig) -> Arc<ReplShared> {
+        Arc::new(ReplShared {
+            role: AtomicU8::new(cfg.role as u8),
+            cfg,
+            seen_epoch: AtomicU64::new(0),
+            journals: Mutex::new(HashMap::new()),
+            connected: AtomicBool::new(false),
+            applying: AtomicBool::new(false),
+            peer_name: Mutex::new(String::new()),
+            last_error: Mutex::new(String::new()),
+            resyncs: AtomicU64::new(0),
+            truncations: AtomicU64::new(0),
+            sessions: AtomicU64::new(0),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            stop: AtomicBool::new(false),
+            outbox: Mutex::new(None),
+        })
+    }
+
+    pub fn role(&self) -> Role {
+        Role::from_u8(self.role.load(Ordering::Acquire))
+    }
+
+    pub fn set_role(&self, r: Role) {
+        let old = Role::from_u8(self.role.swap(r as u8, Ordering::AcqRel));
+        if old != r {
+            tracing::warn!(from = old.name(), to = r.name(), "role changed");
+        }
+        self.wake.notify_one();
+    }
+
+    /// Moves from `from` to `to` only if the role is `from`.
+    pub fn change_role(&self, from: Role, to: Role) -> bool {
+        let ok = self.role.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if ok {
+            tracing::warn!(from = from.name(), to = to.name(), "role changed");
+            self.wake.notify_one();
+        }
+        ok
+    }
+
+    pub fn journal(&self, id: u64) -> Arc<JRepl> {
+        self.journals
+            .lock()
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(JRepl {
+                    received: AtomicU64::new(0),
+                    durable: AtomicU64::new(0),
+                    caught_up_at: Mutex::new(Instant::now()),
+                })
+            })
+            .clone()
+    }
+
+    pub fn saw_epoch(&self, e: u64) {
+        self.seen_epoch.fetch_max(e, Ordering::AcqRel);
+    }
+
+    fn error(&self, e: &str) {
+        *self.last_error.lock() = e.to_string();
+    }
+}
+
+/// A framed TCP connection (blocking).
+pub struct FrameConn {
+    pub stream: TcpStream,
+    rbuf: Vec<u8>,
+    wbuf: Vec<u8>,
+    max_body: u32,
+}
+
+pub fn configure(s: &TcpStream, buffer: usize) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(s);
+    sock.set_nodelay(true)?;
+    sock.set_keepalive(true)?;
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(3);
+    sock.set_tcp_keepalive(&ka)?;
+    if buffer > 0 {
+        sock.set_send_buffer_size(buffer)?;
+        sock.set_recv_buffer_size(buffer)?;
+    }
+    Ok(())
+}
+
+impl FrameConn {
+    pub fn new(stream: TcpStream, max_body: u32) -> FrameConn {
+        FrameConn { stream, rbuf: Vec::with_capacity(1 << 20), wbuf: Vec::with_capacity(1 << 20), max_body }
+    }
+
+    pub fn connect(addr: SocketAddr, timeout: Duration, buffer: usize, max_body: u32) -> std::io::Result<FrameConn> {
+        let s = TcpStream::connect_timeout(&addr, timeout)?;
+        configure(&s, buffer)?;
+        Ok(FrameConn::new(s, max_body))
+    }
+
+    pub fn send(&mut self, m: &Msg) -> std::io::Result<()> {
+        self.wbuf.clear();
+        m.encode(&mut self.wbuf);
+        self.stream.write_all(&self.wbuf)
+    }
+
+    /// Sends bytes already framed.
+    pub fn send_raw(&mut self, b: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(b)
+    }
+
+    /// A frame already received, if a whole one is buffered.
+    pub fn try_decoded(&mut self) -> std::io::Result<Option<Msg>> {
+        match decode_frame(&self.rbuf, self.max_body) {
+            Ok(Some((f, n))) => {
+                let m =
+                    Msg::decode(&f).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
+                self.rbuf.drain(..n);
+                m.map(Some)
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
+        }
+    }
+
+    /// Reads whatever the socket has (blocking up to its read timeout).
+    /// `Ok(false)` on a timeout with nothing read.
+    pub fn fill(&mut self) -> std::io::Result<bool> {
+        let at = self.rbuf.len();
+        self.rbuf.resize(at + (256 << 10), 0);
+        match self.stream.read(&mut self.rbuf[at..]) {
+            Ok(0) => {
+                self.rbuf.truncate(at);
+                Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the peer closed the connection"))
+            }
+            Ok(n) => {
+                self.rbuf.truncate(at + n);
+                Ok(true)
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                self.rbuf.truncate(at);
+                Ok(false)
+            }
+            Err(e) => {
+                self.rbuf.truncate(at);
+                Err(e)
+            }
+        }
+    }
+
+    /// The next message, waiting up to `timeout`.
+    pub fn recv(&mut self, timeout: Duration) -> std::io::Result<Msg> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.try_decoded()? {
+                return Ok(m);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the peer in time"));
+            }
+            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            self.fill()?;
+        }
+    }
+}
+
+/// Largest replication frame body: a batch buffer and its fields.
+pub fn max_body(batch_buf: u64) -> u32 {
+    (batch_buf + (1 << 16)).min(u32::MAX as u64) as u32
+}
+
+/// Makes this node ship as primary: installs the outbox as the engine's
+/// sink (before any append is taken) and starts the sender thread. The
+/// role must already be `Primary`.
+pub fn start_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) -> std::io::Result<()> {
+    if shared.cfg.peer.is_none() {
+        return Ok(());
+    }
+    let js: Vec<(u64, u64, u64)> = log.journals().iter().map(|j| (j.id(), j.next_lsn(), j.mark())).collect();
+    let ob = Arc::new(outbox::Outbox::new(shared.cfg.backlog_bytes, &js));
+    log.set_ship_sink(Some(ob.clone()));
+    *shared.outbox.lock() = Some(ob.clone());
+    let s = sender::Sender { log: log.clone(), shared: shared.clone(), outbox: ob };
+    std::thread::Builder::new().name("repl-send".into()).spawn(move || s.run())?;
+    Ok(())
+}
+
+/// Stops shipping (this node is no longer primary); the sender thread ends
+/// on its own when it sees the role.
+pub fn stop_primary(log: &crate::MirrorLog, shared: &ReplShared) {
+    log.set_ship_sink(None);
+    if let Some(ob) = shared.outbox.lock().take() {
+        ob.deactivate();
+        ob.nudge();
+    }
+}
+
+/// Starts the receiver thread on an already bound listener.
+pub fn start_receiver(
+    log: &Arc<crate::MirrorLog>,
+    shared: &Arc<ReplShared>,
+    listener: std::net::TcpListener,
+) -> std::io::Result<()> {
+    let r = receiver::Receiver { log: log.clone(), shared: shared.clone(), listener };
+    std::thread::Builder::new().name("repl-recv".into()).spawn(move || r.run())?;
+    Ok(())
+}
+
+/// A replica with unformatted devices waits here for its primary's first
+/// hello and formats them as a member set of the primary's (same set UUID
+/// and geometry), then tells the primary to connect again.
+pub fn bootstrap(listener: &std::net::TcpListener, cfg: &mut crate::Config) -> Result<(), String> {
+    tracing::info!(listen = ?listener.local_addr().ok(), "replica devices are empty: waiting for the primary to bootstrap them");
+    loop {
+        let (s, peer) = listener.accept().map_err(|e| format!("replication listener: {e}"))?;
+        let mut c = FrameConn::new(s, 1 << 20);
+        let h = match c.recv(Duration::from_secs(10)) {
+            Ok(Msg::Hello(h)) => h,
+            Ok(other) => {
+                tracing::warn!(peer = %peer, "expected hello, got {other:?}");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %e, "bootstrap hello");
+                continue;
+            }
+        };
+        if h.probe {
+            // A primary starting: it may serve (we have nothing).
+            let _ = c.send(&Msg::HelloOk { epoch: 0, name: String::new() });
+            continue;
+        }
+        cfg.set_uuid = Some(h.set_uuid);
+        cfg.segment_size = h.segment_size;
+        cfg.block_size = h.block_size;
+        let log = crate::MirrorLog::create(cfg).map_err(|e| format!("formatting the replica devices: {e}"))?;
+        let (_, _, slots, _) = log.geometry();
+        drop(log);
+        if slots < h.slot_count {
+            let _ = c.send(&Msg::Refused {
+                message: format!("replica devices hold {slots} segments, fewer than the primary's {}", h.slot_count),
+            });
+            return Err(format!("replica devices hold {slots} segments, fewer than the primary's {}", h.slot_count));
+        }
+        let _ = c.send(&Msg::Refused { message: "replica formatted as a member of this set; connect again".into() });
+        tracing::info!(primary = %h.name, segment_size = h.segment_size, "formatted as the primary's replica");
+        return Ok(());
+    }
+}

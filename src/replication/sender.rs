@@ -1,0 +1,438 @@
+//! The primary's side: one thread that keeps a session with the replica
+//! (connect, agree where each journal continues, catch up from the
+//! segments, then stream the outbox), and an ack reader per session.
+//!
+//! Invariants:
+//! * Per journal, what is sent is one contiguous chain: from where the
+//!   replica's chain ends (after any cut-back or reset), read from the
+//!   segments up to the outbox's start for that journal, then the outbox.
+//! * Catch-up reads only what is durable here, and never holds up appends
+//!   (it runs on this thread; the outbox is bounded and drops, never
+//!   blocks).
+//! * A session that loses a frame, a batch the replica refuses, an outbox
+//!   overflow: the session ends and the next one starts from what the
+//!   replica says it holds. Nothing is assumed delivered that was not acked.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::outbox::{Event, Outbox};
+use super::wire::{encode_batch, Hello, Msg, REPL_VERSION};
+use super::{max_body, FrameConn, ReplShared, Role};
+use crate::ship::ChainEnd;
+use crate::{Error, Journal, MirrorLog};
+
+/// Where the next shipment of a journal starts.
+#[derive(Debug, Clone, Copy)]
+struct Pos {
+    lsn: u64,
+    crc: u32,
+    hint: Option<(u64, u64)>,
+}
+
+/// What asking the peer found (a primary at start).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The peer takes us as primary (it is a replica at our epoch or below).
+    Primary,
+    /// A newer primary exists at this epoch.
+    Fenced(u64),
+    /// No answer; the reason.
+    Unreachable(String),
+}
+
+pub fn hello(log: &MirrorLog, shared: &ReplShared, probe: bool) -> Hello {
+    let (block_size, segment_size, slot_count, batch_buf) = log.geometry();
+    Hello {
+        version: REPL_VERSION,
+        epoch: log.epoch(),
+        probe,
+        set_uuid: log.set_uuid(),
+        block_size,
+        segment_size,
+        slot_count,
+        batch_buf,
+        name: shared.cfg.name.clone(),
+    }
+}
+
+/// Asks the peer, until `wait` passes, whether we may serve as primary.
+pub fn probe(log: &MirrorLog, shared: &ReplShared, wait: Duration) -> Probe {
+    let Some(peer) = shared.cfg.peer else { return Probe::Primary };
+    let deadline = Instant::now() + wait;
+    let mut last;
+    loop {
+        let r = (|| -> std::io::Result<Msg> {
+            let mut c = FrameConn::connect(peer, shared.cfg.connect_timeout, 0, 1 << 20)?;
+            c.send(&Msg::Hello(hello(log, shared, true)))?;
+            c.recv(shared.cfg.connect_timeout.max(Duration::from_secs(2)))
+        })();
+        match r {
+            Ok(Msg::HelloOk { .. }) => return Probe::Primary,
+            Ok(Msg::Fenced { epoch, message }) => {
+                tracing::warn!(peer = %peer, epoch, message, "the peer has a newer epoch");
+                return Probe::Fenced(epoch);
+            }
+            Ok(Msg::Refused { message }) => last = message,
+            Ok(other) => last = format!("unexpected answer {other:?}"),
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            return Probe::Unreachable(last);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub struct Sender {
+    pub log: Arc<MirrorLog>,
+    pub shared: Arc<ReplShared>,
+    pub outbox: Arc<Outbox>,
+}
+
+impl Sender {
+    /// Runs sessions until this node is no longer primary or stops.
+    pub fn run(self) {
+        let Some(peer) = self.shared.cfg.peer else { return };
+        let mut backoff = Duration::from_millis(50);
+        while self.live() {
+            let t0 = Instant::now();
+            match self.session(peer) {
+                Ok(()) => {}
+                Err(e) => {
+                    if self.live() {
+                        tracing::warn!(peer = %peer, error = %e, "replication session ended");
+                    }
+                    self.shared.error(&e);
+                }
+            }
+            self.shared.connected.store(false, Ordering::Release);
+            self.outbox.deactivate();
+            self.shared.wake.notify_one();
+            if t0.elapsed() > Duration::from_secs(5) {
+                backoff = Duration::from_millis(50);
+            }
+            let until = Instant::now() + backoff;
+            while self.live() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+        tracing::info!("replication sender stopped");
+    }
+
+    fn live(&self) -> bool {
+        !self.shared.stop.load(Ordering::Acquire) && self.shared.role() == Role::Primary
+    }
+
+    fn session(&self, peer: std::net::SocketAddr) -> Result<(), String> {
+        let cfg = &self.shared.cfg;
+        let (_, _, _, batch_buf) = self.log.geometry();
+        let mut c = FrameConn::connect(peer, cfg.connect_timeout, cfg.socket_buffer, max_body(batch_buf))
+            .map_err(|e| format!("connect to {peer}: {e}"))?;
+        let io = |e: std::io::Error| e.to_string();
+        c.send(&Msg::Hello(hello(&self.log, &self.shared, false))).map_err(io)?;
+        match c.recv(cfg.peer_timeout).map_err(io)? {
+            Msg::HelloOk { epoch, name } => {
+                self.shared.saw_epoch(epoch);
+                self.shared.error("");
+                *self.shared.peer_name.lock() = name;
+            }
+            Msg::Fenced { epoch, message } => {
+                self.shared.saw_epoch(epoch);
+                tracing::error!(epoch, message, "fenced: the peer serves a newer epoch; stepping down");
+                self.shared.change_role(Role::Primary, Role::SteppingDown);
+                return Err(format!("fenced by epoch {epoch}"));
+            }
+            Msg::Refused { message } => return Err(format!("refused: {message}")),
+            other => return Err(format!("unexpected answer {other:?}")),
+        }
+        let snap = self.outbox.activate();
+        let journals = self.log.journals();
+        c.send(&Msg::Journals(journals.iter().map(|j| (j.id(), j.name().to_string())).collect())).map_err(io)?;
+        let ends = match c.recv(cfg.peer_timeout).map_err(io)? {
+            Msg::Ends(e) => e,
+            Msg::Failed { message } => return Err(format!("replica failed: {message}")),
+            other => return Err(format!("unexpected answer {other:?}")),
+        };
+        let mut pos: Vec<(Journal, Pos)> = Vec::new();
+        for (id, end) in ends {
+            let Some(j) = self.log.journal_by_id(id) else { continue };
+            let p = self.negotiate(&mut c, &j, end)?;
+            let r = self.shared.journal(id);
+            r.received.store(p.lsn, Ordering::Release);
+            r.durable.store(p.lsn, Ordering::Release);
+            pos.push((j, p));
+        }
+        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(peer = %peer, name = %self.shared.peer_name.lock(), journals = pos.len(), "replication session started");
+
+        // Acks from here on are read by their own thread.
+        let alive = Arc::new(AtomicBool::new(true));
+        let reader = {
+            let stream = c.stream.try_clone().map_err(io)?;
+            let (shared, alive, log) = (self.shared.clone(), alive.clone(), self.log.clone());
+            let max = max_body(batch_buf);
+            std::thread::Builder::new()
+                .name("repl-acks".into())
+                .spawn(move || ack_reader(FrameConn::new(stream, max), &shared, &alive, &log))
+                .map_err(io)?
+        };
+        let res = self.stream(&mut c, pos, &snap.claimed, &snap.marks, &alive);
+        alive.store(false, Ordering::Release);
+        let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        let _ = reader.join();
+        res
+    }
+
+    /// Finds where journal `j` continues on the replica: at its chain end
+    /// if that is in our history, else after the newest record both hold
+    /// (the replica cuts back to it), else from our oldest segment (reset).
+    fn negotiate(&self, c: &mut FrameConn, j: &Journal, end: ChainEnd) -> Result<Pos, String> {
+        let io = |e: std::io::Error| e.to_string();
+        let timeout = self.shared.cfg.peer_timeout * 4;
+        let ours = j.next_lsn();
+        let starts = j.segment_starts();
+        let oldest = starts.first().copied();
+        let reset = |c: &mut FrameConn, next: u64, why: &str| -> Result<Pos, String> {
+            tracing::warn!(
+                journal = j.name(),
+                replica_next = end.next_lsn,
+                next,
+                why,
+                "replica journal sent again whole"
+            );
+            self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
+            c.send(&Msg::Reset { journal: j.id(), next_lsn: next }).map_err(io)?;
+            match c.recv(timeout).map_err(io)? {
+                Msg::Ends(e) if e.len() == 1 => Ok(Pos { lsn: e[0].1.next_lsn, crc: 0, hint: None }),
+                other => Err(format!("unexpected answer to reset {other:?}")),
+            }
+        };
+        if end.seg_seq == u64::MAX {
+            // The replica holds no segment of this journal.
+            return match oldest {
+                Some(_) if starts.contains(&end.next_lsn) => Ok(Pos { lsn: end.next_lsn, crc: 0, hint: None }),
+                Some(o) => reset(c, o, "the replica holds nothing of what is retained here"),
+                None if end.next_lsn == ours => Ok(Pos { lsn: ours, crc: 0, hint: None }),
+                None => reset(c, ours, "aligning an empty journal"),
+            };
+        }
+        let held = |lsn: u64| oldest.is_some_and(|o| lsn >= o) && lsn < ours;
+        let d = end.next_lsn;
+        if d >= 2 && held(d - 1) && j.record_crc(d - 1).ok() == Some(end.last_crc) {
+            return Ok(Pos { lsn: d, crc: end.last_crc, hint: Some((end.seg_seq, end.tail_off)) });
+        }
+        // Histories differ at the replica's tail (or it is ahead): find the
+        // newest record both hold, from samples back from its tail.
+        let low = end.first_lsn.max(oldest.unwrap_or(u64::MAX));
+        let mut lsns = Vec::new();
+        let mut step = 1u64;
+        let mut l = d.saturating_sub(1).min(ours.saturating_sub(1));
+        while l >= low && l >= 1 && lsns.len() < 64 {
+            lsns.push(l);
+            if l < step {
+                break;
+            }
+            l -= step;
+            step = step.saturating_mul(2);
+        }
+        if lsns.is_empty() {
+            return match oldest {
+                Some(o) => reset(c, o, "no record in common"),
+                None => reset(c, ours, "no record in common"),
+            };
+        }
+        c.send(&Msg::Probe { journal: j.id(), lsns }).map_err(io)?;
+        let samples = match c.recv(timeout).map_err(io)? {
+            Msg::Samples { samples, .. } => samples,
+            other => return Err(format!("unexpected answer to probe {other:?}")),
+        };
+        let agree =
+            samples.iter().filter(|(l, crc)| held(*l) && j.record_crc(*l).ok() == Some(*crc)).map(|s| s.0).max();
+        match agree {
+            Some(keep) => {
+                tracing::warn!(
+                    journal = j.name(),
+                    replica_next = d,
+                    keep,
+                    "replica holds records this primary never had: cutting it back"
+                );
+                self.shared.truncations.fetch_add(1, Ordering::Relaxed);
+                c.send(&Msg::Truncate { journal: j.id(), keep }).map_err(io)?;
+                let e = match c.recv(timeout).map_err(io)? {
+                    Msg::Ends(e) if e.len() == 1 => e[0].1,
+                    Msg::Failed { message } => return Err(format!("replica failed to cut back: {message}")),
+                    other => return Err(format!("unexpected answer to truncate {other:?}")),
+                };
+                if e.seg_seq == u64::MAX
+                    || (e.next_lsn >= 2
+                        && held(e.next_lsn - 1)
+                        && j.record_crc(e.next_lsn - 1).ok() == Some(e.last_crc))
+                {
+                    if e.seg_seq == u64::MAX {
+                        return match oldest {
+                            Some(_) if starts.contains(&e.next_lsn) => Ok(Pos { lsn: e.next_lsn, crc: 0, hint: None }),
+                            Some(o) => reset(c, o, "cut back past what is retained here"),
+                            None => reset(c, ours, "cut back past what is retained here"),
+                        };
+                    }
+                    Ok(Pos { lsn: e.next_lsn, crc: e.last_crc, hint: Some((e.seg_seq, e.tail_off)) })
+                } else {
+                    match oldest {
+                        Some(o) => reset(c, o, "cut back to a point not in common"),
+                        None => reset(c, ours, "cut back to a point not in common"),
+                    }
+                }
+            }
+            None => match oldest {
+                Some(o) => reset(c, o, "no record in common"),
+                None => reset(c, ours, "no record in common"),
+            },
+        }
+    }
+
+    fn stream(
+        &self,
+        c: &mut FrameConn,
+        pos: Vec<(Journal, Pos)>,
+        claimed: &HashMap<u64, u64>,
+        marks: &HashMap<u64, u64>,
+        alive: &AtomicBool,
+    ) -> Result<(), String> {
+        let io = |e: std::io::Error| e.to_string();
+        let mut buf = Vec::with_capacity(2 << 20);
+        // Catch-up: each journal from where the replica is to where the
+        // outbox begins, read from the segments.
+        for (j, mut p) in pos {
+            let target = claimed.get(&j.id()).copied().unwrap_or_else(|| j.next_lsn());
+            let t0 = Instant::now();
+            let mut bytes = 0u64;
+            let from = p.lsn;
+            while p.lsn < target {
+                if !alive.load(Ordering::Acquire) || !self.live() {
+                    return Err("session ended during catch-up".into());
+                }
+                match j.read_shipment(p.lsn, p.crc, p.hint, target, 4 << 20) {
+                    Ok(Some(s)) => {
+                        buf.clear();
+                        encode_batch(&mut buf, &s.view());
+                        c.send_raw(&buf).map_err(io)?;
+                        bytes += s.bytes.len() as u64;
+                        p = Pos {
+                            lsn: s.next_lsn,
+                            crc: s.end_crc,
+                            hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)),
+                        };
+                    }
+                    // Not durable here yet.
+                    Ok(None) => std::thread::sleep(Duration::from_micros(200)),
+                    Err(Error::BelowMark { .. }) => {
+                        // Reclaimed while we were behind: send what is retained.
+                        let Some(o) = j.segment_starts().first().copied() else { break };
+                        tracing::warn!(
+                            journal = j.name(),
+                            next = o,
+                            "catch-up fell below the mark: journal sent again whole"
+                        );
+                        self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
+                        c.send(&Msg::Reset { journal: j.id(), next_lsn: o }).map_err(io)?;
+                        p = Pos { lsn: o, crc: 0, hint: None };
+                    }
+                    Err(Error::UnknownJournal(_)) => break,
+                    Err(e) => return Err(format!("catch-up read of {}: {e}", j.name())),
+                }
+            }
+            if let Some(&m) = marks.get(&j.id()) {
+                c.send(&Msg::Mark { journal: j.id(), lsn: m }).map_err(io)?;
+            }
+            if p.lsn > from {
+                let s = t0.elapsed().as_secs_f64();
+                tracing::info!(
+                    journal = j.name(),
+                    from,
+                    to = p.lsn,
+                    bytes,
+                    seconds = s,
+                    mib_per_s = bytes as f64 / (1 << 20) as f64 / s.max(1e-9),
+                    "catch-up done"
+                );
+            }
+        }
+        self.shared.connected.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+        // The outbox, as it fills.
+        let mut events = Vec::new();
+        let mut last_send = Instant::now();
+        loop {
+            if !alive.load(Ordering::Acquire) {
+                return Err("the replica stopped answering".into());
+            }
+            if !self.live() {
+                return Ok(());
+            }
+            events.clear();
+            if self.outbox.take(&mut events, Duration::from_millis(250)).is_err() {
+                return Err("replication backlog overflowed; catching up from the segments".into());
+            }
+            buf.clear();
+            for e in events.drain(..) {
+                match e {
+                    Event::Batch(s) => encode_batch(&mut buf, &s.view()),
+                    Event::Mark { journal, lsn } => Msg::Mark { journal, lsn }.encode(&mut buf),
+                    Event::Create { journal, name } => Msg::Create { journal, name }.encode(&mut buf),
+                    Event::Delete { journal } => Msg::Delete { journal }.encode(&mut buf),
+                }
+                if buf.len() >= 4 << 20 {
+                    c.send_raw(&buf).map_err(io)?;
+                    buf.clear();
+                }
+            }
+            if buf.is_empty() && last_send.elapsed() >= Duration::from_secs(1) {
+                Msg::Ping.encode(&mut buf);
+            }
+            if !buf.is_empty() {
+                c.send_raw(&buf).map_err(io)?;
+                last_send = Instant::now();
+            }
+        }
+    }
+}
+
+/// Reads the replica's acks until the session ends.
+fn ack_reader(mut c: FrameConn, shared: &ReplShared, alive: &AtomicBool, log: &MirrorLog) {
+    let timeout = shared.cfg.peer_timeout;
+    while alive.load(Ordering::Acquire) {
+        match c.recv(timeout) {
+            Ok(Msg::Acks(acks)) => {
+                for (id, received, durable) in acks {
+                    let r = shared.journal(id);
+                    r.received.fetch_max(received, Ordering::AcqRel);
+                    r.durable.fetch_max(durable, Ordering::AcqRel);
+                    if let Some(j) = log.journal_by_id(id) {
+                        if durable >= j.next_lsn() {
+                            *r.caught_up_at.lock() = Instant::now();
+                        }
+                    }
+                }
+                shared.wake.notify_one();
+            }
+            Ok(Msg::Failed { message }) => {
+                tracing::error!(message, "the replica could not apply the stream");
+                shared.error(&message);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if alive.load(Ordering::Acquire) {
+                    tracing::warn!(error = %e, "replication ack stream ended");
+                }
+                break;
+            }
+        }
+    }
+    alive.store(false, Ordering::Release);
+    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+}
