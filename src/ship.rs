@@ -636,6 +636,11 @@ impl Journal {
         }
     }
 
+    /// (slot, segment sequence, first LSN) of each segment held, oldest first.
+    pub fn segment_slots(&self) -> Vec<(u64, u64, u64)> {
+        self.inner.st.lock().segs.iter().map(|s| (s.slot, s.seq, s.first_lsn)).collect()
+    }
+
     /// The journal's id in its set (equal on a primary and its replicas).
     pub fn id(&self) -> u64 {
         self.inner.id

@@ -1343,7 +1343,11 @@ async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let epoch = srv.log.epoch().max(r.seen_epoch.load(Ordering::Acquire)) + 1;
+    // Epochs are `term << 32 | start`: a primary's every start raises the
+    // low half (records of two runs never share an epoch); a promotion
+    // starts a new term, above every epoch either site can reach by
+    // restarting, so a promoted replica always wins against its old primary.
+    let epoch = ((srv.log.epoch().max(r.seen_epoch.load(Ordering::Acquire)) >> 32) + 1) << 32;
     let log = srv.log.clone();
     if let Err(e) = blocking(move || log.set_epoch(epoch)).await {
         r.set_role(Role::Replica);

@@ -180,7 +180,7 @@ impl Sender {
                 .spawn(move || ack_reader(FrameConn::new(stream, max), &shared, &alive, &log))
                 .map_err(io)?
         };
-        let res = self.stream(&mut c, pos, &snap.claimed, &snap.marks, &alive);
+        let res = self.stream(&mut c, pos, &snap.claimed, &snap.marks, &alive, batch_buf as usize);
         alive.store(false, Ordering::Release);
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
         let _ = reader.join();
@@ -301,6 +301,7 @@ impl Sender {
         claimed: &HashMap<u64, u64>,
         marks: &HashMap<u64, u64>,
         alive: &AtomicBool,
+        chunk: usize,
     ) -> Result<(), String> {
         let io = |e: std::io::Error| e.to_string();
         let mut buf = Vec::with_capacity(2 << 20);
@@ -315,7 +316,8 @@ impl Sender {
                 if !alive.load(Ordering::Acquire) || !self.live() {
                     return Err("session ended during catch-up".into());
                 }
-                match j.read_shipment(p.lsn, p.crc, p.hint, target, 4 << 20) {
+                // At most one batch buffer: what the replica applies at once.
+                match j.read_shipment(p.lsn, p.crc, p.hint, target, chunk) {
                     Ok(Some(s)) => {
                         buf.clear();
                         encode_batch(&mut buf, &s.view());

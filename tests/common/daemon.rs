@@ -39,8 +39,20 @@ impl Daemon {
         Self::start_full(dir, extra, env, "epoll")
     }
 
+    /// Writes the config like `start` but does not start the daemon.
+    pub fn configure(dir: &Path, extra: &str) -> Daemon {
+        Self::configure_full(dir, extra, Vec::new(), "epoll")
+    }
+
     /// `network`: `epoll` or `io_uring` (`server.network`).
     pub fn start_full(dir: &Path, extra: &str, env: Vec<(String, String)>, network: &str) -> Daemon {
+        let mut d = Self::configure_full(dir, extra, env, network);
+        d.spawn();
+        d.wait_ready();
+        d
+    }
+
+    fn configure_full(dir: &Path, extra: &str, env: Vec<(String, String)>, network: &str) -> Daemon {
         let port = free_port();
         let mport = free_port();
         let config = dir.join("mirrorlogd.toml");
@@ -51,7 +63,7 @@ impl Daemon {
             d = dir.display()
         );
         std::fs::write(&config, text).expect("write config");
-        let mut d = Daemon {
+        Daemon {
             child: None,
             dir: dir.to_path_buf(),
             config,
@@ -60,10 +72,29 @@ impl Daemon {
             log: dir.join("mirrorlogd.log"),
             env,
             starts: 0,
-        };
-        d.spawn();
-        d.wait_ready();
-        d
+        }
+    }
+
+    /// Rewrites the config's `[replication]` role (for a restart).
+    pub fn set_role(&self, role: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let mut out = String::new();
+        for l in text.lines() {
+            if l.starts_with("role = ") {
+                out.push_str(&format!("role = \"{role}\"\n"));
+            } else {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        std::fs::write(&self.config, out).expect("write config");
+    }
+
+    /// The daemon's status (any role), parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let s = mirrorlog::client::admin(&self.addr, &mirrorlog::protocol::Request::Status, Duration::from_secs(10))
+            .expect("status");
+        serde_json::from_str(&s).expect("status json")
     }
 
     /// Starts the process (appending to the log), without waiting.

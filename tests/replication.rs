@@ -1,0 +1,524 @@
+//! Two real daemons on loopback, a primary and its replica (optionally
+//! through the fault proxy): durability modes under load, a link cut and
+//! healed, a replica killed and restarted, site loss with promotion and
+//! client failover, and an old primary that returns with a tail the new
+//! one never had. After each, the two sites hold the same records in the
+//! same blocks (checked offline, byte by byte, and by `mirrorlog verify`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::daemon::{free_port, Daemon};
+use mirrorlog::client::{Client, ClientConfig};
+use mirrorlog::protocol::{codes, Durability};
+use mirrorlog_faultproxy::Proxy;
+
+struct Site {
+    d: Daemon,
+    _tmp: tempfile::TempDir,
+}
+
+impl Site {
+    fn devices(&self) -> Vec<PathBuf> {
+        self.d.devices()
+    }
+}
+
+/// The `[replication]` table of one site.
+fn repl_table(role: &str, peer: &str, listen: &str, extra: &str) -> String {
+    format!(
+        "[replication]\nrole = \"{role}\"\npeer = \"{peer}\"\nlisten = \"{listen}\"\nack_timeout = \"2s\"\n\
+         peer_timeout = \"3s\"\nstartup_wait = \"2s\"\nconnect_timeout = \"1s\"\n{extra}\n"
+    )
+}
+
+/// A primary (A) and a replica (B); A ships through `proxy` if given
+/// (a listener address the caller's proxy forwards to B's replication port).
+fn pair(journals: &str, repl_extra: &str, via: Option<&dyn Fn(&str) -> String>) -> (Site, Site) {
+    let (ta, tb) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    if std::env::var_os("MLOG_KEEP").is_some() {
+        eprintln!("site A in {}, site B in {}", ta.path().display(), tb.path().display());
+    }
+    let (ra, rb) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let peer_of_a = via.map(|f| f(&rb)).unwrap_or_else(|| rb.clone());
+    let mut b = Daemon::configure(tb.path(), &format!("{journals}\n{}", repl_table("replica", &ra, &rb, repl_extra)));
+    let mut a =
+        Daemon::configure(ta.path(), &format!("{journals}\n{}", repl_table("primary", &peer_of_a, &ra, repl_extra)));
+    b.spawn();
+    a.spawn();
+    a.wait_ready();
+    b.wait_ready();
+    let keep = |t: tempfile::TempDir| {
+        if std::env::var_os("MLOG_KEEP").is_some() {
+            tempfile::TempDir::new_in(t.keep()).expect("tmp")
+        } else {
+            t
+        }
+    };
+    (Site { d: a, _tmp: keep(ta) }, Site { d: b, _tmp: keep(tb) })
+}
+
+/// ~1 KiB payload naming its writer and sequence.
+fn payload(client: u64, seq: u64) -> Vec<u8> {
+    let mut p = Vec::with_capacity(1024);
+    p.extend_from_slice(&client.to_le_bytes());
+    p.extend_from_slice(&seq.to_le_bytes());
+    p.extend(common::payload(client * 1_000_003 + seq, 1008));
+    p
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Ack {
+    lsn: u64,
+    client: u64,
+    seq: u64,
+    mode: Durability,
+}
+
+struct Load {
+    rt: tokio::runtime::Runtime,
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Vec<Ack>>>,
+    errors: Arc<Mutex<Vec<(u16, String)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `clients` writers, each with one append in flight, cycling through
+    /// `modes`; a failed append is recorded and the writer goes on (with
+    /// `retry`, it is sent again until acknowledged, as a broker would).
+    /// Writers are numbered from `first` (their records name them).
+    fn start(endpoints: &[String], clients: u64, modes: &[Durability], retry: bool, journal: &str) -> Load {
+        Self::start_from(0, endpoints, clients, modes, retry, journal)
+    }
+
+    fn start_from(
+        first: u64,
+        endpoints: &[String],
+        clients: u64,
+        modes: &[Durability],
+        retry: bool,
+        journal: &str,
+    ) -> Load {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for c in first..first + clients {
+            let (stop, acks, errors) = (stop.clone(), acks.clone(), errors.clone());
+            let eps = endpoints.to_vec();
+            let modes = modes.to_vec();
+            let journal = journal.to_string();
+            tasks.push(rt.spawn(async move {
+                let mut cfg = ClientConfig::new(eps);
+                cfg.request_timeout = Duration::from_secs(90);
+                cfg.backoff_max = Duration::from_millis(100);
+                let client = Client::connect(cfg).await.expect("connect");
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let mode = modes[(c as usize) % modes.len()];
+                    loop {
+                        match client.append_batch_with(&journal, &[&payload(c, seq)], mode).await {
+                            Ok(lsn) => {
+                                acks.lock().expect("acks").push(Ack { lsn, client: c, seq, mode });
+                                break;
+                            }
+                            Err(e) => {
+                                errors.lock().expect("errors").push((e.code, e.message.clone()));
+                                if !retry || stop.load(Ordering::Relaxed) {
+                                    break;
+                                }
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        Load { rt, stop, acks, errors, tasks }
+    }
+
+    fn acked(&self) -> usize {
+        self.acks.lock().expect("acks").len()
+    }
+
+    fn wait_acks(&self, n: usize, within: Duration) {
+        let t0 = Instant::now();
+        while self.acked() < n {
+            assert!(t0.elapsed() < within, "only {} of {n} appends acknowledged in {within:?}", self.acked());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(self) -> (Vec<Ack>, Vec<(u16, String)>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = self.rt.block_on(t);
+        }
+        let acks = self.acks.lock().expect("acks").clone();
+        let errors = self.errors.lock().expect("errors").clone();
+        (acks, errors)
+    }
+}
+
+/// Waits until the primary reports its replica durable at every journal's end.
+fn wait_caught_up(primary: &Daemon, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let st = primary.status();
+        let r = &st["replication"];
+        let behind: Vec<String> = r["journals"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|j| j["replica_durable"].as_u64() < j["next_lsn"].as_u64())
+            .map(|j| j.to_string())
+            .collect();
+        if r["connected"] == true && behind.is_empty() {
+            return;
+        }
+        assert!(t0.elapsed() < within, "replica not caught up in {within:?}: {behind:?}\n{st}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn engine_cfg(devs: &[PathBuf]) -> mirrorlog::Config {
+    mirrorlog::Config::new(devs.iter().cloned())
+}
+
+/// Every record of every journal, offline: name -> (first, [(lsn, epoch, payload)]).
+fn records(devs: &[PathBuf]) -> HashMap<String, Vec<(u64, u64, Vec<u8>)>> {
+    let log = mirrorlog::MirrorLog::open(&engine_cfg(devs)).expect("open set");
+    let mut out = HashMap::new();
+    for name in log.journal_names() {
+        let j = log.journal(&name).expect("journal");
+        let mut v = Vec::new();
+        j.visit(j.info().first_lsn, 1 << 20, |r| {
+            v.push((r.lsn, r.epoch, r.payload.to_vec()));
+            true
+        })
+        .expect("visit");
+        out.insert(name, v);
+    }
+    out
+}
+
+/// Both sites hold the same records, in the same blocks, and each verifies.
+fn assert_sites_equal(a: &[PathBuf], b: &[PathBuf]) {
+    for devs in [a, b] {
+        let list: Vec<String> = devs.iter().map(|p| p.display().to_string()).collect();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+            .args(["verify", "--devices", &list.join(",")])
+            .output()
+            .expect("run verify");
+        assert!(
+            out.status.success(),
+            "verify {list:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (ra, rb) = (records(a), records(b));
+    let mut names: Vec<&String> = ra.keys().collect();
+    names.sort();
+    let mut nb: Vec<&String> = rb.keys().collect();
+    nb.sort();
+    assert_eq!(names, nb, "journals differ");
+    for n in names {
+        let (x, y) = (&ra[n], &rb[n]);
+        // The replica may retain less below the mark; compare what both hold.
+        let from = x.first().map(|r| r.0).unwrap_or(0).max(y.first().map(|r| r.0).unwrap_or(0));
+        let xs: Vec<_> = x.iter().filter(|r| r.0 >= from).collect();
+        let ys: Vec<_> = y.iter().filter(|r| r.0 >= from).collect();
+        assert_eq!(xs.len(), ys.len(), "journal {n}: {} records here, {} there", xs.len(), ys.len());
+        for (p, q) in xs.iter().zip(ys.iter()) {
+            assert!(p == q, "journal {n}: lsn {} differs", p.0);
+        }
+    }
+    // The same blocks: each segment of each journal, up to its tail.
+    let la = mirrorlog::MirrorLog::open(&engine_cfg(a)).expect("open a");
+    let lb = mirrorlog::MirrorLog::open(&engine_cfg(b)).expect("open b");
+    let seg = la.geometry().1;
+    for name in la.journal_names() {
+        let (ja, jb) = (la.journal(&name).expect("a"), lb.journal(&name).expect("b"));
+        let (sa, sb) = (ja.segment_slots(), jb.segment_slots());
+        let tail = ja.chain_end().expect("end").tail_off;
+        for (k, s) in sa.iter().enumerate() {
+            let Some(t) = sb.iter().find(|t| t.1 == s.1) else { continue };
+            assert_eq!(s, t, "journal {name}: segment {} in a different slot", s.1);
+            let len = if k + 1 == sa.len() { tail } else { seg } as usize;
+            let off = (1 << 20) + s.0 * seg;
+            assert!(
+                common::read_at(&a[0], off, len) == common::read_at(&b[1], off, len),
+                "journal {name}: segment {} holds different bytes",
+                s.1
+            );
+        }
+    }
+}
+
+fn check_present_once(devs: &[PathBuf], acks: &[Ack], journal: &str, which: impl Fn(&Ack) -> bool) -> usize {
+    let recs = records(devs);
+    let recs = &recs[journal];
+    let by_lsn: HashMap<u64, &Vec<u8>> = recs.iter().map(|r| (r.0, &r.2)).collect();
+    let mut seen: HashMap<(u64, u64), u32> = HashMap::new();
+    for r in recs {
+        let id = (
+            u64::from_le_bytes(r.2[..8].try_into().expect("8")),
+            u64::from_le_bytes(r.2[8..16].try_into().expect("8")),
+        );
+        *seen.entry(id).or_default() += 1;
+    }
+    let mut n = 0;
+    for a in acks.iter().filter(|a| which(a)) {
+        let got = by_lsn.get(&a.lsn).unwrap_or_else(|| panic!("acknowledged {a:?} is missing"));
+        assert!(**got == payload(a.client, a.seq), "lsn {} holds another record than {a:?}", a.lsn);
+        assert_eq!(seen.get(&(a.client, a.seq)), Some(&1), "{a:?} is present more than once");
+        n += 1;
+    }
+    n
+}
+
+const JOURNALS: &str = "[[journal]]\nname = \"blocking\"\ndurability = \"remote-durable\"\n\n\
+    [[journal]]\nname = \"degrading\"\ndurability = \"remote-durable\"\non_replica_loss = \"degrade\"\n";
+
+#[test]
+fn every_mode_under_load_then_both_sites_hold_the_same_blocks() {
+    let (mut a, mut b) = pair(JOURNALS, "", None);
+    let modes = [Durability::Local, Durability::RemoteReceived, Durability::RemoteDurable];
+    let load = Load::start(&[a.d.addr.clone()], 12, &modes, false, "default");
+    load.wait_acks(3000, Duration::from_secs(60));
+    // A second journal, created while replicating, with a mark set.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    rt.block_on(async {
+        let c = Client::connect(ClientConfig::new([a.d.addr.clone()])).await.expect("connect");
+        c.create_journal("late").await.expect("create");
+        for i in 0..200u64 {
+            c.append_batch_with("late", &[&payload(99, i)], Durability::RemoteDurable).await.expect("append");
+        }
+        c.set_mark("late", 50).await.expect("mark");
+    });
+    let (acks, errors) = load.stop();
+    assert!(errors.is_empty(), "errors: {errors:?}");
+    for m in modes {
+        assert!(acks.iter().filter(|x| x.mode == m).count() > 500, "mode {m:?} under-exercised");
+    }
+    wait_caught_up(&a.d, Duration::from_secs(30));
+    let st = b.d.status();
+    assert_eq!(st["role"], "replica");
+    assert_eq!(st["replication"]["connected"], true);
+    assert_eq!(b.d.term().code(), Some(0));
+    assert_eq!(a.d.term().code(), Some(0));
+    assert_sites_equal(&a.devices(), &b.devices());
+    // The replica alone holds every acknowledged append (any mode: all
+    // were shipped before the sites were stopped).
+    let n = check_present_once(&b.devices(), &acks, "default", |_| true);
+    assert_eq!(n, acks.len());
+    assert_eq!(records(&b.devices())["late"].first().map(|r| r.0), Some(50));
+}
+
+#[test]
+fn a_link_cut_and_black_holed_under_load_heals_and_catches_up() {
+    let proxy: Arc<Mutex<Option<Proxy>>> = Arc::new(Mutex::new(None));
+    let p2 = proxy.clone();
+    let via = move |upstream: &str| -> String {
+        let up = upstream.parse().expect("addr");
+        let p = Proxy::start("127.0.0.1:0".parse().expect("addr"), up).expect("proxy");
+        let addr = p.local_addr().to_string();
+        *p2.lock().expect("proxy") = Some(p);
+        addr
+    };
+    let (mut a, mut b) = pair(JOURNALS, "backlog_bytes = \"4MiB\"\n", Some(&via));
+    let guard = proxy.lock().expect("proxy");
+    let p = guard.as_ref().expect("proxy started");
+    let load = Load::start(&[a.d.addr.clone()], 8, &[Durability::Local], false, "default");
+    load.wait_acks(1500, Duration::from_secs(60));
+    // Cut: the session ends and starts again from what the replica holds.
+    p.cut();
+    load.wait_acks(3000, Duration::from_secs(60));
+    // A partition that drops bytes silently: frames are lost mid-stream,
+    // so the replica must refuse what no longer chains, and the primary's
+    // backlog (4 MiB) overflows: catch-up from the segments.
+    p.set_blackhole(true);
+    let before = load.acked();
+    load.wait_acks(before + 6000, Duration::from_secs(60));
+    // remote-* appends while the replica is unreachable: `block` fails
+    // with replica-timeout, `degrade` is acknowledged as local.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    rt.block_on(async {
+        let c = Client::connect(ClientConfig::new([a.d.addr.clone()])).await.expect("connect");
+        let e = c.append_batch_with("blocking", &[b"x"], Durability::Default).await.expect_err("must time out");
+        assert_eq!(e.code, codes::REPLICA_TIMEOUT, "{e}");
+        let t0 = Instant::now();
+        c.append_batch_with("degrading", &[b"y"], Durability::Default).await.expect("degrades to local");
+        assert!(t0.elapsed() >= Duration::from_millis(1500), "waited for the replica first");
+        // Degraded now: the next is acknowledged at once.
+        let t0 = Instant::now();
+        c.append_batch_with("degrading", &[b"z"], Durability::Default).await.expect("local");
+        assert!(t0.elapsed() < Duration::from_millis(1500));
+    });
+    p.set_blackhole(false);
+    p.cut();
+    load.wait_acks(load.acked() + 2000, Duration::from_secs(60));
+    let (acks, errors) = load.stop();
+    assert!(errors.is_empty(), "local appends never wait for the replica: {errors:?}");
+    wait_caught_up(&a.d, Duration::from_secs(60));
+    let st = a.d.status();
+    assert!(st["replication"]["sessions"].as_u64() >= Some(3), "{st}");
+    let metrics = a.d.http_get("/metrics");
+    assert!(metrics.contains("mirrorlog_replication_degraded_acks_total 2"), "{metrics}");
+    drop(guard);
+    assert_eq!(b.d.term().code(), Some(0));
+    assert_eq!(a.d.term().code(), Some(0));
+    assert_sites_equal(&a.devices(), &b.devices());
+    check_present_once(&b.devices(), &acks, "default", |_| true);
+}
+
+#[test]
+fn a_replica_killed_under_load_restarts_and_catches_up() {
+    let (mut a, mut b) = pair("", "", None);
+    // Three local writers and one remote-durable writer that gives up on
+    // replica-timeout (a resend with a new sequence would write twice).
+    let modes = [Durability::Local, Durability::Local, Durability::Local, Durability::RemoteDurable];
+    let load = Load::start(&[a.d.addr.clone()], 8, &modes, false, "default");
+    load.wait_acks(1000, Duration::from_secs(60));
+    for _ in 0..2 {
+        b.d.kill9();
+        let n = load.acked();
+        // remote-durable appends wait (and time out into retries); local ones go on.
+        load.wait_acks(n + 500, Duration::from_secs(60));
+        b.d.spawn();
+        b.d.wait_ready();
+        load.wait_acks(load.acked() + 1000, Duration::from_secs(60));
+    }
+    let (acks, errors) = load.stop();
+    assert!(errors.iter().all(|e| e.0 == codes::REPLICA_TIMEOUT), "{errors:?}");
+    wait_caught_up(&a.d, Duration::from_secs(60));
+    assert_eq!(b.d.term().code(), Some(0));
+    assert_eq!(a.d.term().code(), Some(0));
+    assert_sites_equal(&a.devices(), &b.devices());
+    check_present_once(&a.devices(), &acks, "default", |_| true);
+}
+
+#[test]
+fn site_loss_promotion_and_client_failover_lose_no_remote_durable_append() {
+    // `degrade`: once the primary site is gone the new primary has no
+    // replica until the old site returns, and keeps taking appends.
+    let (mut a, mut b) = pair(
+        "[[journal]]\nname = \"orders\"\ndurability = \"remote-durable\"\non_replica_loss = \"degrade\"\n",
+        "",
+        None,
+    );
+    let eps = vec![a.d.addr.clone(), b.d.addr.clone()];
+    let load = Load::start(&eps, 8, &[Durability::Default], true, "orders");
+    load.wait_acks(2000, Duration::from_secs(60));
+    // The primary site is lost: process and devices.
+    a.d.kill9();
+    for d in a.devices() {
+        std::fs::remove_file(d).expect("delete device");
+    }
+    let acked_before = load.acked();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["--endpoint", &b.d.addr, "promote", "--json"])
+        .output()
+        .expect("promote");
+    assert!(out.status.success(), "promote: {}", String::from_utf8_lossy(&out.stderr));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(st["role"], "primary");
+    // The clients follow the promotion and go on.
+    load.wait_acks(acked_before + 2000, Duration::from_secs(90));
+    // The old site comes back empty, as a replica of the new primary.
+    a.d.set_role("replica");
+    a.d.spawn();
+    a.d.wait_ready();
+    load.wait_acks(load.acked() + 1000, Duration::from_secs(60));
+    let (acks, _errors) = load.stop();
+    wait_caught_up(&b.d, Duration::from_secs(60));
+    assert_eq!(a.d.term().code(), Some(0));
+    assert_eq!(b.d.term().code(), Some(0));
+    // Every append acknowledged as remote-durable, before and after the
+    // loss, is on the new primary exactly once.
+    let n = check_present_once(&b.devices(), &acks, "orders", |_| true);
+    assert!(n >= acked_before + 3000, "{n}");
+    assert_sites_equal(&b.devices(), &a.devices());
+}
+
+#[test]
+fn an_old_primary_returning_with_a_tail_is_fenced_cut_back_and_caught_up() {
+    let proxy: Arc<Mutex<Option<Proxy>>> = Arc::new(Mutex::new(None));
+    let p2 = proxy.clone();
+    let via = move |upstream: &str| -> String {
+        let p = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream.parse().expect("addr")).expect("proxy");
+        let addr = p.local_addr().to_string();
+        *p2.lock().expect("proxy") = Some(p);
+        addr
+    };
+    let (mut a, mut b) = pair("", "", Some(&via));
+    let load = Load::start(&[a.d.addr.clone()], 4, &[Durability::RemoteDurable], false, "default");
+    load.wait_acks(500, Duration::from_secs(60));
+    let (durable_acks, _) = load.stop();
+    wait_caught_up(&a.d, Duration::from_secs(30));
+    // The link stops forwarding; the primary goes on alone in local mode:
+    // a tail the replica never gets.
+    proxy.lock().expect("p").as_ref().expect("p").pause();
+    let load = Load::start_from(100, &[a.d.addr.clone()], 4, &[Durability::Local], false, "default");
+    load.wait_acks(400, Duration::from_secs(60));
+    let (tail_acks, _) = load.stop();
+    a.d.kill9();
+    proxy.lock().expect("p").as_ref().expect("p").cut();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["--endpoint", &b.d.addr, "promote"])
+        .output()
+        .expect("promote");
+    assert!(out.status.success(), "promote: {}", String::from_utf8_lossy(&out.stderr));
+    let load = Load::start_from(200, &[b.d.addr.clone()], 4, &[Durability::Local], false, "default");
+    load.wait_acks(300, Duration::from_secs(60));
+    let (new_acks, _) = load.stop();
+    // The old primary restarts as primary, learns of the newer epoch from
+    // its peer and becomes its replica; its tail is cut back.
+    a.d.spawn();
+    a.d.wait_ready();
+    let t0 = Instant::now();
+    while a.d.status()["role"] != "replica" {
+        assert!(t0.elapsed() < Duration::from_secs(20), "old primary not fenced:\n{}", a.d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A client that still appends there is refused.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let e = rt.block_on(async {
+        let mut cfg = ClientConfig::new([a.d.addr.clone()]);
+        cfg.request_timeout = Duration::from_secs(2);
+        Client::connect(cfg).await.map(|_| ()).expect_err("the old primary is not primary")
+    });
+    assert!(matches!(e.code, codes::NOT_PRIMARY | codes::UNAVAILABLE), "{e}");
+    wait_caught_up(&b.d, Duration::from_secs(60));
+    let st = b.d.status();
+    assert!(st["replication"]["truncations"].as_u64() >= Some(1), "the replica was cut back: {st}");
+    assert_eq!(a.d.term().code(), Some(0));
+    assert_eq!(b.d.term().code(), Some(0));
+    assert_sites_equal(&b.devices(), &a.devices());
+    // What the old primary wrote alone is gone on both; everything else is there once.
+    check_present_once(&a.devices(), &durable_acks, "default", |_| true);
+    check_present_once(&a.devices(), &new_acks, "default", |_| true);
+    let recs = records(&a.devices());
+    let tail_ids: std::collections::HashSet<(u64, u64)> = tail_acks.iter().map(|x| (x.client, x.seq)).collect();
+    let kept = recs["default"]
+        .iter()
+        .filter(|r| {
+            let id = (
+                u64::from_le_bytes(r.2[..8].try_into().expect("8")),
+                u64::from_le_bytes(r.2[8..16].try_into().expect("8")),
+            );
+            tail_ids.contains(&id)
+        })
+        .count();
+    assert!(kept < tail_acks.len(), "the unreplicated tail was cut back ({kept} of {} kept)", tail_acks.len());
+}
