@@ -976,8 +976,14 @@ async fn http_metrics(srv: Rc<Srv>, s: tokio_uring::net::TcpStream) {
 // connections
 
 async fn connection<S: Stream>(srv: Rc<Srv>, s: Rc<S>, peer: String) {
+    use tracing::Instrument;
     let span = tracing::info_span!("conn", peer = %peer);
-    let _e = span.enter();
+    connection_in_span(srv, s).instrument(span).await
+}
+
+/// (A span entered with `enter()` across awaits leaks into other tasks:
+/// `instrument` enters it only while this task runs.)
+async fn connection_in_span<S: Stream>(srv: Rc<Srv>, s: Rc<S>) {
     if srv.m.connections.get() as usize >= srv.cfg.limits.max_connections || srv.draining.get() {
         srv.m.connections_rejected.set(srv.m.connections_rejected.get() + 1);
         let (code, msg) = if srv.draining.get() {
