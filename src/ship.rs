@@ -274,7 +274,7 @@ impl JournalInner {
         hint: Option<(u64, u64)>,
         end: u64,
         max_bytes: usize,
-    ) -> Result<Option<Shipment>> {
+    ) -> Result<Vec<Shipment>> {
         let set = &self.shared.set;
         let bs = set.block_size as usize;
         let (slot, seg_seq, start, header, bound, end_lsn, _pin) = {
@@ -284,7 +284,7 @@ impl JournalInner {
             }
             let end = end.min(st.durable_lsn);
             if from >= end {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             let i = st.segs.partition_point(|s| s.first_lsn <= from);
             if i == 0 {
@@ -336,7 +336,8 @@ impl JournalInner {
         }
         let read_from = if header { 0 } else { start.off };
         // At least one whole batch fits: a batch never exceeds a batch buffer.
-        let max_bytes = max_bytes.max(self.shared.cfg.batch_buf_bytes(bs as u32));
+        let piece = self.shared.cfg.batch_buf_bytes(bs as u32);
+        let max_bytes = max_bytes.max(piece);
         let len = ((bound as usize).saturating_sub(read_from)).min(max_bytes) / bs * bs;
         if len <= start.off - read_from {
             return Err(Error::Corrupt(format!("journal {}: nothing to ship at lsn {from}", self.name)));
@@ -350,27 +351,49 @@ impl JournalInner {
                     continue;
                 }
                 let mut pos = ChainPos { off: start.off - read_from, lsn: start.lsn, prev_crc: start.prev_crc };
-                let mut cut: Option<(usize, u64, u32)> = None;
+                // Every batch end the chain reaches: (offset after it, next lsn, crc).
+                let mut cuts: Vec<(usize, u64, u32)> = Vec::new();
                 scan_chain(&buf.as_slice()[..len], &mut pos, bs, self.max_body(), |f| {
                     if f.header.flags & FLAG_BATCH_END != 0 {
                         let next = align_up((f.off + f.header.total_len()) as u64, bs as u64) as usize;
-                        cut = Some((next, f.header.lsn + 1, f.header.crc));
+                        cuts.push((next, f.header.lsn + 1, f.header.crc));
                     }
                     f.header.lsn + 1 < end_lsn
                 });
-                if let Some((off, next, crc)) = cut {
-                    return Ok(Some(Shipment {
+                if cuts.is_empty() {
+                    continue;
+                }
+                // Whole batches, in pieces of at most one batch buffer (what
+                // a replica applies at once).
+                let mut out = Vec::new();
+                let (mut p0, mut lsn0) = (0usize, from);
+                let mut prev: Option<(usize, u64, u32)> = None;
+                let emit = |out: &mut Vec<Shipment>, p0: usize, lsn0: u64, c: (usize, u64, u32)| {
+                    out.push(Shipment {
                         journal_id: self.id,
                         slot,
                         seg_seq,
-                        seg_off: read_from as u64,
-                        first_lsn: from,
-                        next_lsn: next,
-                        end_crc: crc,
-                        header,
-                        bytes: buf.as_slice()[..off].to_vec(),
-                    }));
+                        seg_off: (read_from + p0) as u64,
+                        first_lsn: lsn0,
+                        next_lsn: c.1,
+                        end_crc: c.2,
+                        header: header && p0 == 0,
+                        bytes: buf.as_slice()[p0..c.0].to_vec(),
+                    });
+                };
+                for &c in &cuts {
+                    if let Some(pc) = prev {
+                        if c.0 - p0 > piece {
+                            emit(&mut out, p0, lsn0, pc);
+                            (p0, lsn0) = (pc.0, pc.1);
+                        }
+                    }
+                    prev = Some(c);
                 }
+                if let Some(pc) = prev {
+                    emit(&mut out, p0, lsn0, pc);
+                }
+                return Ok(out);
             }
             if attempt == 0 {
                 // No member's copy held a whole batch: let the verified scan
@@ -579,9 +602,10 @@ impl Journal {
 
     /// Primary (catch-up): whole batches from `from` (a batch start, whose
     /// previous record has CRC `prev_crc`) up to `end` or the durable end,
-    /// at most `max_bytes` (at least one batch), read from the segments and
-    /// verified. `hint`: (segment seq, offset) where `from` starts, as the
-    /// replica reported it. `None` when nothing is left to send.
+    /// read from the segments (one read of at most `max_bytes`, at least a
+    /// batch) and verified, in shipments of at most one batch buffer each,
+    /// in order. `hint`: (segment seq, offset) where `from` starts, as the
+    /// replica reported it. Empty when nothing is left to send.
     pub fn read_shipment(
         &self,
         from: u64,
@@ -589,7 +613,7 @@ impl Journal {
         hint: Option<(u64, u64)>,
         end: u64,
         max_bytes: usize,
-    ) -> Result<Option<Shipment>> {
+    ) -> Result<Vec<Shipment>> {
         self.inner.read_shipment(from, prev_crc, hint, end, max_bytes)
     }
 

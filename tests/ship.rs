@@ -144,15 +144,20 @@ fn shipped_batches_make_the_same_blocks_and_catch_up_reads_match_them() {
     let mut prev = 0;
     let mut hint = None;
     let mut n = 0;
-    while let Some(s) =
-        pj.read_shipment(from, prev, hint, u64::MAX, (8 << 10) + rng.below(4) as usize * 4096).expect("read")
-    {
-        assert_eq!(s.first_lsn, from);
-        apply(&r2j, &mut d, &s);
-        from = s.next_lsn;
-        prev = s.end_crc;
-        hint = Some((s.seg_seq, s.seg_off + s.bytes.len() as u64));
-        n += 1;
+    loop {
+        let v = pj.read_shipment(from, prev, hint, u64::MAX, (8 << 10) + rng.below(40) as usize * 4096).expect("read");
+        if v.is_empty() {
+            break;
+        }
+        for s in v {
+            assert_eq!(s.first_lsn, from);
+            assert!(s.bytes.len() as u64 <= plog.geometry().3, "a piece is at most a batch buffer");
+            apply(&r2j, &mut d, &s);
+            from = s.next_lsn;
+            prev = s.end_crc;
+            hint = Some((s.seg_seq, s.seg_off + s.bytes.len() as u64));
+            n += 1;
+        }
     }
     assert!(n > 10);
     settle(&r2j, &mut d, pj.next_lsn());
@@ -224,11 +229,17 @@ fn a_diverged_tail_is_cut_back_and_leaves_nothing_to_recover() {
     // And catch-up from there makes it equal to the primary again.
     let mut from = end.next_lsn;
     let (mut prev, mut hint) = (end.last_crc, Some((end.seg_seq, end.tail_off)));
-    while let Some(s) = pj.read_shipment(from, prev, hint, u64::MAX, 64 << 10).expect("read") {
-        apply(&rj, &mut d, &s);
-        from = s.next_lsn;
-        prev = s.end_crc;
-        hint = Some((s.seg_seq, s.seg_off + s.bytes.len() as u64));
+    loop {
+        let v = pj.read_shipment(from, prev, hint, u64::MAX, 64 << 10).expect("read");
+        if v.is_empty() {
+            break;
+        }
+        for s in v {
+            apply(&rj, &mut d, &s);
+            from = s.next_lsn;
+            prev = s.end_crc;
+            hint = Some((s.seg_seq, s.seg_off + s.bytes.len() as u64));
+        }
     }
     settle(&rj, &mut d, pj.next_lsn());
     for (lsn, want) in written.iter().step_by(7) {
@@ -246,10 +257,16 @@ fn a_diverged_tail_is_cut_back_and_leaves_nothing_to_recover() {
     assert_eq!(e.next_lsn, first);
     let mut from = first;
     let mut prev = 0;
-    while let Some(s) = pj.read_shipment(from, prev, None, u64::MAX, 64 << 10).expect("read") {
-        apply(&rj, &mut d, &s);
-        from = s.next_lsn;
-        prev = s.end_crc;
+    loop {
+        let v = pj.read_shipment(from, prev, None, u64::MAX, 64 << 10).expect("read");
+        if v.is_empty() {
+            break;
+        }
+        for s in v {
+            apply(&rj, &mut d, &s);
+            from = s.next_lsn;
+            prev = s.end_crc;
+        }
     }
     settle(&rj, &mut d, pj.next_lsn());
     rj.apply_mark(pj.mark()).expect("mark");

@@ -77,6 +77,10 @@ pub struct ReplStatus {
     pub epoch: u64,
     pub seen_epoch: u64,
     pub sessions: u64,
+    /// When the current session started (ms since the Unix epoch).
+    pub session_started_ms: u64,
+    /// Bytes the current session read from the segments to catch up.
+    pub catchup_bytes: u64,
     pub resyncs: u64,
     pub truncations: u64,
     pub backlog_bytes: u64,

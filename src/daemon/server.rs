@@ -684,6 +684,8 @@ impl Srv {
             epoch: self.log.epoch(),
             seen_epoch: r.seen_epoch.load(Ordering::Acquire),
             sessions: r.sessions.load(Ordering::Relaxed),
+            session_started_ms: r.session_started_ms.load(Ordering::Relaxed),
+            catchup_bytes: r.catchup_bytes.load(Ordering::Relaxed),
             resyncs: r.resyncs.load(Ordering::Relaxed),
             truncations: r.truncations.load(Ordering::Relaxed),
             backlog_bytes: ob.map(|o| o.queued_bytes() as u64).unwrap_or(0),

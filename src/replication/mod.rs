@@ -130,6 +130,11 @@ pub struct ReplShared {
     pub resyncs: AtomicU64,
     pub truncations: AtomicU64,
     pub sessions: AtomicU64,
+    /// When the current (or last) session was accepted by the peer, in
+    /// milliseconds since the Unix epoch (primary side).
+    pub session_started_ms: AtomicU64,
+    /// Bytes read from the segments and sent in this session's catch-up.
+    pub catchup_bytes: AtomicU64,
     /// Wakes the server loop (acks arrived, the role changed).
     pub wake: Arc<tokio::sync::Notify>,
     /// Set while shutting down: threads end.
@@ -152,6 +157,8 @@ impl ReplShared {
             resyncs: AtomicU64::new(0),
             truncations: AtomicU64::new(0),
             sessions: AtomicU64::new(0),
+            session_started_ms: AtomicU64::new(0),
+            catchup_bytes: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
             stop: AtomicBool::new(false),
             outbox: Mutex::new(None),

@@ -24,6 +24,9 @@ use super::{max_body, FrameConn, ReplShared, Role};
 use crate::ship::ChainEnd;
 use crate::{Error, Journal, MirrorLog};
 
+/// Bytes read from the segments at once during catch-up.
+const CATCHUP_READ: usize = 8 << 20;
+
 /// Where the next shipment of a journal starts.
 #[derive(Debug, Clone, Copy)]
 struct Pos {
@@ -136,6 +139,8 @@ impl Sender {
         c.send(&Msg::Hello(hello(&self.log, &self.shared, false))).map_err(io)?;
         match c.recv(cfg.peer_timeout).map_err(io)? {
             Msg::HelloOk { epoch, name } => {
+                self.shared.session_started_ms.store(now_ms(), Ordering::Release);
+                self.shared.catchup_bytes.store(0, Ordering::Release);
                 self.shared.saw_epoch(epoch);
                 self.shared.error("");
                 *self.shared.peer_name.lock() = name;
@@ -294,6 +299,104 @@ impl Sender {
         }
     }
 
+    /// Sends journal `j` from `p` up to `target`, read from the segments.
+    /// A reader thread reads the next chunk while this one is sent, so the
+    /// disk read and the link (and the replica's writes) overlap.
+    #[allow(clippy::too_many_arguments)]
+    fn catch_up(
+        &self,
+        c: &mut FrameConn,
+        j: &Journal,
+        mut p: Pos,
+        target: u64,
+        chunk: usize,
+        alive: &AtomicBool,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), String> {
+        let io = |e: std::io::Error| e.to_string();
+        let t0 = Instant::now();
+        let from = p.lsn;
+        let mut bytes = 0u64;
+        while p.lsn < target {
+            // One reader per run; a reset (below the mark) starts another.
+            let quit = AtomicBool::new(false);
+            let outcome: Result<Option<u64>, String> = std::thread::scope(|scope| {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<crate::Result<Vec<crate::ship::Shipment>>>(2);
+                let quit = &quit;
+                let start = p;
+                scope.spawn(move || {
+                    let mut q = start;
+                    while q.lsn < target && !quit.load(Ordering::Acquire) {
+                        match j.read_shipment(q.lsn, q.crc, q.hint, target, CATCHUP_READ.max(chunk)) {
+                            Ok(v) if !v.is_empty() => {
+                                if let Some(s) = v.last() {
+                                    q = Pos { lsn: s.next_lsn, crc: s.end_crc, hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)) };
+                                }
+                                if tx.send(Ok(v)).is_err() {
+                                    return;
+                                }
+                            }
+                            // Not durable here yet.
+                            Ok(_) => std::thread::sleep(Duration::from_micros(200)),
+                            Err(e) => {
+                                let _ = tx.send(Err(e));
+                                return;
+                            }
+                        }
+                    }
+                });
+                let res = (|| {
+                    for got in rx.iter() {
+                        if !alive.load(Ordering::Acquire) || !self.live() {
+                            return Err("session ended during catch-up".to_string());
+                        }
+                        match got {
+                            Ok(v) => {
+                                buf.clear();
+                                for s in &v {
+                                    encode_batch(buf, &s.view());
+                                    bytes += s.bytes.len() as u64;
+                                    self.shared.catchup_bytes.fetch_add(s.bytes.len() as u64, Ordering::Relaxed);
+                                }
+                                c.send_raw(buf).map_err(io)?;
+                                if let Some(s) = v.last() {
+                                    p = Pos { lsn: s.next_lsn, crc: s.end_crc, hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)) };
+                                }
+                            }
+                            // Reclaimed while we were behind: send what is retained.
+                            Err(Error::BelowMark { .. }) => {
+                                return Ok(Some(j.segment_starts().first().copied().unwrap_or(u64::MAX)))
+                            }
+                            Err(Error::UnknownJournal(_)) => return Ok(Some(u64::MAX)),
+                            Err(e) => return Err(format!("catch-up read of {}: {e}", j.name())),
+                        }
+                    }
+                    Ok(None)
+                })();
+                quit.store(true, Ordering::Release);
+                // (Dropping the receiver ends a reader blocked on a full channel.)
+                drop(rx);
+                res
+            });
+            match outcome? {
+                None => {}
+                Some(u64::MAX) => return Ok(()),
+                Some(o) => {
+                    tracing::warn!(journal = j.name(), next = o, "catch-up fell below the mark: journal sent again whole");
+                    self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
+                    c.send(&Msg::Reset { journal: j.id(), next_lsn: o }).map_err(io)?;
+                    p = Pos { lsn: o, crc: 0, hint: None };
+                }
+            }
+        }
+        if p.lsn > from {
+            let s = t0.elapsed().as_secs_f64();
+            tracing::info!(journal = j.name(), from, to = p.lsn, bytes, seconds = s,
+                mib_per_s = bytes as f64 / (1 << 20) as f64 / s.max(1e-9), "catch-up done");
+        }
+        Ok(())
+    }
+
     fn stream(
         &self,
         c: &mut FrameConn,
@@ -307,60 +410,11 @@ impl Sender {
         let mut buf = Vec::with_capacity(2 << 20);
         // Catch-up: each journal from where the replica is to where the
         // outbox begins, read from the segments.
-        for (j, mut p) in pos {
+        for (j, p) in pos {
             let target = claimed.get(&j.id()).copied().unwrap_or_else(|| j.next_lsn());
-            let t0 = Instant::now();
-            let mut bytes = 0u64;
-            let from = p.lsn;
-            while p.lsn < target {
-                if !alive.load(Ordering::Acquire) || !self.live() {
-                    return Err("session ended during catch-up".into());
-                }
-                // At most one batch buffer: what the replica applies at once.
-                match j.read_shipment(p.lsn, p.crc, p.hint, target, chunk) {
-                    Ok(Some(s)) => {
-                        buf.clear();
-                        encode_batch(&mut buf, &s.view());
-                        c.send_raw(&buf).map_err(io)?;
-                        bytes += s.bytes.len() as u64;
-                        p = Pos {
-                            lsn: s.next_lsn,
-                            crc: s.end_crc,
-                            hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)),
-                        };
-                    }
-                    // Not durable here yet.
-                    Ok(None) => std::thread::sleep(Duration::from_micros(200)),
-                    Err(Error::BelowMark { .. }) => {
-                        // Reclaimed while we were behind: send what is retained.
-                        let Some(o) = j.segment_starts().first().copied() else { break };
-                        tracing::warn!(
-                            journal = j.name(),
-                            next = o,
-                            "catch-up fell below the mark: journal sent again whole"
-                        );
-                        self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
-                        c.send(&Msg::Reset { journal: j.id(), next_lsn: o }).map_err(io)?;
-                        p = Pos { lsn: o, crc: 0, hint: None };
-                    }
-                    Err(Error::UnknownJournal(_)) => break,
-                    Err(e) => return Err(format!("catch-up read of {}: {e}", j.name())),
-                }
-            }
+            self.catch_up(c, &j, p, target, chunk, alive, &mut buf)?;
             if let Some(&m) = marks.get(&j.id()) {
                 c.send(&Msg::Mark { journal: j.id(), lsn: m }).map_err(io)?;
-            }
-            if p.lsn > from {
-                let s = t0.elapsed().as_secs_f64();
-                tracing::info!(
-                    journal = j.name(),
-                    from,
-                    to = p.lsn,
-                    bytes,
-                    seconds = s,
-                    mib_per_s = bytes as f64 / (1 << 20) as f64 / s.max(1e-9),
-                    "catch-up done"
-                );
             }
         }
         self.shared.connected.store(true, Ordering::Release);
@@ -401,6 +455,10 @@ impl Sender {
             }
         }
     }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Reads the replica's acks until the session ends.

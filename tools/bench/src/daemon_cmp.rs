@@ -29,7 +29,7 @@ impl Drop for Kill {
 /// QD1 TCP ping-pong over loopback between two processes (like the daemon
 /// and its client): 64-byte messages to a `mirrorlog-bench echo` child.
 /// Returns the p50 in microseconds.
-fn tcp_ping_pong(rounds: usize) -> Result<u64, String> {
+pub fn tcp_ping_pong(rounds: usize) -> Result<u64, String> {
     let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let child = Command::new(exe)

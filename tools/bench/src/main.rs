@@ -18,6 +18,7 @@ mod load;
 mod peers;
 mod raw;
 mod remote;
+mod repl_cmp;
 mod report;
 mod scenarios;
 
@@ -48,6 +49,10 @@ enum Cmd {
     /// The embedded engine, then mirrorlogd on the same devices over
     /// loopback TCP, and a bare TCP ping-pong: QD1 and many-connection runs.
     DaemonVsEmbedded(DaemonCmpArgs),
+    /// The replication issue's scenario: a primary and a replica daemon,
+    /// every durability mode at QD1 and many connections, catch-up speed,
+    /// and a delayed link through the fault proxy.
+    Replication(ReplCmpArgs),
     /// Recovery: time the tail scan of a full segment at open, against
     /// sequential O_DIRECT reads of the same bytes.
     Recovery(RecoveryArgs),
@@ -241,6 +246,42 @@ pub struct DaemonCmpArgs {
 }
 
 #[derive(Args, Clone)]
+pub struct ReplCmpArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// The primary site's devices (recreated as files).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub primary_devices: Vec<PathBuf>,
+    /// The replica site's devices (recreated as files).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub replica_devices: Vec<PathBuf>,
+    /// The mirrorlogd binary.
+    #[arg(long, default_value = "target/release/mirrorlogd")]
+    pub daemon: PathBuf,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 6.0)]
+    pub duration: f64,
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
+    /// Bytes appended while the replica is down, for the catch-up run.
+    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    pub catchup: u64,
+    /// Only the catch-up run.
+    #[arg(long)]
+    pub catchup_only: bool,
+    /// `[limits]` lines for both daemons (e.g. "max_inflight_batches = 4").
+    #[arg(long, default_value = "")]
+    pub limits: String,
+    /// Delay added by the fault proxy in each direction, in milliseconds.
+    #[arg(long, default_value_t = 1.0)]
+    pub delay_ms: f64,
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
 pub struct RecoveryArgs {
     #[command(flatten)]
     pub common: Common,
@@ -392,6 +433,7 @@ fn main() {
         Cmd::Run(r) => run(&r),
         Cmd::EngineVsRaw(a) => scenarios::compare(&a),
         Cmd::DaemonVsEmbedded(a) => daemon_cmp::daemon_vs_embedded(&a),
+        Cmd::Replication(a) => repl_cmp::replication(&a),
         Cmd::Recovery(a) => scenarios::recovery(&a),
         Cmd::Peers(a) => peers::peers(&a),
         Cmd::Calibrate(a) => calibrate::calibrate(&a),
