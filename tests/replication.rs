@@ -542,3 +542,34 @@ fn an_old_primary_returning_with_a_tail_is_fenced_cut_back_and_caught_up() {
         .count();
     assert!(kept < tail_acks.len(), "the unreplicated tail was cut back ({kept} of {} kept)", tail_acks.len());
 }
+
+#[test]
+fn a_planned_switchover_under_load_loses_and_duplicates_nothing() {
+    let (mut a, mut b) = pair("", "", None);
+    let eps = vec![a.d.addr.clone(), b.d.addr.clone()];
+    let load = Load::start(&eps, 6, &[Durability::Local, Durability::RemoteDurable], true, "default");
+    load.wait_acks(1500, Duration::from_secs(60));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["--endpoint", &a.d.addr, "switchover", "--to", &b.d.addr, "--wait", "30"])
+        .output()
+        .expect("switchover");
+    assert!(
+        out.status.success(),
+        "switchover: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(a.d.status()["role"], "replica");
+    assert_eq!(b.d.status()["role"], "primary");
+    // The clients follow to the new primary, which ships back to A.
+    load.wait_acks(load.acked() + 1500, Duration::from_secs(60));
+    let (acks, errors) = load.stop();
+    assert!(errors.is_empty(), "{errors:?}");
+    wait_caught_up(&b.d, Duration::from_secs(30));
+    assert!(a.d.status()["epoch"].as_u64() >= Some(1 << 32), "a new term");
+    assert_eq!(a.d.term().code(), Some(0));
+    assert_eq!(b.d.term().code(), Some(0));
+    assert_sites_equal(&b.devices(), &a.devices());
+    // Nothing was cut back: a switchover waits until the replica has everything.
+    assert_eq!(check_present_once(&b.devices(), &acks, "default", |_| true), acks.len());
+}

@@ -1384,10 +1384,12 @@ async fn demote(srv: &Rc<Srv>, sync: bool, timeout: Duration) -> Result<(), (u16
         other => return Err((codes::NOT_PRIMARY, format!("this node is {}; try again", other.name()))),
     }
     srv.demoting.set(true);
+    r.demoting.store(true, Ordering::Release);
     r.set_role(Role::SteppingDown);
     let deadline = Instant::now() + timeout;
     let undo = |why: String| {
         r.set_role(Role::Primary);
+        r.demoting.store(false, Ordering::Release);
         srv.demoting.set(false);
         srv.kick.notify_one();
         Err((codes::TIMEOUT, why))
@@ -1418,8 +1420,9 @@ async fn demote(srv: &Rc<Srv>, sync: bool, timeout: Duration) -> Result<(), (u16
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    replication::stop_primary(&srv.log, r);
     r.set_role(Role::Replica);
+    r.demoting.store(false, Ordering::Release);
+    replication::stop_primary(&srv.log, r);
     srv.demoting.set(false);
     tracing::warn!(sync, "demoted: this node is a replica");
     Ok(())

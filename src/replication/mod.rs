@@ -137,6 +137,9 @@ pub struct ReplShared {
     pub catchup_bytes: AtomicU64,
     /// Wakes the server loop (acks arrived, the role changed).
     pub wake: Arc<tokio::sync::Notify>,
+    /// A planned demotion is in progress: the sender keeps shipping while
+    /// the role is `SteppingDown`, so the replica can catch up to the end.
+    pub demoting: AtomicBool,
     /// Set while shutting down: threads end.
     pub stop: AtomicBool,
     /// The primary's outbox (while primary).
@@ -160,6 +163,7 @@ impl ReplShared {
             session_started_ms: AtomicU64::new(0),
             catchup_bytes: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
+            demoting: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             outbox: Mutex::new(None),
         })

@@ -127,7 +127,12 @@ impl Sender {
     }
 
     fn live(&self) -> bool {
-        !self.shared.stop.load(Ordering::Acquire) && self.shared.role() == Role::Primary
+        !self.shared.stop.load(Ordering::Acquire)
+            && match self.shared.role() {
+                Role::Primary => true,
+                Role::SteppingDown => self.shared.demoting.load(Ordering::Acquire),
+                _ => false,
+            }
     }
 
     fn session(&self, peer: std::net::SocketAddr) -> Result<(), String> {
@@ -330,7 +335,11 @@ impl Sender {
                         match j.read_shipment(q.lsn, q.crc, q.hint, target, CATCHUP_READ.max(chunk)) {
                             Ok(v) if !v.is_empty() => {
                                 if let Some(s) = v.last() {
-                                    q = Pos { lsn: s.next_lsn, crc: s.end_crc, hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)) };
+                                    q = Pos {
+                                        lsn: s.next_lsn,
+                                        crc: s.end_crc,
+                                        hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)),
+                                    };
                                 }
                                 if tx.send(Ok(v)).is_err() {
                                     return;
@@ -360,7 +369,11 @@ impl Sender {
                                 }
                                 c.send_raw(buf).map_err(io)?;
                                 if let Some(s) = v.last() {
-                                    p = Pos { lsn: s.next_lsn, crc: s.end_crc, hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)) };
+                                    p = Pos {
+                                        lsn: s.next_lsn,
+                                        crc: s.end_crc,
+                                        hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)),
+                                    };
                                 }
                             }
                             // Reclaimed while we were behind: send what is retained.
@@ -382,7 +395,11 @@ impl Sender {
                 None => {}
                 Some(u64::MAX) => return Ok(()),
                 Some(o) => {
-                    tracing::warn!(journal = j.name(), next = o, "catch-up fell below the mark: journal sent again whole");
+                    tracing::warn!(
+                        journal = j.name(),
+                        next = o,
+                        "catch-up fell below the mark: journal sent again whole"
+                    );
                     self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
                     c.send(&Msg::Reset { journal: j.id(), next_lsn: o }).map_err(io)?;
                     p = Pos { lsn: o, crc: 0, hint: None };
@@ -391,8 +408,15 @@ impl Sender {
         }
         if p.lsn > from {
             let s = t0.elapsed().as_secs_f64();
-            tracing::info!(journal = j.name(), from, to = p.lsn, bytes, seconds = s,
-                mib_per_s = bytes as f64 / (1 << 20) as f64 / s.max(1e-9), "catch-up done");
+            tracing::info!(
+                journal = j.name(),
+                from,
+                to = p.lsn,
+                bytes,
+                seconds = s,
+                mib_per_s = bytes as f64 / (1 << 20) as f64 / s.max(1e-9),
+                "catch-up done"
+            );
         }
         Ok(())
     }

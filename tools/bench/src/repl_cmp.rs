@@ -68,7 +68,8 @@ impl Site {
     }
 
     fn status(&self) -> Result<serde_json::Value, String> {
-        let s = mirrorlog::client::admin(&self.client, &Request::Status, Duration::from_secs(10)).map_err(|e| e.to_string())?;
+        let s = mirrorlog::client::admin(&self.client, &Request::Status, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
         serde_json::from_str(&s).map_err(|e| e.to_string())
     }
 
@@ -81,7 +82,11 @@ impl Site {
                 }
             }
             if t0.elapsed() > within {
-                return Err(format!("{}: {what} not reached in {within:?} (log: {})", self.name, self.cfg.with_extension("log").display()));
+                return Err(format!(
+                    "{}: {what} not reached in {within:?} (log: {})",
+                    self.name,
+                    self.cfg.with_extension("log").display()
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -91,7 +96,9 @@ impl Site {
 fn caught_up(st: &serde_json::Value) -> bool {
     let r = &st["replication"];
     r["connected"] == true
-        && r["journals"].as_array().is_some_and(|js| js.iter().all(|j| j["replica_durable"].as_u64() >= j["next_lsn"].as_u64()))
+        && r["journals"]
+            .as_array()
+            .is_some_and(|js| js.iter().all(|j| j["replica_durable"].as_u64() >= j["next_lsn"].as_u64()))
 }
 
 fn config(s: &Site, role: &str, peer: &str, batch: &str) -> String {
@@ -201,15 +208,19 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     print(&[filled.clone()], json);
     let lag0 = p.status()?;
 
-    let lag_bytes: u64 = lag0["replication"]["journals"].as_array().into_iter().flatten().filter_map(|j| j["lag_bytes"].as_u64()).sum();
+    let lag_bytes: u64 =
+        lag0["replication"]["journals"].as_array().into_iter().flatten().filter_map(|j| j["lag_bytes"].as_u64()).sum();
     let before = p.status()?["replication"]["session_started_ms"].as_u64().unwrap_or(0);
     r.start(&a.daemon)?;
     // From the moment the primary's new session was accepted (the replica's
     // recovery and the sender's reconnect backoff are not catch-up) to the
     // primary seeing the replica durable at the end.
-    p.wait("new session", Duration::from_secs(120), |st| st["replication"]["session_started_ms"].as_u64() > Some(before))?;
+    p.wait("new session", Duration::from_secs(120), |st| {
+        st["replication"]["session_started_ms"].as_u64() > Some(before)
+    })?;
     p.wait("caught up after restart", Duration::from_secs(600), caught_up)?;
-    let done_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let done_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let after = p.status()?;
     let started = after["replication"]["session_started_ms"].as_u64().unwrap_or(done_ms);
     let catchup_bytes = after["replication"]["catchup_bytes"].as_u64().unwrap_or(0);
@@ -235,13 +246,18 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     }
     // Through the fault proxy, `delay_ms` each way.
     let up: std::net::SocketAddr = r.repl.parse().map_err(|e| format!("{e}"))?;
-    let proxy = mirrorlog_faultproxy::Proxy::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?, up).map_err(|e| e.to_string())?;
+    let proxy = mirrorlog_faultproxy::Proxy::start("127.0.0.1:0".parse().map_err(|e| format!("{e}"))?, up)
+        .map_err(|e| e.to_string())?;
     let d = Duration::from_micros((a.delay_ms * 1000.0) as u64);
     proxy.set_delay(mirrorlog_faultproxy::Direction::Both, d);
     start_pair(&mut p, &mut r, &proxy.local_addr().to_string())?;
     let mut delayed = Vec::new();
     for m in modes {
-        delayed.push(run_remote(&load(1), &ro(m, &p.client), format!("{} QD1, link +{}ms each way", name(m), a.delay_ms))?);
+        delayed.push(run_remote(
+            &load(1),
+            &ro(m, &p.client),
+            format!("{} QD1, link +{}ms each way", name(m), a.delay_ms),
+        )?);
     }
     for m in modes {
         delayed.push(run_remote(
@@ -295,7 +311,13 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
         );
         println!("with the link delayed {} ms each way:", a.delay_ms);
         for r in &delayed {
-            println!("  {:<48} p50 {:>7} us  p99 {:>7} us  {:>9.0} rec/s", r.label, r.q(0.5), r.q(0.99), r.records_per_sec());
+            println!(
+                "  {:<48} p50 {:>7} us  p99 {:>7} us  {:>9.0} rec/s",
+                r.label,
+                r.q(0.5),
+                r.q(0.99),
+                r.records_per_sec()
+            );
         }
     }
     if let Some(pl) = &a.plot {
