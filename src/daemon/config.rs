@@ -308,6 +308,37 @@ pub struct Replication {
     /// the kernel's default).
     #[serde(default = "default_socket_buffer", deserialize_with = "size")]
     pub socket_buffer: u64,
+    /// Optional automatic failover through etcd.
+    #[serde(default)]
+    pub etcd: Option<Etcd>,
+}
+
+/// `[replication.etcd]`: a lease-bound key in etcd says who is primary.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd {
+    /// etcd members, `http://HOST:PORT`.
+    pub endpoints: Vec<String>,
+    #[serde(default = "default_etcd_prefix")]
+    pub prefix: String,
+    /// Names the pair (both nodes must use the same).
+    #[serde(default = "default_etcd_cluster")]
+    pub cluster: String,
+    #[serde(default = "default_lease_ttl", deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+    /// A replica promotes itself when the primary's lease is gone.
+    #[serde(default = "yes")]
+    pub auto_failover: bool,
+}
+
+fn default_etcd_prefix() -> String {
+    "/mirrorlog".into()
+}
+fn default_etcd_cluster() -> String {
+    "default".into()
+}
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Default for Replication {
@@ -322,6 +353,7 @@ impl Default for Replication {
             peer_timeout: default_peer_timeout(),
             startup_wait: default_startup_wait(),
             socket_buffer: default_socket_buffer(),
+            etcd: None,
         }
     }
 }
@@ -610,6 +642,17 @@ impl DaemonConfig {
                 )
             }
             _ => {}
+        }
+        if let Some(e) = &r.etcd {
+            if e.endpoints.is_empty() || e.endpoints.iter().any(|u| !u.starts_with("http://")) {
+                return Err("replication.etcd.endpoints: one or more http://HOST:PORT".into());
+            }
+            if e.lease_ttl < Duration::from_secs(1) {
+                return Err("replication.etcd.lease_ttl must be at least 1s".into());
+            }
+            if r.role == "standalone" {
+                return Err("replication.etcd needs role primary or replica".into());
+            }
         }
         if r.backlog_bytes < 2 * self.limits.max_batch_bytes.max(self.limits.max_record_size + 4096) {
             return Err("replication.backlog_bytes must hold at least two batches".into());

@@ -10,6 +10,7 @@ mod server;
 
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::replication::{self, ReplConfig, ReplShared, Role};
 
@@ -83,7 +84,37 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
         startup_wait: rc.startup_wait,
         socket_buffer: rc.socket_buffer as usize,
     });
-    if role == Role::Primary {
+    let etcd = rc.etcd.as_ref().map(|e| {
+        replication::etcd::Etcd::new(replication::etcd::EtcdConfig {
+            endpoints: e.endpoints.clone(),
+            prefix: e.prefix.clone(),
+            cluster: e.cluster.clone(),
+            lease_ttl: e.lease_ttl,
+            auto_failover: e.auto_failover,
+            endpoint: cfg.server.listen.first().map(|l| l.to_string()).unwrap_or_default(),
+        })
+    });
+    let mut lease = None;
+    if let (Role::Primary, Some(e)) = (role, &etcd) {
+        // etcd decides: hold the primary key, or be the holder's replica.
+        match replication::etcd::claim_at_start(
+            e,
+            &cfg.server.name,
+            log.epoch() + 1,
+            rc.startup_wait.max(Duration::from_secs(10)),
+        )? {
+            replication::etcd::AtStart::Primary(l) => {
+                lease = Some(l);
+                log.set_epoch(log.epoch() + 1).map_err(|e| format!("raising the epoch: {e}"))?;
+                replication::start_primary(&log, &shared).map_err(|e| format!("replication sender: {e}"))?;
+            }
+            replication::etcd::AtStart::Replica(h) => {
+                tracing::error!(holder = %h.name, epoch = h.epoch, "etcd: another node is primary; starting as its replica");
+                shared.saw_epoch(h.epoch);
+                shared.set_role(Role::Replica);
+            }
+        }
+    } else if role == Role::Primary {
         // Ask the peer first: a newer primary may exist (we were fenced
         // while down). Only a node that may go on as primary raises its
         // epoch, so no two runs write records of one epoch.
@@ -103,6 +134,13 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
     }
     if let Some(l) = repl_listener {
         replication::start_receiver(&log, &shared, l).map_err(|e| format!("replication receiver: {e}"))?;
+    }
+    if let Some(e) = etcd {
+        let (log, shared) = (log.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("repl-etcd".into())
+            .spawn(move || replication::etcd::run(e, log, shared, lease))
+            .map_err(|e| format!("etcd thread: {e}"))?;
     }
     let bound = server::bind(&cfg)?;
     for l in &cfg.server.listen {

@@ -563,7 +563,15 @@ impl Srv {
 
     /// Follows a role change made by the replication threads: a fenced
     /// primary fails what waits and steps down once its writes are done.
-    fn check_role(&self) {
+    fn check_role(self: &Rc<Self>) {
+        if self.repl.promote_requested.swap(false, Ordering::AcqRel) {
+            let srv = self.clone();
+            tokio_uring::spawn(async move {
+                if let Err((code, msg)) = promote(&srv).await {
+                    tracing::error!(code, msg, "automatic promotion failed");
+                }
+            });
+        }
         if self.repl.role() != Role::SteppingDown || self.demoting.get() {
             return;
         }

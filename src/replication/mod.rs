@@ -21,6 +21,7 @@
 //! (so records written after any restart carry an epoch no earlier run
 //! used, and equal CRCs at an LSN mean equal histories).
 
+pub mod etcd;
 pub mod outbox;
 pub mod receiver;
 pub mod sender;
@@ -140,6 +141,8 @@ pub struct ReplShared {
     /// A planned demotion is in progress: the sender keeps shipping while
     /// the role is `SteppingDown`, so the replica can catch up to the end.
     pub demoting: AtomicBool,
+    /// The etcd thread took the primary key: the server loop promotes.
+    pub promote_requested: AtomicBool,
     /// Set while shutting down: threads end.
     pub stop: AtomicBool,
     /// The primary's outbox (while primary).
@@ -164,6 +167,7 @@ impl ReplShared {
             catchup_bytes: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
             demoting: AtomicBool::new(false),
+            promote_requested: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             outbox: Mutex::new(None),
         })

@@ -1,0 +1,260 @@
+//! Optional automatic failover through etcd (v3, its JSON gateway): a key
+//! bound to a lease says which node is primary and at which epoch.
+//!
+//! * The primary holds `PREFIX/CLUSTER/primary` = `{"name","epoch","endpoint"}`
+//!   with a lease of `lease_ttl`, kept alive every third of it. If it cannot
+//!   renew the lease for a whole `lease_ttl` (etcd unreachable, the lease
+//!   expired), it **steps down** on its own: its appends stop before anyone
+//!   else can take the key, so two nodes never both take appends.
+//! * A replica with `auto_failover` watches the key; once it is gone (the
+//!   primary's lease expired), it takes it in a transaction (only if still
+//!   absent) and promotes itself; then it writes its new epoch there.
+//! * A node that starts (or returns) while another holds the key is its
+//!   replica.
+//!
+//! Manual promotion stays the default: without `[replication.etcd]` nothing
+//! here runs.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::json;
+
+use super::{ReplShared, Role};
+use crate::MirrorLog;
+
+/// `[replication.etcd]` settings.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    /// `http://HOST:PORT` of etcd members, tried in order.
+    pub endpoints: Vec<String>,
+    /// The key is `prefix/cluster/primary`.
+    pub prefix: String,
+    pub cluster: String,
+    pub lease_ttl: Duration,
+    /// A replica takes over when the key is gone.
+    pub auto_failover: bool,
+    /// This node's client address, stored in the key for operators.
+    pub endpoint: String,
+}
+
+fn b64(s: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn unb64(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
+}
+
+/// A small client for etcd's v3 JSON gateway.
+pub struct Etcd {
+    cfg: EtcdConfig,
+    agent: ureq::Agent,
+    key: String,
+}
+
+/// Who holds the primary key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub name: String,
+    pub epoch: u64,
+    pub lease: i64,
+}
+
+impl Etcd {
+    pub fn new(cfg: EtcdConfig) -> Etcd {
+        let t = cfg.lease_ttl.max(Duration::from_secs(1)) / 2;
+        let agent = ureq::AgentBuilder::new().timeout_connect(t).timeout(t).build();
+        let key = format!("{}/{}/primary", cfg.prefix.trim_end_matches('/'), cfg.cluster);
+        Etcd { cfg, agent, key }
+    }
+
+    fn post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, String> {
+        let mut last = String::from("no etcd endpoint configured");
+        for ep in &self.cfg.endpoints {
+            let url = format!("{}/v3/{path}", ep.trim_end_matches('/'));
+            match self.agent.post(&url).send_json(body.clone()) {
+                Ok(r) => return r.into_json::<serde_json::Value>().map_err(|e| format!("{url}: {e}")),
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    pub fn grant(&self) -> Result<i64, String> {
+        let r = self.post("lease/grant", json!({ "TTL": self.cfg.lease_ttl.as_secs().max(1) }))?;
+        r["ID"].as_str().and_then(|s| s.parse().ok()).or_else(|| r["ID"].as_i64()).ok_or(format!("lease grant: {r}"))
+    }
+
+    /// Renews the lease; false if it no longer exists.
+    pub fn keepalive(&self, lease: i64) -> Result<bool, String> {
+        let r = self.post("lease/keepalive", json!({ "ID": lease.to_string() }))?;
+        let ttl =
+            r["result"]["TTL"].as_str().and_then(|s| s.parse::<i64>().ok()).or_else(|| r["result"]["TTL"].as_i64());
+        Ok(ttl.unwrap_or(0) > 0)
+    }
+
+    pub fn holder(&self) -> Result<Option<Holder>, String> {
+        let r = self.post("kv/range", json!({ "key": b64(self.key.as_bytes()) }))?;
+        let Some(kv) = r["kvs"].as_array().and_then(|a| a.first()) else { return Ok(None) };
+        let v: serde_json::Value =
+            serde_json::from_slice(&unb64(kv["value"].as_str().unwrap_or(""))).unwrap_or(serde_json::Value::Null);
+        Ok(Some(Holder {
+            name: v["name"].as_str().unwrap_or("").to_string(),
+            epoch: v["epoch"].as_u64().unwrap_or(0),
+            lease: kv["lease"].as_str().and_then(|s| s.parse().ok()).or_else(|| kv["lease"].as_i64()).unwrap_or(0),
+        }))
+    }
+
+    fn value(&self, name: &str, epoch: u64) -> String {
+        b64(json!({ "name": name, "epoch": epoch, "endpoint": self.cfg.endpoint }).to_string().as_bytes())
+    }
+
+    /// Takes the key if nobody holds it. True if this call took it.
+    pub fn acquire(&self, lease: i64, name: &str, epoch: u64) -> Result<bool, String> {
+        let k = b64(self.key.as_bytes());
+        let r = self.post(
+            "kv/txn",
+            json!({
+                "compare": [{ "key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
+                "success": [{ "request_put": { "key": k, "value": self.value(name, epoch), "lease": lease.to_string() } }],
+            }),
+        )?;
+        Ok(r["succeeded"].as_bool().unwrap_or(false))
+    }
+
+    /// Rewrites the value under our lease (a new epoch after promotion, or
+    /// a new lease after a restart of the holder).
+    pub fn put(&self, lease: i64, name: &str, epoch: u64) -> Result<(), String> {
+        let k = b64(self.key.as_bytes());
+        self.post("kv/put", json!({ "key": k, "value": self.value(name, epoch), "lease": lease.to_string() }))
+            .map(|_| ())
+    }
+}
+
+/// What the node should do at start, by the key.
+pub enum AtStart {
+    /// We hold the key: serve as primary.
+    Primary(i64),
+    /// Someone else does: be its replica.
+    Replica(Holder),
+}
+
+/// At start of a node configured as primary: take (or keep) the key, or
+/// learn who holds it. Retries until etcd answers or `wait` passes.
+pub fn claim_at_start(e: &Etcd, name: &str, epoch: u64, wait: Duration) -> Result<AtStart, String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let r = (|| {
+            let lease = e.grant()?;
+            if e.acquire(lease, name, epoch)? {
+                return Ok(AtStart::Primary(lease));
+            }
+            match e.holder()? {
+                Some(h) if h.name == name => {
+                    // Ours, from before a restart: rebind it to the new lease.
+                    e.put(lease, name, epoch)?;
+                    Ok(AtStart::Primary(lease))
+                }
+                Some(h) => Ok(AtStart::Replica(h)),
+                None => Err("the key vanished; trying again".to_string()),
+            }
+        })();
+        match r {
+            Ok(a) => return Ok(a),
+            Err(err) if Instant::now() < deadline => {
+                tracing::warn!(error = %err, "etcd: cannot settle the primary key yet");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// The failover thread: keeps the primary's lease alive (stepping down
+/// when it cannot), or lets a replica take over when the key is gone.
+pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Option<i64>) {
+    let name = shared.cfg.name.clone();
+    let ttl = e.cfg.lease_ttl;
+    let tick = (ttl / 3).max(Duration::from_millis(100));
+    let mut renewed = Instant::now();
+    let mut written_epoch = 0u64;
+    while !shared.stop.load(Ordering::Acquire) {
+        std::thread::sleep(tick);
+        let role = shared.role();
+        match role {
+            Role::Primary | Role::Promoting if lease.is_some() || role == Role::Primary => {
+                let Some(l) = lease else {
+                    // Promoted by hand while etcd is configured: take the key.
+                    match e.grant().and_then(|l| e.acquire(l, &name, log.epoch()).map(|ok| (l, ok))) {
+                        Ok((l, true)) => {
+                            lease = Some(l);
+                            renewed = Instant::now();
+                            written_epoch = log.epoch();
+                        }
+                        Ok((_, false)) => {
+                            if let Ok(Some(h)) = e.holder() {
+                                if h.name != name {
+                                    tracing::error!(holder = %h.name, "etcd: another node holds the primary key; stepping down");
+                                    shared.saw_epoch(h.epoch);
+                                    shared.change_role(Role::Primary, Role::SteppingDown);
+                                }
+                            }
+                        }
+                        Err(err) => tracing::warn!(error = %err, "etcd: cannot take the primary key"),
+                    }
+                    continue;
+                };
+                match e.keepalive(l) {
+                    Ok(true) => {
+                        renewed = Instant::now();
+                        if written_epoch != log.epoch() && e.put(l, &name, log.epoch()).is_ok() {
+                            written_epoch = log.epoch();
+                        }
+                    }
+                    Ok(false) => {
+                        tracing::error!("etcd: the primary lease expired; stepping down");
+                        lease = None;
+                        shared.change_role(role, Role::SteppingDown);
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "etcd: lease keep-alive failed");
+                        // Invariant: step down before the lease can have
+                        // expired at etcd, so no one else takes appends while
+                        // this node still does.
+                        if renewed.elapsed() + tick >= ttl {
+                            tracing::error!("etcd unreachable for a whole lease: stepping down");
+                            lease = None;
+                            shared.change_role(role, Role::SteppingDown);
+                        }
+                    }
+                }
+            }
+            Role::Replica if e.cfg.auto_failover => match e.holder() {
+                Ok(None) => {
+                    let epoch = log.epoch();
+                    match e.grant().and_then(|l| e.acquire(l, &name, epoch).map(|ok| (l, ok))) {
+                        Ok((l, true)) => {
+                            tracing::warn!("etcd: the primary's lease is gone; taking over");
+                            lease = Some(l);
+                            renewed = Instant::now();
+                            written_epoch = 0;
+                            shared.promote_requested.store(true, Ordering::Release);
+                            shared.wake.notify_one();
+                        }
+                        Ok((_, false)) => {}
+                        Err(err) => tracing::warn!(error = %err, "etcd: cannot take the primary key"),
+                    }
+                }
+                Ok(Some(h)) => shared.saw_epoch(h.epoch),
+                Err(err) => tracing::debug!(error = %err, "etcd unreachable"),
+            },
+            _ => {
+                // A replica keeps no lease.
+                lease = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! Automatic failover through a real etcd (Debian's etcd-server): the
+//! primary holds a lease-bound key; SIGKILLed, its lease expires and the
+//! replica takes the key and promotes itself with no operator; clients
+//! follow; the old primary returns, finds the key held and comes up as the
+//! new primary's replica. Skipped, with the reason printed, without etcd.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::daemon::{free_port, Daemon};
+use mirrorlog::client::{Client, ClientConfig};
+use mirrorlog::protocol::{codes, Durability};
+
+struct Etcd {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    url: String,
+    ports: (u16, u16),
+}
+
+impl Etcd {
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn start_etcd() -> Option<Etcd> {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut e = Etcd { child: None, dir, url: String::new(), ports: (free_port(), free_port()) };
+    spawn_etcd(&mut e)?;
+    Some(e)
+}
+
+/// Starts (or restarts) etcd on its data folder and ports.
+fn spawn_etcd(e: &mut Etcd) -> Option<()> {
+    let bin = ["/usr/bin/etcd", "/usr/local/bin/etcd"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+    let (c, p) = e.ports;
+    let client = format!("http://127.0.0.1:{c}");
+    let peer = format!("http://127.0.0.1:{p}");
+    let child = Command::new(bin)
+        .args(["--name", "t", "--data-dir"])
+        .arg(e.dir.path().join("etcd"))
+        .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("t={peer}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    e.child = Some(child);
+    e.url = client;
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(format!("127.0.0.1:{c}")).is_err() {
+        if t0.elapsed() > Duration::from_secs(20) {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(())
+}
+
+/// A pair whose primary holds the key in `etcd` (lease 2 s).
+fn pair(etcd: &Etcd) -> (Daemon, Daemon, tempfile::TempDir, tempfile::TempDir) {
+    let (ta, tb) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
+    let (ra, rb) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let table = |role: &str, peer: &str, listen: &str| {
+        format!(
+            "[[journal]]\nname = \"orders\"\ndurability = \"remote-durable\"\non_replica_loss = \"degrade\"\n\n\
+             [replication]\nrole = \"{role}\"\npeer = \"{peer}\"\nlisten = \"{listen}\"\nack_timeout = \"2s\"\n\
+             peer_timeout = \"3s\"\nstartup_wait = \"2s\"\nconnect_timeout = \"1s\"\n\n\
+             [replication.etcd]\nendpoints = [\"{}\"]\ncluster = \"t1\"\nlease_ttl = \"2s\"\n",
+            etcd.url
+        )
+    };
+    let mut b = Daemon::configure(tb.path(), &table("replica", &ra, &rb));
+    let mut a = Daemon::configure(ta.path(), &table("primary", &rb, &ra));
+    b.spawn();
+    a.spawn();
+    a.wait_ready();
+    b.wait_ready();
+    (a, b, ta, tb)
+}
+
+/// (lsn, client, seq) of every acknowledged append.
+type Acks = Arc<Mutex<Vec<(u64, u64, u64)>>>;
+
+fn payload(client: u64, seq: u64) -> Vec<u8> {
+    let mut p = Vec::with_capacity(512);
+    p.extend_from_slice(&client.to_le_bytes());
+    p.extend_from_slice(&seq.to_le_bytes());
+    p.extend(common::payload(client * 7919 + seq, 496));
+    p
+}
+
+fn role(d: &Daemon) -> String {
+    mirrorlog::client::admin(&d.addr, &mirrorlog::protocol::Request::Status, Duration::from_secs(5))
+        .ok()
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .and_then(|v| v["role"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+fn wait_role(d: &Daemon, want: &str, within: Duration) {
+    let t0 = Instant::now();
+    while role(d) != want {
+        assert!(t0.elapsed() < within, "not {want} within {within:?}:\n{}", d.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_replica_takes_over_when_the_primary_lease_expires() {
+    let Some(etcd) = start_etcd() else {
+        eprintln!("SKIPPED: no etcd binary (apt-get install etcd-server) or it did not start");
+        return;
+    };
+    let (mut a, mut b, _ta, _tb) = pair(&etcd);
+    assert_eq!(role(&a), "primary");
+    assert_eq!(role(&b), "replica");
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks: Acks = Arc::new(Mutex::new(Vec::new()));
+    let eps = vec![a.addr.clone(), b.addr.clone()];
+    let mut tasks = Vec::new();
+    for c in 0..4u64 {
+        let (stop, acks, eps) = (stop.clone(), acks.clone(), eps.clone());
+        tasks.push(rt.spawn(async move {
+            let mut cfg = ClientConfig::new(eps);
+            cfg.request_timeout = Duration::from_secs(60);
+            cfg.backoff_max = Duration::from_millis(100);
+            let client = Client::connect(cfg).await.expect("connect");
+            let mut seq = 0;
+            while !stop.load(Ordering::Relaxed) {
+                seq += 1;
+                let lsn = client
+                    .append_batch_with("orders", &[&payload(c, seq)], Durability::Default)
+                    .await
+                    .expect("append (resent until acknowledged)");
+                acks.lock().expect("acks").push((lsn, c, seq));
+            }
+        }));
+    }
+    let count = |acks: &Acks| acks.lock().expect("acks").len();
+    let wait_more = |n: usize| {
+        let t0 = Instant::now();
+        while count(&acks) < n {
+            assert!(t0.elapsed() < Duration::from_secs(60), "only {} of {n} acks", count(&acks));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_more(500);
+    // The primary dies; nobody runs `promote`.
+    a.kill9();
+    let t0 = Instant::now();
+    wait_role(&b, "primary", Duration::from_secs(20));
+    let took = t0.elapsed();
+    assert!(b.log_text().contains("taking over"), "{}", b.log_text());
+    wait_more(count(&acks) + 500);
+    // The old primary returns: the key is held, so it is the replica.
+    a.spawn();
+    a.wait_ready();
+    wait_role(&a, "replica", Duration::from_secs(20));
+    wait_more(count(&acks) + 300);
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = rt.block_on(t);
+    }
+    eprintln!("took over {took:?} after the primary died");
+    assert_eq!(a.term().code(), Some(0));
+    assert_eq!(b.term().code(), Some(0));
+    // Every acknowledged append is on the new primary, once.
+    let log = mirrorlog::MirrorLog::open(&mirrorlog::Config::new(b.devices())).expect("open");
+    let j = log.journal("orders").expect("journal");
+    let mut seen = std::collections::HashMap::new();
+    let mut by_lsn = std::collections::HashMap::new();
+    j.visit(1, 1 << 20, |r| {
+        let id = (
+            u64::from_le_bytes(r.payload[..8].try_into().expect("8")),
+            u64::from_le_bytes(r.payload[8..16].try_into().expect("8")),
+        );
+        *seen.entry(id).or_insert(0u32) += 1;
+        by_lsn.insert(r.lsn, r.payload.to_vec());
+        true
+    })
+    .expect("visit");
+    for &(lsn, c, seq) in acks.lock().expect("acks").iter() {
+        assert_eq!(by_lsn.get(&lsn), Some(&payload(c, seq)), "lsn {lsn}");
+        assert_eq!(seen.get(&(c, seq)), Some(&1), "({c}, {seq}) once");
+    }
+}
+
+#[test]
+fn a_primary_cut_off_from_etcd_steps_down_before_its_lease_can_pass() {
+    let Some(mut etcd) = start_etcd() else {
+        eprintln!("SKIPPED: no etcd binary (apt-get install etcd-server) or it did not start");
+        return;
+    };
+    let (a, b, _ta, _tb) = pair(&etcd);
+    assert_eq!(role(&a), "primary");
+    // etcd goes away: the primary cannot renew its lease, so it must stop
+    // taking appends (it cannot know whether the replica took over).
+    etcd.kill();
+    wait_role(&a, "replica", Duration::from_secs(10));
+    assert!(a.log_text().contains("stepping down"), "{}", a.log_text());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let e = rt.block_on(async {
+        let mut cfg = ClientConfig::new([a.addr.clone()]);
+        cfg.request_timeout = Duration::from_secs(2);
+        Client::connect(cfg).await.map(|_| ()).expect_err("nobody is primary")
+    });
+    assert!(matches!(e.code, codes::UNAVAILABLE | codes::NOT_PRIMARY), "{e}");
+    // etcd returns: the lease is gone, the replica takes the key.
+    spawn_etcd(&mut etcd).expect("etcd restarts");
+    let t0 = Instant::now();
+    while role(&a) != "primary" && role(&b) != "primary" {
+        assert!(t0.elapsed() < Duration::from_secs(20), "nobody took over:\n{}\n{}", a.log_text(), b.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let c = rt.block_on(async {
+        Client::connect(ClientConfig::new([a.addr.clone(), b.addr.clone()])).await.expect("a primary")
+    });
+    rt.block_on(c.append_batch_with("orders", &[b"after"], Durability::Local)).expect("append");
+}
