@@ -49,6 +49,23 @@ pub struct ShipView<'a> {
     pub bytes: &'a [u8],
 }
 
+impl ShipView<'_> {
+    /// An owned copy (the bytes copied).
+    pub fn to_shipment(&self) -> Shipment {
+        Shipment {
+            journal_id: self.journal_id,
+            slot: self.slot,
+            seg_seq: self.seg_seq,
+            seg_off: self.seg_off,
+            first_lsn: self.first_lsn,
+            next_lsn: self.next_lsn,
+            end_crc: self.end_crc,
+            header: self.header,
+            bytes: self.bytes.to_vec(),
+        }
+    }
+}
+
 impl<'a> ShipView<'a> {
     pub(crate) fn of(journal_id: u64, b: &'a Batch, _epoch: u64) -> ShipView<'a> {
         ShipView {

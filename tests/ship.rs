@@ -20,17 +20,7 @@ struct Collect {
 
 impl ShipSink for Collect {
     fn batch(&self, b: &ShipView<'_>) {
-        self.batches.lock().push(Shipment {
-            journal_id: b.journal_id,
-            slot: b.slot,
-            seg_seq: b.seg_seq,
-            seg_off: b.seg_off,
-            first_lsn: b.first_lsn,
-            next_lsn: b.next_lsn,
-            end_crc: b.end_crc,
-            header: b.header,
-            bytes: b.bytes.to_vec(),
-        });
+        self.batches.lock().push(b.to_shipment());
     }
     fn mark(&self, j: u64, lsn: u64) {
         self.marks.lock().push((j, lsn));
@@ -96,6 +86,37 @@ fn load(j: &Journal, d: &mut Driver, rng: &mut Rng, n: u64) -> Vec<(u64, Vec<u8>
     out
 }
 
+/// Applies everything `pj` holds from `from` to `rj` through catch-up
+/// reads of `read` bytes; returns how many shipments it took.
+#[allow(clippy::too_many_arguments)]
+fn catch_up(
+    pj: &Journal,
+    rj: &Journal,
+    d: &mut Driver,
+    mut from: u64,
+    mut prev: u32,
+    mut hint: Option<(u64, u64)>,
+    read: impl Fn() -> usize,
+    limit: u64,
+) -> usize {
+    let mut n = 0;
+    loop {
+        let v = pj.read_shipment(from, prev, hint, u64::MAX, read()).expect("read");
+        if v.is_empty() {
+            return n;
+        }
+        for s in v {
+            assert_eq!(s.first_lsn, from);
+            assert!(s.bytes.len() as u64 <= limit, "a piece is at most a batch buffer");
+            apply(rj, d, &s);
+            from = s.next_lsn;
+            prev = s.end_crc;
+            hint = Some((s.seg_seq, s.seg_off + s.bytes.len() as u64));
+            n += 1;
+        }
+    }
+}
+
 fn slot_bytes(path: &std::path::Path, slot: u64, seg: u64, len: usize) -> Vec<u8> {
     common::read_at(path, (1 << 20) + slot * seg, len)
 }
@@ -140,25 +161,10 @@ fn shipped_batches_make_the_same_blocks_and_catch_up_reads_match_them() {
     let r2 = site(Some(plog.set_uuid()));
     let r2log = MirrorLog::create(&r2.cfg).expect("create replica 2");
     let r2j = r2log.create_journal_with_id("orders", pj.id()).expect("journal");
-    let mut from = 1;
-    let mut prev = 0;
-    let mut hint = None;
-    let mut n = 0;
-    loop {
-        let v = pj.read_shipment(from, prev, hint, u64::MAX, (8 << 10) + rng.below(40) as usize * 4096).expect("read");
-        if v.is_empty() {
-            break;
-        }
-        for s in v {
-            assert_eq!(s.first_lsn, from);
-            assert!(s.bytes.len() as u64 <= plog.geometry().3, "a piece is at most a batch buffer");
-            apply(&r2j, &mut d, &s);
-            from = s.next_lsn;
-            prev = s.end_crc;
-            hint = Some((s.seg_seq, s.seg_off + s.bytes.len() as u64));
-            n += 1;
-        }
-    }
+    let limit = plog.geometry().3;
+    let rng = std::cell::RefCell::new(rng);
+    let n = catch_up(&pj, &r2j, &mut d, 1, 0, None, || (8 << 10) + rng.borrow_mut().below(40) as usize * 4096, limit);
+    let mut rng = rng.into_inner();
     assert!(n > 10);
     settle(&r2j, &mut d, pj.next_lsn());
     for s in shipped.iter().filter(|s| s.header) {
@@ -227,20 +233,8 @@ fn a_diverged_tail_is_cut_back_and_leaves_nothing_to_recover() {
     let rj = rlog.journal("j").expect("journal");
     assert_eq!(rj.chain_end().expect("end"), end);
     // And catch-up from there makes it equal to the primary again.
-    let mut from = end.next_lsn;
-    let (mut prev, mut hint) = (end.last_crc, Some((end.seg_seq, end.tail_off)));
-    loop {
-        let v = pj.read_shipment(from, prev, hint, u64::MAX, 64 << 10).expect("read");
-        if v.is_empty() {
-            break;
-        }
-        for s in v {
-            apply(&rj, &mut d, &s);
-            from = s.next_lsn;
-            prev = s.end_crc;
-            hint = Some((s.seg_seq, s.seg_off + s.bytes.len() as u64));
-        }
-    }
+    let limit = plog.geometry().3;
+    catch_up(&pj, &rj, &mut d, end.next_lsn, end.last_crc, Some((end.seg_seq, end.tail_off)), || 64 << 10, limit);
     settle(&rj, &mut d, pj.next_lsn());
     for (lsn, want) in written.iter().step_by(7) {
         assert_eq!(&rj.read(*lsn).expect("read"), want);
@@ -255,19 +249,7 @@ fn a_diverged_tail_is_cut_back_and_leaves_nothing_to_recover() {
     let first = pj.segment_starts()[0];
     let e = rj.reset(first).expect("reset");
     assert_eq!(e.next_lsn, first);
-    let mut from = first;
-    let mut prev = 0;
-    loop {
-        let v = pj.read_shipment(from, prev, None, u64::MAX, 64 << 10).expect("read");
-        if v.is_empty() {
-            break;
-        }
-        for s in v {
-            apply(&rj, &mut d, &s);
-            from = s.next_lsn;
-            prev = s.end_crc;
-        }
-    }
+    catch_up(&pj, &rj, &mut d, first, 0, None, || 64 << 10, limit);
     settle(&rj, &mut d, pj.next_lsn());
     rj.apply_mark(pj.mark()).expect("mark");
     drop(rj);

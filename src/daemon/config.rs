@@ -185,9 +185,11 @@ pub struct Limits {
     /// Group commit: a batch closes at this many bytes.
     #[serde(default = "default_max_batch", deserialize_with = "size")]
     pub max_batch_bytes: u64,
-    /// Group commit: batches of one journal written at once.
-    #[serde(default = "default_inflight_batches")]
-    pub max_inflight_batches: usize,
+    /// Group commit: batches of one journal written at once (default 2;
+    /// 4 on a node that starts as a replica, whose batches come formed from
+    /// its primary and are written back to back during catch-up).
+    #[serde(default)]
+    pub max_inflight_batches: Option<usize>,
     /// Group commit: how long a batch may wait for more appends.
     #[serde(default, deserialize_with = "duration")]
     pub group_commit_wait: Duration,
@@ -205,7 +207,7 @@ impl Default for Limits {
             max_inflight_bytes: default_inflight(),
             frame_timeout: default_frame_timeout(),
             max_batch_bytes: default_max_batch(),
-            max_inflight_batches: default_inflight_batches(),
+            max_inflight_batches: None,
             group_commit_wait: Duration::ZERO,
             drain_timeout: default_drain(),
         }
@@ -623,7 +625,7 @@ impl DaemonConfig {
         if self.limits.max_inflight_bytes < self.limits.max_frame_bytes {
             return Err("limits.max_inflight_bytes must be at least limits.max_frame_bytes".into());
         }
-        if self.limits.max_inflight_batches == 0 {
+        if self.limits.max_inflight_batches == Some(0) {
             return Err("limits.max_inflight_batches must be at least 1".into());
         }
         if self.idempotence.window == 0 || self.idempotence.max_producers == 0 {
@@ -673,7 +675,11 @@ impl DaemonConfig {
         c.segment_size = self.storage.segment_size;
         c.max_record_size = self.limits.max_record_size as u32;
         c.max_batch_bytes = self.limits.max_batch_bytes as usize;
-        c.max_inflight_batches = self.limits.max_inflight_batches;
+        c.max_inflight_batches = self.limits.max_inflight_batches.unwrap_or(if self.replication.role == "replica" {
+            4
+        } else {
+            default_inflight_batches()
+        });
         c.group_commit_wait = self.limits.group_commit_wait;
         c
     }

@@ -1260,29 +1260,11 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
         }
         Request::Promote => {
             let res = promote(srv).await;
-            match res {
-                Ok(()) => {
-                    let json = srv.status_json();
-                    conn.send(|o| Response::Status { json: &json }.encode(Op::Promote, rid, o));
-                }
-                Err((code, msg)) => {
-                    srv.m.error(code);
-                    conn.send(|o| err_frame(o, rid, code, &msg));
-                }
-            }
+            role_change_answer(srv, conn, rid, Op::Promote, res);
         }
         Request::Demote { sync, timeout_ms } => {
             let res = demote(srv, sync, Duration::from_millis(timeout_ms as u64)).await;
-            match res {
-                Ok(()) => {
-                    let json = srv.status_json();
-                    conn.send(|o| Response::Status { json: &json }.encode(Op::Demote, rid, o));
-                }
-                Err((code, msg)) => {
-                    srv.m.error(code);
-                    conn.send(|o| err_frame(o, rid, code, &msg));
-                }
-            }
+            role_change_answer(srv, conn, rid, Op::Demote, res);
         }
         Request::SetMark { journal, lsn } => {
             let Some(jd) = srv.journal(journal) else {
@@ -1333,6 +1315,20 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
         Request::Status => {
             let json = srv.status_json();
             conn.send(|o| Response::Status { json: &json }.encode(Op::Status, rid, o));
+        }
+    }
+}
+
+/// Answers Promote/Demote: the status after the change, or the error.
+fn role_change_answer(srv: &Srv, conn: &Conn, rid: u64, op: Op, res: Result<(), (u16, String)>) {
+    match res {
+        Ok(()) => {
+            let json = srv.status_json();
+            conn.send(|o| Response::Status { json: &json }.encode(op, rid, o));
+        }
+        Err((code, msg)) => {
+            srv.m.error(code);
+            conn.send(|o| err_frame(o, rid, code, &msg));
         }
     }
 }

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+#[allow(unused_imports)]
 use crate::ship::{ShipSink, ShipView, Shipment};
 
 /// One thing to ship.
@@ -183,17 +184,7 @@ impl ShipSink for Outbox {
         if !st.active || st.overflowed {
             return;
         }
-        let s = Shipment {
-            journal_id: b.journal_id,
-            slot: b.slot,
-            seg_seq: b.seg_seq,
-            seg_off: b.seg_off,
-            first_lsn: b.first_lsn,
-            next_lsn: b.next_lsn,
-            end_crc: b.end_crc,
-            header: b.header,
-            bytes: b.bytes.to_vec(),
-        };
+        let s = b.to_shipment();
         let n = s.bytes.len() + 64;
         self.push(&mut st, Event::Batch(s), n);
     }

@@ -278,22 +278,8 @@ impl Apply<'_> {
                 let samples = lsns.iter().filter_map(|&l| j.record_crc(l).ok().map(|c| (l, c))).collect();
                 Some(Msg::Samples { journal, samples })
             }
-            Msg::Truncate { journal, keep } => {
-                self.drain();
-                let j = self.journal(journal)?;
-                let end = j.truncate_after(keep).map_err(e)?;
-                self.received.insert(journal, end.next_lsn);
-                self.sent.insert(journal, (end.next_lsn, end.next_lsn));
-                Some(Msg::Ends(vec![(journal, end)]))
-            }
-            Msg::Reset { journal, next_lsn } => {
-                self.drain();
-                let j = self.journal(journal)?;
-                let end = j.reset(next_lsn).map_err(e)?;
-                self.received.insert(journal, end.next_lsn);
-                self.sent.insert(journal, (end.next_lsn, end.next_lsn));
-                Some(Msg::Ends(vec![(journal, end)]))
-            }
+            Msg::Truncate { journal, keep } => Some(self.cut(journal, |j| j.truncate_after(keep))?),
+            Msg::Reset { journal, next_lsn } => Some(self.cut(journal, |j| j.reset(next_lsn))?),
             Msg::Batch(s) => {
                 let j = self.journal(s.journal_id)?;
                 loop {
@@ -341,6 +327,21 @@ impl Apply<'_> {
             Msg::Ping => None,
             other => return Err(format!("unexpected message from the primary: {other:?}")),
         })
+    }
+
+    /// Cuts a journal back (`truncate_after` or `reset`) once nothing is
+    /// being written, and answers with where its chain now ends.
+    fn cut(
+        &mut self,
+        journal: u64,
+        f: impl FnOnce(&Journal) -> crate::Result<crate::ship::ChainEnd>,
+    ) -> Result<Msg, String> {
+        self.drain();
+        let j = self.journal(journal)?;
+        let end = f(&j).map_err(|e| e.to_string())?;
+        self.received.insert(journal, end.next_lsn);
+        self.sent.insert(journal, (end.next_lsn, end.next_lsn));
+        Ok(Msg::Ends(vec![(journal, end)]))
     }
 
     fn acks(&mut self, all: bool) -> Vec<(u64, u64, u64)> {

@@ -114,8 +114,20 @@ fn config(s: &Site, role: &str, peer: &str, batch: &str) -> String {
     )
 }
 
+/// Makes the devices empty: files are recreated zero-filled; block devices
+/// (a loop device, say) get their first 2 MiB zeroed (no superblock, so
+/// the daemon formats them).
 fn fresh(devices: &[PathBuf], size: u64) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
     for d in devices {
+        if std::fs::metadata(d).map(|m| m.file_type().is_block_device()).unwrap_or(false) {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().write(true).open(d).map_err(|e| format!("{}: {e}", d.display()))?;
+            f.write_all(&vec![0u8; 2 << 20])
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("{}: {e}", d.display()))?;
+            continue;
+        }
         let _ = std::fs::remove_file(d);
         mirrorlog::io::create_device_file(d, size).map_err(|e| format!("{}: {e}", d.display()))?;
     }
