@@ -161,7 +161,8 @@ impl JournalInner {
         if v.seg_off % bs as u64 != 0 || v.seg_off + len as u64 > self.shared.set.segment_size {
             return Err(Error::Corrupt(format!("shipment at segment offset {} runs past the segment", v.seg_off)));
         }
-        if v.first_lsn != st.next_assign && !(st.segs.is_empty() && v.header) {
+        // Always the next LSN: a reset journal continues where `reset` put it.
+        if v.first_lsn != st.next_assign {
             return Err(Error::Corrupt(format!(
                 "shipment starts at lsn {} but this journal continues at {}",
                 v.first_lsn, st.next_assign
@@ -199,11 +200,23 @@ impl JournalInner {
         // Every record verified, ending with a batch end exactly at the end.
         let mut pos = start;
         let mut last_flags = 0;
+        // Padding after each batch end is zero (no CRC covers it, and both
+        // sites must hold the same blocks).
+        let mut pad_ok = true;
         let stop = scan_chain(v.bytes, &mut pos, bs, self.max_body(), |f| {
             last_flags = f.header.flags;
+            if f.header.flags & FLAG_BATCH_END != 0 {
+                let end = f.off + f.header.total_len();
+                let padded = (align_up(end as u64, bs as u64) as usize).min(v.bytes.len());
+                pad_ok &= v.bytes[end..padded].iter().all(|&b| b == 0);
+            }
             f.header.lsn + 1 < v.next_lsn
         });
-        let complete = stop == ScanStop::Stopped
+        if v.header {
+            pad_ok &= v.bytes[crate::format::SEGMENT_HEADER_LEN..bs].iter().all(|&b| b == 0);
+        }
+        let complete = pad_ok
+            && stop == ScanStop::Stopped
             && pos.lsn == v.next_lsn
             && pos.off == len
             && pos.prev_crc == v.end_crc
@@ -215,6 +228,14 @@ impl JournalInner {
             )));
         }
         if new_seg.is_some() {
+            // A slot is used by one live segment at a time: an older segment
+            // of this journal still in it means a mark has not reached us.
+            if st.segs.iter().any(|s| s.slot == v.slot) {
+                return Err(Error::Corrupt(format!(
+                    "slot {} still holds an older segment of journal {}: its mark has not arrived",
+                    v.slot, self.name
+                )));
+            }
             self.shared.take_slot_exact(self.id, v.slot)?;
         }
         let Some(mut buf) = st.pool.pop().or_else(|| self.new_buffer(&mut st)) else {
@@ -234,10 +255,6 @@ impl JournalInner {
                 index: Vec::new(),
             });
             st.next_seg_seq = v.seg_seq + 1;
-            if st.durable_lsn < v.first_lsn {
-                // A journal reset to start at its primary's oldest segment.
-                st.durable_lsn = v.first_lsn;
-            }
         }
         let seq = st.next_batch_seq;
         st.next_batch_seq += 1;
@@ -294,13 +311,17 @@ impl JournalInner {
     ) -> Result<Vec<Shipment>> {
         let set = &self.shared.set;
         let bs = set.block_size as usize;
-        let (slot, seg_seq, start, header, bound, end_lsn, _pin) = {
+        let (slot, seg_seq, start, header, bound, end_lsn, _pin, header_crc) = {
             let st = self.st.lock();
             if st.deleted {
                 return Err(Error::UnknownJournal(self.name.clone()));
             }
             let end = end.min(st.durable_lsn);
             if from >= end {
+                // A failed journal's durable end never moves again.
+                if let Some((_, e)) = &st.failed {
+                    return Err(e.duplicate());
+                }
                 return Ok(Vec::new());
             }
             let i = st.segs.partition_point(|s| s.first_lsn <= from);
@@ -327,7 +348,7 @@ impl JournalInner {
                     ChainPos { off: e.off as usize, lsn: e.lsn, prev_crc: e.prev_crc }
                 }
             };
-            (seg.slot, seg.seq, start, from == seg.first_lsn, seg.end_off, end_lsn, pin)
+            (seg.slot, seg.seq, start, from == seg.first_lsn, seg.end_off, end_lsn, pin, seg.header_crc)
         };
         // Find where record `from` starts if we began at an index entry before
         // it (verified; heals a bad copy on the way).
@@ -365,6 +386,11 @@ impl JournalInner {
         for attempt in 0..2 {
             for &m in &members {
                 if set.read_member(m, base + read_from as u64, &mut buf.as_mut_slice()[..len]).is_err() {
+                    continue;
+                }
+                // The header block goes out as read: it must be the one the
+                // chain hangs on (a rotten copy is read from another member).
+                if header && SegmentHeader::decode(&buf.as_slice()[..bs]).map(|(_, c)| c).ok() != Some(header_crc) {
                     continue;
                 }
                 let mut pos = ChainPos { off: start.off - read_from, lsn: start.lsn, prev_crc: start.prev_crc };
@@ -441,7 +467,7 @@ impl JournalInner {
             if st.open.is_some() || !st.sealed.is_empty() || st.writing > 0 {
                 return Err(Error::Backpressure);
             }
-            if keep + 1 >= st.durable_lsn {
+            if keep.saturating_add(1) >= st.durable_lsn {
                 drop(st);
                 return self.chain_end();
             }
@@ -459,7 +485,7 @@ impl JournalInner {
                 set,
                 slot,
                 bound,
-                end_lsn: keep + 1,
+                end_lsn: keep.saturating_add(1),
                 max_record: self.max_body(),
                 chunk: 1 << 20,
                 prefer: set.healthy_indexes().next().unwrap_or(0),
@@ -680,6 +706,12 @@ impl Journal {
     /// (slot, segment sequence, first LSN) of each segment held, oldest first.
     pub fn segment_slots(&self) -> Vec<(u64, u64, u64)> {
         self.inner.st.lock().segs.iter().map(|s| (s.slot, s.seq, s.first_lsn)).collect()
+    }
+
+    /// Whether a write of this journal failed (it takes no more writes
+    /// until reopened).
+    pub fn failed(&self) -> bool {
+        self.inner.st.lock().failed.is_some()
     }
 
     /// The journal's id in its set (equal on a primary and its replicas).

@@ -573,3 +573,50 @@ fn a_planned_switchover_under_load_loses_and_duplicates_nothing() {
     // Nothing was cut back: a switchover waits until the replica has everything.
     assert_eq!(check_present_once(&b.devices(), &acks, "default", |_| true), acks.len());
 }
+
+#[test]
+fn slots_freed_by_marks_while_the_link_is_down_are_reused_without_conflict() {
+    let proxy: Arc<Mutex<Option<Proxy>>> = Arc::new(Mutex::new(None));
+    let p2 = proxy.clone();
+    let via = move |upstream: &str| -> String {
+        let p = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream.parse().expect("addr")).expect("proxy");
+        let addr = p.local_addr().to_string();
+        *p2.lock().expect("proxy") = Some(p);
+        addr
+    };
+    let (mut a, mut b) = pair("", "", Some(&via));
+    let load = Load::start(&[a.d.addr.clone()], 4, &[Durability::Local], false, "default");
+    load.wait_acks(3000, Duration::from_secs(60));
+    wait_caught_up(&a.d, Duration::from_secs(30));
+    let (first_acks, _) = load.stop();
+    // The link goes quiet; meanwhile the consumer's marks free the oldest
+    // segments and new segments take their slots (the lowest free ones).
+    let guard = proxy.lock().expect("p");
+    let p = guard.as_ref().expect("p");
+    p.pause();
+    p.cut();
+    // A mark just below what the replica holds: the replica's tail segment
+    // stays in the primary's history (so the session continues, no reset),
+    // while its older segments' slots are freed and reused here.
+    let top = first_acks.iter().map(|x| x.lsn).max().unwrap_or(1);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    rt.block_on(async {
+        let c = Client::connect(ClientConfig::new([a.d.addr.clone()])).await.expect("connect");
+        c.set_mark("default", top - 100).await.expect("mark");
+    });
+    let load = Load::start_from(100, &[a.d.addr.clone()], 4, &[Durability::Local], false, "default");
+    load.wait_acks(6000, Duration::from_secs(90));
+    let (acks, errors) = load.stop();
+    assert!(errors.is_empty(), "{errors:?}");
+    p.resume();
+    p.cut();
+    wait_caught_up(&a.d, Duration::from_secs(60));
+    let st = a.d.status();
+    assert!(!st["replication"]["last_error"].as_str().unwrap_or("").contains("slot"), "{st}");
+    drop(guard);
+    assert_eq!(b.d.term().code(), Some(0));
+    assert_eq!(a.d.term().code(), Some(0));
+    assert_sites_equal(&a.devices(), &b.devices());
+    let first = records(&b.devices())["default"].first().map(|r| r.0).unwrap_or(0);
+    check_present_once(&b.devices(), &acks, "default", |x| x.lsn >= first);
+}

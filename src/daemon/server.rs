@@ -1366,7 +1366,10 @@ async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
         return Err((e.code(), format!("persisting epoch {epoch}: {e}")));
     }
     srv.reload_journals();
-    r.set_role(Role::Primary);
+    // The etcd thread may have made us step down meanwhile.
+    if !r.change_role(Role::Promoting, Role::Primary) {
+        return Err((codes::NOT_PRIMARY, format!("promotion overtaken: this node is {}", r.role().name())));
+    }
     if let Err(e) = replication::start_primary(&srv.log, r) {
         tracing::error!(error = %e, "replication sender did not start");
     }

@@ -2,10 +2,11 @@
 //! bound to a lease says which node is primary and at which epoch.
 //!
 //! * The primary holds `PREFIX/CLUSTER/primary` = `{"name","epoch","endpoint"}`
-//!   with a lease of `lease_ttl`, kept alive every third of it. If it cannot
-//!   renew the lease for a whole `lease_ttl` (etcd unreachable, the lease
-//!   expired), it **steps down** on its own: its appends stop before anyone
-//!   else can take the key, so two nodes never both take appends.
+//!   with a lease of `lease_ttl`, kept alive every sixth of it. If two thirds
+//!   of a lease pass without a renewal (etcd unreachable, the lease
+//!   expired), it **steps down** on its own: its appends stop before etcd
+//!   can have expired the lease (which runs from a renewal's send time), so
+//!   two nodes never both take appends.
 //! * A replica with `auto_failover` watches the key; once it is gone (the
 //!   primary's lease expired), it takes it in a transaction (only if still
 //!   absent) and promotes itself; then it writes its new epoch there.
@@ -65,7 +66,10 @@ pub struct Holder {
 
 impl Etcd {
     pub fn new(cfg: EtcdConfig) -> Etcd {
-        let t = cfg.lease_ttl.max(Duration::from_secs(1)) / 2;
+        // One request, over every endpoint in turn, fits in a third of the
+        // lease: a keep-alive that fails still leaves time to step down.
+        let n = cfg.endpoints.len().max(1) as u32;
+        let t = (cfg.lease_ttl.max(Duration::from_secs(1)) / (3 * n)).max(Duration::from_millis(50));
         let agent = ureq::AgentBuilder::new().timeout_connect(t).timeout(t).build();
         let key = format!("{}/{}/primary", cfg.prefix.trim_end_matches('/'), cfg.cluster);
         Etcd { cfg, agent, key }
@@ -84,7 +88,9 @@ impl Etcd {
     }
 
     pub fn grant(&self) -> Result<i64, String> {
-        let r = self.post("lease/grant", json!({ "TTL": self.cfg.lease_ttl.as_secs().max(1) }))?;
+        // Rounded up: etcd's lease never ends before our own count of it.
+        let ttl = self.cfg.lease_ttl.as_millis().div_ceil(1000).max(1) as u64;
+        let r = self.post("lease/grant", json!({ "TTL": ttl }))?;
         r["ID"].as_str().and_then(|s| s.parse().ok()).or_else(|| r["ID"].as_i64()).ok_or(format!("lease grant: {r}"))
     }
 
@@ -178,8 +184,11 @@ pub fn claim_at_start(e: &Etcd, name: &str, epoch: u64, wait: Duration) -> Resul
 pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Option<i64>) {
     let name = shared.cfg.name.clone();
     let ttl = e.cfg.lease_ttl;
-    let tick = (ttl / 3).max(Duration::from_millis(100));
-    let mut renewed = Instant::now();
+    // Renew six times a lease; step down once two thirds of it passed
+    // without a renewal.
+    let tick = (ttl / 6).max(Duration::from_millis(50));
+    // The lease from the start counts from before this thread began.
+    let mut renewed = Instant::now().checked_sub(tick).unwrap_or_else(Instant::now);
     let mut written_epoch = 0u64;
     while !shared.stop.load(Ordering::Acquire) {
         std::thread::sleep(tick);
@@ -188,10 +197,11 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
             Role::Primary | Role::Promoting if lease.is_some() || role == Role::Primary => {
                 let Some(l) = lease else {
                     // Promoted by hand while etcd is configured: take the key.
+                    let sent = Instant::now();
                     match e.grant().and_then(|l| e.acquire(l, &name, log.epoch()).map(|ok| (l, ok))) {
                         Ok((l, true)) => {
                             lease = Some(l);
-                            renewed = Instant::now();
+                            renewed = sent;
                             written_epoch = log.epoch();
                         }
                         Ok((_, false)) => {
@@ -207,9 +217,19 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
                     }
                     continue;
                 };
+                // Invariant: this node stops taking appends before etcd can
+                // have expired its lease (which runs from a renewal's send
+                // time): step down a tick ahead of the last renewal + ttl.
+                if renewed.elapsed() + 2 * tick >= ttl {
+                    tracing::error!("etcd: the primary lease could not be renewed in time; stepping down");
+                    lease = None;
+                    shared.change_role(role, Role::SteppingDown);
+                    continue;
+                }
+                let sent = Instant::now();
                 match e.keepalive(l) {
                     Ok(true) => {
-                        renewed = Instant::now();
+                        renewed = sent;
                         if written_epoch != log.epoch() && e.put(l, &name, log.epoch()).is_ok() {
                             written_epoch = log.epoch();
                         }
@@ -219,27 +239,18 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
                         lease = None;
                         shared.change_role(role, Role::SteppingDown);
                     }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "etcd: lease keep-alive failed");
-                        // Invariant: step down before the lease can have
-                        // expired at etcd, so no one else takes appends while
-                        // this node still does.
-                        if renewed.elapsed() + tick >= ttl {
-                            tracing::error!("etcd unreachable for a whole lease: stepping down");
-                            lease = None;
-                            shared.change_role(role, Role::SteppingDown);
-                        }
-                    }
+                    Err(err) => tracing::warn!(error = %err, "etcd: lease keep-alive failed"),
                 }
             }
             Role::Replica if e.cfg.auto_failover => match e.holder() {
                 Ok(None) => {
                     let epoch = log.epoch();
+                    let sent = Instant::now();
                     match e.grant().and_then(|l| e.acquire(l, &name, epoch).map(|ok| (l, ok))) {
                         Ok((l, true)) => {
                             tracing::warn!("etcd: the primary's lease is gone; taking over");
                             lease = Some(l);
-                            renewed = Instant::now();
+                            renewed = sent;
                             written_epoch = 0;
                             shared.promote_requested.store(true, Ordering::Release);
                             shared.wake.notify_one();

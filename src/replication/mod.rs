@@ -209,6 +209,16 @@ impl ReplShared {
             .clone()
     }
 
+    /// Forgets what any replica acknowledged (a new primary role starts
+    /// from nothing confirmed: counters from an earlier role or history
+    /// must not confirm appends).
+    pub fn reset_progress(&self) {
+        for r in self.journals.lock().values() {
+            r.received.store(0, Ordering::Release);
+            r.durable.store(0, Ordering::Release);
+        }
+    }
+
     pub fn saw_epoch(&self, e: u64) {
         self.seen_epoch.fetch_max(e, Ordering::AcqRel);
     }
@@ -332,6 +342,7 @@ pub fn start_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) -> s
     if shared.cfg.peer.is_none() {
         return Ok(());
     }
+    shared.reset_progress();
     let js: Vec<(u64, u64, u64)> = log.journals().iter().map(|j| (j.id(), j.next_lsn(), j.mark())).collect();
     let ob = Arc::new(outbox::Outbox::new(shared.cfg.backlog_bytes, &js));
     log.set_ship_sink(Some(ob.clone()));
@@ -345,6 +356,7 @@ pub fn start_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) -> s
 /// on its own when it sees the role.
 pub fn stop_primary(log: &crate::MirrorLog, shared: &ReplShared) {
     log.set_ship_sink(None);
+    shared.reset_progress();
     if let Some(ob) = shared.outbox.lock().take() {
         ob.deactivate();
         ob.nudge();

@@ -127,7 +127,11 @@ impl Sender {
     }
 
     fn live(&self) -> bool {
-        !self.shared.stop.load(Ordering::Acquire)
+        // Only the sender of the current outbox: a sender left from an
+        // earlier primary role (stop_primary took its outbox) ends.
+        let current = self.shared.outbox.lock().as_ref().is_some_and(|o| Arc::ptr_eq(o, &self.outbox));
+        current
+            && !self.shared.stop.load(Ordering::Acquire)
             && match self.shared.role() {
                 Role::Primary => true,
                 Role::SteppingDown => self.shared.demoting.load(Ordering::Acquire),
@@ -216,7 +220,7 @@ impl Sender {
             );
             self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
             c.send(&Msg::Reset { journal: j.id(), next_lsn: next }).map_err(io)?;
-            match c.recv(timeout).map_err(io)? {
+            match answer(c, timeout).map_err(io)? {
                 Msg::Ends(e) if e.len() == 1 => Ok(Pos { lsn: e[0].1.next_lsn, crc: 0, hint: None }),
                 other => Err(format!("unexpected answer to reset {other:?}")),
             }
@@ -256,7 +260,7 @@ impl Sender {
             };
         }
         c.send(&Msg::Probe { journal: j.id(), lsns }).map_err(io)?;
-        let samples = match c.recv(timeout).map_err(io)? {
+        let samples = match answer(c, timeout).map_err(io)? {
             Msg::Samples { samples, .. } => samples,
             other => return Err(format!("unexpected answer to probe {other:?}")),
         };
@@ -272,7 +276,7 @@ impl Sender {
                 );
                 self.shared.truncations.fetch_add(1, Ordering::Relaxed);
                 c.send(&Msg::Truncate { journal: j.id(), keep }).map_err(io)?;
-                let e = match c.recv(timeout).map_err(io)? {
+                let e = match answer(c, timeout).map_err(io)? {
                     Msg::Ends(e) if e.len() == 1 => e[0].1,
                     Msg::Failed { message } => return Err(format!("replica failed to cut back: {message}")),
                     other => return Err(format!("unexpected answer to truncate {other:?}")),
@@ -355,10 +359,15 @@ impl Sender {
                     }
                 });
                 let res = (|| {
-                    for got in rx.iter() {
+                    loop {
                         if !alive.load(Ordering::Acquire) || !self.live() {
                             return Err("session ended during catch-up".to_string());
                         }
+                        let got = match rx.recv_timeout(Duration::from_millis(200)) {
+                            Ok(g) => g,
+                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                        };
                         match got {
                             Ok(v) => {
                                 buf.clear();
@@ -381,6 +390,13 @@ impl Sender {
                                 return Ok(Some(j.segment_starts().first().copied().unwrap_or(u64::MAX)))
                             }
                             Err(Error::UnknownJournal(_)) => return Ok(Some(u64::MAX)),
+                            // A journal whose write failed takes no more
+                            // writes: nothing more of it will come; go on
+                            // with the others.
+                            Err(e) if j.failed() => {
+                                tracing::error!(journal = j.name(), error = %e, "journal failed here: its catch-up stops");
+                                return Ok(Some(u64::MAX));
+                            }
                             Err(e) => return Err(format!("catch-up read of {}: {e}", j.name())),
                         }
                     }
@@ -434,8 +450,17 @@ impl Sender {
         let mut buf = Vec::with_capacity(2 << 20);
         // Catch-up: each journal from where the replica is to where the
         // outbox begins, read from the segments.
+        // Marks first (the replica takes each up to what it holds): a slot a
+        // mark freed here may be reused by a segment the catch-up sends.
+        for (j, _) in &pos {
+            if let Some(&m) = marks.get(&j.id()) {
+                c.send(&Msg::Mark { journal: j.id(), lsn: m }).map_err(io)?;
+            }
+        }
         for (j, p) in pos {
-            let target = claimed.get(&j.id()).copied().unwrap_or_else(|| j.next_lsn());
+            // A journal the snapshot does not know was created after it: all
+            // of its batches are in the outbox.
+            let target = claimed.get(&j.id()).copied().unwrap_or(p.lsn);
             self.catch_up(c, &j, p, target, chunk, alive, &mut buf)?;
             if let Some(&m) = marks.get(&j.id()) {
                 c.send(&Msg::Mark { journal: j.id(), lsn: m }).map_err(io)?;
@@ -483,6 +508,18 @@ impl Sender {
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The next message that is not an ack or a ping (the replica's
+/// heartbeat acks may arrive while the handshake waits for an answer).
+fn answer(c: &mut FrameConn, timeout: Duration) -> std::io::Result<Msg> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match c.recv(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))? {
+            Msg::Acks(_) | Msg::Ping => continue,
+            m => return Ok(m),
+        }
+    }
 }
 
 /// Reads the replica's acks until the session ends.
