@@ -217,7 +217,7 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     let fill = Load { clients: 8, secs: 3600.0, records: Some(a.catchup / (64 << 10)), rate: None, progress: !json };
     let o = RemoteOpts { record_size: big, ..ro(Durability::Local, &p.client) };
     let filled = run_remote(&fill, &o, format!("fill {} MiB while the replica is down", a.catchup >> 20))?;
-    print(&[filled.clone()], json);
+    print(std::slice::from_ref(&filled), json);
     let lag0 = p.status()?;
 
     let lag_bytes: u64 =
