@@ -63,6 +63,22 @@ fn pair(journals: &str, repl_extra: &str, via: Option<&dyn Fn(&str) -> String>) 
     (Site { d: a, _tmp: keep(ta) }, Site { d: b, _tmp: keep(tb) })
 }
 
+/// A fault proxy for `pair`'s link, started when the pair asks for it,
+/// and where to find it.
+type ProxySlot = Arc<Mutex<Option<Proxy>>>;
+
+fn proxied() -> (ProxySlot, impl Fn(&str) -> String) {
+    let slot: ProxySlot = Arc::new(Mutex::new(None));
+    let s2 = slot.clone();
+    let via = move |upstream: &str| -> String {
+        let p = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream.parse().expect("addr")).expect("proxy");
+        let addr = p.local_addr().to_string();
+        *s2.lock().expect("proxy") = Some(p);
+        addr
+    };
+    (slot, via)
+}
+
 /// ~1 KiB payload naming its writer and sequence.
 fn payload(client: u64, seq: u64) -> Vec<u8> {
     let mut p = Vec::with_capacity(1024);
@@ -343,15 +359,7 @@ fn every_mode_under_load_then_both_sites_hold_the_same_blocks() {
 
 #[test]
 fn a_link_cut_and_black_holed_under_load_heals_and_catches_up() {
-    let proxy: Arc<Mutex<Option<Proxy>>> = Arc::new(Mutex::new(None));
-    let p2 = proxy.clone();
-    let via = move |upstream: &str| -> String {
-        let up = upstream.parse().expect("addr");
-        let p = Proxy::start("127.0.0.1:0".parse().expect("addr"), up).expect("proxy");
-        let addr = p.local_addr().to_string();
-        *p2.lock().expect("proxy") = Some(p);
-        addr
-    };
+    let (proxy, via) = proxied();
     let (mut a, mut b) = pair(JOURNALS, "backlog_bytes = \"4MiB\"\n", Some(&via));
     let guard = proxy.lock().expect("proxy");
     let p = guard.as_ref().expect("proxy started");
@@ -473,14 +481,7 @@ fn site_loss_promotion_and_client_failover_lose_no_remote_durable_append() {
 
 #[test]
 fn an_old_primary_returning_with_a_tail_is_fenced_cut_back_and_caught_up() {
-    let proxy: Arc<Mutex<Option<Proxy>>> = Arc::new(Mutex::new(None));
-    let p2 = proxy.clone();
-    let via = move |upstream: &str| -> String {
-        let p = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream.parse().expect("addr")).expect("proxy");
-        let addr = p.local_addr().to_string();
-        *p2.lock().expect("proxy") = Some(p);
-        addr
-    };
+    let (proxy, via) = proxied();
     let (mut a, mut b) = pair("", "", Some(&via));
     let load = Load::start(&[a.d.addr.clone()], 4, &[Durability::RemoteDurable], false, "default");
     load.wait_acks(500, Duration::from_secs(60));
@@ -576,14 +577,7 @@ fn a_planned_switchover_under_load_loses_and_duplicates_nothing() {
 
 #[test]
 fn slots_freed_by_marks_while_the_link_is_down_are_reused_without_conflict() {
-    let proxy: Arc<Mutex<Option<Proxy>>> = Arc::new(Mutex::new(None));
-    let p2 = proxy.clone();
-    let via = move |upstream: &str| -> String {
-        let p = Proxy::start("127.0.0.1:0".parse().expect("addr"), upstream.parse().expect("addr")).expect("proxy");
-        let addr = p.local_addr().to_string();
-        *p2.lock().expect("proxy") = Some(p);
-        addr
-    };
+    let (proxy, via) = proxied();
     let (mut a, mut b) = pair("", "", Some(&via));
     let load = Load::start(&[a.d.addr.clone()], 4, &[Durability::Local], false, "default");
     load.wait_acks(3000, Duration::from_secs(60));
