@@ -579,7 +579,7 @@ impl JournalInner {
         // batches are shipped in LSN order, and after any mark that freed the
         // slot it reuses (the mark is shipped before its slots are released).
         if let Some(sink) = self.shared.sink() {
-            sink.batch(&crate::ship::ShipView::of(self.id, &b, st.epoch));
+            sink.batch(&crate::ship::ShipView::of(self.id, &b));
         }
         Some(b)
     }

@@ -67,7 +67,7 @@ impl ShipView<'_> {
 }
 
 impl<'a> ShipView<'a> {
-    pub(crate) fn of(journal_id: u64, b: &'a Batch, _epoch: u64) -> ShipView<'a> {
+    pub(crate) fn of(journal_id: u64, b: &'a Batch) -> ShipView<'a> {
         ShipView {
             journal_id,
             slot: b.slot,
@@ -396,15 +396,29 @@ impl JournalInner {
                 let mut pos = ChainPos { off: start.off - read_from, lsn: start.lsn, prev_crc: start.prev_crc };
                 // Every batch end the chain reaches: (offset after it, next lsn, crc).
                 let mut cuts: Vec<(usize, u64, u32)> = Vec::new();
+                let mut pads: Vec<(usize, usize)> = Vec::new();
                 scan_chain(&buf.as_slice()[..len], &mut pos, bs, self.max_body(), |f| {
                     if f.header.flags & FLAG_BATCH_END != 0 {
-                        let next = align_up((f.off + f.header.total_len()) as u64, bs as u64) as usize;
+                        let end = f.off + f.header.total_len();
+                        let next = align_up(end as u64, bs as u64) as usize;
                         cuts.push((next, f.header.lsn + 1, f.header.crc));
+                        pads.push((end, next));
                     }
                     f.header.lsn + 1 < end_lsn
                 });
                 if cuts.is_empty() {
                     continue;
+                }
+                // Padding is zero by definition and no CRC covers it: ship it
+                // as zero whatever this copy holds there, so the replica gets
+                // the blocks as written (and a rotten padding byte here cannot
+                // make it refuse the shipment forever).
+                let b = buf.as_mut_slice();
+                for (from, to) in pads {
+                    b[from..to.min(len)].fill(0);
+                }
+                if header {
+                    b[crate::format::SEGMENT_HEADER_LEN..bs].fill(0);
                 }
                 // Whole batches, in pieces of at most one batch buffer (what
                 // a replica applies at once).

@@ -203,8 +203,6 @@ struct Sub {
 pub(crate) struct Srv {
     log: Arc<MirrorLog>,
     repl: Arc<ReplShared>,
-    /// A planned demotion is in progress (appends finish normally).
-    demoting: Cell<bool>,
     cfg: DaemonConfig,
     journals: RefCell<HashMap<String, Rc<Jd>>>,
     jlist: RefCell<Vec<Journal>>,
@@ -323,7 +321,6 @@ impl Srv {
         let srv = Rc::new(Srv {
             log,
             repl,
-            demoting: Cell::new(false),
             cfg,
             journals: RefCell::new(HashMap::new()),
             jlist: RefCell::new(Vec::new()),
@@ -490,6 +487,11 @@ impl Srv {
     /// the replica (received or durable, as asked), or whose wait for the
     /// replica timed out (then the journal's `on_replica_loss` decides).
     fn settle_remote(&self, jd: &Jd) {
+        // Runs on every turn of the loop: nothing to do (no lock taken)
+        // unless a remote append waits or the journal is degraded.
+        if jd.remote.borrow().is_empty() && !jd.degraded.get() {
+            return;
+        }
         let timeout = self.repl.cfg.ack_timeout;
         let received = jd.jr.received.load(Ordering::Acquire);
         let durable = jd.jr.durable.load(Ordering::Acquire);
@@ -551,13 +553,10 @@ impl Srv {
                 }
             }
         }
-        let local_end = jd.j.next_lsn();
-        if durable >= local_end {
-            *jd.jr.caught_up_at.lock() = Instant::now();
-            if jd.degraded.get() && self.repl.connected.load(Ordering::Acquire) {
-                tracing::info!(journal = jd.j.name(), "replica caught up: remote appends wait for it again");
-                jd.degraded.set(false);
-            }
+        // (When the replica last held everything is kept by the ack reader.)
+        if jd.degraded.get() && self.repl.connected.load(Ordering::Acquire) && durable >= jd.j.next_lsn() {
+            tracing::info!(journal = jd.j.name(), "replica caught up: remote appends wait for it again");
+            jd.degraded.set(false);
         }
     }
 
@@ -572,7 +571,7 @@ impl Srv {
                 }
             });
         }
-        if self.repl.role() != Role::SteppingDown || self.demoting.get() {
+        if self.repl.role() != Role::SteppingDown || self.repl.demoting.load(Ordering::Acquire) {
             return;
         }
         let epoch = self.repl.seen_epoch.load(Ordering::Acquire);
@@ -1390,14 +1389,12 @@ async fn demote(srv: &Rc<Srv>, sync: bool, timeout: Duration) -> Result<(), (u16
         }
         other => return Err((codes::NOT_PRIMARY, format!("this node is {}; try again", other.name()))),
     }
-    srv.demoting.set(true);
     r.demoting.store(true, Ordering::Release);
     r.set_role(Role::SteppingDown);
     let deadline = Instant::now() + timeout;
     let undo = |why: String| {
         r.set_role(Role::Primary);
         r.demoting.store(false, Ordering::Release);
-        srv.demoting.set(false);
         srv.kick.notify_one();
         Err((codes::TIMEOUT, why))
     };
@@ -1430,7 +1427,6 @@ async fn demote(srv: &Rc<Srv>, sync: bool, timeout: Duration) -> Result<(), (u16
     r.set_role(Role::Replica);
     r.demoting.store(false, Ordering::Release);
     replication::stop_primary(&srv.log, r);
-    srv.demoting.set(false);
     tracing::warn!(sync, "demoted: this node is a replica");
     Ok(())
 }
@@ -1468,7 +1464,7 @@ fn append(
                 &format!("durability {} needs a replica; this node runs standalone", durability_name(mode)),
             );
         }
-        Role::SteppingDown if !srv.demoting.get() => {
+        Role::SteppingDown if !srv.repl.demoting.load(Ordering::Acquire) => {
             let e = srv.repl.seen_epoch.load(Ordering::Acquire);
             return fail(codes::FENCED, &format!("fenced: a newer primary exists (epoch {e}); append not taken"));
         }

@@ -225,22 +225,32 @@ impl Sender {
                 other => Err(format!("unexpected answer to reset {other:?}")),
             }
         };
-        if end.seg_seq == u64::MAX {
-            // The replica holds no segment of this journal.
-            return match oldest {
-                Some(_) if starts.contains(&end.next_lsn) => Ok(Pos { lsn: end.next_lsn, crc: 0, hint: None }),
-                Some(o) => reset(c, o, "the replica holds nothing of what is retained here"),
-                None if end.next_lsn == ours => Ok(Pos { lsn: ours, crc: 0, hint: None }),
-                None => reset(c, ours, "aligning an empty journal"),
-            };
-        }
         let held = |lsn: u64| oldest.is_some_and(|o| lsn >= o) && lsn < ours;
-        let d = end.next_lsn;
-        if d >= 2 && held(d - 1) && j.record_crc(d - 1).ok() == Some(end.last_crc) {
-            return Ok(Pos { lsn: d, crc: end.last_crc, hint: Some((end.seg_seq, end.tail_off)) });
+        // Where the replica can go on as it is: its chain end is in our
+        // history (a segment start we hold, or a record with the same CRC).
+        let continue_at = |e: &ChainEnd| -> Option<Pos> {
+            if e.seg_seq == u64::MAX {
+                let ok = starts.contains(&e.next_lsn) || (oldest.is_none() && e.next_lsn == ours);
+                return ok.then_some(Pos { lsn: e.next_lsn, crc: 0, hint: None });
+            }
+            let d = e.next_lsn;
+            (d >= 2 && held(d - 1) && j.record_crc(d - 1).ok() == Some(e.last_crc)).then_some(Pos {
+                lsn: d,
+                crc: e.last_crc,
+                hint: Some((e.seg_seq, e.tail_off)),
+            })
+        };
+        // Otherwise the replica is sent what we retain, whole.
+        let restart = oldest.unwrap_or(ours);
+        if let Some(p) = continue_at(&end) {
+            return Ok(p);
+        }
+        if end.seg_seq == u64::MAX {
+            return reset(c, restart, "the replica holds nothing of what is retained here");
         }
         // Histories differ at the replica's tail (or it is ahead): find the
         // newest record both hold, from samples back from its tail.
+        let d = end.next_lsn;
         let low = end.first_lsn.max(oldest.unwrap_or(u64::MAX));
         let mut lsns = Vec::new();
         let mut step = 1u64;
@@ -254,10 +264,7 @@ impl Sender {
             step = step.saturating_mul(2);
         }
         if lsns.is_empty() {
-            return match oldest {
-                Some(o) => reset(c, o, "no record in common"),
-                None => reset(c, ours, "no record in common"),
-            };
+            return reset(c, restart, "no record in common");
         }
         c.send(&Msg::Probe { journal: j.id(), lsns }).map_err(io)?;
         let samples = match answer(c, timeout).map_err(io)? {
@@ -266,45 +273,25 @@ impl Sender {
         };
         let agree =
             samples.iter().filter(|(l, crc)| held(*l) && j.record_crc(*l).ok() == Some(*crc)).map(|s| s.0).max();
-        match agree {
-            Some(keep) => {
-                tracing::warn!(
-                    journal = j.name(),
-                    replica_next = d,
-                    keep,
-                    "replica holds records this primary never had: cutting it back"
-                );
-                self.shared.truncations.fetch_add(1, Ordering::Relaxed);
-                c.send(&Msg::Truncate { journal: j.id(), keep }).map_err(io)?;
-                let e = match answer(c, timeout).map_err(io)? {
-                    Msg::Ends(e) if e.len() == 1 => e[0].1,
-                    Msg::Failed { message } => return Err(format!("replica failed to cut back: {message}")),
-                    other => return Err(format!("unexpected answer to truncate {other:?}")),
-                };
-                if e.seg_seq == u64::MAX
-                    || (e.next_lsn >= 2
-                        && held(e.next_lsn - 1)
-                        && j.record_crc(e.next_lsn - 1).ok() == Some(e.last_crc))
-                {
-                    if e.seg_seq == u64::MAX {
-                        return match oldest {
-                            Some(_) if starts.contains(&e.next_lsn) => Ok(Pos { lsn: e.next_lsn, crc: 0, hint: None }),
-                            Some(o) => reset(c, o, "cut back past what is retained here"),
-                            None => reset(c, ours, "cut back past what is retained here"),
-                        };
-                    }
-                    Ok(Pos { lsn: e.next_lsn, crc: e.last_crc, hint: Some((e.seg_seq, e.tail_off)) })
-                } else {
-                    match oldest {
-                        Some(o) => reset(c, o, "cut back to a point not in common"),
-                        None => reset(c, ours, "cut back to a point not in common"),
-                    }
-                }
-            }
-            None => match oldest {
-                Some(o) => reset(c, o, "no record in common"),
-                None => reset(c, ours, "no record in common"),
-            },
+        let Some(keep) = agree else {
+            return reset(c, restart, "no record in common");
+        };
+        tracing::warn!(
+            journal = j.name(),
+            replica_next = d,
+            keep,
+            "replica holds records this primary never had: cutting it back"
+        );
+        self.shared.truncations.fetch_add(1, Ordering::Relaxed);
+        c.send(&Msg::Truncate { journal: j.id(), keep }).map_err(io)?;
+        let e = match answer(c, timeout).map_err(io)? {
+            Msg::Ends(e) if e.len() == 1 => e[0].1,
+            Msg::Failed { message } => return Err(format!("replica failed to cut back: {message}")),
+            other => return Err(format!("unexpected answer to truncate {other:?}")),
+        };
+        match continue_at(&e) {
+            Some(p) => Ok(p),
+            None => reset(c, restart, "cut back to a point not in common"),
         }
     }
 

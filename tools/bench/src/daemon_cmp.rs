@@ -66,7 +66,7 @@ pub fn tcp_ping_pong(rounds: usize) -> Result<u64, String> {
 pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
     let c = &a.common;
     let json = c.json;
-    let load = |clients: usize| Load { clients, secs: a.duration, records: None, rate: None, progress: !json };
+    let load = |clients: usize| Load { clients, secs: a.run.duration, records: None, rate: None, progress: !json };
     let emb = EmbeddedOpts {
         threads: false,
         loops: 1,
@@ -80,7 +80,7 @@ pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
     let mut all: Vec<Report> = Vec::new();
     let e1 = run_embedded(c, &load(1), &emb, "embedded 1KiB, 1 appender".into())?;
     let emb = EmbeddedOpts { format: false, ..emb };
-    let e64 = run_embedded(c, &load(a.clients), &emb, format!("embedded 1KiB, {} appenders", a.clients))?;
+    let e64 = run_embedded(c, &load(a.run.clients), &emb, format!("embedded 1KiB, {} appenders", a.run.clients))?;
     print(&[e1.clone(), e64.clone()], json);
     // The daemon on the same devices.
     let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
@@ -96,14 +96,14 @@ pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
         ),
     )
     .map_err(|e| e.to_string())?;
-    let child = Command::new(&a.daemon)
+    let child = Command::new(&a.run.daemon)
         .arg("--config")
         .arg(&cfg)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("{}: {e}", a.daemon.display()))?;
+        .map_err(|e| format!("{}: {e}", a.run.daemon.display()))?;
     let _guard = Kill(child);
     let endpoint = format!("127.0.0.1:{port}");
     let t0 = Instant::now();
@@ -119,13 +119,15 @@ pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
         durability: Durability::Local,
         record_size: Sizes::fixed(1024),
         ack_log: None,
-        threads: a.client_threads,
+        threads: a.run.client_threads,
         ping,
     };
     let d1 = run_remote(&load(1), &ro(false), "daemon 1KiB local, 1 connection".into())?;
-    let d64 = run_remote(&load(a.clients), &ro(false), format!("daemon 1KiB local, {} connections", a.clients))?;
+    let d64 =
+        run_remote(&load(a.run.clients), &ro(false), format!("daemon 1KiB local, {} connections", a.run.clients))?;
     let p1 = run_remote(&load(1), &ro(true), "daemon ping (GetMark), 1 connection".into())?;
-    let p64 = run_remote(&load(a.clients), &ro(true), format!("daemon ping (GetMark), {} connections", a.clients))?;
+    let p64 =
+        run_remote(&load(a.run.clients), &ro(true), format!("daemon ping (GetMark), {} connections", a.run.clients))?;
     print(&[d1.clone(), d64.clone(), p1.clone(), p64.clone()], json);
     let tcp = tcp_ping_pong(20_000)?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -151,14 +153,14 @@ pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
         );
         println!(
             "{} connections: daemon {:.0} rec/s / embedded {:.0} rec/s = {:.0}% (goal >= 60%); GetMark alone: {:.0} req/s",
-            a.clients,
+            a.run.clients,
             d64.records_per_sec(),
             e64.records_per_sec(),
             100.0 * ratio,
             p64.records_per_sec()
         );
     }
-    if let Some(p) = &a.plot {
+    if let Some(p) = &a.run.plot {
         plot(p, "mirrorlogd over loopback TCP vs the embedded engine", &all).map_err(|e| e.to_string())?;
     }
     Ok(())

@@ -224,11 +224,10 @@ pub struct CompareArgs {
     pub plot: Option<PathBuf>,
 }
 
+/// What the daemon scenarios share: the daemon, the run length, the load.
 #[derive(Args, Clone)]
-pub struct DaemonCmpArgs {
-    #[command(flatten)]
-    pub common: Common,
-    /// The mirrorlogd binary to start on the devices.
+pub struct DaemonRunArgs {
+    /// The mirrorlogd binary to start.
     #[arg(long, default_value = "target/release/mirrorlogd")]
     pub daemon: PathBuf,
     /// Seconds per run.
@@ -246,6 +245,14 @@ pub struct DaemonCmpArgs {
 }
 
 #[derive(Args, Clone)]
+pub struct DaemonCmpArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub run: DaemonRunArgs,
+}
+
+#[derive(Args, Clone)]
 pub struct ReplCmpArgs {
     #[command(flatten)]
     pub common: Common,
@@ -255,16 +262,8 @@ pub struct ReplCmpArgs {
     /// The replica site's devices (recreated as files).
     #[arg(long, value_delimiter = ',', required = true)]
     pub replica_devices: Vec<PathBuf>,
-    /// The mirrorlogd binary.
-    #[arg(long, default_value = "target/release/mirrorlogd")]
-    pub daemon: PathBuf,
-    /// Seconds per run.
-    #[arg(long, default_value_t = 6.0)]
-    pub duration: f64,
-    #[arg(long, default_value_t = 64)]
-    pub clients: usize,
-    #[arg(long, default_value_t = 1)]
-    pub client_threads: usize,
+    #[command(flatten)]
+    pub run: DaemonRunArgs,
     /// Bytes appended while the replica is down, for the catch-up run.
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub catchup: u64,
@@ -277,8 +276,6 @@ pub struct ReplCmpArgs {
     /// Delay added by the fault proxy in each direction, in milliseconds.
     #[arg(long, default_value_t = 1.0)]
     pub delay_ms: f64,
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]

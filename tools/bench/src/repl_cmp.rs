@@ -136,7 +136,7 @@ fn fresh(devices: &[PathBuf], size: u64) -> Result<(), String> {
 
 pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     let json = a.common.json;
-    let load = |clients: usize| Load { clients, secs: a.duration, records: None, rate: None, progress: !json };
+    let load = |clients: usize| Load { clients, secs: a.run.duration, records: None, rate: None, progress: !json };
     let dir = std::env::temp_dir().join(format!("mirrorlog-repl-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mk = |name: &'static str, devices: &[PathBuf]| -> Result<Site, String> {
@@ -174,8 +174,8 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
         fresh(&r.devices, a.common.device_size)?;
         std::fs::write(&r.cfg, config(r, "replica", &p.repl, batch)).map_err(|e| e.to_string())?;
         std::fs::write(&p.cfg, config(p, "primary", peer_of_p, batch)).map_err(|e| e.to_string())?;
-        r.start(&a.daemon)?;
-        p.start(&a.daemon)?;
+        r.start(&a.run.daemon)?;
+        p.start(&a.run.daemon)?;
         p.wait("replica connected", Duration::from_secs(60), caught_up)?;
         Ok(())
     };
@@ -193,7 +193,7 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
         durability: d,
         record_size: Sizes::fixed(1024),
         ack_log: None,
-        threads: a.client_threads,
+        threads: a.run.client_threads,
         ping: false,
     };
     let mut qd1 = Vec::new();
@@ -203,7 +203,11 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
         qd1.push(run_remote(&load(1), &ro(m, &p.client), format!("{} QD1", name(m)))?);
     }
     for &m in modes_run {
-        many.push(run_remote(&load(a.clients), &ro(m, &p.client), format!("{} {} connections", name(m), a.clients))?);
+        many.push(run_remote(
+            &load(a.run.clients),
+            &ro(m, &p.client),
+            format!("{} {} connections", name(m), a.run.clients),
+        )?);
     }
     print(&qd1, json);
     print(&many, json);
@@ -223,7 +227,7 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     let lag_bytes: u64 =
         lag0["replication"]["journals"].as_array().into_iter().flatten().filter_map(|j| j["lag_bytes"].as_u64()).sum();
     let before = p.status()?["replication"]["session_started_ms"].as_u64().unwrap_or(0);
-    r.start(&a.daemon)?;
+    r.start(&a.run.daemon)?;
     // From the moment the primary's new session was accepted (the replica's
     // recovery and the sender's reconnect backoff are not catch-up) to the
     // primary seeing the replica durable at the end.
@@ -273,9 +277,9 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     }
     for m in modes {
         delayed.push(run_remote(
-            &load(a.clients),
+            &load(a.run.clients),
             &ro(m, &p.client),
-            format!("{} {} connections, link +{}ms each way", name(m), a.clients, a.delay_ms),
+            format!("{} {} connections, link +{}ms each way", name(m), a.run.clients, a.delay_ms),
         )?);
     }
     print(&delayed, json);
@@ -308,7 +312,7 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
         );
         println!(
             "{} connections: remote-durable {:.0} rec/s / local {:.0} rec/s = {:.0}% (goal >= 45%); remote-received {:.0} rec/s",
-            a.clients,
+            a.run.clients,
             many[2].records_per_sec(),
             many[0].records_per_sec(),
             100.0 * ratio,
@@ -332,7 +336,7 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
             );
         }
     }
-    if let Some(pl) = &a.plot {
+    if let Some(pl) = &a.run.plot {
         all.extend(delayed);
         plot(pl, "replication: durability modes (1 KiB appends)", &all).map_err(|e| e.to_string())?;
     }
