@@ -13,55 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::daemon::{free_port, Daemon};
+use common::daemon::{pair, Daemon};
 use mirrorlog::client::{Client, ClientConfig};
 use mirrorlog::protocol::{codes, Durability};
 use mirrorlog_faultproxy::Proxy;
-
-struct Site {
-    d: Daemon,
-    _tmp: tempfile::TempDir,
-}
-
-impl Site {
-    fn devices(&self) -> Vec<PathBuf> {
-        self.d.devices()
-    }
-}
-
-/// The `[replication]` table of one site.
-fn repl_table(role: &str, peer: &str, listen: &str, extra: &str) -> String {
-    format!(
-        "[replication]\nrole = \"{role}\"\npeer = \"{peer}\"\nlisten = \"{listen}\"\nack_timeout = \"2s\"\n\
-         peer_timeout = \"3s\"\nstartup_wait = \"2s\"\nconnect_timeout = \"1s\"\n{extra}\n"
-    )
-}
-
-/// A primary (A) and a replica (B); A ships through `proxy` if given
-/// (a listener address the caller's proxy forwards to B's replication port).
-fn pair(journals: &str, repl_extra: &str, via: Option<&dyn Fn(&str) -> String>) -> (Site, Site) {
-    let (ta, tb) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
-    if std::env::var_os("MLOG_KEEP").is_some() {
-        eprintln!("site A in {}, site B in {}", ta.path().display(), tb.path().display());
-    }
-    let (ra, rb) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let peer_of_a = via.map(|f| f(&rb)).unwrap_or_else(|| rb.clone());
-    let mut b = Daemon::configure(tb.path(), &format!("{journals}\n{}", repl_table("replica", &ra, &rb, repl_extra)));
-    let mut a =
-        Daemon::configure(ta.path(), &format!("{journals}\n{}", repl_table("primary", &peer_of_a, &ra, repl_extra)));
-    b.spawn();
-    a.spawn();
-    a.wait_ready();
-    b.wait_ready();
-    let keep = |t: tempfile::TempDir| {
-        if std::env::var_os("MLOG_KEEP").is_some() {
-            tempfile::TempDir::new_in(t.keep()).expect("tmp")
-        } else {
-            t
-        }
-    };
-    (Site { d: a, _tmp: keep(ta) }, Site { d: b, _tmp: keep(tb) })
-}
 
 /// A fault proxy for `pair`'s link, started when the pair asks for it,
 /// and where to find it.

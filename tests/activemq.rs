@@ -1,0 +1,426 @@
+//! Apache ActiveMQ 5 (Debian's `activemq`) with mirrorlog as its journal:
+//! the real broker, the real JMS client, SIGKILL, and site loss with a
+//! PostgreSQL long-term store. Skipped, with the reason printed, where Java
+//! or the packages are missing (`.ci/run` installs them).
+//!
+//! `MLOG_AMQ_STOCK=1` runs the broker without the two fixes for stock
+//! 5.17.2 (docs/activemq.md), `=mark` or `=seq` without one of them: the
+//! crash test then loses messages and fails.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::daemon::{free_port, pair, Daemon};
+
+const MESSAGES: usize = 10_000;
+
+fn tools() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/activemq")
+}
+
+/// Builds the adapter once per test binary; `None` (with the reason printed) when it cannot run here.
+fn adapter() -> Option<PathBuf> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let r = BUILT.get_or_init(|| {
+        if !Path::new("/usr/share/activemq/bin/activemq.jar").exists() {
+            return Err("the activemq package is not installed".into());
+        }
+        if Command::new("javac").arg("-version").output().map(|o| !o.status.success()).unwrap_or(true) {
+            return Err("javac is not installed".into());
+        }
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("activemq");
+        let o = Command::new(tools().join("build.sh")).arg(&out).output().map_err(|e| format!("build.sh: {e}"))?;
+        if !o.status.success() {
+            // Java is there but the adapter does not build: that is a failure, not a skip.
+            panic!("tools/activemq/build.sh failed:\n{}", String::from_utf8_lossy(&o.stderr));
+        }
+        Ok(out)
+    });
+    match r {
+        Ok(p) => Some(p.clone()),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// The broker tests run one at a time: each starts a JVM or three on 2 cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Which stock behaviour to keep: `MLOG_AMQ_STOCK=1` both, `mark` or `seq` one.
+fn stock(which: &str) -> bool {
+    std::env::var("MLOG_AMQ_STOCK").map(|v| v == "1" || v == which).unwrap_or(false)
+}
+
+/// A broker started by tools/activemq/start-broker.sh with the mirrorlog config.
+struct Broker {
+    child: Option<Child>,
+    base: PathBuf,
+    port: u16,
+    props: Vec<String>,
+    jar: PathBuf,
+    starts: usize,
+}
+
+impl Broker {
+    fn start(base: &Path, build: &Path, props: &[String]) -> Broker {
+        let mut props = props.to_vec();
+        if stock("mark") {
+            props.push("-Dmirrorlog.deferMark=false".into());
+        }
+        if stock("seq") {
+            props.push("-Dmirrorlog.jdbcAdapterClass=org.apache.activemq.store.jdbc.JDBCPersistenceAdapter".into());
+        }
+        let mut b = Broker {
+            child: None,
+            base: base.to_path_buf(),
+            port: free_port(),
+            props,
+            jar: build.join("mirrorlog-activemq.jar"),
+            starts: 0,
+        };
+        b.spawn();
+        b
+    }
+
+    fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.base.join("broker.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.base).expect("broker dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.base.join("broker.log"))
+            .expect("broker log");
+        let child = Command::new(tools().join("start-broker.sh"))
+            .arg(&self.base)
+            .arg(format!("-Dactivemq.port={}", self.port))
+            .args(&self.props)
+            .env("MIRRORLOG_ACTIVEMQ_JAR", &self.jar)
+            .env("ACTIVEMQ_OPTS", "-Xms256M -Xmx512M")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start-broker.sh");
+        self.child = Some(child);
+        self.starts += 1;
+        let t0 = Instant::now();
+        loop {
+            let started = self.log().matches(") started").count();
+            if started >= self.starts && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("broker exited with {st} during start:\n{}", self.log());
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "broker not started:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn amqtool(build: &Path, args: &[String]) -> Command {
+    let mut c = Command::new(tools().join("amqtool.sh"));
+    c.args(args).env("MIRRORLOG_AMQTOOL_JAR", build.join("mirrorlog-amqtool.jar"));
+    c
+}
+
+/// Starts producers of `count` messages numbered from `start`; the index
+/// of every send that returned is appended to `acked`.
+fn produce(build: &Path, url: &str, count: usize, start: u64, acked: &Path) -> Child {
+    let args = [
+        "produce",
+        "--url",
+        url,
+        "--queue",
+        "orders",
+        "--count",
+        &count.to_string(),
+        "--start",
+        &start.to_string(),
+        "--producers",
+        "8",
+        "--size",
+        "1024",
+        "--acked",
+        &acked.display().to_string(),
+    ]
+    .map(String::from);
+    amqtool(build, &args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("amqtool produce")
+}
+
+fn finish(p: Child) -> (bool, String) {
+    let o = p.wait_with_output().expect("producer");
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn indices(path: &Path) -> Vec<u64> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(|l| l.trim().parse().expect("index")).collect()
+}
+
+/// Consumes the queue until it stays empty for 5 s; every body is checked by the tool.
+fn consume(build: &Path, url: &str, out: &Path) -> Vec<u64> {
+    let args = ["consume", "--url", url, "--queue", "orders", "--idle-ms", "5000", "--out", &out.display().to_string()]
+        .map(String::from);
+    let o = amqtool(build, &args).output().expect("amqtool consume");
+    assert!(
+        o.status.success(),
+        "consumer: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    indices(out)
+}
+
+/// Every acknowledged send is consumed exactly once; a send that did not
+/// return (in flight at a kill) at most once; nothing else appears.
+fn check_exactly_once(acked: &[u64], consumed: &[u64], attempted: impl Fn(u64) -> bool, log: &str) {
+    let mut seen: HashMap<u64, usize> = HashMap::new();
+    for &i in consumed {
+        *seen.entry(i).or_default() += 1;
+    }
+    let missing: Vec<u64> = acked.iter().copied().filter(|i| !seen.contains_key(i)).collect();
+    let twice: Vec<u64> = seen.iter().filter(|(_, &n)| n > 1).map(|(&i, _)| i).collect();
+    let unknown: Vec<u64> = seen.keys().copied().filter(|&i| !attempted(i)).collect();
+    let warnings = log.lines().filter(|l| l.contains(" WARN ") && l.contains("replay")).count();
+    assert!(
+        missing.is_empty() && twice.is_empty() && unknown.is_empty(),
+        "{} acknowledged sends, {} consumed: {} lost (first {:?}), {} consumed twice ({:?}), {} never sent ({:?}); \
+         {} replay warnings in the broker log",
+        acked.len(),
+        consumed.len(),
+        missing.len(),
+        &missing[..missing.len().min(10)],
+        twice.len(),
+        &twice[..twice.len().min(10)],
+        unknown.len(),
+        &unknown[..unknown.len().min(10)],
+        warnings
+    );
+}
+
+fn tempdir() -> tempfile::TempDir {
+    let t = tempfile::tempdir().expect("tmp");
+    if std::env::var_os("MLOG_KEEP").is_some() {
+        eprintln!("test folder {}", t.path().display());
+        return tempfile::TempDir::new_in(t.keep()).expect("tmp");
+    }
+    t
+}
+
+/// The broker is SIGKILLed under load before its first checkpoint, under
+/// load after several checkpoints, and after the load with the appliance
+/// killed too; every message whose send returned is consumed exactly once.
+#[test]
+fn broker_killed_before_and_after_checkpoints_loses_and_duplicates_nothing() {
+    let Some(build) = adapter() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tempdir();
+    std::fs::create_dir_all(t.path().join("ml")).expect("dir");
+    let mut ml = Daemon::start(&t.path().join("ml"), "");
+    let props = vec![format!("-Dmirrorlog.endpoints={}", ml.addr), "-Djournal.checkpointInterval=2000".into()];
+    let mut broker = Broker::start(&t.path().join("broker"), &build, &props);
+    let acked = t.path().join("acked");
+    let mut next_start = 0u64;
+    let count_acked = || indices(&acked).len();
+
+    // 1. Killed under load before the first full checkpoint (2 s).
+    let p = produce(&build, &broker.url(), MESSAGES, next_start, &acked);
+    std::thread::sleep(Duration::from_millis(1200));
+    broker.kill9();
+    let (_, out) = finish(p);
+    eprintln!("phase 1 (kill before a checkpoint): {out}");
+    broker.spawn();
+
+    // 2. Killed under load after checkpoints ran during it.
+    next_start += 1_000_000;
+    let p = produce(&build, &broker.url(), MESSAGES - count_acked(), next_start, &acked);
+    std::thread::sleep(Duration::from_millis(3000));
+    broker.kill9();
+    let (_, out) = finish(p);
+    eprintln!("phase 2 (kill after checkpoints): {out}");
+    broker.spawn();
+
+    // 3. The rest; then checkpoints run and broker and appliance both die.
+    next_start += 1_000_000;
+    let p = produce(&build, &broker.url(), MESSAGES - count_acked(), next_start, &acked);
+    let (ok, out) = finish(p);
+    assert!(ok, "phase 3 producer: {out}\n{}", broker.log());
+    std::thread::sleep(Duration::from_millis(3000));
+    broker.kill9();
+    ml.kill9();
+    ml.spawn();
+    ml.wait_ready();
+    broker.restart();
+
+    let acked_list = indices(&acked);
+    assert_eq!(acked_list.len(), MESSAGES);
+    let consumed = consume(&build, &broker.url(), &t.path().join("consumed"));
+    check_exactly_once(&acked_list, &consumed, |i| i < next_start + MESSAGES as u64, &broker.log());
+    assert!(
+        broker.log().matches("Journal Recovery Started").count() >= 4,
+        "the broker recovered from the journal at each start"
+    );
+}
+
+/// A PostgreSQL server in `dir` on a free port, run as the `postgres` user.
+struct Postgres {
+    bin: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start(dir: &Path) -> Option<Postgres> {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .find(|p| p.join("initdb").exists());
+        let Some(bin) = bin else {
+            eprintln!("skipped: PostgreSQL (package postgresql) is not installed");
+            return None;
+        };
+        // The server refuses root; give the postgres user its folder.
+        let data = dir.join("pgdata");
+        std::fs::create_dir_all(&data).expect("pg dir");
+        let ok = |c: &mut Command| c.status().map(|s| s.success()).unwrap_or(false);
+        for p in [dir.parent().unwrap_or(dir), dir] {
+            ok(Command::new("chmod").arg("755").arg(p));
+        }
+        assert!(ok(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&data)), "chown");
+        let as_pg = |prog: &str| {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(bin.join(prog));
+            c
+        };
+        let init = as_pg("initdb").args(["-A", "trust", "-U", "postgres", "-D"]).arg(&data).output().expect("initdb");
+        assert!(init.status.success(), "initdb: {}", String::from_utf8_lossy(&init.stderr));
+        let port = free_port();
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", data.display());
+        let st = as_pg("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &opts, "-l"])
+            .arg(data.join("server.log"))
+            .args(["-w", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("pg_ctl");
+        assert!(st.success(), "pg_ctl start failed");
+        let created =
+            as_pg("createdb").args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres", "activemq"]).status();
+        let pg = Postgres { bin, data, port };
+        assert!(created.map(|s| s.success()).unwrap_or(false), "createdb");
+        Some(pg)
+    }
+
+    fn jdbc_props(&self) -> Vec<String> {
+        vec![
+            "-Djdbc.driver=org.postgresql.Driver".into(),
+            format!("-Djdbc.url=jdbc:postgresql://127.0.0.1:{}/activemq", self.port),
+            "-Djdbc.user=postgres".into(),
+        ]
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+/// Site loss: the broker and the primary appliance are SIGKILLed under
+/// `remote-durable` load and the primary's devices deleted; the replica is
+/// promoted and a broker at the second site, on the same PostgreSQL store,
+/// delivers every message whose send returned, none twice.
+#[test]
+fn site_loss_broker_restarted_on_the_promoted_replica_loses_nothing() {
+    let Some(build) = adapter() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tempdir();
+    let Some(pg) = Postgres::start(&t.path().join("pg")) else { return };
+    // A journal declared on both sites: remote-durable by default, and
+    // appends go on (as local) once the promoted site has no replica.
+    let (mut a, b) = pair(
+        "[[journal]]\nname = \"activemq\"\ndurability = \"remote-durable\"\non_replica_loss = \"degrade\"\n",
+        "",
+        None,
+    );
+    let mut props = pg.jdbc_props();
+    props.push(format!("-Dmirrorlog.endpoints={},{}", a.d.addr, b.d.addr));
+    props.push("-Dmirrorlog.durability=remote-durable".into());
+    props.push("-Djournal.checkpointInterval=2000".into());
+    let mut site1 = Broker::start(&t.path().join("broker-site1"), &build, &props);
+    let acked = t.path().join("acked");
+
+    let p = produce(&build, &site1.url(), MESSAGES, 0, &acked);
+    std::thread::sleep(Duration::from_millis(4000));
+    // Site 1 is lost: broker, appliance and its devices.
+    site1.kill9();
+    a.d.kill9();
+    for d in a.devices() {
+        std::fs::remove_file(d).expect("delete device");
+    }
+    let (_, out) = finish(p);
+    eprintln!("site 1 before the loss: {out}");
+    let promote = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["--endpoint", &b.d.addr, "promote"])
+        .output()
+        .expect("promote");
+    assert!(promote.status.success(), "promote: {}", String::from_utf8_lossy(&promote.stderr));
+
+    // Site 2: a broker on the promoted replica and the same long-term store.
+    let mut props2 = pg.jdbc_props();
+    props2.push(format!("-Dmirrorlog.endpoints={}", b.d.addr));
+    props2.push("-Dmirrorlog.durability=remote-durable".into());
+    props2.push("-Djournal.checkpointInterval=2000".into());
+    let site2 = Broker::start(&t.path().join("broker-site2"), &build, &props2);
+    let before = indices(&acked).len();
+    assert!(before > 0 && before < MESSAGES, "the loss came mid-load ({before} sent)");
+    let p = produce(&build, &site2.url(), MESSAGES - before, 1_000_000, &acked);
+    let (ok, out) = finish(p);
+    assert!(ok, "site 2 producer: {out}\n{}", site2.log());
+    let acked_list = indices(&acked);
+    assert_eq!(acked_list.len(), MESSAGES);
+    let consumed = consume(&build, &site2.url(), &t.path().join("consumed"));
+    check_exactly_once(&acked_list, &consumed, |i| i < 2_000_000, &site2.log());
+}

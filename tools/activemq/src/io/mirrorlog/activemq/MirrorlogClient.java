@@ -1,0 +1,392 @@
+package io.mirrorlog.activemq;
+
+import java.io.BufferedInputStream;
+import java.io.Closeable;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.net.InetSocketAddress;
+import java.net.Socket;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ConcurrentSkipListMap;
+import java.util.concurrent.ThreadLocalRandom;
+import java.util.concurrent.TimeUnit;
+import java.util.logging.Level;
+import java.util.logging.Logger;
+
+/**
+ * A small pipelined client of mirrorlogd's protocol v1 with failover.
+ *
+ * <p>One TCP connection at a time; many requests in flight on it. Each request
+ * is encoded once, with its request id (and for appends the producer's
+ * sequence numbers), and kept until answered. When the connection is lost, or
+ * the server answers not-primary, fenced, too-many-connections or
+ * shutting-down, a supervisor thread reconnects with backoff to the next
+ * endpoint that answers Hello as primary and resends every unanswered request,
+ * byte for byte, in the order first sent. The daemon's idempotence table then
+ * turns a resend of an append that was already written into its original LSN,
+ * so nothing is lost or written twice.
+ *
+ * <p>Invariant: request ids and append sequences are assigned and the frame is
+ * written under one lock ({@code sendLock}), so the wire order equals the
+ * sequence order on every connection, resends included. Answers are matched
+ * by request id in a concurrent map, so the reader never waits for a writer.
+ */
+public final class MirrorlogClient implements Closeable {
+    private static final Logger LOG = Logger.getLogger(MirrorlogClient.class.getName());
+
+    /** An answer: opcode and body. Errors complete the future exceptionally instead. */
+    static final class Answer {
+        final int opcode;
+        final byte[] body;
+
+        Answer(int opcode, byte[] body) {
+            this.opcode = opcode;
+            this.body = body;
+        }
+    }
+
+    private static final class Pending {
+        final byte[] frame;
+        final long deadlineNanos;
+        final CompletableFuture<Answer> future = new CompletableFuture<>();
+
+        Pending(byte[] frame, long deadlineNanos) {
+            this.frame = frame;
+            this.deadlineNanos = deadlineNanos;
+        }
+    }
+
+    private final class Conn {
+        final Socket socket;
+        final OutputStream out;
+        final InputStream in;
+        final String endpoint;
+        final long installedNanos = System.nanoTime();
+        volatile boolean dead;
+
+        Conn(Socket s, String endpoint) throws IOException {
+            this.socket = s;
+            this.out = s.getOutputStream();
+            this.in = new BufferedInputStream(s.getInputStream(), 1 << 16);
+            this.endpoint = endpoint;
+        }
+
+        void kill(String why) {
+            if (!dead) {
+                dead = true;
+                LOG.log(Level.INFO, "mirrorlog: connection to {0} lost: {1}", new Object[] {endpoint, why});
+            }
+            try {
+                socket.close();
+            } catch (IOException ignored) {
+                // closing a broken socket
+            }
+            synchronized (supervisorWake) {
+                supervisorWake.notifyAll();
+            }
+        }
+    }
+
+    private final List<String> endpoints;
+    private final long timeoutNanos;
+    private final String clientName;
+    private final long producer;
+    private final Object sendLock = new Object();
+    private final Object supervisorWake = new Object();
+    private final ConcurrentSkipListMap<Long, Pending> pending = new ConcurrentSkipListMap<>();
+    private long nextRid = 1;
+    private long nextSeq;
+    private volatile Conn conn;
+    private volatile boolean closed;
+    private volatile long epoch;
+    private int nextEndpoint;
+    private final Thread supervisor;
+
+    /**
+     * Connects to the first endpoint that answers as primary, waiting up to
+     * {@code timeoutMs} for one.
+     */
+    public MirrorlogClient(List<String> endpoints, long timeoutMs, String clientName) throws IOException {
+        if (endpoints.isEmpty()) {
+            throw new MirrorlogException(1, "no endpoints given");
+        }
+        this.endpoints = new ArrayList<>(endpoints);
+        this.timeoutNanos = TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        this.clientName = clientName;
+        long p;
+        do {
+            p = ThreadLocalRandom.current().nextLong();
+        } while (p == 0);
+        this.producer = p;
+        // Sequences grow for a producer; start from the clock like the Rust client.
+        this.nextSeq = Math.max(1, System.currentTimeMillis() * 1000);
+        long deadline = System.nanoTime() + timeoutNanos;
+        Conn c = connectAny(deadline);
+        if (c == null) {
+            throw new MirrorlogException(Wire.E_UNAVAILABLE, "no endpoint of " + endpoints + " answered as primary");
+        }
+        install(c);
+        supervisor = new Thread(this::supervise, "mirrorlog-supervisor");
+        supervisor.setDaemon(true);
+        supervisor.start();
+    }
+
+    /** The epoch the current primary announced in Hello. */
+    public long epoch() {
+        return epoch;
+    }
+
+    /** Sends a request; the future completes with the answer or a MirrorlogException. */
+    CompletableFuture<Answer> request(int opcode, byte[] body) {
+        return send(opcode, rid -> body);
+    }
+
+    /**
+     * Sends an append of one record with the given durability (0 the journal's
+     * default, 1 local, 2 remote-received, 3 remote-durable); completes with its LSN.
+     */
+    CompletableFuture<Long> append(String journal, int durability, byte[] data, int off, int len) {
+        final long[] seq = new long[1];
+        CompletableFuture<Answer> f = send(Wire.OP_APPEND, rid -> {
+            seq[0] = nextSeq++;
+            return new Wire.Body().str(journal).u8(durability).u64(producer).u64(seq[0]).u32(1).blob(data, off, len).bytes();
+        });
+        return f.thenApply(a -> {
+            try {
+                Wire.Reader r = new Wire.Reader(a.body);
+                long lsn = r.u64();
+                r.u32();
+                return lsn;
+            } catch (IOException e) {
+                throw new java.util.concurrent.CompletionException(e);
+            }
+        });
+    }
+
+    private interface BodyFn {
+        byte[] make(long rid);
+    }
+
+    private CompletableFuture<Answer> send(int opcode, BodyFn fn) {
+        Pending p;
+        synchronized (sendLock) {
+            if (closed) {
+                CompletableFuture<Answer> f = new CompletableFuture<>();
+                f.completeExceptionally(new MirrorlogException(15, "client closed"));
+                return f;
+            }
+            long rid = nextRid++;
+            p = new Pending(Wire.frame(opcode, rid, fn.make(rid)), System.nanoTime() + timeoutNanos);
+            pending.put(rid, p);
+            Conn c = conn;
+            if (c != null && !c.dead) {
+                try {
+                    c.out.write(p.frame);
+                } catch (IOException e) {
+                    // Stays pending: the supervisor resends it on the next connection.
+                    c.kill(e.toString());
+                }
+            }
+        }
+        return p.future;
+    }
+
+    private void install(Conn c) {
+        synchronized (sendLock) {
+            // Resend everything unanswered, in first-sent order, before any new
+            // request can reach this connection.
+            for (Map.Entry<Long, Pending> e : pending.entrySet()) {
+                try {
+                    c.out.write(e.getValue().frame);
+                } catch (IOException ex) {
+                    c.kill(ex.toString());
+                    break;
+                }
+            }
+            conn = c;
+        }
+        Thread t = new Thread(() -> readLoop(c), "mirrorlog-reader");
+        t.setDaemon(true);
+        t.start();
+    }
+
+    private void readLoop(Conn c) {
+        try {
+            while (!c.dead) {
+                Wire.Frame f = Wire.read(c.in);
+                if (f.opcode == Wire.OP_ERROR) {
+                    Wire.Reader r = new Wire.Reader(f.body);
+                    int code = r.u16();
+                    String msg = r.str();
+                    if (Wire.failsOver(code)) {
+                        // Keep the request (if any) pending; move on.
+                        c.kill("server answered " + code + ": " + msg);
+                        return;
+                    }
+                    Pending p = f.rid == 0 ? null : pending.remove(f.rid);
+                    if (p == null) {
+                        c.kill("connection error " + code + ": " + msg);
+                        return;
+                    }
+                    p.future.completeExceptionally(new MirrorlogException(code, msg));
+                    continue;
+                }
+                Pending p = pending.remove(f.rid);
+                if (p != null) {
+                    p.future.complete(new Answer(f.opcode, f.body));
+                }
+            }
+        } catch (IOException e) {
+            c.kill(e.getMessage());
+        }
+    }
+
+    private void supervise() {
+        long backoff = 20;
+        while (!closed) {
+            Conn c = conn;
+            failExpired();
+            if (c != null && !c.dead) {
+                // A peer that takes requests and never answers (a black-holed
+                // link) is left for another endpoint after half the timeout.
+                Map.Entry<Long, Pending> oldest = pending.firstEntry();
+                long sentAt = oldest == null ? 0 : Math.max(oldest.getValue().deadlineNanos - timeoutNanos, c.installedNanos);
+                if (oldest != null && System.nanoTime() - sentAt > timeoutNanos / 2) {
+                    c.kill("no answer for half the request timeout");
+                    continue;
+                }
+                synchronized (supervisorWake) {
+                    try {
+                        supervisorWake.wait(100);
+                    } catch (InterruptedException e) {
+                        return;
+                    }
+                }
+                continue;
+            }
+            Conn n = connectAny(System.nanoTime() + TimeUnit.SECONDS.toNanos(2));
+            if (n == null) {
+                try {
+                    Thread.sleep(backoff);
+                } catch (InterruptedException e) {
+                    return;
+                }
+                backoff = Math.min(backoff * 2, 1000);
+                continue;
+            }
+            backoff = 20;
+            install(n);
+        }
+    }
+
+    private void failExpired() {
+        long now = System.nanoTime();
+        for (Map.Entry<Long, Pending> e : pending.entrySet()) {
+            if (now - e.getValue().deadlineNanos > 0 && pending.remove(e.getKey(), e.getValue())) {
+                e.getValue().future.completeExceptionally(new MirrorlogException(Wire.E_TIMEOUT,
+                        "no answer within the request timeout (outcome unknown)"));
+            }
+        }
+    }
+
+    /** Tries every endpoint once, starting after the last one used; null if none answers as primary. */
+    private Conn connectAny(long deadline) {
+        for (int i = 0; i < endpoints.size(); i++) {
+            String ep = endpoints.get((nextEndpoint + i) % endpoints.size());
+            long left = TimeUnit.NANOSECONDS.toMillis(deadline - System.nanoTime());
+            Conn c = connectOne(ep, (int) Math.max(100, Math.min(left, 2000)));
+            if (c != null) {
+                nextEndpoint = (nextEndpoint + i) % endpoints.size();
+                return c;
+            }
+        }
+        nextEndpoint = (nextEndpoint + 1) % endpoints.size();
+        return null;
+    }
+
+    private Conn connectOne(String ep, int timeoutMs) {
+        int colon = ep.lastIndexOf(':');
+        if (colon <= 0) {
+            LOG.warning("mirrorlog: endpoint '" + ep + "' is not HOST:PORT");
+            return null;
+        }
+        Socket s = new Socket();
+        try {
+            s.setTcpNoDelay(true);
+            s.setKeepAlive(true);
+            s.connect(new InetSocketAddress(ep.substring(0, colon), Integer.parseInt(ep.substring(colon + 1))), timeoutMs);
+            s.setSoTimeout(timeoutMs);
+            Conn c = new Conn(s, ep);
+            byte[] hello = new Wire.Body().u8(Wire.VERSION).u8(Wire.VERSION).str(clientName).bytes();
+            c.out.write(Wire.frame(Wire.OP_HELLO, 0, hello));
+            Wire.Frame f = Wire.read(c.in);
+            if (f.opcode != (Wire.OP_HELLO | Wire.RESPONSE)) {
+                s.close();
+                return null;
+            }
+            Wire.Reader r = new Wire.Reader(f.body);
+            r.u8();
+            r.str();
+            long ep0 = r.u64();
+            boolean primary = r.u8() == 1;
+            if (!primary) {
+                s.close();
+                return null;
+            }
+            s.setSoTimeout(0);
+            epoch = ep0;
+            return c;
+        } catch (IOException | RuntimeException e) {
+            try {
+                s.close();
+            } catch (IOException ignored) {
+                // already failing
+            }
+            return null;
+        }
+    }
+
+    /**
+     * Waits up to {@code timeoutMs} for the requests in flight to be answered,
+     * then closes; whatever is still unanswered fails with code 15.
+     */
+    public void close(long timeoutMs) {
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMs);
+        while (!pending.isEmpty() && System.nanoTime() - deadline < 0) {
+            try {
+                Thread.sleep(5);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                break;
+            }
+        }
+        synchronized (sendLock) {
+            closed = true;
+        }
+        Conn c = conn;
+        if (c != null) {
+            c.dead = true;
+            try {
+                c.socket.close();
+            } catch (IOException ignored) {
+                // closing
+            }
+        }
+        supervisor.interrupt();
+        for (Long rid : pending.keySet()) {
+            Pending p = pending.remove(rid);
+            if (p != null) {
+                p.future.completeExceptionally(new MirrorlogException(15, "client closed"));
+            }
+        }
+    }
+
+    @Override
+    public void close() {
+        close(5000);
+    }
+}

@@ -1,0 +1,387 @@
+package io.mirrorlog.activemq;
+
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.logging.Logger;
+import org.apache.activeio.journal.InvalidRecordLocationException;
+import org.apache.activeio.journal.Journal;
+import org.apache.activeio.journal.JournalEventListener;
+import org.apache.activeio.journal.RecordLocation;
+import org.apache.activeio.packet.ByteArrayPacket;
+import org.apache.activeio.packet.ByteSequence;
+import org.apache.activeio.packet.Packet;
+
+/**
+ * ActiveMQ's journal ({@code org.apache.activeio.journal.Journal}) on a
+ * mirrorlog appliance: every record is one append to a mirrorlog journal, a
+ * {@link RecordLocation} is its LSN, the broker's mark is the journal's mark.
+ *
+ * <p>Bean properties: {@code endpoints} (comma separated HOST:PORT, the
+ * primary and its replica: the client follows whichever is primary),
+ * {@code journal} (created if missing), {@code durability} (default, local,
+ * remote-received, remote-durable), {@code requestTimeoutMs},
+ * {@code checkpointBytes} (written bytes after which the broker is asked for a
+ * checkpoint), {@code deferMark}.
+ *
+ * <p>Promises kept here:
+ * <ul>
+ * <li>{@code write(p, true)} returns after the record and every write before
+ * it are durable as the durability mode says. One connection carries every
+ * append in call order and the daemon answers in LSN order, so the answer to
+ * the newest append covers all earlier ones; an earlier unsynced write that
+ * failed makes every later synced write and mark fail (sticky).</li>
+ * <li>{@code setMark} also waits for every write issued before it.</li>
+ * <li>With {@code deferMark} (the default) the journal is reclaimed only up to
+ * the mark the broker set one checkpoint earlier. Stock 5.17.2 marks at the
+ * newest record of the checkpoint's end, past messages that arrived during
+ * the checkpoint and are not in the long-term store yet; a crash then lost
+ * them. Keeping one checkpoint more and replaying it is safe: replay is
+ * idempotent against the store.</li>
+ * </ul>
+ */
+public class MirrorlogJournal implements Journal {
+    private static final Logger LOG = Logger.getLogger(MirrorlogJournal.class.getName());
+
+    private String endpoints = "127.0.0.1:7400";
+    private String journal = "activemq";
+    private String durability = "default";
+    private long requestTimeoutMs = 30_000;
+    private long checkpointBytes = 64L << 20;
+    private boolean deferMark = true;
+
+    private MirrorlogClient client;
+    private int durabilityCode;
+    private volatile JournalEventListener listener;
+    private final AtomicReference<MirrorlogLocation> lastWrite = new AtomicReference<>();
+    private final AtomicReference<Throwable> asyncFailure = new AtomicReference<>();
+    private final AtomicLong bytesSinceCheckpointRequest = new AtomicLong();
+    private final Object markLock = new Object();
+    /** The daemon's mark (records below it may be reclaimed). */
+    private long mark;
+    /** The broker's newest mark, applied at the next one when deferMark is on. */
+    private long pendingMark;
+    /** Records read ahead during recovery: [bufferFrom, bufferNext) as answered by one Read. */
+    private final Object bufferLock = new Object();
+    private long[] bufferLsns = new long[0];
+    private List<byte[]> bufferData = new ArrayList<>();
+    private long bufferFrom = -1;
+    private long bufferNext = -1;
+
+    public MirrorlogJournal() {}
+
+    public void setEndpoints(String endpoints) {
+        this.endpoints = endpoints;
+    }
+
+    public void setJournal(String journal) {
+        this.journal = journal;
+    }
+
+    public void setDurability(String durability) {
+        this.durability = durability;
+    }
+
+    public void setRequestTimeoutMs(long requestTimeoutMs) {
+        this.requestTimeoutMs = requestTimeoutMs;
+    }
+
+    public void setCheckpointBytes(long checkpointBytes) {
+        this.checkpointBytes = checkpointBytes;
+    }
+
+    public void setDeferMark(boolean deferMark) {
+        this.deferMark = deferMark;
+    }
+
+    static int durabilityCode(String name) {
+        switch (name) {
+            case "default":
+                return 0;
+            case "local":
+                return 1;
+            case "remote-received":
+                return 2;
+            case "remote-durable":
+                return 3;
+            default:
+                throw new IllegalArgumentException(
+                        "durability must be default, local, remote-received or remote-durable, not '" + name + "'");
+        }
+    }
+
+    /** Connects, creates the journal if missing and reads its mark. Called by Spring (init-method) or on first use. */
+    public synchronized void start() throws IOException {
+        if (client != null) {
+            return;
+        }
+        durabilityCode = durabilityCode(durability);
+        List<String> eps = new ArrayList<>();
+        for (String e : endpoints.split(",")) {
+            if (!e.trim().isEmpty()) {
+                eps.add(e.trim());
+            }
+        }
+        MirrorlogClient c = new MirrorlogClient(eps, requestTimeoutMs, "activemq-journal");
+        try {
+            await(c.request(Wire.OP_CREATE, new Wire.Body().str(journal).bytes()));
+        } catch (MirrorlogException e) {
+            if (e.code() != Wire.E_JOURNAL_EXISTS) {
+                c.close(0);
+                throw e;
+            }
+        }
+        long m = readMark(c);
+        synchronized (markLock) {
+            mark = m;
+            pendingMark = 0;
+        }
+        client = c;
+        LOG.info("mirrorlog journal '" + journal + "' on " + eps + ", durability " + durability + ", mark " + m
+                + (deferMark ? ", marks deferred by one checkpoint" : ""));
+    }
+
+    private MirrorlogClient client() throws IOException {
+        MirrorlogClient c = client;
+        if (c == null) {
+            start();
+            c = client;
+        }
+        return c;
+    }
+
+    private long readMark(MirrorlogClient c) throws IOException {
+        MirrorlogClient.Answer a = await(c.request(Wire.OP_GET_MARK, new Wire.Body().str(journal).bytes()));
+        return new Wire.Reader(a.body).u64();
+    }
+
+    private <T> T await(CompletableFuture<T> f) throws IOException {
+        try {
+            return f.get(requestTimeoutMs + 1000, TimeUnit.MILLISECONDS);
+        } catch (ExecutionException e) {
+            Throwable c = e.getCause();
+            if (c instanceof IOException) {
+                throw (IOException) c;
+            }
+            throw new IOException("mirrorlog: " + c, c);
+        } catch (TimeoutException e) {
+            throw new MirrorlogException(Wire.E_TIMEOUT, "no answer within the request timeout");
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted", e);
+        }
+    }
+
+    private void checkAsyncFailure() throws IOException {
+        Throwable t = asyncFailure.get();
+        if (t != null) {
+            throw new IOException("an earlier unsynced mirrorlog write failed: " + t.getMessage(), t);
+        }
+    }
+
+    @Override
+    public RecordLocation write(Packet packet, boolean sync) throws IOException {
+        MirrorlogClient c = client();
+        checkAsyncFailure();
+        ByteSequence seq = packet.asByteSequence();
+        MirrorlogLocation loc;
+        // The client writes appends in call order; lastWrite follows that order.
+        synchronized (lastWrite) {
+            CompletableFuture<Long> f = c.append(journal, durabilityCode, seq.getData(), seq.getOffset(), seq.getLength());
+            loc = new MirrorlogLocation(f, requestTimeoutMs);
+            lastWrite.set(loc);
+        }
+        loc.future().whenComplete((lsn, err) -> {
+            if (err != null) {
+                Throwable cause = err.getCause() != null ? err.getCause() : err;
+                if (asyncFailure.compareAndSet(null, cause)) {
+                    LOG.severe("mirrorlog append failed: " + cause.getMessage());
+                }
+                if (cause instanceof MirrorlogException && ((MirrorlogException) cause).code() == Wire.E_FULL) {
+                    requestCheckpoint();
+                }
+            }
+        });
+        long n = bytesSinceCheckpointRequest.addAndGet(seq.getLength());
+        if (n >= checkpointBytes) {
+            bytesSinceCheckpointRequest.addAndGet(-n);
+            requestCheckpoint();
+        }
+        if (sync) {
+            loc.lsn();
+            checkAsyncFailure();
+        }
+        return loc;
+    }
+
+    private void requestCheckpoint() {
+        JournalEventListener l = listener;
+        if (l != null) {
+            // overflowNotification only wakes the broker's checkpoint task.
+            l.overflowNotification(lastWrite.get());
+        }
+    }
+
+    @Override
+    public Packet read(RecordLocation location) throws InvalidRecordLocationException, IOException {
+        long lsn = ((MirrorlogLocation) location).lsn();
+        synchronized (bufferLock) {
+            for (int i = 0; i < bufferLsns.length; i++) {
+                if (bufferLsns[i] == lsn) {
+                    return new ByteArrayPacket(bufferData.get(i));
+                }
+            }
+        }
+        Records r = readFrom(lsn, 1, 1);
+        if (r.lsns.length == 0 || r.lsns[0] != lsn) {
+            throw new InvalidRecordLocationException("no record at " + location + " in mirrorlog journal " + journal);
+        }
+        return new ByteArrayPacket(r.data.get(0));
+    }
+
+    /** One Read answer: records (CRC32C checked) and the next LSN to ask for. */
+    private static final class Records {
+        long[] lsns;
+        List<byte[]> data = new ArrayList<>();
+        long next;
+    }
+
+    private Records readFrom(long from, int maxCount, int maxBytes) throws IOException {
+        MirrorlogClient.Answer a;
+        Records out = new Records();
+        try {
+            a = await(client().request(Wire.OP_READ,
+                    new Wire.Body().str(journal).u64(from).u32(maxCount).u32(maxBytes).bytes()));
+        } catch (MirrorlogException e) {
+            if (e.code() == Wire.E_NOT_YET_WRITTEN) {
+                out.lsns = new long[0];
+                out.next = from;
+                return out;
+            }
+            throw e;
+        }
+        Wire.Reader r = new Wire.Reader(a.body);
+        long n = r.u32();
+        if (n > maxCount) {
+            throw new IOException("mirrorlog: Read answered " + n + " records, asked for " + maxCount);
+        }
+        out.lsns = new long[(int) n];
+        for (int i = 0; i < n; i++) {
+            out.lsns[i] = r.u64();
+            r.u64(); // epoch
+            int crc = (int) r.u32();
+            byte[] payload = r.blob();
+            if (Wire.crc32c(payload) != crc) {
+                // The daemon verified it; a mismatch here is a corrupted transfer.
+                throw new IOException("mirrorlog: record " + out.lsns[i] + " failed its CRC32C check on receipt");
+            }
+            out.data.add(payload);
+        }
+        out.next = r.u64();
+        return out;
+    }
+
+    @Override
+    public RecordLocation getNextRecordLocation(RecordLocation location)
+            throws InvalidRecordLocationException, IOException {
+        long from;
+        if (location == null) {
+            long m;
+            synchronized (markLock) {
+                m = mark;
+            }
+            from = Math.max(1, m);
+        } else {
+            from = ((MirrorlogLocation) location).lsn() + 1;
+        }
+        synchronized (bufferLock) {
+            if (!(bufferFrom >= 0 && from >= bufferFrom && from < bufferNext)) {
+                Records r;
+                try {
+                    r = readFrom(from, 1024, 8 << 20);
+                } catch (MirrorlogException e) {
+                    if (e.code() == Wire.E_BELOW_MARK) {
+                        throw new InvalidRecordLocationException("below the mark: " + e.getMessage(), e);
+                    }
+                    throw e;
+                }
+                bufferLsns = r.lsns;
+                bufferData = r.data;
+                bufferFrom = from;
+                bufferNext = r.lsns.length == 0 ? from : r.next;
+                if (r.lsns.length == 0) {
+                    bufferFrom = -1;
+                    return null;
+                }
+            }
+            for (long l : bufferLsns) {
+                if (l >= from) {
+                    return MirrorlogLocation.of(l);
+                }
+            }
+            return null;
+        }
+    }
+
+    @Override
+    public void setMark(RecordLocation location, boolean sync) throws InvalidRecordLocationException, IOException {
+        MirrorlogClient c = client();
+        long lsn = ((MirrorlogLocation) location).lsn();
+        MirrorlogLocation last = lastWrite.get();
+        if (last != null) {
+            last.lsn();
+        }
+        checkAsyncFailure();
+        synchronized (markLock) {
+            long target = deferMark ? pendingMark : lsn;
+            if (deferMark) {
+                pendingMark = Math.max(pendingMark, lsn);
+            }
+            if (target > mark) {
+                await(c.request(Wire.OP_SET_MARK, new Wire.Body().str(journal).u64(target).bytes()));
+                mark = target;
+            }
+        }
+        synchronized (bufferLock) {
+            // Recovery is over once the broker marks; drop the read-ahead.
+            bufferLsns = new long[0];
+            bufferData = new ArrayList<>();
+            bufferFrom = -1;
+        }
+    }
+
+    @Override
+    public RecordLocation getMark() throws IllegalStateException {
+        synchronized (markLock) {
+            return mark == 0 ? null : MirrorlogLocation.of(mark);
+        }
+    }
+
+    @Override
+    public void setJournalEventListener(JournalEventListener listener) {
+        this.listener = listener;
+    }
+
+    @Override
+    public void close() throws IOException {
+        MirrorlogClient c;
+        synchronized (this) {
+            c = client;
+            client = null;
+        }
+        if (c != null) {
+            c.close(requestTimeoutMs);
+        }
+    }
+
+    @Override
+    public String toString() {
+        return "MirrorlogJournal(" + journal + " on " + endpoints + ", " + durability + ")";
+    }
+}

@@ -1,0 +1,75 @@
+package io.mirrorlog.activemq;
+
+import java.io.IOException;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import org.apache.activeio.journal.RecordLocation;
+
+/**
+ * A record's place in a mirrorlog journal: its LSN.
+ *
+ * <p>An unsynced write returns before the daemon has answered, so its LSN is
+ * not known yet: the location holds the pending answer and resolves it the
+ * first time it is compared. Equality and hash are by identity (every write
+ * makes one location; the broker keeps them in hash sets before they resolve),
+ * ordering is by LSN.
+ */
+public final class MirrorlogLocation implements RecordLocation {
+    private final CompletableFuture<Long> lsn;
+    private final long timeoutMs;
+
+    MirrorlogLocation(CompletableFuture<Long> lsn, long timeoutMs) {
+        this.lsn = lsn;
+        this.timeoutMs = timeoutMs;
+    }
+
+    static MirrorlogLocation of(long lsn) {
+        return new MirrorlogLocation(CompletableFuture.completedFuture(lsn), 0);
+    }
+
+    /** Waits for the daemon's answer; throws the append's error if it failed. */
+    public long lsn() throws IOException {
+        try {
+            return lsn.get(timeoutMs + 1000, TimeUnit.MILLISECONDS);
+        } catch (ExecutionException e) {
+            Throwable c = e.getCause();
+            if (c instanceof java.util.concurrent.CompletionException && c.getCause() != null) {
+                c = c.getCause();
+            }
+            if (c instanceof IOException) {
+                throw (IOException) c;
+            }
+            throw new IOException("mirrorlog append failed: " + c, c);
+        } catch (TimeoutException e) {
+            throw new MirrorlogException(Wire.E_TIMEOUT, "append not answered in time");
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted while waiting for an append", e);
+        }
+    }
+
+    CompletableFuture<Long> future() {
+        return lsn;
+    }
+
+    private long lsnUnchecked() {
+        try {
+            return lsn();
+        } catch (IOException e) {
+            throw new IllegalStateException("location of a failed mirrorlog append: " + e.getMessage(), e);
+        }
+    }
+
+    @Override
+    public int compareTo(Object o) {
+        return Long.compare(lsnUnchecked(), ((MirrorlogLocation) o).lsnUnchecked());
+    }
+
+    @Override
+    public String toString() {
+        Long v = lsn.isDone() && !lsn.isCompletedExceptionally() ? lsn.join() : null;
+        return v == null ? "mirrorlog:lsn(pending)" : "mirrorlog:lsn=" + v;
+    }
+}

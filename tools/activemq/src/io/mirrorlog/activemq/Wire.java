@@ -1,0 +1,229 @@
+package io.mirrorlog.activemq;
+
+import java.io.ByteArrayOutputStream;
+import java.io.EOFException;
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.charset.StandardCharsets;
+import java.util.zip.CRC32C;
+
+/**
+ * Pure encode/decode of mirrorlog protocol v1 frames (docs/protocol.md), no
+ * sockets. A frame is a 24-byte header (magic, version, opcode, request id,
+ * body length, CRC32C of header bytes 0-15 and the body, reserved zero) and
+ * the body. All integers little-endian.
+ */
+final class Wire {
+    static final int MAGIC = 0x4C4D;
+    static final int VERSION = 1;
+    static final int HEADER = 24;
+    /** Largest answer body we accept (the daemon's answers stay within its max_frame_bytes). */
+    static final int MAX_BODY = 64 << 20;
+
+    static final int OP_HELLO = 0x01;
+    static final int OP_APPEND = 0x02;
+    static final int OP_READ = 0x03;
+    static final int OP_SET_MARK = 0x06;
+    static final int OP_GET_MARK = 0x07;
+    static final int OP_CREATE = 0x08;
+    static final int OP_ERROR = 0x7F;
+    static final int RESPONSE = 0x80;
+
+    // Error codes the adapter acts on (docs/protocol.md, docs/api.md).
+    static final int E_FULL = 5;
+    static final int E_JOURNAL_EXISTS = 8;
+    static final int E_BELOW_MARK = 11;
+    static final int E_NOT_YET_WRITTEN = 12;
+    static final int E_NOT_PRIMARY = 200;
+    static final int E_FENCED = 201;
+    static final int E_TOO_MANY_CONNECTIONS = 202;
+    static final int E_SHUTTING_DOWN = 205;
+    static final int E_TIMEOUT = 208;
+    static final int E_UNAVAILABLE = 209;
+
+    private Wire() {}
+
+    /** Codes after which the client moves to another endpoint and resends. */
+    static boolean failsOver(int code) {
+        return code == E_NOT_PRIMARY || code == E_FENCED || code == E_TOO_MANY_CONNECTIONS
+                || code == E_SHUTTING_DOWN;
+    }
+
+    /** A decoded frame: opcode, request id and body (CRC already checked). */
+    static final class Frame {
+        final int opcode;
+        final long rid;
+        final byte[] body;
+
+        Frame(int opcode, long rid, byte[] body) {
+            this.opcode = opcode;
+            this.rid = rid;
+            this.body = body;
+        }
+    }
+
+    /** Builds a request body. */
+    static final class Body {
+        private final ByteArrayOutputStream out = new ByteArrayOutputStream(64);
+        private final ByteBuffer scratch = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN);
+
+        Body u8(int v) {
+            out.write(v & 0xFF);
+            return this;
+        }
+
+        Body u16(int v) {
+            scratch.clear();
+            scratch.putShort((short) v);
+            out.write(scratch.array(), 0, 2);
+            return this;
+        }
+
+        Body u32(long v) {
+            scratch.clear();
+            scratch.putInt((int) v);
+            out.write(scratch.array(), 0, 4);
+            return this;
+        }
+
+        Body u64(long v) {
+            scratch.clear();
+            scratch.putLong(v);
+            out.write(scratch.array(), 0, 8);
+            return this;
+        }
+
+        Body str(String s) {
+            byte[] b = s.getBytes(StandardCharsets.UTF_8);
+            if (b.length > 0xFFFF) {
+                throw new IllegalArgumentException("string longer than 65535 bytes");
+            }
+            u16(b.length);
+            out.write(b, 0, b.length);
+            return this;
+        }
+
+        Body blob(byte[] b, int off, int len) {
+            u32(len);
+            out.write(b, off, len);
+            return this;
+        }
+
+        byte[] bytes() {
+            return out.toByteArray();
+        }
+    }
+
+    /** Encodes a whole frame (header and body). */
+    static byte[] frame(int opcode, long rid, byte[] body) {
+        ByteBuffer b = ByteBuffer.allocate(HEADER + body.length).order(ByteOrder.LITTLE_ENDIAN);
+        b.putShort((short) MAGIC).put((byte) VERSION).put((byte) opcode).putLong(rid).putInt(body.length);
+        CRC32C crc = new CRC32C();
+        crc.update(b.array(), 0, 16);
+        crc.update(body, 0, body.length);
+        b.putInt((int) crc.getValue()).putInt(0).put(body);
+        return b.array();
+    }
+
+    /** Reads one frame, checking magic, version, length and CRC before the body is used. */
+    static Frame read(InputStream in) throws IOException {
+        byte[] h = new byte[HEADER];
+        readFully(in, h);
+        ByteBuffer hb = ByteBuffer.wrap(h).order(ByteOrder.LITTLE_ENDIAN);
+        int magic = hb.getShort(0) & 0xFFFF;
+        int version = h[2] & 0xFF;
+        int opcode = h[3] & 0xFF;
+        long rid = hb.getLong(4);
+        long len = hb.getInt(12) & 0xFFFFFFFFL;
+        int crcWant = hb.getInt(16);
+        if (magic != MAGIC) {
+            throw new IOException("mirrorlog: bad frame magic from server");
+        }
+        if (version != VERSION) {
+            throw new IOException("mirrorlog: server frame version " + version + ", expected " + VERSION);
+        }
+        if (len > MAX_BODY) {
+            throw new IOException("mirrorlog: server frame of " + len + " bytes exceeds " + MAX_BODY);
+        }
+        byte[] body = new byte[(int) len];
+        readFully(in, body);
+        CRC32C crc = new CRC32C();
+        crc.update(h, 0, 16);
+        crc.update(body, 0, body.length);
+        if ((int) crc.getValue() != crcWant) {
+            throw new IOException("mirrorlog: frame CRC32C mismatch from server");
+        }
+        return new Frame(opcode, rid, body);
+    }
+
+    private static void readFully(InputStream in, byte[] b) throws IOException {
+        int n = 0;
+        while (n < b.length) {
+            int r = in.read(b, n, b.length - n);
+            if (r < 0) {
+                throw new EOFException("mirrorlog: connection closed by server");
+            }
+            n += r;
+        }
+    }
+
+    /** Reads a response body; every accessor throws on a short body. */
+    static final class Reader {
+        private final ByteBuffer b;
+
+        Reader(byte[] body) {
+            b = ByteBuffer.wrap(body).order(ByteOrder.LITTLE_ENDIAN);
+        }
+
+        private void need(int n) throws IOException {
+            if (b.remaining() < n) {
+                throw new IOException("mirrorlog: malformed answer (ends early)");
+            }
+        }
+
+        int u8() throws IOException {
+            need(1);
+            return b.get() & 0xFF;
+        }
+
+        int u16() throws IOException {
+            need(2);
+            return b.getShort() & 0xFFFF;
+        }
+
+        long u32() throws IOException {
+            need(4);
+            return b.getInt() & 0xFFFFFFFFL;
+        }
+
+        long u64() throws IOException {
+            need(8);
+            return b.getLong();
+        }
+
+        String str() throws IOException {
+            int n = u16();
+            need(n);
+            String s = new String(b.array(), b.position(), n, StandardCharsets.UTF_8);
+            b.position(b.position() + n);
+            return s;
+        }
+
+        byte[] blob() throws IOException {
+            long n = u32();
+            need((int) Math.min(n, Integer.MAX_VALUE));
+            byte[] out = new byte[(int) n];
+            b.get(out);
+            return out;
+        }
+    }
+
+    /** CRC32C of a payload, as the daemon stores it with every record. */
+    static int crc32c(byte[] b) {
+        CRC32C c = new CRC32C();
+        c.update(b, 0, b.length);
+        return (int) c.getValue();
+    }
+}
