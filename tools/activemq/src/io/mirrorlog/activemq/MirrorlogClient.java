@@ -199,15 +199,21 @@ public final class MirrorlogClient implements Closeable {
         synchronized (sendLock) {
             // Resend everything unanswered, in first-sent order, before any new
             // request can reach this connection.
+            int resent = 0;
             for (Map.Entry<Long, Pending> e : pending.entrySet()) {
                 try {
                     c.out.write(e.getValue().frame);
+                    resent++;
                 } catch (IOException ex) {
                     c.kill(ex.toString());
                     break;
                 }
             }
             conn = c;
+            if (supervisor != null) {
+                LOG.log(Level.INFO, "mirrorlog: connected to {0} (epoch {1}), resent {2} unanswered requests",
+                        new Object[] {c.endpoint, Long.toString(epoch), Integer.toString(resent)});
+            }
         }
         Thread t = new Thread(() -> readLoop(c), "mirrorlog-reader");
         t.setDaemon(true);
