@@ -12,6 +12,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ConcurrentSkipListMap;
+import java.util.concurrent.Semaphore;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
 import java.util.logging.Level;
@@ -104,19 +105,29 @@ public final class MirrorlogClient implements Closeable {
     private volatile boolean closed;
     private volatile long epoch;
     private int nextEndpoint;
+    private final int maxFrameBytes;
+    /**
+     * Bounds the requests in flight: memory, and the daemon's idempotence
+     * window (1024 appends per producer by default), which a resend must fall in.
+     */
+    private final Semaphore slots;
     private final Thread supervisor;
+    private final Thread timer;
 
     /**
      * Connects to the first endpoint that answers as primary, waiting up to
      * {@code timeoutMs} for one.
      */
-    public MirrorlogClient(List<String> endpoints, long timeoutMs, String clientName) throws IOException {
+    public MirrorlogClient(List<String> endpoints, long timeoutMs, String clientName, int maxInFlight,
+            int maxFrameBytes) throws IOException {
         if (endpoints.isEmpty()) {
             throw new MirrorlogException(1, "no endpoints given");
         }
         this.endpoints = new ArrayList<>(endpoints);
         this.timeoutNanos = TimeUnit.MILLISECONDS.toNanos(timeoutMs);
         this.clientName = clientName;
+        this.slots = new Semaphore(Math.max(1, maxInFlight));
+        this.maxFrameBytes = maxFrameBytes;
         long p;
         do {
             p = ThreadLocalRandom.current().nextLong();
@@ -133,6 +144,11 @@ public final class MirrorlogClient implements Closeable {
         supervisor = new Thread(this::supervise, "mirrorlog-supervisor");
         supervisor.setDaemon(true);
         supervisor.start();
+        // Expiry and the stalled-connection kill run on their own thread,
+        // which takes no lock a blocked socket write could hold.
+        timer = new Thread(this::watch, "mirrorlog-timer");
+        timer.setDaemon(true);
+        timer.start();
     }
 
     /** The epoch the current primary announced in Hello. */
@@ -171,16 +187,38 @@ public final class MirrorlogClient implements Closeable {
         byte[] make(long rid);
     }
 
+    private static CompletableFuture<Answer> failed(int code, String msg) {
+        CompletableFuture<Answer> f = new CompletableFuture<>();
+        f.completeExceptionally(new MirrorlogException(code, msg));
+        return f;
+    }
+
     private CompletableFuture<Answer> send(int opcode, BodyFn fn) {
         Pending p;
+        try {
+            if (!slots.tryAcquire(timeoutNanos, TimeUnit.NANOSECONDS)) {
+                return failed(Wire.E_TIMEOUT, "too many requests in flight for the whole request timeout");
+            }
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            return failed(Wire.E_TIMEOUT, "interrupted while waiting for a request slot");
+        }
         synchronized (sendLock) {
             if (closed) {
-                CompletableFuture<Answer> f = new CompletableFuture<>();
-                f.completeExceptionally(new MirrorlogException(15, "client closed"));
-                return f;
+                slots.release();
+                return failed(15, "client closed");
             }
             long rid = nextRid++;
-            p = new Pending(Wire.frame(opcode, rid, fn.make(rid)), System.nanoTime() + timeoutNanos);
+            byte[] body = fn.make(rid);
+            if (body.length > maxFrameBytes) {
+                // The daemon would close the connection on it (frame-too-large);
+                // every resend would do the same.
+                slots.release();
+                return failed(Wire.E_RECORD_TOO_LARGE, "request of " + body.length
+                        + " bytes exceeds maxFrameBytes " + maxFrameBytes);
+            }
+            p = new Pending(Wire.frame(opcode, rid, body), System.nanoTime() + timeoutNanos);
+            p.future.whenComplete((a, e) -> slots.release());
             pending.put(rid, p);
             Conn c = conn;
             if (c != null && !c.dead) {
@@ -196,6 +234,11 @@ public final class MirrorlogClient implements Closeable {
     }
 
     private void install(Conn c) {
+        // The reader starts first: while the resends go out, the daemon's
+        // answers are read, so it never stops reading for want of a reader.
+        Thread t = new Thread(() -> readLoop(c), "mirrorlog-reader");
+        t.setDaemon(true);
+        t.start();
         synchronized (sendLock) {
             // Resend everything unanswered, in first-sent order, before any new
             // request can reach this connection.
@@ -215,9 +258,6 @@ public final class MirrorlogClient implements Closeable {
                         new Object[] {c.endpoint, Long.toString(epoch), Integer.toString(resent)});
             }
         }
-        Thread t = new Thread(() -> readLoop(c), "mirrorlog-reader");
-        t.setDaemon(true);
-        t.start();
     }
 
     private void readLoop(Conn c) {
@@ -233,10 +273,14 @@ public final class MirrorlogClient implements Closeable {
                         c.kill("server answered " + code + ": " + msg);
                         return;
                     }
-                    Pending p = f.rid == 0 ? null : pending.remove(f.rid);
-                    if (p == null) {
+                    if (f.rid == 0) {
+                        // A connection-level error: the server closes after it.
                         c.kill("connection error " + code + ": " + msg);
                         return;
+                    }
+                    Pending p = pending.remove(f.rid);
+                    if (p == null) {
+                        continue; // a late answer to a request that expired
                     }
                     p.future.completeExceptionally(new MirrorlogException(code, msg));
                     continue;
@@ -251,20 +295,12 @@ public final class MirrorlogClient implements Closeable {
         }
     }
 
+    /** Reconnects when the connection is dead; nothing else. */
     private void supervise() {
         long backoff = 20;
         while (!closed) {
             Conn c = conn;
-            failExpired();
             if (c != null && !c.dead) {
-                // A peer that takes requests and never answers (a black-holed
-                // link) is left for another endpoint after half the timeout.
-                Map.Entry<Long, Pending> oldest = pending.firstEntry();
-                long sentAt = oldest == null ? 0 : Math.max(oldest.getValue().deadlineNanos - timeoutNanos, c.installedNanos);
-                if (oldest != null && System.nanoTime() - sentAt > timeoutNanos / 2) {
-                    c.kill("no answer for half the request timeout");
-                    continue;
-                }
                 synchronized (supervisorWake) {
                     try {
                         supervisorWake.wait(100);
@@ -285,7 +321,37 @@ public final class MirrorlogClient implements Closeable {
                 continue;
             }
             backoff = 20;
+            if (closed) {
+                n.kill("client closed");
+                return;
+            }
             install(n);
+        }
+    }
+
+    /**
+     * Every 50 ms: fails requests past their deadline (code 208), and leaves a
+     * connection that takes requests and never answers (a black-holed link, a
+     * stalled peer) for another endpoint after half the timeout. Takes no lock
+     * a blocked socket write holds; closing the socket unblocks that write.
+     */
+    private void watch() {
+        while (!closed) {
+            failExpired();
+            Conn c = conn;
+            Map.Entry<Long, Pending> oldest = pending.firstEntry();
+            if (c != null && !c.dead && oldest != null) {
+                long sentAt = oldest.getValue().deadlineNanos - timeoutNanos;
+                long since = System.nanoTime() - Math.max(sentAt, c.installedNanos);
+                if (since > timeoutNanos / 2) {
+                    c.kill("no answer for half the request timeout");
+                }
+            }
+            try {
+                Thread.sleep(50);
+            } catch (InterruptedException e) {
+                return;
+            }
         }
     }
 
@@ -383,6 +449,7 @@ public final class MirrorlogClient implements Closeable {
             }
         }
         supervisor.interrupt();
+        timer.interrupt();
         for (Long rid : pending.keySet()) {
             Pending p = pending.remove(rid);
             if (p != null) {

@@ -5,8 +5,6 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
-import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.logging.Logger;
@@ -55,8 +53,11 @@ public class MirrorlogJournal implements Journal {
     private long requestTimeoutMs = 30_000;
     private long checkpointBytes = 64L << 20;
     private boolean deferMark = true;
+    private int maxInFlight = 1000;
+    private int maxFrameBytes = 4 << 20;
+    private boolean closed;
 
-    private MirrorlogClient client;
+    private volatile MirrorlogClient client;
     private int durabilityCode;
     private volatile JournalEventListener listener;
     private final AtomicReference<MirrorlogLocation> lastWrite = new AtomicReference<>();
@@ -100,6 +101,16 @@ public class MirrorlogJournal implements Journal {
         this.deferMark = deferMark;
     }
 
+    /** Requests in flight at most; keep it below the daemon's idempotence.window (1024). */
+    public void setMaxInFlight(int maxInFlight) {
+        this.maxInFlight = maxInFlight;
+    }
+
+    /** The daemon's limits.max_frame_bytes: a larger record fails here, not on the daemon. */
+    public void setMaxFrameBytes(int maxFrameBytes) {
+        this.maxFrameBytes = maxFrameBytes;
+    }
+
     static int durabilityCode(String name) {
         switch (name) {
             case "default":
@@ -118,6 +129,9 @@ public class MirrorlogJournal implements Journal {
 
     /** Connects, creates the journal if missing and reads its mark. Called by Spring (init-method) or on first use. */
     public synchronized void start() throws IOException {
+        if (closed) {
+            throw new MirrorlogException(15, "journal closed");
+        }
         if (client != null) {
             return;
         }
@@ -128,7 +142,7 @@ public class MirrorlogJournal implements Journal {
                 eps.add(e.trim());
             }
         }
-        MirrorlogClient c = new MirrorlogClient(eps, requestTimeoutMs, "activemq-journal");
+        MirrorlogClient c = new MirrorlogClient(eps, requestTimeoutMs, "activemq-journal", maxInFlight, maxFrameBytes);
         try {
             await(c.request(Wire.OP_CREATE, new Wire.Body().str(journal).bytes()));
         } catch (MirrorlogException e) {
@@ -161,17 +175,16 @@ public class MirrorlogJournal implements Journal {
         return new Wire.Reader(a.body).u64();
     }
 
-    private <T> T await(CompletableFuture<T> f) throws IOException {
+    /** Waits for an answer; the client fails every request by its deadline (its timer thread owns expiry). */
+    private static <T> T await(CompletableFuture<T> f) throws IOException {
         try {
-            return f.get(requestTimeoutMs + 1000, TimeUnit.MILLISECONDS);
+            return f.get();
         } catch (ExecutionException e) {
             Throwable c = e.getCause();
             if (c instanceof IOException) {
                 throw (IOException) c;
             }
             throw new IOException("mirrorlog: " + c, c);
-        } catch (TimeoutException e) {
-            throw new MirrorlogException(Wire.E_TIMEOUT, "no answer within the request timeout");
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             throw new IOException("interrupted", e);
@@ -194,20 +207,27 @@ public class MirrorlogJournal implements Journal {
         // The client writes appends in call order; lastWrite follows that order.
         synchronized (lastWrite) {
             CompletableFuture<Long> f = c.append(journal, durabilityCode, seq.getData(), seq.getOffset(), seq.getLength());
-            loc = new MirrorlogLocation(f, requestTimeoutMs);
+            loc = new MirrorlogLocation(f);
             lastWrite.set(loc);
-        }
-        loc.future().whenComplete((lsn, err) -> {
-            if (err != null) {
-                Throwable cause = err.getCause() != null ? err.getCause() : err;
-                if (asyncFailure.compareAndSet(null, cause)) {
-                    LOG.severe("mirrorlog append failed: " + cause.getMessage());
+            // Registered before any later write is sent: the reader thread
+            // runs it when this write fails, before it can complete a later
+            // write, so no later sync write or mark can miss the failure.
+            f.whenComplete((lsn, err) -> {
+                if (err == null) {
+                    return;
                 }
+                Throwable cause = err.getCause() != null ? err.getCause() : err;
                 if (cause instanceof MirrorlogException && ((MirrorlogException) cause).code() == Wire.E_FULL) {
                     requestCheckpoint();
                 }
-            }
-        });
+                // A synced write's failure goes to its caller; an unsynced one
+                // leaves a hole nobody was told of, so it fails all that follows.
+                if (!sync && asyncFailure.compareAndSet(null, cause)) {
+                    LOG.severe("unsynced mirrorlog append failed; later synced writes and marks fail: "
+                            + cause.getMessage());
+                }
+            });
+        }
         long n = bytesSinceCheckpointRequest.addAndGet(seq.getLength());
         if (n >= checkpointBytes) {
             bytesSinceCheckpointRequest.addAndGet(-n);
@@ -374,6 +394,7 @@ public class MirrorlogJournal implements Journal {
         synchronized (this) {
             c = client;
             client = null;
+            closed = true;
         }
         if (c != null) {
             c.close(requestTimeoutMs);

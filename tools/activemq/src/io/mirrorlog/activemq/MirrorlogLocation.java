@@ -3,8 +3,6 @@ package io.mirrorlog.activemq;
 import java.io.IOException;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
-import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
 import org.apache.activeio.journal.RecordLocation;
 
 /**
@@ -18,21 +16,22 @@ import org.apache.activeio.journal.RecordLocation;
  */
 public final class MirrorlogLocation implements RecordLocation {
     private final CompletableFuture<Long> lsn;
-    private final long timeoutMs;
 
-    MirrorlogLocation(CompletableFuture<Long> lsn, long timeoutMs) {
+    MirrorlogLocation(CompletableFuture<Long> lsn) {
         this.lsn = lsn;
-        this.timeoutMs = timeoutMs;
     }
 
     static MirrorlogLocation of(long lsn) {
-        return new MirrorlogLocation(CompletableFuture.completedFuture(lsn), 0);
+        return new MirrorlogLocation(CompletableFuture.completedFuture(lsn));
     }
 
-    /** Waits for the daemon's answer; throws the append's error if it failed. */
+    /**
+     * Waits for the daemon's answer; throws the append's error if it failed.
+     * The client fails every request by its deadline, so this returns.
+     */
     public long lsn() throws IOException {
         try {
-            return lsn.get(timeoutMs + 1000, TimeUnit.MILLISECONDS);
+            return lsn.get();
         } catch (ExecutionException e) {
             Throwable c = e.getCause();
             if (c instanceof java.util.concurrent.CompletionException && c.getCause() != null) {
@@ -42,8 +41,6 @@ public final class MirrorlogLocation implements RecordLocation {
                 throw (IOException) c;
             }
             throw new IOException("mirrorlog append failed: " + c, c);
-        } catch (TimeoutException e) {
-            throw new MirrorlogException(Wire.E_TIMEOUT, "append not answered in time");
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
             throw new IOException("interrupted while waiting for an append", e);

@@ -33,6 +33,7 @@ final class Wire {
 
     // Error codes the adapter acts on (docs/protocol.md, docs/api.md).
     static final int E_FULL = 5;
+    static final int E_RECORD_TOO_LARGE = 6;
     static final int E_JOURNAL_EXISTS = 8;
     static final int E_BELOW_MARK = 11;
     static final int E_NOT_YET_WRITTEN = 12;
