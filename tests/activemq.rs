@@ -231,6 +231,27 @@ fn check_exactly_once(acked: &[u64], consumed: &[u64], attempted: impl Fn(u64) -
     );
 }
 
+/// Reads the broker's whole journal from the appliance at `addr` and checks
+/// that no record repeats another (each holds a unique message id, ack or
+/// trace: a resend written twice would show as two equal payloads); returns
+/// how many records it holds.
+fn records_once(addr: &str) -> usize {
+    let o = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["--endpoint", addr, "read", "--journal", "activemq", "--from", "0"])
+        .output()
+        .expect("mirrorlog read");
+    assert!(o.status.success(), "read: {}", String::from_utf8_lossy(&o.stderr));
+    let mut seen = HashMap::new();
+    for line in String::from_utf8_lossy(&o.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
+        let hex = v["hex"].as_str().expect("hex").to_string();
+        if let Some(lsn) = seen.insert(hex, v["lsn"].clone()) {
+            panic!("record at LSN {} repeats the one at {lsn}", v["lsn"]);
+        }
+    }
+    seen.len()
+}
+
 fn tempdir() -> tempfile::TempDir {
     let mut t = tempfile::tempdir().expect("tmp");
     if std::env::var_os("MLOG_KEEP").is_some() {
@@ -454,22 +475,47 @@ fn appliance_killed_under_a_running_broker_is_followed_without_loss_or_duplicate
     assert_eq!(acked_list.len(), MESSAGES);
     let consumed = consume(&build, &broker.url(), &t.path().join("consumed"));
     check_exactly_once(&acked_list, &consumed, |i| i < MESSAGES as u64, &broker.log());
-    // Each journal record (a message, an ack, a trace) is unique: a resend
-    // that wrote twice would show as two equal payloads.
-    let o = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
-        .args(["--endpoint", &ml.addr, "read", "--journal", "activemq", "--from", "0"])
+    let records = records_once(&ml.addr);
+    assert!(records >= 2 * MESSAGES, "{records} records: a message and an ack for each");
+}
+
+/// A planned switchover of the appliance pair under a running broker's
+/// `remote-durable` load: the journal follows the new primary (its client
+/// moves on `not-primary` and resends), every send returns, every message
+/// is consumed exactly once, and the new primary's journal holds no record
+/// twice.
+#[test]
+fn a_switchover_under_a_running_broker_is_followed_without_loss_or_duplicates() {
+    let Some(build) = adapter() else { return };
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let t = tempdir();
+    let (a, b) = pair("[[journal]]\nname = \"activemq\"\ndurability = \"remote-durable\"\n", "", None);
+    let props = vec![
+        format!("-Dmirrorlog.endpoints={},{}", a.d.addr, b.d.addr),
+        "-Dmirrorlog.durability=remote-durable".into(),
+        "-Djournal.checkpointInterval=600000".into(),
+    ];
+    let broker = Broker::start(&t.path().join("broker"), &build, &props);
+    let acked = t.path().join("acked");
+    let p = produce(&build, &broker.url(), MESSAGES, 0, &acked);
+    std::thread::sleep(Duration::from_millis(2000));
+    let sw = Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+        .args(["--endpoint", &a.d.addr, "switchover", "--to", &b.d.addr, "--wait", "30"])
         .output()
-        .expect("mirrorlog read");
-    assert!(o.status.success(), "read: {}", String::from_utf8_lossy(&o.stderr));
-    let mut seen = HashMap::new();
-    let mut records = 0;
-    for line in String::from_utf8_lossy(&o.stdout).lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("json line");
-        let hex = v["hex"].as_str().expect("hex").to_string();
-        records += 1;
-        if let Some(lsn) = seen.insert(hex, v["lsn"].clone()) {
-            panic!("record at LSN {} repeats the one at {lsn}", v["lsn"]);
-        }
-    }
+        .expect("switchover");
+    assert!(
+        sw.status.success(),
+        "switchover: {}{}",
+        String::from_utf8_lossy(&sw.stdout),
+        String::from_utf8_lossy(&sw.stderr)
+    );
+    let (ok, out) = finish(p);
+    assert!(ok, "every send returns across the switchover: {out}\n{}", broker.log());
+    assert!(broker.log().contains(&format!("connected to {}", b.d.addr)), "the journal moved to the new primary");
+    let acked_list = indices(&acked);
+    assert_eq!(acked_list.len(), MESSAGES);
+    let consumed = consume(&build, &broker.url(), &t.path().join("consumed"));
+    check_exactly_once(&acked_list, &consumed, |i| i < MESSAGES as u64, &broker.log());
+    let records = records_once(&b.d.addr);
     assert!(records >= 2 * MESSAGES, "{records} records: a message and an ack for each");
 }
