@@ -414,7 +414,7 @@ fn site_loss_broker_restarted_on_the_promoted_replica_loses_nothing() {
     let acked = t.path().join("acked");
 
     let p = produce(&build, &site1.url(), MESSAGES, 0, &acked);
-    std::thread::sleep(Duration::from_millis(4000));
+    std::thread::sleep(Duration::from_millis(2500));
     // Site 1 is lost: broker, appliance and its devices.
     site1.kill9();
     a.d.kill9();
