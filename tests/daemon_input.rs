@@ -11,51 +11,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::daemon::Daemon;
+use common::wire::{error_code, raw, read_frame};
 use mirrorlog::client::{BlockingClient, ClientConfig};
-use mirrorlog::protocol::{codes, decode_frame, encode_frame, Durability, Op, Request, Response};
-
-fn raw(addr: &str) -> TcpStream {
-    let s = TcpStream::connect(addr).expect("connect");
-    {
-        use std::os::fd::AsRawFd;
-        LEFT.with(|l| l.borrow_mut().remove(&s.as_raw_fd()));
-    }
-    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    s
-}
-
-thread_local! {
-    /// Bytes read past the last frame, per socket (by fd).
-    static LEFT: std::cell::RefCell<std::collections::HashMap<i32, Vec<u8>>> = Default::default();
-}
-
-/// Reads one frame: (opcode, request id, body).
-fn read_frame(s: &mut TcpStream) -> Option<(u8, u64, Vec<u8>)> {
-    use std::os::fd::AsRawFd;
-    let fd = s.as_raw_fd();
-    let mut buf = LEFT.with(|l| l.borrow_mut().remove(&fd)).unwrap_or_default();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Ok(Some((f, n))) = decode_frame(&buf, 64 << 20) {
-            let out = (f.opcode, f.request_id, f.body.to_vec());
-            buf.drain(..n);
-            LEFT.with(|l| l.borrow_mut().insert(fd, buf));
-            return Some(out);
-        }
-        match s.read(&mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-fn error_code(f: &(u8, u64, Vec<u8>)) -> Option<u16> {
-    let frame = mirrorlog::protocol::Frame { opcode: f.0, request_id: f.1, body: &f.2 };
-    match Response::decode(&frame, Op::Error) {
-        Ok(Response::Error { code, .. }) => Some(code),
-        _ => None,
-    }
-}
+use mirrorlog::protocol::{codes, encode_frame, Durability, Op, Request, Response};
 
 /// True once the server closed the connection (EOF).
 fn closed(s: &mut TcpStream) -> bool {

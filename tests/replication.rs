@@ -569,3 +569,69 @@ fn slots_freed_by_marks_while_the_link_is_down_are_reused_without_conflict() {
     let first = records(&b.devices())["default"].first().map(|r| r.0).unwrap_or(0);
     check_present_once(&b.devices(), &acks, "default", |x| x.lsn >= first);
 }
+
+/// A demote that cannot finish (its replica is down) times out, and the node
+/// stays primary. An append answered `not-primary` meanwhile must not be
+/// overtaken by a later append of the same connection that the node takes
+/// once the demote is undone: the client resends the refused one, with its
+/// original sequence, after it reconnects, and the daemon would refuse that
+/// resend as older than the producer's newest (`sequence-unknown`). So once
+/// a connection was told `not-primary`, its later appends are refused too.
+#[test]
+fn appends_after_a_not_primary_refusal_on_a_connection_are_refused_too() {
+    use common::wire::{error_code, raw, read_frame};
+    use mirrorlog::protocol::{Op, Request, Response};
+    use std::io::Write;
+
+    let (a, mut b) = pair("", "", None);
+    b.d.kill9();
+    let role = |d: &Daemon| d.status()["role"].as_str().unwrap_or_default().to_string();
+    let wait_role = |d: &Daemon, want: &str| {
+        let t0 = Instant::now();
+        while role(d) != want {
+            assert!(t0.elapsed() < Duration::from_secs(20), "role {} never became {want}", role(d));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_role(&a.d, "primary");
+    let addr = a.d.addr.clone();
+    let demote = std::thread::spawn(move || {
+        mirrorlog::client::admin(&addr, &Request::Demote { sync: true, timeout_ms: 3000 }, Duration::from_secs(20))
+    });
+    wait_role(&a.d, "stepping-down");
+    let append = |s: &mut std::net::TcpStream, rid: u64, seq: u64, data: &[u8]| {
+        let mut out = Vec::new();
+        Request::Append {
+            journal: "default",
+            durability: Durability::Local,
+            producer: 77,
+            first_seq: seq,
+            records: vec![data],
+        }
+        .encode(rid, &mut out);
+        s.write_all(&out).expect("write");
+        read_frame(s).expect("answer")
+    };
+    let mut c = raw(&a.d.addr);
+    let f = append(&mut c, 1, 10, b"first");
+    assert_eq!(error_code(&f), Some(codes::NOT_PRIMARY), "refused while stepping down");
+    let undone = demote.join().expect("demote thread");
+    assert!(undone.is_err(), "the demote cannot finish with its replica down: {undone:?}");
+    wait_role(&a.d, "primary");
+    // The same connection, after the undo: refused as well.
+    let f = append(&mut c, 2, 11, b"second");
+    assert_eq!(error_code(&f), Some(codes::NOT_PRIMARY), "a later append of a refused connection");
+    // The client reconnects and resends both in order: both are taken.
+    let mut c2 = raw(&a.d.addr);
+    let mut lsns = Vec::new();
+    for (rid, seq, data) in [(1, 10, &b"first"[..]), (2, 11, &b"second"[..])] {
+        let f = append(&mut c2, rid, seq, data);
+        assert_eq!(error_code(&f), None, "resend of sequence {seq}");
+        let frame = mirrorlog::protocol::Frame { opcode: f.0, request_id: f.1, body: &f.2 };
+        match Response::decode(&frame, Op::Append) {
+            Ok(Response::Appended { first_lsn, .. }) => lsns.push(first_lsn),
+            other => panic!("resend of {seq}: {other:?}"),
+        }
+    }
+    assert_eq!(lsns[1], lsns[0] + 1, "written once each, in order");
+}

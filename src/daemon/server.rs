@@ -135,6 +135,12 @@ struct Conn {
     /// The writer task has a write in progress: direct sends must wait, so
     /// bytes stay in order.
     writing: Cell<bool>,
+    /// An append of this connection was refused for the node's role
+    /// (`not-primary`, `fenced`). Every later append of it is refused too:
+    /// the client fails over and resends the refused one with its original
+    /// sequence, which a later append taken here (after an undone demote)
+    /// would have overtaken, making the resend `sequence-unknown`.
+    role_refused: Cell<bool>,
 }
 
 impl Conn {
@@ -142,6 +148,7 @@ impl Conn {
         Rc::new(Conn {
             fd,
             writing: Cell::new(false),
+            role_refused: Cell::new(false),
             out: RefCell::new(Vec::with_capacity(16 << 10)),
             out_ready: Notify::new(),
             progress: Notify::new(),
@@ -1450,6 +1457,12 @@ fn append(
     if srv.draining.get() {
         return fail(codes::SHUTTING_DOWN, "the daemon is shutting down; append not taken");
     }
+    if conn.role_refused.get() {
+        return fail(
+            codes::NOT_PRIMARY,
+            "an earlier append of this connection was refused (not primary); reconnect and resend in order",
+        );
+    }
     let Some(jd) = srv.journal(journal) else {
         let e = Error::UnknownJournal(journal.to_string());
         return fail(e.code(), &e.to_string());
@@ -1465,10 +1478,12 @@ fn append(
             );
         }
         Role::SteppingDown if !srv.repl.demoting.load(Ordering::Acquire) => {
+            conn.role_refused.set(true);
             let e = srv.repl.seen_epoch.load(Ordering::Acquire);
             return fail(codes::FENCED, &format!("fenced: a newer primary exists (epoch {e}); append not taken"));
         }
         r => {
+            conn.role_refused.set(true);
             return fail(codes::NOT_PRIMARY, &format!("this node is {} (not primary); append not taken", r.name()));
         }
     }

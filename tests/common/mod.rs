@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod daemon;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 
