@@ -252,17 +252,10 @@ impl Journal {
                 return Ok(());
             }
         }
-        let id = inner.id;
-        inner.shared.set.update_superblock(|sb| {
-            match sb.journals.iter_mut().find(|j| j.id == id) {
-                Some(j) => j.mark = lsn,
-                None => return Err(Error::UnknownJournal(inner.name.clone())),
-            }
-            Ok(())
-        })?;
+        inner.write_mark(lsn)?;
         // Shipped before the slots it frees are released (see `ship.rs`).
         if let Some(sink) = inner.shared.sink() {
-            sink.mark(id, lsn);
+            sink.mark(inner.id, lsn);
         }
         let mut st = inner.st.lock();
         st.mark = lsn;

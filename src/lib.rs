@@ -250,10 +250,12 @@ impl MirrorLog {
             sb.journals.retain(|e| e.id != id);
             Ok(())
         })?;
+        // Shut first: no batch can be claimed (and shipped) after the
+        // replica is told of the delete; shipped before the slots are freed.
+        let slots = j.inner.shut();
         if let Some(sink) = self.shared.sink() {
             sink.deleted(id);
         }
-        let slots = j.inner.shut();
         for s in slots {
             self.shared.release_slot(s);
         }

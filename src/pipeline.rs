@@ -234,6 +234,19 @@ pub(crate) struct Pending {
     done: Option<(Batch, Result<()>)>,
 }
 
+/// What must fit in the batch where a record is placed.
+#[derive(Clone, Copy)]
+enum Fit {
+    /// The record alone.
+    Record,
+    /// The first record of a `submit_many` group: the whole group (bytes
+    /// with headers), so the group lands in one batch and a crash keeps all
+    /// of it or none (recovery cuts at batch ends).
+    Group(u64),
+    /// A later record of that group: it joins the open batch unconditionally.
+    Continue,
+}
+
 pub(crate) struct JState {
     pub deleted: bool,
     /// (first failed batch seq, why): that batch and all later ones fail.
@@ -386,25 +399,24 @@ impl JournalInner {
     }
 
     /// How many new segments placing records of these sizes needs: `place`'s
-    /// decisions, made on numbers only.
-    fn segments_needed(&self, st: &JState, lens: impl Iterator<Item = usize>, group: Option<u64>) -> usize {
+    /// decisions, made on numbers only. (A group, placed as one run, counts
+    /// as one record of the group's size.)
+    fn segments_needed(&self, st: &JState, lens: impl Iterator<Item = usize>) -> usize {
         let bs = self.block();
         let mut open = st.open.as_ref().map(|b| (b.seg_off + b.len as u64, (b.len - b.data_start) as u64));
         let mut tail = st.segs.back().map(|_| st.tail_off);
         let mut new = 0;
-        for (i, len) in lens.enumerate() {
+        for len in lens {
             let t = (RECORD_HEADER_LEN + len) as u64;
-            // The first record of a group is placed where the whole group fits.
-            let need = if i == 0 { group.unwrap_or(t).max(t) } else { t };
             if let Some((end, rb)) = open {
-                if self.fits_batch(rb, end, need) {
+                if self.fits_batch(rb, end, t) {
                     open = Some((end + t, rb + t));
                     continue;
                 }
                 tail = Some(align_up(end, bs));
             }
             match tail {
-                Some(to) if self.fits_segment(to, need) => open = Some((to + t, t)),
+                Some(to) if self.fits_segment(to, t) => open = Some((to + t, t)),
                 _ => {
                     new += 1;
                     tail = Some(0);
@@ -439,19 +451,23 @@ impl JournalInner {
 
     /// Places one record in the open batch. `Ok(None)`: no batch buffer is
     /// free; write or wait and call again.
-    /// `need`: bytes (with headers) that must fit in the batch from this
-    /// record on: the whole append for the first record of a group, so a
-    /// group lands in one batch (recovery keeps or drops a batch whole).
-    fn place(&self, st: &mut JState, payload: &[u8], tag: Option<Tag>, need: u64) -> Result<Option<u64>> {
+    fn place(&self, st: &mut JState, payload: &[u8], tag: Option<Tag>, fit: Fit) -> Result<Option<u64>> {
         let bs = self.block();
         let body = payload.len() + if tag.is_some() { TAG_LEN } else { 0 };
         let t = (RECORD_HEADER_LEN + body) as u64;
-        let need = need.max(t);
+        let need = match fit {
+            Fit::Record => t,
+            Fit::Group(g) => g.max(t),
+            // Room for the whole group was made at its first record, and the
+            // open batch's buffer holds any group `submit_many` accepts.
+            Fit::Continue => 0,
+        };
         if let Some(b) = &st.open {
-            if !self.fits_batch((b.len - b.data_start) as u64, b.seg_off + b.len as u64, need) {
+            if need > 0 && !self.fits_batch((b.len - b.data_start) as u64, b.seg_off + b.len as u64, need) {
                 self.seal_open(st);
             }
         }
+        debug_assert!(need > 0 || st.open.is_some(), "a group continues in its open batch");
         if st.open.is_none() {
             let in_tail = st.segs.back().is_some() && self.fits_segment(st.tail_off, need);
             let Some(mut buf) = st.pool.pop().or_else(|| self.new_buffer(st)) else {
@@ -614,11 +630,11 @@ impl JournalInner {
             return Err(Error::Backpressure);
         }
         let body = payload.len() + if tag.is_some() { TAG_LEN } else { 0 };
-        if self.segments_needed(&st, std::iter::once(body), None) > 0 {
+        if self.segments_needed(&st, std::iter::once(body)) > 0 {
             st.reserved = self.shared.take_slots(self.id, 1)?;
         }
         let lsn = st.next_assign;
-        let r = self.place(&mut st, payload, tag, 0);
+        let r = self.place(&mut st, payload, tag, Fit::Record);
         for s in st.reserved.drain(..) {
             self.shared.release_slot(s);
         }
@@ -665,7 +681,7 @@ impl JournalInner {
             // Another submit_many is mid-placement (only on another thread).
             MutexGuard::unlocked(&mut st, &mut make_room)?;
         }
-        let need = self.segments_needed(&st, payloads.iter().map(|p| p.len() + extra), Some(group));
+        let need = self.segments_needed(&st, std::iter::once(group as usize - RECORD_HEADER_LEN));
         if need > 0 {
             st.reserved = self.shared.take_slots(self.id, need)?;
         }
@@ -679,9 +695,10 @@ impl JournalInner {
             }
             let t = tag.map(|t| Tag { producer: t.producer, seq: t.seq + i as u64 });
             let lsn = st.next_assign;
-            // The whole group must fit where the first record goes.
-            let need = if i == 0 { group } else { 0 };
-            match self.place(&mut st, payloads[i], t, need) {
+            // The whole group must fit where the first record goes; the
+            // others follow it in the same batch, never sealing it.
+            let fit = if i == 0 { Fit::Group(group) } else { Fit::Continue };
+            match self.place(&mut st, payloads[i], t, fit) {
                 Ok(Some(batch)) => {
                     last = Ticket { lsn, batch };
                     i += 1;
@@ -856,7 +873,7 @@ impl JournalInner {
             self.excl_cv.wait(&mut st);
         }
         self.check_writable(&st)?;
-        let need = self.segments_needed(&st, payloads.clone().map(|p| p.len()), None);
+        let need = self.segments_needed(&st, payloads.clone().map(|p| p.len()));
         if need > 0 {
             st.reserved = self.shared.take_slots(self.id, need)?;
         }
@@ -869,7 +886,7 @@ impl JournalInner {
                 self.end_exclusive(&mut st);
                 return Err(e);
             }
-            match self.place(&mut st, p, None, 0) {
+            match self.place(&mut st, p, None, Fit::Record) {
                 Ok(Some(seq)) => {
                     last_seq = seq;
                     it.next();
@@ -907,6 +924,18 @@ impl JournalInner {
     /// `unknown-journal`. Does not wait for batches being written (their
     /// writer may be the calling thread's `Driver`); returns the slots that can
     /// be freed now, and `complete` frees the rest when the last write ends.
+    /// Records the journal's mark in the superblock (durably), nothing else.
+    pub(crate) fn write_mark(&self, lsn: u64) -> Result<()> {
+        let id = self.id;
+        self.shared.set.update_superblock(|sb| {
+            match sb.journals.iter_mut().find(|j| j.id == id) {
+                Some(j) => j.mark = lsn,
+                None => return Err(Error::UnknownJournal(self.name.clone())),
+            }
+            Ok(())
+        })
+    }
+
     pub(crate) fn shut(&self) -> Vec<u64> {
         let mut st = self.st.lock();
         st.deleted = true;

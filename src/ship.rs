@@ -627,14 +627,7 @@ impl JournalInner {
 
     /// Sets the mark to exactly `lsn` (up or down) and persists it.
     fn persist_mark(&self, lsn: u64) -> Result<()> {
-        let id = self.id;
-        self.shared.set.update_superblock(|sb| {
-            match sb.journals.iter_mut().find(|j| j.id == id) {
-                Some(j) => j.mark = lsn,
-                None => return Err(Error::UnknownJournal(self.name.clone())),
-            }
-            Ok(())
-        })?;
+        self.write_mark(lsn)?;
         self.st.lock().mark = lsn;
         Ok(())
     }
@@ -684,6 +677,8 @@ impl Journal {
     /// Replica: drops every segment (their headers zeroed) so the journal
     /// can be sent again whole; it continues at `next_lsn`.
     pub fn reset(&self, next_lsn: u64) -> Result<ChainEnd> {
+        // As `truncate_after`: no mark may free a slot being zeroed here.
+        let _g = self.inner.mark_lock.lock();
         self.inner.reset(next_lsn)
     }
 

@@ -190,3 +190,40 @@ fn submit_many_tags_records_in_one_batch_and_makes_room() {
     assert_eq!(got[4].3, b"plain".to_vec());
     assert_eq!(j.read(first + 1).expect("read"), group[1]);
 }
+
+/// A `submit_many` group larger than `max_batch_bytes` but within what one
+/// record may take (`max_record_size`) is accepted, and still lands in one
+/// batch: its later records must not seal the batch the first one opened.
+#[test]
+fn a_group_over_the_batch_limit_but_within_a_record_stays_in_one_batch() {
+    use mirrorlog::format::FLAG_BATCH_END;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let devs = common::devices(dir.path(), 2, 8 << 20);
+    let cfg = common::small_config(&devs); // 32 KiB batches, 64 KiB records
+    let group: Vec<Vec<u8>> = (0..2u64).map(|i| common::payload(200 + i, 20_000)).collect();
+    let refs: Vec<&[u8]> = group.iter().map(|p| p.as_slice()).collect();
+    let first = {
+        let log = MirrorLog::create(&cfg).expect("create");
+        let j = log.create_journal("t").expect("journal");
+        let mut driver = Driver::new().expect("driver");
+        j.submit(b"before").expect("submit");
+        let (first, last) = j.submit_many(&refs, None, || driver.pump(&[&j], true).map(|_| ())).expect("submit_many");
+        while !j.poll(&last).expect("poll") {
+            driver.pump(&[&j], true).expect("pump");
+        }
+        first
+    };
+    let log = MirrorLog::open(&cfg).expect("reopen");
+    let j = log.journal("t").expect("journal");
+    let mut got = Vec::new();
+    j.visit(first, 64 << 10, |r| {
+        got.push((r.flags, r.payload.to_vec()));
+        true
+    })
+    .expect("visit");
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].0 & FLAG_BATCH_END, 0, "no batch ends inside the group");
+    assert_ne!(got[1].0 & FLAG_BATCH_END, 0, "the group ends its batch");
+    assert_eq!(got[0].1, group[0]);
+    assert_eq!(got[1].1, group[1]);
+}
