@@ -635,3 +635,38 @@ fn appends_after_a_not_primary_refusal_on_a_connection_are_refused_too() {
     }
     assert_eq!(lsns[1], lsns[0] + 1, "written once each, in order");
 }
+
+/// Deleting a journal answers every append still waiting on it, the
+/// `remote-*` ones waiting for the replica included (`unknown-journal`),
+/// instead of dropping them unanswered.
+#[test]
+fn deleting_a_journal_answers_appends_waiting_for_the_replica() {
+    use common::wire::{error_code, raw, read_frame};
+    use mirrorlog::protocol::Request;
+    use std::io::Write;
+
+    let (a, mut b) = pair("[[journal]]\nname = \"orders\"\n", "", None);
+    b.d.kill9();
+    let mut c = raw(&a.d.addr);
+    let mut out = Vec::new();
+    Request::Append {
+        journal: "orders",
+        durability: Durability::RemoteDurable,
+        producer: 0,
+        first_seq: 0,
+        records: vec![&b"waits for a replica that is gone"[..]],
+    }
+    .encode(1, &mut out);
+    c.write_all(&out).expect("write");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut admin = raw(&a.d.addr);
+    let mut del = Vec::new();
+    Request::DeleteJournal { journal: "orders" }.encode(2, &mut del);
+    admin.write_all(&del).expect("write");
+    let answer = read_frame(&mut admin).expect("delete answered");
+    assert_eq!(error_code(&answer), None, "deleted");
+    // Well before the 2 s ack timeout would have answered it.
+    c.set_read_timeout(Some(Duration::from_millis(1500))).expect("timeout");
+    let f = read_frame(&mut c).expect("the waiting append is answered at the delete");
+    assert_eq!(error_code(&f), Some(7), "unknown-journal");
+}

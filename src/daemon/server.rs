@@ -65,6 +65,22 @@ struct Jd {
     last_durable: Cell<u64>,
 }
 
+impl Jd {
+    /// Fails every append waiting on this journal, local and remote, in
+    /// placement order; returns how many.
+    fn fail_waiting(&self, code: u16, msg: &str) -> usize {
+        let mut n = 0;
+        for q in [&self.pending, &self.remote] {
+            let drained = std::mem::take(&mut *q.borrow_mut());
+            n += drained.len();
+            for a in drained {
+                a.fail_with(code, msg);
+            }
+        }
+        n
+    }
+}
+
 /// An append waiting to be durable.
 struct Ack {
     conn: Rc<Conn>,
@@ -584,12 +600,8 @@ impl Srv {
         let epoch = self.repl.seen_epoch.load(Ordering::Acquire);
         let msg = format!("fenced: a newer primary exists (epoch {epoch}); this node is a replica now");
         for jd in self.journals.borrow().values() {
-            for q in [&jd.pending, &jd.remote] {
-                let drained: Vec<Ack> = q.borrow_mut().drain(..).collect();
-                for a in drained {
-                    self.m.error(codes::FENCED);
-                    a.fail_with(codes::FENCED, &msg);
-                }
+            for _ in 0..jd.fail_waiting(codes::FENCED, &msg) {
+                self.m.error(codes::FENCED);
             }
         }
         if self.in_flight() == 0
@@ -1303,9 +1315,7 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
                 if let Some(jd) = removed {
                     srv.jlist.borrow_mut().retain(|j| j.name() != journal);
                     let e = Error::UnknownJournal(journal.to_string());
-                    for a in jd.pending.borrow_mut().drain(..) {
-                        a.fail(&e);
-                    }
+                    jd.fail_waiting(e.code(), &e.to_string());
                     jd.advanced.notify_waiters();
                 }
                 tracing::info!(journal, "journal deleted");

@@ -46,6 +46,12 @@ impl Receiver {
                         tracing::warn!(error = %e, "replication socket options");
                     }
                     let r = self.session(s);
+                    // `connected` first: once `applying` is false a promotion
+                    // may finish and its sender set `connected` for its own
+                    // session, which this must not overwrite.
+                    if self.shared.role() != Role::Primary {
+                        self.shared.connected.store(false, Ordering::Release);
+                    }
                     self.shared.applying.store(false, Ordering::Release);
                     match r {
                         Ok(()) => tracing::info!(peer = %peer, "replication session closed"),
@@ -53,9 +59,6 @@ impl Receiver {
                             tracing::warn!(peer = %peer, error = %e, "replication session ended");
                             self.shared.error(&e);
                         }
-                    }
-                    if self.shared.role() != Role::Primary {
-                        self.shared.connected.store(false, Ordering::Release);
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
