@@ -231,9 +231,16 @@ impl ReplShared {
 /// A framed TCP connection (blocking).
 pub struct FrameConn {
     pub stream: TcpStream,
+    /// Bytes received and not yet decoded: `rbuf[rpos..rend]`. Past `rend`
+    /// is room for the next read, zeroed once when the buffer grows (not
+    /// before every read).
     rbuf: Vec<u8>,
+    rpos: usize,
+    rend: usize,
     wbuf: Vec<u8>,
     max_body: u32,
+    /// The read timeout last set on the socket (set again only on a change).
+    timeout: Option<Duration>,
 }
 
 pub fn configure(s: &TcpStream, buffer: usize) -> std::io::Result<()> {
@@ -254,7 +261,15 @@ pub fn configure(s: &TcpStream, buffer: usize) -> std::io::Result<()> {
 
 impl FrameConn {
     pub fn new(stream: TcpStream, max_body: u32) -> FrameConn {
-        FrameConn { stream, rbuf: Vec::with_capacity(1 << 20), wbuf: Vec::with_capacity(1 << 20), max_body }
+        FrameConn {
+            stream,
+            rbuf: Vec::new(),
+            rpos: 0,
+            rend: 0,
+            wbuf: Vec::with_capacity(1 << 20),
+            max_body,
+            timeout: None,
+        }
     }
 
     pub fn connect(addr: SocketAddr, timeout: Duration, buffer: usize, max_body: u32) -> std::io::Result<FrameConn> {
@@ -276,11 +291,14 @@ impl FrameConn {
 
     /// A frame already received, if a whole one is buffered.
     pub fn try_decoded(&mut self) -> std::io::Result<Option<Msg>> {
-        match decode_frame(&self.rbuf, self.max_body) {
+        match decode_frame(&self.rbuf[self.rpos..self.rend], self.max_body) {
             Ok(Some((f, n))) => {
                 let m =
                     Msg::decode(&f).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
-                self.rbuf.drain(..n);
+                self.rpos += n;
+                if self.rpos == self.rend {
+                    (self.rpos, self.rend) = (0, 0);
+                }
                 m.map(Some)
             }
             Ok(None) => Ok(None),
@@ -291,26 +309,42 @@ impl FrameConn {
     /// Reads whatever the socket has (blocking up to its read timeout).
     /// `Ok(false)` on a timeout with nothing read.
     pub fn fill(&mut self) -> std::io::Result<bool> {
-        let at = self.rbuf.len();
-        self.rbuf.resize(at + (256 << 10), 0);
-        match self.stream.read(&mut self.rbuf[at..]) {
-            Ok(0) => {
-                self.rbuf.truncate(at);
-                Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the peer closed the connection"))
-            }
+        if self.rpos > 0 {
+            self.rbuf.copy_within(self.rpos..self.rend, 0);
+            self.rend -= self.rpos;
+            self.rpos = 0;
+        }
+        let want = self.rend + (256 << 10);
+        if self.rbuf.len() < want {
+            self.rbuf.resize(want, 0);
+        }
+        match self.stream.read(&mut self.rbuf[self.rend..]) {
+            Ok(0) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the peer closed the connection")),
             Ok(n) => {
-                self.rbuf.truncate(at + n);
+                self.rend += n;
                 Ok(true)
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                self.rbuf.truncate(at);
-                Ok(false)
-            }
-            Err(e) => {
-                self.rbuf.truncate(at);
-                Err(e)
-            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(false),
+            Err(e) => Err(e),
         }
+    }
+
+    /// Sets the socket's read timeout, with a system call only when it
+    /// changes. Above 200 ms it is rounded down to 100 ms steps, so a loop
+    /// asking for "the same" timeout again does not set it again (it may wake
+    /// up to 100 ms early and wait again).
+    pub fn set_timeout(&mut self, t: Duration) -> std::io::Result<()> {
+        let step = Duration::from_millis(100);
+        let t = if t > 2 * step {
+            step * (t.as_millis() / step.as_millis()) as u32
+        } else {
+            t.max(Duration::from_millis(1))
+        };
+        if self.timeout != Some(t) {
+            self.stream.set_read_timeout(Some(t))?;
+            self.timeout = Some(t);
+        }
+        Ok(())
     }
 
     /// The next message, waiting up to `timeout`.
@@ -324,7 +358,7 @@ impl FrameConn {
             if left.is_zero() {
                 return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the peer in time"));
             }
-            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+            self.set_timeout(left)?;
             self.fill()?;
         }
     }

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-#[allow(unused_imports)]
 use crate::ship::{ShipSink, ShipView, Shipment};
 
 /// One thing to ship.
@@ -149,7 +148,9 @@ impl Outbox {
         }
     }
 
-    fn push(&self, st: &mut State, e: Event, bytes: usize) {
+    /// Queues the event `make` builds, counted as `bytes`; built only if it
+    /// fits (a batch is copied only then).
+    fn push(&self, st: &mut State, bytes: usize, make: impl FnOnce() -> Event) {
         if !st.active || st.overflowed {
             return;
         }
@@ -162,7 +163,7 @@ impl Outbox {
             return;
         }
         st.bytes += bytes;
-        st.q.push_back(e);
+        st.q.push_back(make());
         self.cv.notify_one();
     }
 }
@@ -181,25 +182,20 @@ impl ShipSink for Outbox {
         if h.len() > HISTORY {
             h.pop_front();
         }
-        if !st.active || st.overflowed {
-            return;
-        }
-        let s = b.to_shipment();
-        let n = s.bytes.len() + 64;
-        self.push(&mut st, Event::Batch(s), n);
+        self.push(&mut st, b.bytes.len() + 64, || Event::Batch(b.to_shipment()));
     }
 
     fn mark(&self, journal: u64, lsn: u64) {
         let mut st = self.st.lock();
         st.snap.marks.insert(journal, lsn);
-        self.push(&mut st, Event::Mark { journal, lsn }, 64);
+        self.push(&mut st, 64, || Event::Mark { journal, lsn });
     }
 
     fn created(&self, journal: u64, name: &str) {
         let mut st = self.st.lock();
         st.snap.claimed.insert(journal, 1);
         st.snap.marks.insert(journal, 0);
-        self.push(&mut st, Event::Create { journal, name: name.to_string() }, 128);
+        self.push(&mut st, 128, || Event::Create { journal, name: name.to_string() });
     }
 
     fn deleted(&self, journal: u64) {
@@ -208,6 +204,6 @@ impl ShipSink for Outbox {
         st.snap.marks.remove(&journal);
         st.claimed_bytes.remove(&journal);
         st.history.remove(&journal);
-        self.push(&mut st, Event::Delete { journal }, 64);
+        self.push(&mut st, 64, || Event::Delete { journal });
     }
 }

@@ -218,7 +218,7 @@ impl Receiver {
                 // SAFETY: as above, with a short timeout.
                 unsafe { libc::poll(&mut pfd, 1, wait_ms) };
             }
-            c.stream.set_read_timeout(Some(Duration::from_millis(1))).map_err(io)?;
+            c.set_timeout(Duration::from_millis(1)).map_err(io)?;
             c.fill().map_err(io)?;
         }
     }

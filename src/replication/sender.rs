@@ -183,7 +183,8 @@ impl Sender {
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
         tracing::info!(peer = %peer, name = %self.shared.peer_name.lock(), journals = pos.len(), "replication session started");
 
-        // Acks from here on are read by their own thread.
+        // Acks from here on are read by their own thread: only it reads (and
+        // sets the read timeout) on this socket from now on.
         let alive = Arc::new(AtomicBool::new(true));
         let reader = {
             let stream = c.stream.try_clone().map_err(io)?;
@@ -512,6 +513,8 @@ fn answer(c: &mut FrameConn, timeout: Duration) -> std::io::Result<Msg> {
 /// Reads the replica's acks until the session ends.
 fn ack_reader(mut c: FrameConn, shared: &ReplShared, alive: &AtomicBool, log: &MirrorLog) {
     let timeout = shared.cfg.peer_timeout;
+    // The session's journals, looked up once each (not per ack).
+    let mut journals: HashMap<u64, Option<crate::Journal>> = HashMap::new();
     while alive.load(Ordering::Acquire) {
         match c.recv(timeout) {
             Ok(Msg::Acks(acks)) => {
@@ -519,7 +522,7 @@ fn ack_reader(mut c: FrameConn, shared: &ReplShared, alive: &AtomicBool, log: &M
                     let r = shared.journal(id);
                     r.received.fetch_max(received, Ordering::AcqRel);
                     r.durable.fetch_max(durable, Ordering::AcqRel);
-                    if let Some(j) = log.journal_by_id(id) {
+                    if let Some(j) = journals.entry(id).or_insert_with(|| log.journal_by_id(id)) {
                         if durable >= j.next_lsn() {
                             *r.caught_up_at.lock() = Instant::now();
                         }
