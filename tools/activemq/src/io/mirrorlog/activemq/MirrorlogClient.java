@@ -157,8 +157,8 @@ public final class MirrorlogClient implements Closeable {
     }
 
     /** Sends a request; the future completes with the answer or a MirrorlogException. */
-    CompletableFuture<Answer> request(int opcode, byte[] body) {
-        return send(opcode, rid -> body);
+    CompletableFuture<Answer> request(int opcode, Wire.Body body) {
+        return send(opcode, () -> body);
     }
 
     /**
@@ -166,11 +166,10 @@ public final class MirrorlogClient implements Closeable {
      * default, 1 local, 2 remote-received, 3 remote-durable); completes with its LSN.
      */
     CompletableFuture<Long> append(String journal, int durability, byte[] data, int off, int len) {
-        final long[] seq = new long[1];
-        CompletableFuture<Answer> f = send(Wire.OP_APPEND, rid -> {
-            seq[0] = nextSeq++;
-            return new Wire.Body().str(journal).u8(durability).u64(producer).u64(seq[0]).u32(1).blob(data, off, len).bytes();
-        });
+        int size = Wire.Body.strBytes(journal) + 1 + 8 + 8 + 4 + 4 + len;
+        // The sequence is taken under sendLock, with the frame's place on the wire.
+        CompletableFuture<Answer> f = send(Wire.OP_APPEND, () -> new Wire.Body(size).str(journal).u8(durability)
+                .u64(producer).u64(nextSeq++).u32(1).blob(data, off, len));
         return f.thenApply(a -> {
             try {
                 Wire.Reader r = new Wire.Reader(a.body);
@@ -184,7 +183,7 @@ public final class MirrorlogClient implements Closeable {
     }
 
     private interface BodyFn {
-        byte[] make(long rid);
+        Wire.Body make();
     }
 
     private static CompletableFuture<Answer> failed(int code, String msg) {
@@ -208,16 +207,16 @@ public final class MirrorlogClient implements Closeable {
                 slots.release();
                 return failed(15, "client closed");
             }
-            long rid = nextRid++;
-            byte[] body = fn.make(rid);
-            if (body.length > maxFrameBytes) {
+            Wire.Body body = fn.make();
+            if (body.bodyLength() > maxFrameBytes) {
                 // The daemon would close the connection on it (frame-too-large);
                 // every resend would do the same.
                 slots.release();
-                return failed(Wire.E_RECORD_TOO_LARGE, "request of " + body.length
+                return failed(Wire.E_RECORD_TOO_LARGE, "request of " + body.bodyLength()
                         + " bytes exceeds maxFrameBytes " + maxFrameBytes);
             }
-            p = new Pending(Wire.frame(opcode, rid, body), System.nanoTime() + timeoutNanos);
+            long rid = nextRid++;
+            p = new Pending(body.frame(opcode, rid), System.nanoTime() + timeoutNanos);
             p.future.whenComplete((a, e) -> slots.release());
             pending.put(rid, p);
             Conn c = conn;
@@ -393,8 +392,7 @@ public final class MirrorlogClient implements Closeable {
             s.connect(new InetSocketAddress(ep.substring(0, colon), Integer.parseInt(ep.substring(colon + 1))), timeoutMs);
             s.setSoTimeout(timeoutMs);
             Conn c = new Conn(s, ep);
-            byte[] hello = new Wire.Body().u8(Wire.VERSION).u8(Wire.VERSION).str(clientName).bytes();
-            c.out.write(Wire.frame(Wire.OP_HELLO, 0, hello));
+            c.out.write(new Wire.Body().u8(Wire.VERSION).u8(Wire.VERSION).str(clientName).frame(Wire.OP_HELLO, 0));
             Wire.Frame f = Wire.read(c.in);
             if (f.opcode != (Wire.OP_HELLO | Wire.RESPONSE)) {
                 s.close();

@@ -60,7 +60,9 @@ public class MirrorlogJournal implements Journal {
     private volatile MirrorlogClient client;
     private int durabilityCode;
     private volatile JournalEventListener listener;
-    private final AtomicReference<MirrorlogLocation> lastWrite = new AtomicReference<>();
+    /** Held while an append is sent, so lastWrite follows the order on the wire. */
+    private final Object writeLock = new Object();
+    private volatile MirrorlogLocation lastWrite;
     private final AtomicReference<Throwable> asyncFailure = new AtomicReference<>();
     private final AtomicLong bytesSinceCheckpointRequest = new AtomicLong();
     private final Object markLock = new Object();
@@ -68,12 +70,9 @@ public class MirrorlogJournal implements Journal {
     private long mark;
     /** The broker's newest mark, applied at the next one when deferMark is on. */
     private long pendingMark;
-    /** Records read ahead during recovery: [bufferFrom, bufferNext) as answered by one Read. */
-    private final Object bufferLock = new Object();
-    private long[] bufferLsns = new long[0];
-    private List<byte[]> bufferData = new ArrayList<>();
-    private long bufferFrom = -1;
-    private long bufferNext = -1;
+    /** Records read ahead during recovery (one Read answer), null when none. Guarded by readAheadLock. */
+    private final Object readAheadLock = new Object();
+    private Records readAhead;
 
     public MirrorlogJournal() {}
 
@@ -144,7 +143,7 @@ public class MirrorlogJournal implements Journal {
         }
         MirrorlogClient c = new MirrorlogClient(eps, requestTimeoutMs, "activemq-journal", maxInFlight, maxFrameBytes);
         try {
-            await(c.request(Wire.OP_CREATE, new Wire.Body().str(journal).bytes()));
+            await(c.request(Wire.OP_CREATE, new Wire.Body().str(journal)));
         } catch (MirrorlogException e) {
             if (e.code() != Wire.E_JOURNAL_EXISTS) {
                 c.close(0);
@@ -171,7 +170,7 @@ public class MirrorlogJournal implements Journal {
     }
 
     private long readMark(MirrorlogClient c) throws IOException {
-        MirrorlogClient.Answer a = await(c.request(Wire.OP_GET_MARK, new Wire.Body().str(journal).bytes()));
+        MirrorlogClient.Answer a = await(c.request(Wire.OP_GET_MARK, new Wire.Body().str(journal)));
         return new Wire.Reader(a.body).u64();
     }
 
@@ -204,11 +203,10 @@ public class MirrorlogJournal implements Journal {
         checkAsyncFailure();
         ByteSequence seq = packet.asByteSequence();
         MirrorlogLocation loc;
-        // The client writes appends in call order; lastWrite follows that order.
-        synchronized (lastWrite) {
+        synchronized (writeLock) {
             CompletableFuture<Long> f = c.append(journal, durabilityCode, seq.getData(), seq.getOffset(), seq.getLength());
             loc = new MirrorlogLocation(f);
-            lastWrite.set(loc);
+            lastWrite = loc;
             // Registered before any later write is sent: the reader thread
             // runs it when this write fails, before it can complete a later
             // write, so no later sync write or mark can miss the failure.
@@ -244,44 +242,64 @@ public class MirrorlogJournal implements Journal {
         JournalEventListener l = listener;
         if (l != null) {
             // overflowNotification only wakes the broker's checkpoint task.
-            l.overflowNotification(lastWrite.get());
+            l.overflowNotification(lastWrite);
         }
     }
 
     @Override
     public Packet read(RecordLocation location) throws InvalidRecordLocationException, IOException {
         long lsn = ((MirrorlogLocation) location).lsn();
-        synchronized (bufferLock) {
-            for (int i = 0; i < bufferLsns.length; i++) {
-                if (bufferLsns[i] == lsn) {
-                    return new ByteArrayPacket(bufferData.get(i));
-                }
+        synchronized (readAheadLock) {
+            int i = readAhead == null ? -1 : readAhead.indexOf(lsn);
+            if (i >= 0) {
+                return new ByteArrayPacket(readAhead.data.get(i));
             }
         }
         Records r = readFrom(lsn, 1, 1);
-        if (r.lsns.length == 0 || r.lsns[0] != lsn) {
+        int i = r.indexOf(lsn);
+        if (i < 0) {
             throw new InvalidRecordLocationException("no record at " + location + " in mirrorlog journal " + journal);
         }
-        return new ByteArrayPacket(r.data.get(0));
+        return new ByteArrayPacket(r.data.get(i));
     }
 
-    /** One Read answer: records (CRC32C checked) and the next LSN to ask for. */
+    /** One Read answer: the records (CRC32C checked) from the LSN asked for on. */
     private static final class Records {
+        /** The LSN asked for. */
+        long from;
         long[] lsns;
         List<byte[]> data = new ArrayList<>();
-        long next;
+
+        /** The index of the first record at or after {@code lsn}, or -1 (also when lsn is before this answer). */
+        int firstFrom(long lsn) {
+            if (lsn < from) {
+                return -1;
+            }
+            for (int i = 0; i < lsns.length; i++) {
+                if (lsns[i] >= lsn) {
+                    return i;
+                }
+            }
+            return -1;
+        }
+
+        /** The index of the record at {@code lsn}, or -1. */
+        int indexOf(long lsn) {
+            int i = firstFrom(lsn);
+            return i >= 0 && lsns[i] == lsn ? i : -1;
+        }
     }
 
     private Records readFrom(long from, int maxCount, int maxBytes) throws IOException {
         MirrorlogClient.Answer a;
         Records out = new Records();
+        out.from = from;
         try {
             a = await(client().request(Wire.OP_READ,
-                    new Wire.Body().str(journal).u64(from).u32(maxCount).u32(maxBytes).bytes()));
+                    new Wire.Body().str(journal).u64(from).u32(maxCount).u32(maxBytes)));
         } catch (MirrorlogException e) {
             if (e.code() == Wire.E_NOT_YET_WRITTEN) {
                 out.lsns = new long[0];
-                out.next = from;
                 return out;
             }
             throw e;
@@ -303,7 +321,6 @@ public class MirrorlogJournal implements Journal {
             }
             out.data.add(payload);
         }
-        out.next = r.u64();
         return out;
     }
 
@@ -320,32 +337,20 @@ public class MirrorlogJournal implements Journal {
         } else {
             from = ((MirrorlogLocation) location).lsn() + 1;
         }
-        synchronized (bufferLock) {
-            if (!(bufferFrom >= 0 && from >= bufferFrom && from < bufferNext)) {
-                Records r;
+        synchronized (readAheadLock) {
+            int i = readAhead == null ? -1 : readAhead.firstFrom(from);
+            if (i < 0) {
                 try {
-                    r = readFrom(from, 1024, 8 << 20);
+                    readAhead = readFrom(from, 1024, 8 << 20);
                 } catch (MirrorlogException e) {
                     if (e.code() == Wire.E_BELOW_MARK) {
                         throw new InvalidRecordLocationException("below the mark: " + e.getMessage(), e);
                     }
                     throw e;
                 }
-                bufferLsns = r.lsns;
-                bufferData = r.data;
-                bufferFrom = from;
-                bufferNext = r.lsns.length == 0 ? from : r.next;
-                if (r.lsns.length == 0) {
-                    bufferFrom = -1;
-                    return null;
-                }
+                i = readAhead.firstFrom(from);
             }
-            for (long l : bufferLsns) {
-                if (l >= from) {
-                    return MirrorlogLocation.of(l);
-                }
-            }
-            return null;
+            return i < 0 ? null : MirrorlogLocation.of(readAhead.lsns[i]);
         }
     }
 
@@ -353,7 +358,7 @@ public class MirrorlogJournal implements Journal {
     public void setMark(RecordLocation location, boolean sync) throws InvalidRecordLocationException, IOException {
         MirrorlogClient c = client();
         long lsn = ((MirrorlogLocation) location).lsn();
-        MirrorlogLocation last = lastWrite.get();
+        MirrorlogLocation last = lastWrite;
         if (last != null) {
             last.lsn();
         }
@@ -364,15 +369,13 @@ public class MirrorlogJournal implements Journal {
                 pendingMark = Math.max(pendingMark, lsn);
             }
             if (target > mark) {
-                await(c.request(Wire.OP_SET_MARK, new Wire.Body().str(journal).u64(target).bytes()));
+                await(c.request(Wire.OP_SET_MARK, new Wire.Body().str(journal).u64(target)));
                 mark = target;
             }
         }
-        synchronized (bufferLock) {
+        synchronized (readAheadLock) {
             // Recovery is over once the broker marks; drop the read-ahead.
-            bufferLsns = new long[0];
-            bufferData = new ArrayList<>();
-            bufferFrom = -1;
+            readAhead = null;
         }
     }
 

@@ -1,12 +1,12 @@
 package io.mirrorlog.activemq;
 
-import java.io.ByteArrayOutputStream;
 import java.io.EOFException;
 import java.io.IOException;
 import java.io.InputStream;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.util.Arrays;
 import java.util.zip.CRC32C;
 
 /**
@@ -65,35 +65,52 @@ final class Wire {
         }
     }
 
-    /** Builds a request body. */
+    /**
+     * Builds a request frame in one array: the header's 24 bytes are reserved
+     * up front and filled by {@link #frame}, so a body built with its exact
+     * size (an append) is copied once, from the caller's bytes into the frame.
+     */
     static final class Body {
-        private final ByteArrayOutputStream out = new ByteArrayOutputStream(64);
-        private final ByteBuffer scratch = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN);
+        private byte[] buf;
+        private int pos = HEADER;
+
+        Body() {
+            this(64);
+        }
+
+        /** {@code bodyBytes}: the body's size if known (no growth, no trimming copy). */
+        Body(int bodyBytes) {
+            buf = new byte[HEADER + bodyBytes];
+        }
+
+        private void ensure(int n) {
+            if (pos + n > buf.length) {
+                buf = Arrays.copyOf(buf, Math.max(buf.length * 2, pos + n));
+            }
+        }
+
+        private Body le(long v, int bytes) {
+            ensure(bytes);
+            for (int i = 0; i < bytes; i++) {
+                buf[pos++] = (byte) (v >>> (8 * i));
+            }
+            return this;
+        }
 
         Body u8(int v) {
-            out.write(v & 0xFF);
-            return this;
+            return le(v, 1);
         }
 
         Body u16(int v) {
-            scratch.clear();
-            scratch.putShort((short) v);
-            out.write(scratch.array(), 0, 2);
-            return this;
+            return le(v, 2);
         }
 
         Body u32(long v) {
-            scratch.clear();
-            scratch.putInt((int) v);
-            out.write(scratch.array(), 0, 4);
-            return this;
+            return le(v, 4);
         }
 
         Body u64(long v) {
-            scratch.clear();
-            scratch.putLong(v);
-            out.write(scratch.array(), 0, 8);
-            return this;
+            return le(v, 8);
         }
 
         Body str(String s) {
@@ -102,30 +119,42 @@ final class Wire {
                 throw new IllegalArgumentException("string longer than 65535 bytes");
             }
             u16(b.length);
-            out.write(b, 0, b.length);
-            return this;
+            return raw(b, 0, b.length);
         }
 
         Body blob(byte[] b, int off, int len) {
             u32(len);
-            out.write(b, off, len);
+            return raw(b, off, len);
+        }
+
+        private Body raw(byte[] b, int off, int len) {
+            ensure(len);
+            System.arraycopy(b, off, buf, pos, len);
+            pos += len;
             return this;
         }
 
-        byte[] bytes() {
-            return out.toByteArray();
+        /** The body's size so far. */
+        int bodyLength() {
+            return pos - HEADER;
         }
-    }
 
-    /** Encodes a whole frame (header and body). */
-    static byte[] frame(int opcode, long rid, byte[] body) {
-        ByteBuffer b = ByteBuffer.allocate(HEADER + body.length).order(ByteOrder.LITTLE_ENDIAN);
-        b.putShort((short) MAGIC).put((byte) VERSION).put((byte) opcode).putLong(rid).putInt(body.length);
-        CRC32C crc = new CRC32C();
-        crc.update(b.array(), 0, 16);
-        crc.update(body, 0, body.length);
-        b.putInt((int) crc.getValue()).putInt(0).put(body);
-        return b.array();
+        /** Fills in the header (and its CRC32C over header bytes 0-15 and the body); returns the frame. */
+        byte[] frame(int opcode, long rid) {
+            ByteBuffer h = ByteBuffer.wrap(buf).order(ByteOrder.LITTLE_ENDIAN);
+            h.putShort(0, (short) MAGIC).put(2, (byte) VERSION).put(3, (byte) opcode).putLong(4, rid)
+                    .putInt(12, pos - HEADER);
+            CRC32C crc = new CRC32C();
+            crc.update(buf, 0, 16);
+            crc.update(buf, HEADER, pos - HEADER);
+            h.putInt(16, (int) crc.getValue()).putInt(20, 0);
+            return pos == buf.length ? buf : Arrays.copyOf(buf, pos);
+        }
+
+        /** The size of a string field. */
+        static int strBytes(String s) {
+            return 2 + s.getBytes(StandardCharsets.UTF_8).length;
+        }
     }
 
     /** Reads one frame, checking magic, version, length and CRC before the body is used. */
