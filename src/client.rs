@@ -665,9 +665,7 @@ impl Supervisor {
                 (st.link.is_some(), done)
             };
             if done {
-                if let Some(l) = self.sh.st.lock().link.take() {
-                    let _ = socket2::SockRef::from(&*l.stream).shutdown(std::net::Shutdown::Both);
-                }
+                drop_link(&mut self.sh.st.lock());
                 return;
             }
             if connected {
@@ -740,8 +738,10 @@ async fn writer(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, wake: Arc<Not
 async fn reader(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, mut buf: Vec<u8>, max_frame: u32) {
     buf.reserve(64 << 10);
     loop {
+        // Every whole frame buffered, then the buffer is trimmed once.
+        let mut pos = 0;
         loop {
-            let f = match decode_frame(&buf, max_frame) {
+            let (opcode, rid, n) = match decode_frame(&buf[pos..], max_frame) {
                 Ok(Some((f, n))) => (f.opcode, f.request_id, n),
                 Ok(None) => break,
                 Err(e) => {
@@ -749,14 +749,14 @@ async fn reader(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, mut buf: Vec<
                     return lose(&sh, gen);
                 }
             };
-            let (opcode, rid, n) = f;
-            let failover = route(&sh, opcode, rid, &buf[HEADER_LEN..n]);
-            buf.drain(..n);
+            let failover = route(&sh, opcode, rid, &buf[pos + HEADER_LEN..pos + n]);
+            pos += n;
             if let Some(code) = failover {
                 tracing::debug!(code, "server asks to fail over");
                 return lose(&sh, gen);
             }
         }
+        buf.drain(..pos);
         if buf.capacity() - buf.len() < 16 << 10 {
             buf.reserve(64 << 10);
         }

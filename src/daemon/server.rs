@@ -533,7 +533,13 @@ impl Srv {
                     }
                     continue;
                 }
-                Ok(true) => {}
+                Ok(true) => {
+                    // Durable here: later turns need not poll it again while
+                    // it waits for the replica.
+                    if let Some(a) = jd.remote.borrow_mut().front_mut() {
+                        a.ticket = None;
+                    }
+                }
             }
             let confirmed = match mode {
                 Durability::RemoteReceived => received.max(durable) >= need,
@@ -1473,20 +1479,11 @@ fn append(
             "an earlier append of this connection was refused (not primary); reconnect and resend in order",
         );
     }
-    let Some(jd) = srv.journal(journal) else {
-        let e = Error::UnknownJournal(journal.to_string());
-        return fail(e.code(), &e.to_string());
-    };
-    let mode = if durability == Durability::Default { jd.durability.get() } else { durability };
-    match srv.repl.role() {
-        Role::Primary => {}
-        Role::Standalone if mode == Durability::Local => {}
-        Role::Standalone => {
-            return fail(
-                codes::NO_REPLICA,
-                &format!("durability {} needs a replica; this node runs standalone", durability_name(mode)),
-            );
-        }
+    // The role first: a node that takes no appends does not even look the
+    // journal up (on a replica that would build its idempotence table).
+    let role = srv.repl.role();
+    match role {
+        Role::Primary | Role::Standalone => {}
         Role::SteppingDown if !srv.repl.demoting.load(Ordering::Acquire) => {
             conn.role_refused.set(true);
             let e = srv.repl.seen_epoch.load(Ordering::Acquire);
@@ -1496,6 +1493,17 @@ fn append(
             conn.role_refused.set(true);
             return fail(codes::NOT_PRIMARY, &format!("this node is {} (not primary); append not taken", r.name()));
         }
+    }
+    let Some(jd) = srv.journal(journal) else {
+        let e = Error::UnknownJournal(journal.to_string());
+        return fail(e.code(), &e.to_string());
+    };
+    let mode = if durability == Durability::Default { jd.durability.get() } else { durability };
+    if role == Role::Standalone && mode != Durability::Local {
+        return fail(
+            codes::NO_REPLICA,
+            &format!("durability {} needs a replica; this node runs standalone", durability_name(mode)),
+        );
     }
     let count = records.len() as u64;
     if producer != 0 && first_seq.checked_add(count).is_none() {
@@ -1552,7 +1560,10 @@ fn append(
     match res {
         Ok((first, last)) => {
             if producer != 0 {
-                let durable = jd.j.next_lsn();
+                // The durable end as of the loop's last turn (no journal lock
+                // per append): it only decides which settled producer may be
+                // forgotten, and a value behind the true one is the safe side.
+                let durable = jd.last_durable.get();
                 jd.producers.borrow_mut().record(producer, first_seq, count, first, Some(last), durable);
             }
             ack(Some(last), first).queue(&jd);
