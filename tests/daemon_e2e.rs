@@ -17,13 +17,8 @@ use mirrorlog::client::{Client, ClientConfig};
 const CLIENTS: u64 = 16;
 const DEPTH: u64 = 4;
 
-/// Payload: client, sequence (per client task), then filler; ~1 KiB.
 fn payload(client: u64, seq: u64) -> Vec<u8> {
-    let mut p = Vec::with_capacity(1024);
-    p.extend_from_slice(&client.to_le_bytes());
-    p.extend_from_slice(&seq.to_le_bytes());
-    p.extend(common::payload(client * 1_000_003 + seq, 1008));
-    p
+    common::tagged_payload(client, seq, 1024)
 }
 
 type Acks = Arc<Mutex<Vec<(u64, u64, u64)>>>; // (lsn, client, seq)

@@ -75,51 +75,19 @@ fn spawn_etcd(e: &mut Etcd) -> Option<()> {
 
 /// A pair whose primary holds the key in `etcd` (lease 2 s).
 fn pair(etcd: &Etcd) -> (Daemon, Daemon, tempfile::TempDir, tempfile::TempDir) {
-    let (ta, tb) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
-    let (ra, rb) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let table = |role: &str, peer: &str, listen: &str| {
-        format!(
-            "[[journal]]\nname = \"orders\"\ndurability = \"remote-durable\"\non_replica_loss = \"degrade\"\n\n\
-             [replication]\nrole = \"{role}\"\npeer = \"{peer}\"\nlisten = \"{listen}\"\nack_timeout = \"2s\"\n\
-             peer_timeout = \"3s\"\nstartup_wait = \"2s\"\nconnect_timeout = \"1s\"\n\n\
-             [replication.etcd]\nendpoints = [\"{}\"]\ncluster = \"t1\"\nlease_ttl = \"2s\"\n",
-            etcd.url
-        )
-    };
-    let mut b = Daemon::configure(tb.path(), &table("replica", &ra, &rb));
-    let mut a = Daemon::configure(ta.path(), &table("primary", &rb, &ra));
-    b.spawn();
-    a.spawn();
-    a.wait_ready();
-    b.wait_ready();
-    (a, b, ta, tb)
+    let (a, b) = common::daemon::pair(
+        "[[journal]]\nname = \"orders\"\ndurability = \"remote-durable\"\non_replica_loss = \"degrade\"\n",
+        &format!("\n[replication.etcd]\nendpoints = [\"{}\"]\ncluster = \"t1\"\nlease_ttl = \"2s\"\n", etcd.url),
+        None,
+    );
+    (a.d, b.d, a._tmp, b._tmp)
 }
 
 /// (lsn, client, seq) of every acknowledged append.
 type Acks = Arc<Mutex<Vec<(u64, u64, u64)>>>;
 
 fn payload(client: u64, seq: u64) -> Vec<u8> {
-    let mut p = Vec::with_capacity(512);
-    p.extend_from_slice(&client.to_le_bytes());
-    p.extend_from_slice(&seq.to_le_bytes());
-    p.extend(common::payload(client * 7919 + seq, 496));
-    p
-}
-
-fn role(d: &Daemon) -> String {
-    mirrorlog::client::admin(&d.addr, &mirrorlog::protocol::Request::Status, Duration::from_secs(5))
-        .ok()
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v["role"].as_str().map(String::from))
-        .unwrap_or_default()
-}
-
-fn wait_role(d: &Daemon, want: &str, within: Duration) {
-    let t0 = Instant::now();
-    while role(d) != want {
-        assert!(t0.elapsed() < within, "not {want} within {within:?}:\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::tagged_payload(client, seq, 512)
 }
 
 #[test]
@@ -129,8 +97,8 @@ fn the_replica_takes_over_when_the_primary_lease_expires() {
         return;
     };
     let (mut a, mut b, _ta, _tb) = pair(&etcd);
-    assert_eq!(role(&a), "primary");
-    assert_eq!(role(&b), "replica");
+    assert_eq!(a.role(), "primary");
+    assert_eq!(b.role(), "replica");
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("rt");
     let stop = Arc::new(AtomicBool::new(false));
@@ -167,14 +135,14 @@ fn the_replica_takes_over_when_the_primary_lease_expires() {
     // The primary dies; nobody runs `promote`.
     a.kill9();
     let t0 = Instant::now();
-    wait_role(&b, "primary", Duration::from_secs(20));
+    b.wait_role("primary", Duration::from_secs(20));
     let took = t0.elapsed();
     assert!(b.log_text().contains("taking over"), "{}", b.log_text());
     wait_more(count(&acks) + 500);
     // The old primary returns: the key is held, so it is the replica.
     a.spawn();
     a.wait_ready();
-    wait_role(&a, "replica", Duration::from_secs(20));
+    a.wait_role("replica", Duration::from_secs(20));
     wait_more(count(&acks) + 300);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -211,11 +179,11 @@ fn a_primary_cut_off_from_etcd_steps_down_before_its_lease_can_pass() {
         return;
     };
     let (a, b, _ta, _tb) = pair(&etcd);
-    assert_eq!(role(&a), "primary");
+    assert_eq!(a.role(), "primary");
     // etcd goes away: the primary cannot renew its lease, so it must stop
     // taking appends (it cannot know whether the replica took over).
     etcd.kill();
-    wait_role(&a, "replica", Duration::from_secs(10));
+    a.wait_role("replica", Duration::from_secs(10));
     assert!(a.log_text().contains("stepping down"), "{}", a.log_text());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
     let e = rt.block_on(async {
@@ -227,7 +195,7 @@ fn a_primary_cut_off_from_etcd_steps_down_before_its_lease_can_pass() {
     // etcd returns: the lease is gone, the replica takes the key.
     spawn_etcd(&mut etcd).expect("etcd restarts");
     let t0 = Instant::now();
-    while role(&a) != "primary" && role(&b) != "primary" {
+    while a.role() != "primary" && b.role() != "primary" {
         assert!(t0.elapsed() < Duration::from_secs(20), "nobody took over:\n{}\n{}", a.log_text(), b.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -34,13 +34,8 @@ fn proxied() -> (ProxySlot, impl Fn(&str) -> String) {
     (slot, via)
 }
 
-/// ~1 KiB payload naming its writer and sequence.
 fn payload(client: u64, seq: u64) -> Vec<u8> {
-    let mut p = Vec::with_capacity(1024);
-    p.extend_from_slice(&client.to_le_bytes());
-    p.extend_from_slice(&seq.to_le_bytes());
-    p.extend(common::payload(client * 1_000_003 + seq, 1008));
-    p
+    common::tagged_payload(client, seq, 1024)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -585,20 +580,12 @@ fn appends_after_a_not_primary_refusal_on_a_connection_are_refused_too() {
 
     let (a, mut b) = pair("", "", None);
     b.d.kill9();
-    let role = |d: &Daemon| d.status()["role"].as_str().unwrap_or_default().to_string();
-    let wait_role = |d: &Daemon, want: &str| {
-        let t0 = Instant::now();
-        while role(d) != want {
-            assert!(t0.elapsed() < Duration::from_secs(20), "role {} never became {want}", role(d));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_role(&a.d, "primary");
+    a.d.wait_role("primary", Duration::from_secs(20));
     let addr = a.d.addr.clone();
     let demote = std::thread::spawn(move || {
         mirrorlog::client::admin(&addr, &Request::Demote { sync: true, timeout_ms: 3000 }, Duration::from_secs(20))
     });
-    wait_role(&a.d, "stepping-down");
+    a.d.wait_role("stepping-down", Duration::from_secs(20));
     let append = |s: &mut std::net::TcpStream, rid: u64, seq: u64, data: &[u8]| {
         let mut out = Vec::new();
         Request::Append {
@@ -617,7 +604,7 @@ fn appends_after_a_not_primary_refusal_on_a_connection_are_refused_too() {
     assert_eq!(error_code(&f), Some(codes::NOT_PRIMARY), "refused while stepping down");
     let undone = demote.join().expect("demote thread");
     assert!(undone.is_err(), "the demote cannot finish with its replica down: {undone:?}");
-    wait_role(&a.d, "primary");
+    a.d.wait_role("primary", Duration::from_secs(20));
     // The same connection, after the undo: refused as well.
     let f = append(&mut c, 2, 11, b"second");
     assert_eq!(error_code(&f), Some(codes::NOT_PRIMARY), "a later append of a refused connection");

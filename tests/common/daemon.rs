@@ -111,6 +111,24 @@ impl Daemon {
         serde_json::from_str(&s).expect("status json")
     }
 
+    /// The daemon's role as its status gives it ("" if it does not answer).
+    pub fn role(&self) -> String {
+        mirrorlog::client::admin(&self.addr, &mirrorlog::protocol::Request::Status, Duration::from_secs(5))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|v| v["role"].as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
+    /// Waits until the daemon's role is `want`.
+    pub fn wait_role(&self, want: &str, within: Duration) {
+        let t0 = Instant::now();
+        while self.role() != want {
+            assert!(t0.elapsed() < within, "not {want} within {within:?}:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the process (appending to the log), without waiting.
     pub fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");

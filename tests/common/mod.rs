@@ -42,6 +42,16 @@ pub fn payload(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// `len` bytes naming their writer: client and sequence (8 bytes each,
+/// little-endian), then filler derived from both.
+pub fn tagged_payload(client: u64, seq: u64, len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(len);
+    p.extend_from_slice(&client.to_le_bytes());
+    p.extend_from_slice(&seq.to_le_bytes());
+    p.extend(payload(client * 1_000_003 + seq, len.saturating_sub(16)));
+    p
+}
+
 /// A tiny deterministic RNG for sizes and choices.
 pub struct Rng(pub u64);
 impl Rng {
