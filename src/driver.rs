@@ -49,8 +49,6 @@ pub struct Driver {
     ring: IoUring,
     flights: Vec<Option<Flight>>,
     free: Vec<usize>,
-    /// Writes queued in the submission ring but not yet submitted.
-    queued: usize,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -60,7 +58,6 @@ impl Driver {
             ring: IoUring::new(RING_ENTRIES).map_err(Error::Io)?,
             flights: (0..MAX_FLIGHTS).map(|_| None).collect(),
             free: (0..MAX_FLIGHTS).rev().collect(),
-            queued: 0,
             _not_send: std::marker::PhantomData,
         })
     }
@@ -110,7 +107,9 @@ impl Driver {
         // Enter the kernel only to submit new writes or to wait: completions
         // are read from the shared ring without a system call.
         let want = if wait && finished == 0 { 1 } else { 0 };
-        if self.queued > 0 || want > 0 {
+        // (The ring itself knows what is queued and not yet submitted, also
+        // after an EBUSY or a failed submit left entries in it.)
+        if want > 0 || !self.ring.submission().is_empty() {
             loop {
                 match self.ring.submit_and_wait(want) {
                     Ok(_) => break,
@@ -119,7 +118,6 @@ impl Driver {
                     Err(e) => return Err(Error::Io(e)),
                 }
             }
-            self.queued = 0;
         }
         let mut done: [(u64, i32); 64] = [(0, 0); 64];
         loop {
@@ -165,7 +163,6 @@ impl Driver {
             // The ring has room: at most MAX_FLIGHTS * MAX_MEMBERS entries are queued.
             if unsafe { self.ring.submission().push(&e) }.is_err() {
                 let _ = self.ring.submit();
-                self.queued = 0;
                 // SAFETY: as above.
                 if unsafe { self.ring.submission().push(&e) }.is_err() {
                     f.failed.push(m);
@@ -173,7 +170,6 @@ impl Driver {
                     continue;
                 }
             }
-            self.queued += 1;
         }
         if f.remaining == 0 {
             self.free.push(idx);

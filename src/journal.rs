@@ -83,15 +83,7 @@ impl JournalInner {
                 };
                 (seg.slot, seg.entry_for(lsn, bs), seg.end_off, end_lsn, st.durable_lsn, pin)
             };
-            let scan = SegmentScan {
-                set: &self.shared.set,
-                slot,
-                bound,
-                end_lsn,
-                max_record: self.shared.cfg.max_record_size + crate::format::TAG_LEN as u32,
-                chunk,
-                prefer,
-            };
+            let scan = SegmentScan { chunk, prefer, ..self.seg_scan(slot, bound, end_lsn) };
             let mut indexed = Vec::new();
             let stride = self.shared.cfg.index_stride as u64;
             let mut last_idx = start.off;

@@ -282,6 +282,14 @@ pub(crate) struct JState {
     pub(crate) exclusive: bool,
 }
 
+impl JState {
+    /// Records placed and not yet durable: an open or sealed batch, or one
+    /// being written.
+    pub(crate) fn busy(&self) -> bool {
+        self.open.is_some() || !self.sealed.is_empty() || self.writing > 0
+    }
+}
+
 /// Counters of one journal.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct JournalCounters {

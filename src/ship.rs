@@ -30,9 +30,10 @@ use crate::journal::Journal;
 use crate::pipeline::{Batch, IndexEntry, JournalInner, Seg};
 use crate::read::SegmentScan;
 
-/// A batch as a replica needs it, borrowed from the primary's pipeline.
-#[derive(Debug, Clone, Copy)]
-pub struct ShipView<'a> {
+/// A batch as a replica needs it, with its bytes borrowed (`ShipView`, from
+/// the primary's pipeline) or owned (`Shipment`, what travels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ship<B> {
     pub journal_id: u64,
     pub slot: u64,
     pub seg_seq: u64,
@@ -46,13 +47,18 @@ pub struct ShipView<'a> {
     /// `bytes` starts with the segment header block.
     pub header: bool,
     /// Whole blocks, exactly as written locally.
-    pub bytes: &'a [u8],
+    pub bytes: B,
 }
 
-impl ShipView<'_> {
-    /// An owned copy (the bytes copied).
-    pub fn to_shipment(&self) -> Shipment {
-        Shipment {
+/// A batch borrowed from the primary's pipeline.
+pub type ShipView<'a> = Ship<&'a [u8]>;
+/// An owned shipment.
+pub type Shipment = Ship<Vec<u8>>;
+
+impl<B> Ship<B> {
+    /// The same batch with other bytes.
+    fn with_bytes<C>(&self, bytes: C) -> Ship<C> {
+        Ship {
             journal_id: self.journal_id,
             slot: self.slot,
             seg_seq: self.seg_seq,
@@ -61,14 +67,21 @@ impl ShipView<'_> {
             next_lsn: self.next_lsn,
             end_crc: self.end_crc,
             header: self.header,
-            bytes: self.bytes.to_vec(),
+            bytes,
         }
+    }
+}
+
+impl ShipView<'_> {
+    /// An owned copy (the bytes copied).
+    pub fn to_shipment(&self) -> Shipment {
+        self.with_bytes(self.bytes.to_vec())
     }
 }
 
 impl<'a> ShipView<'a> {
     pub(crate) fn of(journal_id: u64, b: &'a Batch) -> ShipView<'a> {
-        ShipView {
+        Ship {
             journal_id,
             slot: b.slot,
             seg_seq: b.seg_seq,
@@ -82,33 +95,9 @@ impl<'a> ShipView<'a> {
     }
 }
 
-/// An owned shipment (what travels to the replica).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shipment {
-    pub journal_id: u64,
-    pub slot: u64,
-    pub seg_seq: u64,
-    pub seg_off: u64,
-    pub first_lsn: u64,
-    pub next_lsn: u64,
-    pub end_crc: u32,
-    pub header: bool,
-    pub bytes: Vec<u8>,
-}
-
 impl Shipment {
     pub fn view(&self) -> ShipView<'_> {
-        ShipView {
-            journal_id: self.journal_id,
-            slot: self.slot,
-            seg_seq: self.seg_seq,
-            seg_off: self.seg_off,
-            first_lsn: self.first_lsn,
-            next_lsn: self.next_lsn,
-            end_crc: self.end_crc,
-            header: self.header,
-            bytes: &self.bytes,
-        }
+        self.with_bytes(&self.bytes[..])
     }
 }
 
@@ -142,8 +131,23 @@ pub struct ChainEnd {
 }
 
 impl JournalInner {
-    fn max_body(&self) -> u32 {
+    pub(crate) fn max_body(&self) -> u32 {
         self.shared.cfg.max_record_size + TAG_LEN as u32
+    }
+
+    /// A verified scan of `slot` below segment offset `bound` and LSN
+    /// `end_lsn`, in 1 MiB reads, trying the first healthy member first.
+    pub(crate) fn seg_scan(&self, slot: u64, bound: u64, end_lsn: u64) -> SegmentScan<'_> {
+        let set = &self.shared.set;
+        SegmentScan {
+            set,
+            slot,
+            bound,
+            end_lsn,
+            max_record: self.max_body(),
+            chunk: 1 << 20,
+            prefer: set.healthy_indexes().next().unwrap_or(0),
+        }
     }
 
     /// See `Journal::apply_shipment`.
@@ -286,7 +290,7 @@ impl JournalInner {
     pub(crate) fn chain_end(&self) -> Result<ChainEnd> {
         let st = self.st.lock();
         self.check_writable(&st)?;
-        if st.open.is_some() || !st.sealed.is_empty() || st.writing > 0 {
+        if st.busy() {
             return Err(Error::Backpressure);
         }
         let first = st.segs.front().map(|s| s.first_lsn).unwrap_or(st.durable_lsn).max(st.mark).max(1);
@@ -354,15 +358,7 @@ impl JournalInner {
         // it (verified; heals a bad copy on the way).
         let mut start = start;
         if start.lsn < from {
-            let scan = SegmentScan {
-                set,
-                slot,
-                bound,
-                end_lsn: from,
-                max_record: self.max_body(),
-                chunk: 1 << 20,
-                prefer: set.healthy_indexes().next().unwrap_or(0),
-            };
+            let scan = self.seg_scan(slot, bound, from);
             let e = scan.run(start, |_| true)?;
             if e.pos.lsn != from {
                 return Err(Error::Corrupt(format!("journal {}: the chain breaks before lsn {from}", self.name)));
@@ -456,13 +452,8 @@ impl JournalInner {
                 // No member's copy held a whole batch: let the verified scan
                 // find (and rewrite from) a good copy, then read again.
                 let scan = SegmentScan {
-                    set,
-                    slot,
-                    bound,
-                    end_lsn,
-                    max_record: self.max_body(),
-                    chunk: 1 << 20,
                     prefer: members.first().copied().unwrap_or(0),
+                    ..self.seg_scan(slot, bound, end_lsn)
                 };
                 scan.run(start, |_| true)?;
             }
@@ -478,7 +469,7 @@ impl JournalInner {
         let (segs, keep_seg, tail_end) = {
             let st = self.st.lock();
             self.check_writable(&st)?;
-            if st.open.is_some() || !st.sealed.is_empty() || st.writing > 0 {
+            if st.busy() {
                 return Err(Error::Backpressure);
             }
             if keep.saturating_add(1) >= st.durable_lsn {
@@ -495,15 +486,7 @@ impl JournalInner {
         if keep_seg > 0 {
             let (slot, _, first, hcrc, end_off) = segs[keep_seg - 1];
             let bound = if keep_seg == segs.len() { tail_end } else { end_off };
-            let scan = SegmentScan {
-                set,
-                slot,
-                bound,
-                end_lsn: keep.saturating_add(1),
-                max_record: self.max_body(),
-                chunk: 1 << 20,
-                prefer: set.healthy_indexes().next().unwrap_or(0),
-            };
+            let scan = self.seg_scan(slot, bound, keep.saturating_add(1));
             let mut last = None;
             scan.run(ChainPos { off: bs as usize, lsn: first, prev_crc: hcrc }, |r| {
                 if r.flags & FLAG_BATCH_END != 0 {
@@ -516,15 +499,7 @@ impl JournalInner {
         // No batch end there: cut at the end of the segment before it.
         if cut.is_none() && keep_seg >= 2 {
             let (slot, _, first, hcrc, end_off) = segs[keep_seg - 2];
-            let scan = SegmentScan {
-                set,
-                slot,
-                bound: end_off,
-                end_lsn: segs[keep_seg - 1].2,
-                max_record: self.max_body(),
-                chunk: 1 << 20,
-                prefer: set.healthy_indexes().next().unwrap_or(0),
-            };
+            let scan = self.seg_scan(slot, end_off, segs[keep_seg - 1].2);
             let e = scan.run(ChainPos { off: bs as usize, lsn: first, prev_crc: hcrc }, |_| true)?;
             if e.pos.lsn == segs[keep_seg - 1].2 {
                 cut = Some((
@@ -543,12 +518,8 @@ impl JournalInner {
         // chain on), then the kept segment past the cut.
         let last = segs.len() - 1;
         let written = |k: usize| if k == last { tail_end } else { set.segment_size };
-        for &(slot, ..) in &segs[kept + 1..] {
-            self.zero(slot, 0, bs)?;
-        }
-        for (k, &(slot, ..)) in segs.iter().enumerate().skip(kept + 1) {
-            self.zero(slot, bs, written(k))?;
-        }
+        let dropped: Vec<(u64, u64)> = (kept + 1..segs.len()).map(|k| (segs[k].0, written(k))).collect();
+        self.drop_segments(&dropped)?;
         self.zero(segs[kept].0, at.off, written(kept))?;
         let mut st = self.st.lock();
         let dropped: Vec<Seg> = st.segs.drain(kept + 1..).collect();
@@ -576,11 +547,10 @@ impl JournalInner {
     /// See `Journal::reset`.
     pub(crate) fn reset(&self, next_lsn: u64) -> Result<ChainEnd> {
         let set = &self.shared.set;
-        let bs = set.block_size as usize;
         let slots: Vec<(u64, u64)> = {
             let st = self.st.lock();
             self.check_writable(&st)?;
-            if st.open.is_some() || !st.sealed.is_empty() || st.writing > 0 {
+            if st.busy() {
                 return Err(Error::Backpressure);
             }
             let last = st.segs.len().saturating_sub(1);
@@ -590,12 +560,7 @@ impl JournalInner {
                 .map(|(k, s)| (s.slot, if k == last { st.tail_off } else { set.segment_size }))
                 .collect()
         };
-        for &(slot, _) in &slots {
-            self.zero(slot, 0, bs as u64)?;
-        }
-        for &(slot, end) in &slots {
-            self.zero(slot, bs as u64, end)?;
-        }
+        self.drop_segments(&slots)?;
         {
             let mut st = self.st.lock();
             for s in std::mem::take(&mut st.segs) {
@@ -609,6 +574,20 @@ impl JournalInner {
         self.persist_mark(if next_lsn > 1 { next_lsn } else { 0 })?;
         tracing::warn!(journal = %self.name, next_lsn, "journal reset: every segment dropped, to be sent again whole");
         self.chain_end()
+    }
+
+    /// Zeroes whole segments `(slot, bytes written)` on every mirror: every
+    /// header first, then the bodies, so a restart in between finds no
+    /// segment to revive.
+    fn drop_segments(&self, segs: &[(u64, u64)]) -> Result<()> {
+        let bs = self.shared.set.block_size as u64;
+        for &(slot, _) in segs {
+            self.zero(slot, 0, bs)?;
+        }
+        for &(slot, end) in segs {
+            self.zero(slot, bs, end)?;
+        }
+        Ok(())
     }
 
     /// Zeroes `[from, to)` of a slot on every healthy mirror, durably.
