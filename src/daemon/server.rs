@@ -246,12 +246,16 @@ fn err_frame(out: &mut Vec<u8>, rid: u64, code: u16, msg: &str) {
 }
 
 /// Socket reads and writes for both TCP and Unix streams.
-trait Stream: 'static {
+trait Stream: std::os::fd::AsRawFd + 'static {
     async fn read_into(&self, buf: Vec<u8>, at: usize) -> (std::io::Result<usize>, Vec<u8>);
     async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>);
     /// Ends both directions: a read left pending completes, the peer sees EOF.
-    fn close(&self);
-    fn raw_fd(&self) -> std::os::fd::RawFd;
+    fn close(&self) {
+        graceful_close(self.as_raw_fd());
+    }
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        self.as_raw_fd()
+    }
 }
 
 macro_rules! impl_stream {
@@ -264,12 +268,6 @@ macro_rules! impl_stream {
             }
             async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
                 self.write_all(buf).await
-            }
-            fn close(&self) {
-                graceful_close(self.as_raw_fd());
-            }
-            fn raw_fd(&self) -> std::os::fd::RawFd {
-                self.as_raw_fd()
             }
         }
     };
@@ -326,12 +324,6 @@ macro_rules! impl_stream_epoll {
                     }
                 }
                 (Ok(()), buf)
-            }
-            fn close(&self) {
-                graceful_close(self.as_raw_fd());
-            }
-            fn raw_fd(&self) -> std::os::fd::RawFd {
-                self.as_raw_fd()
             }
         }
     };
@@ -469,6 +461,11 @@ impl Srv {
         self.journals.borrow().values().map(|jd| jd.remote.borrow().len()).sum()
     }
 
+    /// Some `local` append waits for its batch.
+    fn local_acks_waiting(&self) -> bool {
+        self.journals.borrow().values().any(|jd| !jd.pending.borrow().is_empty())
+    }
+
     /// Answers every append that became durable (or failed).
     fn settle(&self) {
         // Nothing below creates or deletes journals, so the map stays borrowed.
@@ -592,7 +589,10 @@ impl Srv {
     /// Follows a role change made by the replication threads: a fenced
     /// primary fails what waits and steps down once its writes are done.
     fn check_role(self: &Rc<Self>) {
-        if self.repl.promote_requested.swap(false, Ordering::AcqRel) {
+        // A load first: the loop checks every turn, a promotion is rare.
+        if self.repl.promote_requested.load(Ordering::Acquire)
+            && self.repl.promote_requested.swap(false, Ordering::AcqRel)
+        {
             let srv = self.clone();
             tokio_uring::spawn(async move {
                 if let Err((code, msg)) = promote(&srv).await {
@@ -928,7 +928,7 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
                 _ = repl_wake.notified() => {}
                 _ = tokio::time::sleep(tick) => {}
             }
-        } else if srv.pending_acks() > srv.remote_acks() {
+        } else if srv.local_acks_waiting() {
             // Open batches waiting out the group-commit wait (or a retry).
             let wait = if gcw.is_zero() { Duration::from_micros(100) } else { gcw };
             tokio::select! {

@@ -5,32 +5,24 @@
 //! round trip. Prints the ratios the goals are stated in.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mirrorlog::protocol::Durability;
 
+use crate::child::{free_port, Proc};
 use crate::embedded::{run_embedded, EmbeddedOpts};
 use crate::load::{Load, Sizes};
 use crate::remote::{run_remote, RemoteOpts};
 use crate::report::{plot, print, Report};
 use crate::DaemonCmpArgs;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our child; then reap it.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
-    }
-}
-
 /// QD1 TCP ping-pong over loopback between two processes (like the daemon
 /// and its client): 64-byte messages to a `mirrorlog-bench echo` child.
 /// Returns the p50 in microseconds.
 pub fn tcp_ping_pong(rounds: usize) -> Result<u64, String> {
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let port = free_port()?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let child = Command::new(exe)
         .args(["echo", "--listen", &format!("127.0.0.1:{port}"), "--seconds", "60"])
@@ -39,7 +31,7 @@ pub fn tcp_ping_pong(rounds: usize) -> Result<u64, String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let _guard = Kill(child);
+    let _guard = Proc(Some(child));
     let t0 = Instant::now();
     let mut s = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -83,7 +75,7 @@ pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
     let e64 = run_embedded(c, &load(a.run.clients), &emb, format!("embedded 1KiB, {} appenders", a.run.clients))?;
     print(&[e1.clone(), e64.clone()], json);
     // The daemon on the same devices.
-    let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let port = free_port()?;
     let dir = std::env::temp_dir().join(format!("mirrorlog-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let cfg = dir.join("mirrorlogd.toml");
@@ -104,7 +96,7 @@ pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("{}: {e}", a.run.daemon.display()))?;
-    let _guard = Kill(child);
+    let _guard = Proc(Some(child));
     let endpoint = format!("127.0.0.1:{port}");
     let t0 = Instant::now();
     while TcpStream::connect(&endpoint).is_err() {

@@ -12,6 +12,7 @@
 
 mod calibrate;
 mod check;
+mod child;
 mod daemon_cmp;
 mod embedded;
 mod load;

@@ -12,36 +12,17 @@
 //! * through the fault proxy with `--delay-ms` each way: p50 and p99 per mode.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mirrorlog::protocol::{Durability, Request};
 
+use crate::child::{free_port, Proc};
 use crate::load::{Load, Sizes};
 use crate::raw::run_raw;
 use crate::remote::{run_remote, RemoteOpts};
 use crate::report::{plot, print, Report};
 use crate::{Common, ReplCmpArgs};
-
-struct Proc(Option<Child>);
-impl Proc {
-    fn stop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            // SAFETY: kill(2) on our child; then reap it.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-    }
-}
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).map_err(|e| e.to_string())
-}
 
 struct Site {
     name: &'static str,
