@@ -225,13 +225,18 @@ impl Msg {
     /// a hostile count cannot make it allocate more than the frame holds.
     pub fn decode(f: &Frame<'_>) -> Result<Msg, ProtoError> {
         let mut r = Reader::new(f.body);
-        let count = |r: &mut Reader<'_>, each: usize| -> Result<usize, ProtoError> {
+        // A u32 count, then that many items of at least `each` bytes.
+        fn list<'a, T>(
+            r: &mut Reader<'a>,
+            each: usize,
+            mut item: impl FnMut(&mut Reader<'a>) -> Result<T, ProtoError>,
+        ) -> Result<Vec<T>, ProtoError> {
             let n = r.u32()? as usize;
             if n.saturating_mul(each) > r.remaining() {
                 return Err(ProtoError::Malformed("count exceeds the body"));
             }
-            Ok(n)
-        };
+            (0..n).map(|_| item(r)).collect()
+        }
         let m = match f.opcode {
             op::HELLO => {
                 let version = r.u16()?;
@@ -253,22 +258,10 @@ impl Msg {
                     name: r.str()?.to_string(),
                 })
             }
-            op::JOURNALS => {
-                let n = count(&mut r, 10)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push((r.u64()?, r.str()?.to_string()));
-                }
-                Msg::Journals(v)
-            }
+            op::JOURNALS => Msg::Journals(list(&mut r, 10, |r| Ok((r.u64()?, r.str()?.to_string())))?),
             op::PROBE => {
                 let journal = r.u64()?;
-                let n = count(&mut r, 8)?;
-                let mut lsns = Vec::with_capacity(n);
-                for _ in 0..n {
-                    lsns.push(r.u64()?);
-                }
-                Msg::Probe { journal, lsns }
+                Msg::Probe { journal, lsns: list(&mut r, 8, |r| r.u64())? }
             }
             op::TRUNCATE => Msg::Truncate { journal: r.u64()?, keep: r.u64()? },
             op::RESET => Msg::Reset { journal: r.u64()?, next_lsn: r.u64()? },
@@ -291,42 +284,23 @@ impl Msg {
             op::HELLO_OK => Msg::HelloOk { epoch: r.u64()?, name: r.str()?.to_string() },
             op::FENCED => Msg::Fenced { epoch: r.u64()?, message: r.str()?.to_string() },
             op::REFUSED => Msg::Refused { message: r.str()?.to_string() },
-            op::ENDS => {
-                let n = count(&mut r, 52)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let id = r.u64()?;
-                    v.push((
-                        id,
-                        ChainEnd {
-                            next_lsn: r.u64()?,
-                            last_crc: r.u32()?,
-                            seg_seq: r.u64()?,
-                            tail_off: r.u64()?,
-                            mark: r.u64()?,
-                            first_lsn: r.u64()?,
-                        },
-                    ));
-                }
-                Msg::Ends(v)
-            }
+            op::ENDS => Msg::Ends(list(&mut r, 52, |r| {
+                let id = r.u64()?;
+                let end = ChainEnd {
+                    next_lsn: r.u64()?,
+                    last_crc: r.u32()?,
+                    seg_seq: r.u64()?,
+                    tail_off: r.u64()?,
+                    mark: r.u64()?,
+                    first_lsn: r.u64()?,
+                };
+                Ok((id, end))
+            })?),
             op::SAMPLES => {
                 let journal = r.u64()?;
-                let n = count(&mut r, 12)?;
-                let mut samples = Vec::with_capacity(n);
-                for _ in 0..n {
-                    samples.push((r.u64()?, r.u32()?));
-                }
-                Msg::Samples { journal, samples }
+                Msg::Samples { journal, samples: list(&mut r, 12, |r| Ok((r.u64()?, r.u32()?)))? }
             }
-            op::ACKS => {
-                let n = count(&mut r, 24)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push((r.u64()?, r.u64()?, r.u64()?));
-                }
-                Msg::Acks(v)
-            }
+            op::ACKS => Msg::Acks(list(&mut r, 24, |r| Ok((r.u64()?, r.u64()?, r.u64()?)))?),
             op::FAILED => Msg::Failed { message: r.str()?.to_string() },
             other => return Err(ProtoError::UnknownOpcode(other)),
         };
