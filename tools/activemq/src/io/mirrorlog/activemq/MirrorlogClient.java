@@ -11,7 +11,9 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionException;
 import java.util.concurrent.ConcurrentSkipListMap;
+import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Semaphore;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.TimeUnit;
@@ -151,6 +153,28 @@ public final class MirrorlogClient implements Closeable {
         timer.start();
     }
 
+    /**
+     * Waits for an answer and throws its error as an IOException. The
+     * client's timer fails every request by its deadline, so this returns.
+     */
+    static <T> T await(CompletableFuture<T> f) throws IOException {
+        try {
+            return f.get();
+        } catch (ExecutionException e) {
+            Throwable c = e.getCause();
+            if (c instanceof CompletionException && c.getCause() != null) {
+                c = c.getCause(); // from a dependent stage (thenApply)
+            }
+            if (c instanceof IOException) {
+                throw (IOException) c;
+            }
+            throw new IOException("mirrorlog: " + c, c);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted while waiting for mirrorlogd", e);
+        }
+    }
+
     /** The epoch the current primary announced in Hello. */
     public long epoch() {
         return epoch;
@@ -177,7 +201,7 @@ public final class MirrorlogClient implements Closeable {
                 r.u32();
                 return lsn;
             } catch (IOException e) {
-                throw new java.util.concurrent.CompletionException(e);
+                throw new CompletionException(e);
             }
         });
     }

@@ -4,7 +4,6 @@ import java.io.IOException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ExecutionException;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.logging.Logger;
@@ -143,7 +142,7 @@ public class MirrorlogJournal implements Journal {
         }
         MirrorlogClient c = new MirrorlogClient(eps, requestTimeoutMs, "activemq-journal", maxInFlight, maxFrameBytes);
         try {
-            await(c.request(Wire.OP_CREATE, new Wire.Body().str(journal)));
+            MirrorlogClient.await(c.request(Wire.OP_CREATE, new Wire.Body().str(journal)));
         } catch (MirrorlogException e) {
             if (e.code() != Wire.E_JOURNAL_EXISTS) {
                 c.close(0);
@@ -170,24 +169,8 @@ public class MirrorlogJournal implements Journal {
     }
 
     private long readMark(MirrorlogClient c) throws IOException {
-        MirrorlogClient.Answer a = await(c.request(Wire.OP_GET_MARK, new Wire.Body().str(journal)));
+        MirrorlogClient.Answer a = MirrorlogClient.await(c.request(Wire.OP_GET_MARK, new Wire.Body().str(journal)));
         return new Wire.Reader(a.body).u64();
-    }
-
-    /** Waits for an answer; the client fails every request by its deadline (its timer thread owns expiry). */
-    private static <T> T await(CompletableFuture<T> f) throws IOException {
-        try {
-            return f.get();
-        } catch (ExecutionException e) {
-            Throwable c = e.getCause();
-            if (c instanceof IOException) {
-                throw (IOException) c;
-            }
-            throw new IOException("mirrorlog: " + c, c);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            throw new IOException("interrupted", e);
-        }
     }
 
     private void checkAsyncFailure() throws IOException {
@@ -295,7 +278,7 @@ public class MirrorlogJournal implements Journal {
         Records out = new Records();
         out.from = from;
         try {
-            a = await(client().request(Wire.OP_READ,
+            a = MirrorlogClient.await(client().request(Wire.OP_READ,
                     new Wire.Body().str(journal).u64(from).u32(maxCount).u32(maxBytes)));
         } catch (MirrorlogException e) {
             if (e.code() == Wire.E_NOT_YET_WRITTEN) {
@@ -369,7 +352,7 @@ public class MirrorlogJournal implements Journal {
                 pendingMark = Math.max(pendingMark, lsn);
             }
             if (target > mark) {
-                await(c.request(Wire.OP_SET_MARK, new Wire.Body().str(journal).u64(target)));
+                MirrorlogClient.await(c.request(Wire.OP_SET_MARK, new Wire.Body().str(journal).u64(target)));
                 mark = target;
             }
         }

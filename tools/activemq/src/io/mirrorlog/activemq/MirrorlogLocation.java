@@ -2,7 +2,6 @@ package io.mirrorlog.activemq;
 
 import java.io.IOException;
 import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ExecutionException;
 import org.apache.activeio.journal.RecordLocation;
 
 /**
@@ -30,21 +29,7 @@ public final class MirrorlogLocation implements RecordLocation {
      * The client fails every request by its deadline, so this returns.
      */
     public long lsn() throws IOException {
-        try {
-            return lsn.get();
-        } catch (ExecutionException e) {
-            Throwable c = e.getCause();
-            if (c instanceof java.util.concurrent.CompletionException && c.getCause() != null) {
-                c = c.getCause();
-            }
-            if (c instanceof IOException) {
-                throw (IOException) c;
-            }
-            throw new IOException("mirrorlog append failed: " + c, c);
-        } catch (InterruptedException e) {
-            Thread.currentThread().interrupt();
-            throw new IOException("interrupted while waiting for an append", e);
-        }
+        return MirrorlogClient.await(lsn);
     }
 
     CompletableFuture<Long> future() {
