@@ -140,12 +140,29 @@ pub struct Server {
     /// default.
     #[serde(default = "default_network", deserialize_with = "network")]
     pub network: String,
+    /// How long the event loop keeps polling (sockets and the disk ring,
+    /// without sleeping) after its last piece of work before it blocks.
+    /// Waking a sleeping thread costs a cross-CPU wake-up, which on a VM is
+    /// a halted vCPU's exit; polling through the short gaps of a busy load
+    /// avoids it, at the cost of a busy CPU for that long after the load
+    /// stops. `"0us"` always blocks. See docs/benchmarks.md.
+    #[serde(default = "default_idle_poll", deserialize_with = "duration")]
+    pub idle_poll: Duration,
 }
 
 impl Default for Server {
     fn default() -> Self {
-        Server { listen: default_listen(), name: default_name(), network: default_network() }
+        Server {
+            listen: default_listen(),
+            name: default_name(),
+            network: default_network(),
+            idle_poll: default_idle_poll(),
+        }
     }
+}
+
+fn default_idle_poll() -> Duration {
+    Duration::from_millis(1)
 }
 
 fn default_network() -> String {
@@ -704,6 +721,7 @@ durability = "remote-durable"
 
 [server]
 listen = ["0.0.0.0:7400", "unix:/run/mirrorlog/mirrorlogd.sock"]
+idle_poll = "0us"
 
 [limits]
 max_connections = 100
@@ -722,6 +740,11 @@ listen = "off"
         assert_eq!(c.journals[1].durability, Durability::RemoteDurable);
         assert_eq!(c.server.listen[1], Listen::Unix("/run/mirrorlog/mirrorlogd.sock".into()));
         assert_eq!(c.limits.group_commit_wait, Duration::from_micros(200));
+        assert_eq!(c.server.idle_poll, Duration::ZERO);
+        assert_eq!(
+            DaemonConfig::parse("[storage]\ndevices = [\"/m0\"]").expect("parse").server.idle_poll,
+            Duration::from_millis(1)
+        );
         assert_eq!(c.metrics.listen, None);
         assert_eq!(c.limits.max_frame_bytes, 4 << 20);
     }

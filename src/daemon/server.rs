@@ -231,6 +231,8 @@ pub(crate) struct Srv {
     jlist: RefCell<Vec<Journal>>,
     driver: RefCell<Driver>,
     kick: Notify,
+    /// Bumped by every socket read that brought bytes (idle polling).
+    activity: Cell<u64>,
     draining: Cell<bool>,
     drain: Notify,
     m: Metrics,
@@ -341,6 +343,7 @@ impl Srv {
             jlist: RefCell::new(Vec::new()),
             driver: RefCell::new(Driver::new()?),
             kick: Notify::new(),
+            activity: Cell::new(0),
             draining: Cell::new(false),
             drain: Notify::new(),
             m: Metrics::default(),
@@ -885,11 +888,22 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
     // The pump: writes batches as they form, wakes on completions.
     let mut drain_deadline: Option<Instant> = None;
     let repl_wake = srv.repl.wake.clone();
+    let idle_poll = srv.cfg.server.idle_poll;
+    // When the loop last saw work: a disk completion or a socket read.
+    let mut busy_at = Instant::now();
+    let mut seen = srv.activity.get();
     loop {
         srv.check_role();
-        if let Err(e) = srv.pump(false) {
-            tracing::error!(error = %e, "the write driver failed");
-            return Err(e.to_string());
+        match srv.pump(false) {
+            Ok(n) if n > 0 || srv.activity.get() != seen => {
+                seen = srv.activity.get();
+                busy_at = Instant::now();
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "the write driver failed");
+                return Err(e.to_string());
+            }
         }
         if srv.draining.get() {
             let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + srv.cfg.limits.drain_timeout);
@@ -903,6 +917,14 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
                 tracing::warn!(pending = srv.pending_acks(), "drain timeout: closing with appends unanswered");
                 break;
             }
+        }
+        // Idle polling: shortly after work, poll again instead of sleeping.
+        // The yield lets the runtime poll the sockets without blocking and
+        // run the connections that became ready; pump() reads the disk
+        // ring's completions directly.
+        if !idle_poll.is_zero() && !srv.draining.get() && busy_at.elapsed() < idle_poll {
+            tokio::task::yield_now().await;
+            continue;
         }
         let gcw = srv.cfg.limits.group_commit_wait;
         // remote-* appends wait on the replica's acks (which wake the loop)
@@ -1195,6 +1217,7 @@ async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) -> &'static
             buf.shrink_to(256 << 10);
         }
         // Let the pump write what formed (it runs after the other ready connections).
+        srv.activity.set(srv.activity.get().wrapping_add(1));
         srv.kick.notify_one();
     }
 }

@@ -31,7 +31,7 @@ struct Point {
 }
 
 fn measure(c: &Common, clients: usize, size: u64, secs: f64) -> Result<Report, String> {
-    let load = Load { clients, secs, records: None, rate: None, progress: false };
+    let load = Load { clients, secs, records: None, rate: None, progress: false, poll: false };
     run_raw(c, &load, size, String::new(), 1, true)
 }
 

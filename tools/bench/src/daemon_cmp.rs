@@ -58,7 +58,14 @@ pub fn tcp_ping_pong(rounds: usize) -> Result<u64, String> {
 pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
     let c = &a.common;
     let json = c.json;
-    let load = |clients: usize| Load { clients, secs: a.run.duration, records: None, rate: None, progress: !json };
+    let load = |clients: usize| Load {
+        clients,
+        secs: a.run.duration,
+        records: None,
+        rate: None,
+        progress: !json,
+        poll: a.run.poll,
+    };
     let emb = EmbeddedOpts {
         threads: false,
         loops: 1,
@@ -132,11 +139,14 @@ pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
             serde_json::json!({
                 "embedded_qd1_p50_us": e1.q(0.5), "daemon_qd1_p50_us": d1.q(0.5), "tcp_ping_pong_p50_us": tcp,
                 "qd1_bound_us": bound, "embedded_rps": e64.records_per_sec(), "daemon_rps": d64.records_per_sec(),
-                "ratio": ratio, "ping_rps": p64.records_per_sec(), "ping_qd1_p50_us": p1.q(0.5),
+                "ratio": ratio, "ping_rps": p64.records_per_sec(), "ping_qd1_p50_us": p1.q(0.5), "poll": a.run.poll,
             })
         );
     } else {
         println!();
+        if a.run.poll {
+            println!("load generator: polling (--poll), embedded loop and daemon clients alike");
+        }
         println!("loopback TCP ping-pong between two processes (64 B), QD1 p50: {tcp} us");
         println!(
             "QD1 p50: daemon {} us, embedded {} us + 1.5 x {tcp} us = {bound:.0} us (goal: daemon <= that)",

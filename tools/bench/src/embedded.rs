@@ -158,7 +158,7 @@ fn drive_loops(label: String, load: &Load, o: &EmbeddedOpts, j: &Journal) -> Rep
                 }
                 continue;
             }
-            if let Err(e) = driver.pump(&[j], true) {
+            if let Err(e) = driver.pump(&[j], !load.poll) {
                 p.error(e);
                 break;
             }

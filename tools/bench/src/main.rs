@@ -208,6 +208,10 @@ struct RunArgs {
     /// Raw: write even over devices that hold a mirrorlog set (destroys it).
     #[arg(long)]
     force: bool,
+    /// The load generator polls instead of sleeping while it waits for acks
+    /// (embedded event loops and endpoint clients; see docs/benchmarks.md).
+    #[arg(long)]
+    poll: bool,
 }
 
 #[derive(Args, Clone)]
@@ -240,6 +244,10 @@ pub struct DaemonRunArgs {
     /// Tokio worker threads for the daemon's clients (1: one thread).
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    /// The load generator polls instead of sleeping while it waits for acks
+    /// (the embedded event loop and the daemon's clients alike).
+    #[arg(long)]
+    pub poll: bool,
     /// Draw the runs' latency percentile curves on one SVG chart.
     #[arg(long)]
     pub plot: Option<PathBuf>,
@@ -358,6 +366,7 @@ fn run(r: &RunArgs) -> Result<(), String> {
         records: r.records,
         rate: r.rate,
         progress: !r.common.json,
+        poll: r.poll,
     };
     let n = r.common.devices.len();
     let mode = match r.rate {

@@ -20,7 +20,7 @@ use crate::report::{plot, print, Report};
 use crate::{Common, PeersArgs};
 
 fn load(clients: usize, secs: f64, json: bool) -> Load {
-    Load { clients, secs, records: None, rate: None, progress: !json }
+    Load { clients, secs, records: None, rate: None, progress: !json, poll: false }
 }
 
 fn fresh_dir(p: &Path) -> Result<(), String> {

@@ -129,7 +129,14 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
                     }
                 }
             };
-            let (hists, ()) = futures::future::join(futures::future::join_all(futs), marker).await;
+            // --poll: a task that only yields keeps the runtime from sleeping:
+            // each yield makes it poll its sockets without blocking.
+            let poller = async {
+                while load.poll && !p.stopped() {
+                    tokio::task::yield_now().await;
+                }
+            };
+            let (hists, (), ()) = futures::future::join3(futures::future::join_all(futs), marker, poller).await;
             let mut all = crate::report::new_hist();
             for h in &hists {
                 let _ = all.add(h);

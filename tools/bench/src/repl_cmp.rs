@@ -117,7 +117,14 @@ fn fresh(devices: &[PathBuf], size: u64) -> Result<(), String> {
 
 pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     let json = a.common.json;
-    let load = |clients: usize| Load { clients, secs: a.run.duration, records: None, rate: None, progress: !json };
+    let load = |clients: usize| Load {
+        clients,
+        secs: a.run.duration,
+        records: None,
+        rate: None,
+        progress: !json,
+        poll: a.run.poll,
+    };
     let dir = std::env::temp_dir().join(format!("mirrorlog-repl-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mk = |name: &'static str, devices: &[PathBuf]| -> Result<Site, String> {
@@ -136,7 +143,7 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     // The bounds, measured on the replica's devices before they are used.
     fresh(&r.devices, a.common.device_size)?;
     let rc = Common { devices: r.devices.clone(), ..a.common.clone() };
-    let quick = Load { clients: 1, secs: 2.0, records: None, rate: None, progress: false };
+    let quick = Load { clients: 1, secs: 2.0, records: None, rate: None, progress: false, poll: false };
     let w4k = run_raw(&rc, &quick, 4096, "replica devices: raw mirrored 4 KiB write, QD1".into(), 1, false)?;
     let seq1 = run_raw(&rc, &quick, 1 << 20, "replica devices: raw mirrored 1 MiB writes, QD1".into(), 1, false)?;
     let quick2 = Load { clients: 2, ..quick };
@@ -199,7 +206,14 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     p.wait("caught up", Duration::from_secs(120), caught_up)?;
     r.proc.stop();
     let big = Sizes::fixed(64 << 10);
-    let fill = Load { clients: 8, secs: 3600.0, records: Some(a.catchup / (64 << 10)), rate: None, progress: !json };
+    let fill = Load {
+        clients: 8,
+        secs: 3600.0,
+        records: Some(a.catchup / (64 << 10)),
+        rate: None,
+        progress: !json,
+        poll: false,
+    };
     let o = RemoteOpts { record_size: big, ..ro(Durability::Local, &p.client) };
     let filled = run_remote(&fill, &o, format!("fill {} MiB while the replica is down", a.catchup >> 20))?;
     print(std::slice::from_ref(&filled), json);

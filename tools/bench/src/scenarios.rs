@@ -15,7 +15,8 @@ use crate::{CompareArgs, RecoveryArgs};
 pub fn compare(a: &CompareArgs) -> Result<(), String> {
     let c = &a.common;
     let n = c.devices.len();
-    let load = |clients: usize| Load { clients, secs: a.duration, records: None, rate: None, progress: !c.json };
+    let load =
+        |clients: usize| Load { clients, secs: a.duration, records: None, rate: None, progress: !c.json, poll: false };
     let emb = EmbeddedOpts {
         threads: false,
         loops: 1,
