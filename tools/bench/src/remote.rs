@@ -55,11 +55,15 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
     })?;
     let sizes = o.record_size;
     let report = run_workers(label, 1, load, sizes.mean(), |_, p| {
+        // Every client future runs inside this one block_on (one thread), so
+        // they share one latency record: 64 per-client histograms were
+        // 64 x 0.5 MB that each ack touched at random (cache misses).
+        let lat = std::cell::RefCell::new(Lat::new());
+        let lat = &lat;
         rt.block_on(async {
             let futs = clients.iter().enumerate().map(|(id, c)| {
                 let (journal, durability, ack_log) = (o.journal.as_str(), o.durability, o.ack_log.as_ref());
                 async move {
-                    let mut lat = Lat::new();
                     let mut buf = Vec::with_capacity(sizes.max as usize);
                     let mut seq = 0u64;
                     while !p.stopped() {
@@ -73,7 +77,7 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
                         if o.ping {
                             match c.get_mark(journal).await {
                                 Ok(_) => {
-                                    lat.record(p, t0);
+                                    lat.borrow_mut().record(p, t0);
                                     p.acked(1);
                                 }
                                 Err(e) => p.error(e),
@@ -85,7 +89,7 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
                         payload(&mut buf, id, seq);
                         match c.append_batch_with(journal, &[&buf], durability).await {
                             Ok(lsn) => {
-                                lat.record(p, t0);
+                                lat.borrow_mut().record(p, t0);
                                 p.acked(1);
                                 if let Some(a) = ack_log {
                                     a.ack(lsn, id, seq, &buf);
@@ -98,7 +102,6 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
                         }
                         seq += 1;
                     }
-                    lat.all
                 }
             });
             // Keep space (not with an ack log: `check` reads every record back):
@@ -136,13 +139,9 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
                     tokio::task::yield_now().await;
                 }
             };
-            let (hists, (), ()) = futures::future::join3(futures::future::join_all(futs), marker, poller).await;
-            let mut all = crate::report::new_hist();
-            for h in &hists {
-                let _ = all.add(h);
-            }
-            all
-        })
+            futures::future::join3(futures::future::join_all(futs), marker, poller).await;
+        });
+        lat.replace(Lat::new()).all
     });
     if let Some(a) = &o.ack_log {
         a.flush().map_err(|e| format!("ack log: {e}"))?;
