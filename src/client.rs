@@ -763,7 +763,7 @@ async fn reader(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, mut buf: Vec<
         if stream.readable().await.is_err() {
             return lose(&sh, gen);
         }
-        match stream.try_read_buf(&mut buf) {
+        match crate::sockread::read_draining(&*stream, &mut buf) {
             Ok(0) => return lose(&sh, gen),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

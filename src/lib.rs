@@ -42,6 +42,7 @@ pub mod read;
 mod recovery;
 pub mod replication;
 pub mod ship;
+mod sockread;
 pub mod verify;
 
 use std::collections::BTreeMap;

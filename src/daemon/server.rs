@@ -306,7 +306,7 @@ macro_rules! impl_stream_epoll {
                     if let Err(e) = self.readable().await {
                         return (Err(e), buf);
                     }
-                    match self.try_read_buf(&mut buf) {
+                    match crate::sockread::read_draining(self, &mut buf) {
                         Ok(n) => return (Ok(n), buf),
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                         Err(e) => return (Err(e), buf),
