@@ -121,9 +121,22 @@ pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
         threads: a.run.client_threads,
         ping,
     };
-    let d1 = run_remote(&load(1), &ro(false), "daemon 1KiB local, 1 connection".into())?;
-    let d64 =
-        run_remote(&load(a.run.clients), &ro(false), format!("daemon 1KiB local, {} connections", a.run.clients))?;
+    let appends = |clients: usize, label: String| {
+        if a.run.lean {
+            let lo = crate::lean::LeanOpts {
+                endpoint: &endpoint,
+                journal: "default",
+                durability: Durability::Local,
+                record_size: Sizes::fixed(1024),
+                ack_log: None,
+            };
+            crate::lean::run_lean(&load(clients), &lo, format!("{label}, lean generator"))
+        } else {
+            run_remote(&load(clients), &ro(false), label)
+        }
+    };
+    let d1 = appends(1, "daemon 1KiB local, 1 connection".into())?;
+    let d64 = appends(a.run.clients, format!("daemon 1KiB local, {} connections", a.run.clients))?;
     let p1 = run_remote(&load(1), &ro(true), "daemon ping (GetMark), 1 connection".into())?;
     let p64 =
         run_remote(&load(a.run.clients), &ro(true), format!("daemon ping (GetMark), {} connections", a.run.clients))?;
@@ -139,13 +152,16 @@ pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
             serde_json::json!({
                 "embedded_qd1_p50_us": e1.q(0.5), "daemon_qd1_p50_us": d1.q(0.5), "tcp_ping_pong_p50_us": tcp,
                 "qd1_bound_us": bound, "embedded_rps": e64.records_per_sec(), "daemon_rps": d64.records_per_sec(),
-                "ratio": ratio, "ping_rps": p64.records_per_sec(), "ping_qd1_p50_us": p1.q(0.5), "poll": a.run.poll,
+                "ratio": ratio, "ping_rps": p64.records_per_sec(), "ping_qd1_p50_us": p1.q(0.5), "poll": a.run.poll, "lean": a.run.lean,
             })
         );
     } else {
         println!();
         if a.run.poll {
             println!("load generator: polling (--poll), embedded loop and daemon clients alike");
+        }
+        if a.run.lean {
+            println!("daemon appends driven by the lean load generator (--lean)");
         }
         println!("loopback TCP ping-pong between two processes (64 B), QD1 p50: {tcp} us");
         println!(

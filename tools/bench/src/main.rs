@@ -15,6 +15,7 @@ mod check;
 mod child;
 mod daemon_cmp;
 mod embedded;
+mod lean;
 mod load;
 mod peers;
 mod raw;
@@ -156,7 +157,8 @@ struct RunArgs {
     /// remote-durable; default: the journal's.
     #[arg(long, value_parser = mirrorlog::daemon::config::parse_durability)]
     durability: Option<mirrorlog::protocol::Durability>,
-    /// Endpoint: tokio worker threads for the clients.
+    /// Endpoint: load-generator threads, each an event loop with its share
+    /// of the clients.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
     /// Endpoint: send GetMark (no disk work) instead of appends, to measure
@@ -212,6 +214,11 @@ struct RunArgs {
     /// (embedded event loops and endpoint clients; see docs/benchmarks.md).
     #[arg(long)]
     poll: bool,
+    /// Endpoint: the lean load generator (one epoll loop, raw protocol
+    /// frames, no failover) instead of a `mirrorlog::client::Client` per
+    /// connection; one endpoint, appends only, closed loop.
+    #[arg(long, requires = "endpoint", conflicts_with_all = ["ping", "rate"])]
+    lean: bool,
 }
 
 #[derive(Args, Clone)]
@@ -241,9 +248,15 @@ pub struct DaemonRunArgs {
     /// Appenders / connections in the throughput runs.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// Tokio worker threads for the daemon's clients (1: one thread).
+    /// Load-generator threads for the daemon's clients, each an event loop
+    /// with its share of them (1: one thread).
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    /// The daemon's append runs use the lean load generator (raw frames on
+    /// one epoll loop) instead of a `mirrorlog::client::Client` per
+    /// connection (see docs/benchmarks.md).
+    #[arg(long)]
+    pub lean: bool,
     /// The load generator polls instead of sleeping while it waits for acks
     /// (the embedded event loop and the daemon's clients alike).
     #[arg(long)]
@@ -395,8 +408,23 @@ fn run(r: &RunArgs) -> Result<(), String> {
             mirrorlog::protocol::Durability::RemoteDurable => "remote-durable",
         };
         let what = if r.ping { "ping (GetMark)".to_string() } else { format!("{} {dname}", r.record_size) };
-        let label = format!("daemon {} {what}, {} connections{mode}", r.endpoint.join(","), r.clients);
-        remote::run_remote(&load, &o, label)?
+        let lean = if r.lean { ", lean generator" } else { "" };
+        let label = format!("daemon {} {what}, {} connections{mode}{lean}", r.endpoint.join(","), r.clients);
+        if r.lean {
+            if r.endpoint.len() != 1 {
+                return Err("--lean takes one endpoint (it does not fail over)".into());
+            }
+            let lo = lean::LeanOpts {
+                endpoint: &r.endpoint[0],
+                journal: &r.journal,
+                durability: d,
+                record_size: r.record_size,
+                ack_log: o.ack_log.as_deref(),
+            };
+            lean::run_lean(&load, &lo, label)?
+        } else {
+            remote::run_remote(&load, &o, label)?
+        }
     } else if r.raw {
         if r.ack_log.is_some() {
             return Err("--ack-log needs --embedded: raw writes have no LSNs".into());

@@ -26,42 +26,48 @@ pub struct RemoteOpts {
     pub ping: bool,
 }
 
-/// One thread: the clients, their connection tasks and the load loop all
-/// run on it (no cross-thread wake-ups); more: a multi-thread runtime.
-fn runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
-    if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
-    }
-    .map_err(|e| e.to_string())
+/// A load thread's event loop: its clients, their connection tasks and
+/// its load loop all run on it (no cross-thread wake-ups).
+pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
 }
 
 pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, String> {
-    let rt = runtime(o.threads)?;
+    // Load threads, each with its own runtime and every threads-th client
+    // (client ids stay global: payloads and ack logs are per client).
+    let threads = o.threads.clamp(1, load.clients.max(1));
+    let mut loops: Vec<(tokio::runtime::Runtime, Vec<(usize, Client)>)> = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        loops.push((runtime()?, Vec::new()));
+    }
     // Connect every client before the clock starts; make the journal.
-    let clients: Vec<Client> = rt.block_on(async {
-        let mut v = Vec::with_capacity(load.clients);
-        for _ in 0..load.clients.max(1) {
-            let c = Client::connect(ClientConfig::new(o.endpoints.iter().cloned())).await.map_err(|e| e.to_string())?;
-            v.push(c);
-        }
-        match v[0].create_journal(&o.journal).await {
+    for id in 0..load.clients.max(1) {
+        let (rt, v) = &mut loops[id % threads];
+        let c =
+            rt.block_on(Client::connect(ClientConfig::new(o.endpoints.iter().cloned()))).map_err(|e| e.to_string())?;
+        v.push((id, c));
+    }
+    {
+        let (rt, v) = &loops[0];
+        match rt.block_on(v[0].1.create_journal(&o.journal)) {
             Ok(()) => {}
             Err(e) if e.code == 8 => {} // journal-exists
             Err(e) => return Err(e.to_string()),
         }
-        Ok::<_, String>(v)
-    })?;
+    }
+    let loops: Vec<parking_lot::Mutex<Option<(tokio::runtime::Runtime, Vec<(usize, Client)>)>>> =
+        loops.into_iter().map(|l| parking_lot::Mutex::new(Some(l))).collect();
     let sizes = o.record_size;
-    let report = run_workers(label, 1, load, sizes.mean(), |_, p| {
-        // Every client future runs inside this one block_on (one thread), so
+    let report = run_workers(label, threads, load, sizes.mean(), |w, p| {
+        let Some((rt, clients)) = loops[w].lock().take() else { return crate::report::new_hist() };
+        // This load thread's client futures all run inside this one block_on, so
         // they share one latency record: 64 per-client histograms were
         // 64 x 0.5 MB that each ack touched at random (cache misses).
         let lat = std::cell::RefCell::new(Lat::new());
         let lat = &lat;
         rt.block_on(async {
-            let futs = clients.iter().enumerate().map(|(id, c)| {
+            let futs = clients.iter().map(|(id, c)| {
+                let id = *id;
                 let (journal, durability, ack_log) = (o.journal.as_str(), o.durability, o.ack_log.as_ref());
                 async move {
                     let mut buf = Vec::with_capacity(sizes.max as usize);
@@ -108,28 +114,8 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
             // once the journal holds over half the set, reclaim all but the
             // newest records.
             let marker = async {
-                if o.ack_log.is_some() {
-                    return;
-                }
-                let c = &clients[0];
-                while !p.stopped() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let Ok(st) = c.status().await else { continue };
-                    let Ok(v) = serde_json::from_str::<serde_json::Value>(&st) else { continue };
-                    let total = v["segments_total"].as_u64().unwrap_or(0);
-                    let Some(j) =
-                        v["journals"].as_array().and_then(|a| a.iter().find(|j| j["name"] == o.journal.as_str()))
-                    else {
-                        continue;
-                    };
-                    if j["segments"].as_u64().unwrap_or(0) * 2 > total {
-                        let m = j["next_lsn"]
-                            .as_u64()
-                            .unwrap_or(0)
-                            .saturating_sub(10_000)
-                            .max(j["mark"].as_u64().unwrap_or(0));
-                        let _ = c.set_mark(&o.journal, m).await;
-                    }
+                if o.ack_log.is_none() && w == 0 {
+                    keep_space(&clients[0].1, &o.journal, p).await;
                 }
             };
             // --poll: a task that only yields keeps the runtime from sleeping:
@@ -149,10 +135,29 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
     Ok(report)
 }
 
+/// Keeps space for a long run (not with an ack log: `check` reads every
+/// record back): once the journal holds over half the set, reclaims all but
+/// its newest records.
+pub async fn keep_space(c: &Client, journal: &str, p: &crate::load::Progress) {
+    while !p.stopped() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let Ok(st) = c.status().await else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&st) else { continue };
+        let total = v["segments_total"].as_u64().unwrap_or(0);
+        let Some(j) = v["journals"].as_array().and_then(|a| a.iter().find(|j| j["name"] == journal)) else {
+            continue;
+        };
+        if j["segments"].as_u64().unwrap_or(0) * 2 > total {
+            let m = j["next_lsn"].as_u64().unwrap_or(0).saturating_sub(10_000).max(j["mark"].as_u64().unwrap_or(0));
+            let _ = c.set_mark(journal, m).await;
+        }
+    }
+}
+
 /// `check --endpoint`: reads the journal from the first acknowledged LSN
 /// through the daemon and checks every ack against it.
 pub fn check_remote(endpoints: &[String], journal: &str, acks: &[crate::load::Ack]) -> Result<Findings, String> {
-    let rt = runtime(1)?;
+    let rt = runtime()?;
     rt.block_on(async {
         let c = Client::connect(ClientConfig::new(endpoints.iter().cloned())).await.map_err(|e| e.to_string())?;
         let mut out = Findings { acks: acks.len() as u64, ..Default::default() };

@@ -187,6 +187,27 @@ fn endpoint_run_and_check() {
     assert_eq!(f["ok"], true);
     assert!(f["acks"].as_u64().unwrap() >= 2000);
 
+    // The lean generator, and the clients spread over two polling load
+    // threads: every acknowledged append is logged and reads back.
+    for (i, extra) in [&["--lean"][..], &["--client-threads", "2", "--poll"][..]].iter().enumerate() {
+        let log = dir.path().join(format!("acks-{i}.txt")).display().to_string();
+        let mut args = vec!["run", "--endpoint", &addr, "--journal", "default", "--clients", "8", "--records", "2000"];
+        args.extend(["--ack-log", &log, "--durability", "local", "--json"]);
+        args.extend(extra.iter().copied());
+        let out = bench(&args);
+        assert!(out.status.success(), "{extra:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(report["records"].as_u64().unwrap() >= 2000, "{extra:?}");
+        assert_eq!(report["errors"].as_u64(), Some(0), "{extra:?}");
+        let logged = std::fs::read_to_string(&log).unwrap().lines().count() as u64;
+        assert_eq!(logged, report["records"].as_u64().unwrap(), "{extra:?}: one line per ack");
+        let out = bench(&["check", "--endpoint", &addr, "--journal", "default", "--ack-log", &log, "--json"]);
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stdout));
+        let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(f["ok"], true, "{extra:?}");
+        assert_eq!(f["acks"].as_u64().unwrap(), logged, "{extra:?}");
+    }
+
     // remote-durable without a replica: every append fails, with the code.
     let out = bench(&[
         "run",

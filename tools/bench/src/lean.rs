@@ -1,0 +1,267 @@
+//! `--endpoint … --lean`: a lean load generator for a running daemon. One
+//! thread, one epoll set, non-blocking sockets, each connection closed loop
+//! with its own producer id and sequence (so the daemon does the same
+//! idempotence work as for the real client). It exists because on a small
+//! machine the load generator shares the CPUs with the daemon: the real
+//! client library (tokio tasks, a oneshot and a permit per request, resend
+//! bookkeeping) costs more per request than what it measures. It has no
+//! failover and no resends: a lost connection ends the run with an error.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use mirrorlog::client::{Client, ClientConfig};
+use mirrorlog::protocol::{decode_frame, Durability, Op, Request, Response, VERSION};
+
+use crate::load::{payload, run_workers, Lat, Load, Sizes};
+use crate::report::Report;
+
+struct Conn {
+    s: TcpStream,
+    id: usize,
+    producer: u64,
+    seq: u64,
+    rid: u64,
+    sent_at: Instant,
+    payload: Vec<u8>,
+    frame: Vec<u8>,
+    rbuf: Vec<u8>,
+}
+
+pub struct LeanOpts<'a> {
+    pub endpoint: &'a str,
+    pub journal: &'a str,
+    pub durability: Durability,
+    pub record_size: Sizes,
+    pub ack_log: Option<&'a crate::load::AckLog>,
+}
+
+const MAX_FRAME: u32 = 64 << 20;
+
+/// Connects and says Hello (blocking), then makes the socket non-blocking.
+fn connect(endpoint: &str, id: usize, journal: &str) -> Result<Conn, String> {
+    let mut s = TcpStream::connect(endpoint).map_err(|e| format!("{endpoint}: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    Request::Hello { min_version: VERSION, max_version: VERSION, client: "mirrorlog-bench-lean" }.encode(1, &mut out);
+    s.write_all(&out).map_err(|e| e.to_string())?;
+    let mut rbuf = Vec::with_capacity(64 << 10);
+    loop {
+        let mut tmp = [0u8; 4096];
+        let n = s.read(&mut tmp).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the daemon closed the connection during Hello".into());
+        }
+        rbuf.extend_from_slice(&tmp[..n]);
+        if let Some((f, used)) = decode_frame(&rbuf, MAX_FRAME).map_err(|e| e.to_string())? {
+            match Response::decode(&f, Op::Hello) {
+                Ok(Response::Hello { primary: true, .. }) => {}
+                Ok(Response::Hello { .. }) => return Err(format!("{endpoint} is not a primary")),
+                Ok(_) | Err(_) => return Err("no Hello answer".into()),
+            }
+            rbuf.drain(..used);
+            break;
+        }
+    }
+    s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    if id == 0 {
+        // Make the journal (journal-exists is fine): one blocking round trip.
+        let mut out = Vec::new();
+        Request::CreateJournal { journal }.encode(2, &mut out);
+        s.set_nonblocking(false).map_err(|e| e.to_string())?;
+        s.write_all(&out).map_err(|e| e.to_string())?;
+        loop {
+            let mut tmp = [0u8; 4096];
+            let n = s.read(&mut tmp).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("the daemon closed the connection".into());
+            }
+            rbuf.extend_from_slice(&tmp[..n]);
+            if let Some((_, used)) = decode_frame(&rbuf, MAX_FRAME).map_err(|e| e.to_string())? {
+                rbuf.drain(..used);
+                break;
+            }
+        }
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+    }
+    let producer = loop {
+        let p = rand_u64();
+        if p != 0 {
+            break p;
+        }
+    };
+    Ok(Conn { s, id, producer, seq: 1, rid: 10, sent_at: Instant::now(), payload: Vec::new(), frame: Vec::new(), rbuf })
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish()
+}
+
+impl Conn {
+    /// Encodes and sends the next append. A 1 KiB frame always fits in an
+    /// empty socket buffer: one connection has one request outstanding.
+    fn send_next(&mut self, o: &LeanOpts<'_>) -> Result<(), String> {
+        self.payload.resize(o.record_size.of(self.id, self.seq), 0);
+        payload(&mut self.payload, self.id, self.seq);
+        self.frame.clear();
+        self.rid += 1;
+        Request::Append {
+            journal: o.journal,
+            durability: o.durability,
+            producer: self.producer,
+            first_seq: self.seq,
+            records: vec![&self.payload],
+        }
+        .encode(self.rid, &mut self.frame);
+        self.sent_at = Instant::now();
+        let mut off = 0;
+        while off < self.frame.len() {
+            match self.s.write(&self.frame[off..]) {
+                Ok(n) => off += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn run_lean(load: &Load, o: &LeanOpts<'_>, label: String) -> Result<Report, String> {
+    if load.rate.is_some() {
+        return Err("--lean is closed loop only (no --rate)".into());
+    }
+    let mut conns = Vec::with_capacity(load.clients);
+    for id in 0..load.clients.max(1) {
+        conns.push(connect(o.endpoint, id, o.journal)?);
+    }
+    // SAFETY: a new epoll descriptor, closed at the end of this function.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(format!("epoll: {}", std::io::Error::last_os_error()));
+    }
+    for (i, c) in conns.iter().enumerate() {
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
+        // SAFETY: registering our own socket with our own epoll set.
+        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c.s.as_raw_fd(), &mut ev) } < 0 {
+            return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
+        }
+    }
+    // Space is kept by a real client on its own thread (its own connection).
+    let keeper = if o.ack_log.is_none() {
+        let rt = crate::remote::runtime()?;
+        let c = rt.block_on(Client::connect(ClientConfig::new([o.endpoint.to_string()]))).map_err(|e| e.to_string())?;
+        Some((rt, c))
+    } else {
+        None
+    };
+    let keeper = parking_lot::Mutex::new(keeper);
+    let conns = parking_lot::Mutex::new(conns);
+    let report = run_workers(label, 2, load, o.record_size.mean(), |w, p| {
+        if w == 1 {
+            if let Some((rt, c)) = keeper.lock().take() {
+                rt.block_on(crate::remote::keep_space(&c, o.journal, p));
+            }
+            return crate::report::new_hist();
+        }
+        let mut conns = conns.lock();
+        let mut lat = Lat::new();
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        for c in conns.iter_mut() {
+            if let Err(e) = c.send_next(o) {
+                p.error(e);
+                return lat.all;
+            }
+        }
+        let timeout = if load.poll { 0 } else { 100 };
+        while !p.stopped() {
+            // SAFETY: events is a valid buffer of events.len() entries.
+            let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, timeout) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                p.error(e);
+                break;
+            }
+            for ev in &events[..n as usize] {
+                let c = &mut conns[ev.u64 as usize];
+                if c.rbuf.capacity() - c.rbuf.len() < 4096 {
+                    c.rbuf.reserve(64 << 10);
+                }
+                let spare = c.rbuf.spare_capacity_mut();
+                // SAFETY: recv into the vector's allocated, unused capacity.
+                let r = unsafe {
+                    libc::recv(
+                        c.s.as_raw_fd(),
+                        spare.as_mut_ptr() as *mut libc::c_void,
+                        spare.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if r == 0 {
+                    p.error("the daemon closed a connection");
+                    return lat.all;
+                }
+                if r < 0 {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        continue;
+                    }
+                    p.error(e);
+                    return lat.all;
+                }
+                // SAFETY: the kernel initialised r more bytes.
+                unsafe { c.rbuf.set_len(c.rbuf.len() + r as usize) };
+                let mut pos = 0;
+                let mut answered = false;
+                loop {
+                    let (f, used) = match decode_frame(&c.rbuf[pos..], MAX_FRAME) {
+                        Ok(Some(x)) => x,
+                        Ok(None) => break,
+                        Err(e) => {
+                            p.error(e.to_string());
+                            return lat.all;
+                        }
+                    };
+                    pos += used;
+                    match Response::decode(&f, Op::Append) {
+                        Ok(Response::Appended { first_lsn, .. }) if f.request_id == c.rid => {
+                            lat.record(p, c.sent_at);
+                            p.acked(1);
+                            if let Some(a) = o.ack_log {
+                                a.ack(first_lsn, c.id, c.seq, &c.payload);
+                            }
+                            c.seq += 1;
+                            answered = true;
+                        }
+                        Ok(Response::Error { code, message }) => {
+                            p.error(format!("{code}: {message}"));
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                            answered = true;
+                        }
+                        Ok(_) => {}
+                        Err(e) => p.error(e.to_string()),
+                    }
+                }
+                c.rbuf.drain(..pos);
+                if answered && !p.stopped() {
+                    if let Err(e) = c.send_next(o) {
+                        p.error(e);
+                        return lat.all;
+                    }
+                }
+            }
+        }
+        // Appends still unanswered at the stop are not counted (nor logged).
+        lat.all
+    });
+    // SAFETY: closing the epoll descriptor made above.
+    unsafe { libc::close(ep) };
+    Ok(report)
+}
