@@ -32,11 +32,14 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())
 }
 
+/// A load thread's runtime and its clients (with their global ids).
+type LoadLoop = (tokio::runtime::Runtime, Vec<(usize, Client)>);
+
 pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, String> {
     // Load threads, each with its own runtime and every threads-th client
     // (client ids stay global: payloads and ack logs are per client).
     let threads = o.threads.clamp(1, load.clients.max(1));
-    let mut loops: Vec<(tokio::runtime::Runtime, Vec<(usize, Client)>)> = Vec::with_capacity(threads);
+    let mut loops: Vec<LoadLoop> = Vec::with_capacity(threads);
     for _ in 0..threads {
         loops.push((runtime()?, Vec::new()));
     }
@@ -55,7 +58,7 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
             Err(e) => return Err(e.to_string()),
         }
     }
-    let loops: Vec<parking_lot::Mutex<Option<(tokio::runtime::Runtime, Vec<(usize, Client)>)>>> =
+    let loops: Vec<parking_lot::Mutex<Option<LoadLoop>>> =
         loops.into_iter().map(|l| parking_lot::Mutex::new(Some(l))).collect();
     let sizes = o.record_size;
     let report = run_workers(label, threads, load, sizes.mean(), |w, p| {
