@@ -188,7 +188,9 @@ impl Receiver {
                     c.send(&reply).map_err(io)?;
                 }
             }
-            st.driver.pump_all(&self.log.journals(), false).map_err(|e| e.to_string())?;
+            // One listing per turn: journals change only in `handle`, above.
+            let js = self.log.journals();
+            st.driver.pump_all(&js, false).map_err(|e| e.to_string())?;
             // Ack what moved (and at least once a second, as a heartbeat).
             out.clear();
             let acks = st.acks(last_ack.elapsed() >= Duration::from_secs(1));
@@ -211,7 +213,7 @@ impl Receiver {
                 // SAFETY: one pollfd on our own socket, zero timeout.
                 let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
                 if ready <= 0 {
-                    st.driver.pump_all(&self.log.journals(), true).map_err(|e| e.to_string())?;
+                    st.driver.pump_all(&js, true).map_err(|e| e.to_string())?;
                     continue;
                 }
             } else {
