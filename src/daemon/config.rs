@@ -145,7 +145,9 @@ pub struct Server {
     /// Waking a sleeping thread costs a cross-CPU wake-up, which on a VM is
     /// a halted vCPU's exit; polling through the short gaps of a busy load
     /// avoids it, at the cost of a busy CPU for that long after the load
-    /// stops. `"0us"` always blocks. See docs/benchmarks.md.
+    /// stops. `"0us"` always blocks. Off with `network = "io_uring"`, whose
+    /// socket operations tokio-uring submits only when the loop sleeps. See
+    /// docs/benchmarks.md.
     #[serde(default = "default_idle_poll", deserialize_with = "duration")]
     pub idle_poll: Duration,
 }

@@ -796,6 +796,7 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
     // AsyncFd is dropped.
     let efd = unsafe { AsyncFd::register(efd) }.map_err(|e| format!("eventfd: {e}"))?;
 
+    let bound_epoll = bound.epoll;
     for l in bound.tcp {
         if bound.epoll {
             let l = Rc::new(tokio::net::TcpListener::from_std(l).map_err(|e| format!("listener: {e}"))?);
@@ -837,8 +838,10 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
     }
     if let Some(l) = bound.metrics {
         let srv = srv.clone();
+        // On epoll, like client sockets: tokio-uring's operations are only
+        // submitted when the loop sleeps, which idle polling postpones.
+        let l = tokio::net::TcpListener::from_std(l).map_err(|e| format!("metrics listener: {e}"))?;
         tokio_uring::spawn(async move {
-            let l = tokio_uring::net::TcpListener::from_std(l);
             loop {
                 let acc = tokio::select! {
                     a = l.accept() => a,
@@ -888,7 +891,17 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
     // The pump: writes batches as they form, wakes on completions.
     let mut drain_deadline: Option<Instant> = None;
     let repl_wake = srv.repl.wake.clone();
-    let idle_poll = srv.cfg.server.idle_poll;
+    // Invariant: while the loop polls, the runtime never sleeps, and
+    // tokio-uring submits its queued operations only when it is about to
+    // sleep. So idle polling requires that nothing here uses tokio-uring's
+    // ring: client, Unix and metrics sockets are on epoll (the Driver has
+    // its own ring), and `network = "io_uring"` turns idle polling off.
+    let idle_poll = if bound_epoll { srv.cfg.server.idle_poll } else { Duration::ZERO };
+    if !bound_epoll && !srv.cfg.server.idle_poll.is_zero() {
+        tracing::info!(
+            "idle polling is off: network = \"io_uring\" submits socket operations only when the loop sleeps"
+        );
+    }
     // When the loop last saw work: a disk completion or a socket read.
     let mut busy_at = Instant::now();
     let mut seen = srv.activity.get();
@@ -996,7 +1009,7 @@ where
     }
 }
 
-async fn http_metrics(srv: Rc<Srv>, s: tokio_uring::net::TcpStream) {
+async fn http_metrics<S: Stream>(srv: Rc<Srv>, s: S) {
     let mut req = Vec::with_capacity(1024);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

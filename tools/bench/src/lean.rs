@@ -10,12 +10,13 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use mirrorlog::client::{Client, ClientConfig};
 use mirrorlog::protocol::{decode_frame, Durability, Op, Request, Response, VERSION};
 
-use crate::load::{payload, run_workers, Lat, Load, Sizes};
+use crate::load::{payload, run_workers, Lat, Load, Progress, Sizes};
 use crate::report::Report;
 
 struct Conn {
@@ -28,6 +29,8 @@ struct Conn {
     payload: Vec<u8>,
     frame: Vec<u8>,
     rbuf: Vec<u8>,
+    /// An append answered with an error is resent (same sequence) then.
+    retry_at: Option<Instant>,
 }
 
 pub struct LeanOpts<'a> {
@@ -79,7 +82,15 @@ fn connect(endpoint: &str, id: usize, journal: &str) -> Result<Conn, String> {
                 return Err("the daemon closed the connection".into());
             }
             rbuf.extend_from_slice(&tmp[..n]);
-            if let Some((_, used)) = decode_frame(&rbuf, MAX_FRAME).map_err(|e| e.to_string())? {
+            if let Some((f, used)) = decode_frame(&rbuf, MAX_FRAME).map_err(|e| e.to_string())? {
+                match Response::decode(&f, Op::CreateJournal) {
+                    Ok(Response::Error { code: 8, .. }) => {} // journal-exists
+                    Ok(Response::Error { code, message }) => {
+                        return Err(format!("create {journal}: {code}: {message}"))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("create {journal}: {e}")),
+                }
                 rbuf.drain(..used);
                 break;
             }
@@ -92,7 +103,18 @@ fn connect(endpoint: &str, id: usize, journal: &str) -> Result<Conn, String> {
             break p;
         }
     };
-    Ok(Conn { s, id, producer, seq: 1, rid: 10, sent_at: Instant::now(), payload: Vec::new(), frame: Vec::new(), rbuf })
+    Ok(Conn {
+        s,
+        id,
+        producer,
+        seq: 1,
+        rid: 10,
+        sent_at: Instant::now(),
+        payload: Vec::new(),
+        frame: Vec::new(),
+        rbuf,
+        retry_at: None,
+    })
 }
 
 fn rand_u64() -> u64 {
@@ -103,9 +125,9 @@ fn rand_u64() -> u64 {
 }
 
 impl Conn {
-    /// Encodes and sends the next append. A 1 KiB frame always fits in an
-    /// empty socket buffer: one connection has one request outstanding.
-    fn send_next(&mut self, o: &LeanOpts<'_>) -> Result<(), String> {
+    /// Encodes and sends the next append (one request outstanding per
+    /// connection, so the socket's send buffer is normally empty).
+    fn send_next(&mut self, o: &LeanOpts<'_>, p: &Progress) -> Result<(), String> {
         self.payload.resize(o.record_size.of(self.id, self.seq), 0);
         payload(&mut self.payload, self.id, self.seq);
         self.frame.clear();
@@ -123,7 +145,8 @@ impl Conn {
         while off < self.frame.len() {
             match self.s.write(&self.frame[off..]) {
                 Ok(n) => off += n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && !p.stopped() => std::thread::yield_now(),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e.to_string()),
             }
         }
@@ -139,15 +162,17 @@ pub fn run_lean(load: &Load, o: &LeanOpts<'_>, label: String) -> Result<Report, 
     for id in 0..load.clients.max(1) {
         conns.push(connect(o.endpoint, id, o.journal)?);
     }
-    // SAFETY: a new epoll descriptor, closed at the end of this function.
+    // SAFETY: epoll_create1 has no preconditions.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if ep < 0 {
         return Err(format!("epoll: {}", std::io::Error::last_os_error()));
     }
+    // SAFETY: a fresh descriptor we own (closed on every return).
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
     for (i, c) in conns.iter().enumerate() {
         let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: i as u64 };
         // SAFETY: registering our own socket with our own epoll set.
-        if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, c.s.as_raw_fd(), &mut ev) } < 0 {
+        if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, c.s.as_raw_fd(), &mut ev) } < 0 {
             return Err(format!("epoll_ctl: {}", std::io::Error::last_os_error()));
         }
     }
@@ -170,98 +195,114 @@ pub fn run_lean(load: &Load, o: &LeanOpts<'_>, label: String) -> Result<Report, 
         }
         let mut conns = conns.lock();
         let mut lat = Lat::new();
-        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
-        for c in conns.iter_mut() {
-            if let Err(e) = c.send_next(o) {
-                p.error(e);
-                return lat.all;
-            }
-        }
-        let timeout = if load.poll { 0 } else { 100 };
-        while !p.stopped() {
-            // SAFETY: events is a valid buffer of events.len() entries.
-            let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, timeout) };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                p.error(e);
-                break;
-            }
-            for ev in &events[..n as usize] {
-                let c = &mut conns[ev.u64 as usize];
-                if c.rbuf.capacity() - c.rbuf.len() < 4096 {
-                    c.rbuf.reserve(64 << 10);
-                }
-                let spare = c.rbuf.spare_capacity_mut();
-                // SAFETY: recv into the vector's allocated, unused capacity.
-                let r = unsafe {
-                    libc::recv(
-                        c.s.as_raw_fd(),
-                        spare.as_mut_ptr() as *mut libc::c_void,
-                        spare.len(),
-                        libc::MSG_DONTWAIT,
-                    )
-                };
-                if r == 0 {
-                    p.error("the daemon closed a connection");
-                    return lat.all;
-                }
-                if r < 0 {
-                    let e = std::io::Error::last_os_error();
-                    if e.kind() == std::io::ErrorKind::WouldBlock {
-                        continue;
-                    }
-                    p.error(e);
-                    return lat.all;
-                }
-                // SAFETY: the kernel initialised r more bytes.
-                unsafe { c.rbuf.set_len(c.rbuf.len() + r as usize) };
-                let mut pos = 0;
-                let mut answered = false;
-                loop {
-                    let (f, used) = match decode_frame(&c.rbuf[pos..], MAX_FRAME) {
-                        Ok(Some(x)) => x,
-                        Ok(None) => break,
-                        Err(e) => {
-                            p.error(e.to_string());
-                            return lat.all;
-                        }
-                    };
-                    pos += used;
-                    match Response::decode(&f, Op::Append) {
-                        Ok(Response::Appended { first_lsn, .. }) if f.request_id == c.rid => {
-                            lat.record(p, c.sent_at);
-                            p.acked(1);
-                            if let Some(a) = o.ack_log {
-                                a.ack(first_lsn, c.id, c.seq, &c.payload);
-                            }
-                            c.seq += 1;
-                            answered = true;
-                        }
-                        Ok(Response::Error { code, message }) => {
-                            p.error(format!("{code}: {message}"));
-                            std::thread::sleep(std::time::Duration::from_millis(1));
-                            answered = true;
-                        }
-                        Ok(_) => {}
-                        Err(e) => p.error(e.to_string()),
-                    }
-                }
-                c.rbuf.drain(..pos);
-                if answered && !p.stopped() {
-                    if let Err(e) = c.send_next(o) {
-                        p.error(e);
-                        return lat.all;
-                    }
-                }
-            }
+        if let Err(e) = drive(&mut conns, ep.as_raw_fd(), load, o, p, &mut lat) {
+            p.error(e);
+            p.halt();
         }
         // Appends still unanswered at the stop are not counted (nor logged).
         lat.all
     });
-    // SAFETY: closing the epoll descriptor made above.
-    unsafe { libc::close(ep) };
+    if let Some(a) = o.ack_log {
+        a.flush().map_err(|e| format!("ack log: {e}"))?;
+    }
     Ok(report)
+}
+
+/// The load loop: every connection closed loop until the run stops. An
+/// error answer to an append is counted and the append retried (same
+/// sequence) after 1 ms; anything else unexpected ends the run.
+fn drive(
+    conns: &mut [Conn],
+    ep: i32,
+    load: &Load,
+    o: &LeanOpts<'_>,
+    p: &Progress,
+    lat: &mut Lat,
+) -> Result<(), String> {
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+    for c in conns.iter_mut() {
+        c.send_next(o, p)?;
+    }
+    let mut retries = 0usize;
+    while !p.stopped() {
+        if retries > 0 {
+            let now = Instant::now();
+            for c in conns.iter_mut() {
+                if c.retry_at.is_some_and(|t| t <= now) {
+                    c.retry_at = None;
+                    retries -= 1;
+                    c.send_next(o, p)?;
+                }
+            }
+        }
+        let timeout = if load.poll {
+            0
+        } else if retries > 0 {
+            1
+        } else {
+            100
+        };
+        // SAFETY: events is a valid buffer of events.len() entries.
+        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, timeout) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("epoll_wait: {e}"));
+        }
+        for ev in &events[..n as usize] {
+            let c = &mut conns[ev.u64 as usize];
+            if c.rbuf.capacity() - c.rbuf.len() < 4096 {
+                c.rbuf.reserve(64 << 10);
+            }
+            let spare = c.rbuf.spare_capacity_mut();
+            // SAFETY: recv into the vector's allocated, unused capacity.
+            let r = unsafe {
+                libc::recv(c.s.as_raw_fd(), spare.as_mut_ptr() as *mut libc::c_void, spare.len(), libc::MSG_DONTWAIT)
+            };
+            if r == 0 {
+                return Err("the daemon closed a connection".into());
+            }
+            if r < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    continue;
+                }
+                return Err(format!("recv: {e}"));
+            }
+            // SAFETY: the kernel initialised r more bytes.
+            unsafe { c.rbuf.set_len(c.rbuf.len() + r as usize) };
+            let mut pos = 0;
+            let mut answered = false;
+            while let Some((f, used)) = decode_frame(&c.rbuf[pos..], MAX_FRAME).map_err(|e| e.to_string())? {
+                pos += used;
+                if f.request_id != c.rid {
+                    return Err(format!("an answer to request {} on a connection waiting for {}", f.request_id, c.rid));
+                }
+                match Response::decode(&f, Op::Append).map_err(|e| e.to_string())? {
+                    Response::Appended { first_lsn, .. } => {
+                        lat.record(p, c.sent_at);
+                        p.acked(1);
+                        if let Some(a) = o.ack_log {
+                            a.ack(first_lsn, c.id, c.seq, &c.payload);
+                        }
+                        c.seq += 1;
+                        answered = true;
+                    }
+                    Response::Error { code, message } => {
+                        p.error(format!("{code}: {message}"));
+                        c.retry_at = Some(Instant::now() + Duration::from_millis(1));
+                        retries += 1;
+                    }
+                    _ => return Err("an unexpected answer to an append".into()),
+                }
+            }
+            c.rbuf.drain(..pos);
+            if answered && !p.stopped() {
+                c.send_next(o, p)?;
+            }
+        }
+    }
+    Ok(())
 }

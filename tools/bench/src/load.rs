@@ -70,6 +70,11 @@ impl Progress {
         self.stop.load(Ordering::Relaxed)
     }
 
+    /// Ends the run early (a worker that cannot go on).
+    pub fn halt(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     /// Adds a worker's recent latencies to the progress interval.
     pub fn share(&self, recent: &mut Histogram<u64>) {
         if recent.is_empty() {

@@ -89,7 +89,10 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
                                     lat.borrow_mut().record(p, t0);
                                     p.acked(1);
                                 }
-                                Err(e) => p.error(e),
+                                Err(e) => {
+                                    p.error(e);
+                                    tokio::time::sleep(Duration::from_millis(1)).await;
+                                }
                             }
                             seq += 1;
                             continue;
