@@ -8,7 +8,10 @@
 //! [`read_draining`] keeps those bytes and tells tokio `WouldBlock` for it:
 //! the readiness is cleared at once. tokio clears it only if no readiness
 //! event arrived since the read began, so bytes that arrive meanwhile are
-//! not missed.
+//! not missed. (A peer can force a short read with bytes still queued by
+//! sending TCP urgent data, or descriptors over a Unix socket; that stalls
+//! only its own connection, which the daemon's frame timeout then closes.
+//! The protocol uses neither.)
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
