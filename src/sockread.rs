@@ -10,7 +10,8 @@
 //! event arrived since the read began, so bytes that arrive meanwhile are
 //! not missed. (A peer can force a short read with bytes still queued by
 //! sending TCP urgent data, or descriptors over a Unix socket; that stalls
-//! only its own connection, which the daemon's frame timeout then closes.
+//! only its own connection, until it sends more (or, mid-frame, until the
+//! daemon's frame timeout closes it).
 //! The protocol uses neither.)
 
 use std::io;
