@@ -259,6 +259,31 @@ fn metrics_answer_while_appends_keep_the_loop_busy() {
     });
 }
 
+/// Idle polling stops: after a burst of appends, an idle daemon sleeps
+/// (a loop that kept polling would burn a whole core here).
+#[test]
+fn an_idle_daemon_stops_polling_and_sleeps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(dir.path(), "");
+    let c = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).expect("client");
+    for i in 0..500u32 {
+        c.append("default", &i.to_le_bytes()).expect("append");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let cpu_ticks = || {
+        let st = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).expect("stat");
+        let f: Vec<u64> =
+            st[st.rfind(')').expect("comm") + 2..].split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+        f[11] + f[12] // utime + stime, in clock ticks (1/100 s)
+    };
+    let before = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks() - before;
+    assert!(used < 100, "an idle daemon used {used} ticks of CPU in 2 s (polling never stopped?)");
+    // And it still answers at once.
+    c.append("default", b"after").expect("append after idle");
+}
+
 /// A resend of an append that was written (same producer and sequence)
 /// returns the original LSN, across a daemon restart too; a sequence below
 /// the remembered window is refused with `sequence-unknown`.
