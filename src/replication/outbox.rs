@@ -17,15 +17,25 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::ship::{ShipSink, ShipView, Shipment};
+use crate::ship::{ShipSink, ShipView};
 
 /// One thing to ship.
 #[derive(Debug)]
 pub enum Event {
-    Batch(Shipment),
-    Mark { journal: u64, lsn: u64 },
-    Create { journal: u64, name: String },
-    Delete { journal: u64 },
+    /// A BATCH frame, encoded but not sealed: the sender computes its CRC
+    /// (`seal_frame`), outside the engine's lock. One copy of the batch.
+    Batch(Vec<u8>),
+    Mark {
+        journal: u64,
+        lsn: u64,
+    },
+    Create {
+        journal: u64,
+        name: String,
+    },
+    Delete {
+        journal: u64,
+    },
 }
 
 /// What the outbox knew when a session activated it.
@@ -182,7 +192,11 @@ impl ShipSink for Outbox {
         if h.len() > HISTORY {
             h.pop_front();
         }
-        self.push(&mut st, b.bytes.len() + 64, || Event::Batch(b.to_shipment()));
+        self.push(&mut st, b.bytes.len() + 64, || {
+            let mut frame = Vec::with_capacity(b.bytes.len() + 128);
+            super::wire::encode_batch_unsealed(&mut frame, b);
+            Event::Batch(frame)
+        });
     }
 
     fn mark(&self, journal: u64, lsn: u64) {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use super::outbox::{Event, Outbox};
 use super::wire::{encode_batch, Hello, Msg, REPL_VERSION};
 use super::{max_body, FrameConn, ReplShared, Role};
+use crate::protocol::seal_frame;
 use crate::ship::ChainEnd;
 use crate::{Error, Journal, MirrorLog};
 
@@ -473,7 +474,20 @@ impl Sender {
             buf.clear();
             for e in events.drain(..) {
                 match e {
-                    Event::Batch(s) => encode_batch(&mut buf, &s.view()),
+                    Event::Batch(mut frame) => {
+                        seal_frame(&mut frame);
+                        if frame.len() >= 64 << 10 {
+                            // Large: sent as it is, not copied into `buf`.
+                            if !buf.is_empty() {
+                                c.send_raw(&buf).map_err(io)?;
+                                buf.clear();
+                            }
+                            c.send_raw(&frame).map_err(io)?;
+                            last_send = Instant::now();
+                        } else {
+                            buf.extend_from_slice(&frame);
+                        }
+                    }
                     Event::Mark { journal, lsn } => Msg::Mark { journal, lsn }.encode(&mut buf),
                     Event::Create { journal, name } => Msg::Create { journal, name }.encode(&mut buf),
                     Event::Delete { journal } => Msg::Delete { journal }.encode(&mut buf),

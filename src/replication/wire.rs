@@ -9,7 +9,7 @@
 //! or `Fenced`/`Refused`, `Ends` and `Samples` during the handshake, then
 //! `Acks` (received and durable LSN per journal) and `Failed`.
 
-use crate::protocol::{encode_frame, put_bytes, put_str, Frame, ProtoError, Reader};
+use crate::protocol::{encode_frame, encode_frame_unsealed, put_bytes, put_str, seal_frame, Frame, ProtoError, Reader};
 use crate::ship::{ChainEnd, ShipView, Shipment};
 
 /// Replication protocol version.
@@ -120,7 +120,16 @@ fn put32(o: &mut Vec<u8>, v: u32) {
 /// Encodes a batch straight from the pipeline's buffer (no copy into a
 /// `Shipment` first).
 pub fn encode_batch(out: &mut Vec<u8>, v: &ShipView<'_>) {
-    encode_frame(out, op::BATCH, 0, |o| {
+    let start = out.len();
+    encode_batch_unsealed(out, v);
+    seal_frame(&mut out[start..]);
+}
+
+/// The same without the frame's CRC (the bytes are copied, nothing is
+/// checksummed), for the primary's outbox, which frames a batch under the
+/// engine's lock; the sender seals it (`seal_frame`) later.
+pub fn encode_batch_unsealed(out: &mut Vec<u8>, v: &ShipView<'_>) {
+    encode_frame_unsealed(out, op::BATCH, 0, |o| {
         put64(o, v.journal_id);
         put64(o, v.slot);
         put64(o, v.seg_seq);
