@@ -14,7 +14,7 @@ use mirrorlog::protocol::Durability;
 use crate::child::{free_port, Proc};
 use crate::embedded::{run_embedded, EmbeddedOpts};
 use crate::load::{Load, Sizes};
-use crate::remote::{run_remote, RemoteOpts};
+use crate::remote::{run_appends, run_remote, RemoteOpts};
 use crate::report::{plot, print, Report};
 use crate::DaemonCmpArgs;
 
@@ -121,20 +121,7 @@ pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
         threads: a.run.client_threads,
         ping,
     };
-    let appends = |clients: usize, label: String| {
-        if a.run.lean {
-            let lo = crate::lean::LeanOpts {
-                endpoint: &endpoint,
-                journal: "default",
-                durability: Durability::Local,
-                record_size: Sizes::fixed(1024),
-                ack_log: None,
-            };
-            crate::lean::run_lean(&load(clients), &lo, format!("{label}, lean generator"))
-        } else {
-            run_remote(&load(clients), &ro(false), label)
-        }
-    };
+    let appends = |clients: usize, label: String| run_appends(&load(clients), &ro(false), label, a.run.lean);
     let d1 = appends(1, "daemon 1KiB local, 1 connection".into())?;
     let d64 = appends(a.run.clients, format!("daemon 1KiB local, {} connections", a.run.clients))?;
     let p1 = run_remote(&load(1), &ro(true), "daemon ping (GetMark), 1 connection".into())?;

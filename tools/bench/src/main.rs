@@ -408,23 +408,8 @@ fn run(r: &RunArgs) -> Result<(), String> {
             mirrorlog::protocol::Durability::RemoteDurable => "remote-durable",
         };
         let what = if r.ping { "ping (GetMark)".to_string() } else { format!("{} {dname}", r.record_size) };
-        let lean = if r.lean { ", lean generator" } else { "" };
-        let label = format!("daemon {} {what}, {} connections{mode}{lean}", r.endpoint.join(","), r.clients);
-        if r.lean {
-            if r.endpoint.len() != 1 {
-                return Err("--lean takes one endpoint (it does not fail over)".into());
-            }
-            let lo = lean::LeanOpts {
-                endpoint: &r.endpoint[0],
-                journal: &r.journal,
-                durability: d,
-                record_size: r.record_size,
-                ack_log: o.ack_log.as_deref(),
-            };
-            lean::run_lean(&load, &lo, label)?
-        } else {
-            remote::run_remote(&load, &o, label)?
-        }
+        let label = format!("daemon {} {what}, {} connections{mode}", r.endpoint.join(","), r.clients);
+        remote::run_appends(&load, &o, label, r.lean)?
     } else if r.raw {
         if r.ack_log.is_some() {
             return Err("--ack-log needs --embedded: raw writes have no LSNs".into());

@@ -141,6 +141,26 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
     Ok(report)
 }
 
+/// Appends (or pings) against a daemon, from the client library's
+/// connections or, with `lean`, from the lean generator (one endpoint,
+/// appends only).
+pub fn run_appends(load: &Load, o: &RemoteOpts, label: String, lean: bool) -> Result<Report, String> {
+    if !lean || o.ping {
+        return run_remote(load, o, label);
+    }
+    let [endpoint] = o.endpoints.as_slice() else {
+        return Err("--lean takes one endpoint (it does not fail over)".into());
+    };
+    let lo = crate::lean::LeanOpts {
+        endpoint,
+        journal: &o.journal,
+        durability: o.durability,
+        record_size: o.record_size,
+        ack_log: o.ack_log.as_deref(),
+    };
+    crate::lean::run_lean(load, &lo, format!("{label}, lean generator"))
+}
+
 /// Keeps space for a long run (not with an ack log: `check` reads every
 /// record back): once the journal holds over half the set, reclaims all but
 /// its newest records.

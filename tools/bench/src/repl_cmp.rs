@@ -20,7 +20,7 @@ use mirrorlog::protocol::{Durability, Request};
 use crate::child::{free_port, Proc};
 use crate::load::{Load, Sizes};
 use crate::raw::run_raw;
-use crate::remote::{run_remote, RemoteOpts};
+use crate::remote::{run_appends, RemoteOpts};
 use crate::report::{plot, print, Report};
 use crate::{Common, ReplCmpArgs};
 
@@ -188,13 +188,14 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     let mut many = Vec::new();
     let modes_run: &[Durability] = if a.catchup_only { &[] } else { &modes };
     for &m in modes_run {
-        qd1.push(run_remote(&load(1), &ro(m, &p.client), format!("{} QD1", name(m)))?);
+        qd1.push(run_appends(&load(1), &ro(m, &p.client), format!("{} QD1", name(m)), a.run.lean)?);
     }
     for &m in modes_run {
-        many.push(run_remote(
+        many.push(run_appends(
             &load(a.run.clients),
             &ro(m, &p.client),
             format!("{} {} connections", name(m), a.run.clients),
+            a.run.lean,
         )?);
     }
     print(&qd1, json);
@@ -215,7 +216,7 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
         poll: false,
     };
     let o = RemoteOpts { record_size: big, ..ro(Durability::Local, &p.client) };
-    let filled = run_remote(&fill, &o, format!("fill {} MiB while the replica is down", a.catchup >> 20))?;
+    let filled = run_appends(&fill, &o, format!("fill {} MiB while the replica is down", a.catchup >> 20), a.run.lean)?;
     print(std::slice::from_ref(&filled), json);
     let lag0 = p.status()?;
 
@@ -264,17 +265,19 @@ pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     start_pair(&mut p, &mut r, &proxy.local_addr().to_string())?;
     let mut delayed = Vec::new();
     for m in modes {
-        delayed.push(run_remote(
+        delayed.push(run_appends(
             &load(1),
             &ro(m, &p.client),
             format!("{} QD1, link +{}ms each way", name(m), a.delay_ms),
+            a.run.lean,
         )?);
     }
     for m in modes {
-        delayed.push(run_remote(
+        delayed.push(run_appends(
             &load(a.run.clients),
             &ro(m, &p.client),
             format!("{} {} connections, link +{}ms each way", name(m), a.run.clients, a.delay_ms),
+            a.run.lean,
         )?);
     }
     print(&delayed, json);
