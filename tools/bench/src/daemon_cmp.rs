@@ -13,7 +13,7 @@ use mirrorlog::protocol::Durability;
 
 use crate::child::{free_port, Proc};
 use crate::embedded::{run_embedded, EmbeddedOpts};
-use crate::load::{Load, Sizes};
+use crate::load::Sizes;
 use crate::remote::{run_appends, run_remote, RemoteOpts};
 use crate::report::{plot, print, Report};
 use crate::DaemonCmpArgs;
@@ -58,14 +58,7 @@ pub fn tcp_ping_pong(rounds: usize) -> Result<u64, String> {
 pub fn daemon_vs_embedded(a: &DaemonCmpArgs) -> Result<(), String> {
     let c = &a.common;
     let json = c.json;
-    let load = |clients: usize| Load {
-        clients,
-        secs: a.run.duration,
-        records: None,
-        rate: None,
-        progress: !json,
-        poll: a.run.poll,
-    };
+    let load = |clients: usize| a.run.load(clients, json);
     let emb = EmbeddedOpts {
         threads: false,
         loops: 1,

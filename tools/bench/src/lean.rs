@@ -43,66 +43,27 @@ pub struct LeanOpts<'a> {
 
 const MAX_FRAME: u32 = 64 << 20;
 
-/// Connects and says Hello (blocking), then makes the socket non-blocking.
+/// Connects and says Hello (blocking; connection 0 also creates the
+/// journal), then makes the socket non-blocking.
 fn connect(endpoint: &str, id: usize, journal: &str) -> Result<Conn, String> {
     let mut s = TcpStream::connect(endpoint).map_err(|e| format!("{endpoint}: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    Request::Hello { min_version: VERSION, max_version: VERSION, client: "mirrorlog-bench-lean" }.encode(1, &mut out);
-    s.write_all(&out).map_err(|e| e.to_string())?;
     let mut rbuf = Vec::with_capacity(64 << 10);
-    loop {
-        let mut tmp = [0u8; 4096];
-        let n = s.read(&mut tmp).map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("the daemon closed the connection during Hello".into());
-        }
-        rbuf.extend_from_slice(&tmp[..n]);
-        if let Some((f, used)) = decode_frame(&rbuf, MAX_FRAME).map_err(|e| e.to_string())? {
-            match Response::decode(&f, Op::Hello) {
-                Ok(Response::Hello { primary: true, .. }) => {}
-                Ok(Response::Hello { .. }) => return Err(format!("{endpoint} is not a primary")),
-                Ok(_) | Err(_) => return Err("no Hello answer".into()),
-            }
-            rbuf.drain(..used);
-            break;
-        }
+    let hello = Request::Hello { min_version: VERSION, max_version: VERSION, client: "mirrorlog-bench-lean" };
+    round_trip(&mut s, &mut rbuf, hello, Op::Hello, |r| match r {
+        Response::Hello { primary: true, .. } => Ok(()),
+        Response::Hello { .. } => Err(format!("{endpoint} is not a primary")),
+        _ => Err("no Hello answer".into()),
+    })?;
+    if id == 0 {
+        round_trip(&mut s, &mut rbuf, Request::CreateJournal { journal }, Op::CreateJournal, |r| match r {
+            Response::Error { code: 8, .. } => Ok(()), // journal-exists
+            Response::Error { code, message } => Err(format!("create {journal}: {code}: {message}")),
+            _ => Ok(()),
+        })?;
     }
     s.set_nonblocking(true).map_err(|e| e.to_string())?;
-    if id == 0 {
-        // Make the journal (journal-exists is fine): one blocking round trip.
-        let mut out = Vec::new();
-        Request::CreateJournal { journal }.encode(2, &mut out);
-        s.set_nonblocking(false).map_err(|e| e.to_string())?;
-        s.write_all(&out).map_err(|e| e.to_string())?;
-        loop {
-            let mut tmp = [0u8; 4096];
-            let n = s.read(&mut tmp).map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("the daemon closed the connection".into());
-            }
-            rbuf.extend_from_slice(&tmp[..n]);
-            if let Some((f, used)) = decode_frame(&rbuf, MAX_FRAME).map_err(|e| e.to_string())? {
-                match Response::decode(&f, Op::CreateJournal) {
-                    Ok(Response::Error { code: 8, .. }) => {} // journal-exists
-                    Ok(Response::Error { code, message }) => {
-                        return Err(format!("create {journal}: {code}: {message}"))
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("create {journal}: {e}")),
-                }
-                rbuf.drain(..used);
-                break;
-            }
-        }
-        s.set_nonblocking(true).map_err(|e| e.to_string())?;
-    }
-    let producer = loop {
-        let p = rand_u64();
-        if p != 0 {
-            break p;
-        }
-    };
+    let producer = rand::random::<u64>() | 1; // 0 means "no producer"
     Ok(Conn {
         s,
         id,
@@ -117,11 +78,29 @@ fn connect(endpoint: &str, id: usize, journal: &str) -> Result<Conn, String> {
     })
 }
 
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
+/// One blocking request and its answer, judged by `check`.
+fn round_trip(
+    s: &mut TcpStream,
+    rbuf: &mut Vec<u8>,
+    req: Request<'_>,
+    op: Op,
+    check: impl FnOnce(Response<'_>) -> Result<(), String>,
+) -> Result<(), String> {
+    let mut out = Vec::new();
+    req.encode(1, &mut out);
+    s.write_all(&out).map_err(|e| e.to_string())?;
+    loop {
+        if let Some((f, used)) = decode_frame(rbuf, MAX_FRAME).map_err(|e| e.to_string())? {
+            check(Response::decode(&f, op).map_err(|e| e.to_string())?)?;
+            rbuf.drain(..used);
+            return Ok(());
+        }
+        let mut tmp = [0u8; 4096];
+        match s.read(&mut tmp).map_err(|e| e.to_string())? {
+            0 => return Err("the daemon closed the connection".into()),
+            n => rbuf.extend_from_slice(&tmp[..n]),
+        }
+    }
 }
 
 impl Conn {

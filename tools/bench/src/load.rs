@@ -87,18 +87,15 @@ impl Progress {
     }
 }
 
-/// A worker's latency recording: the whole run, plus the part not yet
-/// shared with the progress line.
 /// The progress line's histograms: 2 significant digits are plenty for a
-/// p99 printed every quarter second, and merging one (every client does,
-/// every 250 ms) walks 8 times fewer buckets than a 3-digit one.
+/// p99 printed every quarter second, and merging one (every load thread
+/// does, every 250 ms) walks 8 times fewer buckets than a 3-digit one.
 fn progress_hist() -> Histogram<u64> {
-    match Histogram::new_with_bounds(1, 60_000_000, 2) {
-        Ok(h) => h,
-        Err(e) => panic!("histogram bounds: {e}"),
-    }
+    crate::report::hist_with_digits(2)
 }
 
+/// A worker's latency recording: the whole run, plus the part not yet
+/// shared with the progress line.
 pub struct Lat {
     pub all: Histogram<u64>,
     recent: Histogram<u64>,

@@ -266,6 +266,13 @@ pub struct DaemonRunArgs {
     pub plot: Option<PathBuf>,
 }
 
+impl DaemonRunArgs {
+    /// A closed-loop load of `clients` for `duration`, as these flags say.
+    pub fn load(&self, clients: usize, json: bool) -> load::Load {
+        load::Load { clients, secs: self.duration, records: None, rate: None, progress: !json, poll: self.poll }
+    }
+}
+
 #[derive(Args, Clone)]
 pub struct DaemonCmpArgs {
     #[command(flatten)]

@@ -66,8 +66,8 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
         // This load thread's client futures all run inside this one block_on, so
         // they share one latency record: 64 per-client histograms were
         // 64 x 0.5 MB that each ack touched at random (cache misses).
-        let lat = std::cell::RefCell::new(Lat::new());
-        let lat = &lat;
+        let shared = std::cell::RefCell::new(Lat::new());
+        let lat = &shared;
         rt.block_on(async {
             let futs = clients.iter().map(|(id, c)| {
                 let id = *id;
@@ -116,9 +116,6 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
                     }
                 }
             });
-            // Keep space (not with an ack log: `check` reads every record back):
-            // once the journal holds over half the set, reclaim all but the
-            // newest records.
             let marker = async {
                 if o.ack_log.is_none() && w == 0 {
                     keep_space(&clients[0].1, &o.journal, p).await;
@@ -133,7 +130,7 @@ pub fn run_remote(load: &Load, o: &RemoteOpts, label: String) -> Result<Report, 
             };
             futures::future::join3(futures::future::join_all(futs), marker, poller).await;
         });
-        lat.replace(Lat::new()).all
+        shared.into_inner().all
     });
     if let Some(a) = &o.ack_log {
         a.flush().map_err(|e| format!("ack log: {e}"))?;

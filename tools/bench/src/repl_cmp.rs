@@ -117,14 +117,7 @@ fn fresh(devices: &[PathBuf], size: u64) -> Result<(), String> {
 
 pub fn replication(a: &ReplCmpArgs) -> Result<(), String> {
     let json = a.common.json;
-    let load = |clients: usize| Load {
-        clients,
-        secs: a.run.duration,
-        records: None,
-        rate: None,
-        progress: !json,
-        poll: a.run.poll,
-    };
+    let load = |clients: usize| a.run.load(clients, json);
     let dir = std::env::temp_dir().join(format!("mirrorlog-repl-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mk = |name: &'static str, devices: &[PathBuf]| -> Result<Site, String> {

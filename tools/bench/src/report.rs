@@ -17,7 +17,12 @@ pub struct Report {
 
 /// A histogram of microseconds, 1 µs to 60 s, 3 significant digits.
 pub fn new_hist() -> Histogram<u64> {
-    match Histogram::new_with_bounds(1, 60_000_000, 3) {
+    hist_with_digits(3)
+}
+
+/// The same with `digits` significant digits.
+pub fn hist_with_digits(digits: u8) -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, 60_000_000, digits) {
         Ok(h) => h,
         Err(e) => panic!("histogram bounds: {e}"),
     }
