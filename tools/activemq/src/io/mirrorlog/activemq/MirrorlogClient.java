@@ -381,9 +381,13 @@ public final class MirrorlogClient implements Closeable {
     private void failExpired() {
         long now = System.nanoTime();
         for (Map.Entry<Long, Pending> e : pending.entrySet()) {
-            if (now - e.getValue().deadlineNanos > 0 && pending.remove(e.getKey(), e.getValue())) {
-                e.getValue().future.completeExceptionally(new MirrorlogException(Wire.E_TIMEOUT,
+            Pending p = e.getValue();
+            if (now - p.deadlineNanos > 0) {
+                // Failed before it leaves `pending`: its failure hooks have run
+                // by the time the reader could miss it and answer a later request.
+                p.future.completeExceptionally(new MirrorlogException(Wire.E_TIMEOUT,
                         "no answer within the request timeout (outcome unknown)"));
+                pending.remove(e.getKey(), p);
             }
         }
     }

@@ -62,6 +62,8 @@ public class MirrorlogJournal implements Journal {
     /** Held while an append is sent, so lastWrite follows the order on the wire. */
     private final Object writeLock = new Object();
     private volatile MirrorlogLocation lastWrite;
+    /** The newest write's failure hook: done once that write is answered and the hook has run. */
+    private volatile CompletableFuture<Long> lastSettled;
     private final AtomicReference<Throwable> asyncFailure = new AtomicReference<>();
     private final AtomicLong bytesSinceCheckpointRequest = new AtomicLong();
     private final Object markLock = new Object();
@@ -193,7 +195,7 @@ public class MirrorlogJournal implements Journal {
             // Registered before any later write is sent: the reader thread
             // runs it when this write fails, before it can complete a later
             // write, so no later sync write or mark can miss the failure.
-            f.whenComplete((lsn, err) -> {
+            lastSettled = f.whenComplete((lsn, err) -> {
                 if (err == null) {
                     return;
                 }
@@ -341,9 +343,14 @@ public class MirrorlogJournal implements Journal {
     public void setMark(RecordLocation location, boolean sync) throws InvalidRecordLocationException, IOException {
         MirrorlogClient c = client();
         long lsn = ((MirrorlogLocation) location).lsn();
-        MirrorlogLocation last = lastWrite;
-        if (last != null) {
-            last.lsn();
+        // Every write issued before the mark is answered first. A failed synced
+        // write was reported to its caller and does not stop the mark (after
+        // "full", the checkpoint's mark is what frees space); a failed unsynced
+        // one does, through checkAsyncFailure, whose flag its hook has set by
+        // the time lastSettled is done.
+        CompletableFuture<Long> settled = lastSettled;
+        if (settled != null) {
+            MirrorlogClient.await(settled.handle((v, e) -> (Void) null));
         }
         checkAsyncFailure();
         synchronized (markLock) {

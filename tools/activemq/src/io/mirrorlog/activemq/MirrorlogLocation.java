@@ -32,10 +32,6 @@ public final class MirrorlogLocation implements RecordLocation {
         return MirrorlogClient.await(lsn);
     }
 
-    CompletableFuture<Long> future() {
-        return lsn;
-    }
-
     private long lsnUnchecked() {
         try {
             return lsn();
