@@ -2,9 +2,9 @@
 //! bound to a lease says which node is primary and at which epoch.
 //!
 //! * The primary holds `PREFIX/CLUSTER/primary` = `{"name","epoch","endpoint"}`
-//!   with a lease of `lease_ttl`, kept alive every sixth of it. If two thirds
-//!   of a lease pass without a renewal (etcd unreachable, the lease
-//!   expired), it **steps down** on its own: its appends stop before etcd
+//!   with a lease of `lease_ttl`, kept alive every sixth of it. If half a
+//!   lease passes without a renewal (etcd unreachable, the lease expired;
+//!   one request may take a third of it), it **steps down** on its own: its appends stop before etcd
 //!   can have expired the lease (which runs from a renewal's send time), so
 //!   two nodes never both take appends.
 //! * A replica with `auto_failover` watches the key; once it is gone (the
@@ -54,6 +54,8 @@ pub struct Etcd {
     cfg: EtcdConfig,
     agent: ureq::Agent,
     key: String,
+    /// The longest one request can take, over every endpoint in turn.
+    budget: Duration,
 }
 
 /// Who holds the primary key.
@@ -72,7 +74,7 @@ impl Etcd {
         let t = (cfg.lease_ttl.max(Duration::from_secs(1)) / (3 * n)).max(Duration::from_millis(50));
         let agent = ureq::AgentBuilder::new().timeout_connect(t).timeout(t).build();
         let key = format!("{}/{}/primary", cfg.prefix.trim_end_matches('/'), cfg.cluster);
-        Etcd { cfg, agent, key }
+        Etcd { cfg, agent, key, budget: t * n }
     }
 
     fn post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, String> {
@@ -184,8 +186,9 @@ pub fn claim_at_start(e: &Etcd, name: &str, epoch: u64, wait: Duration) -> Resul
 pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Option<i64>) {
     let name = shared.cfg.name.clone();
     let ttl = e.cfg.lease_ttl;
-    // Renew six times a lease; step down once two thirds of it passed
-    // without a renewal.
+    // Renew six times a lease; step down once half of it passed without a
+    // renewal (a request may take a third, and the next check comes a sixth
+    // later).
     let tick = (ttl / 6).max(Duration::from_millis(50));
     // The lease from the start counts from before this thread began.
     let mut renewed = Instant::now().checked_sub(tick).unwrap_or_else(Instant::now);
@@ -219,8 +222,12 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
                 };
                 // Invariant: this node stops taking appends before etcd can
                 // have expired its lease (which runs from a renewal's send
-                // time): step down a tick ahead of the last renewal + ttl.
-                if renewed.elapsed() + 2 * tick >= ttl {
+                // time). A keep-alive may fail only after `budget`, and the
+                // next check comes a tick later, so step down while both
+                // still fit before the last renewal + ttl: checked before a
+                // keep-alive is sent and again as soon as one fails.
+                let late = |renewed: Instant| renewed.elapsed() + e.budget + tick >= ttl;
+                if late(renewed) {
                     tracing::error!("etcd: the primary lease could not be renewed in time; stepping down");
                     lease = None;
                     shared.change_role(role, Role::SteppingDown);
@@ -239,7 +246,14 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
                         lease = None;
                         shared.change_role(role, Role::SteppingDown);
                     }
-                    Err(err) => tracing::warn!(error = %err, "etcd: lease keep-alive failed"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, "etcd: lease keep-alive failed");
+                        if late(renewed) {
+                            tracing::error!("etcd: the primary lease could not be renewed in time; stepping down");
+                            lease = None;
+                            shared.change_role(role, Role::SteppingDown);
+                        }
+                    }
                 }
             }
             Role::Replica if e.cfg.auto_failover => match e.holder() {
