@@ -928,10 +928,6 @@ impl JournalInner {
         }
     }
 
-    /// Marks the journal deleted: appends in progress and to come fail with
-    /// `unknown-journal`. Does not wait for batches being written (their
-    /// writer may be the calling thread's `Driver`); returns the slots that can
-    /// be freed now, and `complete` frees the rest when the last write ends.
     /// Records the journal's mark in the superblock (durably), nothing else.
     pub(crate) fn write_mark(&self, lsn: u64) -> Result<()> {
         let id = self.id;
@@ -944,6 +940,10 @@ impl JournalInner {
         })
     }
 
+    /// Marks the journal deleted: appends in progress and to come fail with
+    /// `unknown-journal`. Does not wait for batches being written (their
+    /// writer may be the calling thread's `Driver`); returns the slots that can
+    /// be freed now, and `complete` frees the rest when the last write ends.
     pub(crate) fn shut(&self) -> Vec<u64> {
         let mut st = self.st.lock();
         st.deleted = true;

@@ -657,6 +657,8 @@ impl Journal {
     /// can be sent again whole; it continues at `next_lsn`.
     pub fn reset(&self, next_lsn: u64) -> Result<ChainEnd> {
         // As `truncate_after`: no mark may free a slot being zeroed here.
+        // (Taken here, not in `JournalInner::reset`, which `truncate_after`
+        // calls with the lock held.)
         let _g = self.inner.mark_lock.lock();
         self.inner.reset(next_lsn)
     }

@@ -301,9 +301,7 @@ fn broker_killed_before_and_after_checkpoints_loses_and_duplicates_nothing() {
     assert!(ok, "phase 3 producer: {out}\n{}", broker.log());
     std::thread::sleep(Duration::from_millis(3000));
     broker.kill9();
-    ml.kill9();
-    ml.spawn();
-    ml.wait_ready();
+    ml.restart();
     broker.restart();
 
     let acked_list = indices(&acked);

@@ -240,15 +240,7 @@ fn metrics_answer_while_appends_keep_the_loop_busy() {
             std::thread::sleep(Duration::from_millis(5));
         }
         let t0 = std::time::Instant::now();
-        let got = (|| {
-            use std::io::{Read, Write};
-            let mut s = TcpStream::connect(&d.metrics).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-            write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            Some(out)
-        })();
+        let got = d.try_http_get("/metrics", Duration::from_secs(3));
         let during = acked.load(Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
         let m = got.unwrap_or_default();

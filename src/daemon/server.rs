@@ -255,9 +255,6 @@ trait Stream: std::os::fd::AsRawFd + 'static {
     fn close(&self) {
         graceful_close(self.as_raw_fd());
     }
-    fn raw_fd(&self) -> std::os::fd::RawFd {
-        self.as_raw_fd()
-    }
 }
 
 macro_rules! impl_stream {
@@ -1071,7 +1068,7 @@ async fn connection_in_span<S: Stream>(srv: Rc<Srv>, s: Rc<S>) {
     srv.m.connections.set(srv.m.connections.get() + 1);
     srv.m.connections_total.set(srv.m.connections_total.get() + 1);
     tracing::debug!("connected");
-    let conn = Conn::new(s.raw_fd());
+    let conn = Conn::new(s.as_raw_fd());
     let writer = {
         let (conn, s) = (conn.clone(), s.clone());
         tokio_uring::spawn(async move {

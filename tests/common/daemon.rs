@@ -198,13 +198,18 @@ impl Daemon {
 
     /// GET a path from the metrics listener.
     pub fn http_get(&self, path: &str) -> String {
+        self.try_http_get(path, Duration::from_secs(10)).expect("GET from the metrics listener")
+    }
+
+    /// The whole HTTP response, or None if it did not come within `timeout`.
+    pub fn try_http_get(&self, path: &str, timeout: Duration) -> Option<String> {
         use std::io::Write;
-        let mut s = TcpStream::connect(&self.metrics).expect("metrics connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        let mut s = TcpStream::connect(&self.metrics).ok()?;
+        s.set_read_timeout(Some(timeout)).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
         let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
     }
 
     /// Resident memory of the daemon, in KiB.
