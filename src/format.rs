@@ -567,6 +567,16 @@ impl Superblock {
     }
 }
 
+/// The longest record body that fits in a segment of this geometry: the
+/// bound for reading records back. Not the configured `max_record_size`,
+/// which only limits new appends: a record written under a larger limit is
+/// still a valid record, and what recovery or a reader accepts must never
+/// depend on a value the operator may change between runs.
+pub fn max_record_body(segment_size: u64, block_size: u32) -> u32 {
+    let room = segment_size.saturating_sub(block_size as u64 + RECORD_HEADER_LEN as u64);
+    room.min(u32::MAX as u64) as u32
+}
+
 /// Byte offset of segment slot `slot` on every member.
 pub fn slot_offset(slot: u64, segment_size: u64) -> u64 {
     DATA_START + slot * segment_size

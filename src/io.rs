@@ -395,6 +395,9 @@ pub fn check_full(res: i32, len: usize) -> io::Result<()> {
 #[derive(Debug, Default)]
 pub struct FaultInjector {
     rules: Mutex<Vec<(PathBuf, bool, bool)>>,
+    /// Device writes still allowed before every write fails (a power cut
+    /// at a chosen point); `None`: no limit.
+    write_budget: Mutex<Option<u64>>,
 }
 
 impl FaultInjector {
@@ -409,11 +412,27 @@ impl FaultInjector {
     pub fn fail_reads(&self, path: &Path) {
         self.rules.lock().push((path.to_path_buf(), false, true));
     }
+    /// From now on `n` more device writes (one per member written) succeed,
+    /// then every write to every device fails: the power fails at a chosen
+    /// point of a multi-write operation.
+    pub fn fail_writes_after(&self, n: u64) {
+        *self.write_budget.lock() = Some(n);
+    }
     pub fn clear(&self) {
         self.rules.lock().clear();
+        *self.write_budget.lock() = None;
     }
-    /// Whether an op of this kind on `path` must fail.
+    /// Whether an op of this kind on `path` must fail. A write asked about
+    /// is about to be issued: it uses up one of `fail_writes_after`'s.
     pub fn should_fail(&self, path: &Path, write: bool) -> bool {
+        if write {
+            if let Some(left) = self.write_budget.lock().as_mut() {
+                if *left == 0 {
+                    return true;
+                }
+                *left -= 1;
+            }
+        }
         self.rules.lock().iter().any(|(p, w, r)| p == path && ((write && *w) || (!write && *r)))
     }
 }

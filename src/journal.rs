@@ -38,6 +38,9 @@ pub struct JournalInfo {
     pub segments: usize,
     /// Bytes of segment slots the journal holds.
     pub bytes: u64,
+    /// Segments recovery found missing on every mirror at open (their
+    /// records cannot be read); 0 when the journal is whole.
+    pub missing_segments: u64,
 }
 
 impl JournalInner {
@@ -283,6 +286,7 @@ impl Journal {
             next_lsn: st.durable_lsn,
             segments: st.segs.len(),
             bytes: st.segs.len() as u64 * self.inner.shared.set.segment_size,
+            missing_segments: self.inner.recovery.missing_segments,
         }
     }
 

@@ -322,6 +322,9 @@ pub struct RecoveryStats {
     pub total_seconds: f64,
     /// Records past the last complete batch that were dropped.
     pub dropped_records: u64,
+    /// Segments missing on every mirror between two that were found (their
+    /// records cannot be read; everything else was kept).
+    pub missing_segments: u64,
 }
 
 /// What recovery found for a journal.

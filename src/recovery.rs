@@ -3,7 +3,9 @@
 //! 1. Read every slot's header block on every healthy member. A header valid
 //!    on some members is copied to the members that lack it.
 //! 2. Per journal: its segments are the headers with its id, in sequence
-//!    order, minus those wholly below its mark (already reclaimed).
+//!    order, minus those wholly below its mark (already reclaimed). A
+//!    sequence number missing among them is reported, and nothing is freed
+//!    because of it.
 //! 3. Scan the tail segment's record chain, falling back across members (see
 //!    `read`), so the longest valid chain on any member wins. The tail is cut
 //!    back to the last complete batch (a record flagged `BATCH_END`): a
@@ -107,11 +109,22 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
     while mine.len() > 1 && mine[1].header.first_lsn <= entry.mark {
         mine.remove(0);
     }
-    // Keep the run of consecutive sequence numbers that ends at the newest.
-    if let Some(gap) = (1..mine.len()).rev().find(|&i| mine[i].header.seq != mine[i - 1].header.seq + 1) {
-        tracing::error!(journal = %entry.name, "segment sequence {} is missing on every mirror; records before lsn {} are lost",
-            mine[gap - 1].header.seq + 1, mine[gap].header.first_lsn);
-        mine.drain(..gap);
+    // A sequence number missing on every mirror (its header unreadable or
+    // rotten everywhere) leaves a hole: the records of that segment cannot
+    // be chained, and reads of them fail as corrupt. Every other segment is
+    // kept: acknowledged history on either side of the hole is never freed
+    // because of it. (A cut-back drops segments newest first, so a crash in
+    // one never makes a hole; see `JournalInner::drop_segments`.)
+    let mut missing_segments = 0;
+    for w in mine.windows(2) {
+        let (a, b) = (&w[0].header, &w[1].header);
+        if b.seq != a.seq + 1 {
+            missing_segments += b.seq - a.seq - 1;
+            tracing::error!(journal = %entry.name, missing_seq = a.seq + 1, count = b.seq - a.seq - 1,
+                before_lsn = b.first_lsn,
+                "segment missing on every mirror: the records between lsn {} and {} that it held cannot be read; \
+                 every other segment is kept", a.first_lsn, b.first_lsn);
+        }
     }
     // Copy headers to members that lack them.
     for c in &mine {
@@ -136,7 +149,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         .collect();
     let Some(tail) = segs.back_mut() else {
         return Ok(Recovered {
-            stats: Default::default(),
+            stats: crate::pipeline::RecoveryStats { missing_segments, ..Default::default() },
             segs,
             next_lsn: entry.mark.max(1),
             last_crc: 0,
@@ -159,7 +172,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         slot: tail.slot,
         bound: set.segment_size,
         end_lsn: u64::MAX,
-        max_record: shared.cfg.max_record_size.max(1 << 20) + crate::format::TAG_LEN as u32,
+        max_record: crate::format::max_record_body(set.segment_size, set.block_size),
         chunk: 1 << 20,
         prefer: set.healthy_indexes().next().unwrap_or(0),
     };
@@ -207,6 +220,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
             scan_seconds,
             total_seconds: t0.elapsed().as_secs_f64(),
             dropped_records: scanned.pos.lsn.saturating_sub(end.lsn),
+            missing_segments,
         },
         next_lsn: end.lsn.max(entry.mark).max(1),
         last_crc: end.prev_crc,

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::format::{align_up, scan_chain, slot_offset, ChainPos, ScanStop, SegmentHeader, FLAG_BATCH_END, TAG_LEN};
+use crate::format::{align_up, scan_chain, slot_offset, ChainPos, ScanStop, SegmentHeader, FLAG_BATCH_END};
 use crate::io::AlignedBuf;
 use crate::journal::Journal;
 use crate::pipeline::{Batch, IndexEntry, JournalInner, Seg};
@@ -131,8 +131,11 @@ pub struct ChainEnd {
 }
 
 impl JournalInner {
+    /// The longest record body a read or a shipment accepts: what fits in
+    /// a segment (see `format::max_record_body`), not the configured limit.
     pub(crate) fn max_body(&self) -> u32 {
-        self.shared.cfg.max_record_size + TAG_LEN as u32
+        let set = &self.shared.set;
+        crate::format::max_record_body(set.segment_size, set.block_size)
     }
 
     /// A verified scan of `slot` below segment offset `bound` and LSN
@@ -576,12 +579,14 @@ impl JournalInner {
         self.chain_end()
     }
 
-    /// Zeroes whole segments `(slot, bytes written)` on every mirror: every
-    /// header first, then the bodies, so a restart in between finds no
-    /// segment to revive.
+    /// Zeroes whole segments `(slot, bytes written)`, oldest first in
+    /// `segs`, on every mirror: every header first, newest first, then the
+    /// bodies, so a restart in between finds no segment to revive, and a
+    /// crash part-way leaves the older segments a contiguous run (a hole in
+    /// the sequence would be a lost segment to recovery; see `recovery.rs`).
     fn drop_segments(&self, segs: &[(u64, u64)]) -> Result<()> {
         let bs = self.shared.set.block_size as u64;
-        for &(slot, _) in segs {
+        for &(slot, _) in segs.iter().rev() {
             self.zero(slot, 0, bs)?;
         }
         for &(slot, end) in segs {
@@ -686,7 +691,15 @@ impl Journal {
         if lsn > cur {
             self.set_mark(lsn)
         } else if lsn < cur {
+            // Never below the oldest segment held: the segments before it
+            // were reclaimed, and their headers (left on disk) must stay
+            // below the mark, or recovery would take them back.
             let _g = self.inner.mark_lock.lock();
+            let oldest = self.inner.st.lock().segs.front().map(|s| s.first_lsn);
+            let lsn = oldest.map_or(lsn, |o| lsn.max(o));
+            if lsn >= cur {
+                return Ok(());
+            }
             self.inner.persist_mark(lsn)
         } else {
             Ok(())

@@ -17,7 +17,7 @@
 //! - for each journal, on **each member independently**: its segments, found
 //!   from the slot headers by the rules of recovery (headers carrying the
 //!   journal's id and the set's uuid, in sequence order, minus those wholly
-//!   below the mark, consecutive sequence numbers), and the record chain of
+//!   below the mark; a missing sequence number is reported), and the record chain of
 //!   every segment, walked with `format::scan_chain` (every CRC, every link).
 //!   A chain must reach the next segment's first LSN (and its `prev_crc`);
 //! - that the members agree: on the segment list, on where the tail chain
@@ -44,14 +44,11 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::format::{
     align_up, parse_record_header, scan_chain, slot_offset, split_tag, ChainPos, Health, JournalEntry, MemberInfo,
-    ScanStop, SegmentHeader, Superblock, Tag, FLAG_BATCH_END, RECORD_HEADER_LEN, SUPERBLOCK_REGION, TAG_LEN,
+    ScanStop, SegmentHeader, Superblock, Tag, FLAG_BATCH_END, RECORD_HEADER_LEN, SUPERBLOCK_REGION,
 };
 use crate::io::AlignedBuf;
 use crate::mirror::hex_id;
 
-/// Largest record body accepted: the engine's largest `max_record_size`
-/// (256 MiB) plus a producer tag.
-const MAX_RECORD: u32 = (256 << 20) + TAG_LEN as u32;
 /// Bytes per read when walking or comparing chains.
 const CHUNK: usize = 1 << 20;
 
@@ -413,8 +410,7 @@ struct Cand {
 }
 
 /// A journal's segments from its headers: in sequence order, one per
-/// sequence number, minus the leading ones wholly below the mark, and only
-/// the run of consecutive sequence numbers that ends at the newest.
+/// sequence number, minus the leading ones wholly below the mark.
 fn select_segments(mut mine: Vec<Cand>, entry: &JournalEntry, issues: &mut Vec<String>) -> Vec<Cand> {
     mine.sort_by_key(|c| (c.header.seq, std::cmp::Reverse(c.weight), c.slot));
     let mut out: Vec<Cand> = Vec::with_capacity(mine.len());
@@ -430,14 +426,18 @@ fn select_segments(mut mine: Vec<Cand>, entry: &JournalEntry, issues: &mut Vec<S
     while out.len() > 1 && out[1].header.first_lsn <= entry.mark {
         out.remove(0);
     }
-    if let Some(gap) = (1..out.len()).rev().find(|&i| out[i].header.seq != out[i - 1].header.seq.saturating_add(1)) {
-        issues.push(format!(
-            "journal {}: segment sequence {} is missing: records before lsn {} are lost",
-            entry.name,
-            out[gap - 1].header.seq.saturating_add(1),
-            out[gap].header.first_lsn
-        ));
-        out.drain(..gap);
+    // Every gap is reported; the segments on both sides are kept, as
+    // recovery keeps them (see recovery.rs).
+    for w in out.windows(2) {
+        if w[1].header.seq != w[0].header.seq.saturating_add(1) {
+            issues.push(format!(
+                "journal {}: segment sequence {} is missing: records from the end of segment {} to lsn {} cannot be read",
+                entry.name,
+                w[0].header.seq.saturating_add(1),
+                w[0].header.seq,
+                w[1].header.first_lsn
+            ));
+        }
     }
     out
 }
@@ -498,6 +498,7 @@ fn scan(
     let mut cur = start;
     let mut batch_end = start;
     let mut member = prefer.min(devs.len().saturating_sub(1));
+    let max_record = crate::format::max_record_body(geo.segment_size, bs as u32);
     let mut need = 0usize;
     let mut bufs: Vec<Option<AlignedBuf>> = devs.iter().map(|_| None).collect();
     let done = |pos, batch_end, stopped, member, error| ScanEnd { pos, batch_end, stopped, member, error };
@@ -529,7 +530,7 @@ fn scan(
                 continue;
             }
             let mut p = ChainPos { off: in_chunk, ..cur };
-            let stop = scan_chain(&buf.as_slice()[..want], &mut p, bs, MAX_RECORD, |f| {
+            let stop = scan_chain(&buf.as_slice()[..want], &mut p, bs, max_record, |f| {
                 f.header.lsn.saturating_add(1) < end_lsn
             });
             let rank = (
@@ -562,7 +563,7 @@ fn scan(
         let data = &buf.as_slice()[..want];
         let mut p = ChainPos { off: in_chunk, ..cur };
         let mut stopped = false;
-        let stop = scan_chain(data, &mut p, bs, MAX_RECORD, |f| {
+        let stop = scan_chain(data, &mut p, bs, max_record, |f| {
             let lsn = f.header.lsn;
             if f.header.flags & FLAG_BATCH_END != 0 {
                 let next = align_up((chunk_start + f.off + f.header.total_len()) as u64, bs as u64) as usize;

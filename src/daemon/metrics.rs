@@ -204,6 +204,11 @@ pub fn render(m: &Metrics, status: &Status, counters: &[(String, JournalCounters
         ("mirrorlog_journal_mark", "The journal's mark (0: none).", |i| i.mark),
         ("mirrorlog_journal_bytes", "Bytes of segment slots the journal holds.", |i| i.bytes),
         ("mirrorlog_journal_segments", "Segments the journal holds.", |i| i.segments as u64),
+        (
+            "mirrorlog_journal_missing_segments",
+            "Segments found missing on every mirror at open (their records cannot be read; alert on > 0).",
+            |i| i.missing_segments,
+        ),
     ] {
         h(&mut o, name, "gauge", help);
         for i in &status.journals {

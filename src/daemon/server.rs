@@ -632,6 +632,7 @@ impl Srv {
                     "mark": i.mark,
                     "segments": i.segments,
                     "bytes": i.bytes,
+                    "missing_segments": i.missing_segments,
                     "durability": jd.as_ref().map(|jd| durability_name(jd.durability.get())).unwrap_or("local"),
                     "producers": jd.as_ref().map(|jd| jd.producers.borrow().len()).unwrap_or(0),
                 })
