@@ -63,8 +63,9 @@ impl JournalInner {
         let mut lsn = from;
         let mut prefer = self.shared.set.healthy_indexes().next().unwrap_or(0);
         loop {
-            let (slot, start, bound, end_lsn, durable, _pin) = {
+            let (slot, start, bound, end_lsn, durable, _pin, seen) = {
                 let st = self.st.lock();
+                let seen = self.cut_gate.generation();
                 if st.deleted {
                     return Err(Error::UnknownJournal(self.name.clone()));
                 }
@@ -84,9 +85,9 @@ impl JournalInner {
                 let Some(pin) = self.shared.pin(seg.slot, self.id) else {
                     return Err(Error::BelowMark { lsn, mark: st.mark });
                 };
-                (seg.slot, seg.entry_for(lsn, bs), seg.end_off, end_lsn, st.durable_lsn, pin)
+                (seg.slot, seg.entry_for(lsn, bs), seg.end_off, end_lsn, st.durable_lsn, pin, seen)
             };
-            let scan = SegmentScan { chunk, prefer, ..self.seg_scan(slot, bound, end_lsn) };
+            let scan = SegmentScan { chunk, prefer, ..self.seg_scan_at(slot, bound, end_lsn, seen) };
             let mut indexed = Vec::new();
             let stride = self.shared.cfg.index_stride as u64;
             let mut last_idx = start.off;

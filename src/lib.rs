@@ -194,6 +194,9 @@ impl MirrorLog {
         if journals.len() >= MAX_JOURNALS {
             return Err(Error::TooManyJournals(MAX_JOURNALS));
         }
+        if let Some(id) = want_id.filter(|&id| id < self.shared.set.superblock().next_journal_id) {
+            self.forget_segments_of(id)?;
+        }
         let mut id = 0;
         self.shared.set.update_superblock(|sb| {
             id = want_id.unwrap_or(sb.next_journal_id);
@@ -220,6 +223,38 @@ impl MirrorLog {
         let j = Journal { inner: Arc::new(JournalInner::new(self.shared.clone(), id, name.to_string(), rec)) };
         journals.insert(name.to_string(), j.clone());
         Ok(j)
+    }
+
+    /// Before journal id `id` is used again (a replica creating its
+    /// primary's journal under an id it may have used for a journal it
+    /// deleted): zeroes, on every mirror, the header of every free slot
+    /// that still names `id`, so recovery can never give the new journal
+    /// the old one's segments. Each slot is held (owned) while its header
+    /// is zeroed, so no journal takes it meanwhile. A crash part-way is
+    /// harmless: no journal with this id exists yet.
+    fn forget_segments_of(&self, id: u64) -> Result<()> {
+        let shared = &self.shared;
+        let bs = shared.set.block_size as usize;
+        let zero = crate::io::AlignedBuf::new(bs, bs);
+        for c in recovery::read_headers(shared)?.iter().filter(|c| c.header.journal_id == id) {
+            let slot = c.slot as usize;
+            {
+                let mut t = shared.slots.lock();
+                match t.owner.get(slot) {
+                    Some(None) => t.owner[slot] = Some(id),
+                    _ => continue, // a live segment of another journal
+                }
+            }
+            let res = shared.set.write_all(format::slot_offset(c.slot, shared.set.segment_size), zero.as_slice());
+            shared.release_slot(c.slot);
+            res?;
+            tracing::info!(
+                slot,
+                journal_id = id,
+                "zeroed a deleted journal's segment header before its id is used again"
+            );
+        }
+        Ok(())
     }
 
     /// The journal of this name.

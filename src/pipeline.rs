@@ -306,6 +306,8 @@ pub(crate) struct JournalInner {
     cvs: Box<[Condvar]>,
     excl_cv: Condvar,
     pub mark_lock: Mutex<()>,
+    /// Keeps readers' self-heal from writing back what a cut-back removed.
+    pub(crate) cut_gate: crate::read::CutGate,
     pub recovery: RecoveryStats,
 }
 
@@ -374,6 +376,7 @@ impl JournalInner {
             cvs: (0..nbufs).map(|_| Condvar::new()).collect(),
             excl_cv: Condvar::new(),
             mark_lock: Mutex::new(()),
+            cut_gate: Default::default(),
             recovery: rec.stats,
         }
     }

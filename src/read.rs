@@ -42,6 +42,46 @@ pub struct ScanEnd {
     pub member: usize,
 }
 
+/// A journal's cut-backs as seen by a reader that may heal: a heal writes
+/// old bytes read before it, so it is allowed only if no cut-back ran or
+/// runs on the journal since the reader took its snapshot.
+///
+/// Invariant: a cut-back (`truncate_after`, `reset`) moves the generation
+/// under the write lock before it zeroes anything and again after its new
+/// end is in place; a heal writes only while holding the read lock with
+/// the generation its scan started at and no cut in progress. So bytes a
+/// cut removed are never written back by a reader that read them before.
+#[derive(Debug, Default)]
+pub(crate) struct CutGate {
+    state: parking_lot::RwLock<(u64, u32)>,
+}
+
+impl CutGate {
+    /// The generation a scan starts at (taken with the journal's state).
+    pub(crate) fn generation(&self) -> u64 {
+        self.state.read().0
+    }
+
+    /// Marks a cut-back in progress until the guard drops.
+    pub(crate) fn begin_cut(&self) -> CutGuard<'_> {
+        let mut s = self.state.write();
+        s.0 += 1;
+        s.1 += 1;
+        CutGuard(self)
+    }
+}
+
+/// A cut-back in progress (`CutGate::begin_cut`).
+pub(crate) struct CutGuard<'a>(&'a CutGate);
+
+impl Drop for CutGuard<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.state.write();
+        s.0 += 1;
+        s.1 -= 1;
+    }
+}
+
 /// Parameters of one segment scan.
 pub struct SegmentScan<'s> {
     pub set: &'s MirrorSet,
@@ -55,6 +95,9 @@ pub struct SegmentScan<'s> {
     pub chunk: usize,
     /// Member to try first.
     pub prefer: usize,
+    /// Heals only while no cut-back of the journal ran since this
+    /// generation (`None`: no concurrent cut possible, as at recovery).
+    pub(crate) gate: Option<(&'s CutGate, u64)>,
 }
 
 impl SegmentScan<'_> {
@@ -254,6 +297,18 @@ impl SegmentScan<'_> {
     }
 
     fn heal(&self, bad: usize, off: u64, bad_bytes: &[u8], good: &[u8]) {
+        // Held across the writes: a cut-back waits for them (see `CutGate`).
+        let _held = match self.gate {
+            Some((g, seen)) => {
+                let st = g.state.read();
+                if st.0 != seen || st.1 > 0 {
+                    tracing::debug!(offset = off, "not healing: the journal was cut back since these bytes were read");
+                    return;
+                }
+                Some(st)
+            }
+            None => None,
+        };
         let bs = self.set.block_size as usize;
         let mut i = 0;
         while i < good.len() {

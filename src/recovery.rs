@@ -28,9 +28,9 @@ use crate::io::AlignedBuf;
 use crate::pipeline::{IndexEntry, Recovered, Seg, Shared};
 use crate::read::SegmentScan;
 
-struct Candidate {
-    slot: u64,
-    header: SegmentHeader,
+pub(crate) struct Candidate {
+    pub slot: u64,
+    pub header: SegmentHeader,
     crc: u32,
     raw: Vec<u8>,
     on: Vec<usize>,
@@ -38,7 +38,7 @@ struct Candidate {
 
 /// Reads every slot header on every healthy member, 256 slots at a time
 /// (32 reads per submission).
-fn read_headers(shared: &Shared) -> Result<Vec<Candidate>> {
+pub(crate) fn read_headers(shared: &Shared) -> Result<Vec<Candidate>> {
     const GROUP: u64 = 256;
     let set = &shared.set;
     let bs = set.block_size as usize;
@@ -175,6 +175,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         max_record: crate::format::max_record_body(set.segment_size, set.block_size),
         chunk: 1 << 20,
         prefer: set.healthy_indexes().next().unwrap_or(0),
+        gate: None,
     };
     let t0 = std::time::Instant::now();
     let mut visit = |r: &crate::read::Rec<'_>| {

@@ -150,7 +150,14 @@ impl JournalInner {
             max_record: self.max_body(),
             chunk: 1 << 20,
             prefer: set.healthy_indexes().next().unwrap_or(0),
+            gate: None,
         }
+    }
+
+    /// `seg_scan` for a reader that took its snapshot of the journal at cut
+    /// generation `seen`: it heals only if no cut-back happened since.
+    pub(crate) fn seg_scan_at(&self, slot: u64, bound: u64, end_lsn: u64, seen: u64) -> SegmentScan<'_> {
+        SegmentScan { gate: Some((&self.cut_gate, seen)), ..self.seg_scan(slot, bound, end_lsn) }
     }
 
     /// See `Journal::apply_shipment`.
@@ -318,8 +325,9 @@ impl JournalInner {
     ) -> Result<Vec<Shipment>> {
         let set = &self.shared.set;
         let bs = set.block_size as usize;
-        let (slot, seg_seq, start, header, bound, end_lsn, _pin, header_crc) = {
+        let (slot, seg_seq, start, header, bound, end_lsn, _pin, header_crc, seen) = {
             let st = self.st.lock();
+            let seen = self.cut_gate.generation();
             if st.deleted {
                 return Err(Error::UnknownJournal(self.name.clone()));
             }
@@ -355,13 +363,13 @@ impl JournalInner {
                     ChainPos { off: e.off as usize, lsn: e.lsn, prev_crc: e.prev_crc }
                 }
             };
-            (seg.slot, seg.seq, start, from == seg.first_lsn, seg.end_off, end_lsn, pin, seg.header_crc)
+            (seg.slot, seg.seq, start, from == seg.first_lsn, seg.end_off, end_lsn, pin, seg.header_crc, seen)
         };
         // Find where record `from` starts if we began at an index entry before
         // it (verified; heals a bad copy on the way).
         let mut start = start;
         if start.lsn < from {
-            let scan = self.seg_scan(slot, bound, from);
+            let scan = self.seg_scan_at(slot, bound, from, seen);
             let e = scan.run(start, |_| true)?;
             if e.pos.lsn != from {
                 return Err(Error::Corrupt(format!("journal {}: the chain breaks before lsn {from}", self.name)));
@@ -456,7 +464,7 @@ impl JournalInner {
                 // find (and rewrite from) a good copy, then read again.
                 let scan = SegmentScan {
                     prefer: members.first().copied().unwrap_or(0),
-                    ..self.seg_scan(slot, bound, end_lsn)
+                    ..self.seg_scan_at(slot, bound, end_lsn, seen)
                 };
                 scan.run(start, |_| true)?;
             }
@@ -469,6 +477,7 @@ impl JournalInner {
         let set = &self.shared.set;
         let bs = set.block_size as u64;
         let _g = self.mark_lock.lock();
+        let mut _cutting = None;
         let (segs, keep_seg, tail_end) = {
             let st = self.st.lock();
             self.check_writable(&st)?;
@@ -479,6 +488,9 @@ impl JournalInner {
                 drop(st);
                 return self.chain_end();
             }
+            // Taken with the state: a reader's snapshot is before it (its
+            // heals are refused) or after the new end is in place.
+            _cutting = Some(self.cut_gate.begin_cut());
             let i = st.segs.partition_point(|s| s.first_lsn <= keep);
             let segs: Vec<(u64, u64, u64, u32, u64)> =
                 st.segs.iter().map(|s| (s.slot, s.seq, s.first_lsn, s.header_crc, s.end_off)).collect();
@@ -550,12 +562,14 @@ impl JournalInner {
     /// See `Journal::reset`.
     pub(crate) fn reset(&self, next_lsn: u64) -> Result<ChainEnd> {
         let set = &self.shared.set;
+        let _cutting;
         let slots: Vec<(u64, u64)> = {
             let st = self.st.lock();
             self.check_writable(&st)?;
             if st.busy() {
                 return Err(Error::Backpressure);
             }
+            _cutting = self.cut_gate.begin_cut();
             let last = st.segs.len().saturating_sub(1);
             st.segs
                 .iter()

@@ -1401,13 +1401,14 @@ mod tests {
     fn segment_selection_follows_recovery() {
         let entry = JournalEntry { id: 1, mark: 130, name: "j".into() };
         let mut issues = Vec::new();
-        // seq 0 and 1 lie wholly below the mark; seq 4 missing drops 2 and 3.
+        // seq 0 and 1 lie wholly below the mark; seq 4 missing is reported,
+        // and 2 and 3 before it are kept (as recovery keeps them).
         let segs = select_segments(
             vec![cand(5, 1, 64), cand(3, 0, 1), cand(9, 2, 127), cand(2, 3, 190), cand(7, 5, 300), cand(8, 6, 360)],
             &entry,
             &mut issues,
         );
-        assert_eq!(segs.iter().map(|c| c.slot).collect::<Vec<_>>(), vec![7, 8]);
+        assert_eq!(segs.iter().map(|c| c.slot).collect::<Vec<_>>(), vec![9, 2, 7, 8]);
         assert_eq!(issues.len(), 1, "{issues:?}");
         assert!(issues[0].contains("sequence 4 is missing"), "{issues:?}");
         let entry = JournalEntry { mark: 100, ..entry };

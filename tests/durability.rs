@@ -170,3 +170,87 @@ fn segment_slots_name_real_headers() {
         assert_eq!((h.journal_id, h.seq, h.first_lsn), (j.id(), seq, first));
     }
 }
+
+/// Item 7: a reader that read two copies of a block before a cut-back, one
+/// of them bad, used to "heal" the bad one after the cut with the good
+/// copy's old bytes: it put a cut record back over the new record at that
+/// LSN, and recovery then copied it to the other mirror.
+#[test]
+fn a_heal_racing_a_cut_back_does_not_restore_cut_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 8 << 20);
+    let c = small_config(&devs);
+    let log = MirrorLog::create(&c).unwrap();
+    let j = log.create_journal("j").unwrap();
+    for i in 0..20 {
+        j.append(&payload(i, 1000)).unwrap(); // record n alone in block n
+    }
+    let slot = j.segment_slots()[0].0;
+    let off11 = slot_offset(slot, c.segment_size) + 11 * BS;
+    flip_byte(&devs[0], off11 + 40); // a bad copy of lsn 11 on mirror 0
+    let (in_tx, in_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let reader = {
+        let j = j.clone();
+        std::thread::spawn(move || {
+            j.visit(11, 1 << 20, |rec| {
+                if rec.lsn == 11 {
+                    // Both copies are read; the heal comes after this visit.
+                    in_tx.send(()).unwrap();
+                    go_rx.recv().unwrap();
+                }
+                true
+            })
+        })
+    };
+    in_rx.recv().unwrap();
+    assert_eq!(j.truncate_after(10).unwrap().next_lsn, 11);
+    assert_eq!(j.append(b"new eleven").unwrap(), 11);
+    go_tx.send(()).unwrap();
+    let _ = reader.join().unwrap();
+    assert_eq!(j.read(11).unwrap(), b"new eleven");
+    assert_eq!(
+        read_at(&devs[0], off11, BS as usize),
+        read_at(&devs[1], off11, BS as usize),
+        "mirror 0 holds other bytes than mirror 1 at the new lsn 11"
+    );
+    drop(j);
+    drop(log);
+    let log = MirrorLog::open(&c).unwrap();
+    let j = log.journal("j").unwrap();
+    assert_eq!(j.next_lsn(), 12);
+    assert_eq!(j.read(11).unwrap(), b"new eleven", "a cut record came back at restart");
+}
+
+/// Item 8: a journal id used again (a replica creates its primary's journal
+/// with the primary's id, which may be the id of a journal it deleted) used
+/// to take over the deleted journal's segments at the next open.
+#[test]
+fn a_reused_journal_id_does_not_adopt_a_deleted_journals_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 8 << 20);
+    let c = small_config(&devs);
+    {
+        let log = MirrorLog::create(&c).unwrap();
+        let x = log.create_journal("x").unwrap();
+        for i in 0..250 {
+            x.append(&payload(i, 1000)).unwrap(); // four segments
+        }
+        assert_eq!(x.segment_slots().len(), 4);
+        let id = x.id();
+        drop(x);
+        log.delete_journal("x").unwrap();
+        let y = log.create_journal_with_id("y", id).unwrap();
+        for i in 0..100 {
+            y.append(&payload(1000 + i, 1000)).unwrap(); // two segments
+        }
+    }
+    let log = MirrorLog::open(&c).unwrap();
+    let y = log.journal("y").unwrap();
+    assert_eq!(y.next_lsn(), 101, "the deleted journal's segments were adopted");
+    assert!(matches!(y.read(150), Err(Error::NotYetWritten { .. })));
+    for l in 1..=100 {
+        assert_eq!(y.read(l).unwrap(), payload(999 + l, 1000), "lsn {l}");
+    }
+    assert_eq!(y.recovery_stats().missing_segments, 0);
+}
