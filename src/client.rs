@@ -93,6 +93,11 @@ pub struct ClientConfig {
     /// Largest frame body accepted from a server (its `limits.max_frame_bytes`
     /// plus one record may exceed the protocol default).
     pub max_frame: u32,
+    /// Connect to the first endpoint that answers, primary or not (a
+    /// replica serves reads, subscriptions, marks and the journal list up
+    /// to what it holds durably: the DR copy). Appends there are refused
+    /// with `not-primary`. Default false: only a primary.
+    pub any_role: bool,
 }
 
 impl ClientConfig {
@@ -107,6 +112,7 @@ impl ClientConfig {
             producer: None,
             client_name: format!("mirrorlog-client/{}", env!("CARGO_PKG_VERSION")),
             max_frame: 1 << 30,
+            any_role: false,
         }
     }
 }
@@ -601,17 +607,20 @@ async fn connect_one(cfg: &ClientConfig, ep: &str) -> Result<Conn> {
 async fn connect_any(cfg: &ClientConfig, start: usize) -> Result<Conn> {
     let n = cfg.endpoints.len();
     let mut last = ClientError::new(codes::UNAVAILABLE, "no endpoint answered");
+    // With `any_role`, a replica serves if no endpoint answers as primary.
+    let mut replica = None;
     for k in 0..n {
         let ep = &cfg.endpoints[(start + k) % n];
         match connect_one(cfg, ep).await {
             Ok(c) if c.primary => return Ok(c),
+            Ok(c) if cfg.any_role && replica.is_none() => replica = Some(c),
             Ok(c) => {
                 last = ClientError::new(codes::NOT_PRIMARY, format!("{} ({}) is not primary", c.endpoint, c.server))
             }
             Err(e) => last = e,
         }
     }
-    Err(last)
+    replica.ok_or(last)
 }
 
 /// Owns the connection: installs it, runs its reader and writer tasks,

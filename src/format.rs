@@ -73,7 +73,11 @@ pub const MAX_JOURNALS: usize = 256;
 /// Most members of a mirror set.
 pub const MAX_MEMBERS: usize = 8;
 
-const SB_FIXED_LEN: usize = 112;
+/// Fixed part of a superblock as written now (with `base_epoch`).
+const SB_FIXED_LEN: usize = 120;
+/// Fixed part of a superblock written before `base_epoch` existed; still
+/// read (its `base_epoch` is 0).
+const SB_FIXED_LEN_V1: usize = 112;
 const SB_MEMBER_LEN: usize = 24;
 const SB_JOURNAL_LEN: usize = 88;
 
@@ -423,6 +427,10 @@ pub struct Superblock {
     /// past the end of the chain so an unacknowledged batch that landed behind
     /// a hole can never be revived.
     pub inflight_window: u64,
+    /// The epoch this set followed last as a replica before it was
+    /// promoted (0: never promoted). With `epoch` it says which runs its
+    /// history holds (`epoch::History`).
+    pub base_epoch: u64,
     pub members: Vec<MemberInfo>,
     pub journals: Vec<JournalEntry>,
 }
@@ -459,6 +467,7 @@ impl Superblock {
         put_u64(b, 88, self.device_size);
         put_u64(b, 96, self.next_journal_id);
         put_u64(b, 104, self.inflight_window);
+        put_u64(b, 112, self.base_epoch);
         let mut off = SB_FIXED_LEN;
         for m in &self.members {
             b[off..off + 16].copy_from_slice(&m.uuid);
@@ -484,14 +493,14 @@ impl Superblock {
 
     /// Decodes and checks a superblock copy.
     pub fn decode(b: &[u8]) -> Result<Superblock, DecodeError> {
-        if b.len() < SB_FIXED_LEN {
+        if b.len() < SB_FIXED_LEN_V1 {
             return Err(DecodeError::Truncated);
         }
         if b[0..8] != SUPERBLOCK_MAGIC {
             return Err(DecodeError::BadMagic);
         }
         let len = get_u32(b, 16) as usize;
-        if !(SB_FIXED_LEN..=b.len()).contains(&len) {
+        if !(SB_FIXED_LEN_V1..=b.len()).contains(&len) {
             return Err(DecodeError::Truncated);
         }
         if crc32c::crc32c(&b[12..len]) != get_u32(b, 8) {
@@ -506,10 +515,12 @@ impl Superblock {
         if nm > MAX_MEMBERS || nj > MAX_JOURNALS {
             return Err(DecodeError::Invalid("member or journal count"));
         }
-        if SB_FIXED_LEN + nm * SB_MEMBER_LEN + nj * SB_JOURNAL_LEN != len {
+        let fixed = len.checked_sub(nm * SB_MEMBER_LEN + nj * SB_JOURNAL_LEN);
+        if fixed != Some(SB_FIXED_LEN) && fixed != Some(SB_FIXED_LEN_V1) {
             return Err(DecodeError::Invalid("length"));
         }
-        let mut off = SB_FIXED_LEN;
+        let fixed = fixed.unwrap_or(SB_FIXED_LEN);
+        let mut off = fixed;
         let mut members = Vec::with_capacity(nm);
         for _ in 0..nm {
             let health = match b[off + 18] {
@@ -551,6 +562,7 @@ impl Superblock {
             device_size: get_u64(b, 88),
             next_journal_id: get_u64(b, 96),
             inflight_window: get_u64(b, 104),
+            base_epoch: if fixed == SB_FIXED_LEN { get_u64(b, 112) } else { 0 },
             members,
             journals,
         })
@@ -597,6 +609,7 @@ mod tests {
             device_size: 64 << 20,
             next_journal_id: 9,
             inflight_window: 1 << 20,
+            base_epoch: (2 << 32) | 5,
             members: vec![
                 MemberInfo { uuid: [2; 16], slot: 0, health: Health::Healthy },
                 MemberInfo { uuid: [3; 16], slot: 1, health: Health::Failed },
@@ -620,6 +633,21 @@ mod tests {
             c[i] ^= 0x40;
             assert!(Superblock::decode(&c).is_err(), "flip at {i} accepted");
         }
+    }
+
+    #[test]
+    fn a_superblock_from_before_base_epoch_is_read() {
+        // The layout of the first version: 112 fixed bytes, no base epoch.
+        let s = Superblock { base_epoch: 0, ..sb() };
+        let mut buf = vec![0u8; 4096];
+        let n = s.encode(&mut buf).unwrap();
+        let mut old = buf[..112].to_vec();
+        old.extend_from_slice(&buf[120..n]);
+        let len = old.len() as u32;
+        put_u32(&mut old, 16, len);
+        let crc = crc32c::crc32c(&old[12..]);
+        put_u32(&mut old, 8, crc);
+        assert_eq!(Superblock::decode(&old).unwrap(), s);
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod driver;
+pub mod epoch;
 pub mod error;
 pub mod format;
 pub mod io;
@@ -312,6 +313,38 @@ impl MirrorLog {
         }
         self.shared.set.update_superblock(|sb| {
             sb.epoch = sb.epoch.max(epoch);
+            Ok(())
+        })?;
+        for j in self.journals.lock().values() {
+            j.inner.st.lock().epoch = epoch;
+        }
+        Ok(())
+    }
+
+    /// The epoch this set followed last as a replica before its promotion
+    /// (0: never promoted). See `epoch::History`.
+    pub fn base_epoch(&self) -> u64 {
+        self.shared.set.superblock().base_epoch
+    }
+
+    /// The runs this set's history holds: those it followed before its
+    /// promotion and its own term's up to its epoch.
+    pub fn history(&self) -> epoch::History {
+        let sb = self.shared.set.superblock();
+        epoch::History { base: epoch::Epoch::from_raw(sb.base_epoch), current: epoch::Epoch::from_raw(sb.epoch) }
+    }
+
+    /// A promotion: persists `epoch` (the first of a new term, above the
+    /// current one) and, with it in the same superblock write, the current
+    /// epoch as the base (the run this set followed last).
+    pub fn promote_epoch(&self, epoch: u64) -> Result<()> {
+        let cur = self.epoch();
+        if epoch <= cur {
+            return Err(Error::Config(format!("promotion to epoch {epoch} is not above the current {cur}")));
+        }
+        self.shared.set.update_superblock(|sb| {
+            sb.base_epoch = sb.epoch;
+            sb.epoch = epoch;
             Ok(())
         })?;
         for j in self.journals.lock().values() {

@@ -161,6 +161,10 @@ pub(crate) struct Seg {
     pub seq: u64,
     pub first_lsn: u64,
     pub header_crc: u32,
+    /// The epoch in its header: that of the run that began it. Records in
+    /// a segment carry epochs from this one up to the next segment's (a
+    /// chain's epochs never decrease).
+    pub epoch: u64,
     /// Reads never go past this segment offset: the durable end for the tail
     /// segment, the segment size for older ones.
     pub end_off: u64,
@@ -515,6 +519,7 @@ impl JournalInner {
                     seq: seg_seq,
                     first_lsn: st.next_assign,
                     header_crc: crc,
+                    epoch: h.epoch,
                     end_off: bs,
                     index: Vec::new(),
                 });

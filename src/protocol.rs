@@ -50,6 +50,9 @@ pub enum Op {
     /// Make this primary a replica (planned; optionally once the replica
     /// holds everything).
     Demote = 0x0D,
+    /// Let this replica's next session cut back records of a run its
+    /// primary never followed (after a split brain was reported).
+    DiscardDiverged = 0x0E,
     /// Server push: records of a subscription.
     Records = 0x7E,
     /// Server: a request failed.
@@ -75,6 +78,7 @@ impl Op {
             0x0B => Op::Status,
             0x0C => Op::Promote,
             0x0D => Op::Demote,
+            0x0E => Op::DiscardDiverged,
             0x7E => Op::Records,
             0x7F => Op::Error,
             _ => return None,
@@ -439,6 +443,8 @@ pub enum Request<'a> {
         sync: bool,
         timeout_ms: u32,
     },
+    /// Answered with `Status`.
+    DiscardDiverged,
 }
 
 /// A record as returned by `Read` and `Records`.
@@ -503,6 +509,7 @@ impl<'a> Request<'a> {
             Request::Status => Op::Status,
             Request::Promote => Op::Promote,
             Request::Demote { .. } => Op::Demote,
+            Request::DiscardDiverged => Op::DiscardDiverged,
         }
     }
 
@@ -553,7 +560,7 @@ impl<'a> Request<'a> {
             Request::GetMark { journal } | Request::CreateJournal { journal } | Request::DeleteJournal { journal } => {
                 put_str(b, journal)
             }
-            Request::ListJournals | Request::Status | Request::Promote => {}
+            Request::ListJournals | Request::Status | Request::Promote | Request::DiscardDiverged => {}
             Request::Demote { sync, timeout_ms } => {
                 b.push(*sync as u8);
                 b.extend_from_slice(&timeout_ms.to_le_bytes());
@@ -600,6 +607,7 @@ impl<'a> Request<'a> {
             Op::Status => Request::Status,
             Op::Promote => Request::Promote,
             Op::Demote => Request::Demote { sync: r.u8()? != 0, timeout_ms: r.u32()? },
+            Op::DiscardDiverged => Request::DiscardDiverged,
             Op::Records | Op::Error => return Err(ProtoError::UnknownOpcode(frame.opcode)),
         };
         r.end()?;
@@ -688,7 +696,7 @@ impl<'a> Response<'a> {
                     }
                     Response::Journals { names }
                 }
-                Op::Status | Op::Promote | Op::Demote => {
+                Op::Status | Op::Promote | Op::Demote | Op::DiscardDiverged => {
                     let b = r.bytes()?;
                     Response::Status {
                         json: std::str::from_utf8(b).map_err(|_| ProtoError::Malformed("status is not UTF-8"))?,

@@ -143,6 +143,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
             seq: c.header.seq,
             first_lsn: c.header.first_lsn,
             header_crc: c.crc,
+            epoch: c.header.epoch,
             end_off: set.segment_size,
             index: Vec::new(),
         })

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::format::{align_up, scan_chain, slot_offset, ChainPos, ScanStop, SegmentHeader, FLAG_BATCH_END};
 use crate::io::AlignedBuf;
-use crate::journal::Journal;
+use crate::journal::{Journal, Lsn};
 use crate::pipeline::{Batch, IndexEntry, JournalInner, Seg};
 use crate::read::SegmentScan;
 
@@ -197,7 +197,7 @@ impl JournalInner {
                     h.journal_id, h.seq, h.first_lsn, st.next_seg_seq, st.next_assign
                 )));
             }
-            (ChainPos { off: bs, lsn: v.first_lsn, prev_crc: hcrc }, Some(hcrc))
+            (ChainPos { off: bs, lsn: v.first_lsn, prev_crc: hcrc }, Some((hcrc, h.epoch)))
         } else {
             let tail = st.segs.back().map(|s| (s.slot, s.seq));
             if tail != Some((v.slot, v.seg_seq)) || v.seg_off != st.tail_off {
@@ -259,12 +259,13 @@ impl JournalInner {
             return Err(Error::Backpressure);
         };
         buf.as_mut_slice()[..len].copy_from_slice(v.bytes);
-        if let Some(hcrc) = new_seg {
+        if let Some((hcrc, epoch)) = new_seg {
             st.segs.push_back(Seg {
                 slot: v.slot,
                 seq: v.seg_seq,
                 first_lsn: v.first_lsn,
                 header_crc: hcrc,
+                epoch,
                 end_off: bs as u64,
                 index: Vec::new(),
             });
@@ -718,6 +719,40 @@ impl Journal {
         } else {
             Ok(())
         }
+    }
+
+    /// The first record at or after `from` whose epoch is above `epoch`:
+    /// its LSN and epoch (`None` if there is none up to the durable end).
+    /// Reads at most about one segment: a chain's epochs never decrease
+    /// (each run's epoch is above every earlier one on the node, and a
+    /// replica takes a primary's run only at or above its own), so the
+    /// segment headers say where the epochs pass `epoch`.
+    pub fn first_record_above(&self, from: Lsn, epoch: u64) -> Result<Option<(Lsn, u64)>> {
+        let start = {
+            let st = self.inner.st.lock();
+            if from >= st.durable_lsn {
+                return Ok(None);
+            }
+            let i = st.segs.partition_point(|s| s.first_lsn <= from).saturating_sub(1);
+            // The last segment from there on whose header is at or below
+            // `epoch`: every record before it is too.
+            let k = (i..st.segs.len()).rev().find(|&k| st.segs[k].epoch <= epoch).unwrap_or(i);
+            st.segs.get(k).map_or(from, |s| s.first_lsn.max(from))
+        };
+        let mut found = None;
+        self.inner.scan_from(
+            start,
+            |r| {
+                if r.epoch > epoch {
+                    found = Some((r.lsn, r.epoch));
+                    return false;
+                }
+                true
+            },
+            1 << 20,
+            true,
+        )?;
+        Ok(found)
     }
 
     /// (slot, segment sequence, first LSN) of each segment held, oldest first.

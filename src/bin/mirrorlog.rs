@@ -90,6 +90,14 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// After a split brain was reported at --endpoint (a replica holding
+    /// records of a run its primary never followed): let its next session
+    /// cut them back, so the primary's history wins. Read them there
+    /// first to keep what matters.
+    DiscardDiverged {
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the primary at --endpoint a replica (planned). By default it
     /// first waits until its replica is durable at every journal's end.
     Demote {
@@ -187,6 +195,9 @@ fn main() -> ExitCode {
         Cmd::Promote { json } => {
             return admin_print(&args.endpoint, &Request::Promote, *json, args.timeout);
         }
+        Cmd::DiscardDiverged { json } => {
+            return admin_print(&args.endpoint, &Request::DiscardDiverged, *json, args.timeout);
+        }
         Cmd::Demote { no_sync, wait, json } => {
             let req = Request::Demote { sync: !no_sync, timeout_ms: (*wait * 1000).min(u32::MAX as u64) as u32 };
             return admin_print(&args.endpoint, &req, *json, args.timeout.max(*wait + 5));
@@ -196,6 +207,9 @@ fn main() -> ExitCode {
     }
     let mut cfg = ClientConfig::new(args.endpoint.iter().cloned());
     cfg.request_timeout = std::time::Duration::from_secs(args.timeout.max(1));
+    // Reads are served by a replica too (up to what it holds durably).
+    cfg.any_role =
+        matches!(&args.cmd, Cmd::Read { .. } | Cmd::Tail { .. } | Cmd::Mark { set: None, .. } | Cmd::Journals { .. });
     let c = match BlockingClient::connect(cfg) {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -283,6 +297,7 @@ fn run(c: &BlockingClient, cmd: &Cmd) -> Result<(), ClientError> {
         | Cmd::Dump { .. }
         | Cmd::Status { .. }
         | Cmd::Promote { .. }
+        | Cmd::DiscardDiverged { .. }
         | Cmd::Demote { .. }
         | Cmd::Switchover { .. } => {}
     }

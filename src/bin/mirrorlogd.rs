@@ -52,6 +52,12 @@ struct Args {
     /// This node's name in Hello, status and the peer's logs.
     #[arg(long)]
     name: Option<String>,
+    /// A primary that cannot reach its peer at start serves anyway (for
+    /// this start; `replication.unreachable_at_start = "serve"` always).
+    /// Only when the peer is known not to have been promoted: otherwise
+    /// what this node acknowledges meets the peer's history as a split brain.
+    #[arg(long)]
+    force_primary: bool,
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -112,6 +118,9 @@ fn main() -> ExitCode {
     }
     if let Some(n) = &args.name {
         cfg.server.name = n.clone();
+    }
+    if args.force_primary {
+        cfg.replication.unreachable_at_start = "serve".into();
     }
     if let Some(l) = &args.log_level {
         cfg.log.level = l.clone();

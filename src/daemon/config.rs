@@ -325,6 +325,13 @@ pub struct Replication {
     /// exists before it serves.
     #[serde(default = "default_startup_wait", deserialize_with = "duration")]
     pub startup_wait: Duration,
+    /// What a primary does when its peer cannot be reached within
+    /// `startup_wait`: `wait` (default: take no appends until the peer
+    /// answers or an operator promotes it; the peer may have been promoted
+    /// meanwhile) or `serve` (serve alone at once: what it acknowledges
+    /// may meet a promoted peer's history as a split brain).
+    #[serde(default = "default_unreachable_at_start", deserialize_with = "unreachable_at_start")]
+    pub unreachable_at_start: String,
     /// Socket send and receive buffer sizes for the replication link (0:
     /// the kernel's default).
     #[serde(default = "default_socket_buffer", deserialize_with = "size")]
@@ -373,6 +380,7 @@ impl Default for Replication {
             connect_timeout: default_connect_timeout(),
             peer_timeout: default_peer_timeout(),
             startup_wait: default_startup_wait(),
+            unreachable_at_start: default_unreachable_at_start(),
             socket_buffer: default_socket_buffer(),
             etcd: None,
         }
@@ -391,6 +399,18 @@ fn default_connect_timeout() -> Duration {
 fn default_peer_timeout() -> Duration {
     Duration::from_secs(10)
 }
+fn default_unreachable_at_start() -> String {
+    "wait".into()
+}
+
+fn unreachable_at_start<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    match s.as_str() {
+        "wait" | "serve" => Ok(s),
+        _ => Err(serde::de::Error::custom(format!("invalid unreachable_at_start {s:?}: use wait or serve"))),
+    }
+}
+
 fn default_startup_wait() -> Duration {
     Duration::from_secs(5)
 }

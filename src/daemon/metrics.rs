@@ -85,6 +85,10 @@ pub struct ReplStatus {
     pub truncations: u64,
     pub backlog_bytes: u64,
     pub last_error: String,
+    /// A split brain found with the peer (empty: none): records of a run
+    /// the other side's history does not hold, kept on both sides until an
+    /// operator decides (docs/replication.md).
+    pub split_brain: String,
     pub journals: Vec<ReplJournal>,
 }
 
@@ -115,6 +119,13 @@ pub fn render_repl(o: &mut String, m: &Metrics, r: &ReplStatus) {
     let _ = writeln!(o, "mirrorlog_replication_resyncs_total {}", r.resyncs);
     h(o, "mirrorlog_replication_truncations_total", "counter", "Replica journals cut back to this primary's history.");
     let _ = writeln!(o, "mirrorlog_replication_truncations_total {}", r.truncations);
+    h(
+        o,
+        "mirrorlog_replication_split_brain",
+        "gauge",
+        "1 while a split brain with the peer is reported (both histories kept; an operator must decide).",
+    );
+    let _ = writeln!(o, "mirrorlog_replication_split_brain {}", (!r.split_brain.is_empty()) as u8);
     h(o, "mirrorlog_replication_backlog_bytes", "gauge", "Bytes shipped but not yet sent to the replica.");
     let _ = writeln!(o, "mirrorlog_replication_backlog_bytes {}", r.backlog_bytes);
     h(o, "mirrorlog_replication_degraded_acks_total", "counter", "remote-* appends acknowledged as local.");

@@ -16,6 +16,14 @@ use crate::replication::{self, ReplConfig, ReplShared, Role};
 
 pub use config::DaemonConfig;
 
+/// The epoch of this start of a primary: the next start in its term.
+fn restart_epoch(log: &crate::MirrorLog) -> Result<u64, String> {
+    let now = crate::epoch::Epoch::from_raw(log.epoch());
+    now.restart().map(|e| e.raw()).ok_or_else(|| {
+        format!("epoch {now}: no start is left in this term; promote this node (a new term) instead of starting it as primary")
+    })
+}
+
 /// Creates missing device files, opens (or formats) the mirror set, makes
 /// the configured journals, binds the listeners and serves until SIGTERM or
 /// SIGINT, then drains. Blocks the calling thread.
@@ -82,6 +90,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
         connect_timeout: rc.connect_timeout,
         peer_timeout: rc.peer_timeout,
         startup_wait: rc.startup_wait,
+        serve_unreachable: rc.unreachable_at_start == "serve",
         socket_buffer: rc.socket_buffer as usize,
     });
     let etcd = rc.etcd.as_ref().map(|e| {
@@ -97,21 +106,33 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
     let mut lease = None;
     if let (Role::Primary, Some(e)) = (role, &etcd) {
         // etcd decides: hold the primary key, or be the holder's replica.
+        let history = log.epoch();
+        let epoch = restart_epoch(&log)?;
         match replication::etcd::claim_at_start(
             e,
             &cfg.server.name,
-            log.epoch() + 1,
+            epoch,
+            history,
             rc.startup_wait.max(Duration::from_secs(10)),
         )? {
             replication::etcd::AtStart::Primary(l) => {
                 lease = Some(l);
-                log.set_epoch(log.epoch() + 1).map_err(|e| format!("raising the epoch: {e}"))?;
-                replication::start_primary(&log, &shared).map_err(|e| format!("replication sender: {e}"))?;
+                replication::serve_as_primary(&log, &shared, epoch).map_err(|e| format!("starting as primary: {e}"))?;
             }
             replication::etcd::AtStart::Replica(h) => {
                 tracing::error!(holder = %h.name, epoch = h.epoch, "etcd: another node is primary; starting as its replica");
                 shared.saw_epoch(h.epoch);
                 shared.set_role(Role::Replica);
+            }
+            replication::etcd::AtStart::Stale(served) => {
+                tracing::error!(
+                    served,
+                    history,
+                    "etcd: a primary served at a newer epoch than this node's history and holds no key now: \
+                     waiting for it (or for an operator: mirrorlog promote) instead of serving an older history"
+                );
+                shared.saw_epoch(served);
+                shared.set_role(Role::Waiting);
             }
         }
     } else if role == Role::Primary {
@@ -123,14 +144,28 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
                 tracing::error!(epoch = e, "a newer primary exists: starting as its replica");
                 shared.set_role(Role::Replica);
             }
+            replication::sender::Probe::Unreachable(why) if !shared.cfg.serve_unreachable => {
+                tracing::error!(peer = ?rc.peer, why,
+                    "peer not reachable at start: taking no appends until it answers (it may have been promoted \
+                     meanwhile), or until an operator promotes this node (mirrorlog promote; or start with \
+                     --force-primary / replication.unreachable_at_start = \"serve\")");
+                shared.set_role(Role::Waiting);
+            }
             p => {
                 if let replication::sender::Probe::Unreachable(why) = &p {
-                    tracing::warn!(peer = ?rc.peer, why, "peer not reachable at start: serving as primary");
+                    tracing::warn!(peer = ?rc.peer, why, "peer not reachable at start: serving as primary, as configured (unreachable_at_start = \"serve\")");
                 }
-                log.set_epoch(log.epoch() + 1).map_err(|e| format!("raising the epoch: {e}"))?;
-                replication::start_primary(&log, &shared).map_err(|e| format!("replication sender: {e}"))?;
+                let epoch = restart_epoch(&log)?;
+                replication::serve_as_primary(&log, &shared, epoch).map_err(|e| format!("starting as primary: {e}"))?;
             }
         }
+    }
+    if shared.role() == Role::Waiting && etcd.is_none() {
+        let (log, shared) = (log.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("repl-wait".into())
+            .spawn(move || replication::wait_for_peer(&log, &shared))
+            .map_err(|e| format!("peer wait thread: {e}"))?;
     }
     if let Some(l) = repl_listener {
         replication::start_receiver(&log, &shared, l).map_err(|e| format!("replication receiver: {e}"))?;

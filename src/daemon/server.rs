@@ -36,6 +36,7 @@ use super::config::{DaemonConfig, Listen, OnReplicaLoss};
 use super::metrics::{self, Metrics};
 use super::notify::Notifier;
 use super::producers::{Check, Producers};
+use crate::epoch::Epoch;
 use crate::protocol::{
     codes, decode_frame, Durability, Frame, Op, ProtoError, Request, Response, WireRecord, HEADER_LEN, VERSION,
 };
@@ -59,6 +60,10 @@ struct Jd {
     /// `remote-*` appends are acknowledged as `local` until the replica
     /// catches up (`on_replica_loss = "degrade"` after a timeout).
     degraded: Cell<bool>,
+    /// The durable end here when the journal degraded: once the replica
+    /// holds everything below it durably, it has caught up (a fixed point;
+    /// the durable end itself moves on under load and is never reached).
+    degraded_at: Cell<u64>,
     producers: RefCell<Producers>,
     /// Woken when the durable end moves (subscriptions wait on it).
     advanced: Notify,
@@ -398,6 +403,7 @@ impl Srv {
             jr: self.repl.journal(j.id()),
             on_loss: spec.map(|s| s.on_replica_loss).unwrap_or(OnReplicaLoss::Block),
             degraded: Cell::new(false),
+            degraded_at: Cell::new(0),
             producers: RefCell::new(producers),
             advanced: Notify::new(),
         });
@@ -442,7 +448,7 @@ impl Srv {
     fn pump(&self, wait: bool) -> crate::Result<usize> {
         // A replica's batches are written by its receiver's own Driver.
         let n = match self.repl.role() {
-            Role::Replica | Role::Promoting => self.driver.borrow_mut().pump_all(&[], wait)?,
+            Role::Replica | Role::Promoting | Role::Waiting => self.driver.borrow_mut().pump_all(&[], wait)?,
             _ => self.driver.borrow_mut().pump_all(&self.jlist.borrow(), wait)?,
         };
         self.settle();
@@ -560,6 +566,7 @@ impl Srv {
                     tracing::warn!(journal = jd.j.name(), replica_durable = durable, timeout = ?timeout,
                         "replica did not confirm in time: acknowledging remote appends as local until it catches up");
                     jd.degraded.set(true);
+                    jd.degraded_at.set(jd.j.next_lsn());
                     self.m.degraded_acks.set(self.m.degraded_acks.get() + 1);
                     self.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
                     a.answer();
@@ -580,8 +587,13 @@ impl Srv {
             }
         }
         // (When the replica last held everything is kept by the ack reader.)
-        if jd.degraded.get() && self.repl.connected.load(Ordering::Acquire) && durable >= jd.j.next_lsn() {
-            tracing::info!(journal = jd.j.name(), "replica caught up: remote appends wait for it again");
+        if jd.degraded.get() && self.repl.connected.load(Ordering::Acquire) && durable >= jd.degraded_at.get() {
+            tracing::info!(
+                journal = jd.j.name(),
+                replica_durable = durable,
+                degraded_at = jd.degraded_at.get(),
+                "replica caught up past where the journal degraded: remote appends wait for it again"
+            );
             jd.degraded.set(false);
         }
     }
@@ -597,6 +609,15 @@ impl Srv {
             tokio_uring::spawn(async move {
                 if let Err((code, msg)) = promote(&srv).await {
                     tracing::error!(code, msg, "automatic promotion failed");
+                }
+            });
+        }
+        if self.repl.serve_requested.load(Ordering::Acquire) && self.repl.serve_requested.swap(false, Ordering::AcqRel)
+        {
+            let srv = self.clone();
+            tokio_uring::spawn(async move {
+                if let Err((code, msg)) = serve_after_wait(&srv).await {
+                    tracing::error!(code, msg, "could not start serving after the peer answered");
                 }
             });
         }
@@ -723,6 +744,7 @@ impl Srv {
             truncations: r.truncations.load(Ordering::Relaxed),
             backlog_bytes: ob.map(|o| o.queued_bytes() as u64).unwrap_or(0),
             last_error: r.last_error.lock().clone(),
+            split_brain: r.split_brain.lock().clone(),
             journals,
         }
     }
@@ -1324,6 +1346,22 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
             let res = demote(srv, sync, Duration::from_millis(timeout_ms as u64)).await;
             role_change_answer(srv, conn, rid, Op::Demote, res);
         }
+        Request::DiscardDiverged => {
+            let res = if srv.repl.split_brain.lock().is_empty() {
+                Err((codes::NOT_PRIMARY, "no split brain is reported on this node: nothing to discard".to_string()))
+            } else if srv.repl.role().is_primary() {
+                Err((
+                    codes::NOT_PRIMARY,
+                    "this node is primary: run discard-diverged on the replica that holds the diverged records"
+                        .to_string(),
+                ))
+            } else {
+                tracing::warn!("an operator allowed the next replication session to cut back diverged records");
+                srv.repl.discard_diverged.store(true, Ordering::Release);
+                Ok(())
+            };
+            role_change_answer(srv, conn, rid, Op::DiscardDiverged, res);
+        }
         Request::SetMark { journal, lsn } => {
             let Some(jd) = srv.journal(journal) else {
                 return fail(&Error::UnknownJournal(journal.to_string()));
@@ -1394,12 +1432,29 @@ fn role_change_answer(srv: &Srv, conn: &Conn, rid: u64, op: Op, res: Result<(), 
 /// tables are rebuilt from the journals, and it starts shipping to its peer.
 async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
     let r = &srv.repl;
-    match r.role() {
+    let from = match r.role() {
         Role::Primary | Role::Standalone => return Ok(()),
-        Role::Replica => {}
+        // A primary waiting for its peer at start: the operator decides it
+        // serves (a new term, above any epoch seen).
+        from @ (Role::Replica | Role::Waiting) => from,
         other => return Err((codes::NOT_PRIMARY, format!("this node is {}; try again", other.name()))),
-    }
-    if !r.change_role(Role::Replica, Role::Promoting) {
+    };
+    // Epochs are `term << 32 | start`: a promotion starts a new term, above
+    // every epoch either site can reach by restarting, so a promoted
+    // replica always wins against its old primary (crate::epoch).
+    let epoch = Epoch::from_raw(srv.log.epoch())
+        .promotion(Epoch::from_raw(r.seen_epoch.load(Ordering::Acquire)))
+        .ok_or_else(|| {
+            (
+                crate::Error::Corrupt(String::new()).code(),
+                format!(
+                    "no term is left above epoch {} (seen {}): this node cannot be promoted",
+                    srv.log.epoch(),
+                    r.seen_epoch.load(Ordering::Acquire)
+                ),
+            )
+        })?;
+    if !r.change_role(from, Role::Promoting) {
         return Err((codes::NOT_PRIMARY, "the role changed meanwhile; try again".into()));
     }
     // The receiver sees the role, writes what it holds and ends its session.
@@ -1411,14 +1466,11 @@ async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // Epochs are `term << 32 | start`: a primary's every start raises the
-    // low half (records of two runs never share an epoch); a promotion
-    // starts a new term, above every epoch either site can reach by
-    // restarting, so a promoted replica always wins against its old primary.
-    let epoch = ((srv.log.epoch().max(r.seen_epoch.load(Ordering::Acquire)) >> 32) + 1) << 32;
+    // The epoch it followed last is kept as its base: with the new one it
+    // says which runs its history holds (a split brain is refused).
     let log = srv.log.clone();
-    if let Err(e) = blocking(move || log.set_epoch(epoch)).await {
-        r.set_role(Role::Replica);
+    if let Err(e) = blocking(move || log.promote_epoch(epoch.raw())).await {
+        r.set_role(from);
         return Err((e.code(), format!("persisting epoch {epoch}: {e}")));
     }
     srv.reload_journals();
@@ -1429,7 +1481,31 @@ async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
     if let Err(e) = replication::start_primary(&srv.log, r) {
         tracing::error!(error = %e, "replication sender did not start");
     }
-    tracing::warn!(epoch, "promoted: this node is the primary");
+    tracing::warn!(%epoch, "promoted: this node is the primary");
+    Ok(())
+}
+
+/// A primary that waited for its peer at start may serve (the peer
+/// answered and takes it as primary): the next start's epoch, then the
+/// role and the shipping sink together on this thread, before any append.
+async fn serve_after_wait(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
+    let r = &srv.repl;
+    if r.role() != Role::Waiting {
+        return Ok(());
+    }
+    let Some(epoch) = Epoch::from_raw(srv.log.epoch()).restart() else {
+        return Err((codes::NOT_PRIMARY, "no start is left in this term: promote this node instead".into()));
+    };
+    let log = srv.log.clone();
+    blocking(move || log.set_epoch(epoch.raw())).await.map_err(|e| (e.code(), format!("raising the epoch: {e}")))?;
+    if !r.change_role(Role::Waiting, Role::Primary) {
+        return Err((codes::NOT_PRIMARY, format!("the role changed meanwhile: this node is {}", r.role().name())));
+    }
+    srv.reload_journals();
+    if let Err(e) = replication::start_primary(&srv.log, r) {
+        tracing::error!(error = %e, "replication sender did not start");
+    }
+    tracing::warn!(%epoch, "serving as primary: the peer answered");
     Ok(())
 }
 

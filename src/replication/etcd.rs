@@ -12,6 +12,13 @@
 //!   absent) and promotes itself; then it writes its new epoch there.
 //! * A node that starts (or returns) while another holds the key is its
 //!   replica.
+//! * `PREFIX/CLUSTER/epoch` (no lease: it outlives every holder) keeps the
+//!   highest epoch any holder served at. A node takes the primary key only
+//!   if its own history is at least that new (its epoch is not below it),
+//!   in the same transaction; otherwise it waits. So a node that returns
+//!   after its peer was promoted, and finds that peer's key expired, does
+//!   not serve an older history (which the peer, when it returns, would
+//!   meet as a split brain).
 //!
 //! Manual promotion stays the default: without `[replication.etcd]` nothing
 //! here runs.
@@ -54,6 +61,8 @@ pub struct Etcd {
     cfg: EtcdConfig,
     agent: ureq::Agent,
     key: String,
+    /// The highest epoch any holder served at (no lease).
+    epoch_key: String,
     /// The longest one request can take, over every endpoint in turn.
     budget: Duration,
 }
@@ -73,8 +82,9 @@ impl Etcd {
         let n = cfg.endpoints.len().max(1) as u32;
         let t = (cfg.lease_ttl.max(Duration::from_secs(1)) / (3 * n)).max(Duration::from_millis(50));
         let agent = ureq::AgentBuilder::new().timeout_connect(t).timeout(t).build();
-        let key = format!("{}/{}/primary", cfg.prefix.trim_end_matches('/'), cfg.cluster);
-        Etcd { cfg, agent, key, budget: t * n }
+        let base = format!("{}/{}", cfg.prefix.trim_end_matches('/'), cfg.cluster);
+        let (key, epoch_key) = (format!("{base}/primary"), format!("{base}/epoch"));
+        Etcd { cfg, agent, key, epoch_key, budget: t * n }
     }
 
     fn post(&self, path: &str, body: serde_json::Value) -> Result<serde_json::Value, String> {
@@ -120,26 +130,81 @@ impl Etcd {
         b64(json!({ "name": name, "epoch": epoch, "endpoint": self.cfg.endpoint }).to_string().as_bytes())
     }
 
-    /// Takes the key if nobody holds it. True if this call took it.
-    pub fn acquire(&self, lease: i64, name: &str, epoch: u64) -> Result<bool, String> {
-        let k = b64(self.key.as_bytes());
+    /// The highest epoch a holder served at, and the revision it was
+    /// written at ((0, 0) if none was).
+    pub fn served_epoch(&self) -> Result<(u64, i64), String> {
+        let r = self.post("kv/range", json!({ "key": b64(self.epoch_key.as_bytes()) }))?;
+        let Some(kv) = r["kvs"].as_array().and_then(|a| a.first()) else { return Ok((0, 0)) };
+        let epoch = String::from_utf8(unb64(kv["value"].as_str().unwrap_or("")))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("etcd key {}: not an epoch", self.epoch_key))?;
+        let rev = kv["mod_revision"].as_str().and_then(|s| s.parse().ok()).or_else(|| kv["mod_revision"].as_i64());
+        Ok((epoch, rev.unwrap_or(0)))
+    }
+
+    /// Takes the primary key if nobody holds it and this node's history
+    /// (`history`: its epoch now) is at least as new as any holder served
+    /// at; records `epoch` (what it will serve at) as served, in the same
+    /// transaction.
+    pub fn acquire(&self, lease: i64, name: &str, epoch: u64, history: u64) -> Result<Claim, String> {
+        let (served, rev) = self.served_epoch()?;
+        if served > history {
+            return Ok(Claim::Stale(served));
+        }
+        let (k, ek) = (b64(self.key.as_bytes()), b64(self.epoch_key.as_bytes()));
         let r = self.post(
             "kv/txn",
             json!({
-                "compare": [{ "key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
-                "success": [{ "request_put": { "key": k, "value": self.value(name, epoch), "lease": lease.to_string() } }],
+                "compare": [
+                    { "key": k, "target": "CREATE", "result": "EQUAL", "create_revision": "0" },
+                    { "key": ek, "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string() },
+                ],
+                "success": [
+                    { "request_put": { "key": k, "value": self.value(name, epoch), "lease": lease.to_string() } },
+                    { "request_put": { "key": ek, "value": b64(served.max(epoch).to_string().as_bytes()) } },
+                ],
             }),
         )?;
-        Ok(r["succeeded"].as_bool().unwrap_or(false))
+        Ok(if r["succeeded"].as_bool().unwrap_or(false) { Claim::Taken } else { Claim::NotTaken })
     }
 
     /// Rewrites the value under our lease (a new epoch after promotion, or
-    /// a new lease after a restart of the holder).
+    /// a new lease after a restart of the holder), and raises the served
+    /// epoch to `epoch`.
     pub fn put(&self, lease: i64, name: &str, epoch: u64) -> Result<(), String> {
         let k = b64(self.key.as_bytes());
-        self.post("kv/put", json!({ "key": k, "value": self.value(name, epoch), "lease": lease.to_string() }))
-            .map(|_| ())
+        self.post("kv/put", json!({ "key": k, "value": self.value(name, epoch), "lease": lease.to_string() }))?;
+        for _ in 0..3 {
+            let (served, rev) = self.served_epoch()?;
+            if served >= epoch {
+                return Ok(());
+            }
+            let ek = b64(self.epoch_key.as_bytes());
+            let r = self.post(
+                "kv/txn",
+                json!({
+                    "compare": [{ "key": ek, "target": "MOD", "result": "EQUAL", "mod_revision": rev.to_string() }],
+                    "success": [{ "request_put": { "key": ek, "value": b64(epoch.to_string().as_bytes()) } }],
+                }),
+            )?;
+            if r["succeeded"].as_bool().unwrap_or(false) {
+                return Ok(());
+            }
+        }
+        Err(format!("etcd key {}: raced three times", self.epoch_key))
     }
+}
+
+/// What `Etcd::acquire` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    Taken,
+    /// Someone holds the key.
+    NotTaken,
+    /// A holder served at this epoch, newer than this node's history: it
+    /// must not serve (it may follow that holder, or wait for an operator).
+    Stale(u64),
 }
 
 /// What the node should do at start, by the key.
@@ -148,17 +213,30 @@ pub enum AtStart {
     Primary(i64),
     /// Someone else does: be its replica.
     Replica(Holder),
+    /// Nobody does, but a holder served at this epoch, newer than our
+    /// history: wait (for it, or for an operator).
+    Stale(u64),
 }
 
 /// At start of a node configured as primary: take (or keep) the key, or
-/// learn who holds it. Retries until etcd answers or `wait` passes.
-pub fn claim_at_start(e: &Etcd, name: &str, epoch: u64, wait: Duration) -> Result<AtStart, String> {
+/// learn who holds it. `epoch` is what it will serve at, `history` its
+/// epoch now. Retries until etcd answers or `wait` passes.
+pub fn claim_at_start(e: &Etcd, name: &str, epoch: u64, history: u64, wait: Duration) -> Result<AtStart, String> {
     let deadline = Instant::now() + wait;
     loop {
         let r = (|| {
             let lease = e.grant()?;
-            if e.acquire(lease, name, epoch)? {
-                return Ok(AtStart::Primary(lease));
+            match e.acquire(lease, name, epoch, history)? {
+                Claim::Taken => return Ok(AtStart::Primary(lease)),
+                Claim::Stale(served) => {
+                    // Unless the key is ours from before a restart.
+                    match e.holder()? {
+                        Some(h) if h.name == name && h.epoch >= served => {}
+                        Some(h) => return Ok(AtStart::Replica(h)),
+                        None => return Ok(AtStart::Stale(served)),
+                    }
+                }
+                Claim::NotTaken => {}
             }
             match e.holder()? {
                 Some(h) if h.name == name => {
@@ -201,13 +279,19 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
                 let Some(l) = lease else {
                     // Promoted by hand while etcd is configured: take the key.
                     let sent = Instant::now();
-                    match e.grant().and_then(|l| e.acquire(l, &name, log.epoch()).map(|ok| (l, ok))) {
-                        Ok((l, true)) => {
+                    let epoch = log.epoch();
+                    match e.grant().and_then(|l| e.acquire(l, &name, epoch, epoch).map(|c| (l, c))) {
+                        Ok((l, Claim::Taken)) => {
                             lease = Some(l);
                             renewed = sent;
                             written_epoch = log.epoch();
                         }
-                        Ok((_, false)) => {
+                        Ok((_, Claim::Stale(served))) => {
+                            tracing::error!(served, epoch, "etcd: a primary served at a newer epoch; stepping down");
+                            shared.saw_epoch(served);
+                            shared.change_role(Role::Primary, Role::SteppingDown);
+                        }
+                        Ok((_, Claim::NotTaken)) => {
                             if let Ok(Some(h)) = e.holder() {
                                 if h.name != name {
                                     tracing::error!(holder = %h.name, "etcd: another node holds the primary key; stepping down");
@@ -260,8 +344,8 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
                 Ok(None) => {
                     let epoch = log.epoch();
                     let sent = Instant::now();
-                    match e.grant().and_then(|l| e.acquire(l, &name, epoch).map(|ok| (l, ok))) {
-                        Ok((l, true)) => {
+                    match e.grant().and_then(|l| e.acquire(l, &name, epoch, epoch).map(|c| (l, c))) {
+                        Ok((l, Claim::Taken)) => {
                             tracing::warn!("etcd: the primary's lease is gone; taking over");
                             lease = Some(l);
                             renewed = sent;
@@ -269,7 +353,12 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
                             shared.promote_requested.store(true, Ordering::Release);
                             shared.wake.notify_one();
                         }
-                        Ok((_, false)) => {}
+                        Ok((_, Claim::Stale(served))) => {
+                            shared.saw_epoch(served);
+                            tracing::warn!(served, epoch,
+                                "etcd: the primary's lease is gone, but this replica never followed its newest run: not taking over");
+                        }
+                        Ok((_, Claim::NotTaken)) => {}
                         Err(err) => tracing::warn!(error = %err, "etcd: cannot take the primary key"),
                     }
                 }

@@ -52,6 +52,10 @@ pub enum Role {
     SteppingDown = 3,
     /// A replica becoming primary: its receiver stops first.
     Promoting = 4,
+    /// Configured primary, but its peer could not be reached at start: it
+    /// takes no appends until it learns that no newer primary exists (the
+    /// peer answers), follows a newer one, or an operator promotes it.
+    Waiting = 5,
 }
 
 impl Role {
@@ -61,6 +65,7 @@ impl Role {
             2 => Role::Replica,
             3 => Role::SteppingDown,
             4 => Role::Promoting,
+            5 => Role::Waiting,
             _ => Role::Standalone,
         }
     }
@@ -71,6 +76,7 @@ impl Role {
             Role::Replica => "replica",
             Role::SteppingDown => "stepping-down",
             Role::Promoting => "promoting",
+            Role::Waiting => "waiting-for-peer",
         }
     }
     /// Takes appends.
@@ -110,6 +116,10 @@ pub struct ReplConfig {
     /// A primary at start tries this long to learn from its peer whether a
     /// newer primary exists before it serves.
     pub startup_wait: Duration,
+    /// A primary that cannot reach its peer at start serves anyway (an
+    /// operator's decision: `--force-primary` or
+    /// `unreachable_at_start = "serve"`); otherwise it waits.
+    pub serve_unreachable: bool,
     /// Socket buffer sizes (0: the kernel's default).
     pub socket_buffer: usize,
 }
@@ -143,8 +153,18 @@ pub struct ReplShared {
     pub demoting: AtomicBool,
     /// The etcd thread took the primary key: the server loop promotes.
     pub promote_requested: AtomicBool,
+    /// A node waiting for its peer learned it may serve: the server loop
+    /// makes it primary.
+    pub serve_requested: AtomicBool,
     /// Set while shutting down: threads end.
     pub stop: AtomicBool,
+    /// A split brain this node found (a replica refusing to cut records of
+    /// a run its primary never followed, or a primary told so); empty when
+    /// none. Cleared when a session streams again.
+    pub split_brain: Mutex<String>,
+    /// An operator allowed the next session to cut such records
+    /// (`mirrorlog discard-diverged`).
+    pub discard_diverged: AtomicBool,
     /// The primary's outbox (while primary).
     pub outbox: Mutex<Option<Arc<outbox::Outbox>>>,
 }
@@ -168,7 +188,10 @@ impl ReplShared {
             wake: Arc::new(tokio::sync::Notify::new()),
             demoting: AtomicBool::new(false),
             promote_requested: AtomicBool::new(false),
+            serve_requested: AtomicBool::new(false),
             stop: AtomicBool::new(false),
+            split_brain: Mutex::new(String::new()),
+            discard_diverged: AtomicBool::new(false),
             outbox: Mutex::new(None),
         })
     }
@@ -384,6 +407,47 @@ pub fn start_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) -> s
     let s = sender::Sender { log: log.clone(), shared: shared.clone(), outbox: ob };
     std::thread::Builder::new().name("repl-send".into()).spawn(move || s.run())?;
     Ok(())
+}
+
+/// Makes a node that may serve (its peer accepts it, or an operator or
+/// etcd said so) the primary at `epoch`: persists the epoch, then ships.
+pub fn serve_as_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>, epoch: u64) -> crate::Result<()> {
+    log.set_epoch(epoch)?;
+    start_primary(log, shared).map_err(crate::Error::Io)
+}
+
+/// A primary waiting for its peer at start (`Role::Waiting`): asks it
+/// until it answers. If it takes us as primary (no newer primary exists),
+/// serve; if a newer primary exists, become its replica (its sender
+/// connects here). An operator's promotion or shutdown ends the wait.
+pub fn wait_for_peer(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) {
+    let mut logged = Instant::now();
+    while shared.role() == Role::Waiting && !shared.stop.load(Ordering::Acquire) {
+        match sender::probe(log, shared, Duration::ZERO) {
+            sender::Probe::Primary => {
+                // The server loop makes the change (no append can come
+                // between the role and the shipping sink).
+                tracing::warn!("the peer answered and takes this node as primary");
+                shared.serve_requested.store(true, Ordering::Release);
+                shared.wake.notify_one();
+                return;
+            }
+            sender::Probe::Fenced(e) => {
+                shared.saw_epoch(e);
+                if shared.change_role(Role::Waiting, Role::Replica) {
+                    tracing::warn!(epoch = e, "the peer is a newer primary: following it");
+                }
+                return;
+            }
+            sender::Probe::Unreachable(why) => {
+                if logged.elapsed() > Duration::from_secs(30) {
+                    tracing::warn!(why, "still waiting for the peer before serving (mirrorlog promote to serve now)");
+                    logged = Instant::now();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Stops shipping (this node is no longer primary); the sender thread ends

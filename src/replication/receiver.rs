@@ -5,7 +5,8 @@
 //! It also answers a primary while this node is primary: a peer with a
 //! higher epoch makes this node step down (the server loop fails the
 //! appends waiting and stops taking new ones) and the session goes on with
-//! this node as its replica; a lower or equal epoch is refused.
+//! this node as its replica; a lower or equal epoch is refused. A node
+//! waiting for its peer at start follows a higher epoch at once.
 //!
 //! Invariants:
 //! * Nothing is applied unless it continues the journal's chain
@@ -14,6 +15,11 @@
 //! * `durable` in an ack is the journal's durable next LSN here: every
 //!   record below it is on every healthy mirror of this node.
 //! * A mark is applied only once every record below it is durable here.
+//! * Nothing this node holds is cut back, dropped or deleted for a
+//!   primary whose history does not hold the run that wrote it
+//!   (`check_cut`: a split brain, reported and refused; an operator
+//!   decides). The primary's epoch is taken only once the handshake's
+//!   cut-backs passed.
 
 use std::collections::HashMap;
 use std::net::{TcpListener, TcpStream};
@@ -24,7 +30,19 @@ use std::time::{Duration, Instant};
 
 use super::wire::{Msg, REPL_VERSION};
 use super::{configure, max_body, FrameConn, ReplShared, Role};
+use crate::epoch::{Epoch, History};
 use crate::{Driver, Error, Journal, MirrorLog};
+
+/// The first record of `j` from `from` on that belongs to a run `h` does
+/// not hold: (lsn, epoch). A chain's epochs never decrease, so it is the
+/// first above `h.base` unless that one is of `h`'s own term, and then the
+/// first above `h.current`.
+fn foreign_record(j: &Journal, from: u64, h: History) -> crate::Result<Option<(u64, u64)>> {
+    match j.first_record_above(from, h.base.raw())? {
+        Some((lsn, e)) if h.holds(Epoch::from_raw(e)) => j.first_record_above(lsn, h.current.raw()),
+        other => Ok(other),
+    }
+}
 
 pub struct Receiver {
     pub log: Arc<MirrorLog>,
@@ -133,6 +151,23 @@ impl Receiver {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
+            Role::Waiting => {
+                if h.epoch < mine {
+                    return fenced(&mut c, mine);
+                }
+                if h.epoch == mine {
+                    return refuse(
+                        &mut c,
+                        format!("split brain: both nodes are primary at epoch {mine}; demote one (mirrorlog demote)"),
+                    );
+                }
+                // A newer primary: follow it. This node took no appends
+                // while waiting, so there is nothing to step down from. (A
+                // probe only asks; its sender will open the session.)
+                if !h.probe && !self.shared.change_role(Role::Waiting, Role::Replica) {
+                    return refuse(&mut c, "this node is changing role; try again".into());
+                }
+            }
             Role::Replica => {
                 if h.epoch < mine {
                     return fenced(&mut c, mine);
@@ -147,21 +182,29 @@ impl Receiver {
             return Ok(());
         }
         self.shared.applying.store(true, Ordering::Release);
-        self.log.set_epoch(h.epoch).map_err(|e| e.to_string())?;
         *self.shared.peer_name.lock() = h.name.clone();
         self.shared.connected.store(true, Ordering::Release);
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(primary = %h.name, epoch = h.epoch, "replicating from primary");
+        tracing::info!(primary = %h.name, epoch = h.epoch, base_epoch = h.base_epoch, "replicating from primary");
         let mut st = Apply {
             log: &self.log,
+            shared: &self.shared,
             driver: Driver::new().map_err(|e| e.to_string())?,
             sent: HashMap::new(),
             received: HashMap::new(),
+            primary: History { base: Epoch::from_raw(h.base_epoch), current: Epoch::from_raw(h.epoch) },
+            primary_name: h.name.clone(),
+            adopted: false,
+            allow_diverged: self.shared.discard_diverged.swap(false, Ordering::AcqRel),
+            diverged: None,
         };
         let res = self.serve(&mut c, &mut st);
         st.drain();
         if let Err(e) = &res {
-            let _ = c.send(&Msg::Failed { message: e.clone() });
+            let _ = match st.diverged.take() {
+                Some(journal) => c.send(&Msg::Diverged { journal, message: e.clone() }),
+                None => c.send(&Msg::Failed { message: e.clone() }),
+            };
         }
         res
     }
@@ -229,10 +272,23 @@ impl Receiver {
 /// Applies one session's messages.
 struct Apply<'a> {
     log: &'a MirrorLog,
+    shared: &'a ReplShared,
     driver: Driver,
     /// (received, durable) last acked per journal.
     sent: HashMap<u64, (u64, u64)>,
     received: HashMap<u64, u64>,
+    /// The runs the primary's history holds (from its hello).
+    primary: History,
+    primary_name: String,
+    /// This node took the primary's epoch: done when the stream begins,
+    /// after every cut-back of the handshake passed (a node that refused
+    /// one keeps its own epoch, so its history stays its own).
+    adopted: bool,
+    /// An operator allowed this session to cut records of runs the
+    /// primary's history does not hold (`discard-diverged`).
+    allow_diverged: bool,
+    /// The journal whose cut was refused as a split brain.
+    diverged: Option<u64>,
 }
 
 impl Apply<'_> {
@@ -254,13 +310,56 @@ impl Apply<'_> {
         }
     }
 
+    /// Before records from `from` on are cut back or dropped: refuses (a
+    /// split brain) if one of them belongs to a run the primary's history
+    /// does not hold, unless an operator allowed it for this session.
+    fn check_cut(&mut self, j: &Journal, from: u64, what: &str) -> Result<(), String> {
+        let Some((lsn, epoch)) = foreign_record(j, from, self.primary).map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let epoch = Epoch::from_raw(epoch);
+        if self.allow_diverged {
+            tracing::error!(journal = j.name(), lsn, %epoch, what,
+                "discarding records of a run the new primary never followed, as an operator allowed (discard-diverged)");
+            return Ok(());
+        }
+        let msg = format!(
+            "split brain: journal {} holds records from lsn {lsn} on written at epoch {epoch}, a run that primary {} \
+             never followed (its history holds epochs up to {} and its own term up to {}); refusing {what}, both \
+             histories are kept. Read them here to keep what matters, then run `mirrorlog discard-diverged` on this \
+             node to let the primary's history win, or promote this node instead",
+            j.name(),
+            self.primary_name,
+            self.primary.base,
+            self.primary.current
+        );
+        tracing::error!("{msg}");
+        *self.shared.split_brain.lock() = msg.clone();
+        self.diverged = Some(j.id());
+        Err(msg)
+    }
+
+    /// Takes the primary's epoch once the stream begins (see `adopted`).
+    fn adopt(&mut self) -> Result<(), String> {
+        if !self.adopted {
+            self.log.set_epoch(self.primary.current.raw()).map_err(|e| e.to_string())?;
+            self.adopted = true;
+            self.shared.split_brain.lock().clear();
+        }
+        Ok(())
+    }
+
     fn handle(&mut self, m: Msg) -> Result<Option<Msg>, String> {
         let e = |e: Error| e.to_string();
+        if matches!(m, Msg::Batch(_) | Msg::Mark { .. } | Msg::Create { .. } | Msg::Delete { .. } | Msg::Ping) {
+            self.adopt()?;
+        }
         Ok(match m {
             Msg::Journals(list) => {
                 self.drain();
                 for j in self.log.journals() {
                     if !list.iter().any(|(id, name)| *id == j.id() && name == j.name()) {
+                        self.check_cut(&j, j.info().first_lsn, "to delete it (the primary has no such journal)")?;
                         tracing::warn!(journal = j.name(), "journal not on the primary: deleted");
                         self.log.delete_journal(j.name()).map_err(e)?;
                     }
@@ -283,8 +382,16 @@ impl Apply<'_> {
                 let samples = lsns.iter().filter_map(|&l| j.record_crc(l).ok().map(|c| (l, c))).collect();
                 Some(Msg::Samples { journal, samples })
             }
-            Msg::Truncate { journal, keep } => Some(self.cut(journal, |j| j.truncate_after(keep))?),
-            Msg::Reset { journal, next_lsn } => Some(self.cut(journal, |j| j.reset(next_lsn))?),
+            Msg::Truncate { journal, keep } => {
+                let j = self.journal(journal)?;
+                self.check_cut(&j, keep.saturating_add(1), "to cut it back")?;
+                Some(self.cut(journal, |j| j.truncate_after(keep))?)
+            }
+            Msg::Reset { journal, next_lsn } => {
+                let j = self.journal(journal)?;
+                self.check_cut(&j, j.info().first_lsn, "to drop it and take it again whole")?;
+                Some(self.cut(journal, |j| j.reset(next_lsn))?)
+            }
             Msg::Batch(s) => {
                 let j = self.journal(s.journal_id)?;
                 loop {

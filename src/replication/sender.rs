@@ -52,6 +52,7 @@ pub fn hello(log: &MirrorLog, shared: &ReplShared, probe: bool) -> Hello {
     Hello {
         version: REPL_VERSION,
         epoch: log.epoch(),
+        base_epoch: log.base_epoch(),
         probe,
         set_uuid: log.set_uuid(),
         block_size,
@@ -170,6 +171,7 @@ impl Sender {
         let ends = match c.recv(cfg.peer_timeout).map_err(io)? {
             Msg::Ends(e) => e,
             Msg::Failed { message } => return Err(format!("replica failed: {message}")),
+            Msg::Diverged { message, .. } => return Err(self.diverged(message)),
             other => return Err(format!("unexpected answer {other:?}")),
         };
         let mut pos: Vec<(Journal, Pos)> = Vec::new();
@@ -224,6 +226,7 @@ impl Sender {
             c.send(&Msg::Reset { journal: j.id(), next_lsn: next }).map_err(io)?;
             match answer(c, timeout).map_err(io)? {
                 Msg::Ends(e) if e.len() == 1 => Ok(Pos { lsn: e[0].1.next_lsn, crc: 0, hint: None }),
+                Msg::Diverged { message, .. } => Err(self.diverged(message)),
                 other => Err(format!("unexpected answer to reset {other:?}")),
             }
         };
@@ -284,17 +287,27 @@ impl Sender {
             keep,
             "replica holds records this primary never had: cutting it back"
         );
-        self.shared.truncations.fetch_add(1, Ordering::Relaxed);
         c.send(&Msg::Truncate { journal: j.id(), keep }).map_err(io)?;
         let e = match answer(c, timeout).map_err(io)? {
             Msg::Ends(e) if e.len() == 1 => e[0].1,
             Msg::Failed { message } => return Err(format!("replica failed to cut back: {message}")),
+            Msg::Diverged { message, .. } => return Err(self.diverged(message)),
             other => return Err(format!("unexpected answer to truncate {other:?}")),
         };
+        self.shared.truncations.fetch_add(1, Ordering::Relaxed);
         match continue_at(&e) {
             Some(p) => Ok(p),
             None => reset(c, restart, "cut back to a point not in common"),
         }
+    }
+
+    /// The replica refused a cut-back as a split brain: reported here too
+    /// (status, metrics); sessions go on being tried, and are refused the
+    /// same way until an operator decides.
+    fn diverged(&self, message: String) -> String {
+        tracing::error!(message, "the replica holds records of a run this primary never followed: not cut back");
+        *self.shared.split_brain.lock() = format!("the replica refused: {message}");
+        format!("split brain: {message}")
     }
 
     /// Sends journal `j` from `p` up to `target`, read from the segments.
@@ -456,6 +469,7 @@ impl Sender {
             }
         }
         self.shared.connected.store(true, Ordering::Release);
+        self.shared.split_brain.lock().clear();
         self.shared.wake.notify_one();
         // The outbox, as it fills.
         let mut events = Vec::new();

@@ -13,7 +13,8 @@ use crate::protocol::{encode_frame, encode_frame_unsealed, put_bytes, put_str, s
 use crate::ship::{ChainEnd, ShipView, Shipment};
 
 /// Replication protocol version.
-pub const REPL_VERSION: u16 = 1;
+/// 2: `Hello` carries the base epoch; `Diverged`.
+pub const REPL_VERSION: u16 = 2;
 
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +75,23 @@ pub enum Msg {
     Failed {
         message: String,
     },
+    /// The replica refuses to cut back or drop a journal that holds
+    /// records of a run the primary's history does not hold (a split
+    /// brain): both histories are kept until an operator decides. The
+    /// session ends.
+    Diverged {
+        journal: u64,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
     pub version: u16,
     pub epoch: u64,
+    /// The sender's base epoch: with `epoch`, which runs its history holds
+    /// (`epoch::History`).
+    pub base_epoch: u64,
     /// Only asking who is primary (a restarted primary, before it serves).
     pub probe: bool,
     pub set_uuid: [u8; 16],
@@ -108,6 +120,7 @@ mod op {
     pub const SAMPLES: u8 = 0x65;
     pub const ACKS: u8 = 0x66;
     pub const FAILED: u8 = 0x67;
+    pub const DIVERGED: u8 = 0x68;
 }
 
 fn put64(o: &mut Vec<u8>, v: u64) {
@@ -148,6 +161,7 @@ impl Msg {
             Msg::Hello(h) => encode_frame(out, op::HELLO, 0, |o| {
                 o.extend_from_slice(&h.version.to_le_bytes());
                 put64(o, h.epoch);
+                put64(o, h.base_epoch);
                 o.push(h.probe as u8);
                 o.extend_from_slice(&h.set_uuid);
                 put32(o, h.block_size);
@@ -227,6 +241,10 @@ impl Msg {
                 }
             }),
             Msg::Failed { message } => encode_frame(out, op::FAILED, 0, |o| put_str(o, message)),
+            Msg::Diverged { journal, message } => encode_frame(out, op::DIVERGED, 0, |o| {
+                put64(o, *journal);
+                put_str(o, message);
+            }),
         }
     }
 
@@ -249,7 +267,24 @@ impl Msg {
         let m = match f.opcode {
             op::HELLO => {
                 let version = r.u16()?;
+                if version != REPL_VERSION {
+                    // Other versions lay the rest out otherwise: the
+                    // receiver answers with what it speaks.
+                    return Ok(Msg::Hello(Hello {
+                        version,
+                        epoch: 0,
+                        base_epoch: 0,
+                        probe: false,
+                        set_uuid: [0; 16],
+                        block_size: 0,
+                        segment_size: 0,
+                        slot_count: 0,
+                        batch_buf: 0,
+                        name: String::new(),
+                    }));
+                }
                 let epoch = r.u64()?;
+                let base_epoch = r.u64()?;
                 let probe = r.u8()? != 0;
                 let mut set_uuid = [0u8; 16];
                 for b in set_uuid.iter_mut() {
@@ -258,6 +293,7 @@ impl Msg {
                 Msg::Hello(Hello {
                     version,
                     epoch,
+                    base_epoch,
                     probe,
                     set_uuid,
                     block_size: r.u32()?,
@@ -311,6 +347,7 @@ impl Msg {
             }
             op::ACKS => Msg::Acks(list(&mut r, 24, |r| Ok((r.u64()?, r.u64()?, r.u64()?)))?),
             op::FAILED => Msg::Failed { message: r.str()?.to_string() },
+            op::DIVERGED => Msg::Diverged { journal: r.u64()?, message: r.str()?.to_string() },
             other => return Err(ProtoError::UnknownOpcode(other)),
         };
         r.end()?;
@@ -339,8 +376,9 @@ mod tests {
     #[test]
     fn every_message_round_trips() {
         round(Msg::Hello(Hello {
-            version: 1,
+            version: REPL_VERSION,
             epoch: 7,
+            base_epoch: 3,
             probe: true,
             set_uuid: [3; 16],
             block_size: 4096,
@@ -378,6 +416,7 @@ mod tests {
         round(Msg::Samples { journal: 1, samples: vec![(4, 77), (3, 66)] });
         round(Msg::Acks(vec![(1, 10, 8), (2, 5, 5)]));
         round(Msg::Failed { message: "bad".into() });
+        round(Msg::Diverged { journal: 4, message: "split brain".into() });
     }
 
     #[test]

@@ -242,23 +242,40 @@ impl Site {
 }
 
 /// The `[replication]` table of one site.
+/// (`extra` may set any of the timeouts given here; its value is used.)
 pub fn repl_table(role: &str, peer: &str, listen: &str, extra: &str) -> String {
-    format!(
-        "[replication]\nrole = \"{role}\"\npeer = \"{peer}\"\nlisten = \"{listen}\"\nack_timeout = \"2s\"\n\
-         peer_timeout = \"3s\"\nstartup_wait = \"2s\"\nconnect_timeout = \"1s\"\n{extra}\n"
-    )
+    let defaults: String =
+        [("ack_timeout", "2s"), ("peer_timeout", "3s"), ("startup_wait", "2s"), ("connect_timeout", "1s")]
+            .iter()
+            .filter(|(k, _)| !extra.lines().any(|l| l.trim_start().starts_with(&format!("{k} "))))
+            .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+            .collect();
+    format!("[replication]\nrole = \"{role}\"\npeer = \"{peer}\"\nlisten = \"{listen}\"\n{defaults}{extra}\n")
 }
 
 /// A primary (A) and a replica (B); A ships through `proxy` if given
 /// (a listener address the caller's proxy forwards to B's replication port).
 pub fn pair(journals: &str, repl_extra: &str, via: Option<&dyn Fn(&str) -> String>) -> (Site, Site) {
+    pair_via(journals, repl_extra, via, None)
+}
+
+/// `pair`, where B (once promoted) also reaches A through a proxy if
+/// `via_b` is given, so the link can be cut both ways.
+pub fn pair_via(
+    journals: &str,
+    repl_extra: &str,
+    via: Option<&dyn Fn(&str) -> String>,
+    via_b: Option<&dyn Fn(&str) -> String>,
+) -> (Site, Site) {
     let (ta, tb) = (tempfile::tempdir().expect("tmp"), tempfile::tempdir().expect("tmp"));
     if std::env::var_os("MLOG_KEEP").is_some() {
         eprintln!("site A in {}, site B in {}", ta.path().display(), tb.path().display());
     }
     let (ra, rb) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
     let peer_of_a = via.map(|f| f(&rb)).unwrap_or_else(|| rb.clone());
-    let mut b = Daemon::configure(tb.path(), &format!("{journals}\n{}", repl_table("replica", &ra, &rb, repl_extra)));
+    let peer_of_b = via_b.map(|f| f(&ra)).unwrap_or_else(|| ra.clone());
+    let mut b =
+        Daemon::configure(tb.path(), &format!("{journals}\n{}", repl_table("replica", &peer_of_b, &rb, repl_extra)));
     let mut a =
         Daemon::configure(ta.path(), &format!("{journals}\n{}", repl_table("primary", &peer_of_a, &ra, repl_extra)));
     b.spawn();
