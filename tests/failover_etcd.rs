@@ -204,3 +204,68 @@ fn a_primary_cut_off_from_etcd_steps_down_before_its_lease_can_pass() {
     });
     rt.block_on(c.append_batch_with("orders", &[b"after"], Durability::Local)).expect("append");
 }
+
+/// Issue 16, item 2, the etcd path: the old primary returns after its
+/// replica took over (a new term) and that new primary is gone too, its
+/// lease expired. The key is free, but a node whose history is older than
+/// the newest holder's must not take it: it used to take it at its old,
+/// lower term and acknowledge appends that the newer history would cut.
+/// It now waits, and follows the newer primary when that one returns.
+#[test]
+fn a_node_with_an_older_history_does_not_take_a_free_key() {
+    let Some(etcd) = start_etcd() else {
+        eprintln!("SKIPPED: no etcd binary (apt-get install etcd-server) or it did not start");
+        return;
+    };
+    let (mut a, mut b, _ta, _tb) = pair(&etcd);
+    assert_eq!(a.role(), "primary");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let append = |eps: Vec<String>, c: u64, n: u64, timeout: Duration| -> Vec<(u64, u64, u64)> {
+        rt.block_on(async {
+            let mut cfg = ClientConfig::new(eps);
+            cfg.request_timeout = timeout;
+            let Ok(client) = Client::connect(cfg).await else { return Vec::new() };
+            let mut acks = Vec::new();
+            for seq in 1..=n {
+                match client.append_batch_with("orders", &[&payload(c, seq)], Durability::Local).await {
+                    Ok(lsn) => acks.push((lsn, c, seq)),
+                    Err(_) => break,
+                }
+            }
+            acks
+        })
+    };
+    let first = append(vec![a.addr.clone()], 1, 200, Duration::from_secs(30));
+    assert_eq!(first.len(), 200);
+    a.kill9();
+    b.wait_role("primary", Duration::from_secs(20));
+    let on_b = append(vec![b.addr.clone()], 2, 100, Duration::from_secs(30));
+    assert_eq!(on_b.len(), 100);
+    // The new primary goes too, and its lease expires.
+    b.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    a.spawn();
+    a.wait_ready();
+    let t0 = Instant::now();
+    let mut alone = Vec::new();
+    while t0.elapsed() < Duration::from_secs(4) {
+        alone.extend(append(vec![a.addr.clone()], 3, 1, Duration::from_millis(500)));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(alone.is_empty(), "the node with the older history acknowledged {} appends", alone.len());
+    assert_eq!(a.role(), "waiting-for-peer");
+    // The newer primary's node returns: it takes the key, the other follows.
+    b.spawn();
+    b.wait_ready();
+    b.wait_role("primary", Duration::from_secs(20));
+    a.wait_role("replica", Duration::from_secs(20));
+    let last = append(vec![a.addr.clone(), b.addr.clone()], 4, 50, Duration::from_secs(30));
+    assert_eq!(last.len(), 50);
+    assert_eq!(a.term().code(), Some(0));
+    assert_eq!(b.term().code(), Some(0));
+    let log = mirrorlog::MirrorLog::open(&mirrorlog::Config::new(b.devices())).expect("open");
+    let j = log.journal("orders").expect("journal");
+    for (lsn, c, seq) in first.iter().chain(&on_b).chain(&last) {
+        assert_eq!(j.read(*lsn).expect("read"), payload(*c, *seq), "lsn {lsn}");
+    }
+}

@@ -343,8 +343,16 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
             Role::Replica if e.cfg.auto_failover => match e.holder() {
                 Ok(None) => {
                     let epoch = log.epoch();
+                    // Recorded as served before this node can take an
+                    // append: the epoch its promotion will reach.
+                    let Some(next) = crate::epoch::Epoch::from_raw(epoch)
+                        .promotion(crate::epoch::Epoch::from_raw(shared.seen_epoch.load(Ordering::Acquire)))
+                    else {
+                        tracing::error!(epoch, "etcd: no term is left to promote to");
+                        continue;
+                    };
                     let sent = Instant::now();
-                    match e.grant().and_then(|l| e.acquire(l, &name, epoch, epoch).map(|c| (l, c))) {
+                    match e.grant().and_then(|l| e.acquire(l, &name, next.raw(), epoch).map(|c| (l, c))) {
                         Ok((l, Claim::Taken)) => {
                             tracing::warn!("etcd: the primary's lease is gone; taking over");
                             lease = Some(l);
