@@ -88,6 +88,10 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// The producer id of appends (random if `None`); 0 turns idempotence off.
     pub producer: Option<u64>,
+    /// The first sequence number of this client's appends (default: 1 for
+    /// a random producer; for a fixed one, the clock in microseconds). A
+    /// fixed producer id must continue above its earlier sequences.
+    pub first_sequence: Option<u64>,
     /// Name sent in Hello.
     pub client_name: String,
     /// Largest frame body accepted from a server (its `limits.max_frame_bytes`
@@ -110,6 +114,7 @@ impl ClientConfig {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_secs(1),
             producer: None,
+            first_sequence: None,
             client_name: format!("mirrorlog-client/{}", env!("CARGO_PKG_VERSION")),
             max_frame: 1 << 30,
             any_role: false,
@@ -187,6 +192,14 @@ enum Reply_ {
 struct Pending {
     op: Op,
     frame: Vec<u8>,
+    /// An append's durability byte in `frame` (its `RESEND` bit is set
+    /// when the append goes out again).
+    resend_at: Option<usize>,
+    /// Its transmission on the current connection may have been taken.
+    in_flight: bool,
+    /// An earlier transmission may have been taken (written): it goes out
+    /// again as a resend.
+    maybe_written: bool,
     reply: Reply_,
     deadline: Instant,
     _permit: Option<OwnedSemaphorePermit>,
@@ -299,6 +312,7 @@ impl Shared {
             cell.store(rid, Ordering::Release);
         }
         patch(&mut frame, rid, seq);
+        let in_flight = st.link.is_some();
         if let Some(l) = st.link.as_mut() {
             if !l.send(&frame) {
                 drop_link(st);
@@ -307,7 +321,17 @@ impl Shared {
         }
         st.pending.insert(
             rid,
-            Pending { op: cmd.op, frame, reply: cmd.reply, deadline: Instant::now() + timeout, _permit: cmd.permit },
+            Pending {
+                op: cmd.op,
+                frame,
+                // The durability byte precedes the producer and sequence.
+                resend_at: cmd.seq_at.map(|(at, _)| at - 9),
+                in_flight,
+                maybe_written: false,
+                reply: cmd.reply,
+                deadline: Instant::now() + timeout,
+                _permit: cmd.permit,
+            },
         );
     }
 }
@@ -325,6 +349,20 @@ impl Client {
                 break p;
             }
         });
+        // A new (random) producer starts at 1: a daemon that does not know
+        // it takes a resend of its first append (protocol.md). A fixed one
+        // continues where the caller says, else from the clock (above its
+        // earlier runs unless the clock stepped back; if it did, appends
+        // fail with sequence-conflict, never take another record's LSN).
+        let first_seq = match (cfg.producer, cfg.first_sequence) {
+            (_, Some(s)) => s.max(1),
+            (None, None) => 1,
+            (Some(_), None) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or(1)
+                .max(1),
+        };
         let info = Arc::new(parking_lot::Mutex::new((String::new(), String::new(), 0)));
         let slots = Arc::new(Semaphore::new(cfg.max_inflight.max(1)));
         let deadline = Instant::now() + cfg.request_timeout;
@@ -349,13 +387,7 @@ impl Client {
             st: parking_lot::Mutex::new(State {
                 pending: BTreeMap::new(),
                 next_rid: 1,
-                // Sequences only grow for a producer id, also across restarts
-                // of a client configured with a fixed one: start from the clock.
-                next_seq: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_micros() as u64)
-                    .unwrap_or(1)
-                    .max(1),
+                next_seq: first_seq,
                 link: None,
                 closed: false,
             }),
@@ -399,8 +431,14 @@ impl Client {
     /// Appends records with consecutive LSNs, with a durability mode;
     /// returns the first LSN.
     pub async fn append_batch_with(&self, journal: &str, records: &[&[u8]], durability: Durability) -> Result<u64> {
-        let req =
-            Request::Append { journal, durability, producer: self.producer, first_seq: 0, records: records.to_vec() };
+        let req = Request::Append {
+            journal,
+            durability,
+            producer: self.producer,
+            first_seq: 0,
+            resend: false,
+            records: records.to_vec(),
+        };
         let mut frame =
             Vec::with_capacity(HEADER_LEN + 32 + journal.len() + records.iter().map(|r| r.len() + 4).sum::<usize>());
         req.encode_unsealed(0, &mut frame);
@@ -647,7 +685,17 @@ impl Supervisor {
         {
             let mut st = self.sh.st.lock();
             let mut out = Vec::new();
-            for p in st.pending.values() {
+            for p in st.pending.values_mut() {
+                // An append sent before may have been written: say so, so
+                // the daemon never writes it a second time (protocol.md).
+                p.maybe_written |= p.in_flight;
+                p.in_flight = true;
+                if let (true, Some(at)) = (p.maybe_written, p.resend_at) {
+                    if p.frame[at] & crate::protocol::RESEND == 0 {
+                        p.frame[at] |= crate::protocol::RESEND;
+                        seal_frame(&mut p.frame);
+                    }
+                }
                 out.extend_from_slice(&p.frame);
             }
             if !out.is_empty() {
@@ -803,6 +851,13 @@ fn route(sh: &Shared, opcode: u8, rid: u64, body: &[u8]) -> Option<u16> {
     let res = Response::decode(&f, p.op).map_err(|e| ClientError::proto(&e)).and_then(owned);
     if let Err(e) = &res {
         if fails_over(e.code) {
+            // `not-primary` and `shutting-down` say this transmission was
+            // not taken (`fenced` may answer an append that was written).
+            if matches!(e.code, codes::NOT_PRIMARY | codes::SHUTTING_DOWN) {
+                if let Some(p) = pending.get_mut(&rid) {
+                    p.in_flight = false;
+                }
+            }
             return Some(e.code);
         }
     }

@@ -155,6 +155,11 @@ pub mod codes {
     /// replication ack timeout (its journal blocks on replica loss). The
     /// records are durable here and will still be shipped.
     pub const REPLICA_TIMEOUT: u16 = 210;
+    /// A producer's first send of a sequence it already used (another
+    /// writer with its id, or restarted sequences), or a resend whose
+    /// records differ from the ones written with that sequence. Nothing
+    /// is written.
+    pub const SEQUENCE_CONFLICT: u16 = 211;
     /// The client's timeout passed before the response (client side only).
     pub const TIMEOUT: u16 = 208;
     /// No endpoint could be reached (client side only).
@@ -197,6 +202,7 @@ pub mod codes {
             TIMEOUT => "timeout",
             UNAVAILABLE => "unavailable",
             REPLICA_TIMEOUT => "replica-timeout",
+            SEQUENCE_CONFLICT => "sequence-conflict",
             _ => "unknown",
         }
     }
@@ -370,6 +376,10 @@ pub enum Durability {
     RemoteDurable = 3,
 }
 
+/// Bit 7 of an append's durability byte: the client sent this append
+/// before (after a reconnect it may have been written).
+pub const RESEND: u8 = 0x80;
+
 impl Durability {
     pub fn from_u8(v: u8) -> Result<Durability, ProtoError> {
         Ok(match v {
@@ -399,6 +409,9 @@ pub enum Request<'a> {
         durability: Durability,
         producer: u64,
         first_seq: u64,
+        /// The client sent this append before (it may have been written):
+        /// bit 7 of the durability byte (`RESEND`).
+        resend: bool,
         records: Vec<&'a [u8]>,
     },
     /// Records from `from`, at most `max_count` and about `max_bytes`.
@@ -528,9 +541,9 @@ impl<'a> Request<'a> {
                 b.push(*max_version);
                 put_str(b, client);
             }
-            Request::Append { journal, durability, producer, first_seq, records } => {
+            Request::Append { journal, durability, producer, first_seq, resend, records } => {
                 put_str(b, journal);
-                b.push(*durability as u8);
+                b.push(*durability as u8 | if *resend { RESEND } else { 0 });
                 b.extend_from_slice(&producer.to_le_bytes());
                 b.extend_from_slice(&first_seq.to_le_bytes());
                 b.extend_from_slice(&(records.len() as u32).to_le_bytes());
@@ -579,7 +592,9 @@ impl<'a> Request<'a> {
             Op::Hello => Request::Hello { min_version: r.u8()?, max_version: r.u8()?, client: r.str()? },
             Op::Append => {
                 let journal = r.str()?;
-                let durability = Durability::from_u8(r.u8()?)?;
+                let d = r.u8()?;
+                let resend = d & RESEND != 0;
+                let durability = Durability::from_u8(d & !RESEND)?;
                 let producer = r.u64()?;
                 let first_seq = r.u64()?;
                 let n = r.u32()?;
@@ -594,7 +609,7 @@ impl<'a> Request<'a> {
                 for _ in 0..n {
                     records.push(r.bytes()?);
                 }
-                Request::Append { journal, durability, producer, first_seq, records }
+                Request::Append { journal, durability, producer, first_seq, resend, records }
             }
             Op::Read => Request::Read { journal: r.str()?, from: r.u64()?, max_count: r.u32()?, max_bytes: r.u32()? },
             Op::Subscribe => Request::Subscribe { journal: r.str()?, from: r.u64()?, credit_bytes: r.u32()? },
@@ -737,6 +752,7 @@ mod tests {
                 durability: Durability::RemoteDurable,
                 producer: 42,
                 first_seq: 7,
+                resend: false,
                 records: vec![&p1, &p2, b""],
             },
             Request::Read { journal: "j", from: 5, max_count: 10, max_bytes: 1 << 20 },
@@ -839,6 +855,7 @@ mod tests {
             durability: Durability::Local,
             producer: 0,
             first_seq: 0,
+            resend: false,
             records: vec![b"a"; 5],
         }
         .encode(1, &mut out);

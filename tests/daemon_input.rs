@@ -37,7 +37,7 @@ fn expect_error_and_close(addr: &str, bytes: &[u8], code: u16) {
 
 fn append_frame(journal: &str, rid: u64, records: Vec<&[u8]>) -> Vec<u8> {
     let mut out = Vec::new();
-    Request::Append { journal, durability: Durability::Default, producer: 0, first_seq: 0, records }
+    Request::Append { journal, durability: Durability::Default, producer: 0, first_seq: 0, resend: false, records }
         .encode(rid, &mut out);
     out
 }
@@ -93,6 +93,7 @@ fn bad_input_gets_documented_errors_and_others_keep_service() {
         durability: Durability::RemoteDurable,
         producer: 0,
         first_seq: 0,
+        resend: false,
         records: vec![b"x"],
     }
     .encode(11, &mut out);
@@ -284,11 +285,19 @@ fn idempotent_appends_survive_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut d = Daemon::start(dir.path(), "[idempotence]\nwindow = 4\n");
     let logp = d.log.clone();
-    let send = |addr: &str, rid: u64, producer: u64, seq: u64, recs: Vec<&[u8]>| -> Result<u64, u16> {
+    // `resend`: the client sent it before (the RESEND bit, as clients set it).
+    let send = |addr: &str, rid: u64, producer: u64, seq: u64, resend: bool, recs: Vec<&[u8]>| -> Result<u64, u16> {
         let mut s = raw(addr);
         let mut out = Vec::new();
-        Request::Append { journal: "default", durability: Durability::Local, producer, first_seq: seq, records: recs }
-            .encode(rid, &mut out);
+        Request::Append {
+            journal: "default",
+            durability: Durability::Local,
+            producer,
+            first_seq: seq,
+            resend,
+            records: recs,
+        }
+        .encode(rid, &mut out);
         s.write_all(&out).expect("write");
         let f = read_frame(&mut s).unwrap_or_else(|| {
             panic!("no answer to request {rid}:\n{}", std::fs::read_to_string(&logp).unwrap_or_default())
@@ -302,23 +311,32 @@ fn idempotent_appends_survive_restart() {
             r => panic!("{r:?}"),
         }
     };
-    let a = send(&d.addr, 1, 42, 1, vec![b"one"]).expect("append");
-    let b = send(&d.addr, 2, 42, 2, vec![b"two", b"three"]).expect("append");
-    let other = send(&d.addr, 3, 43, 1, vec![b"other producer"]).expect("append");
-    assert_eq!(send(&d.addr, 4, 42, 1, vec![b"one"]), Ok(a), "resend returns the original lsn");
-    assert_eq!(send(&d.addr, 5, 42, 2, vec![b"two", b"three"]), Ok(b));
+    let a = send(&d.addr, 1, 42, 1, false, vec![b"one"]).expect("append");
+    let b = send(&d.addr, 2, 42, 2, false, vec![b"two", b"three"]).expect("append");
+    let other = send(&d.addr, 3, 43, 1, false, vec![b"other producer"]).expect("append");
+    assert_eq!(send(&d.addr, 4, 42, 1, true, vec![b"one"]), Ok(a), "resend returns the original lsn");
+    assert_eq!(send(&d.addr, 5, 42, 2, true, vec![b"two", b"three"]), Ok(b));
     d.kill9();
     d.spawn();
     d.wait_ready();
-    assert_eq!(send(&d.addr, 6, 42, 2, vec![b"two", b"three"]), Ok(b), "after a restart too");
-    assert_eq!(send(&d.addr, 7, 43, 1, vec![b"other producer"]), Ok(other));
-    assert_eq!(send(&d.addr, 8, 42, 3, vec![b"three"]), Ok(b + 1), "inside an earlier batch");
-    let c = send(&d.addr, 9, 42, 4, vec![b"four"]).expect("new");
+    assert_eq!(send(&d.addr, 6, 42, 2, true, vec![b"two", b"three"]), Ok(b), "after a restart too");
+    assert_eq!(send(&d.addr, 7, 43, 1, true, vec![b"other producer"]), Ok(other));
+    assert_eq!(send(&d.addr, 8, 42, 3, true, vec![b"three"]), Ok(b + 1), "inside an earlier batch");
+    let c = send(&d.addr, 9, 42, 4, false, vec![b"four"]).expect("new");
     assert_eq!(c, other + 1);
     for s in 5..10 {
-        send(&d.addr, 10 + s, 42, s, vec![b"more"]).expect("new");
+        send(&d.addr, 10 + s, 42, s, false, vec![b"more"]).expect("new");
     }
-    assert_eq!(send(&d.addr, 30, 42, 1, vec![b"one"]), Err(codes::SEQUENCE_UNKNOWN), "fell out of the window of 4");
+    assert_eq!(
+        send(&d.addr, 30, 42, 1, true, vec![b"one"]),
+        Err(codes::SEQUENCE_UNKNOWN),
+        "fell out of the window of 4"
+    );
+    // Issue 16, item 5: a resend whose records differ from the ones written
+    // with its sequences is not acknowledged with their LSN; a first send
+    // reusing a sequence is refused.
+    assert_eq!(send(&d.addr, 31, 42, 9, true, vec![b"not more"]), Err(codes::SEQUENCE_CONFLICT), "other bytes");
+    assert_eq!(send(&d.addr, 32, 42, 9, false, vec![b"more"]), Err(codes::SEQUENCE_CONFLICT), "not a resend");
     let c2 = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).expect("client");
     let (recs, _) = c2.read("default", 1, 100, 1 << 20).expect("read");
     let payloads: Vec<&[u8]> = recs.iter().map(|r| r.payload.as_slice()).collect();
@@ -333,7 +351,7 @@ fn idempotent_appends_survive_restart() {
     d.kill9();
     d.spawn();
     d.wait_ready();
-    assert_eq!(send(&d.addr, 40, 42, 4, vec![b"four"]), Ok(c), "resend below the mark after a restart");
+    assert_eq!(send(&d.addr, 40, 42, 4, true, vec![b"four"]), Ok(c), "resend below the mark after a restart");
     let c3 = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).expect("client");
     assert_eq!(c3.read("default", end, 10, 1 << 20).expect("read").0.len(), 0, "nothing written again");
 }
@@ -419,4 +437,88 @@ fn review_regressions() {
     assert_ne!(lsns[0], lsns[1], "the second client's append was written, not answered with the first's LSN");
     let (recs, _) = good.read("default", lsns[1], 1, 1 << 20).expect("read");
     assert_eq!(recs[0].payload, [1u8; 10]);
+}
+
+/// Issue 16, item 5: a client restarted with a fixed producer id started
+/// its sequences from the clock; restarted within a run it had just
+/// written, its new append was answered with the LSN of one of the old
+/// run's records. The daemon now never acknowledges a sequence with an LSN
+/// whose record differs from the request (a first send of a used sequence
+/// is `sequence-conflict`; a resend is compared byte for byte).
+#[test]
+fn a_restarted_fixed_producer_never_gets_the_lsn_of_another_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(
+        dir.path(),
+        "[limits]\nmax_batch_bytes = \"3MiB\"\nmax_frame_bytes = \"8MiB\"\nmax_inflight_bytes = \"8MiB\"\n",
+    );
+    let mut cfg = ClientConfig::new([d.addr.clone()]);
+    cfg.producer = Some(777);
+    // Two clients with the id, the second started a moment after the first
+    // (a restart, or two processes sharing the id): their sequences start
+    // from the clock, a few milliseconds apart.
+    let first = BlockingClient::connect(cfg.clone()).expect("client");
+    let c = BlockingClient::connect(cfg).expect("the other client");
+    // 50,000 sequences: 50 ms of the clock they start from.
+    let run: Vec<[u8; 8]> = (0..50_000u64).map(|i| i.to_le_bytes()).collect();
+    let recs: Vec<&[u8]> = run.iter().map(|r| &r[..]).collect();
+    first.append_batch_with("default", &recs, Durability::Local).expect("the run");
+    match c.append("default", b"the restarted client's record") {
+        Ok(lsn) => {
+            let (recs, _) = c.read("default", lsn, 1, 1 << 20).expect("read");
+            assert_eq!(recs[0].payload, b"the restarted client's record", "acknowledged with another record's lsn");
+        }
+        Err(e) => assert_eq!(e.code, codes::SEQUENCE_CONFLICT, "{e}"),
+    }
+}
+
+/// Issue 16, item 6: the resend of an append from a producer the daemon
+/// forgot (here: evicted by `max_producers`) was taken as new and written
+/// a second time, although docs/protocol.md promised `sequence-unknown`.
+/// The client now marks a resend (RESEND bit), and the daemon never writes
+/// a resend it cannot tell was not written.
+#[test]
+fn a_forgotten_producers_resend_is_not_written_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = Daemon::start(dir.path(), "[idempotence]\nmax_producers = 2\n");
+    let send = |producer: u64, seq: u64, resend: bool, rec: &[u8]| -> Result<u64, u16> {
+        let mut s = raw(&d.addr);
+        let mut out = Vec::new();
+        let req = Request::Append {
+            journal: "default",
+            durability: Durability::Local,
+            producer,
+            first_seq: seq,
+            resend,
+            records: vec![rec],
+        };
+        req.encode(1, &mut out);
+        s.write_all(&out).expect("write");
+        let f = read_frame(&mut s).expect("answer");
+        if let Some(c) = error_code(&f) {
+            return Err(c);
+        }
+        let frame = mirrorlog::protocol::Frame { opcode: f.0, request_id: f.1, body: &f.2 };
+        match Response::decode(&frame, Op::Append) {
+            Ok(Response::Appended { first_lsn, .. }) => Ok(first_lsn),
+            r => panic!("{r:?}"),
+        }
+    };
+    send(1, 1, false, b"p1 one").expect("append");
+    let two = send(1, 2, false, b"p1 two").expect("append");
+    send(2, 1, false, b"p2").expect("append");
+    send(3, 1, false, b"p3").expect("append"); // producer 1 is forgotten (least recently used)
+    let c = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).expect("client");
+    let next = |c: &BlockingClient| -> u64 {
+        let st: serde_json::Value = serde_json::from_str(&c.status().expect("status")).expect("json");
+        st["journals"][0]["next_lsn"].as_u64().expect("next_lsn")
+    };
+    let before = next(&c);
+    assert_eq!(send(1, 2, true, b"p1 two"), Err(codes::SEQUENCE_UNKNOWN), "a forgotten producer's resend");
+    assert_eq!(next(&c), before, "nothing written");
+    let (recs, _) = c.read("default", two, 1, 1 << 20).expect("read");
+    assert_eq!(recs[0].payload, b"p1 two");
+    // Its new appends are taken; so is the resend of a producer's first append.
+    assert!(send(1, 3, false, b"p1 three").is_ok());
+    assert!(send(9, 1, true, b"p9 first, resent").is_ok());
 }

@@ -288,6 +288,7 @@ fn unix_socket_listener_both_networks() {
             durability: mirrorlog::protocol::Durability::Local,
             producer: 0,
             first_seq: 0,
+            resend: false,
             records: vec![b"over unix"],
         };
         let a = ask(&mut s, append, 5);

@@ -593,6 +593,7 @@ fn appends_after_a_not_primary_refusal_on_a_connection_are_refused_too() {
             durability: Durability::Local,
             producer: 77,
             first_seq: seq,
+            resend: false,
             records: vec![data],
         }
         .encode(rid, &mut out);
@@ -641,6 +642,7 @@ fn deleting_a_journal_answers_appends_waiting_for_the_replica() {
         durability: Durability::RemoteDurable,
         producer: 0,
         first_seq: 0,
+        resend: false,
         records: vec![&b"waits for a replica that is gone"[..]],
     }
     .encode(1, &mut out);

@@ -7,7 +7,17 @@
 //!   matched to it rather than written twice; the resend is answered when
 //!   the original is durable (or with the original's error).
 //! * Sequences of one producer only grow: a new append must start above the
-//!   producer's newest sequence. Anything at or below it is a resend.
+//!   producer's newest sequence. The client says which appends it sends
+//!   again (`resend`): a first send at or below the newest is a conflict
+//!   (two writers share the id, or a producer restarted its sequences),
+//!   never matched to what the other one wrote.
+//! * A resend is written only if this table knows it was not written: its
+//!   producer's sequences are above the newest, or the producer is not
+//!   remembered and the append is its first (sequence 1). A resend of a
+//!   forgotten producer's later append is refused (`Unknown`), never
+//!   written a second time. (The one case left: a producer's first append,
+//!   written, then the producer forgotten before that append's resend
+//!   arrives; docs/faults.md.)
 //! * The table is rebuilt at start from the tags of the records on disk
 //!   (`FLAG_TAGGED`), so a resend after a daemon restart is matched too.
 //! * Bounded: `window` runs per producer, `max_producers` per journal (the
@@ -42,9 +52,14 @@ pub enum Check {
     /// Already written: the first record's LSN, and the ticket to wait on if
     /// it may not be durable yet.
     Written { lsn: u64, ticket: Option<Ticket> },
-    /// At or below the newest sequence but not remembered (too old), or
-    /// overlapping a remembered run only in part.
+    /// A resend at or below the newest sequence but not remembered (too
+    /// old), overlapping a remembered run only in part, or of a producer
+    /// not remembered: it may have been written; it is not written again.
     Unknown { newest: u64 },
+    /// A first send at or below the producer's newest sequence: another
+    /// writer with this producer id, or a producer that restarted its
+    /// sequences. Not written, not matched.
+    Conflict { newest: u64 },
 }
 
 /// One journal's producers.
@@ -69,14 +84,23 @@ impl Producers {
         self.map.is_empty()
     }
 
-    /// Classifies an append of `count` records from `first_seq`.
-    pub fn check(&mut self, producer: u64, first_seq: u64, count: u64) -> Check {
+    /// Classifies an append of `count` records from `first_seq`; `resend`:
+    /// the client sent it before (it may have been written).
+    pub fn check(&mut self, producer: u64, first_seq: u64, count: u64, resend: bool) -> Check {
         self.clock += 1;
-        let Some(p) = self.map.get_mut(&producer) else { return Check::New };
+        let Some(p) = self.map.get_mut(&producer) else {
+            // Not remembered: a first send is new; so is a resend of the
+            // producer's first append (nothing of it was written before
+            // that one); a later resend may have been written.
+            return if !resend || first_seq == 1 { Check::New } else { Check::Unknown { newest: 0 } };
+        };
         p.last_use = self.clock;
         let newest = p.runs.back().map(|r| r.seq + r.count - 1).unwrap_or(0);
         if first_seq > newest || p.runs.is_empty() {
             return Check::New;
+        }
+        if !resend {
+            return Check::Conflict { newest };
         }
         // Newest runs first: resends are of recent appends.
         for r in p.runs.iter().rev() {
@@ -132,14 +156,15 @@ mod tests {
     #[test]
     fn new_resend_and_unknown() {
         let mut t = Producers::new(4, 10);
-        assert_eq!(t.check(1, 1, 1), Check::New);
+        assert_eq!(t.check(1, 1, 1, false), Check::New);
         t.record(1, 1, 1, 100, None, u64::MAX);
         t.record(1, 2, 3, 105, None, u64::MAX); // 2..4 at 105..107
-        assert_eq!(t.check(1, 1, 1), Check::Written { lsn: 100, ticket: None });
-        assert_eq!(t.check(1, 3, 2), Check::Written { lsn: 106, ticket: None });
-        assert_eq!(t.check(1, 3, 3), Check::Unknown { newest: 4 }, "overlaps the run only in part");
-        assert_eq!(t.check(1, 5, 1), Check::New);
-        assert_eq!(t.check(2, 1, 1), Check::New, "producers are separate");
+        assert_eq!(t.check(1, 1, 1, true), Check::Written { lsn: 100, ticket: None });
+        assert_eq!(t.check(1, 3, 2, true), Check::Written { lsn: 106, ticket: None });
+        assert_eq!(t.check(1, 3, 3, true), Check::Unknown { newest: 4 }, "overlaps the run only in part");
+        assert_eq!(t.check(1, 5, 1, true), Check::New);
+        assert_eq!(t.check(1, 5, 1, false), Check::New);
+        assert_eq!(t.check(2, 1, 1, false), Check::New, "producers are separate");
     }
 
     #[test]
@@ -148,12 +173,12 @@ mod tests {
         for i in 0..100 {
             t.record(9, 10 + i, 1, 1000 + i, None, u64::MAX);
         }
-        assert_eq!(t.check(9, 10, 1), Check::Written { lsn: 1000, ticket: None }, "one merged run");
-        assert_eq!(t.check(9, 109, 1), Check::Written { lsn: 1099, ticket: None });
+        assert_eq!(t.check(9, 10, 1, true), Check::Written { lsn: 1000, ticket: None }, "one merged run");
+        assert_eq!(t.check(9, 109, 1, true), Check::Written { lsn: 1099, ticket: None });
         t.record(9, 200, 1, 5000, None, u64::MAX);
         t.record(9, 300, 1, 6000, None, u64::MAX);
-        assert_eq!(t.check(9, 10, 1), Check::Unknown { newest: 300 }, "fell out of the window");
-        assert_eq!(t.check(9, 200, 1), Check::Written { lsn: 5000, ticket: None });
+        assert_eq!(t.check(9, 10, 1, true), Check::Unknown { newest: 300 }, "fell out of the window");
+        assert_eq!(t.check(9, 200, 1, true), Check::Written { lsn: 5000, ticket: None });
     }
 
     #[test]
@@ -161,21 +186,43 @@ mod tests {
         let mut t = Producers::new(4, 2);
         t.record(1, 1, 1, 10, None, 11); // durable
         t.record(2, 1, 1, 11, None, 11); // lsn 11 not yet durable
-        let _ = t.check(1, 1, 1); // 1 is the more recently used
+        let _ = t.check(1, 1, 1, true); // 1 is the more recently used
         t.record(3, 1, 1, 12, None, 11);
-        assert_eq!(t.check(2, 1, 1), Check::Written { lsn: 11, ticket: None }, "in flight: kept");
-        assert_eq!(t.check(1, 1, 1), Check::New, "settled: forgotten, though used more recently");
+        assert_eq!(t.check(2, 1, 1, true), Check::Written { lsn: 11, ticket: None }, "in flight: kept");
+        assert_eq!(
+            t.check(1, 2, 1, true),
+            Check::Unknown { newest: 0 },
+            "settled: forgotten, though used more recently"
+        );
     }
 
+    /// Issue 16, item 6: a forgotten producer's resend used to be `New`,
+    /// and written a second time (this test asserted it), although the
+    /// protocol promises `sequence-unknown`.
     #[test]
-    fn least_recently_used_producer_is_forgotten() {
+    fn a_forgotten_producers_resend_is_never_written_again() {
         let mut t = Producers::new(4, 2);
-        t.record(1, 1, 1, 1, None, u64::MAX);
-        t.record(2, 1, 1, 2, None, u64::MAX);
-        let _ = t.check(1, 1, 1); // 1 is used again
-        t.record(3, 1, 1, 3, None, u64::MAX);
-        assert_eq!(t.len(), 2);
-        assert_eq!(t.check(2, 1, 1), Check::New, "2 was the least recently used");
-        assert_eq!(t.check(1, 1, 1), Check::Written { lsn: 1, ticket: None });
+        t.record(1, 1, 2, 1, None, u64::MAX); // 1..2 at 1..2
+        t.record(2, 1, 2, 3, None, u64::MAX);
+        let _ = t.check(1, 1, 1, true); // 1 is used again
+        t.record(3, 1, 1, 5, None, u64::MAX);
+        assert_eq!(t.len(), 2, "bounded: 2 was the least recently used and is forgotten");
+        assert_eq!(t.check(2, 2, 1, true), Check::Unknown { newest: 0 }, "a resend of a forgotten producer");
+        assert_eq!(t.check(2, 3, 1, false), Check::New, "its new appends are taken");
+        assert_eq!(t.check(1, 1, 1, true), Check::Written { lsn: 1, ticket: None });
+    }
+
+    /// Issue 16, item 5: a first send that reuses a written sequence (a
+    /// restarted producer, or two writers with one id) used to be answered
+    /// with the LSN of the other record.
+    #[test]
+    fn a_first_send_at_or_below_the_newest_is_a_conflict() {
+        let mut t = Producers::new(4, 10);
+        t.record(7, 100, 50, 1000, None, u64::MAX); // 100..149
+        assert_eq!(t.check(7, 120, 1, false), Check::Conflict { newest: 149 });
+        assert_eq!(t.check(7, 120, 1, true), Check::Written { lsn: 1020, ticket: None });
+        assert_eq!(t.check(7, 150, 1, false), Check::New);
+        assert_eq!(t.check(8, 120, 1, false), Check::New, "a producer not seen is new");
+        assert_eq!(t.check(8, 1, 3, true), Check::New, "the resend of a producer's first append");
     }
 }

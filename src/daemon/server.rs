@@ -106,7 +106,17 @@ impl Ack {
     /// Queues the ack: its bytes count against the connection's in-flight
     /// limit until it is answered (`release`).
     fn queue(self, jd: &Jd) {
+        self.hold();
+        self.queue_held(jd);
+    }
+
+    /// Counts the ack's bytes against the connection's in-flight limit.
+    fn hold(&self) {
         self.conn.inflight.set(self.conn.inflight.get() + self.bytes);
+    }
+
+    /// `queue` for an ack already held.
+    fn queue_held(self, jd: &Jd) {
         if self.mode == Durability::Local {
             jd.pending.borrow_mut().push_back(self);
         } else {
@@ -1286,8 +1296,8 @@ async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
                 Response::Hello { version: VERSION, server: &name, epoch, primary }.encode(Op::Hello, rid, o)
             });
         }
-        Request::Append { journal, durability, producer, first_seq, records } => {
-            append(srv, conn, rid, journal, durability, producer, first_seq, &records);
+        Request::Append { journal, durability, producer, first_seq, resend, records } => {
+            append(srv, conn, rid, journal, durability, (producer, first_seq, resend), &records);
         }
         Request::Read { journal, from, max_count, max_bytes } => {
             let Some(jd) = srv.journal(journal) else {
@@ -1564,15 +1574,15 @@ async fn demote(srv: &Rc<Srv>, sync: bool, timeout: Duration) -> Result<(), (u16
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `(producer, first_seq, resend)`: who sends the append, and whether it
+/// was sent before (see `producers.rs`).
 fn append(
     srv: &Rc<Srv>,
     conn: &Rc<Conn>,
     rid: u64,
     journal: &str,
     durability: Durability,
-    producer: u64,
-    first_seq: u64,
+    (producer, first_seq, resend): (u64, u64, bool),
     records: &[&[u8]],
 ) {
     let start = Instant::now();
@@ -1634,32 +1644,35 @@ fn append(
         start,
     };
     if producer != 0 {
-        let check = jd.producers.borrow_mut().check(producer, first_seq, count);
+        let check = jd.producers.borrow_mut().check(producer, first_seq, count, resend);
+        let last = first_seq + count - 1;
         match check {
             Check::New => {}
             Check::Written { lsn, ticket } => {
-                srv.m.deduplicated.set(srv.m.deduplicated.get() + 1);
-                match ticket.map(|t| (t, jd.j.poll(&t))) {
-                    // Rebuilt from disk (durable), or written since.
-                    None | Some((_, Ok(true))) if mode == Durability::Local => {
-                        conn.send(|o| {
-                            Response::Appended { first_lsn: lsn, count: count as u32 }.encode(Op::Append, rid, o)
-                        });
-                    }
-                    Some((_, Err(e))) => fail(e.code(), &e.to_string()),
-                    // The original is still being written, or must still
-                    // reach the replica: answer with it when it has.
-                    Some((ticket, Ok(false))) => ack(Some(ticket), lsn).queue(&jd),
-                    None | Some((_, Ok(true))) => ack(None, lsn).queue(&jd),
-                }
+                // Answered with the original LSN only once the stored
+                // records are known to be these (read back and compared).
+                let crcs: Vec<u32> = records.iter().map(|r| crc32c::crc32c(r)).collect();
+                let a = ack(ticket, lsn);
+                a.hold();
+                tokio_uring::spawn(answer_resend(srv.clone(), jd, a, crcs));
                 return;
             }
             Check::Unknown { newest } => {
                 return fail(
                     codes::SEQUENCE_UNKNOWN,
                     &format!(
-                        "producer {producer}: sequence {first_seq}..{} is at or below its newest ({newest}) but is not remembered",
-                        first_seq + count - 1
+                        "producer {producer}: the resend of sequence {first_seq}..{last} is not remembered here \
+                         (newest remembered: {newest}); it may have been written before, so it is not written again"
+                    ),
+                );
+            }
+            Check::Conflict { newest } => {
+                return fail(
+                    codes::SEQUENCE_CONFLICT,
+                    &format!(
+                        "producer {producer}: sequence {first_seq}..{last} was already used (newest {newest}) and \
+                         this is not a resend: another writer uses this producer id, or the producer restarted \
+                         its sequences; not written"
                     ),
                 );
             }
@@ -1679,6 +1692,75 @@ fn append(
             ack(Some(last), first).queue(&jd);
         }
         Err(e) => fail(e.code(), &e.to_string()),
+    }
+}
+
+/// Answers a resend that the idempotence table matched to records written
+/// before, once they are durable (and, for `remote-*`, confirmed): with
+/// their LSN if each stored payload has the CRC32C of the one resent, else
+/// `sequence-conflict` (item 5 of issue 16: a producer id reused with
+/// other records is never acknowledged with their LSNs). `a` was held.
+async fn answer_resend(srv: Rc<Srv>, jd: Rc<Jd>, mut a: Ack, crcs: Vec<u32>) {
+    // The original may still be in flight.
+    while let Some(t) = a.ticket {
+        match jd.j.poll(&t) {
+            Ok(true) => a.ticket = None,
+            Ok(false) => {
+                let moved = jd.advanced.notified();
+                tokio::select! {
+                    _ = moved => {}
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            Err(e) => {
+                srv.m.error(e.code());
+                return a.fail(&e);
+            }
+        }
+    }
+    let (j, first, n) = (jd.j.clone(), a.first_lsn, crcs.len());
+    let stored = blocking(move || {
+        let mut out = Vec::with_capacity(n);
+        j.visit_retained(first, 1 << 20, |r| {
+            out.push(crc32c::crc32c(r.payload));
+            out.len() < n
+        })?;
+        Ok(out)
+    })
+    .await;
+    let last = first + n as u64 - 1;
+    match stored {
+        Ok(s) if s == crcs => {
+            srv.m.deduplicated.set(srv.m.deduplicated.get() + 1);
+            if a.mode == Durability::Local {
+                srv.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
+                a.answer();
+            } else {
+                // Durable here; the replica confirms it like any other.
+                a.queue_held(&jd);
+            }
+        }
+        Ok(s) if s.len() == n => {
+            srv.m.error(codes::SEQUENCE_CONFLICT);
+            a.fail_with(
+                codes::SEQUENCE_CONFLICT,
+                &format!(
+                    "the records written at lsn {first}..{last} with this producer's sequences differ from the \
+                     ones resent: another writer uses this producer id, or it restarted its sequences; not written"
+                ),
+            );
+        }
+        Ok(_) | Err(Error::BelowMark { .. }) => {
+            srv.m.error(codes::SEQUENCE_UNKNOWN);
+            a.fail_with(
+                codes::SEQUENCE_UNKNOWN,
+                &format!("lsn {first}..{last}, where this resend was written, is no longer held: it cannot be checked"),
+            );
+        }
+        Err(e) => {
+            srv.m.error(e.code());
+            a.fail(&e);
+        }
     }
 }
 

@@ -16,7 +16,8 @@ pub struct Findings {
     pub acks: u64,
     pub missing: Vec<u64>,
     pub corrupt: Vec<u64>,
-    pub duplicated: Vec<(usize, u64, Vec<u64>)>,
+    /// (writer id, seq, the LSNs holding it).
+    pub duplicated: Vec<(u64, u64, Vec<u64>)>,
     pub bad_lines: u64,
     /// Records that could not be read in the duplicate scan.
     pub unreadable: u64,
@@ -25,7 +26,7 @@ pub struct Findings {
 impl Findings {
     /// Records every (client, seq) seen at more than one LSN as duplicated,
     /// and sorts the findings.
-    pub fn finish(&mut self, seen: HashMap<(usize, u64), Vec<u64>>) {
+    pub fn finish(&mut self, seen: HashMap<(u64, u64), Vec<u64>>) {
         for ((client, seq), lsns) in seen {
             if lsns.len() > 1 {
                 self.duplicated.push((client, seq, lsns));
@@ -76,10 +77,10 @@ pub fn check(a: &CheckArgs) -> Result<Findings, String> {
             Err(_) => out.corrupt.push(ack.lsn),
         }
     }
-    // Every (client, seq) must be in the journal once, from the first
-    // acknowledged record on (earlier records belong to earlier runs, whose
-    // clients counted from 0 too).
-    let mut seen: HashMap<(usize, u64), Vec<u64>> = HashMap::new();
+    // Every (writer, seq) must be in the journal once, from the first
+    // acknowledged record on (writer ids carry the run, so records of
+    // other runs, before or after, are never taken for this one's).
+    let mut seen: HashMap<(u64, u64), Vec<u64>> = HashMap::new();
     let from = acks.iter().map(|a| a.lsn).min().unwrap_or(1).max(j.info().first_lsn);
     // Unreadable records are skipped here (acknowledged ones were counted above).
     let end = j.next_lsn();
@@ -138,7 +139,7 @@ pub fn print(f: &Findings, json: bool) {
     for l in f.corrupt.iter().take(10) {
         println!("  corrupt lsn {l}");
     }
-    for (c, s, lsns) in f.duplicated.iter().take(10) {
-        println!("  client {c} seq {s} at lsns {lsns:?}");
+    for (w, s, lsns) in f.duplicated.iter().take(10) {
+        println!("  run {:08x} client {} seq {s} at lsns {lsns:?}", w >> 32, w & 0xFFFF_FFFF);
     }
 }

@@ -116,6 +116,9 @@ impl Conn {
             durability: o.durability,
             producer: self.producer,
             first_seq: self.seq,
+            // A retry after an error answer (replica-timeout: written here)
+            // may find it written: the daemon answers with the original.
+            resend: self.retry_at.is_some(),
             records: vec![&self.payload],
         }
         .encode(self.rid, &mut self.frame);
@@ -208,9 +211,9 @@ fn drive(
             let now = Instant::now();
             for c in conns.iter_mut() {
                 if c.retry_at.is_some_and(|t| t <= now) {
-                    c.retry_at = None;
                     retries -= 1;
                     c.send_next(o, p)?;
+                    c.retry_at = None;
                 }
             }
         }

@@ -283,24 +283,49 @@ fn filler(out: &mut [u8], client: u64, seq: u64) {
     rest.copy_from_slice(&x[..n]);
 }
 
-/// Fills `buf` with the payload of (client, seq): client and seq (8 bytes
-/// each), bytes derived from both, and a CRC32C of all that in the last 4
-/// bytes. Payloads shorter than 20 bytes are derived bytes only.
+/// This run's id: random, nonzero, the same for every client of this
+/// process. It is the high half of the writer id in payloads and the ack
+/// log, so records of earlier runs on the same journal (whose clients also
+/// counted from 0) are never taken for this run's.
+pub fn run_id() -> u32 {
+    static RUN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *RUN.get_or_init(|| loop {
+        let r = rand::random::<u32>();
+        if r != 0 {
+            break r;
+        }
+    })
+}
+
+/// The writer id of client `client` in this run: run id and client number.
+pub fn writer(client: usize) -> u64 {
+    ((run_id() as u64) << 32) | (client as u64 & 0xFFFF_FFFF)
+}
+
+/// Fills `buf` with the payload of (client, seq) of this run: the writer
+/// id and seq (8 bytes each), bytes derived from both, and a CRC32C of all
+/// that in the last 4 bytes. Payloads shorter than 20 bytes are derived
+/// bytes only.
 pub fn payload(buf: &mut [u8], client: usize, seq: u64) {
+    payload_of(buf, writer(client), seq)
+}
+
+fn payload_of(buf: &mut [u8], writer: u64, seq: u64) {
     let n = buf.len();
     if n < 20 {
-        filler(buf, client as u64, seq);
+        filler(buf, writer, seq);
         return;
     }
-    buf[..8].copy_from_slice(&(client as u64).to_le_bytes());
+    buf[..8].copy_from_slice(&writer.to_le_bytes());
     buf[8..16].copy_from_slice(&seq.to_le_bytes());
-    filler(&mut buf[16..n - 4], client as u64, seq);
+    filler(&mut buf[16..n - 4], writer, seq);
     let crc = crc32c::crc32c(&buf[..n - 4]);
     buf[n - 4..].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The (client, seq) of a bench payload whose own checksum verifies.
-pub fn parse_payload(buf: &[u8]) -> Option<(usize, u64)> {
+/// The (writer id, seq) of a bench payload whose own checksum verifies
+/// (of any run).
+pub fn parse_payload(buf: &[u8]) -> Option<(u64, u64)> {
     let n = buf.len();
     if n < 20 {
         return None;
@@ -309,18 +334,19 @@ pub fn parse_payload(buf: &[u8]) -> Option<(usize, u64)> {
     if crc32c::crc32c(&buf[..n - 4]) != crc {
         return None;
     }
-    let client = u64::from_le_bytes(buf[..8].try_into().ok()?) as usize;
+    let writer = u64::from_le_bytes(buf[..8].try_into().ok()?);
     let seq = u64::from_le_bytes(buf[8..16].try_into().ok()?);
     let mut want = vec![0u8; n];
-    payload(&mut want, client, seq);
-    (want == buf).then_some((client, seq))
+    payload_of(&mut want, writer, seq);
+    (want == buf).then_some((writer, seq))
 }
 
 // ---------------------------------------------------------------------------
 // acknowledgement log
 
-/// One line per acknowledged record: `lsn client seq crc32c` (crc of the
-/// payload, hex). Written as acks arrive, flushed at the end and every second.
+/// One line per acknowledged record: `lsn writer seq crc32c` (the writer
+/// id: run and client, see `writer`; crc of the payload, hex). Written as
+/// acks arrive, flushed at the end and every second.
 pub struct AckLog {
     out: Mutex<(BufWriter<File>, Instant)>,
 }
@@ -332,7 +358,7 @@ impl AckLog {
     pub fn ack(&self, lsn: u64, client: usize, seq: u64, payload: &[u8]) {
         let crc = crc32c::crc32c(payload);
         let mut g = self.out.lock();
-        let _ = writeln!(g.0, "{lsn} {client} {seq} {crc:08x}");
+        let _ = writeln!(g.0, "{lsn} {} {seq} {crc:08x}", writer(client));
         if g.1.elapsed() > Duration::from_secs(1) {
             let _ = g.0.flush();
             g.1 = Instant::now();
@@ -347,7 +373,8 @@ impl AckLog {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
     pub lsn: u64,
-    pub client: usize,
+    /// The writer id (run and client).
+    pub client: u64,
     pub seq: u64,
     pub crc: u32,
 }
@@ -377,7 +404,8 @@ mod tests {
             payload(&mut c, 7, 99);
             assert_eq!(b, c, "payloads are deterministic");
             if len >= 20 {
-                assert_eq!(parse_payload(&b), Some((7, 99)));
+                assert_eq!(parse_payload(&b), Some((writer(7), 99)));
+                assert_eq!(writer(7) >> 32, run_id() as u64);
                 b[len / 2] ^= 1;
                 assert_eq!(parse_payload(&b), None);
             }

@@ -185,8 +185,8 @@ pub fn check_remote(endpoints: &[String], journal: &str, acks: &[crate::load::Ac
         let c = Client::connect(ClientConfig::new(endpoints.iter().cloned())).await.map_err(|e| e.to_string())?;
         let mut out = Findings { acks: acks.len() as u64, ..Default::default() };
         let from = acks.iter().map(|a| a.lsn).min().unwrap_or(1);
-        let mut by_lsn: HashMap<u64, (u32, Option<(usize, u64)>)> = HashMap::new();
-        let mut seen: HashMap<(usize, u64), Vec<u64>> = HashMap::new();
+        let mut by_lsn: HashMap<u64, (u32, Option<(u64, u64)>)> = HashMap::new();
+        let mut seen: HashMap<(u64, u64), Vec<u64>> = HashMap::new();
         let mut next = from;
         loop {
             let (recs, n) = match c.read(journal, next, 100_000, 8 << 20).await {

@@ -237,6 +237,10 @@ fn endpoint_run_and_check() {
     let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(f["missing"], 1);
     assert_eq!(f["corrupt"], 1);
+    // The journal also holds the later runs' records, whose clients counted
+    // from 0 too: none of them is taken for a duplicate of this run's
+    // (issue 16: each run's writer ids carry a run id).
+    assert_eq!(f["duplicated"], 0, "{f}");
     // SAFETY: kill(2) on our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());

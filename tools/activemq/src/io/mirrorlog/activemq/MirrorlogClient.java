@@ -55,11 +55,18 @@ public final class MirrorlogClient implements Closeable {
     private static final class Pending {
         final byte[] frame;
         final long deadlineNanos;
+        /** An append's durability byte in {@code frame} (-1: not an append). */
+        final int resendAt;
         final CompletableFuture<Answer> future = new CompletableFuture<>();
+        /** Its transmission on the current connection may have been taken. */
+        volatile boolean inFlight;
+        /** An earlier transmission may have been written: it goes out again as a resend. */
+        boolean maybeWritten;
 
-        Pending(byte[] frame, long deadlineNanos) {
+        Pending(byte[] frame, long deadlineNanos, int resendAt) {
             this.frame = frame;
             this.deadlineNanos = deadlineNanos;
+            this.resendAt = resendAt;
         }
     }
 
@@ -135,8 +142,9 @@ public final class MirrorlogClient implements Closeable {
             p = ThreadLocalRandom.current().nextLong();
         } while (p == 0);
         this.producer = p;
-        // Sequences grow for a producer; start from the clock like the Rust client.
-        this.nextSeq = Math.max(1, System.currentTimeMillis() * 1000);
+        // A new (random) producer starts at 1, like the Rust client: a daemon
+        // that does not know it takes a resend of its first append.
+        this.nextSeq = 1;
         long deadline = System.nanoTime() + timeoutNanos;
         Conn c = connectAny(deadline);
         if (c == null) {
@@ -193,7 +201,8 @@ public final class MirrorlogClient implements Closeable {
         int size = Wire.Body.strBytes(journal) + 1 + 8 + 8 + 4 + 4 + len;
         // The sequence is taken under sendLock, with the frame's place on the wire.
         CompletableFuture<Answer> f = send(Wire.OP_APPEND, () -> new Wire.Body(size).str(journal).u8(durability)
-                .u64(producer).u64(nextSeq++).u32(1).blob(data, off, len));
+                .u64(producer).u64(nextSeq++).u32(1).blob(data, off, len),
+                Wire.HEADER + Wire.Body.strBytes(journal));
         return f.thenApply(a -> {
             try {
                 Wire.Reader r = new Wire.Reader(a.body);
@@ -217,6 +226,11 @@ public final class MirrorlogClient implements Closeable {
     }
 
     private CompletableFuture<Answer> send(int opcode, BodyFn fn) {
+        return send(opcode, fn, -1);
+    }
+
+    /** {@code resendAt}: an append's durability byte in the frame, else -1. */
+    private CompletableFuture<Answer> send(int opcode, BodyFn fn, int resendAt) {
         Pending p;
         try {
             if (!slots.tryAcquire(timeoutNanos, TimeUnit.NANOSECONDS)) {
@@ -240,11 +254,12 @@ public final class MirrorlogClient implements Closeable {
                         + " bytes exceeds maxFrameBytes " + maxFrameBytes);
             }
             long rid = nextRid++;
-            p = new Pending(body.frame(opcode, rid), System.nanoTime() + timeoutNanos);
+            p = new Pending(body.frame(opcode, rid), System.nanoTime() + timeoutNanos, resendAt);
             p.future.whenComplete((a, e) -> slots.release());
             pending.put(rid, p);
             Conn c = conn;
             if (c != null && !c.dead) {
+                p.inFlight = true;
                 try {
                     c.out.write(p.frame);
                 } catch (IOException e) {
@@ -267,8 +282,16 @@ public final class MirrorlogClient implements Closeable {
             // request can reach this connection.
             int resent = 0;
             for (Map.Entry<Long, Pending> e : pending.entrySet()) {
+                Pending p = e.getValue();
+                // An append sent before may have been written: say so, so
+                // the daemon never writes it a second time (docs/protocol.md).
+                p.maybeWritten |= p.inFlight;
+                p.inFlight = true;
+                if (p.maybeWritten && p.resendAt >= 0) {
+                    Wire.markResend(p.frame, p.resendAt);
+                }
                 try {
-                    c.out.write(e.getValue().frame);
+                    c.out.write(p.frame);
                     resent++;
                 } catch (IOException ex) {
                     c.kill(ex.toString());
@@ -292,7 +315,12 @@ public final class MirrorlogClient implements Closeable {
                     int code = r.u16();
                     String msg = r.str();
                     if (Wire.failsOver(code)) {
-                        // Keep the request (if any) pending; move on.
+                        // Keep the request (if any) pending; move on. Not taken
+                        // (not-primary, shutting-down): sent again, it is no resend.
+                        Pending p = pending.get(f.rid);
+                        if (p != null && (code == Wire.E_NOT_PRIMARY || code == Wire.E_SHUTTING_DOWN)) {
+                            p.inFlight = false;
+                        }
                         c.kill("server answered " + code + ": " + msg);
                         return;
                     }

@@ -38,13 +38,30 @@ final class Wire {
     static final int E_BELOW_MARK = 11;
     static final int E_NOT_YET_WRITTEN = 12;
     static final int E_NOT_PRIMARY = 200;
+    static final int E_SEQUENCE_UNKNOWN = 203;
+    static final int E_SEQUENCE_CONFLICT = 211;
     static final int E_FENCED = 201;
     static final int E_TOO_MANY_CONNECTIONS = 202;
     static final int E_SHUTTING_DOWN = 205;
     static final int E_TIMEOUT = 208;
     static final int E_UNAVAILABLE = 209;
 
+    /** Bit 7 of an append's durability byte: the client sent this append before. */
+    static final int RESEND = 0x80;
+
     private Wire() {}
+
+    /** Sets the RESEND bit of the append in {@code frame} (durability byte at {@code at}) and seals the frame again. */
+    static void markResend(byte[] frame, int at) {
+        if ((frame[at] & RESEND) != 0) {
+            return;
+        }
+        frame[at] |= (byte) RESEND;
+        CRC32C crc = new CRC32C();
+        crc.update(frame, 0, 16);
+        crc.update(frame, HEADER, frame.length - HEADER);
+        ByteBuffer.wrap(frame).order(ByteOrder.LITTLE_ENDIAN).putInt(16, (int) crc.getValue());
+    }
 
     /** Codes after which the client moves to another endpoint and resends. */
     static boolean failsOver(int code) {
