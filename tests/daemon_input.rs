@@ -8,6 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::Duration;
 
 use common::daemon::Daemon;
@@ -277,6 +278,27 @@ fn an_idle_daemon_stops_polling_and_sleeps() {
     c.append("default", b"after").expect("append after idle");
 }
 
+/// One `local` append to `default` on a new connection, from `(producer,
+/// first sequence, resend)`: its first LSN, or the error code.
+fn append_raw(addr: &str, rid: u64, who: (u64, u64, bool), records: Vec<&[u8]>, log: &Path) -> Result<u64, u16> {
+    let (producer, first_seq, resend) = who;
+    let mut s = raw(addr);
+    let mut out = Vec::new();
+    Request::Append { journal: "default", durability: Durability::Local, producer, first_seq, resend, records }
+        .encode(rid, &mut out);
+    s.write_all(&out).expect("write");
+    let f = read_frame(&mut s)
+        .unwrap_or_else(|| panic!("no answer to request {rid}:\n{}", std::fs::read_to_string(log).unwrap_or_default()));
+    if let Some(c) = error_code(&f) {
+        return Err(c);
+    }
+    let frame = mirrorlog::protocol::Frame { opcode: f.0, request_id: f.1, body: &f.2 };
+    match Response::decode(&frame, Op::Append) {
+        Ok(Response::Appended { first_lsn, .. }) => Ok(first_lsn),
+        r => panic!("{r:?}"),
+    }
+}
+
 /// A resend of an append that was written (same producer and sequence)
 /// returns the original LSN, across a daemon restart too; a sequence below
 /// the remembered window is refused with `sequence-unknown`.
@@ -285,31 +307,8 @@ fn idempotent_appends_survive_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut d = Daemon::start(dir.path(), "[idempotence]\nwindow = 4\n");
     let logp = d.log.clone();
-    // `resend`: the client sent it before (the RESEND bit, as clients set it).
-    let send = |addr: &str, rid: u64, producer: u64, seq: u64, resend: bool, recs: Vec<&[u8]>| -> Result<u64, u16> {
-        let mut s = raw(addr);
-        let mut out = Vec::new();
-        Request::Append {
-            journal: "default",
-            durability: Durability::Local,
-            producer,
-            first_seq: seq,
-            resend,
-            records: recs,
-        }
-        .encode(rid, &mut out);
-        s.write_all(&out).expect("write");
-        let f = read_frame(&mut s).unwrap_or_else(|| {
-            panic!("no answer to request {rid}:\n{}", std::fs::read_to_string(&logp).unwrap_or_default())
-        });
-        if let Some(c) = error_code(&f) {
-            return Err(c);
-        }
-        let frame = mirrorlog::protocol::Frame { opcode: f.0, request_id: f.1, body: &f.2 };
-        match Response::decode(&frame, Op::Append) {
-            Ok(Response::Appended { first_lsn, .. }) => Ok(first_lsn),
-            r => panic!("{r:?}"),
-        }
+    let send = |addr: &str, rid: u64, producer: u64, seq: u64, resend: bool, recs: Vec<&[u8]>| {
+        append_raw(addr, rid, (producer, seq, resend), recs, &logp)
     };
     let a = send(&d.addr, 1, 42, 1, false, vec![b"one"]).expect("append");
     let b = send(&d.addr, 2, 42, 2, false, vec![b"two", b"three"]).expect("append");
@@ -481,28 +480,8 @@ fn a_restarted_fixed_producer_never_gets_the_lsn_of_another_record() {
 fn a_forgotten_producers_resend_is_not_written_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = Daemon::start(dir.path(), "[idempotence]\nmax_producers = 2\n");
-    let send = |producer: u64, seq: u64, resend: bool, rec: &[u8]| -> Result<u64, u16> {
-        let mut s = raw(&d.addr);
-        let mut out = Vec::new();
-        let req = Request::Append {
-            journal: "default",
-            durability: Durability::Local,
-            producer,
-            first_seq: seq,
-            resend,
-            records: vec![rec],
-        };
-        req.encode(1, &mut out);
-        s.write_all(&out).expect("write");
-        let f = read_frame(&mut s).expect("answer");
-        if let Some(c) = error_code(&f) {
-            return Err(c);
-        }
-        let frame = mirrorlog::protocol::Frame { opcode: f.0, request_id: f.1, body: &f.2 };
-        match Response::decode(&frame, Op::Append) {
-            Ok(Response::Appended { first_lsn, .. }) => Ok(first_lsn),
-            r => panic!("{r:?}"),
-        }
+    let send = |producer: u64, seq: u64, resend: bool, rec: &[u8]| {
+        append_raw(&d.addr, 1, (producer, seq, resend), vec![rec], &d.log)
     };
     send(1, 1, false, b"p1 one").expect("append");
     let two = send(1, 2, false, b"p1 two").expect("append");

@@ -693,23 +693,13 @@ fn try_appends(endpoint: &str, first_client: u64, within: Duration) -> (Vec<Ack>
     })
 }
 
-/// Issue 16, item 2: the old primary restarts (as configured, primary)
-/// while its promoted peer is unreachable. It used to serve after
-/// `startup_wait` and acknowledge appends that the peer's history later
-/// cut. It now waits for the peer, takes no append, and follows it once
-/// the link heals.
-#[test]
-fn a_primary_restarting_while_its_promoted_peer_is_unreachable_acknowledges_nothing() {
-    let (pa, via_a) = proxied();
-    let (pb, via_b) = proxied();
-    let (mut a, mut b) = pair_via("", "", Some(&via_a), Some(&via_b));
-    let load = Load::start(&[a.d.addr.clone()], 4, &[Durability::RemoteDurable], false, "default");
-    load.wait_acks(300, Duration::from_secs(60));
-    let (durable_acks, _) = load.stop();
-    wait_caught_up(&a.d, Duration::from_secs(30));
-    a.d.kill9();
-    let link = |refuse: bool| {
-        for p in [&pa, &pb] {
+/// A pair whose link can be cut both ways (`link.set(true)`: refused and
+/// cut; `false`: healed).
+struct Link(ProxySlot, ProxySlot);
+
+impl Link {
+    fn set(&self, refuse: bool) {
+        for p in [&self.0, &self.1] {
             let g = p.lock().expect("proxy");
             let p = g.as_ref().expect("proxy started");
             p.set_refuse(refuse);
@@ -717,13 +707,47 @@ fn a_primary_restarting_while_its_promoted_peer_is_unreachable_acknowledges_noth
                 p.cut();
             }
         }
-    };
-    link(true);
+    }
+}
+
+/// The old primary A after a site loss: A wrote `remote-durable` appends
+/// (all on B), was SIGKILLed, the link was cut both ways, B was promoted
+/// and took `local` appends. A is down.
+struct PromotedWhileCutOff {
+    a: common::daemon::Site,
+    b: common::daemon::Site,
+    link: Link,
+    durable_acks: Vec<Ack>,
+    new_acks: Vec<Ack>,
+}
+
+fn promoted_while_cut_off() -> PromotedWhileCutOff {
+    let (pa, via_a) = proxied();
+    let (pb, via_b) = proxied();
+    let (mut a, b) = pair_via("", "", Some(&via_a), Some(&via_b));
+    let load = Load::start(&[a.d.addr.clone()], 4, &[Durability::RemoteDurable], false, "default");
+    load.wait_acks(300, Duration::from_secs(60));
+    let (durable_acks, _) = load.stop();
+    wait_caught_up(&a.d, Duration::from_secs(30));
+    a.d.kill9();
+    let link = Link(pa, pb);
+    link.set(true);
     let (ok, _, err) = cli(&["--endpoint", &b.d.addr, "promote"]);
     assert!(ok, "promote: {err}");
-    let load = Load::start_from(200, &[b.d.addr.clone()], 4, &[Durability::Local], false, "default");
+    let load = Load::start_from(200, std::slice::from_ref(&b.d.addr), 4, &[Durability::Local], false, "default");
     load.wait_acks(200, Duration::from_secs(60));
     let (new_acks, _) = load.stop();
+    PromotedWhileCutOff { a, b, link, durable_acks, new_acks }
+}
+
+/// Issue 16, item 2: the old primary restarts (as configured, primary)
+/// while its promoted peer is unreachable. It used to serve after
+/// `startup_wait` and acknowledge appends that the peer's history later
+/// cut. It now waits for the peer, takes no append, and follows it once
+/// the link heals.
+#[test]
+fn a_primary_restarting_while_its_promoted_peer_is_unreachable_acknowledges_nothing() {
+    let PromotedWhileCutOff { mut a, mut b, link, durable_acks, new_acks } = promoted_while_cut_off();
     // A restarts as configured while it cannot reach B.
     a.d.spawn();
     a.d.wait_ready();
@@ -732,7 +756,7 @@ fn a_primary_restarting_while_its_promoted_peer_is_unreachable_acknowledges_noth
     assert!(seen.iter().all(|&c| c == codes::NOT_PRIMARY || c == codes::UNAVAILABLE), "{seen:?}");
     assert_eq!(a.d.status()["role"], "waiting-for-peer");
     // The link heals: A learns of B's newer epoch and follows it.
-    link(false);
+    link.set(false);
     a.d.wait_role("replica", Duration::from_secs(30));
     wait_caught_up(&b.d, Duration::from_secs(60));
     let st = b.d.status();
@@ -755,30 +779,7 @@ fn a_primary_restarting_while_its_promoted_peer_is_unreachable_acknowledges_noth
 /// `mirrorlog discard-diverged` there lets the new primary's history win.
 #[test]
 fn a_split_brain_is_reported_and_kept_until_an_operator_discards_one_side() {
-    let (pa, via_a) = proxied();
-    let (pb, via_b) = proxied();
-    let (mut a, mut b) = pair_via("", "", Some(&via_a), Some(&via_b));
-    let load = Load::start(&[a.d.addr.clone()], 4, &[Durability::RemoteDurable], false, "default");
-    load.wait_acks(300, Duration::from_secs(60));
-    let (durable_acks, _) = load.stop();
-    wait_caught_up(&a.d, Duration::from_secs(30));
-    a.d.kill9();
-    let link = |refuse: bool| {
-        for p in [&pa, &pb] {
-            let g = p.lock().expect("proxy");
-            let p = g.as_ref().expect("proxy started");
-            p.set_refuse(refuse);
-            if refuse {
-                p.cut();
-            }
-        }
-    };
-    link(true);
-    let (ok, _, err) = cli(&["--endpoint", &b.d.addr, "promote"]);
-    assert!(ok, "promote: {err}");
-    let load = Load::start_from(200, &[b.d.addr.clone()], 4, &[Durability::Local], false, "default");
-    load.wait_acks(200, Duration::from_secs(60));
-    let (new_acks, _) = load.stop();
+    let PromotedWhileCutOff { mut a, mut b, link, durable_acks, new_acks } = promoted_while_cut_off();
     // The operator forces A to serve alone.
     let text = std::fs::read_to_string(&a.d.config).expect("config");
     let text = text.replace("role = \"primary\"", "role = \"primary\"\nunreachable_at_start = \"serve\"");
@@ -790,7 +791,7 @@ fn a_split_brain_is_reported_and_kept_until_an_operator_discards_one_side() {
     load.wait_acks(100, Duration::from_secs(60));
     let (forced_acks, _) = load.stop();
     // The link heals: A steps down (B's epoch is newer) but refuses the cut.
-    link(false);
+    link.set(false);
     a.d.wait_role("replica", Duration::from_secs(30));
     let t0 = Instant::now();
     while a.d.status()["replication"]["split_brain"] == "" || b.d.status()["replication"]["split_brain"] == "" {

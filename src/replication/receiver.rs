@@ -129,19 +129,23 @@ impl Receiver {
             });
             Err(format!("refused {} at epoch {}: this node is at epoch {epoch}", h.name, h.epoch))
         };
-        match self.shared.role() {
+        let role = self.shared.role();
+        if matches!(role, Role::Primary | Role::Standalone | Role::Waiting) {
+            // Two nodes that may serve: the higher epoch wins.
+            if h.epoch < mine {
+                return fenced(&mut c, mine);
+            }
+            if h.epoch == mine {
+                return refuse(
+                    &mut c,
+                    format!("split brain: both nodes are primary at epoch {mine}; demote one (mirrorlog demote)"),
+                );
+            }
+        }
+        match role {
             Role::Primary | Role::Standalone => {
-                if h.epoch < mine {
-                    return fenced(&mut c, mine);
-                }
-                if h.epoch == mine {
-                    return refuse(
-                        &mut c,
-                        format!("split brain: both nodes are primary at epoch {mine}; demote one (mirrorlog demote)"),
-                    );
-                }
                 tracing::error!(peer = %h.name, epoch = h.epoch, mine, "a newer primary exists: stepping down to replica");
-                self.shared.change_role(self.shared.role(), Role::SteppingDown);
+                self.shared.change_role(role, Role::SteppingDown);
                 // The server loop fails waiting appends and lets writes finish.
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while self.shared.role() != Role::Replica {
@@ -152,15 +156,6 @@ impl Receiver {
                 }
             }
             Role::Waiting => {
-                if h.epoch < mine {
-                    return fenced(&mut c, mine);
-                }
-                if h.epoch == mine {
-                    return refuse(
-                        &mut c,
-                        format!("split brain: both nodes are primary at epoch {mine}; demote one (mirrorlog demote)"),
-                    );
-                }
                 // A newer primary: follow it. This node took no appends
                 // while waiting, so there is nothing to step down from. (A
                 // probe only asks; its sender will open the session.)
