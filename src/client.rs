@@ -88,9 +88,10 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// The producer id of appends (random if `None`); 0 turns idempotence off.
     pub producer: Option<u64>,
-    /// The first sequence number of this client's appends (default: 1 for
-    /// a random producer; for a fixed one, the clock in microseconds). A
-    /// fixed producer id must continue above its earlier sequences.
+    /// The first sequence number of this client's appends to each journal
+    /// (sequences are per journal; default: 1 for a random producer; for a
+    /// fixed one, the clock in microseconds). A fixed producer id must
+    /// continue above its earlier sequences.
     pub first_sequence: Option<u64>,
     /// Name sent in Hello.
     pub client_name: String,
@@ -247,7 +248,10 @@ struct Shared {
 struct State {
     pending: BTreeMap<u64, Pending>,
     next_rid: u64,
-    next_seq: u64,
+    /// Per journal (by name), the next sequence of this client's appends.
+    next_seq: std::collections::HashMap<Vec<u8>, u64>,
+    /// Where a journal's sequences start.
+    first_seq: u64,
     link: Option<Link>,
     closed: bool,
 }
@@ -293,8 +297,16 @@ impl Shared {
         st.next_rid += 1;
         let mut frame = cmd.frame;
         let seq = cmd.seq_at.map(|(at, count)| {
-            let s = st.next_seq;
-            st.next_seq += count;
+            // Sequences are per journal (the journal name precedes the
+            // durability byte and the producer in the frame).
+            let journal = frame.get(HEADER_LEN + 2..at - 9).unwrap_or_default();
+            let first = st.first_seq;
+            let next = match st.next_seq.get_mut(journal) {
+                Some(n) => n,
+                None => st.next_seq.entry(journal.to_vec()).or_insert(first),
+            };
+            let s = *next;
+            *next += count;
             (at, s)
         });
         if let Reply_::None = cmd.reply {
@@ -387,7 +399,8 @@ impl Client {
             st: parking_lot::Mutex::new(State {
                 pending: BTreeMap::new(),
                 next_rid: 1,
-                next_seq: first_seq,
+                next_seq: std::collections::HashMap::new(),
+                first_seq,
                 link: None,
                 closed: false,
             }),

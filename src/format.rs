@@ -73,10 +73,14 @@ pub const MAX_JOURNALS: usize = 256;
 /// Most members of a mirror set.
 pub const MAX_MEMBERS: usize = 8;
 
-/// Fixed part of a superblock as written now (with `base_epoch`).
-const SB_FIXED_LEN: usize = 120;
-/// Fixed part of a superblock written before `base_epoch` existed; still
-/// read (its `base_epoch` is 0).
+/// Superblock format version written now: 2 adds the history (`epoch::History`).
+pub const SUPERBLOCK_VERSION: u16 = 2;
+/// Fixed part of a version 2 superblock: version 1's, then the history
+/// (floor u32, run count u32, `History::MAX_TERMS` × (term, max start,
+/// nonce) u32 each).
+const SB_FIXED_LEN: usize = SB_FIXED_LEN_V1 + 8 + 12 * crate::epoch::History::MAX_TERMS;
+/// Fixed part of a version 1 superblock (still read: its history is its
+/// epoch's term and every earlier one, `History::of`).
 const SB_FIXED_LEN_V1: usize = 112;
 const SB_MEMBER_LEN: usize = 24;
 const SB_JOURNAL_LEN: usize = 88;
@@ -427,10 +431,9 @@ pub struct Superblock {
     /// past the end of the chain so an unacknowledged batch that landed behind
     /// a hole can never be revived.
     pub inflight_window: u64,
-    /// The epoch this set followed last as a replica before it was
-    /// promoted (0: never promoted). With `epoch` it says which runs its
-    /// history holds (`epoch::History`).
-    pub base_epoch: u64,
+    /// The runs this set's history holds: its own starts and promotions,
+    /// and those of the primaries it followed (`epoch::History`).
+    pub history: crate::epoch::History,
     pub members: Vec<MemberInfo>,
     pub journals: Vec<JournalEntry>,
 }
@@ -454,7 +457,7 @@ impl Superblock {
         let b = &mut out[..len];
         b.fill(0);
         b[0..8].copy_from_slice(&SUPERBLOCK_MAGIC);
-        put_u16(b, 12, FORMAT_VERSION);
+        put_u16(b, 12, SUPERBLOCK_VERSION);
         put_u32(b, 16, len as u32);
         put_u32(b, 20, self.block_size);
         put_u64(b, 24, self.generation);
@@ -467,7 +470,14 @@ impl Superblock {
         put_u64(b, 88, self.device_size);
         put_u64(b, 96, self.next_journal_id);
         put_u64(b, 104, self.inflight_window);
-        put_u64(b, 112, self.base_epoch);
+        put_u32(b, 112, self.history.floor());
+        put_u32(b, 116, self.history.runs().len() as u32);
+        for (i, r) in self.history.runs().iter().enumerate() {
+            let at = 120 + 12 * i;
+            put_u32(b, at, r.term);
+            put_u32(b, at + 4, r.max_start);
+            put_u32(b, at + 8, r.nonce);
+        }
         let mut off = SB_FIXED_LEN;
         for m in &self.members {
             b[off..off + 16].copy_from_slice(&m.uuid);
@@ -507,19 +517,36 @@ impl Superblock {
             return Err(DecodeError::BadChecksum);
         }
         let v = get_u16(b, 12);
-        if v != FORMAT_VERSION {
-            return Err(DecodeError::BadVersion(v));
-        }
+        let fixed = match v {
+            1 => SB_FIXED_LEN_V1,
+            SUPERBLOCK_VERSION => SB_FIXED_LEN,
+            _ => return Err(DecodeError::BadVersion(v)),
+        };
         let nm = get_u16(b, 64) as usize;
         let nj = get_u16(b, 66) as usize;
         if nm > MAX_MEMBERS || nj > MAX_JOURNALS {
             return Err(DecodeError::Invalid("member or journal count"));
         }
-        let fixed = len.checked_sub(nm * SB_MEMBER_LEN + nj * SB_JOURNAL_LEN);
-        if fixed != Some(SB_FIXED_LEN) && fixed != Some(SB_FIXED_LEN_V1) {
+        if fixed + nm * SB_MEMBER_LEN + nj * SB_JOURNAL_LEN != len {
             return Err(DecodeError::Invalid("length"));
         }
-        let fixed = fixed.unwrap_or(SB_FIXED_LEN);
+        let epoch = get_u64(b, 80);
+        let history = if v == 1 {
+            crate::epoch::History::of(crate::epoch::Epoch::from_raw(epoch))
+        } else {
+            let n = get_u32(b, 116) as usize;
+            if n > crate::epoch::History::MAX_TERMS {
+                return Err(DecodeError::Invalid("history length"));
+            }
+            let runs = (0..n)
+                .map(|i| crate::epoch::Run {
+                    term: get_u32(b, 120 + 12 * i),
+                    max_start: get_u32(b, 124 + 12 * i),
+                    nonce: get_u32(b, 128 + 12 * i),
+                })
+                .collect();
+            crate::epoch::History::from_parts(get_u32(b, 112), runs).map_err(DecodeError::Invalid)?
+        };
         let mut off = fixed;
         let mut members = Vec::with_capacity(nm);
         for _ in 0..nm {
@@ -558,11 +585,11 @@ impl Superblock {
             set_uuid: get_16(b, 32),
             member_uuid: get_16(b, 48),
             segment_size,
-            epoch: get_u64(b, 80),
+            epoch,
             device_size: get_u64(b, 88),
             next_journal_id: get_u64(b, 96),
             inflight_window: get_u64(b, 104),
-            base_epoch: if fixed == SB_FIXED_LEN { get_u64(b, 112) } else { 0 },
+            history,
             members,
             journals,
         })
@@ -609,7 +636,11 @@ mod tests {
             device_size: 64 << 20,
             next_journal_id: 9,
             inflight_window: 1 << 20,
-            base_epoch: (2 << 32) | 5,
+            history: {
+                let mut h = crate::epoch::History::of(crate::epoch::Epoch::from_raw(3));
+                h.add(crate::epoch::Epoch::from_raw(2 << 32), || 77);
+                h
+            },
             members: vec![
                 MemberInfo { uuid: [2; 16], slot: 0, health: Health::Healthy },
                 MemberInfo { uuid: [3; 16], slot: 1, health: Health::Failed },
@@ -636,18 +667,24 @@ mod tests {
     }
 
     #[test]
-    fn a_superblock_from_before_base_epoch_is_read() {
-        // The layout of the first version: 112 fixed bytes, no base epoch.
-        let s = Superblock { base_epoch: 0, ..sb() };
+    fn a_version_1_superblock_is_read_with_the_history_of_its_epoch() {
+        // The layout of version 1: 112 fixed bytes, no history.
+        let s = Superblock { history: crate::epoch::History::of(crate::epoch::Epoch::from_raw(3)), ..sb() };
         let mut buf = vec![0u8; 4096];
         let n = s.encode(&mut buf).unwrap();
-        let mut old = buf[..112].to_vec();
-        old.extend_from_slice(&buf[120..n]);
+        let mut old = buf[..SB_FIXED_LEN_V1].to_vec();
+        old.extend_from_slice(&buf[SB_FIXED_LEN..n]);
+        put_u16(&mut old, 12, 1);
         let len = old.len() as u32;
         put_u32(&mut old, 16, len);
         let crc = crc32c::crc32c(&old[12..]);
         put_u32(&mut old, 8, crc);
         assert_eq!(Superblock::decode(&old).unwrap(), s);
+        // An unknown version is refused by name, not misread.
+        put_u16(&mut old, 12, 3);
+        let crc = crc32c::crc32c(&old[12..]);
+        put_u32(&mut old, 8, crc);
+        assert_eq!(Superblock::decode(&old), Err(DecodeError::BadVersion(3)));
     }
 
     #[test]

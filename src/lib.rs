@@ -315,42 +315,49 @@ impl MirrorLog {
             sb.epoch = sb.epoch.max(epoch);
             Ok(())
         })?;
-        for j in self.journals.lock().values() {
-            j.inner.st.lock().epoch = epoch;
-        }
+        self.set_journal_epochs(epoch);
         Ok(())
     }
 
-    /// The epoch this set followed last as a replica before its promotion
-    /// (0: never promoted). See `epoch::History`.
-    pub fn base_epoch(&self) -> u64 {
-        self.shared.set.superblock().base_epoch
-    }
-
-    /// The runs this set's history holds: those it followed before its
-    /// promotion and its own term's up to its epoch.
+    /// The runs this set's history holds (`epoch::History`).
     pub fn history(&self) -> epoch::History {
-        let sb = self.shared.set.superblock();
-        epoch::History { base: epoch::Epoch::from_raw(sb.base_epoch), current: epoch::Epoch::from_raw(sb.epoch) }
+        self.shared.set.superblock().history
     }
 
-    /// A promotion: persists `epoch` (the first of a new term, above the
-    /// current one) and, with it in the same superblock write, the current
-    /// epoch as the base (the run this set followed last).
-    pub fn promote_epoch(&self, epoch: u64) -> Result<()> {
+    /// A new run of this node as primary (a start, or a promotion to a new
+    /// term): persists `epoch`, above the current one, and adds it to the
+    /// history (a new term gets a random nonce), in one superblock write.
+    pub fn begin_run(&self, epoch: u64) -> Result<()> {
         let cur = self.epoch();
         if epoch <= cur {
-            return Err(Error::Config(format!("promotion to epoch {epoch} is not above the current {cur}")));
+            return Err(Error::Config(format!("a new run at epoch {epoch} is not above the current {cur}")));
         }
         self.shared.set.update_superblock(|sb| {
-            sb.base_epoch = sb.epoch;
             sb.epoch = epoch;
+            sb.history.add(epoch::Epoch::from_raw(epoch), rand::random::<u32>);
             Ok(())
         })?;
+        self.set_journal_epochs(epoch);
+        Ok(())
+    }
+
+    /// A replica follows a primary at `epoch` whose history is `history`:
+    /// its chain is now a prefix of the primary's, so it takes both.
+    pub fn follow(&self, epoch: u64, history: &epoch::History) -> Result<()> {
+        let epoch = epoch.max(self.epoch());
+        self.shared.set.update_superblock(|sb| {
+            sb.epoch = epoch;
+            sb.history = history.clone();
+            Ok(())
+        })?;
+        self.set_journal_epochs(epoch);
+        Ok(())
+    }
+
+    fn set_journal_epochs(&self, epoch: u64) {
         for j in self.journals.lock().values() {
             j.inner.st.lock().epoch = epoch;
         }
-        Ok(())
     }
 
     /// The set's identity, the same on a primary and its replicas.

@@ -193,7 +193,7 @@ impl MirrorSet {
             device_size: size,
             next_journal_id: 1,
             inflight_window: opts.inflight_window,
-            base_epoch: 0,
+            history: crate::epoch::History::of(crate::epoch::Epoch::from_raw(1)),
             members: members
                 .iter()
                 .map(|m| MemberInfo { uuid: m.uuid, slot: m.slot, health: Health::Healthy })

@@ -760,6 +760,13 @@ impl Journal {
         self.inner.st.lock().segs.iter().map(|s| (s.slot, s.seq, s.first_lsn)).collect()
     }
 
+    /// Changes whenever the journal is cut back or reset (a replica taking
+    /// its primary's history): a reader that saw records before may not
+    /// find the same ones after.
+    pub fn cut_generation(&self) -> u64 {
+        self.inner.cut_gate.generation()
+    }
+
     /// Whether a write of this journal failed (it takes no more writes
     /// until reopened).
     pub fn failed(&self) -> bool {

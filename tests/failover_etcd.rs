@@ -220,14 +220,14 @@ fn a_node_with_an_older_history_does_not_take_a_free_key() {
     let (mut a, mut b, _ta, _tb) = pair(&etcd);
     assert_eq!(a.role(), "primary");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
-    let append = |eps: Vec<String>, c: u64, n: u64, timeout: Duration| -> Vec<(u64, u64, u64)> {
+    let append = |eps: Vec<String>, c: u64, n: u64, timeout: Duration, mode: Durability| -> Vec<(u64, u64, u64)> {
         rt.block_on(async {
             let mut cfg = ClientConfig::new(eps);
             cfg.request_timeout = timeout;
             let Ok(client) = Client::connect(cfg).await else { return Vec::new() };
             let mut acks = Vec::new();
             for seq in 1..=n {
-                match client.append_batch_with("orders", &[&payload(c, seq)], Durability::Local).await {
+                match client.append_batch_with("orders", &[&payload(c, seq)], mode).await {
                     Ok(lsn) => acks.push((lsn, c, seq)),
                     Err(_) => break,
                 }
@@ -235,11 +235,13 @@ fn a_node_with_an_older_history_does_not_take_a_free_key() {
             acks
         })
     };
-    let first = append(vec![a.addr.clone()], 1, 200, Duration::from_secs(30));
+    // On both sites before the primary dies (`local` appends not yet
+    // shipped would be lost with it: that mode's contract).
+    let first = append(vec![a.addr.clone()], 1, 200, Duration::from_secs(30), Durability::RemoteDurable);
     assert_eq!(first.len(), 200);
     a.kill9();
     b.wait_role("primary", Duration::from_secs(20));
-    let on_b = append(vec![b.addr.clone()], 2, 100, Duration::from_secs(30));
+    let on_b = append(vec![b.addr.clone()], 2, 100, Duration::from_secs(30), Durability::Local);
     assert_eq!(on_b.len(), 100);
     // The new primary goes too, and its lease expires.
     b.kill9();
@@ -249,7 +251,7 @@ fn a_node_with_an_older_history_does_not_take_a_free_key() {
     let t0 = Instant::now();
     let mut alone = Vec::new();
     while t0.elapsed() < Duration::from_secs(4) {
-        alone.extend(append(vec![a.addr.clone()], 3, 1, Duration::from_millis(500)));
+        alone.extend(append(vec![a.addr.clone()], 3, 1, Duration::from_millis(500), Durability::Local));
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(alone.is_empty(), "the node with the older history acknowledged {} appends", alone.len());
@@ -259,7 +261,7 @@ fn a_node_with_an_older_history_does_not_take_a_free_key() {
     b.wait_ready();
     b.wait_role("primary", Duration::from_secs(20));
     a.wait_role("replica", Duration::from_secs(20));
-    let last = append(vec![a.addr.clone(), b.addr.clone()], 4, 50, Duration::from_secs(30));
+    let last = append(vec![a.addr.clone(), b.addr.clone()], 4, 50, Duration::from_secs(30), Durability::Local);
     assert_eq!(last.len(), 50);
     assert_eq!(a.term().code(), Some(0));
     assert_eq!(b.term().code(), Some(0));

@@ -88,7 +88,11 @@ proptest! {
             device_size: 1 << 30,
             next_journal_id: 99,
             inflight_window: 3 << 20,
-            base_epoch: epoch / 2,
+            history: {
+                let mut h = mirrorlog::epoch::History::of(mirrorlog::epoch::Epoch::from_raw(epoch / 2));
+                h.add(mirrorlog::epoch::Epoch::from_raw(epoch), || gen as u32);
+                h
+            },
             members: (0..nm).map(|i| MemberInfo { uuid: [i as u8; 16], slot: i as u16, health: mirrorlog::format::Health::Healthy }).collect(),
             journals: names.iter().enumerate().map(|(i, n)| JournalEntry { id: i as u64, mark: i as u64 * 3, name: n.clone() }).collect(),
         };

@@ -660,6 +660,10 @@ fn deleting_a_journal_answers_appends_waiting_for_the_replica() {
     assert_eq!(error_code(&f), Some(7), "unknown-journal");
 }
 
+/// What a subscriber received: (lsn, payload) of each record, and the
+/// error code that ended it.
+type Followed = (Vec<(u64, Vec<u8>)>, Option<u16>);
+
 /// Runs the `mirrorlog` CLI; returns (success, stdout, stderr).
 fn cli(args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog")).args(args).output().expect("run mirrorlog");
@@ -801,6 +805,23 @@ fn a_split_brain_is_reported_and_kept_until_an_operator_discards_one_side() {
     assert!(a.d.http_get("/metrics").contains("mirrorlog_replication_split_brain 1"));
     assert!(b.d.http_get("/metrics").contains("mirrorlog_replication_split_brain 1"));
     assert_eq!(b.d.status()["replication"]["truncations"], 0);
+    // B restarts and is promoted once more (a new term): its history still
+    // does not hold A's forced run, so the refusal stands (a history of
+    // "everything up to the last epoch followed" would now cut it).
+    b.d.set_role("replica");
+    b.d.restart();
+    let (ok, _, err) = cli(&["--endpoint", &b.d.addr, "promote"]);
+    assert!(ok, "promote again: {err}");
+    let t0 = Instant::now();
+    while b.d.status()["replication"]["split_brain"] == "" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no split brain after the second promotion:\n{}",
+            b.d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(b.d.status()["replication"]["truncations"], 0);
     // Every record A acknowledged alone is still there, readable on A.
     let from = forced_acks.iter().map(|x| x.lsn).min().expect("acks");
     let (ok, out, err) = cli(&["--endpoint", &a.d.addr, "read", "--from", &from.to_string()]);
@@ -811,10 +832,50 @@ fn a_split_brain_is_reported_and_kept_until_an_operator_discards_one_side() {
         let hex: String = payload(x.client, x.seq).iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(line["hex"], hex.as_str(), "lsn {}", x.lsn);
     }
+    // A reader follows A's journal from there (a replica serves it).
+    let sub_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("rt");
+    let seen: Arc<Mutex<Followed>> = Arc::new(Mutex::new((Vec::new(), None)));
+    let (seen2, a_addr) = (seen.clone(), a.d.addr.clone());
+    sub_rt.spawn(async move {
+        let mut cfg = ClientConfig::new([a_addr]);
+        cfg.any_role = true;
+        let c = Client::connect(cfg).await.expect("connect to the replica");
+        let mut sub = c.subscribe("default", from, 1 << 20).await.expect("subscribe");
+        while let Some(r) = sub.next().await {
+            match r {
+                Ok(r) => seen2.lock().expect("seen").0.push((r.lsn, r.payload)),
+                Err(e) => {
+                    seen2.lock().expect("seen").1 = Some(e.code);
+                    return;
+                }
+            }
+        }
+    });
+    let t0 = Instant::now();
+    while seen.lock().expect("seen").0.len() < forced_acks.len() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "the subscription on the replica did not deliver");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // The operator decides: B's history wins.
     let (ok, _, err) = cli(&["--endpoint", &a.d.addr, "discard-diverged"]);
     assert!(ok, "discard-diverged: {err}");
     wait_caught_up(&b.d, Duration::from_secs(60));
+    // The reader is told its records were cut, never handed B's records at
+    // the LSNs it already read.
+    let t0 = Instant::now();
+    while seen.lock().expect("seen").1.is_none() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "the subscription went on across the cut-back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    {
+        let (recs, code) = &*seen.lock().expect("seen");
+        assert_eq!(*code, Some(12), "not-yet-written: subscribe again");
+        let mut by_lsn: HashMap<u64, &Vec<u8>> = HashMap::new();
+        for (lsn, p) in recs {
+            assert!(by_lsn.insert(*lsn, p).is_none_or(|q| q == p), "lsn {lsn} delivered with two contents");
+        }
+    }
+    drop(sub_rt);
     let st = b.d.status();
     assert!(st["replication"]["truncations"].as_u64() >= Some(1), "{st}");
     assert_eq!(st["replication"]["split_brain"], "", "{st}");

@@ -144,16 +144,18 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
                 tracing::error!(epoch = e, "a newer primary exists: starting as its replica");
                 shared.set_role(Role::Replica);
             }
-            replication::sender::Probe::Unreachable(why) if !shared.cfg.serve_unreachable => {
+            replication::sender::Probe::Unreachable(why) | replication::sender::Probe::Refused(why)
+                if !shared.cfg.serve_unreachable =>
+            {
                 tracing::error!(peer = ?rc.peer, why,
-                    "peer not reachable at start: taking no appends until it answers (it may have been promoted \
-                     meanwhile), or until an operator promotes this node (mirrorlog promote; or start with \
-                     --force-primary / replication.unreachable_at_start = \"serve\")");
+                    "peer not reachable at start, or it refuses this node: taking no appends until it answers (it \
+                     may have been promoted meanwhile), or until an operator promotes this node (mirrorlog promote; \
+                     or start with --force-primary / replication.unreachable_at_start = \"serve\")");
                 shared.set_role(Role::Waiting);
             }
             p => {
-                if let replication::sender::Probe::Unreachable(why) = &p {
-                    tracing::warn!(peer = ?rc.peer, why, "peer not reachable at start: serving as primary, as configured (unreachable_at_start = \"serve\")");
+                if let replication::sender::Probe::Unreachable(why) | replication::sender::Probe::Refused(why) = &p {
+                    tracing::warn!(peer = ?rc.peer, why, "peer not reachable at start, or it refuses this node: serving as primary, as configured (unreachable_at_start = \"serve\")");
                 }
                 let epoch = restart_epoch(&log)?;
                 replication::serve_as_primary(&log, &shared, epoch).map_err(|e| format!("starting as primary: {e}"))?;

@@ -1476,10 +1476,10 @@ async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    // The epoch it followed last is kept as its base: with the new one it
-    // says which runs its history holds (a split brain is refused).
+    // The new term joins the runs its history holds (with a nonce of its
+    // own): a replica's records of any other run are a split brain.
     let log = srv.log.clone();
-    if let Err(e) = blocking(move || log.promote_epoch(epoch.raw())).await {
+    if let Err(e) = blocking(move || log.begin_run(epoch.raw())).await {
         r.set_role(from);
         return Err((e.code(), format!("persisting epoch {epoch}: {e}")));
     }
@@ -1507,7 +1507,7 @@ async fn serve_after_wait(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
         return Err((codes::NOT_PRIMARY, "no start is left in this term: promote this node instead".into()));
     };
     let log = srv.log.clone();
-    blocking(move || log.set_epoch(epoch.raw())).await.map_err(|e| (e.code(), format!("raising the epoch: {e}")))?;
+    blocking(move || log.begin_run(epoch.raw())).await.map_err(|e| (e.code(), format!("raising the epoch: {e}")))?;
     if !r.change_role(Role::Waiting, Role::Primary) {
         return Err((codes::NOT_PRIMARY, format!("the role changed meanwhile: this node is {}", r.role().name())));
     }
@@ -1605,9 +1605,12 @@ fn append(
     match role {
         Role::Primary | Role::Standalone => {}
         Role::SteppingDown if !srv.repl.demoting.load(Ordering::Acquire) => {
+            // `not-primary`, not `fenced`: this append was not taken, and a
+            // client sends it again as a first send (`fenced` answers
+            // appends that were taken and may have been written).
             conn.role_refused.set(true);
             let e = srv.repl.seen_epoch.load(Ordering::Acquire);
-            return fail(codes::FENCED, &format!("fenced: a newer primary exists (epoch {e}); append not taken"));
+            return fail(codes::NOT_PRIMARY, &format!("fenced: a newer primary exists (epoch {e}); append not taken"));
         }
         r => {
             conn.role_refused.set(true);
@@ -1701,6 +1704,16 @@ fn append(
 /// `sequence-conflict` (item 5 of issue 16: a producer id reused with
 /// other records is never acknowledged with their LSNs). `a` was held.
 async fn answer_resend(srv: Rc<Srv>, jd: Rc<Jd>, mut a: Ack, crcs: Vec<u32>) {
+    // Not in a queue that a step-down fails (`Jd::fail_waiting`): after each
+    // wait, a node that is no longer primary answers as a fenced one does.
+    let still_primary = |a: &Ack| -> bool {
+        if srv.repl.role().is_primary() {
+            return true;
+        }
+        srv.m.error(codes::FENCED);
+        a.fail_with(codes::FENCED, "fenced: this node is no longer primary; the resend was not answered here");
+        false
+    };
     // The original may still be in flight.
     while let Some(t) = a.ticket {
         match jd.j.poll(&t) {
@@ -1717,6 +1730,9 @@ async fn answer_resend(srv: Rc<Srv>, jd: Rc<Jd>, mut a: Ack, crcs: Vec<u32>) {
                 return a.fail(&e);
             }
         }
+        if !still_primary(&a) {
+            return;
+        }
     }
     let (j, first, n) = (jd.j.clone(), a.first_lsn, crcs.len());
     let stored = blocking(move || {
@@ -1729,6 +1745,9 @@ async fn answer_resend(srv: Rc<Srv>, jd: Rc<Jd>, mut a: Ack, crcs: Vec<u32>) {
     })
     .await;
     let last = first + n as u64 - 1;
+    if !still_primary(&a) {
+        return;
+    }
     match stored {
         Ok(s) if s == crcs => {
             srv.m.deduplicated.set(srv.m.deduplicated.get() + 1);
@@ -1822,8 +1841,28 @@ async fn subscription(srv: Rc<Srv>, conn: Rc<Conn>, jd: Rc<Jd>, rid: u64, from: 
     let max_inflight = srv.cfg.limits.max_inflight_bytes as usize;
     let frame_cap = (srv.cfg.limits.max_frame_bytes as usize).saturating_sub(HEADER_LEN + 64).max(4096);
     let mut next = from;
+    // On a replica, a cut-back to its primary's history may replace records
+    // this subscription already sent: it ends then, never mixing histories.
+    let cuts = jd.j.cut_generation();
     loop {
         if conn.gone.get() || conn.done.get() || !conn.subs.borrow().contains_key(&rid) {
+            break;
+        }
+        if jd.j.cut_generation() != cuts {
+            let code = Error::NotYetWritten { lsn: next, next: jd.j.next_lsn() }.code();
+            srv.m.error(code);
+            conn.send(|o| {
+                err_frame(
+                    o,
+                    rid,
+                    code,
+                    &format!(
+                        "journal {}: this replica was cut back to its primary's history; records sent before lsn \
+                         {next} may no longer be there: subscribe again",
+                        jd.j.name()
+                    ),
+                )
+            });
             break;
         }
         if sub.credit.get() == 0 || conn.out_len() > max_inflight {

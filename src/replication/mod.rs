@@ -412,7 +412,7 @@ pub fn start_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) -> s
 /// Makes a node that may serve (its peer accepts it, or an operator or
 /// etcd said so) the primary at `epoch`: persists the epoch, then ships.
 pub fn serve_as_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>, epoch: u64) -> crate::Result<()> {
-    log.set_epoch(epoch)?;
+    log.begin_run(epoch)?;
     start_primary(log, shared).map_err(crate::Error::Io)
 }
 
@@ -442,6 +442,16 @@ pub fn wait_for_peer(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) {
             sender::Probe::Unreachable(why) => {
                 if logged.elapsed() > Duration::from_secs(30) {
                     tracing::warn!(why, "still waiting for the peer before serving (mirrorlog promote to serve now)");
+                    logged = Instant::now();
+                }
+            }
+            sender::Probe::Refused(why) => {
+                if logged.elapsed() > Duration::from_secs(30) {
+                    tracing::error!(
+                        why,
+                        "the peer refuses this node (another version, set or geometry?): still waiting before serving \
+                         (mirrorlog promote to serve now)"
+                    );
                     logged = Instant::now();
                 }
             }

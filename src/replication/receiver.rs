@@ -33,14 +33,21 @@ use super::{configure, max_body, FrameConn, ReplShared, Role};
 use crate::epoch::{Epoch, History};
 use crate::{Driver, Error, Journal, MirrorLog};
 
-/// The first record of `j` from `from` on that belongs to a run `h` does
-/// not hold: (lsn, epoch). A chain's epochs never decrease, so it is the
-/// first above `h.base` unless that one is of `h`'s own term, and then the
-/// first above `h.current`.
-fn foreign_record(j: &Journal, from: u64, h: History) -> crate::Result<Option<(u64, u64)>> {
-    match j.first_record_above(from, h.base.raw())? {
-        Some((lsn, e)) if h.holds(Epoch::from_raw(e)) => j.first_record_above(lsn, h.current.raw()),
-        other => Ok(other),
+/// The first record of `j` from `from` on that belongs to a run the
+/// primary's history does not hold, or to a term it holds under another
+/// nonce than this node's (two promotions to one term number): its lsn and
+/// epoch. A chain's epochs never decrease, so this walks span by span of
+/// held runs, each found from the segment headers and about one segment's
+/// read (`Journal::first_record_above`).
+fn foreign_record(j: &Journal, from: u64, primary: &History, mine: &History) -> crate::Result<Option<(u64, u64)>> {
+    let (mut at, mut below) = (from, 0u64);
+    loop {
+        let Some((lsn, e)) = j.first_record_above(at, below)? else { return Ok(None) };
+        let epoch = Epoch::from_raw(e);
+        match primary.held_up_to(epoch) {
+            Some(top) if primary.same_term(mine, epoch.term()) => (at, below) = (lsn, top.raw()),
+            _ => return Ok(Some((lsn, e))),
+        }
     }
 }
 
@@ -180,14 +187,16 @@ impl Receiver {
         *self.shared.peer_name.lock() = h.name.clone();
         self.shared.connected.store(true, Ordering::Release);
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(primary = %h.name, epoch = h.epoch, base_epoch = h.base_epoch, "replicating from primary");
+        tracing::info!(primary = %h.name, epoch = h.epoch, history = %h.history, "replicating from primary");
         let mut st = Apply {
             log: &self.log,
             shared: &self.shared,
             driver: Driver::new().map_err(|e| e.to_string())?,
             sent: HashMap::new(),
             received: HashMap::new(),
-            primary: History { base: Epoch::from_raw(h.base_epoch), current: Epoch::from_raw(h.epoch) },
+            primary_epoch: h.epoch,
+            primary: h.history.clone(),
+            mine: self.log.history(),
             primary_name: h.name.clone(),
             adopted: false,
             allow_diverged: self.shared.discard_diverged.swap(false, Ordering::AcqRel),
@@ -272,8 +281,11 @@ struct Apply<'a> {
     /// (received, durable) last acked per journal.
     sent: HashMap<u64, (u64, u64)>,
     received: HashMap<u64, u64>,
-    /// The runs the primary's history holds (from its hello).
+    /// The primary's epoch and the runs its history holds (from its hello).
+    primary_epoch: u64,
     primary: History,
+    /// This node's history before it follows the primary.
+    mine: History,
     primary_name: String,
     /// This node took the primary's epoch: done when the stream begins,
     /// after every cut-back of the handshake passed (a node that refused
@@ -309,7 +321,7 @@ impl Apply<'_> {
     /// split brain) if one of them belongs to a run the primary's history
     /// does not hold, unless an operator allowed it for this session.
     fn check_cut(&mut self, j: &Journal, from: u64, what: &str) -> Result<(), String> {
-        let Some((lsn, epoch)) = foreign_record(j, from, self.primary).map_err(|e| e.to_string())? else {
+        let Some((lsn, epoch)) = foreign_record(j, from, &self.primary, &self.mine).map_err(|e| e.to_string())? else {
             return Ok(());
         };
         let epoch = Epoch::from_raw(epoch);
@@ -320,13 +332,13 @@ impl Apply<'_> {
         }
         let msg = format!(
             "split brain: journal {} holds records from lsn {lsn} on written at epoch {epoch}, a run that primary {} \
-             never followed (its history holds epochs up to {} and its own term up to {}); refusing {what}, both \
-             histories are kept. Read them here to keep what matters, then run `mirrorlog discard-diverged` on this \
-             node to let the primary's history win, or promote this node instead",
+             never followed (its history holds {}; this node's, {}); refusing {what}, both histories are kept. Read \
+             them here to keep what matters, then run `mirrorlog discard-diverged` on this node to let the \
+             primary's history win, or promote this node instead",
             j.name(),
             self.primary_name,
-            self.primary.base,
-            self.primary.current
+            self.primary,
+            self.mine
         );
         tracing::error!("{msg}");
         *self.shared.split_brain.lock() = msg.clone();
@@ -337,7 +349,7 @@ impl Apply<'_> {
     /// Takes the primary's epoch once the stream begins (see `adopted`).
     fn adopt(&mut self) -> Result<(), String> {
         if !self.adopted {
-            self.log.set_epoch(self.primary.current.raw()).map_err(|e| e.to_string())?;
+            self.log.follow(self.primary_epoch, &self.primary).map_err(|e| e.to_string())?;
             self.adopted = true;
             self.shared.split_brain.lock().clear();
         }

@@ -45,6 +45,9 @@ pub enum Probe {
     Fenced(u64),
     /// No answer; the reason.
     Unreachable(String),
+    /// The peer answers but refuses this node (another protocol version,
+    /// set or geometry; or changing role): its message.
+    Refused(String),
 }
 
 pub fn hello(log: &MirrorLog, shared: &ReplShared, probe: bool) -> Hello {
@@ -52,7 +55,7 @@ pub fn hello(log: &MirrorLog, shared: &ReplShared, probe: bool) -> Hello {
     Hello {
         version: REPL_VERSION,
         epoch: log.epoch(),
-        base_epoch: log.base_epoch(),
+        history: log.history(),
         probe,
         set_uuid: log.set_uuid(),
         block_size,
@@ -68,6 +71,7 @@ pub fn probe(log: &MirrorLog, shared: &ReplShared, wait: Duration) -> Probe {
     let Some(peer) = shared.cfg.peer else { return Probe::Primary };
     let deadline = Instant::now() + wait;
     let mut last;
+    let mut refused;
     loop {
         let r = (|| -> std::io::Result<Msg> {
             let mut c = FrameConn::connect(peer, shared.cfg.connect_timeout, 0, 1 << 20)?;
@@ -80,12 +84,12 @@ pub fn probe(log: &MirrorLog, shared: &ReplShared, wait: Duration) -> Probe {
                 tracing::warn!(peer = %peer, epoch, message, "the peer has a newer epoch");
                 return Probe::Fenced(epoch);
             }
-            Ok(Msg::Refused { message }) => last = message,
-            Ok(other) => last = format!("unexpected answer {other:?}"),
-            Err(e) => last = e.to_string(),
+            Ok(Msg::Refused { message }) => (last, refused) = (message, true),
+            Ok(other) => (last, refused) = (format!("unexpected answer {other:?}"), false),
+            Err(e) => (last, refused) = (e.to_string(), false),
         }
         if Instant::now() >= deadline {
-            return Probe::Unreachable(last);
+            return if refused { Probe::Refused(last) } else { Probe::Unreachable(last) };
         }
         std::thread::sleep(Duration::from_millis(200));
     }

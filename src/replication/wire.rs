@@ -13,7 +13,7 @@ use crate::protocol::{encode_frame, encode_frame_unsealed, put_bytes, put_str, s
 use crate::ship::{ChainEnd, ShipView, Shipment};
 
 /// Replication protocol version.
-/// 2: `Hello` carries the base epoch; `Diverged`.
+/// 2: `Hello` carries the sender's history; `Diverged`.
 pub const REPL_VERSION: u16 = 2;
 
 /// One message.
@@ -89,9 +89,8 @@ pub enum Msg {
 pub struct Hello {
     pub version: u16,
     pub epoch: u64,
-    /// The sender's base epoch: with `epoch`, which runs its history holds
-    /// (`epoch::History`).
-    pub base_epoch: u64,
+    /// The runs the sender's history holds (`epoch::History`).
+    pub history: crate::epoch::History,
     /// Only asking who is primary (a restarted primary, before it serves).
     pub probe: bool,
     pub set_uuid: [u8; 16],
@@ -161,7 +160,13 @@ impl Msg {
             Msg::Hello(h) => encode_frame(out, op::HELLO, 0, |o| {
                 o.extend_from_slice(&h.version.to_le_bytes());
                 put64(o, h.epoch);
-                put64(o, h.base_epoch);
+                put32(o, h.history.floor());
+                put32(o, h.history.runs().len() as u32);
+                for r in h.history.runs() {
+                    put32(o, r.term);
+                    put32(o, r.max_start);
+                    put32(o, r.nonce);
+                }
                 o.push(h.probe as u8);
                 o.extend_from_slice(&h.set_uuid);
                 put32(o, h.block_size);
@@ -273,7 +278,7 @@ impl Msg {
                     return Ok(Msg::Hello(Hello {
                         version,
                         epoch: 0,
-                        base_epoch: 0,
+                        history: Default::default(),
                         probe: false,
                         set_uuid: [0; 16],
                         block_size: 0,
@@ -284,7 +289,11 @@ impl Msg {
                     }));
                 }
                 let epoch = r.u64()?;
-                let base_epoch = r.u64()?;
+                let floor = r.u32()?;
+                let runs = list(&mut r, 12, |r| {
+                    Ok(crate::epoch::Run { term: r.u32()?, max_start: r.u32()?, nonce: r.u32()? })
+                })?;
+                let history = crate::epoch::History::from_parts(floor, runs).map_err(ProtoError::Malformed)?;
                 let probe = r.u8()? != 0;
                 let mut set_uuid = [0u8; 16];
                 for b in set_uuid.iter_mut() {
@@ -293,7 +302,7 @@ impl Msg {
                 Msg::Hello(Hello {
                     version,
                     epoch,
-                    base_epoch,
+                    history,
                     probe,
                     set_uuid,
                     block_size: r.u32()?,
@@ -378,7 +387,11 @@ mod tests {
         round(Msg::Hello(Hello {
             version: REPL_VERSION,
             epoch: 7,
-            base_epoch: 3,
+            history: {
+                let mut h = crate::epoch::History::of(crate::epoch::Epoch::from_raw(5));
+                h.add(crate::epoch::Epoch::from_raw((1 << 32) | 2), || 42);
+                h
+            },
             probe: true,
             set_uuid: [3; 16],
             block_size: 4096,

@@ -109,7 +109,8 @@ public final class MirrorlogClient implements Closeable {
     private final Object supervisorWake = new Object();
     private final ConcurrentSkipListMap<Long, Pending> pending = new ConcurrentSkipListMap<>();
     private long nextRid = 1;
-    private long nextSeq;
+    /** Per journal, the next sequence of this client's appends (guarded by sendLock). */
+    private final java.util.Map<String, Long> nextSeq = new java.util.HashMap<>();
     private volatile Conn conn;
     private volatile boolean closed;
     private volatile long epoch;
@@ -142,9 +143,6 @@ public final class MirrorlogClient implements Closeable {
             p = ThreadLocalRandom.current().nextLong();
         } while (p == 0);
         this.producer = p;
-        // A new (random) producer starts at 1, like the Rust client: a daemon
-        // that does not know it takes a resend of its first append.
-        this.nextSeq = 1;
         long deadline = System.nanoTime() + timeoutNanos;
         Conn c = connectAny(deadline);
         if (c == null) {
@@ -201,7 +199,7 @@ public final class MirrorlogClient implements Closeable {
         int size = Wire.Body.strBytes(journal) + 1 + 8 + 8 + 4 + 4 + len;
         // The sequence is taken under sendLock, with the frame's place on the wire.
         CompletableFuture<Answer> f = send(Wire.OP_APPEND, () -> new Wire.Body(size).str(journal).u8(durability)
-                .u64(producer).u64(nextSeq++).u32(1).blob(data, off, len),
+                .u64(producer).u64(takeSeq(journal)).u32(1).blob(data, off, len),
                 Wire.HEADER + Wire.Body.strBytes(journal));
         return f.thenApply(a -> {
             try {
@@ -213,6 +211,18 @@ public final class MirrorlogClient implements Closeable {
                 throw new CompletionException(e);
             }
         });
+    }
+
+    /**
+     * The next sequence of an append to {@code journal} (called under sendLock).
+     * A new (random) producer's sequences start at 1 in each journal, like the
+     * Rust client's: a daemon that does not know the producer takes a resend
+     * of its first append.
+     */
+    private long takeSeq(String journal) {
+        long s = nextSeq.getOrDefault(journal, 1L);
+        nextSeq.put(journal, s + 1);
+        return s;
     }
 
     private interface BodyFn {
