@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::format::{align_up, RECORD_HEADER_LEN};
-use crate::io::{FaultInjector, SyncMode};
+use crate::io::SyncMode;
 
 /// How to open or create a mirror set. `Config::new(devices)` gives the defaults.
 #[derive(Debug, Clone)]
@@ -35,9 +35,10 @@ pub struct Config {
     /// Format with this set UUID instead of a random one (a replica takes
     /// its primary's). Only used when formatting.
     pub set_uuid: Option<[u8; 16]>,
-    /// Test hook: fail I/O on chosen devices, below the engine.
-    #[doc(hidden)]
-    pub fault: Option<Arc<FaultInjector>>,
+    /// The device layer (`None`: the real devices, `storage::default_storage`).
+    /// Tests put faults below the engine here (`storage::FaultInjector`),
+    /// the simulator its in-memory devices (`storage::SimStorage`).
+    pub storage: Option<Arc<dyn crate::storage::Storage>>,
 }
 
 impl Config {
@@ -54,7 +55,7 @@ impl Config {
             sync: SyncMode::RwfDsync,
             index_stride: 64 << 10,
             set_uuid: None,
-            fault: None,
+            storage: None,
         }
     }
 

@@ -22,13 +22,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use io_uring::{opcode, types, IoUring};
-
 use crate::error::{Error, Result};
 use crate::format::MAX_MEMBERS;
 use crate::journal::Journal;
 use crate::mirror::Failed;
 use crate::pipeline::{Batch, JournalInner};
+use crate::storage::{Op, Queue, Storage};
 
 const RING_ENTRIES: u32 = 256;
 const MAX_FLIGHTS: usize = RING_ENTRIES as usize / MAX_MEMBERS;
@@ -46,16 +45,32 @@ struct Flight {
 /// Writes batches of any number of journals asynchronously on the calling
 /// thread. Not `Send`: one per thread.
 pub struct Driver {
-    ring: IoUring,
+    /// The device layer's asynchronous queue (an io_uring of the driver's
+    /// own, for real devices).
+    ring: Box<dyn Queue>,
+    /// Which storage's devices `ring` reaches: journals on another are
+    /// refused (their device ids mean nothing here).
+    storage: u64,
     flights: Vec<Option<Flight>>,
     free: Vec<usize>,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
 impl Driver {
+    /// A driver for journals on the real devices (the default storage).
     pub fn new() -> Result<Driver> {
+        Self::on(&crate::storage::default_storage())
+    }
+
+    /// A driver for the journals of `log` (on whatever storage it uses).
+    pub fn for_log(log: &crate::MirrorLog) -> Result<Driver> {
+        Self::on(log.storage())
+    }
+
+    fn on(storage: &Arc<dyn Storage>) -> Result<Driver> {
         Ok(Driver {
-            ring: IoUring::new(RING_ENTRIES).map_err(Error::Io)?,
+            ring: storage.queue(RING_ENTRIES).map_err(Error::Io)?,
+            storage: storage.storage_id(),
             flights: (0..MAX_FLIGHTS).map(|_| None).collect(),
             free: (0..MAX_FLIGHTS).rev().collect(),
             _not_send: std::marker::PhantomData,
@@ -65,7 +80,7 @@ impl Driver {
     /// Has the kernel signal `fd` (an eventfd) whenever a write of this
     /// driver completes, so an event loop can sleep until then.
     pub fn register_eventfd(&self, fd: std::os::fd::RawFd) -> Result<()> {
-        self.ring.submitter().register_eventfd(fd).map_err(Error::Io)
+        self.ring.register_eventfd(fd).map_err(Error::Io)
     }
 
     /// Batches being written.
@@ -90,6 +105,12 @@ impl Driver {
         let mut finished = 0;
         for j in journals {
             let j = j.borrow();
+            if j.inner.shared.set.storage().storage_id() != self.storage {
+                return Err(Error::Config(format!(
+                    "journal {} is on another storage than this driver (Driver::for_log)",
+                    j.name()
+                )));
+            }
             // Claim only with a flight slot in hand: a claimed batch must be written.
             while let Some(idx) = self.free.pop() {
                 match j.inner.claim_async() {
@@ -107,25 +128,14 @@ impl Driver {
         // Enter the kernel only to submit new writes or to wait: completions
         // are read from the shared ring without a system call.
         let want = if wait && finished == 0 { 1 } else { 0 };
-        // (The ring itself knows what is queued and not yet submitted, also
+        // (The queue itself knows what is pushed and not yet submitted, also
         // after an EBUSY or a failed submit left entries in it.)
-        if want > 0 || !self.ring.submission().is_empty() {
-            loop {
-                match self.ring.submit_and_wait(want) {
-                    Ok(_) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
-                    Err(e) => return Err(Error::Io(e)),
-                }
-            }
+        if want > 0 || self.ring.unsubmitted() {
+            self.ring.submit(want).map_err(Error::Io)?;
         }
         let mut done: [(u64, i32); 64] = [(0, 0); 64];
         loop {
-            let mut n = 0;
-            for cqe in self.ring.completion().take(done.len()) {
-                done[n] = (cqe.user_data(), cqe.result());
-                n += 1;
-            }
+            let n = self.ring.complete(&mut done);
             if n == 0 {
                 break;
             }
@@ -151,20 +161,18 @@ impl Driver {
             started: Instant::now(),
         };
         let (off, bytes) = f.batch.region(set.segment_size);
-        let flags = if set.dsync_writes() { libc::RWF_DSYNC } else { 0 };
-        for (k, &(m, fd)) in t.go[..t.n_go].iter().enumerate() {
+        let dsync = set.dsync_writes();
+        for (k, &(m, dev)) in t.go[..t.n_go].iter().enumerate() {
             f.members[k] = m;
-            let e = opcode::Write::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
-                .offset(off)
-                .rw_flags(flags)
-                .build()
-                .user_data((idx * MAX_MEMBERS + k) as u64);
-            // SAFETY: the batch buffer lives in the flight until its CQE is reaped.
-            // The ring has room: at most MAX_FLIGHTS * MAX_MEMBERS entries are queued.
-            if unsafe { self.ring.submission().push(&e) }.is_err() {
-                let _ = self.ring.submit();
+            let op = Op::write(dev, off, bytes, dsync);
+            let ud = (idx * MAX_MEMBERS + k) as u64;
+            // SAFETY: the batch buffer lives in the flight until its
+            // completion is taken. The queue has room: at most
+            // MAX_FLIGHTS * MAX_MEMBERS ops are in it.
+            if !unsafe { self.ring.push(&op, ud) } {
+                let _ = self.ring.submit(0);
                 // SAFETY: as above.
-                if unsafe { self.ring.submission().push(&e) }.is_err() {
+                if !unsafe { self.ring.push(&op, ud) } {
                     f.failed.push(m);
                     f.remaining -= 1;
                     continue;
@@ -208,13 +216,15 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // Never free a buffer the kernel may still write from.
+        // Never free a buffer the device may still write from: every batch
+        // in flight is finished (and handed back to its journal) first.
+        let mut done: [(u64, i32); 64] = [(0, 0); 64];
         while self.in_flight() > 0 {
-            if self.ring.submit_and_wait(1).is_err() {
+            if self.ring.submit(1).is_err() {
                 std::process::abort();
             }
-            let cqes: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
-            for (ud, res) in cqes {
+            let n = self.ring.complete(&mut done);
+            for &(ud, res) in &done[..n] {
                 self.on_cqe(ud, res);
             }
         }

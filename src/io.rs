@@ -5,9 +5,8 @@
 //! that performs I/O owns one ring (thread-local), so the thread that forms a
 //! batch also writes it: no hop between threads on the append path.
 //!
-//! The fault hook (`FaultInjector`) lives here, below the engine: a test arms
-//! it to make a device's reads or writes fail with EIO, and the engine sees
-//! exactly what it would see from a failing disk.
+//! The engine reaches devices through `storage` (the device layer); this
+//! module holds the real devices' building blocks it and the tools use.
 
 use std::alloc::{self, Layout};
 use std::cell::RefCell;
@@ -17,10 +16,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
-use std::sync::Arc;
 
 use io_uring::{opcode, types, IoUring};
-use parking_lot::Mutex;
 
 /// How a write is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -383,57 +380,6 @@ pub fn check_full(res: i32, len: usize) -> io::Result<()> {
         Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("short I/O: {res} of {len} bytes")))
     } else {
         Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------
-// fault injection (tests)
-
-/// Makes chosen devices fail I/O with EIO, below the engine. Used by tests to
-/// cause faults that cannot be caused for real on this machine; the engine's
-/// production path handles them.
-#[derive(Debug, Default)]
-pub struct FaultInjector {
-    rules: Mutex<Vec<(PathBuf, bool, bool)>>,
-    /// Device writes still allowed before every write fails (a power cut
-    /// at a chosen point); `None`: no limit.
-    write_budget: Mutex<Option<u64>>,
-}
-
-impl FaultInjector {
-    pub fn new() -> Arc<FaultInjector> {
-        Arc::new(FaultInjector::default())
-    }
-    /// From now on every write to `path` fails with EIO.
-    pub fn fail_writes(&self, path: &Path) {
-        self.rules.lock().push((path.to_path_buf(), true, false));
-    }
-    /// From now on every read from `path` fails with EIO.
-    pub fn fail_reads(&self, path: &Path) {
-        self.rules.lock().push((path.to_path_buf(), false, true));
-    }
-    /// From now on `n` more device writes (one per member written) succeed,
-    /// then every write to every device fails: the power fails at a chosen
-    /// point of a multi-write operation.
-    pub fn fail_writes_after(&self, n: u64) {
-        *self.write_budget.lock() = Some(n);
-    }
-    pub fn clear(&self) {
-        self.rules.lock().clear();
-        *self.write_budget.lock() = None;
-    }
-    /// Whether an op of this kind on `path` must fail. A write asked about
-    /// is about to be issued: it uses up one of `fail_writes_after`'s.
-    pub fn should_fail(&self, path: &Path, write: bool) -> bool {
-        if write {
-            if let Some(left) = self.write_budget.lock().as_mut() {
-                if *left == 0 {
-                    return true;
-                }
-                *left -= 1;
-            }
-        }
-        self.rules.lock().iter().any(|(p, w, r)| p == path && ((write && *w) || (!write && *r)))
     }
 }
 

@@ -44,6 +44,7 @@ mod recovery;
 pub mod replication;
 pub mod ship;
 mod sockread;
+pub mod storage;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -56,8 +57,9 @@ pub use config::Config;
 pub use driver::Driver;
 pub use error::{Error, Result};
 pub use format::Tag;
-pub use io::{FaultInjector, SyncMode};
+pub use io::SyncMode;
 pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn, Rec, RecoveryStats, Ticket};
+pub use storage::FaultInjector;
 
 use format::{JournalEntry, MAX_JOURNALS, MAX_JOURNAL_NAME};
 use mirror::{hex_id, MirrorSet, SetOptions};
@@ -113,7 +115,7 @@ fn set_options(cfg: &Config) -> SetOptions {
         segment_size: cfg.segment_size,
         sync: cfg.sync,
         inflight_window: cfg.inflight_window(cfg.block_size),
-        fault: cfg.fault.clone(),
+        storage: cfg.storage.clone().unwrap_or_else(storage::default_storage),
         set_uuid: cfg.set_uuid,
     }
 }
@@ -144,7 +146,7 @@ impl MirrorLog {
     pub fn open_or_create(cfg: &Config) -> Result<MirrorLog> {
         let mut any = false;
         for d in &cfg.devices {
-            if MirrorSet::is_formatted(d, cfg.sync)? {
+            if MirrorSet::is_formatted(&set_options(cfg).storage, d, cfg.sync)? {
                 any = true;
             }
         }
@@ -363,6 +365,11 @@ impl MirrorLog {
     /// The set's identity, the same on a primary and its replicas.
     pub fn set_uuid(&self) -> [u8; 16] {
         self.shared.set.set_uuid
+    }
+
+    /// The device layer the set reads and writes through.
+    pub fn storage(&self) -> &Arc<dyn storage::Storage> {
+        self.shared.set.storage()
     }
 
     /// (block size, segment size, slot count, batch buffer bytes).

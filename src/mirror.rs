@@ -11,7 +11,6 @@
 //!   brings it back; it is never read from or written to.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,13 +20,15 @@ use rand::RngCore;
 
 use crate::error::{Error, Result};
 use crate::format::{Health, MemberInfo, Superblock, DATA_START, MAX_MEMBERS, SUPERBLOCK_REGION};
-use crate::io::{check_full, open_device, submit_wait, with_ring, AlignedBuf, Device, FaultInjector, IoOp, SyncMode};
+use crate::io::{check_full, AlignedBuf, SyncMode};
+use crate::storage::{DevId, Op, Opened, Storage};
 
 /// One member of the set.
 #[derive(Debug)]
 pub struct Member {
     pub path: PathBuf,
-    dev: Option<Device>,
+    /// The device, as the set's storage opened it (`None`: missing).
+    dev: Option<Opened>,
     pub uuid: [u8; 16],
     pub slot: u16,
     healthy: AtomicBool,
@@ -40,8 +41,8 @@ impl Member {
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
-    fn fd(&self) -> Option<i32> {
-        self.dev.as_ref().map(|d| d.file.as_raw_fd())
+    fn dev(&self) -> Option<DevId> {
+        self.dev.as_ref().map(|d| d.id)
     }
 }
 
@@ -53,7 +54,8 @@ pub struct SetOptions {
     pub segment_size: u64,
     pub sync: SyncMode,
     pub inflight_window: u64,
-    pub fault: Option<Arc<FaultInjector>>,
+    /// The device layer (real devices, faults over them, or simulated).
+    pub storage: Arc<dyn Storage>,
     /// Format with this set UUID (a replica takes its primary's) instead of a random one.
     pub set_uuid: Option<[u8; 16]>,
 }
@@ -84,10 +86,10 @@ impl Failed {
 /// Where one write goes (see `MirrorSet::write_targets`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Targets {
-    /// `(member index, fd)` of each member to write.
-    pub go: [(usize, i32); MAX_MEMBERS],
+    /// `(member index, device)` of each member to write.
+    pub go: [(usize, DevId); MAX_MEMBERS],
     pub n_go: usize,
-    /// Healthy members that count as having failed already (fault injection).
+    /// Healthy members that count as having failed already (no device).
     pub failed: Failed,
 }
 
@@ -106,7 +108,7 @@ pub struct MirrorSet {
     pub slot_count: u64,
     pub set_uuid: [u8; 16],
     sync: SyncMode,
-    fault: Option<Arc<FaultInjector>>,
+    storage: Arc<dyn Storage>,
     /// The current superblock (its `member_uuid` is filled in per member on write).
     sb: Mutex<Superblock>,
     /// Bad copies repaired from a good mirror.
@@ -124,7 +126,22 @@ pub fn hex_id(id: &[u8; 16]) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn open_all(opts: &SetOptions) -> Result<Vec<Device>> {
+/// Devices opened and not yet owned by a set: closed on drop (an open that
+/// fails part-way must not leave the others locked).
+struct Opening {
+    storage: Arc<dyn Storage>,
+    devs: Vec<Opened>,
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        for d in self.devs.drain(..) {
+            self.storage.close(d.id);
+        }
+    }
+}
+
+fn open_all(opts: &SetOptions) -> Result<Opening> {
     if opts.devices.is_empty() {
         return Err(Error::Config("no devices configured".into()));
     }
@@ -135,9 +152,10 @@ fn open_all(opts: &SetOptions) -> Result<Vec<Device>> {
             crate::format::MAX_MEMBERS
         )));
     }
-    let mut devs = Vec::new();
+    let mut devs = Opening { storage: opts.storage.clone(), devs: Vec::new() };
     for p in &opts.devices {
-        let d = open_device(p, opts.sync).map_err(|e| Error::Device(p.clone(), e))?;
+        let d = opts.storage.open(p, opts.sync).map_err(|e| Error::Device(p.clone(), e))?;
+        devs.devs.push(d.clone());
         if opts.block_size % d.logical_block != 0 {
             return Err(Error::Config(format!(
                 "{}: logical block size {} does not divide the block size {}",
@@ -146,7 +164,6 @@ fn open_all(opts: &SetOptions) -> Result<Vec<Device>> {
                 opts.block_size
             )));
         }
-        devs.push(d);
     }
     Ok(devs)
 }
@@ -154,8 +171,8 @@ fn open_all(opts: &SetOptions) -> Result<Vec<Device>> {
 impl MirrorSet {
     /// Formats the devices as a new, empty mirror set. Destroys their contents.
     pub fn format(opts: &SetOptions) -> Result<MirrorSet> {
-        let devs = open_all(opts)?;
-        if devs.len() == 1 {
+        let mut devs = open_all(opts)?;
+        if devs.devs.len() == 1 {
             tracing::warn!("mirror set has a single device: nothing is mirrored");
         }
         let bs = opts.block_size as u64;
@@ -168,10 +185,12 @@ impl MirrorSet {
                 opts.segment_size, bs
             )));
         }
-        let size = devs.iter().map(|d| d.size).min().unwrap_or(0);
+        let size = devs.devs.iter().map(|d| d.size).min().unwrap_or(0);
         let set_uuid = opts.set_uuid.unwrap_or_else(random16);
         let members: Vec<Member> = devs
-            .into_iter()
+            .devs
+            .iter()
+            .cloned()
             .enumerate()
             .map(|(i, d)| Member {
                 path: d.path.clone(),
@@ -206,6 +225,7 @@ impl MirrorSet {
                 opts.segment_size
             )));
         }
+        devs.devs.clear(); // owned by the members (and the set's drop) now
         let set = MirrorSet {
             members,
             block_size: opts.block_size,
@@ -213,7 +233,7 @@ impl MirrorSet {
             slot_count: sb.slot_count(),
             set_uuid,
             sync: opts.sync,
-            fault: opts.fault.clone(),
+            storage: opts.storage.clone(),
             sb: Mutex::new(sb),
             repairs: AtomicU64::new(0),
         };
@@ -234,12 +254,14 @@ impl MirrorSet {
     /// Opens an existing set: checks that the devices belong together, picks
     /// the newest valid superblock, and rewrites it on every healthy member.
     pub fn open(opts: &SetOptions) -> Result<MirrorSet> {
-        let devs = open_all(opts)?;
-        let mut found: Vec<(Device, Superblock)> = Vec::new();
-        for d in devs {
-            let sb = read_best_superblock(&d)?;
-            found.push((d, sb));
+        let mut opening = open_all(opts)?;
+        let mut found: Vec<(Opened, Superblock)> = Vec::new();
+        for d in &opening.devs {
+            let sb = read_best_superblock(&*opts.storage, d)?;
+            found.push((d.clone(), sb));
         }
+        // From here the members own the devices (MirrorSet's drop closes
+        // them); a refusal below closes them through `opening`.
         let set_uuid = found[0].1.set_uuid;
         for (d, sb) in &found {
             if sb.set_uuid != set_uuid {
@@ -258,7 +280,7 @@ impl MirrorSet {
             .max_by_key(|sb| sb.generation)
             .ok_or_else(|| Error::Config("no devices".into()))?;
         let mut members = Vec::new();
-        let mut devs: Vec<Option<Device>> = Vec::new();
+        let mut devs: Vec<Option<Opened>> = Vec::new();
         let mut sbs = Vec::new();
         for (d, sb) in found {
             devs.push(Some(d));
@@ -321,6 +343,7 @@ impl MirrorSet {
             tracing::warn!("mirror set has a single device: nothing is mirrored");
         }
         sb.inflight_window = sb.inflight_window.max(opts.inflight_window);
+        opening.devs.clear(); // owned by the members now
         let set = MirrorSet {
             block_size: sb.block_size,
             segment_size: sb.segment_size,
@@ -328,7 +351,7 @@ impl MirrorSet {
             set_uuid,
             members,
             sync: opts.sync,
-            fault: opts.fault.clone(),
+            storage: opts.storage.clone(),
             sb: Mutex::new(sb),
             repairs: AtomicU64::new(0),
         };
@@ -339,9 +362,16 @@ impl MirrorSet {
     }
 
     /// Whether `path` holds a valid mirrorlog superblock.
-    pub fn is_formatted(path: &Path, sync: SyncMode) -> Result<bool> {
-        let d = open_device(path, sync).map_err(|e| Error::Device(path.to_path_buf(), e))?;
-        Ok(read_best_superblock(&d).is_ok())
+    pub fn is_formatted(storage: &Arc<dyn Storage>, path: &Path, sync: SyncMode) -> Result<bool> {
+        let d = storage.open(path, sync).map_err(|e| Error::Device(path.to_path_buf(), e))?;
+        let ok = read_best_superblock(&**storage, &d).is_ok();
+        storage.close(d.id);
+        Ok(ok)
+    }
+
+    /// The device layer this set reads and writes through.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     pub fn members(&self) -> &[Member] {
@@ -359,10 +389,6 @@ impl MirrorSet {
 
     fn dsync(&self) -> bool {
         self.sync == SyncMode::RwfDsync
-    }
-
-    fn faulted(&self, m: &Member, write: bool) -> bool {
-        self.fault.as_ref().is_some_and(|f| f.should_fail(&m.path, write))
     }
 
     /// Applies `f` to the superblock and writes the next generation durably to
@@ -420,23 +446,17 @@ impl MirrorSet {
         }
     }
 
-    /// The fd to write member `m` through, unless it has no device or a
-    /// test made its writes fail.
-    fn write_fd(&self, m: &Member) -> Option<i32> {
-        m.fd().filter(|_| !self.faulted(m, true))
-    }
-
     /// Writes each `(member index, bytes)` at `off` in one submission and
     /// returns the members whose write failed.
     fn write_members(&self, off: u64, ops: &[(usize, &[u8])]) -> Result<Failed> {
         let mut failed = Failed::default();
-        let mut io_ops = [IoOp::write(-1, 0, &[], false); MAX_MEMBERS];
+        let mut io_ops = [Op::write(DevId(0), 0, &[], false); MAX_MEMBERS];
         let mut which = [0usize; MAX_MEMBERS];
         let mut n = 0;
         for &(i, bytes) in ops.iter().take(MAX_MEMBERS) {
-            match self.write_fd(&self.members[i]) {
-                Some(fd) => {
-                    io_ops[n] = IoOp::write(fd, off, bytes, self.dsync());
+            match self.members[i].dev() {
+                Some(dev) => {
+                    io_ops[n] = Op::write(dev, off, bytes, self.dsync());
                     which[n] = i;
                     n += 1;
                 }
@@ -445,7 +465,7 @@ impl MirrorSet {
         }
         let mut res = [0i32; MAX_MEMBERS];
         let t0 = std::time::Instant::now();
-        with_ring(|ring| submit_wait(ring, &io_ops[..n], &mut res[..n])).map_err(Error::Io)?;
+        self.storage.run(&io_ops[..n], &mut res[..n]).map_err(Error::Io)?;
         let ns = t0.elapsed().as_nanos() as u64;
         for k in 0..n {
             if !self.write_done(which[k], off, res[k], io_ops[k].len as usize, ns) {
@@ -458,11 +478,11 @@ impl MirrorSet {
     /// The members a write should go to now: every healthy member, split
     /// into those to write (`go`) and those that count as failed at once.
     pub(crate) fn write_targets(&self) -> Targets {
-        let mut t = Targets { go: [(0, -1); MAX_MEMBERS], n_go: 0, failed: Failed::default() };
+        let mut t = Targets { go: [(0, DevId(0)); MAX_MEMBERS], n_go: 0, failed: Failed::default() };
         for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.is_healthy()) {
-            match self.write_fd(m) {
-                Some(fd) => {
-                    t.go[t.n_go] = (i, fd);
+            match m.dev() {
+                Some(dev) => {
+                    t.go[t.n_go] = (i, dev);
                     t.n_go += 1;
                 }
                 None => t.failed.push(i),
@@ -549,11 +569,8 @@ impl MirrorSet {
         if !m.is_healthy() {
             return Err(io::Error::other("member is failed"));
         }
-        if self.faulted(m, false) {
-            return Err(io::Error::from_raw_os_error(libc::EIO));
-        }
-        let fd = m.fd().ok_or_else(|| io::Error::other("member has no device"))?;
-        crate::io::pread_exact(fd, off, buf)
+        let dev = m.dev().ok_or_else(|| io::Error::other("member has no device"))?;
+        crate::storage::read_exact(&*self.storage, dev, off, buf)
     }
 
     /// Reads one block at each of `offsets` from member `i` into consecutive
@@ -562,30 +579,25 @@ impl MirrorSet {
     pub(crate) fn read_blocks(&self, i: usize, offsets: &[u64], buf: &mut AlignedBuf) -> io::Result<Vec<bool>> {
         let bs = self.block_size as usize;
         let m = &self.members[i];
-        if !m.is_healthy() || self.faulted(m, false) {
+        if !m.is_healthy() {
             return Ok(vec![false; offsets.len()]);
         }
-        let fd = m.fd().ok_or_else(|| io::Error::other("member has no device"))?;
+        let dev = m.dev().ok_or_else(|| io::Error::other("member has no device"))?;
         let mut ok = Vec::with_capacity(offsets.len());
         let mut res = [0i32; 32];
         for (g, group) in offsets.chunks(32).enumerate() {
             let base = g * 32 * bs;
             let slice = &mut buf.as_mut_slice()[base..base + group.len() * bs];
-            let ops: Vec<IoOp> = slice.chunks_mut(bs).zip(group).map(|(b, &off)| IoOp::read(fd, off, b)).collect();
-            with_ring(|ring| submit_wait(ring, &ops, &mut res[..ops.len()]))?;
+            let ops: Vec<Op> = slice.chunks_mut(bs).zip(group).map(|(b, &off)| Op::read(dev, off, b)).collect();
+            self.storage.run(&ops, &mut res[..ops.len()])?;
             ok.extend(res[..ops.len()].iter().map(|&r| check_full(r, bs).is_ok()));
         }
         Ok(ok)
     }
 
-    /// The file descriptor of member `i`, if it has a device.
-    pub(crate) fn member_fd(&self, i: usize) -> Option<i32> {
-        self.members.get(i).and_then(|m| m.fd())
-    }
-
-    /// Whether reads of member `i` are set to fail (fault injection).
-    pub(crate) fn read_faulted(&self, i: usize) -> bool {
-        self.members.get(i).is_some_and(|m| self.faulted(m, false))
+    /// The device of member `i`, if it has one.
+    pub(crate) fn member_dev(&self, i: usize) -> Option<DevId> {
+        self.members.get(i).and_then(|m| m.dev())
     }
 
     /// Indexes of the healthy members, in slot order.
@@ -602,14 +614,24 @@ impl MirrorSet {
     }
 }
 
+impl Drop for MirrorSet {
+    fn drop(&mut self) {
+        for m in &self.members {
+            if let Some(d) = m.dev() {
+                self.storage.close(d);
+            }
+        }
+    }
+}
+
 /// Reads both superblock copies of a device and returns the valid one with
 /// the highest generation.
-fn read_best_superblock(d: &Device) -> Result<Superblock> {
+fn read_best_superblock(storage: &dyn Storage, d: &Opened) -> Result<Superblock> {
     let mut best: Option<Superblock> = None;
     let mut buf = AlignedBuf::new(SUPERBLOCK_REGION as usize, 4096);
     let mut errs = Vec::new();
     for copy in 0..2u64 {
-        let r = crate::io::pread_exact(d.file.as_raw_fd(), copy * SUPERBLOCK_REGION, buf.as_mut_slice());
+        let r = crate::storage::read_exact(storage, d.id, copy * SUPERBLOCK_REGION, buf.as_mut_slice());
         match r {
             Ok(()) => match Superblock::decode(buf.as_slice()) {
                 Ok(sb) => {

@@ -360,22 +360,21 @@ impl SegmentScan<'_> {
         start: ChainPos,
         visit: &mut impl FnMut(&Rec<'_>) -> bool,
     ) -> Result<ChainPos> {
-        use io_uring::{opcode, types, IoUring};
+        use crate::storage::Op;
         let set = self.set;
         let m = set.members().get(member).ok_or_else(|| Error::Corrupt("no such member".into()))?;
         if !m.is_healthy() {
             return Ok(start);
         }
-        let Some(fd) = set.member_fd(member) else { return Ok(start) };
-        if set.read_faulted(member) {
-            return Ok(start);
-        }
+        let Some(dev) = set.member_dev(member) else { return Ok(start) };
         let bs = set.block_size as usize;
         let chunk = self.chunk.max(bs) & !(bs - 1);
         let base = slot_offset(self.slot, set.segment_size);
         let bound = self.bound as usize;
-        let mut ring = IoUring::new(2 * READ_AHEAD as u32).map_err(Error::Io)?;
         let mut bufs: Vec<AlignedBuf> = (0..READ_AHEAD).map(|_| AlignedBuf::new(chunk, bs)).collect();
+        // Declared after the buffers: dropped first, and a queue's drop waits
+        // for its reads, so no read can land in a freed buffer.
+        let mut ring = set.storage().queue(2 * READ_AHEAD as u32).map_err(Error::Io)?;
         // (segment offset, length, buffer index); results by buffer index
         let mut queue: VecDeque<(usize, usize, usize)> = VecDeque::new();
         let mut results: Vec<Option<i32>> = vec![None; READ_AHEAD];
@@ -393,12 +392,9 @@ impl SegmentScan<'_> {
                 }
                 free.pop();
                 let len = chunk.min(bound - next);
-                let e = opcode::Read::new(types::Fd(fd), bufs[b].as_mut_slice().as_mut_ptr(), len as u32)
-                    .offset(base + next as u64)
-                    .build()
-                    .user_data(b as u64);
-                // SAFETY: the buffer stays alive and untouched until its CQE is reaped below.
-                if unsafe { ring.submission().push(&e) }.is_err() {
+                let op = Op::read(dev, base + next as u64, &mut bufs[b].as_mut_slice()[..len]);
+                // SAFETY: the buffer stays alive and untouched until its completion is taken below.
+                if !unsafe { ring.push(&op, b as u64) } {
                     free.push(b);
                     break;
                 }
@@ -407,16 +403,16 @@ impl SegmentScan<'_> {
                 next += len;
             }
             let Some(&(off, len, b)) = queue.front() else { break };
+            let mut done = [(0u64, 0i32); READ_AHEAD];
             while results[b].is_none() {
-                if let Err(e) = ring.submit_and_wait(1) {
-                    if e.raw_os_error() != Some(libc::EINTR) {
-                        outcome = Err(Error::Io(e));
-                        break;
-                    }
+                if let Err(e) = ring.submit(1) {
+                    outcome = Err(Error::Io(e));
+                    break;
                 }
-                for cqe in ring.completion() {
-                    if let Some(r) = results.get_mut(cqe.user_data() as usize) {
-                        *r = Some(cqe.result());
+                let n = ring.complete(&mut done);
+                for &(ud, res) in &done[..n] {
+                    if let Some(r) = results.get_mut(ud as usize) {
+                        *r = Some(res);
                     }
                 }
             }
@@ -472,17 +468,9 @@ impl SegmentScan<'_> {
                 break;
             }
         }
-        // Reap every read still in flight before the buffers go away.
-        while queue.iter().any(|&(_, _, b)| results[b].is_none()) {
-            if ring.submit_and_wait(1).is_err() {
-                std::process::abort();
-            }
-            for cqe in ring.completion() {
-                if let Some(r) = results.get_mut(cqe.user_data() as usize) {
-                    *r = Some(cqe.result());
-                }
-            }
-        }
+        // (Reads still in flight are reaped by the queue's drop, before the
+        // buffers go.)
+        drop(ring);
         outcome.map(|()| pos)
     }
 }

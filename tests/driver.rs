@@ -92,10 +92,10 @@ fn driver_degrades_on_a_failed_mirror_and_fails_with_none_left() {
     let devs = devices(dir.path(), 2, 16 << 20);
     let mut cfg = small_config(&devs);
     let fault = FaultInjector::new();
-    cfg.fault = Some(fault.clone());
+    cfg.storage = Some(fault.clone());
     let log = MirrorLog::create(&cfg).unwrap();
     let j = log.create_journal("d").unwrap();
-    let mut driver = Driver::new().unwrap();
+    let mut driver = Driver::for_log(&log).unwrap();
     let run = |driver: &mut Driver, n: u64| -> Vec<Result<bool, Error>> {
         let ts: Vec<Ticket> = (0..n).map(|i| j.submit(&payload(i, 300)).unwrap()).collect();
         loop {

@@ -120,7 +120,7 @@ fn a_crash_during_a_cut_back_leaves_no_gap() {
     let dir = tempfile::tempdir().unwrap();
     let (_devs, mut c) = set(dir.path(), 2);
     let fault = FaultInjector::new();
-    c.fault = Some(fault.clone());
+    c.storage = Some(fault.clone());
     let (sizes, slots) = {
         let log = MirrorLog::create(&c).unwrap();
         let j = log.create_journal("j").unwrap();

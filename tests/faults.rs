@@ -225,7 +225,7 @@ fn failed_mirror_writes_continue_on_the_survivor_and_stay_failed() {
     let devs = devices(dir.path(), 2, 16 << 20);
     let mut cfg = small_config(&devs);
     let fault = FaultInjector::new();
-    cfg.fault = Some(fault.clone());
+    cfg.storage = Some(fault.clone());
     let log = MirrorLog::create(&cfg).unwrap();
     let j = log.create_journal("j").unwrap();
     for i in 1..=10 {
@@ -243,7 +243,7 @@ fn failed_mirror_writes_continue_on_the_survivor_and_stay_failed() {
     drop(log);
     let before = data_region(&devs[1]);
     // reopen without the fault: the member stays out
-    cfg.fault = None;
+    cfg.storage = None;
     let log = MirrorLog::open(&cfg).unwrap();
     let st = log.status();
     assert!(!st.mirrors[1].healthy, "failed state must survive reopen");
@@ -264,7 +264,7 @@ fn no_healthy_mirror_fails_appends_clearly() {
     let devs = devices(dir.path(), 2, 16 << 20);
     let mut cfg = small_config(&devs);
     let fault = FaultInjector::new();
-    cfg.fault = Some(fault.clone());
+    cfg.storage = Some(fault.clone());
     let log = MirrorLog::create(&cfg).unwrap();
     let j = log.create_journal("j").unwrap();
     j.append(b"one").unwrap();
@@ -283,7 +283,7 @@ fn read_errors_fall_back_to_the_other_mirror() {
     let mut cfg = small_config(&devs);
     fill(&cfg, 20);
     let fault = FaultInjector::new();
-    cfg.fault = Some(fault.clone());
+    cfg.storage = Some(fault.clone());
     let log = MirrorLog::open(&cfg).unwrap();
     let j = log.journal("j").unwrap();
     fault.fail_reads(&devs[0]);

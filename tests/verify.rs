@@ -259,7 +259,7 @@ fn failed_member_is_noted_not_a_problem() {
     let devs = devices(dir.path(), 2, 16 << 20);
     let mut cfg = small_config(&devs);
     let fault = FaultInjector::new();
-    cfg.fault = Some(fault.clone());
+    cfg.storage = Some(fault.clone());
     let mut want = Expected::new();
     {
         let log = MirrorLog::create(&cfg).expect("create");

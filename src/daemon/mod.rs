@@ -52,7 +52,8 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
     };
     let mut formatted = false;
     for d in &ecfg.devices {
-        formatted |= crate::mirror::MirrorSet::is_formatted(d, ecfg.sync).map_err(|e| e.to_string())?;
+        formatted |= crate::mirror::MirrorSet::is_formatted(&crate::storage::default_storage(), d, ecfg.sync)
+            .map_err(|e| e.to_string())?;
     }
     if role == Role::Replica && !formatted {
         let l = repl_listener.as_ref().ok_or("a replica needs replication.listen")?;

@@ -347,13 +347,14 @@ impl_stream_epoll!(tokio::net::UnixStream);
 
 impl Srv {
     pub(crate) fn new(log: Arc<MirrorLog>, cfg: DaemonConfig, repl: Arc<ReplShared>) -> crate::Result<Rc<Srv>> {
+        let driver = Driver::for_log(&log)?;
         let srv = Rc::new(Srv {
             log,
             repl,
             cfg,
             journals: RefCell::new(HashMap::new()),
             jlist: RefCell::new(Vec::new()),
-            driver: RefCell::new(Driver::new()?),
+            driver: RefCell::new(driver),
             kick: Notify::new(),
             activity: Cell::new(0),
             draining: Cell::new(false),

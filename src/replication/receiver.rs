@@ -191,7 +191,7 @@ impl Receiver {
         let mut st = Apply {
             log: &self.log,
             shared: &self.shared,
-            driver: Driver::new().map_err(|e| e.to_string())?,
+            driver: Driver::for_log(&self.log).map_err(|e| e.to_string())?,
             sent: HashMap::new(),
             received: HashMap::new(),
             primary_epoch: h.epoch,

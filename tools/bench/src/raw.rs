@@ -32,7 +32,9 @@ pub fn refuse_mirror_sets(c: &Common, force: bool) -> Result<(), String> {
         return Ok(());
     }
     for d in c.devices.iter().filter(|d| d.exists()) {
-        if mirrorlog::mirror::MirrorSet::is_formatted(d, c.sync).map_err(|e| e.to_string())? {
+        if mirrorlog::mirror::MirrorSet::is_formatted(&mirrorlog::storage::default_storage(), d, c.sync)
+            .map_err(|e| e.to_string())?
+        {
             return Err(format!(
                 "{} holds a mirrorlog mirror set; raw writes would destroy it (pass --force to overwrite)",
                 d.display()
