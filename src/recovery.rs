@@ -115,6 +115,13 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
     // kept: acknowledged history on either side of the hole is never freed
     // because of it. (A cut-back drops segments newest first, so a crash in
     // one never makes a hole; see `JournalInner::drop_segments`.)
+    if cfg!(feature = "mutate-cut-oldest-first") {
+        // The defect of issue 16, item 3 (with the cut-back's order), for
+        // the simulator to find: keep only the newest unbroken run.
+        if let Some(gap) = (1..mine.len()).rev().find(|&i| mine[i].header.seq != mine[i - 1].header.seq + 1) {
+            mine.drain(..gap);
+        }
+    }
     let mut missing_segments = 0;
     for w in mine.windows(2) {
         let (a, b) = (&w[0].header, &w[1].header);
@@ -173,7 +180,12 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         slot: tail.slot,
         bound: set.segment_size,
         end_lsn: u64::MAX,
-        max_record: crate::format::max_record_body(set.segment_size, set.block_size),
+        max_record: if cfg!(feature = "mutate-record-bound") {
+            // The defect of issue 16, item 1, for the simulator to find.
+            shared.cfg.max_record_size + crate::format::TAG_LEN as u32
+        } else {
+            crate::format::max_record_body(set.segment_size, set.block_size)
+        },
         chunk: 1 << 20,
         prefer: set.healthy_indexes().next().unwrap_or(0),
         gate: None,
@@ -215,6 +227,24 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
             &z.as_slice()[..(zero_to - end.off) as usize],
         )?;
     }
+    // Invariant: the mark is at most the chain's end (the next append's
+    // LSN is where the chain continues). A mark above it (left by a cut-back
+    // that a crash interrupted, before the cut lowered the mark first) comes
+    // down to the end: the records between were cut.
+    let mut mark = entry.mark;
+    if mark > end.lsn && !cfg!(feature = "mutate-mark-above-end") {
+        tracing::error!(journal = %entry.name, mark, end = end.lsn,
+            "the mark was above the end of the chain (an interrupted cut-back): lowered to the end");
+        mark = end.lsn;
+        let id = entry.id;
+        set.update_superblock(|sb| {
+            if let Some(j) = sb.journals.iter_mut().find(|j| j.id == id) {
+                j.mark = mark;
+            }
+            Ok(())
+        })?;
+    }
+    debug_assert!(mark <= end.lsn || cfg!(feature = "mutate-mark-above-end"));
     Ok(Recovered {
         stats: crate::pipeline::RecoveryStats {
             tail_records: end.lsn - start.lsn,
@@ -224,12 +254,12 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
             dropped_records: scanned.pos.lsn.saturating_sub(end.lsn),
             missing_segments,
         },
-        next_lsn: end.lsn.max(entry.mark).max(1),
+        next_lsn: if cfg!(feature = "mutate-mark-above-end") { end.lsn.max(mark) } else { end.lsn }.max(1),
         last_crc: end.prev_crc,
         tail_off: end.off,
         next_seg_seq,
         segs,
-        mark: entry.mark,
+        mark,
         epoch: sb.epoch,
     })
 }

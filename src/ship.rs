@@ -479,7 +479,7 @@ impl JournalInner {
         let bs = set.block_size as u64;
         let _g = self.mark_lock.lock();
         let mut _cutting = None;
-        let (segs, keep_seg, tail_end) = {
+        let (segs, keep_seg, tail_end, mark) = {
             let st = self.st.lock();
             self.check_writable(&st)?;
             if st.busy() {
@@ -495,7 +495,7 @@ impl JournalInner {
             let i = st.segs.partition_point(|s| s.first_lsn <= keep);
             let segs: Vec<(u64, u64, u64, u32, u64)> =
                 st.segs.iter().map(|s| (s.slot, s.seq, s.first_lsn, s.header_crc, s.end_off)).collect();
-            (segs, i, st.tail_off)
+            (segs, i, st.tail_off, st.mark)
         };
         // The last batch end at or below `keep` in segment keep_seg - 1.
         let mut cut: Option<(usize, IndexEntry)> = None;
@@ -528,6 +528,14 @@ impl JournalInner {
             let next = segs.first().map(|s| s.2).unwrap_or(1);
             return self.reset(next);
         };
+        // A mark above the cut comes down first: a crash part-way must never
+        // leave the mark above the chain's end (the next append would get
+        // the mark's LSN where the chain expects its end's; found by the
+        // simulator). A lower mark frees nothing.
+        let lower_mark_late = cfg!(feature = "mutate-mark-above-end");
+        if mark > at.lsn && !lower_mark_late {
+            self.persist_mark(at.lsn)?;
+        }
         // Drop later segments: zero their headers (durably) first, so no
         // later open finds them, then their bodies (the same header may be
         // shipped into the same slot again, and records left behind it would
@@ -551,9 +559,10 @@ impl JournalInner {
         st.next_assign = at.lsn;
         st.last_crc = at.prev_crc;
         st.tail_off = at.off;
-        let lower_mark = st.mark > at.lsn;
         drop(st);
-        if lower_mark {
+        if lower_mark_late && mark > at.lsn {
+            // The defect the simulator found (the mark lowered last), for it
+            // to find again.
             self.persist_mark(at.lsn)?;
         }
         tracing::warn!(journal = %self.name, next_lsn = at.lsn, "cut the journal back to its primary's history");
@@ -601,7 +610,9 @@ impl JournalInner {
     /// the sequence would be a lost segment to recovery; see `recovery.rs`).
     fn drop_segments(&self, segs: &[(u64, u64)]) -> Result<()> {
         let bs = self.shared.set.block_size as u64;
-        for &(slot, _) in segs.iter().rev() {
+        let newest_first: Vec<&(u64, u64)> =
+            if cfg!(feature = "mutate-cut-oldest-first") { segs.iter().collect() } else { segs.iter().rev().collect() };
+        for &&(slot, _) in &newest_first {
             self.zero(slot, 0, bs)?;
         }
         for &(slot, end) in segs {

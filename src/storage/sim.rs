@@ -61,6 +61,9 @@ struct SimState {
     crashed: bool,
     /// Ops in flight in queues: (queue, user data, op).
     in_flight: Vec<(u64, u64, Op)>,
+    /// Results decided without applying (the power failed): (queue, user
+    /// data, -errno), taken by the queue's next `complete`.
+    failed: Vec<(u64, u64, i32)>,
     next_queue: u64,
     logical_block: u32,
     writes: u64,
@@ -138,13 +141,15 @@ impl SimState {
 
     fn crash(&mut self) {
         let ops = std::mem::take(&mut self.in_flight);
-        for (_, _, op) in ops {
+        for (q, ud, op) in ops {
             if op.write {
                 let sectors = op.len as usize / SECTOR;
                 let keep = (self.next() % (sectors as u64 + 2)) as usize;
                 // sectors + 1 means "whole"; 0 "none"; in between, torn.
                 self.apply(&op, Some(keep.min(sectors)));
             }
+            // Its owner (about to be thrown away) still gets an answer.
+            self.failed.push((q, ud, -libc::EIO));
         }
         self.crashed = true;
         self.budget = None;
@@ -170,6 +175,7 @@ impl SimStorage {
                 budget: None,
                 crashed: false,
                 in_flight: Vec::new(),
+                failed: Vec::new(),
                 next_queue: 1,
                 logical_block: cfg.logical_block,
                 writes: 0,
@@ -201,7 +207,9 @@ impl SimStorage {
     pub fn reopen(&self) {
         let mut s = self.state.lock();
         s.crashed = false;
+        // (Queues of the engine that crashed are gone by now.)
         s.in_flight.clear();
+        s.failed.clear();
         for d in s.devices.values_mut() {
             d.open = None;
         }
@@ -326,6 +334,12 @@ impl Queue for SimQueue {
         let mut s = self.state.lock();
         let mut n = 0;
         while n < out.len() {
+            let Some(i) = s.failed.iter().position(|(q, _, _)| *q == self.id) else { break };
+            let (_, ud, r) = s.failed.remove(i);
+            out[n] = (ud, r);
+            n += 1;
+        }
+        while n < out.len() {
             let Some(i) = s.in_flight.iter().position(|(q, _, _)| *q == self.id) else { break };
             let (_, ud, op) = s.in_flight.remove(i);
             let r = s.run_one(&op);
@@ -343,7 +357,12 @@ impl Queue for SimQueue {
 impl Drop for SimQueue {
     fn drop(&mut self) {
         // Ops still pushed or in flight complete (or are lost in a crash).
-        let n = self.pushed.len() + self.state.lock().in_flight.iter().filter(|(q, _, _)| *q == self.id).count();
+        let n = {
+            let s = self.state.lock();
+            self.pushed.len()
+                + s.in_flight.iter().filter(|(q, _, _)| *q == self.id).count()
+                + s.failed.iter().filter(|(q, _, _)| *q == self.id).count()
+        };
         if n > 0 {
             let _ = self.submit(0);
             let mut out = vec![(0, 0); n];
