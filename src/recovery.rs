@@ -265,7 +265,11 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
 }
 
 /// Makes every healthy member hold, in `[from.off, end.off)` of `slot`, bytes
-/// whose chain runs from `from` to `end`.
+/// whose chain runs from `from` to `end`. The chain the scan chose may be
+/// held in pieces (writes in flight at a crash complete on different
+/// members): then it is assembled from the members' bytes, each stretch
+/// taken from a member whose records verify there (CRC, LSN, `prev_crc`),
+/// and written to every member that holds other bytes.
 fn sync_window(shared: &Shared, slot: u64, from: IndexEntry, end: IndexEntry) -> Result<()> {
     let set = &shared.set;
     if end.off <= from.off {
@@ -274,29 +278,78 @@ fn sync_window(shared: &Shared, slot: u64, from: IndexEntry, end: IndexEntry) ->
     let bs = set.block_size as usize;
     let len = (end.off - from.off) as usize;
     let off = slot_offset(slot, set.segment_size) + from.off;
-    let mut good: Option<AlignedBuf> = None;
-    let mut bad = Vec::new();
+    let start = ChainPos { off: 0, lsn: from.lsn, prev_crc: from.prev_crc };
+    let mut copies: Vec<(usize, AlignedBuf)> = Vec::new();
     for m in set.healthy_indexes().collect::<Vec<_>>() {
         let mut b = AlignedBuf::new(len, bs);
-        let ok = set.read_member(m, off, &mut b.as_mut_slice()[..len]).is_ok() && {
-            let mut pos = ChainPos { off: 0, lsn: from.lsn, prev_crc: from.prev_crc };
-            crate::format::scan_chain(&b.as_slice()[..len], &mut pos, bs, u32::MAX, |_| true);
-            pos.lsn == end.lsn && pos.prev_crc == end.prev_crc && pos.off == len
-        };
-        if ok {
-            if good.is_none() {
-                good = Some(b);
-            }
-        } else {
-            bad.push(m);
+        if set.read_member(m, off, &mut b.as_mut_slice()[..len]).is_ok() {
+            copies.push((m, b));
         }
     }
-    let Some(good) = good else {
-        return Err(Error::Corrupt("recovery: no member holds the chosen tail".into()));
+    let whole = |b: &AlignedBuf| {
+        let mut pos = start;
+        crate::format::scan_chain(&b.as_slice()[..len], &mut pos, bs, u32::MAX, |_| true);
+        pos.lsn == end.lsn && pos.prev_crc == end.prev_crc && pos.off == len
     };
-    for m in bad {
-        tracing::warn!(device = %set.member_path(m).display(), bytes = len, "copying the log tail to a mirror that lacks it");
-        set.repair(m, off, &good.as_slice()[..len])?;
+    let good = match copies.iter().find(|(_, b)| whole(b)) {
+        Some((_, b)) => {
+            let mut g = AlignedBuf::new(len, bs);
+            g.as_mut_slice()[..len].copy_from_slice(&b.as_slice()[..len]);
+            g
+        }
+        None if cfg!(feature = "mutate-tail-one-member") => {
+            // The defect the simulator found (one member had to hold it all).
+            return Err(Error::Corrupt("recovery: no member holds the chosen tail".into()));
+        }
+        None => assemble(&copies, start, end, len, bs)?,
+    };
+    let read: Vec<usize> = copies.iter().map(|(m, _)| *m).collect();
+    for m in set.healthy_indexes().collect::<Vec<_>>() {
+        let same =
+            copies.iter().find(|(i, _)| *i == m).is_some_and(|(_, b)| b.as_slice()[..len] == good.as_slice()[..len]);
+        if !same {
+            tracing::warn!(device = %set.member_path(m).display(), bytes = len, unread = !read.contains(&m),
+                "copying the log tail to a mirror that lacks it");
+            set.repair(m, off, &good.as_slice()[..len])?;
+        }
     }
     Ok(())
+}
+
+/// The window's chain from `start` to `end` built from the members'
+/// copies: from each position, the stretch of verified records of the copy
+/// that carries the chain furthest. Fails if no copy continues it.
+fn assemble(
+    copies: &[(usize, AlignedBuf)],
+    start: ChainPos,
+    end: IndexEntry,
+    len: usize,
+    bs: usize,
+) -> Result<AlignedBuf> {
+    let mut good = AlignedBuf::new(len, bs);
+    let mut pos = start;
+    while pos.off < len {
+        let mut best: Option<(ChainPos, usize)> = None;
+        for (k, (_, b)) in copies.iter().enumerate() {
+            let mut p = pos;
+            crate::format::scan_chain(&b.as_slice()[..len], &mut p, bs, u32::MAX, |_| true);
+            if p.off > pos.off && best.is_none_or(|(q, _)| p.off > q.off) {
+                best = Some((p, k));
+            }
+        }
+        let Some((p, k)) = best else {
+            return Err(Error::Corrupt(format!("recovery: no member continues the chosen tail at lsn {}", pos.lsn)));
+        };
+        let to = p.off.min(len);
+        good.as_mut_slice()[pos.off..to].copy_from_slice(&copies[k].1.as_slice()[pos.off..to]);
+        pos = p;
+    }
+    if pos.lsn != end.lsn || pos.prev_crc != end.prev_crc {
+        return Err(Error::Corrupt(format!(
+            "recovery: the members' pieces of the tail end at lsn {}, not {}",
+            pos.lsn, end.lsn
+        )));
+    }
+    tracing::warn!(bytes = len, "the log tail was held in pieces by different mirrors: assembled");
+    Ok(good)
 }

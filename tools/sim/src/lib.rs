@@ -436,6 +436,7 @@ impl Sim {
                 if end.next_lsn < safe {
                     return Err(format!("cut back to {keep} ended at {}, below the batch end {safe}", end.next_lsn));
                 }
+                self.note(format!("cut back to {keep}: the journal continues at {}, mark {}", end.next_lsn, end.mark));
                 self.cut_model(end.next_lsn);
                 Ok(())
             }
@@ -448,7 +449,10 @@ impl Sim {
                     .chain(self.model.below.range(safe..))
                     .map(|(l, p)| (*l, p.clone()))
                     .collect();
+                // (Batch ends stay: recovery drops those past the end.)
+                let ends = self.model.batch_ends.clone();
                 self.cut_model(safe);
+                self.model.batch_ends = ends;
                 self.engine_error(&format!("cut back to {keep}"), &e, &tail)
             }
         }
@@ -570,17 +574,26 @@ impl Sim {
                 Some(_) => return Err(format!("lsn {lsn} holds bytes other than the append in flight there")),
                 None => {
                     return Err(format!(
-                        "lsn {lsn} holds a record that was never appended (next {next}; acknowledged {:?}..{:?}, in flight {:?}..{:?}, mark {mark})",
+                        "lsn {lsn} holds a record that was never appended (next {next}; acknowledged {:?}..{:?}, in flight {:?}..{:?}, below the mark {:?}..{:?}, mark {mark})",
                         self.model.acked.keys().next(),
                         self.model.acked.keys().next_back(),
                         self.model.maybe.keys().next(),
-                        self.model.maybe.keys().next_back()
+                        self.model.maybe.keys().next_back(),
+                        self.model.below.keys().next(),
+                        self.model.below.keys().next_back()
                     ))
                 }
             }
         }
-        self.model.maybe.clear();
+        // In-flight records below the mark may still be there, below it: a
+        // later cut-back that lowers the mark brings them back into view.
+        let maybe = std::mem::take(&mut self.model.maybe);
+        for (lsn, p) in maybe.range(..mark.min(next)) {
+            self.model.below.insert(*lsn, p.clone());
+        }
+        self.note(format!("recovered: next {next}, mark {mark}"));
         self.model.next_lsn = next;
+        self.model.batch_ends.split_off(&next);
         self.model.batch_ends.insert(next.saturating_sub(1));
         self.counts.verified += 1;
         Ok(())
