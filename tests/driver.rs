@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use mirrorlog::{Driver, Error, FaultInjector, MirrorLog, Tag, Ticket};
+use mirrorlog::{Driver, Error, MirrorLog, Tag, Ticket};
 
 #[test]
 fn driver_writes_many_journals_with_backpressure() {
@@ -89,10 +89,7 @@ fn tickets_are_not_durable_until_written_and_wait_writes_them() {
 #[test]
 fn driver_degrades_on_a_failed_mirror_and_fails_with_none_left() {
     let dir = tempfile::tempdir().unwrap();
-    let devs = devices(dir.path(), 2, 16 << 20);
-    let mut cfg = small_config(&devs);
-    let fault = FaultInjector::new();
-    cfg.storage = Some(fault.clone());
+    let (devs, cfg, fault) = faulty_mirrors(dir.path());
     let log = MirrorLog::create(&cfg).unwrap();
     let j = log.create_journal("d").unwrap();
     let mut driver = Driver::for_log(&log).unwrap();

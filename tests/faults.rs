@@ -222,10 +222,7 @@ fn torn_tail_in_a_reused_slot_never_revives_stale_records() {
 #[test]
 fn failed_mirror_writes_continue_on_the_survivor_and_stay_failed() {
     let dir = tempfile::tempdir().unwrap();
-    let devs = devices(dir.path(), 2, 16 << 20);
-    let mut cfg = small_config(&devs);
-    let fault = FaultInjector::new();
-    cfg.storage = Some(fault.clone());
+    let (devs, mut cfg, fault) = faulty_mirrors(dir.path());
     let log = MirrorLog::create(&cfg).unwrap();
     let j = log.create_journal("j").unwrap();
     for i in 1..=10 {
@@ -261,10 +258,7 @@ fn failed_mirror_writes_continue_on_the_survivor_and_stay_failed() {
 #[test]
 fn no_healthy_mirror_fails_appends_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let devs = devices(dir.path(), 2, 16 << 20);
-    let mut cfg = small_config(&devs);
-    let fault = FaultInjector::new();
-    cfg.storage = Some(fault.clone());
+    let (devs, cfg, fault) = faulty_mirrors(dir.path());
     let log = MirrorLog::create(&cfg).unwrap();
     let j = log.create_journal("j").unwrap();
     j.append(b"one").unwrap();
@@ -492,10 +486,7 @@ fn a_set_in_use_cannot_be_opened_twice() {
 #[test]
 fn a_lying_mirror_never_returns_bad_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let devs = devices(dir.path(), 2, 16 << 20);
-    let mut cfg = small_config(&devs);
-    let fault = FaultInjector::new();
-    cfg.storage = Some(fault.clone());
+    let (devs, mut cfg, fault) = faulty_mirrors(dir.path());
     let log = MirrorLog::create(&cfg).unwrap();
     let j = log.create_journal("j").unwrap();
     fault.tear_writes(&devs[0], 512);

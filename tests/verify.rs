@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use mirrorlog::verify::{dump, verify, VerifyOptions, VerifyReport};
-use mirrorlog::{FaultInjector, MirrorLog, Tag};
+use mirrorlog::{MirrorLog, Tag};
 
 const BS: u64 = 4096;
 
@@ -256,10 +256,7 @@ fn lost_tail_block_on_one_mirror_is_a_tail_disagreement() {
 #[test]
 fn failed_member_is_noted_not_a_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let devs = devices(dir.path(), 2, 16 << 20);
-    let mut cfg = small_config(&devs);
-    let fault = FaultInjector::new();
-    cfg.storage = Some(fault.clone());
+    let (devs, cfg, fault) = faulty_mirrors(dir.path());
     let mut want = Expected::new();
     {
         let log = MirrorLog::create(&cfg).expect("create");

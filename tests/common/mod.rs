@@ -29,6 +29,17 @@ pub fn small_config(devs: &[PathBuf]) -> Config {
     c
 }
 
+/// Two 16 MiB mirrors in `dir` with the small geometry, their I/O going
+/// through a fault injector the test drives (below the engine, which runs
+/// unchanged).
+pub fn faulty_mirrors(dir: &Path) -> (Vec<PathBuf>, Config, std::sync::Arc<mirrorlog::FaultInjector>) {
+    let devs = devices(dir, 2, 16 << 20);
+    let mut cfg = small_config(&devs);
+    let fault = mirrorlog::FaultInjector::new();
+    cfg.storage = Some(fault.clone());
+    (devs, cfg, fault)
+}
+
 /// Deterministic payload for (seed, len): every byte depends on both.
 pub fn payload(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
