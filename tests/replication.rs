@@ -585,7 +585,7 @@ fn appends_after_a_not_primary_refusal_on_a_connection_are_refused_too() {
     let demote = std::thread::spawn(move || {
         mirrorlog::client::admin(&addr, &Request::Demote { sync: true, timeout_ms: 3000 }, Duration::from_secs(20))
     });
-    a.d.wait_role("stepping-down", Duration::from_secs(20));
+    a.d.wait_role("demoting", Duration::from_secs(20));
     let append = |s: &mut std::net::TcpStream, rid: u64, seq: u64, data: &[u8]| {
         let mut out = Vec::new();
         Request::Append {
@@ -602,7 +602,7 @@ fn appends_after_a_not_primary_refusal_on_a_connection_are_refused_too() {
     };
     let mut c = raw(&a.d.addr);
     let f = append(&mut c, 1, 10, b"first");
-    assert_eq!(error_code(&f), Some(codes::NOT_PRIMARY), "refused while stepping down");
+    assert_eq!(error_code(&f), Some(codes::NOT_PRIMARY), "refused while demoting");
     let undone = demote.join().expect("demote thread");
     assert!(undone.is_err(), "the demote cannot finish with its replica down: {undone:?}");
     a.d.wait_role("primary", Duration::from_secs(20));
@@ -1012,4 +1012,42 @@ fn a_degraded_journal_waits_for_its_replica_again_once_it_caught_up_under_load()
     assert_eq!(b.d.term().code(), Some(0));
     let first = records(&b.devices())["deg"].first().map(|r| r.0).unwrap_or(0);
     check_present_once(&b.devices(), &acks, "deg", |x| x.lsn >= first);
+}
+
+/// A planned demotion (`demote`, waiting for the replica) that a newer
+/// primary fences midway ends with this node a replica. It used to undo
+/// the demotion when its wait ran out, and the fenced node went back to
+/// primary and acknowledged appends that the newer primary's history cuts.
+#[test]
+fn a_demotion_overtaken_by_a_newer_primary_never_returns_to_primary() {
+    let (pa, via_a) = proxied();
+    let (pb, via_b) = proxied();
+    let (mut a, mut b) = pair_via("", "", Some(&via_a), Some(&via_b));
+    wait_caught_up(&a.d, Duration::from_secs(30));
+    let link = Link(pa, pb);
+    link.set(true);
+    // A takes local appends that B never gets, so a demotion waits.
+    let (before, _) = try_appends(&a.d.addr, 100, Duration::from_secs(1));
+    assert!(!before.is_empty(), "A took no local append while cut off");
+    // B is promoted meanwhile (a new term, above A's epoch).
+    let (ok, _, err) = cli(&["--endpoint", &b.d.addr, "promote"]);
+    assert!(ok, "promote: {err}");
+    // The operator demotes A, which waits for its replica...
+    let addr = a.d.addr.clone();
+    let demote = std::thread::spawn(move || cli(&["--endpoint", &addr, "demote", "--wait", "6"]));
+    a.d.wait_role("demoting", Duration::from_secs(5));
+    // ...and the link heals: A's sender meets B, which fences it.
+    link.set(false);
+    let (ok, out, err) = demote.join().expect("demote thread");
+    assert!(!ok, "the demotion cannot have succeeded with the sync it promised: {out}");
+    assert!(err.contains("fenced"), "the answer says why: {err}");
+    // A never serves again at its old epoch.
+    let (after, seen) = try_appends(&a.d.addr, 500, Duration::from_secs(3));
+    assert!(after.is_empty(), "the fenced node acknowledged {} appends: {:?}", after.len(), &after[..1]);
+    assert!(seen.iter().all(|&c| c == codes::NOT_PRIMARY || c == codes::UNAVAILABLE), "{seen:?}");
+    a.d.wait_role("replica", Duration::from_secs(30));
+    wait_caught_up(&b.d, Duration::from_secs(60));
+    assert_eq!(a.d.term().code(), Some(0));
+    assert_eq!(b.d.term().code(), Some(0));
+    assert_sites_equal(&b.devices(), &a.devices());
 }

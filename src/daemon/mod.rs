@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::replication::{self, ReplConfig, ReplShared, Role};
+use crate::replication::{self, Change, ReplConfig, ReplShared, Role};
 
 pub use config::DaemonConfig;
 
@@ -27,6 +27,12 @@ fn restart_epoch(log: &crate::MirrorLog) -> Result<u64, String> {
 /// Creates missing device files, opens (or formats) the mirror set, makes
 /// the configured journals, binds the listeners and serves until SIGTERM or
 /// SIGINT, then drains. Blocks the calling thread.
+/// A configured primary that learned at start that a newer primary
+/// exists follows it (it never served: every primary starts waiting).
+fn follow_at_start(shared: &ReplShared) -> Result<(), String> {
+    shared.change(Change::Follow).map(|_| ()).map_err(|now| format!("starting as replica: this node is {}", now.name()))
+}
+
 pub fn run(cfg: DaemonConfig) -> Result<(), String> {
     for d in &cfg.storage.devices {
         if !d.exists() {
@@ -123,7 +129,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
             replication::etcd::AtStart::Replica(h) => {
                 tracing::error!(holder = %h.name, epoch = h.epoch, "etcd: another node is primary; starting as its replica");
                 shared.saw_epoch(h.epoch);
-                shared.set_role(Role::Replica);
+                follow_at_start(&shared)?;
             }
             replication::etcd::AtStart::Stale(served) => {
                 tracing::error!(
@@ -133,7 +139,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
                      waiting for it (or for an operator: mirrorlog promote) instead of serving an older history"
                 );
                 shared.saw_epoch(served);
-                shared.set_role(Role::Waiting);
+                // It stays as every primary starts: waiting.
             }
         }
     } else if role == Role::Primary {
@@ -143,7 +149,8 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
         match replication::sender::probe(&log, &shared, rc.startup_wait) {
             replication::sender::Probe::Fenced(e) => {
                 tracing::error!(epoch = e, "a newer primary exists: starting as its replica");
-                shared.set_role(Role::Replica);
+                shared.saw_epoch(e);
+                follow_at_start(&shared)?;
             }
             replication::sender::Probe::Unreachable(why) | replication::sender::Probe::Refused(why)
                 if !shared.cfg.serve_unreachable =>
@@ -152,7 +159,7 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
                     "peer not reachable at start, or it refuses this node: taking no appends until it answers (it \
                      may have been promoted meanwhile), or until an operator promotes this node (mirrorlog promote; \
                      or start with --force-primary / replication.unreachable_at_start = \"serve\")");
-                shared.set_role(Role::Waiting);
+                // It stays as every primary starts: waiting.
             }
             p => {
                 if let replication::sender::Probe::Unreachable(why) | replication::sender::Probe::Refused(why) = &p {

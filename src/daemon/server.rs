@@ -40,7 +40,7 @@ use crate::epoch::Epoch;
 use crate::protocol::{
     codes, decode_frame, Durability, Frame, Op, ProtoError, Request, Response, WireRecord, HEADER_LEN, VERSION,
 };
-use crate::replication::{self, JRepl, ReplShared, Role};
+use crate::replication::{self, Change, JRepl, ReplShared, Role};
 use crate::{Driver, Error, Journal, MirrorLog, Tag, Ticket};
 
 /// Subscriptions one connection may hold at once.
@@ -458,9 +458,10 @@ impl Srv {
     /// (No allocation: it runs on every turn of the loop.)
     fn pump(&self, wait: bool) -> crate::Result<usize> {
         // A replica's batches are written by its receiver's own Driver.
-        let n = match self.repl.role() {
-            Role::Replica | Role::Promoting | Role::Waiting => self.driver.borrow_mut().pump_all(&[], wait)?,
-            _ => self.driver.borrow_mut().pump_all(&self.jlist.borrow(), wait)?,
+        let n = if self.repl.role().writes_appends() {
+            self.driver.borrow_mut().pump_all(&self.jlist.borrow(), wait)?
+        } else {
+            self.driver.borrow_mut().pump_all(&[], wait)?
         };
         self.settle();
         Ok(n)
@@ -632,7 +633,7 @@ impl Srv {
                 }
             });
         }
-        if self.repl.role() != Role::SteppingDown || self.repl.demoting.load(Ordering::Acquire) {
+        if self.repl.role() != Role::SteppingDown {
             return;
         }
         let epoch = self.repl.seen_epoch.load(Ordering::Acquire);
@@ -646,7 +647,7 @@ impl Srv {
             && self.log.journals().iter().all(|j| !matches!(j.chain_end(), Err(Error::Backpressure)))
         {
             replication::stop_primary(&self.log, &self.repl);
-            self.repl.change_role(Role::SteppingDown, Role::Replica);
+            let _ = self.repl.change(Change::FinishStepDown);
         }
     }
 
@@ -727,12 +728,12 @@ impl Srv {
                     next_lsn: next,
                     replica_received: jr.received.load(Ordering::Acquire),
                     replica_durable: durable,
-                    lag_records: if role == Role::Primary { lag } else { 0 },
-                    lag_bytes: match (&ob, role) {
-                        (Some(ob), Role::Primary) if lag > 0 => ob.bytes_after(j.id(), durable),
+                    lag_records: if role.ships() { lag } else { 0 },
+                    lag_bytes: match &ob {
+                        Some(ob) if role.ships() && lag > 0 => ob.bytes_after(j.id(), durable),
                         _ => 0,
                     },
-                    lag_seconds: if role == Role::Primary && lag > 0 {
+                    lag_seconds: if role.ships() && lag > 0 {
                         jr.caught_up_at.lock().elapsed().as_secs_f64()
                     } else {
                         0.0
@@ -973,7 +974,7 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
         let gcw = srv.cfg.limits.group_commit_wait;
         // remote-* appends wait on the replica's acks (which wake the loop)
         // and on their timeout (this tick).
-        let tick = if srv.remote_acks() > 0 || srv.repl.role() == Role::SteppingDown {
+        let tick = if srv.remote_acks() > 0 || matches!(srv.repl.role(), Role::SteppingDown | Role::Demoting) {
             Duration::from_millis(5)
         } else {
             Duration::from_secs(3600)
@@ -1465,14 +1466,17 @@ async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
                 ),
             )
         })?;
-    if !r.change_role(from, Role::Promoting) {
-        return Err((codes::NOT_PRIMARY, "the role changed meanwhile; try again".into()));
+    if let Err(now) = r.change(Change::BeginPromotion) {
+        return Err((
+            codes::NOT_PRIMARY,
+            format!("the role changed meanwhile (this node is {}); try again", now.name()),
+        ));
     }
     // The receiver sees the role, writes what it holds and ends its session.
     let deadline = Instant::now() + Duration::from_secs(30);
     while r.applying.load(Ordering::Acquire) {
         if Instant::now() > deadline {
-            r.set_role(Role::Replica);
+            let _ = r.change(Change::AbandonPromotion { back_to: from });
             return Err((codes::NOT_PRIMARY, "the replication receiver did not stop in time".into()));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -1481,13 +1485,13 @@ async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
     // own): a replica's records of any other run are a split brain.
     let log = srv.log.clone();
     if let Err(e) = blocking(move || log.begin_run(epoch.raw())).await {
-        r.set_role(from);
+        let _ = r.change(Change::AbandonPromotion { back_to: from });
         return Err((e.code(), format!("persisting epoch {epoch}: {e}")));
     }
     srv.reload_journals();
     // The etcd thread may have made us step down meanwhile.
-    if !r.change_role(Role::Promoting, Role::Primary) {
-        return Err((codes::NOT_PRIMARY, format!("promotion overtaken: this node is {}", r.role().name())));
+    if let Err(now) = r.change(Change::FinishPromotion) {
+        return Err((codes::NOT_PRIMARY, format!("promotion overtaken: this node is {}", now.name())));
     }
     if let Err(e) = replication::start_primary(&srv.log, r) {
         tracing::error!(error = %e, "replication sender did not start");
@@ -1509,8 +1513,8 @@ async fn serve_after_wait(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
     };
     let log = srv.log.clone();
     blocking(move || log.begin_run(epoch.raw())).await.map_err(|e| (e.code(), format!("raising the epoch: {e}")))?;
-    if !r.change_role(Role::Waiting, Role::Primary) {
-        return Err((codes::NOT_PRIMARY, format!("the role changed meanwhile: this node is {}", r.role().name())));
+    if let Err(now) = r.change(Change::Serve) {
+        return Err((codes::NOT_PRIMARY, format!("the role changed meanwhile: this node is {}", now.name())));
     }
     srv.reload_journals();
     if let Err(e) = replication::start_primary(&srv.log, r) {
@@ -1522,7 +1526,9 @@ async fn serve_after_wait(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
 
 /// Makes this primary a replica (planned): no new appends; the waiting
 /// ones finish; with `sync`, waits until the replica is durable at every
-/// journal's end, so promoting it loses nothing.
+/// journal's end, so promoting it loses nothing. A fence meanwhile (a newer
+/// primary answered, the etcd lease was lost) ends the demotion: the node
+/// steps down as fenced and never goes back to primary (`role.rs`).
 async fn demote(srv: &Rc<Srv>, sync: bool, timeout: Duration) -> Result<(), (u16, String)> {
     let r = &srv.repl;
     match r.role() {
@@ -1533,25 +1539,43 @@ async fn demote(srv: &Rc<Srv>, sync: bool, timeout: Duration) -> Result<(), (u16
         }
         other => return Err((codes::NOT_PRIMARY, format!("this node is {}; try again", other.name()))),
     }
-    r.demoting.store(true, Ordering::Release);
-    r.set_role(Role::SteppingDown);
+    if let Err(now) = r.change(Change::BeginDemotion) {
+        return Err((codes::NOT_PRIMARY, format!("this node is {}; try again", now.name())));
+    }
     let deadline = Instant::now() + timeout;
+    let fenced = || {
+        let e = r.seen_epoch.load(Ordering::Acquire);
+        Err((
+            codes::FENCED,
+            format!(
+                "fenced during the demotion: a newer primary exists (epoch {e}); this node steps down to replica \
+                 without the handover it was asked for"
+            ),
+        ))
+    };
     let undo = |why: String| {
-        r.set_role(Role::Primary);
-        r.demoting.store(false, Ordering::Release);
         srv.kick.notify_one();
-        Err((codes::TIMEOUT, why))
+        match r.change(Change::AbandonDemotion) {
+            Ok(_) => Err((codes::TIMEOUT, format!("{why}; still primary"))),
+            Err(_) => fenced(),
+        }
     };
     // Appends already taken are answered (pumped by the loop).
     while srv.pending_acks() > 0 || srv.in_flight() > 0 {
+        if r.role() != Role::Demoting {
+            return fenced();
+        }
         if Instant::now() > deadline {
-            return undo("appends in flight did not finish in time; still primary".into());
+            return undo("appends in flight did not finish in time".into());
         }
         srv.kick.notify_one();
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     if sync {
         loop {
+            if r.role() != Role::Demoting {
+                return fenced();
+            }
             let behind: Vec<String> = srv
                 .log
                 .journals()
@@ -1563,13 +1587,14 @@ async fn demote(srv: &Rc<Srv>, sync: bool, timeout: Duration) -> Result<(), (u16
                 break;
             }
             if Instant::now() > deadline {
-                return undo(format!("the replica is not durable at the end of {behind:?} in time; still primary"));
+                return undo(format!("the replica is not durable at the end of {behind:?} in time"));
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    r.set_role(Role::Replica);
-    r.demoting.store(false, Ordering::Release);
+    if r.change(Change::FinishStepDown).is_err() {
+        return fenced();
+    }
     replication::stop_primary(&srv.log, r);
     tracing::warn!(sync, "demoted: this node is a replica");
     Ok(())
@@ -1605,7 +1630,7 @@ fn append(
     let role = srv.repl.role();
     match role {
         Role::Primary | Role::Standalone => {}
-        Role::SteppingDown if !srv.repl.demoting.load(Ordering::Acquire) => {
+        Role::SteppingDown => {
             // `not-primary`, not `fenced`: this append was not taken, and a
             // client sends it again as a first send (`fenced` answers
             // appends that were taken and may have been written).

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::json;
 
-use super::{ReplShared, Role};
+use super::{Change, ReplShared, Role};
 use crate::MirrorLog;
 
 /// `[replication.etcd]` settings.
@@ -275,7 +275,8 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
         std::thread::sleep(tick);
         let role = shared.role();
         match role {
-            Role::Primary | Role::Promoting if lease.is_some() || role == Role::Primary => {
+            // A demoting primary keeps its lease until it is a replica.
+            Role::Primary | Role::Demoting | Role::Promoting if lease.is_some() || role == Role::Primary => {
                 let Some(l) = lease else {
                     // Promoted by hand while etcd is configured: take the key.
                     let sent = Instant::now();
@@ -289,14 +290,14 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
                         Ok((_, Claim::Stale(served))) => {
                             tracing::error!(served, epoch, "etcd: a primary served at a newer epoch; stepping down");
                             shared.saw_epoch(served);
-                            shared.change_role(Role::Primary, Role::SteppingDown);
+                            let _ = shared.change(Change::Fence);
                         }
                         Ok((_, Claim::NotTaken)) => {
                             if let Ok(Some(h)) = e.holder() {
                                 if h.name != name {
                                     tracing::error!(holder = %h.name, "etcd: another node holds the primary key; stepping down");
                                     shared.saw_epoch(h.epoch);
-                                    shared.change_role(Role::Primary, Role::SteppingDown);
+                                    let _ = shared.change(Change::Fence);
                                 }
                             }
                         }
@@ -314,7 +315,7 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
                 if late(renewed) {
                     tracing::error!("etcd: the primary lease could not be renewed in time; stepping down");
                     lease = None;
-                    shared.change_role(role, Role::SteppingDown);
+                    let _ = shared.change(Change::Fence);
                     continue;
                 }
                 let sent = Instant::now();
@@ -328,14 +329,14 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Opt
                     Ok(false) => {
                         tracing::error!("etcd: the primary lease expired; stepping down");
                         lease = None;
-                        shared.change_role(role, Role::SteppingDown);
+                        let _ = shared.change(Change::Fence);
                     }
                     Err(err) => {
                         tracing::warn!(error = %err, "etcd: lease keep-alive failed");
                         if late(renewed) {
                             tracing::error!("etcd: the primary lease could not be renewed in time; stepping down");
                             lease = None;
-                            shared.change_role(role, Role::SteppingDown);
+                            let _ = shared.change(Change::Fence);
                         }
                     }
                 }

@@ -24,66 +24,22 @@
 pub mod etcd;
 pub mod outbox;
 pub mod receiver;
+pub mod role;
 pub mod sender;
 pub mod wire;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use crate::protocol::decode_frame;
+pub use role::{Change, Role};
 use wire::Msg;
-
-/// What this node does now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Role {
-    /// No peer: appends only in `local` mode.
-    Standalone = 0,
-    Primary = 1,
-    Replica = 2,
-    /// A primary stepping down (fenced by a higher epoch, or demoted): it
-    /// takes no appends and fails the ones waiting, then becomes a replica.
-    SteppingDown = 3,
-    /// A replica becoming primary: its receiver stops first.
-    Promoting = 4,
-    /// Configured primary, but its peer could not be reached at start: it
-    /// takes no appends until it learns that no newer primary exists (the
-    /// peer answers), follows a newer one, or an operator promotes it.
-    Waiting = 5,
-}
-
-impl Role {
-    fn from_u8(v: u8) -> Role {
-        match v {
-            1 => Role::Primary,
-            2 => Role::Replica,
-            3 => Role::SteppingDown,
-            4 => Role::Promoting,
-            5 => Role::Waiting,
-            _ => Role::Standalone,
-        }
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Standalone => "standalone",
-            Role::Primary => "primary",
-            Role::Replica => "replica",
-            Role::SteppingDown => "stepping-down",
-            Role::Promoting => "promoting",
-            Role::Waiting => "waiting-for-peer",
-        }
-    }
-    /// Takes appends.
-    pub fn is_primary(self) -> bool {
-        matches!(self, Role::Primary | Role::Standalone)
-    }
-}
 
 /// The replica's progress on one journal, as its acks report it.
 #[derive(Debug)]
@@ -126,7 +82,8 @@ pub struct ReplConfig {
 
 /// State shared by the server loop and the replication threads.
 pub struct ReplShared {
-    role: AtomicU8,
+    /// Changed only through [`ReplShared::change`] (see `role.rs`).
+    role: role::RoleCell,
     pub cfg: ReplConfig,
     /// Highest epoch seen from a peer.
     pub seen_epoch: AtomicU64,
@@ -148,9 +105,6 @@ pub struct ReplShared {
     pub catchup_bytes: AtomicU64,
     /// Wakes the server loop (acks arrived, the role changed).
     pub wake: Arc<tokio::sync::Notify>,
-    /// A planned demotion is in progress: the sender keeps shipping while
-    /// the role is `SteppingDown`, so the replica can catch up to the end.
-    pub demoting: AtomicBool,
     /// The etcd thread took the primary key: the server loop promotes.
     pub promote_requested: AtomicBool,
     /// A node waiting for its peer learned it may serve: the server loop
@@ -172,7 +126,7 @@ pub struct ReplShared {
 impl ReplShared {
     pub fn new(cfg: ReplConfig) -> Arc<ReplShared> {
         Arc::new(ReplShared {
-            role: AtomicU8::new(cfg.role as u8),
+            role: role::RoleCell::new(role::at_start(cfg.role)),
             cfg,
             seen_epoch: AtomicU64::new(0),
             journals: Mutex::new(HashMap::new()),
@@ -186,7 +140,6 @@ impl ReplShared {
             session_started_ms: AtomicU64::new(0),
             catchup_bytes: AtomicU64::new(0),
             wake: Arc::new(tokio::sync::Notify::new()),
-            demoting: AtomicBool::new(false),
             promote_requested: AtomicBool::new(false),
             serve_requested: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -197,25 +150,23 @@ impl ReplShared {
     }
 
     pub fn role(&self) -> Role {
-        Role::from_u8(self.role.load(Ordering::Acquire))
+        self.role.get()
     }
 
-    pub fn set_role(&self, r: Role) {
-        let old = Role::from_u8(self.role.swap(r as u8, Ordering::AcqRel));
-        if old != r {
-            tracing::warn!(from = old.name(), to = r.name(), "role changed");
+    /// Makes `change` if the role as it is now allows it (`role::next`):
+    /// `Ok(from)`, or `Err(now)` with the role that refused it. Wakes the
+    /// server loop, which follows every change.
+    pub fn change(&self, change: Change) -> Result<Role, Role> {
+        let r = self.role.change(change);
+        match r {
+            Ok(from) => {
+                let to = role::next(from, change).map_or("?", Role::name);
+                tracing::warn!(from = from.name(), to, why = ?change, "role changed");
+                self.wake.notify_one();
+            }
+            Err(now) => tracing::debug!(role = now.name(), ?change, "role change not applicable"),
         }
-        self.wake.notify_one();
-    }
-
-    /// Moves from `from` to `to` only if the role is `from`.
-    pub fn change_role(&self, from: Role, to: Role) -> bool {
-        let ok = self.role.compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok();
-        if ok {
-            tracing::warn!(from = from.name(), to = to.name(), "role changed");
-            self.wake.notify_one();
-        }
-        ok
+        r
     }
 
     pub fn journal(&self, id: u64) -> Arc<JRepl> {
@@ -413,6 +364,9 @@ pub fn start_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) -> s
 /// etcd said so) the primary at `epoch`: persists the epoch, then ships.
 pub fn serve_as_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>, epoch: u64) -> crate::Result<()> {
     log.begin_run(epoch)?;
+    shared.change(Change::Serve).map_err(|now| {
+        crate::Error::Io(std::io::Error::other(format!("this node is {} and cannot serve", now.name())))
+    })?;
     start_primary(log, shared).map_err(crate::Error::Io)
 }
 
@@ -434,7 +388,7 @@ pub fn wait_for_peer(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) {
             }
             sender::Probe::Fenced(e) => {
                 shared.saw_epoch(e);
-                if shared.change_role(Role::Waiting, Role::Replica) {
+                if shared.change(Change::Follow).is_ok() {
                     tracing::warn!(epoch = e, "the peer is a newer primary: following it");
                 }
                 return;

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::wire::{Msg, REPL_VERSION};
-use super::{configure, max_body, FrameConn, ReplShared, Role};
+use super::{configure, max_body, Change, FrameConn, ReplShared, Role};
 use crate::epoch::{Epoch, History};
 use crate::{Driver, Error, Journal, MirrorLog};
 
@@ -74,7 +74,7 @@ impl Receiver {
                     // `connected` first: once `applying` is false a promotion
                     // may finish and its sender set `connected` for its own
                     // session, which this must not overwrite.
-                    if self.shared.role() != Role::Primary {
+                    if !self.shared.role().ships() {
                         self.shared.connected.store(false, Ordering::Release);
                     }
                     self.shared.applying.store(false, Ordering::Release);
@@ -137,7 +137,7 @@ impl Receiver {
             Err(format!("refused {} at epoch {}: this node is at epoch {epoch}", h.name, h.epoch))
         };
         let role = self.shared.role();
-        if matches!(role, Role::Primary | Role::Standalone | Role::Waiting) {
+        if matches!(role, Role::Primary | Role::Standalone | Role::Waiting | Role::Demoting) {
             // Two nodes that may serve: the higher epoch wins.
             if h.epoch < mine {
                 return fenced(&mut c, mine);
@@ -150,9 +150,9 @@ impl Receiver {
             }
         }
         match role {
-            Role::Primary | Role::Standalone => {
+            Role::Primary | Role::Standalone | Role::Demoting => {
                 tracing::error!(peer = %h.name, epoch = h.epoch, mine, "a newer primary exists: stepping down to replica");
-                self.shared.change_role(role, Role::SteppingDown);
+                let _ = self.shared.change(Change::Fence);
                 // The server loop fails waiting appends and lets writes finish.
                 let deadline = Instant::now() + Duration::from_secs(30);
                 while self.shared.role() != Role::Replica {
@@ -166,7 +166,7 @@ impl Receiver {
                 // A newer primary: follow it. This node took no appends
                 // while waiting, so there is nothing to step down from. (A
                 // probe only asks; its sender will open the session.)
-                if !h.probe && !self.shared.change_role(Role::Waiting, Role::Replica) {
+                if !h.probe && self.shared.change(Change::Follow).is_err() {
                     return refuse(&mut c, "this node is changing role; try again".into());
                 }
             }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::outbox::{Event, Outbox};
 use super::wire::{encode_batch, Hello, Msg, REPL_VERSION};
-use super::{max_body, FrameConn, ReplShared, Role};
+use super::{max_body, Change, FrameConn, ReplShared};
 use crate::protocol::seal_frame;
 use crate::ship::ChainEnd;
 use crate::{Error, Journal, MirrorLog};
@@ -136,13 +136,7 @@ impl Sender {
         // Only the sender of the current outbox: a sender left from an
         // earlier primary role (stop_primary took its outbox) ends.
         let current = self.shared.outbox.lock().as_ref().is_some_and(|o| Arc::ptr_eq(o, &self.outbox));
-        current
-            && !self.shared.stop.load(Ordering::Acquire)
-            && match self.shared.role() {
-                Role::Primary => true,
-                Role::SteppingDown => self.shared.demoting.load(Ordering::Acquire),
-                _ => false,
-            }
+        current && !self.shared.stop.load(Ordering::Acquire) && self.shared.role().ships()
     }
 
     fn session(&self, peer: std::net::SocketAddr) -> Result<(), String> {
@@ -163,7 +157,7 @@ impl Sender {
             Msg::Fenced { epoch, message } => {
                 self.shared.saw_epoch(epoch);
                 tracing::error!(epoch, message, "fenced: the peer serves a newer epoch; stepping down");
-                self.shared.change_role(Role::Primary, Role::SteppingDown);
+                let _ = self.shared.change(Change::Fence);
                 return Err(format!("fenced by epoch {epoch}"));
             }
             Msg::Refused { message } => return Err(format!("refused: {message}")),
