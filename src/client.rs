@@ -166,11 +166,6 @@ fn owned(resp: Response<'_>) -> Result<Reply> {
     })
 }
 
-/// Codes after which the request is resent elsewhere rather than failed.
-fn fails_over(code: u16) -> bool {
-    matches!(code, codes::NOT_PRIMARY | codes::FENCED | codes::SHUTTING_DOWN | codes::TOO_MANY_CONNECTIONS)
-}
-
 struct Cmd {
     op: Op,
     /// The encoded frame with request id 0 (and sequence 0 for appends).
@@ -854,7 +849,10 @@ fn route(sh: &Shared, opcode: u8, rid: u64, body: &[u8]) -> Option<u16> {
             // that timed out, an answer to Credit) are ignored.
             if let Ok(Response::Error { code, message }) = Response::decode(&f, Op::Error) {
                 tracing::warn!(code, message, "server error");
-                if matches!(code, 100..=103) || fails_over(code) || code == codes::FRAME_TIMEOUT {
+                if matches!(code, codes::BAD_MAGIC..=codes::BAD_CHECKSUM)
+                    || codes::fails_over(code)
+                    || code == codes::FRAME_TIMEOUT
+                {
                     return Some(code);
                 }
             }
@@ -863,7 +861,7 @@ fn route(sh: &Shared, opcode: u8, rid: u64, body: &[u8]) -> Option<u16> {
     };
     let res = Response::decode(&f, p.op).map_err(|e| ClientError::proto(&e)).and_then(owned);
     if let Err(e) = &res {
-        if fails_over(e.code) {
+        if codes::fails_over(e.code) {
             // `not-primary` and `shutting-down` say this transmission was
             // not taken (`fenced` may answer an append that was written).
             if matches!(e.code, codes::NOT_PRIMARY | codes::SHUTTING_DOWN) {

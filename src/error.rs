@@ -49,48 +49,31 @@ pub enum Error {
 impl Error {
     /// Stable numeric code for the wire protocol, the CLI and metrics.
     pub fn code(&self) -> u16 {
+        use crate::codes::*;
         match self {
-            Error::Config(_) => 1,
-            Error::Device(..) => 2,
-            Error::Io(_) => 3,
-            Error::NoHealthyMirror => 4,
-            Error::Full => 5,
-            Error::RecordTooLarge { .. } => 6,
-            Error::UnknownJournal(_) => 7,
-            Error::JournalExists(_) => 8,
-            Error::InvalidName(_) => 9,
-            Error::TooManyJournals(_) => 10,
-            Error::BelowMark { .. } => 11,
-            Error::NotYetWritten { .. } => 12,
-            Error::InvalidMark { .. } => 13,
-            Error::Corrupt(_) => 14,
-            Error::Closed => 15,
-            Error::Backpressure => 16,
-            Error::AppendTooLarge { .. } => 17,
+            Error::Config(_) => CONFIG,
+            Error::Device(..) => DEVICE,
+            Error::Io(_) => IO,
+            Error::NoHealthyMirror => NO_HEALTHY_MIRROR,
+            Error::Full => FULL,
+            Error::RecordTooLarge { .. } => RECORD_TOO_LARGE,
+            Error::UnknownJournal(_) => UNKNOWN_JOURNAL,
+            Error::JournalExists(_) => JOURNAL_EXISTS,
+            Error::InvalidName(_) => INVALID_NAME,
+            Error::TooManyJournals(_) => TOO_MANY_JOURNALS,
+            Error::BelowMark { .. } => BELOW_MARK,
+            Error::NotYetWritten { .. } => NOT_YET_WRITTEN,
+            Error::InvalidMark { .. } => INVALID_MARK,
+            Error::Corrupt(_) => CORRUPT,
+            Error::Closed => CLOSED,
+            Error::Backpressure => BACKPRESSURE,
+            Error::AppendTooLarge { .. } => APPEND_TOO_LARGE,
         }
     }
 
     /// A short stable name for the code (`full`, `record-too-large`, …).
     pub fn code_name(&self) -> &'static str {
-        match self {
-            Error::Config(_) => "config",
-            Error::Device(..) => "device",
-            Error::Io(_) => "io",
-            Error::NoHealthyMirror => "no-healthy-mirror",
-            Error::Full => "full",
-            Error::RecordTooLarge { .. } => "record-too-large",
-            Error::UnknownJournal(_) => "unknown-journal",
-            Error::JournalExists(_) => "journal-exists",
-            Error::InvalidName(_) => "invalid-name",
-            Error::TooManyJournals(_) => "too-many-journals",
-            Error::BelowMark { .. } => "below-mark",
-            Error::NotYetWritten { .. } => "not-yet-written",
-            Error::InvalidMark { .. } => "invalid-mark",
-            Error::Corrupt(_) => "corrupt",
-            Error::Closed => "closed",
-            Error::Backpressure => "backpressure",
-            Error::AppendTooLarge { .. } => "append-too-large",
-        }
+        crate::codes::name(self.code())
     }
 
     /// A cheap copy for handing one failure to many waiters.

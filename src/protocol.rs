@@ -101,12 +101,12 @@ impl ProtoError {
     /// Numeric code (the 100s are protocol errors; see docs/protocol.md).
     pub fn code(&self) -> u16 {
         match self {
-            ProtoError::BadMagic => 100,
-            ProtoError::UnsupportedVersion(_) => 101,
-            ProtoError::TooLarge { .. } => 102,
-            ProtoError::BadChecksum => 103,
-            ProtoError::UnknownOpcode(_) => 104,
-            ProtoError::Malformed(_) => 105,
+            ProtoError::BadMagic => codes::BAD_MAGIC,
+            ProtoError::UnsupportedVersion(_) => codes::UNSUPPORTED_VERSION,
+            ProtoError::TooLarge { .. } => codes::FRAME_TOO_LARGE,
+            ProtoError::BadChecksum => codes::BAD_CHECKSUM,
+            ProtoError::UnknownOpcode(_) => codes::UNKNOWN_OPCODE,
+            ProtoError::Malformed(_) => codes::MALFORMED,
         }
     }
     /// Whether the connection must be closed: the byte stream can no longer
@@ -131,82 +131,8 @@ impl fmt::Display for ProtoError {
     }
 }
 
-/// Error codes of the daemon (200s). Engine errors keep their numbers
-/// (1–16, `Error::code`), protocol errors are 100–105 (`ProtoError::code`).
-/// docs/protocol.md lists them all.
-pub mod codes {
-    /// This node does not take appends (it is a replica).
-    pub const NOT_PRIMARY: u16 = 200;
-    /// A higher epoch exists: this node was fenced.
-    pub const FENCED: u16 = 201;
-    /// The daemon is at its connection limit; the connection is closed.
-    pub const TOO_MANY_CONNECTIONS: u16 = 202;
-    /// A producer's sequence is at or below its newest but not remembered.
-    pub const SEQUENCE_UNKNOWN: u16 = 203;
-    /// `Credit` for a subscription this connection does not have.
-    pub const UNKNOWN_SUBSCRIPTION: u16 = 204;
-    /// The daemon is draining (SIGTERM); the request was not taken.
-    pub const SHUTTING_DOWN: u16 = 205;
-    /// A frame was started but not finished in time; the connection is closed.
-    pub const FRAME_TIMEOUT: u16 = 206;
-    /// A `remote-*` durability was asked of a node with no replica.
-    pub const NO_REPLICA: u16 = 207;
-    /// A `remote-*` append was not confirmed by the replica within the
-    /// replication ack timeout (its journal blocks on replica loss). The
-    /// records are durable here and will still be shipped.
-    pub const REPLICA_TIMEOUT: u16 = 210;
-    /// A producer's first send of a sequence it already used (another
-    /// writer with its id, or restarted sequences), or a resend whose
-    /// records differ from the ones written with that sequence. Nothing
-    /// is written.
-    pub const SEQUENCE_CONFLICT: u16 = 211;
-    /// The client's timeout passed before the response (client side only).
-    pub const TIMEOUT: u16 = 208;
-    /// No endpoint could be reached (client side only).
-    pub const UNAVAILABLE: u16 = 209;
-
-    /// The stable name of any code (engine, protocol, daemon).
-    pub fn name(code: u16) -> &'static str {
-        match code {
-            1 => "config",
-            2 => "device",
-            3 => "io",
-            4 => "no-healthy-mirror",
-            5 => "full",
-            6 => "record-too-large",
-            7 => "unknown-journal",
-            8 => "journal-exists",
-            9 => "invalid-name",
-            10 => "too-many-journals",
-            11 => "below-mark",
-            12 => "not-yet-written",
-            13 => "invalid-mark",
-            14 => "corrupt",
-            15 => "closed",
-            16 => "backpressure",
-            17 => "append-too-large",
-            100 => "bad-magic",
-            101 => "unsupported-version",
-            102 => "frame-too-large",
-            103 => "bad-checksum",
-            104 => "unknown-opcode",
-            105 => "malformed",
-            NOT_PRIMARY => "not-primary",
-            FENCED => "fenced",
-            TOO_MANY_CONNECTIONS => "too-many-connections",
-            SEQUENCE_UNKNOWN => "sequence-unknown",
-            UNKNOWN_SUBSCRIPTION => "unknown-subscription",
-            SHUTTING_DOWN => "shutting-down",
-            FRAME_TIMEOUT => "frame-timeout",
-            NO_REPLICA => "no-replica",
-            TIMEOUT => "timeout",
-            UNAVAILABLE => "unavailable",
-            REPLICA_TIMEOUT => "replica-timeout",
-            SEQUENCE_CONFLICT => "sequence-conflict",
-            _ => "unknown",
-        }
-    }
-}
+/// The table of every error code (engine, protocol, daemon): [`crate::codes`].
+pub use crate::codes;
 
 /// A checked frame, borrowing its body from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

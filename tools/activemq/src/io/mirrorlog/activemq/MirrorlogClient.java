@@ -196,17 +196,13 @@ public final class MirrorlogClient implements Closeable {
      * default, 1 local, 2 remote-received, 3 remote-durable); completes with its LSN.
      */
     CompletableFuture<Long> append(String journal, int durability, byte[] data, int off, int len) {
-        int size = Wire.Body.strBytes(journal) + 1 + 8 + 8 + 4 + 4 + len;
         // The sequence is taken under sendLock, with the frame's place on the wire.
-        CompletableFuture<Answer> f = send(Wire.OP_APPEND, () -> new Wire.Body(size).str(journal).u8(durability)
-                .u64(producer).u64(takeSeq(journal)).u32(1).blob(data, off, len),
-                Wire.HEADER + Wire.Body.strBytes(journal));
+        CompletableFuture<Answer> f = send(Wire.OP_APPEND,
+                () -> Wire.append(journal, durability, producer, takeSeq(journal), data, off, len),
+                Wire.appendResendAt(journal));
         return f.thenApply(a -> {
             try {
-                Wire.Reader r = new Wire.Reader(a.body);
-                long lsn = r.u64();
-                r.u32();
-                return lsn;
+                return Wire.appendedLsn(a.body);
             } catch (IOException e) {
                 throw new CompletionException(e);
             }
@@ -321,9 +317,9 @@ public final class MirrorlogClient implements Closeable {
             while (!c.dead) {
                 Wire.Frame f = Wire.read(c.in);
                 if (f.opcode == Wire.OP_ERROR) {
-                    Wire.Reader r = new Wire.Reader(f.body);
-                    int code = r.u16();
-                    String msg = r.str();
+                    MirrorlogException err = Wire.error(f.body);
+                    int code = err.code();
+                    String msg = err.detail();
                     if (Wire.failsOver(code)) {
                         // Keep the request (if any) pending; move on. Not taken
                         // (not-primary, shutting-down): sent again, it is no resend.
@@ -458,18 +454,15 @@ public final class MirrorlogClient implements Closeable {
             s.connect(new InetSocketAddress(ep.substring(0, colon), Integer.parseInt(ep.substring(colon + 1))), timeoutMs);
             s.setSoTimeout(timeoutMs);
             Conn c = new Conn(s, ep);
-            c.out.write(new Wire.Body().u8(Wire.VERSION).u8(Wire.VERSION).str(clientName).frame(Wire.OP_HELLO, 0));
+            c.out.write(Wire.hello(clientName).frame(Wire.OP_HELLO, 0));
             Wire.Frame f = Wire.read(c.in);
             if (f.opcode != (Wire.OP_HELLO | Wire.RESPONSE)) {
                 s.close();
                 return null;
             }
-            Wire.Reader r = new Wire.Reader(f.body);
-            r.u8();
-            r.str();
-            long ep0 = r.u64();
-            boolean primary = r.u8() == 1;
-            if (!primary) {
+            Wire.HelloAnswer h = new Wire.HelloAnswer(f.body);
+            long ep0 = h.epoch;
+            if (!h.primary) {
                 s.close();
                 return null;
             }

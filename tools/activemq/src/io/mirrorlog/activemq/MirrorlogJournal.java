@@ -144,7 +144,7 @@ public class MirrorlogJournal implements Journal {
         }
         MirrorlogClient c = new MirrorlogClient(eps, requestTimeoutMs, "activemq-journal", maxInFlight, maxFrameBytes);
         try {
-            MirrorlogClient.await(c.request(Wire.OP_CREATE, new Wire.Body().str(journal)));
+            MirrorlogClient.await(c.request(Wire.OP_CREATE_JOURNAL, Wire.journal(journal)));
         } catch (MirrorlogException e) {
             if (e.code() != Wire.E_JOURNAL_EXISTS) {
                 c.close(0);
@@ -171,8 +171,8 @@ public class MirrorlogJournal implements Journal {
     }
 
     private long readMark(MirrorlogClient c) throws IOException {
-        MirrorlogClient.Answer a = MirrorlogClient.await(c.request(Wire.OP_GET_MARK, new Wire.Body().str(journal)));
-        return new Wire.Reader(a.body).u64();
+        MirrorlogClient.Answer a = MirrorlogClient.await(c.request(Wire.OP_GET_MARK, Wire.journal(journal)));
+        return Wire.mark(a.body);
     }
 
     private void checkAsyncFailure() throws IOException {
@@ -281,7 +281,7 @@ public class MirrorlogJournal implements Journal {
         out.from = from;
         try {
             a = MirrorlogClient.await(client().request(Wire.OP_READ,
-                    new Wire.Body().str(journal).u64(from).u32(maxCount).u32(maxBytes)));
+                    Wire.readRecords(journal, from, maxCount, maxBytes)));
         } catch (MirrorlogException e) {
             if (e.code() == Wire.E_NOT_YET_WRITTEN) {
                 out.lsns = new long[0];
@@ -289,23 +289,9 @@ public class MirrorlogJournal implements Journal {
             }
             throw e;
         }
-        Wire.Reader r = new Wire.Reader(a.body);
-        long n = r.u32();
-        if (n > maxCount) {
-            throw new IOException("mirrorlog: Read answered " + n + " records, asked for " + maxCount);
-        }
-        out.lsns = new long[(int) n];
-        for (int i = 0; i < n; i++) {
-            out.lsns[i] = r.u64();
-            r.u64(); // epoch
-            int crc = (int) r.u32();
-            byte[] payload = r.blob();
-            if (Wire.crc32c(payload) != crc) {
-                // The daemon verified it; a mismatch here is a corrupted transfer.
-                throw new IOException("mirrorlog: record " + out.lsns[i] + " failed its CRC32C check on receipt");
-            }
-            out.data.add(payload);
-        }
+        Wire.RecordsAnswer r = new Wire.RecordsAnswer(a.body, maxCount);
+        out.lsns = r.lsns;
+        out.data.addAll(r.data);
         return out;
     }
 
@@ -359,7 +345,7 @@ public class MirrorlogJournal implements Journal {
                 pendingMark = Math.max(pendingMark, lsn);
             }
             if (target > mark) {
-                MirrorlogClient.await(c.request(Wire.OP_SET_MARK, new Wire.Body().str(journal).u64(target)));
+                MirrorlogClient.await(c.request(Wire.OP_SET_MARK, Wire.setMark(journal, target)));
                 mark = target;
             }
         }

@@ -27,11 +27,12 @@ final class Wire {
     static final int OP_READ = 0x03;
     static final int OP_SET_MARK = 0x06;
     static final int OP_GET_MARK = 0x07;
-    static final int OP_CREATE = 0x08;
+    static final int OP_CREATE_JOURNAL = 0x08;
     static final int OP_ERROR = 0x7F;
     static final int RESPONSE = 0x80;
 
-    // Error codes the adapter acts on (docs/protocol.md, docs/api.md).
+    // Error codes the adapter acts on (docs/protocol.md, docs/api.md; the
+    // Rust table is src/codes.rs, and tests/golden.rs checks these against it).
     static final int E_FULL = 5;
     static final int E_RECORD_TOO_LARGE = 6;
     static final int E_JOURNAL_EXISTS = 8;
@@ -61,6 +62,106 @@ final class Wire {
         crc.update(frame, 0, 16);
         crc.update(frame, HEADER, frame.length - HEADER);
         ByteBuffer.wrap(frame).order(ByteOrder.LITTLE_ENDIAN).putInt(16, (int) crc.getValue());
+    }
+
+    // Request bodies, one builder per request the adapter sends (the layouts
+    // of docs/protocol.md; tests/golden.rs compares their frames with the
+    // Rust encoder's).
+
+    static Body hello(String client) {
+        return new Body().u8(VERSION).u8(VERSION).str(client);
+    }
+
+    /** An append of one record; its durability byte is at {@link #appendResendAt}. */
+    static Body append(String journal, int durability, long producer, long seq, byte[] data, int off, int len) {
+        int size = Body.strBytes(journal) + 1 + 8 + 8 + 4 + 4 + len;
+        return new Body(size).str(journal).u8(durability).u64(producer).u64(seq).u32(1).blob(data, off, len);
+    }
+
+    /** Where an append frame's durability byte (and its RESEND bit) is. */
+    static int appendResendAt(String journal) {
+        return HEADER + Body.strBytes(journal);
+    }
+
+    static Body readRecords(String journal, long from, int maxCount, int maxBytes) {
+        return new Body().str(journal).u64(from).u32(maxCount).u32(maxBytes);
+    }
+
+    static Body journal(String journal) {
+        return new Body().str(journal);
+    }
+
+    static Body setMark(String journal, long lsn) {
+        return new Body().str(journal).u64(lsn);
+    }
+
+    // Answer bodies.
+
+    /** A Hello answer. */
+    static final class HelloAnswer {
+        final int version;
+        final String server;
+        final long epoch;
+        final boolean primary;
+
+        HelloAnswer(byte[] body) throws IOException {
+            Reader r = new Reader(body);
+            version = r.u8();
+            server = r.str();
+            epoch = r.u64();
+            primary = r.u8() == 1;
+        }
+    }
+
+    /** The LSN of the first record of an Append answer. */
+    static long appendedLsn(byte[] body) throws IOException {
+        Reader r = new Reader(body);
+        long lsn = r.u64();
+        r.u32();
+        return lsn;
+    }
+
+    /** The LSN of a GetMark answer. */
+    static long mark(byte[] body) throws IOException {
+        return new Reader(body).u64();
+    }
+
+    /** An Error frame's body. */
+    static MirrorlogException error(byte[] body) throws IOException {
+        Reader r = new Reader(body);
+        int code = r.u16();
+        String msg = r.str();
+        return new MirrorlogException(code, msg);
+    }
+
+    /** The records of a Read answer, each checked against its CRC32C. */
+    static final class RecordsAnswer {
+        final long[] lsns;
+        final long[] epochs;
+        final java.util.List<byte[]> data = new java.util.ArrayList<>();
+        final long nextLsn;
+
+        RecordsAnswer(byte[] body, int maxCount) throws IOException {
+            Reader r = new Reader(body);
+            long n = r.u32();
+            if (n > maxCount) {
+                throw new IOException("mirrorlog: Read answered " + n + " records, asked for " + maxCount);
+            }
+            lsns = new long[(int) n];
+            epochs = new long[(int) n];
+            for (int i = 0; i < n; i++) {
+                lsns[i] = r.u64();
+                epochs[i] = r.u64();
+                int crc = (int) r.u32();
+                byte[] payload = r.blob();
+                if (crc32c(payload) != crc) {
+                    // The daemon verified it; a mismatch here is a corrupted transfer.
+                    throw new IOException("mirrorlog: record " + lsns[i] + " failed its CRC32C check on receipt");
+                }
+                data.add(payload);
+            }
+            nextLsn = r.u64();
+        }
     }
 
     /** Codes after which the client moves to another endpoint and resends. */
