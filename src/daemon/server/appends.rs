@@ -1,0 +1,501 @@
+//! Appends: placement, the idempotence check, the acks that wait for
+//! local durability and the replica, and the decision when to answer them.
+
+use super::*;
+
+/// An append waiting to be durable.
+pub(super) struct Ack {
+    pub(super) conn: Rc<Conn>,
+    pub(super) request_id: u64,
+    /// `None`: durable here already (an idempotent resend of a record read
+    /// back from disk).
+    pub(super) ticket: Option<Ticket>,
+    pub(super) mode: Durability,
+    pub(super) first_lsn: u64,
+    pub(super) count: u32,
+    /// Counted against the connection's in-flight limit (payload and headers).
+    pub(super) bytes: usize,
+    pub(super) payload: usize,
+    pub(super) start: Instant,
+}
+
+impl Ack {
+    /// Queues the ack: its bytes count against the connection's in-flight
+    /// limit until it is answered (`release`).
+    pub(super) fn queue(self, jd: &Jd) {
+        self.hold();
+        self.queue_held(jd);
+    }
+
+    /// Counts the ack's bytes against the connection's in-flight limit.
+    pub(super) fn hold(&self) {
+        self.conn.inflight.set(self.conn.inflight.get() + self.bytes);
+    }
+
+    /// `queue` for an ack already held.
+    pub(super) fn queue_held(self, jd: &Jd) {
+        if self.mode == Durability::Local {
+            jd.pending.borrow_mut().push_back(self);
+        } else {
+            jd.remote.borrow_mut().push_back(self);
+        }
+    }
+
+    pub(super) fn release(&self) {
+        self.conn.inflight.set(self.conn.inflight.get() - self.bytes);
+        self.conn.progress.notify_one();
+    }
+
+    /// Answers with an error instead.
+    pub(super) fn fail(&self, e: &Error) {
+        self.fail_with(e.code(), &e.to_string());
+    }
+
+    pub(super) fn fail_with(&self, code: u16, msg: &str) {
+        self.conn.send(|o| err_frame(o, self.request_id, code, msg));
+        self.release();
+    }
+
+    pub(super) fn answer(&self) {
+        self.conn.send(|o| {
+            Response::Appended { first_lsn: self.first_lsn, count: self.count }.encode(Op::Append, self.request_id, o)
+        });
+        self.release();
+    }
+}
+
+impl Srv {
+    /// Answers every append that became durable (or failed).
+    pub(super) fn settle(&self) {
+        // Nothing below creates or deletes journals, so the map stays borrowed.
+        for jd in self.journals.borrow().values() {
+            loop {
+                let front = {
+                    let p = jd.pending.borrow();
+                    match p.front() {
+                        None => break,
+                        Some(a) => a.ticket.map_or(Ok(true), |t| jd.j.poll(&t)),
+                    }
+                };
+                if let Ok(false) = front {
+                    break;
+                }
+                let Some(a) = jd.pending.borrow_mut().pop_front() else { break };
+                match front {
+                    Ok(_) => {
+                        self.m.append_latency.observe(a.start.elapsed());
+                        self.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
+                        a.answer();
+                    }
+                    Err(e) => {
+                        self.m.error(e.code());
+                        a.fail(&e);
+                    }
+                }
+            }
+            self.settle_remote(jd);
+            let d = jd.j.next_lsn();
+            if d != jd.last_durable.get() {
+                jd.last_durable.set(d);
+                jd.advanced.notify_waiters();
+            }
+        }
+    }
+
+    /// Answers `remote-*` appends that are durable here and confirmed by
+    /// the replica (received or durable, as asked), or whose wait for the
+    /// replica timed out (then the journal's `on_replica_loss` decides).
+    pub(super) fn settle_remote(&self, jd: &Jd) {
+        // Runs on every turn of the loop: nothing to do (no lock taken)
+        // unless a remote append waits or the journal is degraded.
+        if jd.remote.borrow().is_empty() && !jd.degraded.get() {
+            return;
+        }
+        let timeout = self.repl.cfg.ack_timeout;
+        let received = jd.jr.received.load(Ordering::Acquire);
+        let durable = jd.jr.durable.load(Ordering::Acquire);
+        loop {
+            let (local, need, mode, age) = {
+                let q = jd.remote.borrow();
+                let Some(a) = q.front() else { break };
+                (a.ticket.map_or(Ok(true), |t| jd.j.poll(&t)), a.first_lsn + a.count as u64, a.mode, a.start.elapsed())
+            };
+            match local {
+                Ok(false) => break,
+                Err(e) => {
+                    if let Some(a) = jd.remote.borrow_mut().pop_front() {
+                        self.m.error(e.code());
+                        a.fail(&e);
+                    }
+                    continue;
+                }
+                Ok(true) => {
+                    // Durable here: later turns need not poll it again while
+                    // it waits for the replica.
+                    if let Some(a) = jd.remote.borrow_mut().front_mut() {
+                        a.ticket = None;
+                    }
+                }
+            }
+            let decision = remote_ack(mode, need, received, durable, jd.degraded.get(), age >= timeout, jd.on_loss);
+            if decision == RemoteAck::Wait {
+                break;
+            }
+            let Some(a) = jd.remote.borrow_mut().pop_front() else { break };
+            match decision {
+                RemoteAck::Wait => {
+                    // (Not reached: a waiting append stays queued.)
+                    jd.remote.borrow_mut().push_front(a);
+                    break;
+                }
+                RemoteAck::Confirmed | RemoteAck::AsLocal => {
+                    if decision == RemoteAck::AsLocal {
+                        self.m.degraded_acks.set(self.m.degraded_acks.get() + 1);
+                    }
+                    self.m.append_latency.observe(a.start.elapsed());
+                    self.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
+                    a.answer();
+                }
+                RemoteAck::Degrade => {
+                    tracing::warn!(journal = jd.j.name(), replica_durable = durable, timeout = ?timeout,
+                        "replica did not confirm in time: acknowledging remote appends as local until it catches up");
+                    jd.degraded.set(true);
+                    jd.degraded_at.set(jd.j.next_lsn());
+                    self.m.degraded_acks.set(self.m.degraded_acks.get() + 1);
+                    self.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
+                    a.answer();
+                }
+                RemoteAck::Fail => {
+                    self.m.error(codes::REPLICA_TIMEOUT);
+                    a.fail_with(
+                        codes::REPLICA_TIMEOUT,
+                        &format!(
+                            "the replica did not confirm lsn {}..{} within {:?} ({}); the records are durable on this node and will still be shipped",
+                            a.first_lsn,
+                            need - 1,
+                            timeout,
+                            if self.repl.connected.load(Ordering::Acquire) { "it lags" } else { "it is not connected" }
+                        ),
+                    );
+                }
+            }
+        }
+        // (When the replica last held everything is kept by the ack reader.)
+        if jd.degraded.get() && self.repl.connected.load(Ordering::Acquire) && durable >= jd.degraded_at.get() {
+            tracing::info!(
+                journal = jd.j.name(),
+                replica_durable = durable,
+                degraded_at = jd.degraded_at.get(),
+                "replica caught up past where the journal degraded: remote appends wait for it again"
+            );
+            jd.degraded.set(false);
+        }
+    }
+}
+
+/// `(producer, first_seq, resend)`: who sends the append, and whether it
+/// was sent before (see `producers.rs`).
+pub(super) fn append(
+    srv: &Rc<Srv>,
+    conn: &Rc<Conn>,
+    rid: u64,
+    journal: &str,
+    durability: Durability,
+    (producer, first_seq, resend): (u64, u64, bool),
+    records: &[&[u8]],
+) {
+    let start = Instant::now();
+    let fail = |code: u16, msg: &str| {
+        srv.m.error(code);
+        conn.send(|o| err_frame(o, rid, code, msg));
+    };
+    if srv.draining.get() {
+        return fail(codes::SHUTTING_DOWN, "the daemon is shutting down; append not taken");
+    }
+    if conn.role_refused.get() {
+        return fail(
+            codes::NOT_PRIMARY,
+            "an earlier append of this connection was refused (not primary); reconnect and resend in order",
+        );
+    }
+    // The role first: a node that takes no appends does not even look the
+    // journal up (on a replica that would build its idempotence table).
+    let role = srv.repl.role();
+    match role {
+        Role::Primary | Role::Standalone => {}
+        Role::SteppingDown => {
+            // `not-primary`, not `fenced`: this append was not taken, and a
+            // client sends it again as a first send (`fenced` answers
+            // appends that were taken and may have been written).
+            conn.role_refused.set(true);
+            let e = srv.repl.seen_epoch.load(Ordering::Acquire);
+            return fail(codes::NOT_PRIMARY, &format!("fenced: a newer primary exists (epoch {e}); append not taken"));
+        }
+        r => {
+            conn.role_refused.set(true);
+            return fail(codes::NOT_PRIMARY, &format!("this node is {} (not primary); append not taken", r.name()));
+        }
+    }
+    let Some(jd) = srv.journal(journal) else {
+        let e = Error::UnknownJournal(journal.to_string());
+        return fail(e.code(), &e.to_string());
+    };
+    let mode = if durability == Durability::Default { jd.durability.get() } else { durability };
+    if role == Role::Standalone && mode != Durability::Local {
+        return fail(
+            codes::NO_REPLICA,
+            &format!("durability {} needs a replica; this node runs standalone", durability_name(mode)),
+        );
+    }
+    let count = records.len() as u64;
+    if producer != 0 && first_seq.checked_add(count).is_none() {
+        let e = ProtoError::Malformed("sequence numbers overflow");
+        return fail(e.code(), &e.to_string());
+    }
+    let payload: usize = records.iter().map(|r| r.len()).sum();
+    let bytes = payload + 32 * records.len();
+    let ack = |ticket: Option<Ticket>, first_lsn: u64| Ack {
+        conn: conn.clone(),
+        request_id: rid,
+        ticket,
+        mode,
+        first_lsn,
+        count: count as u32,
+        bytes,
+        payload,
+        start,
+    };
+    if producer != 0 {
+        let check = jd.producers.borrow_mut().check(producer, first_seq, count, resend);
+        let last = first_seq + count - 1;
+        match check {
+            Check::New => {}
+            Check::Written { lsn, ticket } => {
+                // Answered with the original LSN only once the stored
+                // records are known to be these (read back and compared).
+                let crcs: Vec<u32> = records.iter().map(|r| crc32c::crc32c(r)).collect();
+                let a = ack(ticket, lsn);
+                a.hold();
+                tokio_uring::spawn(answer_resend(srv.clone(), jd, a, crcs));
+                return;
+            }
+            Check::Unknown { newest } => {
+                return fail(
+                    codes::SEQUENCE_UNKNOWN,
+                    &format!(
+                        "producer {producer}: the resend of sequence {first_seq}..{last} is not remembered here \
+                         (newest remembered: {newest}); it may have been written before, so it is not written again"
+                    ),
+                );
+            }
+            Check::Conflict { newest } => {
+                return fail(
+                    codes::SEQUENCE_CONFLICT,
+                    &format!(
+                        "producer {producer}: sequence {first_seq}..{last} was already used (newest {newest}) and \
+                         this is not a resend: another writer uses this producer id, or the producer restarted \
+                         its sequences; not written"
+                    ),
+                );
+            }
+        }
+    }
+    let tag = (producer != 0).then_some(Tag { producer, seq: first_seq });
+    let res = jd.j.submit_many(records, tag, || srv.pump(true).map(|_| ()));
+    match res {
+        Ok((first, last)) => {
+            if producer != 0 {
+                // The durable end as of the loop's last turn (no journal lock
+                // per append): it only decides which settled producer may be
+                // forgotten, and a value behind the true one is the safe side.
+                let durable = jd.last_durable.get();
+                jd.producers.borrow_mut().record(producer, first_seq, count, first, Some(last), durable);
+            }
+            ack(Some(last), first).queue(&jd);
+        }
+        Err(e) => fail(e.code(), &e.to_string()),
+    }
+}
+
+/// Answers a resend that the idempotence table matched to records written
+/// before, once they are durable (and, for `remote-*`, confirmed): with
+/// their LSN if each stored payload has the CRC32C of the one resent, else
+/// `sequence-conflict` (item 5 of issue 16: a producer id reused with
+/// other records is never acknowledged with their LSNs). `a` was held.
+pub(super) async fn answer_resend(srv: Rc<Srv>, jd: Rc<Jd>, mut a: Ack, crcs: Vec<u32>) {
+    // Not in a queue that a step-down fails (`Jd::fail_waiting`): after each
+    // wait, a node that is no longer primary answers as a fenced one does.
+    let still_primary = |a: &Ack| -> bool {
+        if srv.repl.role().is_primary() {
+            return true;
+        }
+        srv.m.error(codes::FENCED);
+        a.fail_with(codes::FENCED, "fenced: this node is no longer primary; the resend was not answered here");
+        false
+    };
+    // The original may still be in flight.
+    while let Some(t) = a.ticket {
+        match jd.j.poll(&t) {
+            Ok(true) => a.ticket = None,
+            Ok(false) => {
+                let moved = jd.advanced.notified();
+                tokio::select! {
+                    _ = moved => {}
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            Err(e) => {
+                srv.m.error(e.code());
+                return a.fail(&e);
+            }
+        }
+        if !still_primary(&a) {
+            return;
+        }
+    }
+    let (j, first, n) = (jd.j.clone(), a.first_lsn, crcs.len());
+    let stored = blocking(move || {
+        let mut out = Vec::with_capacity(n);
+        j.visit_retained(first, 1 << 20, |r| {
+            out.push(crc32c::crc32c(r.payload));
+            out.len() < n
+        })?;
+        Ok(out)
+    })
+    .await;
+    let last = first + n as u64 - 1;
+    if !still_primary(&a) {
+        return;
+    }
+    match stored {
+        Ok(s) if s == crcs => {
+            srv.m.deduplicated.set(srv.m.deduplicated.get() + 1);
+            if a.mode == Durability::Local {
+                srv.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
+                a.answer();
+            } else {
+                // Durable here; the replica confirms it like any other.
+                a.queue_held(&jd);
+            }
+        }
+        Ok(s) if s.len() == n => {
+            srv.m.error(codes::SEQUENCE_CONFLICT);
+            a.fail_with(
+                codes::SEQUENCE_CONFLICT,
+                &format!(
+                    "the records written at lsn {first}..{last} with this producer's sequences differ from the \
+                     ones resent: another writer uses this producer id, or it restarted its sequences; not written"
+                ),
+            );
+        }
+        Ok(_) | Err(Error::BelowMark { .. }) => {
+            srv.m.error(codes::SEQUENCE_UNKNOWN);
+            a.fail_with(
+                codes::SEQUENCE_UNKNOWN,
+                &format!("lsn {first}..{last}, where this resend was written, is no longer held: it cannot be checked"),
+            );
+        }
+        Err(e) => {
+            srv.m.error(e.code());
+            a.fail(&e);
+        }
+    }
+}
+
+/// What to do with a journal's oldest `remote-*` append once it is durable
+/// here (acks of a journal are answered in placement order, so a `Wait`
+/// holds every later one too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RemoteAck {
+    /// The replica holds what the mode asks (in memory for
+    /// `remote-received`, durably for `remote-durable`): answer.
+    Confirmed,
+    /// Not confirmed, not timed out, the journal not degraded: wait.
+    Wait,
+    /// Not confirmed, but the journal is degraded: answer as `local`.
+    AsLocal,
+    /// Timed out on a journal with `on_replica_loss = "degrade"`: it
+    /// degrades now, and this append is answered as `local`.
+    Degrade,
+    /// Timed out on a journal with `on_replica_loss = "block"`: answered
+    /// with `replica-timeout` (the records stay durable here and are shipped).
+    Fail,
+}
+
+/// The replica-ack decision, pure. `need` is one past the append's last
+/// LSN; `received` and `durable` are how far the replica confirmed.
+///
+/// Invariant (asserted by the tests below over a grid of inputs): an
+/// append is `Confirmed` only when the replica reported it at the level its
+/// mode asks, `remote-durable` is never confirmed by `received` alone, and
+/// an unconfirmed append is answered only after the timeout or on a
+/// degraded journal (never while the replica may still confirm it in time).
+pub(super) fn remote_ack(
+    mode: Durability,
+    need: u64,
+    received: u64,
+    durable: u64,
+    degraded: bool,
+    timed_out: bool,
+    on_loss: OnReplicaLoss,
+) -> RemoteAck {
+    let confirmed = match mode {
+        Durability::RemoteReceived => received.max(durable) >= need,
+        _ => durable >= need,
+    };
+    if confirmed {
+        RemoteAck::Confirmed
+    } else if degraded {
+        RemoteAck::AsLocal
+    } else if !timed_out {
+        RemoteAck::Wait
+    } else if on_loss == OnReplicaLoss::Degrade {
+        RemoteAck::Degrade
+    } else {
+        RemoteAck::Fail
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replica_ack_decision_keeps_the_mode_s_promise() {
+        for mode in [Durability::RemoteReceived, Durability::RemoteDurable] {
+            for need in 1..4u64 {
+                for received in 0..5u64 {
+                    for durable in 0..5u64 {
+                        for degraded in [false, true] {
+                            for timed_out in [false, true] {
+                                for on_loss in [OnReplicaLoss::Block, OnReplicaLoss::Degrade] {
+                                    let d = remote_ack(mode, need, received, durable, degraded, timed_out, on_loss);
+                                    let held = match mode {
+                                        Durability::RemoteReceived => received >= need || durable >= need,
+                                        _ => durable >= need,
+                                    };
+                                    let case = (mode, need, received, durable, degraded, timed_out, on_loss, d);
+                                    assert_eq!(d == RemoteAck::Confirmed, held, "{case:?}");
+                                    if !held {
+                                        let want = if degraded {
+                                            RemoteAck::AsLocal
+                                        } else if !timed_out {
+                                            RemoteAck::Wait
+                                        } else if on_loss == OnReplicaLoss::Degrade {
+                                            RemoteAck::Degrade
+                                        } else {
+                                            RemoteAck::Fail
+                                        };
+                                        assert_eq!(d, want, "{case:?}");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // remote-durable is not confirmed by a replica that only received it.
+        assert_eq!(remote_ack(Durability::RemoteDurable, 5, 9, 4, false, false, OnReplicaLoss::Block), RemoteAck::Wait);
+    }
+}
