@@ -22,6 +22,7 @@
 //! used, and equal CRCs at an LSN mean equal histories).
 
 pub mod etcd;
+pub mod negotiate;
 pub mod outbox;
 pub mod receiver;
 pub mod role;

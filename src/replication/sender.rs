@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::negotiate::{Negotiation, Pos, Step};
 use super::outbox::{Event, Outbox};
 use super::wire::{encode_batch, Hello, Msg, REPL_VERSION};
 use super::{max_body, Change, FrameConn, ReplShared};
@@ -27,14 +28,6 @@ use crate::{Error, Journal, MirrorLog};
 
 /// Bytes read from the segments at once during catch-up.
 const CATCHUP_READ: usize = 8 << 20;
-
-/// Where the next shipment of a journal starts.
-#[derive(Debug, Clone, Copy)]
-struct Pos {
-    lsn: u64,
-    crc: u32,
-    hint: Option<(u64, u64)>,
-}
 
 /// What asking the peer found (a primary at start).
 #[derive(Debug, PartialEq, Eq)]
@@ -203,99 +196,57 @@ impl Sender {
         res
     }
 
-    /// Finds where journal `j` continues on the replica: at its chain end
-    /// if that is in our history, else after the newest record both hold
-    /// (the replica cuts back to it), else from our oldest segment (reset).
+    /// Finds where journal `j` continues on the replica: carries out the
+    /// steps of its [`Negotiation`] (sans-IO, `negotiate.rs`) over the link.
     fn negotiate(&self, c: &mut FrameConn, j: &Journal, end: ChainEnd) -> Result<Pos, String> {
         let io = |e: std::io::Error| e.to_string();
         let timeout = self.shared.cfg.peer_timeout * 4;
-        let ours = j.next_lsn();
-        let starts = j.segment_starts();
-        let oldest = starts.first().copied();
-        let reset = |c: &mut FrameConn, next: u64, why: &str| -> Result<Pos, String> {
-            tracing::warn!(
-                journal = j.name(),
-                replica_next = end.next_lsn,
-                next,
-                why,
-                "replica journal sent again whole"
-            );
-            self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
-            c.send(&Msg::Reset { journal: j.id(), next_lsn: next }).map_err(io)?;
-            match answer(c, timeout).map_err(io)? {
-                Msg::Ends(e) if e.len() == 1 => Ok(Pos { lsn: e[0].1.next_lsn, crc: 0, hint: None }),
-                Msg::Diverged { message, .. } => Err(self.diverged(message)),
-                other => Err(format!("unexpected answer to reset {other:?}")),
-            }
-        };
-        let held = |lsn: u64| oldest.is_some_and(|o| lsn >= o) && lsn < ours;
-        // Where the replica can go on as it is: its chain end is in our
-        // history (a segment start we hold, or a record with the same CRC).
-        let continue_at = |e: &ChainEnd| -> Option<Pos> {
-            if e.seg_seq == u64::MAX {
-                let ok = starts.contains(&e.next_lsn) || (oldest.is_none() && e.next_lsn == ours);
-                return ok.then_some(Pos { lsn: e.next_lsn, crc: 0, hint: None });
-            }
-            let d = e.next_lsn;
-            (d >= 2 && held(d - 1) && j.record_crc(d - 1).ok() == Some(e.last_crc)).then_some(Pos {
-                lsn: d,
-                crc: e.last_crc,
-                hint: Some((e.seg_seq, e.tail_off)),
-            })
-        };
-        // Otherwise the replica is sent what we retain, whole.
-        let restart = oldest.unwrap_or(ours);
-        if let Some(p) = continue_at(&end) {
-            return Ok(p);
-        }
-        if end.seg_seq == u64::MAX {
-            return reset(c, restart, "the replica holds nothing of what is retained here");
-        }
-        // Histories differ at the replica's tail (or it is ahead): find the
-        // newest record both hold, from samples back from its tail.
-        let d = end.next_lsn;
-        let low = end.first_lsn.max(oldest.unwrap_or(u64::MAX));
-        let mut lsns = Vec::new();
-        let mut step = 1u64;
-        let mut l = d.saturating_sub(1).min(ours.saturating_sub(1));
-        while l >= low && l >= 1 && lsns.len() < 64 {
-            lsns.push(l);
-            if l < step {
-                break;
-            }
-            l -= step;
-            step = step.saturating_mul(2);
-        }
-        if lsns.is_empty() {
-            return reset(c, restart, "no record in common");
-        }
-        c.send(&Msg::Probe { journal: j.id(), lsns }).map_err(io)?;
-        let samples = match answer(c, timeout).map_err(io)? {
-            Msg::Samples { samples, .. } => samples,
-            other => return Err(format!("unexpected answer to probe {other:?}")),
-        };
-        let agree =
-            samples.iter().filter(|(l, crc)| held(*l) && j.record_crc(*l).ok() == Some(*crc)).map(|s| s.0).max();
-        let Some(keep) = agree else {
-            return reset(c, restart, "no record in common");
-        };
-        tracing::warn!(
-            journal = j.name(),
-            replica_next = d,
-            keep,
-            "replica holds records this primary never had: cutting it back"
-        );
-        c.send(&Msg::Truncate { journal: j.id(), keep }).map_err(io)?;
-        let e = match answer(c, timeout).map_err(io)? {
-            Msg::Ends(e) if e.len() == 1 => e[0].1,
-            Msg::Failed { message } => return Err(format!("replica failed to cut back: {message}")),
-            Msg::Diverged { message, .. } => return Err(self.diverged(message)),
-            other => return Err(format!("unexpected answer to truncate {other:?}")),
-        };
-        self.shared.truncations.fetch_add(1, Ordering::Relaxed);
-        match continue_at(&e) {
-            Some(p) => Ok(p),
-            None => reset(c, restart, "cut back to a point not in common"),
+        let mut n = Negotiation::new(j);
+        let mut step = n.begin(j, &end)?;
+        loop {
+            step = match step {
+                Step::Continue(p) => return Ok(p),
+                Step::Probe(lsns) => {
+                    c.send(&Msg::Probe { journal: j.id(), lsns }).map_err(io)?;
+                    match answer(c, timeout).map_err(io)? {
+                        Msg::Samples { samples, .. } => n.on_samples(j, &samples)?,
+                        other => return Err(format!("unexpected answer to probe {other:?}")),
+                    }
+                }
+                Step::Truncate { keep } => {
+                    tracing::warn!(
+                        journal = j.name(),
+                        replica_next = end.next_lsn,
+                        keep,
+                        "replica holds records this primary never had: cutting it back"
+                    );
+                    c.send(&Msg::Truncate { journal: j.id(), keep }).map_err(io)?;
+                    let e = match answer(c, timeout).map_err(io)? {
+                        Msg::Ends(e) if e.len() == 1 => e[0].1,
+                        Msg::Failed { message } => return Err(format!("replica failed to cut back: {message}")),
+                        Msg::Diverged { message, .. } => return Err(self.diverged(message)),
+                        other => return Err(format!("unexpected answer to truncate {other:?}")),
+                    };
+                    self.shared.truncations.fetch_add(1, Ordering::Relaxed);
+                    n.on_ends(j, &e)?
+                }
+                Step::Reset { next_lsn, why } => {
+                    tracing::warn!(
+                        journal = j.name(),
+                        replica_next = end.next_lsn,
+                        next = next_lsn,
+                        why,
+                        "replica journal sent again whole"
+                    );
+                    self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
+                    c.send(&Msg::Reset { journal: j.id(), next_lsn }).map_err(io)?;
+                    match answer(c, timeout).map_err(io)? {
+                        Msg::Ends(e) if e.len() == 1 => n.on_ends(j, &e[0].1)?,
+                        Msg::Diverged { message, .. } => return Err(self.diverged(message)),
+                        other => return Err(format!("unexpected answer to reset {other:?}")),
+                    }
+                }
+            };
         }
     }
 
