@@ -43,9 +43,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::frames::FrameBuf;
 use crate::protocol::{
-    codes, decode_frame, seal_frame, Durability, Op, ProtoError, Request, Response, DEFAULT_MAX_BODY, HEADER_LEN,
-    VERSION,
+    codes, seal_frame, Durability, Op, ProtoError, Request, Response, DEFAULT_MAX_BODY, HEADER_LEN, VERSION,
 };
 
 /// An error from the client: a numbered code (the daemon's, or `timeout`
@@ -600,26 +600,21 @@ struct Conn {
     primary: bool,
     stream: TcpStream,
     /// Bytes read past the Hello response.
-    rest: Vec<u8>,
+    rest: FrameBuf,
 }
 
-async fn read_frame(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(u8, u64, Vec<u8>)> {
+async fn read_frame(s: &mut TcpStream, buf: &mut FrameBuf) -> Result<(u8, u64, Vec<u8>)> {
     loop {
-        match decode_frame(buf, DEFAULT_MAX_BODY) {
-            Ok(Some((f, n))) => {
-                let out = (f.opcode, f.request_id, f.body.to_vec());
-                buf.drain(..n);
-                return Ok(out);
-            }
-            Ok(None) => {}
-            Err(e) => return Err(ClientError::proto(&e)),
+        if let Some(f) = buf.next_frame().map_err(|e| ClientError::proto(&e))? {
+            return Ok((f.opcode, f.request_id, f.body.to_vec()));
         }
-        let mut chunk = [0u8; 64 << 10];
-        let n = s.read(&mut chunk).await.map_err(|e| ClientError::new(codes::UNAVAILABLE, e.to_string()))?;
+        let mut b = buf.take(64 << 10);
+        let r = s.read_buf(&mut b).await;
+        buf.restore(b);
+        let n = r.map_err(|e| ClientError::new(codes::UNAVAILABLE, e.to_string()))?;
         if n == 0 {
             return Err(ClientError::new(codes::UNAVAILABLE, "connection closed by the server"));
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -632,7 +627,7 @@ async fn connect_one(cfg: &ClientConfig, ep: &str) -> Result<Conn> {
     let _ = s.set_nodelay(true);
     let mut hello = Vec::new();
     Request::Hello { min_version: VERSION, max_version: VERSION, client: &cfg.client_name }.encode(0, &mut hello);
-    let mut rest = Vec::new();
+    let mut rest = FrameBuf::new(cfg.max_frame);
     let reply = tokio::time::timeout(cfg.connect_timeout, async {
         s.write_all(&hello).await.map_err(|e| unavailable(e.to_string()))?;
         read_frame(&mut s, &mut rest).await
@@ -711,7 +706,7 @@ impl Supervisor {
             }
             st.link = Some(Link { gen, stream: stream.clone(), out, writing: false, wake_writer: wake_writer.clone() });
         }
-        tokio::spawn(reader(self.sh.clone(), stream.clone(), gen, c.rest, self.cfg.max_frame));
+        tokio::spawn(reader(self.sh.clone(), stream.clone(), gen, c.rest));
         tokio::spawn(writer(self.sh.clone(), stream, gen, wake_writer));
     }
 
@@ -800,35 +795,27 @@ async fn writer(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, wake: Arc<Not
     }
 }
 
-async fn reader(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, mut buf: Vec<u8>, max_frame: u32) {
-    buf.reserve(64 << 10);
+async fn reader(sh: Arc<Shared>, stream: Arc<TcpStream>, gen: u64, mut buf: FrameBuf) {
     loop {
-        // Every whole frame buffered, then the buffer is trimmed once.
-        let mut pos = 0;
+        // Every whole frame buffered, then one read.
         loop {
-            let (opcode, rid, n) = match decode_frame(&buf[pos..], max_frame) {
-                Ok(Some((f, n))) => (f.opcode, f.request_id, n),
+            let f = match buf.next_frame() {
+                Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "bad frame from the server");
                     return lose(&sh, gen);
                 }
             };
-            let failover = route(&sh, opcode, rid, &buf[pos + HEADER_LEN..pos + n]);
-            pos += n;
-            if let Some(code) = failover {
+            if let Some(code) = route(&sh, f.opcode, f.request_id, f.body) {
                 tracing::debug!(code, "server asks to fail over");
                 return lose(&sh, gen);
             }
         }
-        buf.drain(..pos);
-        if buf.capacity() - buf.len() < 16 << 10 {
-            buf.reserve(64 << 10);
-        }
         if stream.readable().await.is_err() {
             return lose(&sh, gen);
         }
-        match crate::sockread::read_draining(&*stream, &mut buf) {
+        match buf.append_with(16 << 10, |b| crate::sockread::read_draining(&*stream, b)) {
             Ok(0) => return lose(&sh, gen),
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -1014,26 +1001,21 @@ pub fn admin(endpoint: &str, req: &Request<'_>, timeout: Duration) -> Result<Str
     Request::Hello { min_version: VERSION, max_version: VERSION, client: "mirrorlog-admin" }.encode(1, &mut out);
     req.encode(2, &mut out);
     s.write_all(&out).map_err(|e| unavailable(e.to_string()))?;
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 << 10];
+    let mut buf = FrameBuf::new(DEFAULT_MAX_BODY);
     loop {
-        while let Some((f, n)) =
-            crate::protocol::decode_frame(&buf, DEFAULT_MAX_BODY).map_err(|e| ClientError::proto(&e))?
-        {
+        while let Some(f) = buf.next_frame().map_err(|e| ClientError::proto(&e))? {
             if f.request_id == 2 || (f.opcode == Op::Error as u8 && f.request_id == 0) {
                 let r = Response::decode(&f, req.op()).map_err(|e| ClientError::proto(&e))?;
                 return match r {
                     Response::Status { json } => Ok(json.to_string()),
                     Response::Error { code, message } => Err(ClientError::new(code, message.to_string())),
-                    other => Err(ClientError::new(105, format!("unexpected answer {other:?}"))),
+                    other => Err(ClientError::new(codes::MALFORMED, format!("unexpected answer {other:?}"))),
                 };
             }
-            buf.drain(..n);
         }
-        let n = s.read(&mut chunk).map_err(|e| unavailable(e.to_string()))?;
+        let n = buf.fill_with(64 << 10, |room| s.read(room)).map_err(|e| unavailable(e.to_string()))?;
         if n == 0 {
             return Err(unavailable("closed before answering".into()));
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }

@@ -35,6 +35,7 @@ pub mod driver;
 pub mod epoch;
 pub mod error;
 pub mod format;
+pub mod frames;
 pub mod io;
 pub mod journal;
 pub mod mirror;

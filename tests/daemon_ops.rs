@@ -223,7 +223,8 @@ fn embedded_default_and_cli() {
 /// request is answered, and the socket file is removed on a clean stop.
 #[test]
 fn unix_socket_listener_both_networks() {
-    use mirrorlog::protocol::{decode_frame, Op, Request, Response};
+    use mirrorlog::frames::FrameBuf;
+    use mirrorlog::protocol::{Op, Request, Response};
     use std::io::{Read, Write};
     for network in ["epoll", "io_uring"] {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -266,21 +267,17 @@ fn unix_socket_listener_both_networks() {
             }
         };
         s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-        let mut buf = Vec::new();
+        let mut buf = FrameBuf::new(1 << 20);
         let mut ask = |s: &mut std::os::unix::net::UnixStream, req: Request<'_>, rid: u64| {
             let mut out = Vec::new();
             req.encode(rid, &mut out);
             s.write_all(&out).expect("write");
             loop {
-                if let Ok(Some((f, used))) = decode_frame(&buf, 1 << 20) {
-                    let got = (f.opcode, f.request_id, f.body.to_vec());
-                    buf.drain(..used);
-                    return got;
+                if let Some(f) = buf.next_frame().expect("a valid frame") {
+                    return (f.opcode, f.request_id, f.body.to_vec());
                 }
-                let mut chunk = [0u8; 4096];
-                let n = s.read(&mut chunk).expect("read");
+                let n = buf.fill_with(4096, |room| s.read(room)).expect("read");
                 assert!(n > 0, "{network}: closed");
-                buf.extend_from_slice(&chunk[..n]);
             }
         };
         let append = Request::Append {

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::protocol::decode_frame;
+use crate::frames::FrameBuf;
 pub use role::{Change, Role};
 use wire::Msg;
 
@@ -206,14 +206,10 @@ impl ReplShared {
 /// A framed TCP connection (blocking).
 pub struct FrameConn {
     pub stream: TcpStream,
-    /// Bytes received and not yet decoded: `rbuf[rpos..rend]`. Past `rend`
-    /// is room for the next read, zeroed once when the buffer grows (not
-    /// before every read).
-    rbuf: Vec<u8>,
-    rpos: usize,
-    rend: usize,
+    /// Bytes received and not yet decoded (room for the next read is
+    /// zeroed once when the buffer grows, not before every read).
+    rbuf: FrameBuf,
     wbuf: Vec<u8>,
-    max_body: u32,
     /// The read timeout last set on the socket (set again only on a change).
     timeout: Option<Duration>,
 }
@@ -236,15 +232,7 @@ pub fn configure(s: &TcpStream, buffer: usize) -> std::io::Result<()> {
 
 impl FrameConn {
     pub fn new(stream: TcpStream, max_body: u32) -> FrameConn {
-        FrameConn {
-            stream,
-            rbuf: Vec::new(),
-            rpos: 0,
-            rend: 0,
-            wbuf: Vec::with_capacity(1 << 20),
-            max_body,
-            timeout: None,
-        }
+        FrameConn { stream, rbuf: FrameBuf::new(max_body), wbuf: Vec::with_capacity(1 << 20), timeout: None }
     }
 
     pub fn connect(addr: SocketAddr, timeout: Duration, buffer: usize, max_body: u32) -> std::io::Result<FrameConn> {
@@ -266,39 +254,21 @@ impl FrameConn {
 
     /// A frame already received, if a whole one is buffered.
     pub fn try_decoded(&mut self) -> std::io::Result<Option<Msg>> {
-        match decode_frame(&self.rbuf[self.rpos..self.rend], self.max_body) {
-            Ok(Some((f, n))) => {
-                let m =
-                    Msg::decode(&f).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()));
-                self.rpos += n;
-                if self.rpos == self.rend {
-                    (self.rpos, self.rend) = (0, 0);
-                }
-                m.map(Some)
-            }
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        match self.rbuf.next_frame() {
+            Ok(Some(f)) => Msg::decode(&f).map(Some).map_err(|e| invalid(e.to_string())),
             Ok(None) => Ok(None),
-            Err(e) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())),
+            Err(e) => Err(invalid(e.to_string())),
         }
     }
 
     /// Reads whatever the socket has (blocking up to its read timeout).
     /// `Ok(false)` on a timeout with nothing read.
     pub fn fill(&mut self) -> std::io::Result<bool> {
-        if self.rpos > 0 {
-            self.rbuf.copy_within(self.rpos..self.rend, 0);
-            self.rend -= self.rpos;
-            self.rpos = 0;
-        }
-        let want = self.rend + (256 << 10);
-        if self.rbuf.len() < want {
-            self.rbuf.resize(want, 0);
-        }
-        match self.stream.read(&mut self.rbuf[self.rend..]) {
+        let stream = &mut self.stream;
+        match self.rbuf.fill_with(256 << 10, |room| stream.read(room)) {
             Ok(0) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the peer closed the connection")),
-            Ok(n) => {
-                self.rend += n;
-                Ok(true)
-            }
+            Ok(_) => Ok(true),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Ok(false),
             Err(e) => Err(e),
         }

@@ -5,7 +5,8 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use mirrorlog::protocol::{decode_frame, Op, Response};
+use mirrorlog::frames::FrameBuf;
+use mirrorlog::protocol::{Op, Response};
 
 pub fn raw(addr: &str) -> TcpStream {
     let s = TcpStream::connect(addr).expect("connect");
@@ -19,25 +20,23 @@ pub fn raw(addr: &str) -> TcpStream {
 
 thread_local! {
     /// Bytes read past the last frame, per socket (by fd).
-    static LEFT: std::cell::RefCell<std::collections::HashMap<i32, Vec<u8>>> = Default::default();
+    static LEFT: std::cell::RefCell<std::collections::HashMap<i32, FrameBuf>> = Default::default();
 }
 
 /// Reads one frame: (opcode, request id, body).
 pub fn read_frame(s: &mut TcpStream) -> Option<(u8, u64, Vec<u8>)> {
     use std::os::fd::AsRawFd;
     let fd = s.as_raw_fd();
-    let mut buf = LEFT.with(|l| l.borrow_mut().remove(&fd)).unwrap_or_default();
-    let mut chunk = [0u8; 4096];
+    let mut buf = LEFT.with(|l| l.borrow_mut().remove(&fd)).unwrap_or_else(|| FrameBuf::new(64 << 20));
     loop {
-        if let Ok(Some((f, n))) = decode_frame(&buf, 64 << 20) {
+        if let Ok(Some(f)) = buf.next_frame() {
             let out = (f.opcode, f.request_id, f.body.to_vec());
-            buf.drain(..n);
             LEFT.with(|l| l.borrow_mut().insert(fd, buf));
             return Some(out);
         }
-        match s.read(&mut chunk) {
+        match buf.fill_with(4096, |room| s.read(room)) {
             Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
 }

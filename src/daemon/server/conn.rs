@@ -3,6 +3,7 @@
 //! whose answers or appends in flight pass `max_inflight_bytes` is not read).
 
 use super::*;
+use crate::frames::FrameBuf;
 
 /// A client connection's shared state (its reader and writer tasks, and
 /// the acks and subscriptions that answer it).
@@ -268,7 +269,7 @@ pub(super) async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) 
     let lim = &srv.cfg.limits;
     let max_frame = lim.max_frame_bytes as u32;
     let max_inflight = lim.max_inflight_bytes as usize;
-    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
+    let mut fb = FrameBuf::new(max_frame);
     let mut partial_since: Option<Instant> = None;
     loop {
         // Back-pressure: do not read more while too much is waiting.
@@ -287,9 +288,7 @@ pub(super) async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) 
         if srv.draining.get() {
             return "draining";
         }
-        if buf.capacity() - buf.len() < 16 << 10 {
-            buf.reserve(64 << 10);
-        }
+        let buf = fb.take(16 << 10);
         let at = buf.len();
         let timeout = match partial_since {
             Some(t) => lim.frame_timeout.saturating_sub(t.elapsed()),
@@ -321,16 +320,16 @@ pub(super) async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) 
                 return "frame timeout";
             }
         };
-        buf = b;
+        fb.restore(b);
         match res {
             Ok(0) => return "closed by peer",
             Ok(_) => {}
             Err(_) => return "read error",
         }
         // Handle every complete frame in the buffer.
-        let mut pos = 0;
+        let mut handled = false;
         loop {
-            let f = match decode_frame(&buf[pos..], max_frame) {
+            let frame = match fb.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
@@ -340,8 +339,7 @@ pub(super) async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) 
                     return "bad frame";
                 }
             };
-            let (frame, used) = f;
-            pos += used;
+            handled = true;
             handle(srv, conn, &frame).await;
             // Back-pressure between frames too: many small requests in one
             // read must not pile up unbounded answers.
@@ -350,21 +348,15 @@ pub(super) async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) 
                 conn.progress.notified().await;
             }
         }
-        if pos > 0 {
-            buf.drain(..pos);
-        }
         // The frame clock runs from when the current partial frame began:
         // progress (a frame handled) or an empty buffer restarts it.
-        partial_since = if buf.is_empty() {
+        partial_since = if fb.pending() == 0 {
             None
-        } else if pos > 0 {
+        } else if handled {
             Some(Instant::now())
         } else {
             partial_since.or(Some(Instant::now()))
         };
-        if buf.capacity() > 4 << 20 && buf.len() < 64 << 10 {
-            buf.shrink_to(256 << 10);
-        }
         // Let the pump write what formed (it runs after the other ready connections).
         srv.activity.set(srv.activity.get().wrapping_add(1));
         srv.kick.notify_one();

@@ -46,9 +46,7 @@ use super::metrics::{self, Metrics};
 use super::notify::Notifier;
 use super::producers::{Check, Producers};
 use crate::epoch::Epoch;
-use crate::protocol::{
-    codes, decode_frame, Durability, Frame, Op, ProtoError, Request, Response, WireRecord, HEADER_LEN, VERSION,
-};
+use crate::protocol::{codes, Durability, Frame, Op, ProtoError, Request, Response, WireRecord, HEADER_LEN, VERSION};
 use crate::replication::{self, Change, JRepl, ReplShared, Role};
 use crate::{Driver, Error, Journal, MirrorLog, Tag, Ticket};
 

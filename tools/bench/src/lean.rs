@@ -14,7 +14,8 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use mirrorlog::client::{Client, ClientConfig};
-use mirrorlog::protocol::{decode_frame, Durability, Op, Request, Response, VERSION};
+use mirrorlog::frames::FrameBuf;
+use mirrorlog::protocol::{Durability, Op, Request, Response, VERSION};
 
 use crate::load::{payload, run_workers, Lat, Load, Progress, Sizes};
 use crate::report::Report;
@@ -28,7 +29,7 @@ struct Conn {
     sent_at: Instant,
     payload: Vec<u8>,
     frame: Vec<u8>,
-    rbuf: Vec<u8>,
+    rbuf: FrameBuf,
     /// An append answered with an error is resent (same sequence) then.
     retry_at: Option<Instant>,
 }
@@ -48,7 +49,7 @@ const MAX_FRAME: u32 = 64 << 20;
 fn connect(endpoint: &str, id: usize, journal: &str) -> Result<Conn, String> {
     let mut s = TcpStream::connect(endpoint).map_err(|e| format!("{endpoint}: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
-    let mut rbuf = Vec::with_capacity(64 << 10);
+    let mut rbuf = FrameBuf::new(MAX_FRAME);
     let hello = Request::Hello { min_version: VERSION, max_version: VERSION, client: "mirrorlog-bench-lean" };
     round_trip(&mut s, &mut rbuf, hello, Op::Hello, |r| match r {
         Response::Hello { primary: true, .. } => Ok(()),
@@ -81,7 +82,7 @@ fn connect(endpoint: &str, id: usize, journal: &str) -> Result<Conn, String> {
 /// One blocking request and its answer, judged by `check`.
 fn round_trip(
     s: &mut TcpStream,
-    rbuf: &mut Vec<u8>,
+    rbuf: &mut FrameBuf,
     req: Request<'_>,
     op: Op,
     check: impl FnOnce(Response<'_>) -> Result<(), String>,
@@ -90,15 +91,11 @@ fn round_trip(
     req.encode(1, &mut out);
     s.write_all(&out).map_err(|e| e.to_string())?;
     loop {
-        if let Some((f, used)) = decode_frame(rbuf, MAX_FRAME).map_err(|e| e.to_string())? {
-            check(Response::decode(&f, op).map_err(|e| e.to_string())?)?;
-            rbuf.drain(..used);
-            return Ok(());
+        if let Some(f) = rbuf.next_frame().map_err(|e| e.to_string())? {
+            return check(Response::decode(&f, op).map_err(|e| e.to_string())?);
         }
-        let mut tmp = [0u8; 4096];
-        match s.read(&mut tmp).map_err(|e| e.to_string())? {
-            0 => return Err("the daemon closed the connection".into()),
-            n => rbuf.extend_from_slice(&tmp[..n]),
+        if rbuf.fill_with(4096, |room| s.read(room)).map_err(|e| e.to_string())? == 0 {
+            return Err("the daemon closed the connection".into());
         }
     }
 }
@@ -235,14 +232,19 @@ fn drive(
         }
         for ev in &events[..n as usize] {
             let c = &mut conns[ev.u64 as usize];
-            if c.rbuf.capacity() - c.rbuf.len() < 4096 {
-                c.rbuf.reserve(64 << 10);
-            }
-            let spare = c.rbuf.spare_capacity_mut();
-            // SAFETY: recv into the vector's allocated, unused capacity.
-            let r = unsafe {
-                libc::recv(c.s.as_raw_fd(), spare.as_mut_ptr() as *mut libc::c_void, spare.len(), libc::MSG_DONTWAIT)
-            };
+            let fd = c.s.as_raw_fd();
+            let r = c.rbuf.append_with(4096, |b| {
+                let spare = b.spare_capacity_mut();
+                // SAFETY: recv into the vector's allocated, unused capacity.
+                let r =
+                    unsafe { libc::recv(fd, spare.as_mut_ptr() as *mut libc::c_void, spare.len(), libc::MSG_DONTWAIT) };
+                if r > 0 {
+                    // SAFETY: the kernel initialised r more bytes.
+                    unsafe { b.set_len(b.len() + r as usize) };
+                }
+                Ok::<isize, ()>(r)
+            });
+            let r = r.unwrap_or(-1);
             if r == 0 {
                 return Err("the daemon closed a connection".into());
             }
@@ -253,12 +255,8 @@ fn drive(
                 }
                 return Err(format!("recv: {e}"));
             }
-            // SAFETY: the kernel initialised r more bytes.
-            unsafe { c.rbuf.set_len(c.rbuf.len() + r as usize) };
-            let mut pos = 0;
             let mut answered = false;
-            while let Some((f, used)) = decode_frame(&c.rbuf[pos..], MAX_FRAME).map_err(|e| e.to_string())? {
-                pos += used;
+            while let Some(f) = c.rbuf.next_frame().map_err(|e| e.to_string())? {
                 if f.request_id != c.rid {
                     return Err(format!("an answer to request {} on a connection waiting for {}", f.request_id, c.rid));
                 }
@@ -280,7 +278,6 @@ fn drive(
                     _ => return Err("an unexpected answer to an append".into()),
                 }
             }
-            c.rbuf.drain(..pos);
             if answered && !p.stopped() {
                 c.send_next(o, p)?;
             }
