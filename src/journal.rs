@@ -10,6 +10,7 @@ use crate::pipeline::{IndexEntry, JournalInner};
 pub use crate::pipeline::{JournalCounters, Lsn, RecoveryStats, Ticket};
 pub use crate::read::Rec;
 use crate::read::SegmentScan;
+use crate::shipment::{ChainEnd, ShipView, Shipment};
 
 /// A handle to one journal. Cheap to clone; all methods take `&self` and may
 /// be called from many threads at once.
@@ -345,5 +346,154 @@ impl Iterator for JournalIter {
                 None
             }
         }
+    }
+}
+
+// Replication: what a primary ships and a replica applies (the work is in
+// `ship.rs`, on `JournalInner`).
+impl Journal {
+    /// Replica: queues a batch shipped by the primary. It is written (by a
+    /// `Driver` or a blocking wait) to the same slot and offset as on the
+    /// primary, and becomes durable like a batch of this node's own.
+    /// Refused (nothing written) unless it continues this journal's chain;
+    /// `Backpressure` when every batch buffer is in use or the slot is
+    /// still pinned by a reader (write, then retry).
+    pub fn apply_shipment(&self, v: &ShipView<'_>) -> Result<()> {
+        self.inner.apply(v)
+    }
+
+    /// Replica: where this journal's chain ends, once nothing is queued or
+    /// being written (`Backpressure` until then).
+    pub fn chain_end(&self) -> Result<ChainEnd> {
+        self.inner.chain_end()
+    }
+
+    /// Primary (catch-up): whole batches from `from` (a batch start, whose
+    /// previous record has CRC `prev_crc`) up to `end` or the durable end,
+    /// read from the segments (one read of at most `max_bytes`, at least a
+    /// batch) and verified, in shipments of at most one batch buffer each,
+    /// in order. `hint`: (segment seq, offset) where `from` starts, as the
+    /// replica reported it. Empty when nothing is left to send.
+    pub fn read_shipment(
+        &self,
+        from: u64,
+        prev_crc: u32,
+        hint: Option<(u64, u64)>,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<Shipment>> {
+        self.inner.read_shipment(from, prev_crc, hint, end, max_bytes)
+    }
+
+    /// Replica: cuts the journal back to the last batch end at or below
+    /// `keep` (records after it were never its new primary's), zeroing what
+    /// lies after on every mirror. Nothing may be queued or in flight.
+    pub fn truncate_after(&self, keep: u64) -> Result<ChainEnd> {
+        self.inner.truncate_after(keep)
+    }
+
+    /// Replica: drops every segment (their headers zeroed) so the journal
+    /// can be sent again whole; it continues at `next_lsn`.
+    pub fn reset(&self, next_lsn: u64) -> Result<ChainEnd> {
+        // As `truncate_after`: no mark may free a slot being zeroed here.
+        // (Taken here, not in `JournalInner::reset`, which `truncate_after`
+        // calls with the lock held.)
+        let _g = self.inner.mark_lock.lock();
+        self.inner.reset(next_lsn)
+    }
+
+    /// The CRC of the record at `lsn` (its place in the chain: equal CRCs
+    /// mean equal histories up to it), read and verified.
+    pub fn record_crc(&self, lsn: u64) -> Result<u32> {
+        let mut out = None;
+        self.inner.scan_from(
+            lsn,
+            |r| {
+                out = Some(r.crc);
+                false
+            },
+            64 << 10,
+            true,
+        )?;
+        out.ok_or(Error::NotYetWritten { lsn, next: self.next_lsn() })
+    }
+
+    /// Replica: takes the primary's mark, up (reclaiming segments like
+    /// `set_mark`; the records below it must be durable here) or down.
+    pub fn apply_mark(&self, lsn: u64) -> Result<()> {
+        let cur = self.mark();
+        if lsn > cur {
+            self.set_mark(lsn)
+        } else if lsn < cur {
+            // Never below the oldest segment held: the segments before it
+            // were reclaimed, and their headers (left on disk) must stay
+            // below the mark, or recovery would take them back.
+            let _g = self.inner.mark_lock.lock();
+            let oldest = self.inner.st.lock().segs.front().map(|s| s.first_lsn);
+            let lsn = oldest.map_or(lsn, |o| lsn.max(o));
+            if lsn >= cur {
+                return Ok(());
+            }
+            self.inner.persist_mark(lsn)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The first record at or after `from` whose epoch is above `epoch`:
+    /// its LSN and epoch (`None` if there is none up to the durable end).
+    /// Reads at most about one segment: a chain's epochs never decrease
+    /// (each run's epoch is above every earlier one on the node, and a
+    /// replica takes a primary's run only at or above its own), so the
+    /// segment headers say where the epochs pass `epoch`.
+    pub fn first_record_above(&self, from: Lsn, epoch: u64) -> Result<Option<(Lsn, u64)>> {
+        let start = {
+            let st = self.inner.st.lock();
+            if from >= st.durable_lsn {
+                return Ok(None);
+            }
+            let i = st.segs.partition_point(|s| s.first_lsn <= from).saturating_sub(1);
+            // The last segment from there on whose header is at or below
+            // `epoch`: every record before it is too.
+            let k = (i..st.segs.len()).rev().find(|&k| st.segs[k].epoch <= epoch).unwrap_or(i);
+            st.segs.get(k).map_or(from, |s| s.first_lsn.max(from))
+        };
+        let mut found = None;
+        self.inner.scan_from(
+            start,
+            |r| {
+                if r.epoch > epoch {
+                    found = Some((r.lsn, r.epoch));
+                    return false;
+                }
+                true
+            },
+            1 << 20,
+            true,
+        )?;
+        Ok(found)
+    }
+
+    /// (slot, segment sequence, first LSN) of each segment held, oldest first.
+    pub fn segment_slots(&self) -> Vec<(u64, u64, u64)> {
+        self.inner.st.lock().segs.iter().map(|s| (s.slot, s.seq, s.first_lsn)).collect()
+    }
+
+    /// Changes whenever the journal is cut back or reset (a replica taking
+    /// its primary's history): a reader that saw records before may not
+    /// find the same ones after.
+    pub fn cut_generation(&self) -> u64 {
+        self.inner.cut_gate.generation()
+    }
+
+    /// Whether a write of this journal failed (it takes no more writes
+    /// until reopened).
+    pub fn failed(&self) -> bool {
+        self.inner.st.lock().failed.is_some()
+    }
+
+    /// The journal's id in its set (equal on a primary and its replicas).
+    pub fn id(&self) -> u64 {
+        self.inner.id
     }
 }

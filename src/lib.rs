@@ -45,6 +45,7 @@ pub mod read;
 mod recovery;
 pub mod replication;
 pub mod ship;
+pub mod shipment;
 mod sockread;
 pub mod storage;
 pub mod verify;

@@ -42,6 +42,7 @@ use crate::format::{
 };
 use crate::io::AlignedBuf;
 use crate::mirror::MirrorSet;
+use crate::shipment::{Ship, ShipView};
 
 /// Log sequence number: per journal, dense, starting at 1.
 pub type Lsn = u64;
@@ -53,7 +54,7 @@ pub(crate) struct Shared {
     pub slots: Mutex<SlotTable>,
     /// Where batches, marks and journal changes are shipped (a primary's
     /// replication outbox), if anywhere. See `ship.rs`.
-    pub sink: parking_lot::RwLock<Option<Arc<dyn crate::ship::ShipSink>>>,
+    pub sink: parking_lot::RwLock<Option<Arc<dyn crate::shipment::ShipSink>>>,
 }
 
 /// Ownership of segment slots.
@@ -124,7 +125,7 @@ impl Shared {
         }
     }
 
-    pub(crate) fn sink(&self) -> Option<Arc<dyn crate::ship::ShipSink>> {
+    pub(crate) fn sink(&self) -> Option<Arc<dyn crate::shipment::ShipSink>> {
         self.sink.read().clone()
     }
 
@@ -614,7 +615,7 @@ impl JournalInner {
         // batches are shipped in LSN order, and after any mark that freed the
         // slot it reuses (the mark is shipped before its slots are released).
         if let Some(sink) = self.shared.sink() {
-            sink.batch(&crate::ship::ShipView::of(self.id, &b));
+            sink.batch(&b.view(self.id));
         }
         Some(b)
     }
@@ -976,5 +977,22 @@ impl JournalInner {
             slots.extend(std::mem::take(&mut st.segs).into_iter().map(|s| s.slot));
         }
         slots
+    }
+}
+
+impl Batch {
+    /// The batch as a replica needs it, its bytes borrowed.
+    pub(crate) fn view(&self, journal_id: u64) -> ShipView<'_> {
+        Ship {
+            journal_id,
+            slot: self.slot,
+            seg_seq: self.seg_seq,
+            seg_off: self.seg_off,
+            first_lsn: self.first_lsn,
+            next_lsn: self.next_lsn,
+            end_crc: self.end_crc,
+            header: self.header,
+            bytes: &self.buf.as_slice()[..self.padded],
+        }
     }
 }
