@@ -165,6 +165,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
             next_seg_seq,
             mark: entry.mark,
             epoch: sb.epoch,
+            tail_header: None,
         });
     };
     next_seg_seq = next_seg_seq.max(tail.seq + 1);
@@ -258,6 +259,8 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         last_crc: end.prev_crc,
         tail_off: end.off,
         next_seg_seq,
+        // A tail segment with no record: its header goes with its next batch.
+        tail_header: (end.lsn == start.lsn).then(|| mine.last().map(|c| c.raw.clone())).flatten(),
         segs,
         mark,
         epoch: sb.epoch,

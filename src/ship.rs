@@ -152,6 +152,21 @@ impl JournalInner {
                 )));
             }
             self.shared.take_slot_exact(self.id, v.slot)?;
+            // The slot may hold an older copy of this very segment: a reset
+            // replica taking its former history again finds its old segment
+            // (the same bytes, nonce and all) in the slot its mark had freed.
+            // Its records past this batch would continue the chain after a
+            // restart and revive records the reset dropped (found by the
+            // two-site simulator). So if the block after this batch holds a
+            // record that continues it, the rest of the slot is zeroed first.
+            if self.stale_continues(v.slot, len as u64, v.next_lsn, v.end_crc)
+                && !cfg!(feature = "mutate-stale-segment")
+            {
+                if let Err(e) = self.zero(v.slot, len as u64, self.shared.set.segment_size) {
+                    self.shared.release_slot(v.slot);
+                    return Err(e);
+                }
+            }
         }
         let Some(mut buf) = st.pool.pop().or_else(|| self.new_buffer(&mut st)) else {
             if new_seg.is_some() {
@@ -386,7 +401,14 @@ impl JournalInner {
             if st.busy() {
                 return Err(Error::Backpressure);
             }
-            if keep.saturating_add(1) >= st.durable_lsn {
+            // Nothing after `keep`: no record, and no segment begun after it
+            // (a segment whose first batch a crash tore holds only its
+            // header; it is another history's if the primary's segment
+            // there differs, so it goes too: found by the two-site
+            // simulator, where it turned a cut-back into a reset).
+            let empty_tail_after =
+                st.segs.back().is_some_and(|s| s.first_lsn > keep) && !cfg!(feature = "mutate-empty-tail-kept");
+            if keep.saturating_add(1) >= st.durable_lsn && !empty_tail_after {
                 drop(st);
                 return self.chain_end();
             }
@@ -499,9 +521,33 @@ impl JournalInner {
             st.last_crc = 0;
             st.tail_off = 0;
         }
+        self.drop_stale_headers()?;
         self.persist_mark(if next_lsn > 1 { next_lsn } else { 0 })?;
         tracing::warn!(journal = %self.name, next_lsn, "journal reset: every segment dropped, to be sent again whole");
         self.chain_end()
+    }
+
+    /// Zeroes the header of every segment of this journal left in a slot it
+    /// no longer holds (freed by a mark, its bytes still there). Before a
+    /// reset they were older than every segment the journal held, and
+    /// recovery passes over them; after it, the journal takes another
+    /// history whose segment numbers may be lower, and recovery would take
+    /// such a leftover for the journal's newest segment (found by the
+    /// two-site simulator). Slots another journal holds are left alone.
+    fn drop_stale_headers(&self) -> Result<()> {
+        if cfg!(feature = "mutate-stale-segment") {
+            return Ok(());
+        }
+        let bs = self.shared.set.block_size as u64;
+        for c in crate::recovery::read_headers(&self.shared)? {
+            if c.header.journal_id != self.id || self.shared.take_slot_exact(self.id, c.slot).is_err() {
+                continue;
+            }
+            let r = self.zero(c.slot, 0, bs);
+            self.shared.release_slot(c.slot);
+            r?;
+        }
+        Ok(())
     }
 
     /// Zeroes whole segments `(slot, bytes written)`, oldest first in
@@ -520,6 +566,24 @@ impl JournalInner {
             self.zero(slot, bs, end)?;
         }
         Ok(())
+    }
+
+    /// Whether, on any healthy mirror, the block at `off` of `slot` starts
+    /// a record that would continue a chain ending at `next_lsn` with CRC
+    /// `end_crc` (or cannot tell: a read error counts as yes).
+    fn stale_continues(&self, slot: u64, off: u64, next_lsn: u64, end_crc: u32) -> bool {
+        let set = &self.shared.set;
+        let bs = set.block_size as usize;
+        if off + bs as u64 > set.segment_size {
+            return false;
+        }
+        let mut b = AlignedBuf::new(bs, bs);
+        let at = slot_offset(slot, set.segment_size) + off;
+        set.healthy_indexes().any(|m| match set.read_member(m, at, b.as_mut_slice()) {
+            Ok(()) => crate::format::parse_record_header(b.as_slice())
+                .is_some_and(|h| h.lsn == next_lsn && h.prev_crc == end_crc),
+            Err(_) => true,
+        })
     }
 
     /// Zeroes `[from, to)` of a slot on every healthy mirror, durably.

@@ -24,6 +24,8 @@
 //! data); a cut-back keeps every record below its cut point; the mark never
 //! goes back; opening the set never fails; no panic.
 
+pub mod repl;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
@@ -85,6 +87,8 @@ pub struct Failure {
     pub step: u32,
     pub message: String,
     pub trace: Vec<String>,
+    /// The command that replays it.
+    pub replay: String,
 }
 
 impl std::fmt::Display for Failure {
@@ -97,7 +101,7 @@ impl std::fmt::Display for Failure {
         for t in &self.trace[skip..] {
             writeln!(f, "  {t}")?;
         }
-        write!(f, "replay: cargo run --release -p mirrorlog-sim -- --seed {} --steps {}", self.seed, self.step + 1)
+        write!(f, "replay: {}", self.replay)
     }
 }
 
@@ -636,6 +640,7 @@ pub fn run(o: &Options) -> Result<Counts, Failure> {
         step,
         message,
         trace: sim.map(|s| s.trace.clone()).unwrap_or_default(),
+        replay: format!("cargo run --release -p mirrorlog-sim -- --seed {} --steps {}", o.seed, step + 1),
     };
     let mut sim = Sim::new(o.seed).map_err(|m| fail(None, 0, m))?;
     for step in 0..o.steps {

@@ -4,6 +4,7 @@
 //!   mirrorlog-sim --seeds 1000 [--first 0] [--steps 400]
 //!   mirrorlog-sim --minutes 10
 //!   mirrorlog-sim --seed 1234 --steps 87        # replay, with the trace
+//!   mirrorlog-sim --two-sites --seeds 500       # the two-site simulation
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -27,6 +28,19 @@ struct Args {
     /// Run seeds until this many minutes passed (instead of --seeds).
     #[arg(long)]
     minutes: Option<f64>,
+    /// The two-site simulation (a primary, a replica and the link between
+    /// them) instead of the one-site engine simulation.
+    #[arg(long)]
+    two_sites: bool,
+}
+
+/// One seed of the chosen simulation; its counts as text.
+fn one(a: &Args, seed: u64) -> Result<String, mirrorlog_sim::Failure> {
+    if a.two_sites {
+        mirrorlog_sim::repl::run(seed, a.steps).map(|c| format!("{c:?}"))
+    } else {
+        mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps: a.steps }).map(|c| format!("{c:?}"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -36,9 +50,9 @@ fn main() -> ExitCode {
         if std::env::var_os("RUST_LOG").is_some() {
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
         }
-        return match mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps: a.steps }) {
+        return match one(&a, seed) {
             Ok(c) => {
-                println!("seed {seed}: ok, {c:?}");
+                println!("seed {seed}: ok, {c}");
                 ExitCode::SUCCESS
             }
             Err(f) => {
@@ -50,14 +64,20 @@ fn main() -> ExitCode {
     let t0 = Instant::now();
     let until = a.minutes.map(|m| t0 + Duration::from_secs_f64(m * 60.0));
     let mut total = mirrorlog_sim::Counts::default();
+    let mut total2 = mirrorlog_sim::repl::ReplCounts::default();
     let mut n = 0u64;
     let mut seed = a.first;
     loop {
         if until.map_or(n >= a.seeds, |u| Instant::now() >= u) {
             break;
         }
-        match mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps: a.steps }) {
-            Ok(c) => total.add(&c),
+        let res = if a.two_sites {
+            mirrorlog_sim::repl::run(seed, a.steps).map(|c| total2.add(&c))
+        } else {
+            mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps: a.steps }).map(|c| total.add(&c))
+        };
+        match res {
+            Ok(()) => {}
             Err(f) => {
                 println!("{f}");
                 return ExitCode::FAILURE;
@@ -67,8 +87,9 @@ fn main() -> ExitCode {
         seed += 1;
     }
     let s = t0.elapsed().as_secs_f64();
+    let counts = if a.two_sites { format!("{total2:#?}") } else { format!("{total:#?}") };
     println!(
-        "{n} seeds ({}..{}) x {} steps: ok in {s:.1} s, {:.1} seeds/s\n{total:#?}",
+        "{n} seeds ({}..{}) x {} steps: ok in {s:.1} s, {:.1} seeds/s\n{counts}",
         a.first,
         seed,
         a.steps,
