@@ -1018,18 +1018,10 @@ impl Batch {
         let mut bytes = Vec::with_capacity(header.len() + self.padded);
         bytes.extend_from_slice(header);
         bytes.extend_from_slice(&self.buf.as_slice()[..self.padded]);
-        let v = self.view(journal_id);
-        Ship {
-            journal_id,
-            slot: v.slot,
-            seg_seq: v.seg_seq,
-            seg_off: 0,
-            first_lsn: v.first_lsn,
-            next_lsn: v.next_lsn,
-            end_crc: v.end_crc,
-            header: true,
-            bytes,
-        }
+        let mut s = self.view(journal_id).with_bytes(bytes);
+        s.seg_off = 0;
+        s.header = true;
+        s
     }
 
     /// The batch as a replica needs it, its bytes borrowed.

@@ -462,40 +462,48 @@ mod tests {
 
     #[test]
     fn the_replica_ack_decision_keeps_the_mode_s_promise() {
-        for mode in [Durability::RemoteReceived, Durability::RemoteDurable] {
-            for need in 1..4u64 {
-                for received in 0..5u64 {
-                    for durable in 0..5u64 {
-                        for degraded in [false, true] {
-                            for timed_out in [false, true] {
-                                for on_loss in [OnReplicaLoss::Block, OnReplicaLoss::Degrade] {
-                                    let d = remote_ack(mode, need, received, durable, degraded, timed_out, on_loss);
-                                    let held = match mode {
-                                        Durability::RemoteReceived => received >= need || durable >= need,
-                                        _ => durable >= need,
-                                    };
-                                    let case = (mode, need, received, durable, degraded, timed_out, on_loss, d);
-                                    assert_eq!(d == RemoteAck::Confirmed, held, "{case:?}");
-                                    if !held {
-                                        let want = if degraded {
-                                            RemoteAck::AsLocal
-                                        } else if !timed_out {
-                                            RemoteAck::Wait
-                                        } else if on_loss == OnReplicaLoss::Degrade {
-                                            RemoteAck::Degrade
-                                        } else {
-                                            RemoteAck::Fail
-                                        };
-                                        assert_eq!(d, want, "{case:?}");
-                                    }
-                                }
-                            }
+        use Durability::{RemoteDurable as D, RemoteReceived as R};
+        use OnReplicaLoss::{Block, Degrade};
+        use RemoteAck::{AsLocal, Confirmed, Fail, Wait};
+        // (mode, need, received, durable, degraded, timed out, on loss) -> decision
+        let cases = [
+            // Confirmed at the mode's level, whatever else holds.
+            (R, 5, 5, 0, false, false, Block, Confirmed),
+            (R, 5, 0, 5, true, true, Degrade, Confirmed),
+            (D, 5, 9, 5, false, true, Block, Confirmed),
+            // remote-durable is not confirmed by a replica that only received it.
+            (D, 5, 9, 4, false, false, Block, Wait),
+            (D, 5, 9, 4, false, true, Block, Fail),
+            (D, 5, 9, 4, false, true, Degrade, RemoteAck::Degrade),
+            (D, 5, 9, 4, true, false, Block, AsLocal),
+            // Not confirmed: wait until the timeout, unless degraded.
+            (R, 5, 4, 4, false, false, Degrade, Wait),
+            (R, 5, 4, 4, true, false, Block, AsLocal),
+            (R, 5, 4, 4, false, true, Block, Fail),
+            (R, 5, 4, 4, false, true, Degrade, RemoteAck::Degrade),
+        ];
+        for (mode, need, received, durable, degraded, timed_out, on_loss, want) in cases {
+            let got = remote_ack(mode, need, received, durable, degraded, timed_out, on_loss);
+            assert_eq!(got, want, "{:?}", (mode, need, received, durable, degraded, timed_out, on_loss));
+        }
+        // Over a grid: Confirmed exactly when the replica holds it at the
+        // mode's level, and never an answer before the timeout unless confirmed
+        // or degraded.
+        for mode in [R, D] {
+            for (need, received, durable) in
+                (1..4u64).flat_map(|n| (0..5).flat_map(move |r| (0..5).map(move |d| (n, r, d))))
+            {
+                for (degraded, timed_out) in [(false, false), (false, true), (true, false), (true, true)] {
+                    for on_loss in [Block, Degrade] {
+                        let got = remote_ack(mode, need, received, durable, degraded, timed_out, on_loss);
+                        let held = durable >= need || (mode == R && received >= need);
+                        assert_eq!(got == Confirmed, held);
+                        if !held && !degraded && !timed_out {
+                            assert_eq!(got, Wait);
                         }
                     }
                 }
             }
         }
-        // remote-durable is not confirmed by a replica that only received it.
-        assert_eq!(remote_ack(Durability::RemoteDurable, 5, 9, 4, false, false, OnReplicaLoss::Block), RemoteAck::Wait);
     }
 }

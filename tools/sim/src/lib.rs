@@ -45,38 +45,40 @@ pub struct Options {
     pub steps: u32,
 }
 
-/// Counts of what a run did (fault coverage).
-#[derive(Debug, Default, Clone)]
-pub struct Counts {
-    pub appends: u64,
-    pub records: u64,
-    pub driver_rounds: u64,
-    pub reads: u64,
-    pub marks: u64,
-    pub cutbacks: u64,
-    pub recreates: u64,
-    pub rots: u64,
-    pub restarts: u64,
-    pub crashes: u64,
-    /// Crashes that tore a write part-way.
-    pub crashes_mid_write: u64,
-    pub verified: u64,
-}
+/// A struct of `u64` counters with `add` (the runs' fault coverage).
+macro_rules! counters {
+    ($(#[$doc:meta])* pub struct $name:ident { $( $(#[$fdoc:meta])* $field:ident, )* }) => {
+        $(#[$doc])*
+        #[derive(Debug, Default, Clone)]
+        pub struct $name {
+            $( $(#[$fdoc])* pub $field: u64, )*
+        }
 
-impl Counts {
-    pub fn add(&mut self, o: &Counts) {
-        self.appends += o.appends;
-        self.records += o.records;
-        self.driver_rounds += o.driver_rounds;
-        self.reads += o.reads;
-        self.marks += o.marks;
-        self.cutbacks += o.cutbacks;
-        self.recreates += o.recreates;
-        self.rots += o.rots;
-        self.restarts += o.restarts;
-        self.crashes += o.crashes;
-        self.crashes_mid_write += o.crashes_mid_write;
-        self.verified += o.verified;
+        impl $name {
+            pub fn add(&mut self, o: &$name) {
+                $( self.$field += o.$field; )*
+            }
+        }
+    };
+}
+pub(crate) use counters;
+
+counters! {
+    /// Counts of what a run did (fault coverage).
+    pub struct Counts {
+        appends,
+        records,
+        driver_rounds,
+        reads,
+        marks,
+        cutbacks,
+        recreates,
+        rots,
+        restarts,
+        crashes,
+        /// Crashes that tore a write part-way.
+        crashes_mid_write,
+        verified,
     }
 }
 
@@ -125,6 +127,29 @@ impl Rng {
     fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
     }
+}
+
+/// The engine's configuration in both simulations: small segments and
+/// batches, so a journal spans several segments and a step many batches.
+fn sim_config(devices: Vec<PathBuf>, storage: &SimStorage) -> Config {
+    let mut cfg = Config::new(devices);
+    cfg.segment_size = SEGMENT;
+    cfg.max_record_size = 8 << 10;
+    cfg.max_batch_bytes = 16 << 10;
+    cfg.index_stride = 8 << 10;
+    cfg.storage = Some(std::sync::Arc::new(storage.clone()));
+    cfg
+}
+
+/// The next record of a run: empty, small or up to 6 KiB, its bytes
+/// deterministic (`payload`).
+fn draw_payload(rng: &mut Rng, seed: u64, n: u64) -> Vec<u8> {
+    let len = match rng.below(10) {
+        0 => 0,
+        1..=6 => rng.below(600) as usize,
+        _ => rng.below(6 << 10) as usize,
+    };
+    payload(seed, n, len)
 }
 
 /// Deterministic bytes for record `n` of a run (every byte depends on it).
@@ -199,12 +224,7 @@ impl Sim {
         for d in &devices {
             storage.create(d, DEV_SIZE);
         }
-        let mut cfg = Config::new(devices);
-        cfg.segment_size = SEGMENT;
-        cfg.max_record_size = 8 << 10;
-        cfg.max_batch_bytes = 16 << 10;
-        cfg.index_stride = 8 << 10;
-        cfg.storage = Some(std::sync::Arc::new(storage.clone()));
+        let cfg = sim_config(devices, &storage);
         let log = MirrorLog::create(&cfg).map_err(|e| format!("create: {e}"))?;
         log.create_journal(JOURNAL).map_err(|e| format!("create journal: {e}"))?;
         Ok(Sim {
@@ -234,13 +254,8 @@ impl Sim {
     }
 
     fn next_payload(&mut self) -> Vec<u8> {
-        let len = match self.rng.below(10) {
-            0 => 0,
-            1..=6 => self.rng.below(600) as usize,
-            _ => self.rng.below(6 << 10) as usize,
-        };
         self.written += 1;
-        payload(self.seed, self.written, len)
+        draw_payload(&mut self.rng, self.seed, self.written)
     }
 
     /// An engine error: the power failed (recover), an expected refusal,

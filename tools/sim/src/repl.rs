@@ -31,51 +31,31 @@ use mirrorlog::ship::{ShipSink, ShipView, Shipment};
 use mirrorlog::storage::{SimConfig, SimStorage};
 use mirrorlog::{Config, Driver, Error, Journal, MirrorLog};
 
-use super::{payload, Failure, Rng};
+use super::{counters, draw_payload, sim_config, Failure, Rng};
 
 const DEV_SIZE: u64 = 8 << 20;
-const SEGMENT: u64 = 64 << 10;
 const JOURNAL: &str = "j";
 
-/// Counts of what a run did (fault coverage).
-#[derive(Debug, Default, Clone)]
-pub struct ReplCounts {
-    pub appends: u64,
-    pub remote_acked: u64,
-    pub deliveries: u64,
-    pub sessions: u64,
-    pub cutbacks: u64,
-    pub resets: u64,
-    pub catchup_batches: u64,
-    pub cuts: u64,
-    pub marks: u64,
-    pub crashes_primary: u64,
-    pub crashes_replica: u64,
-    pub crashes_mid_write: u64,
-    pub failovers: u64,
-    pub rots: u64,
-    pub restarts: u64,
-    pub verified: u64,
-}
-
-impl ReplCounts {
-    pub fn add(&mut self, o: &ReplCounts) {
-        self.appends += o.appends;
-        self.remote_acked += o.remote_acked;
-        self.deliveries += o.deliveries;
-        self.sessions += o.sessions;
-        self.cutbacks += o.cutbacks;
-        self.resets += o.resets;
-        self.catchup_batches += o.catchup_batches;
-        self.cuts += o.cuts;
-        self.marks += o.marks;
-        self.crashes_primary += o.crashes_primary;
-        self.crashes_replica += o.crashes_replica;
-        self.crashes_mid_write += o.crashes_mid_write;
-        self.failovers += o.failovers;
-        self.rots += o.rots;
-        self.restarts += o.restarts;
-        self.verified += o.verified;
+counters! {
+    /// Counts of what a two-site run did (fault coverage).
+    pub struct ReplCounts {
+        appends,
+        /// Appends answered `remote-durable`.
+        remote_acked,
+        deliveries,
+        sessions,
+        cutbacks,
+        resets,
+        catchup_batches,
+        cuts,
+        marks,
+        crashes_primary,
+        crashes_replica,
+        crashes_mid_write,
+        failovers,
+        rots,
+        restarts,
+        verified,
     }
 }
 
@@ -131,13 +111,8 @@ impl Site {
         for d in &devices {
             storage.create(d, DEV_SIZE);
         }
-        let mut cfg = Config::new(devices);
-        cfg.segment_size = SEGMENT;
-        cfg.max_record_size = 8 << 10;
-        cfg.max_batch_bytes = 16 << 10;
-        cfg.index_stride = 8 << 10;
+        let mut cfg = sim_config(devices, &storage);
         cfg.set_uuid = Some(set_uuid);
-        cfg.storage = Some(Arc::new(storage.clone()));
         let log = MirrorLog::create(&cfg).map_err(|e| format!("{name}: create: {e}"))?;
         Ok(Site { name, storage, cfg, log: Some(log), mirrors })
     }
@@ -280,13 +255,8 @@ impl ReplSim {
     }
 
     fn next_payload(&mut self) -> Vec<u8> {
-        let len = match self.rng.below(10) {
-            0 => 0,
-            1..=6 => self.rng.below(600) as usize,
-            _ => self.rng.below(6 << 10) as usize,
-        };
         self.written += 1;
-        payload(self.seed ^ 0x5151, self.written, len)
+        draw_payload(&mut self.rng, self.seed ^ 0x5151, self.written)
     }
 
     fn cut(&mut self, why: &str) {
