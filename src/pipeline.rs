@@ -125,6 +125,19 @@ impl Shared {
         }
     }
 
+    /// Takes `slot` for `journal` only if no journal holds it and no reader
+    /// has it pinned; whether it did.
+    pub(crate) fn take_slot_if_free(&self, journal: u64, slot: u64) -> bool {
+        let mut t = self.slots.lock();
+        let i = slot as usize;
+        if t.owner.get(i).copied() == Some(None) && t.pins.get(i).copied() == Some(0) {
+            t.owner[i] = Some(journal);
+            true
+        } else {
+            false
+        }
+    }
+
     pub(crate) fn sink(&self) -> Option<Arc<dyn crate::shipment::ShipSink>> {
         self.sink.read().clone()
     }

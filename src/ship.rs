@@ -540,7 +540,9 @@ impl JournalInner {
         }
         let bs = self.shared.set.block_size as u64;
         for c in crate::recovery::read_headers(&self.shared)? {
-            if c.header.journal_id != self.id || self.shared.take_slot_exact(self.id, c.slot).is_err() {
+            // Only a slot nobody holds: one this journal holds (a slot an
+            // append reserved) or another journal's is not ours to zero.
+            if c.header.journal_id != self.id || !self.shared.take_slot_if_free(self.id, c.slot) {
                 continue;
             }
             let r = self.zero(c.slot, 0, bs);
