@@ -285,6 +285,30 @@ pub fn with_ring<R>(f: impl FnOnce(&mut IoUring) -> io::Result<R>) -> io::Result
     })
 }
 
+/// The io_uring submission entry of `op`, tagged with `user_data`.
+pub fn sqe(op: &IoOp, user_data: u64) -> io_uring::squeue::Entry {
+    if op.write {
+        let flags = if op.dsync { libc::RWF_DSYNC } else { 0 };
+        opcode::Write::new(types::Fd(op.fd), op.ptr as *const u8, op.len).offset(op.offset).rw_flags(flags).build()
+    } else {
+        opcode::Read::new(types::Fd(op.fd), op.ptr, op.len).offset(op.offset).build()
+    }
+    .user_data(user_data)
+}
+
+/// `submit_and_wait(want)`, entered again after `EINTR`; `EBUSY` (the
+/// completion queue is full: reap first) counts as done.
+pub fn enter(ring: &mut IoUring, want: usize) -> io::Result<()> {
+    loop {
+        match ring.submit_and_wait(want) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Submits `ops` in one `io_uring_enter` and waits for all of them.
 /// `results[i]` receives op i's result (bytes, or `-errno`).
 ///
@@ -301,17 +325,7 @@ pub fn submit_wait(ring: &mut IoUring, ops: &[IoOp], results: &mut [i32]) -> io:
         {
             let mut sq = ring.submission();
             while next < ops.len() {
-                let op = &ops[next];
-                let entry = if op.write {
-                    let flags = if op.dsync { libc::RWF_DSYNC } else { 0 };
-                    opcode::Write::new(types::Fd(op.fd), op.ptr as *const u8, op.len)
-                        .offset(op.offset)
-                        .rw_flags(flags)
-                        .build()
-                } else {
-                    opcode::Read::new(types::Fd(op.fd), op.ptr, op.len).offset(op.offset).build()
-                }
-                .user_data(next as u64);
+                let entry = sqe(&ops[next], next as u64);
                 // SAFETY: the buffer outlives the op: we reap every op before returning.
                 if unsafe { sq.push(&entry) }.is_err() {
                     break;
@@ -322,18 +336,11 @@ pub fn submit_wait(ring: &mut IoUring, ops: &[IoOp], results: &mut [i32]) -> io:
         }
         let inflight = next - done;
         let want = if queued > 0 { inflight } else { 1 };
-        loop {
-            match ring.submit_and_wait(want.min(inflight)) {
-                Ok(_) => break,
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => break,
-                Err(e) => {
-                    // Nothing more can be reaped safely without the kernel; wait
-                    // for what was already submitted before giving up.
-                    drain(ring, &mut done, results);
-                    return Err(e);
-                }
-            }
+        if let Err(e) = enter(ring, want.min(inflight)) {
+            // Nothing more can be reaped safely without the kernel; wait
+            // for what was already submitted before giving up.
+            drain(ring, &mut done, results);
+            return Err(e);
         }
         for cqe in ring.completion() {
             let i = cqe.user_data() as usize;

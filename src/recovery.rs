@@ -294,17 +294,17 @@ fn sync_window(shared: &Shared, slot: u64, from: IndexEntry, end: IndexEntry) ->
         crate::format::scan_chain(&b.as_slice()[..len], &mut pos, bs, u32::MAX, |_| true);
         pos.lsn == end.lsn && pos.prev_crc == end.prev_crc && pos.off == len
     };
-    let good = match copies.iter().find(|(_, b)| whole(b)) {
-        Some((_, b)) => {
-            let mut g = AlignedBuf::new(len, bs);
-            g.as_mut_slice()[..len].copy_from_slice(&b.as_slice()[..len]);
-            g
-        }
+    let assembled;
+    let good: &AlignedBuf = match copies.iter().find(|(_, b)| whole(b)) {
+        Some((_, b)) => b,
         None if cfg!(feature = "mutate-tail-one-member") => {
             // The defect the simulator found (one member had to hold it all).
             return Err(Error::Corrupt("recovery: no member holds the chosen tail".into()));
         }
-        None => assemble(&copies, start, end, len, bs)?,
+        None => {
+            assembled = assemble(&copies, start, end, len, bs)?;
+            &assembled
+        }
     };
     let read: Vec<usize> = copies.iter().map(|(m, _)| *m).collect();
     for m in set.healthy_indexes().collect::<Vec<_>>() {

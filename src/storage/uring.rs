@@ -7,11 +7,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use io_uring::{opcode, types, IoUring};
+use io_uring::IoUring;
 use parking_lot::Mutex;
 
 use super::{DevId, Op, Opened, Queue, Storage};
-use crate::io::{open_device, submit_wait, with_ring, Device, IoOp, SyncMode};
+use crate::io::{enter, open_device, sqe, submit_wait, with_ring, Device, IoOp, SyncMode};
 
 /// The devices of this process, by descriptor.
 #[derive(Debug)]
@@ -80,16 +80,7 @@ struct UringQueue {
 
 impl Queue for UringQueue {
     unsafe fn push(&mut self, op: &Op, user_data: u64) -> bool {
-        let e = if op.write {
-            let flags = if op.dsync { libc::RWF_DSYNC } else { 0 };
-            opcode::Write::new(types::Fd(op.dev.0 as i32), op.ptr as *const u8, op.len)
-                .offset(op.offset)
-                .rw_flags(flags)
-                .build()
-        } else {
-            opcode::Read::new(types::Fd(op.dev.0 as i32), op.ptr, op.len).offset(op.offset).build()
-        }
-        .user_data(user_data);
+        let e = sqe(&io_op(op), user_data);
         // SAFETY: the caller keeps the buffer valid until the completion is
         // taken (the trait's contract); Drop waits for every op in flight.
         if unsafe { self.ring.submission().push(&e) }.is_err() {
@@ -106,14 +97,7 @@ impl Queue for UringQueue {
     }
 
     fn submit(&mut self, want: usize) -> io::Result<()> {
-        loop {
-            match self.ring.submit_and_wait(want) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
+        enter(&mut self.ring, want)
     }
 
     fn complete(&mut self, out: &mut [(u64, i32)]) -> usize {
