@@ -226,7 +226,6 @@ impl MirrorLog {
             next_seg_seq: 0,
             mark: 0,
             epoch: self.shared.set.superblock().epoch,
-            tail_header: None,
         };
         let j = Journal { inner: Arc::new(JournalInner::new(self.shared.clone(), id, name.to_string(), rec)) };
         journals.insert(name.to_string(), j.clone());

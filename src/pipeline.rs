@@ -42,7 +42,7 @@ use crate::format::{
 };
 use crate::io::AlignedBuf;
 use crate::mirror::MirrorSet;
-use crate::shipment::{Ship, ShipView, Shipment};
+use crate::shipment::{Ship, ShipView};
 
 /// Log sequence number: per journal, dense, starting at 1.
 pub type Lsn = u64;
@@ -280,10 +280,6 @@ pub(crate) struct JState {
     /// Segment offset (block aligned) where the next new batch starts.
     pub(crate) tail_off: u64,
     pub(crate) next_seg_seq: u64,
-    /// (segment seq, header block) of a tail segment recovered with no
-    /// record: its first batch has no header in its buffer, but a replica
-    /// needs the header to take the segment, so it is shipped with it.
-    pub(crate) empty_tail_header: Option<(u64, Vec<u8>)>,
     pub(crate) open: Option<Batch>,
     pub(crate) sealed: VecDeque<Batch>,
     pub(crate) writing: usize,
@@ -361,16 +357,11 @@ pub(crate) struct Recovered {
     pub next_seg_seq: u64,
     pub mark: u64,
     pub epoch: u64,
-    /// The tail segment's header block when the segment holds no record
-    /// (a crash tore its first batch after the header landed): its next
-    /// batch is shipped with it (see `claim`).
-    pub tail_header: Option<Vec<u8>>,
 }
 
 impl JournalInner {
     pub(crate) fn new(shared: Arc<Shared>, id: u64, name: String, rec: Recovered) -> JournalInner {
         let cfg = &shared.cfg;
-        let rec_tail_seq = rec.segs.back().map(|s| s.seq);
         let nbufs = cfg.batch_buffers();
         let st = JState {
             deleted: false,
@@ -383,7 +374,6 @@ impl JournalInner {
             segs: rec.segs,
             tail_off: rec.tail_off,
             next_seg_seq: rec.next_seg_seq,
-            empty_tail_header: rec.tail_header.and_then(|h| rec_tail_seq.map(|seq| (seq, h))),
             open: None,
             sealed: VecDeque::new(),
             writing: 0,
@@ -637,28 +627,8 @@ impl JournalInner {
         // sink when it is claimed, under the journal lock, so a journal's
         // batches are shipped in LSN order, and after any mark that freed the
         // slot it reuses (the mark is shipped before its slots are released).
-        // The first batch claimed after recovery consumes the header of an
-        // empty tail segment: it is that segment's first batch, or the
-        // segment is gone (cut back) and the header is not needed.
-        let header = match st.empty_tail_header.take() {
-            Some((seq, h))
-                if seq == b.seg_seq
-                    && !b.header
-                    && b.seg_off == h.len() as u64
-                    && !cfg!(feature = "mutate-empty-tail-header") =>
-            {
-                Some(h)
-            }
-            _ => None,
-        };
         if let Some(sink) = self.shared.sink() {
-            match header {
-                // The segment's first batch after a crash left its header
-                // alone on disk: shipped with the header block, as it lies
-                // on the devices, so the replica can begin the segment.
-                Some(h) => sink.batch(&b.view_with_header(self.id, &h).view()),
-                None => sink.batch(&b.view(self.id)),
-            }
+            sink.batch(&b.view(self.id));
         }
         Some(b)
     }
@@ -1024,19 +994,6 @@ impl JournalInner {
 }
 
 impl Batch {
-    /// The batch with its segment's header block before it (an owned copy):
-    /// the first batch of a segment whose header was written by an earlier
-    /// run (see `JState::empty_tail_header`).
-    pub(crate) fn view_with_header(&self, journal_id: u64, header: &[u8]) -> Shipment {
-        let mut bytes = Vec::with_capacity(header.len() + self.padded);
-        bytes.extend_from_slice(header);
-        bytes.extend_from_slice(&self.buf.as_slice()[..self.padded]);
-        let mut s = self.view(journal_id).with_bytes(bytes);
-        s.seg_off = 0;
-        s.header = true;
-        s
-    }
-
     /// The batch as a replica needs it, its bytes borrowed.
     pub(crate) fn view(&self, journal_id: u64) -> ShipView<'_> {
         Ship {

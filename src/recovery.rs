@@ -165,7 +165,6 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
             next_seg_seq,
             mark: entry.mark,
             epoch: sb.epoch,
-            tail_header: None,
         });
     };
     next_seg_seq = next_seg_seq.max(tail.seq + 1);
@@ -210,33 +209,58 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
     if scanned.pos.lsn > end.lsn {
         tracing::info!(journal = %entry.name, dropped = scanned.pos.lsn - end.lsn, "dropped a partly written, unacknowledged batch");
     }
-    // Index of the tail segment: batch starts at least `stride` apart.
-    for e in batch_starts.iter().skip(1).filter(|e| e.lsn < end.lsn) {
-        tail.add_index(*e, stride);
-    }
-    tail.end_off = end.off;
+    // Invariant: a recovered journal's tail segment holds a record. One
+    // with none (a crash tore its first batch after its header block
+    // landed) held nothing acknowledged: it is dropped. Its header and the
+    // window after it are zeroed on every member, its slot is free, and the
+    // next batch begins a new segment with its sequence number, at its LSN,
+    // continuing the chain its header continued; so a replica is never
+    // shipped a batch of a segment whose header it was not sent, and a
+    // cut-back never finds a segment with nothing in it. (Found by the
+    // two-site simulator, seeds 31 and 715.)
+    let empty_tail = end.lsn == start.lsn && !cfg!(feature = "mutate-empty-tail-kept");
+    let (next_lsn, last_crc, tail_off) = if empty_tail {
+        let slot = tail.slot;
+        next_seg_seq = tail.seq;
+        let prev_crc = mine.last().map(|c| c.header.prev_crc).unwrap_or(0);
+        segs.pop_back();
+        let zero_to = (bs + window).min(set.segment_size);
+        let z = AlignedBuf::new(zero_to as usize, bs as usize);
+        set.write_all(slot_offset(slot, set.segment_size), z.as_slice())?;
+        tracing::warn!(journal = %entry.name, seq = next_seg_seq, lsn = start.lsn,
+            "dropped a tail segment that held no record (its first batch was torn by a crash)");
+        // Full: the next batch begins a new segment.
+        (start.lsn, prev_crc, set.segment_size)
+    } else {
+        // Index of the tail segment: batch starts at least `stride` apart.
+        for e in batch_starts.iter().skip(1).filter(|e| e.lsn < end.lsn) {
+            tail.add_index(*e, stride);
+        }
+        tail.end_off = end.off;
 
-    // All members must hold the same bytes for the window before the end.
-    let from = batch_starts.iter().rev().find(|e| e.off + window <= end.off).copied().unwrap_or(start);
-    sync_window(shared, tail.slot, from, end)?;
-    // Zero what lies past the end, where unacknowledged batches may have landed.
-    let zero_to = (end.off + window).min(set.segment_size);
-    if zero_to > end.off {
-        let z = AlignedBuf::new((zero_to - end.off) as usize, bs as usize);
-        set.write_all(
-            slot_offset(tail.slot, set.segment_size) + end.off,
-            &z.as_slice()[..(zero_to - end.off) as usize],
-        )?;
-    }
+        // All members must hold the same bytes for the window before the end.
+        let from = batch_starts.iter().rev().find(|e| e.off + window <= end.off).copied().unwrap_or(start);
+        sync_window(shared, tail.slot, from, end)?;
+        // Zero what lies past the end, where unacknowledged batches may have landed.
+        let zero_to = (end.off + window).min(set.segment_size);
+        if zero_to > end.off {
+            let z = AlignedBuf::new((zero_to - end.off) as usize, bs as usize);
+            set.write_all(
+                slot_offset(tail.slot, set.segment_size) + end.off,
+                &z.as_slice()[..(zero_to - end.off) as usize],
+            )?;
+        }
+        (end.lsn, end.prev_crc, end.off)
+    };
     // Invariant: the mark is at most the chain's end (the next append's
     // LSN is where the chain continues). A mark above it (left by a cut-back
     // that a crash interrupted, before the cut lowered the mark first) comes
     // down to the end: the records between were cut.
     let mut mark = entry.mark;
-    if mark > end.lsn && !cfg!(feature = "mutate-mark-above-end") {
-        tracing::error!(journal = %entry.name, mark, end = end.lsn,
+    if mark > next_lsn && !cfg!(feature = "mutate-mark-above-end") {
+        tracing::error!(journal = %entry.name, mark, end = next_lsn,
             "the mark was above the end of the chain (an interrupted cut-back): lowered to the end");
-        mark = end.lsn;
+        mark = next_lsn;
         let id = entry.id;
         set.update_superblock(|sb| {
             if let Some(j) = sb.journals.iter_mut().find(|j| j.id == id) {
@@ -245,7 +269,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
             Ok(())
         })?;
     }
-    debug_assert!(mark <= end.lsn || cfg!(feature = "mutate-mark-above-end"));
+    debug_assert!(mark <= next_lsn || cfg!(feature = "mutate-mark-above-end"));
     Ok(Recovered {
         stats: crate::pipeline::RecoveryStats {
             tail_records: end.lsn - start.lsn,
@@ -255,12 +279,10 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
             dropped_records: scanned.pos.lsn.saturating_sub(end.lsn),
             missing_segments,
         },
-        next_lsn: if cfg!(feature = "mutate-mark-above-end") { end.lsn.max(mark) } else { end.lsn }.max(1),
-        last_crc: end.prev_crc,
-        tail_off: end.off,
+        next_lsn: if cfg!(feature = "mutate-mark-above-end") { next_lsn.max(mark) } else { next_lsn }.max(1),
+        last_crc,
+        tail_off,
         next_seg_seq,
-        // A tail segment with no record: its header goes with its next batch.
-        tail_header: (end.lsn == start.lsn).then(|| mine.last().map(|c| c.raw.clone())).flatten(),
         segs,
         mark,
         epoch: sb.epoch,

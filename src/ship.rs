@@ -269,7 +269,9 @@ impl JournalInner {
                 Some(ChainPos { off: bs, lsn: from, prev_crc: seg.header_crc })
             } else {
                 match hint {
-                    Some((s, off)) if s == seg.seq => Some(ChainPos { off: off as usize, lsn: from, prev_crc }),
+                    Some((s, off)) if s == seg.seq && off < set.segment_size => {
+                        Some(ChainPos { off: off as usize, lsn: from, prev_crc })
+                    }
                     _ => None,
                 }
             };
@@ -401,14 +403,16 @@ impl JournalInner {
             if st.busy() {
                 return Err(Error::Backpressure);
             }
-            // Nothing after `keep`: no record, and no segment begun after it
-            // (a segment whose first batch a crash tore holds only its
-            // header; it is another history's if the primary's segment
-            // there differs, so it goes too: found by the two-site
-            // simulator, where it turned a cut-back into a reset).
-            let empty_tail_after =
-                st.segs.back().is_some_and(|s| s.first_lsn > keep) && !cfg!(feature = "mutate-empty-tail-kept");
-            if keep.saturating_add(1) >= st.durable_lsn && !empty_tail_after {
+            // Nothing after `keep`. (No segment is ever begun without a
+            // record after it: recovery drops a tail segment that holds
+            // none, see `recovery::recover_journal`.)
+            debug_assert!(
+                keep.saturating_add(1) < st.durable_lsn
+                    || st.segs.back().is_none_or(|s| s.first_lsn <= keep)
+                    || cfg!(feature = "mutate-empty-tail-kept"),
+                "a segment begun after the cut point holds a record"
+            );
+            if keep.saturating_add(1) >= st.durable_lsn {
                 drop(st);
                 return self.chain_end();
             }

@@ -172,6 +172,16 @@ fn wait_caught_up(primary: &Daemon, within: Duration) {
     }
 }
 
+/// Waits until the primary has begun more than `than` sessions (a cut the
+/// primary has not noticed yet still shows the old one as connected).
+fn wait_sessions_above(primary: &Daemon, than: u64, within: Duration) {
+    let t0 = Instant::now();
+    while primary.status()["replication"]["sessions"].as_u64().unwrap_or(0) <= than {
+        assert!(t0.elapsed() < within, "no session after {than} in {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn engine_cfg(devs: &[PathBuf]) -> mirrorlog::Config {
     mirrorlog::Config::new(devs.iter().cloned())
 }
@@ -317,8 +327,10 @@ fn a_link_cut_and_black_holed_under_load_heals_and_catches_up() {
     load.keep_marking(&a.d.addr, "default", 5000);
     load.wait_acks(1500, Duration::from_secs(60));
     // Cut: the session ends and starts again from what the replica holds.
+    let sessions = a.d.status()["replication"]["sessions"].as_u64().unwrap_or(0);
     p.cut();
     load.wait_acks(3000, Duration::from_secs(60));
+    wait_sessions_above(&a.d, sessions, Duration::from_secs(60));
     // A partition that drops bytes silently: frames are lost mid-stream,
     // so the replica must refuse what no longer chains, and the primary's
     // backlog (4 MiB) overflows: catch-up from the segments.
@@ -341,10 +353,12 @@ fn a_link_cut_and_black_holed_under_load_heals_and_catches_up() {
         assert!(t0.elapsed() < Duration::from_millis(1500));
     });
     p.set_blackhole(false);
+    let sessions = a.d.status()["replication"]["sessions"].as_u64().unwrap_or(0);
     p.cut();
     load.wait_acks(load.acked() + 2000, Duration::from_secs(60));
     let (acks, errors) = load.stop();
     assert!(errors.is_empty(), "local appends never wait for the replica: {errors:?}");
+    wait_sessions_above(&a.d, sessions, Duration::from_secs(60));
     wait_caught_up(&a.d, Duration::from_secs(60));
     let st = a.d.status();
     assert!(st["replication"]["sessions"].as_u64() >= Some(3), "{st}");

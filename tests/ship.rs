@@ -262,3 +262,69 @@ fn a_diverged_tail_is_cut_back_and_leaves_nothing_to_recover() {
         assert_eq!(&rj.read(*lsn).expect("read"), want);
     }
 }
+
+/// A crash that tears a segment's first batch after its header block landed
+/// leaves a segment with no record. Recovery drops it (its header zeroed,
+/// its slot free), and the next batch begins the segment again: same
+/// sequence number, same first LSN, shipped with its header, so a replica
+/// can take it; a reopen finds no hole. (The two-site simulator found the
+/// ways the kept empty segment broke replication: seeds 31 and 715.)
+#[test]
+fn a_tail_segment_torn_after_its_header_is_dropped_and_begun_again() {
+    use std::os::unix::fs::FileExt;
+    let p = site(None);
+    let log = MirrorLog::create(&p.cfg).expect("create");
+    let j = log.create_journal("orders").expect("journal");
+    let mut written = Vec::new();
+    let mut n = 0;
+    // One record per batch: the second segment's first batch is one record.
+    while j.segment_slots().len() < 2 {
+        let r = payload(n, 3000);
+        written.push((j.append(&r).expect("append"), r));
+        n += 1;
+    }
+    let torn = written.pop().expect("one");
+    let (slot, seq, first) = j.segment_slots()[1];
+    assert_eq!(first, torn.0);
+    drop(j);
+    drop(log);
+    // The torn write: the header block landed on every mirror, the batch
+    // after it on none.
+    let seg = p.cfg.segment_size;
+    let base = (1 << 20) + slot * seg;
+    for dev in &p.devs {
+        let f = std::fs::OpenOptions::new().write(true).open(dev).expect("open");
+        f.write_all_at(&vec![0u8; 64 << 10], base + 4096).expect("tear");
+        f.sync_all().expect("sync");
+        assert_ne!(common::read_at(dev, base, 4096), vec![0u8; 4096], "the header is there");
+    }
+
+    let log = MirrorLog::open(&p.cfg).expect("reopen");
+    let sink = Arc::new(Collect::default());
+    log.set_ship_sink(Some(sink.clone()));
+    let j = log.journal("orders").expect("journal");
+    assert_eq!(j.next_lsn(), first, "the chain continues where the empty segment began");
+    assert_eq!(j.segment_slots().len(), 1, "the empty segment is dropped");
+    assert_eq!(j.recovery_stats().missing_segments, 0);
+    for dev in &p.devs {
+        assert_eq!(common::read_at(dev, base, 4096), vec![0u8; 4096], "its header is zeroed on every mirror");
+    }
+    let again = payload(1 << 40, 100);
+    assert_eq!(j.append(&again).expect("append"), first);
+    let segs = j.segment_slots();
+    assert_eq!((segs.len(), segs[1].1, segs[1].2), (2, seq, first), "begun again: same sequence, same lsn");
+    let shipped = std::mem::take(&mut *sink.batches.lock());
+    assert_eq!(shipped.len(), 1);
+    assert!(shipped[0].header && shipped[0].seg_off == 0, "shipped with its header");
+    written.push((first, again));
+    drop(j);
+    drop(log);
+
+    let log = MirrorLog::open(&p.cfg).expect("reopen again");
+    let j = log.journal("orders").expect("journal");
+    assert_eq!(j.recovery_stats().missing_segments, 0, "no hole where the dropped segment was");
+    assert_eq!(j.next_lsn(), first + 1);
+    for (lsn, want) in &written {
+        assert_eq!(&j.read(*lsn).expect("read"), want, "lsn {lsn}");
+    }
+}
