@@ -25,7 +25,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use crate::codes;
 use crate::journal::Ticket;
+use crate::{Error, Journal};
 
 /// A run of consecutive sequences written at consecutive LSNs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +64,21 @@ pub enum Check {
     Conflict { newest: u64 },
 }
 
+/// What the daemon does with a producer's append: the table's decision, with
+/// the answer a refused one gets (the daemon and the simulator both act on
+/// this, so the idempotence rules are exercised as served).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admit {
+    /// Write the records, tagged; then `record` where they were placed.
+    Write,
+    /// Matched to records placed before at `lsn`: once they are durable
+    /// (`ticket`), read their CRCs back (`stored_crcs`) and answer with
+    /// `lsn` only if `verify_resend` agrees.
+    Verify { lsn: u64, ticket: Option<Ticket> },
+    /// Not written; answered with this code and message.
+    Refuse { code: u16, message: String },
+}
+
 /// One journal's producers.
 #[derive(Debug)]
 pub struct Producers {
@@ -92,7 +109,11 @@ impl Producers {
             // Not remembered: a first send is new; so is a resend of the
             // producer's first append (nothing of it was written before
             // that one); a later resend may have been written.
-            return if !resend || first_seq == 1 { Check::New } else { Check::Unknown { newest: 0 } };
+            return if !resend || first_seq == 1 || cfg!(feature = "mutate-forgotten-resend-new") {
+                Check::New
+            } else {
+                Check::Unknown { newest: 0 }
+            };
         };
         p.last_use = self.clock;
         let newest = p.runs.back().map(|r| r.seq + r.count - 1).unwrap_or(0);
@@ -115,6 +136,60 @@ impl Producers {
             }
         }
         Check::Unknown { newest }
+    }
+
+    /// `check`, as the daemon answers it. `count` is at least 1.
+    pub fn admit(&mut self, producer: u64, first_seq: u64, count: u64, resend: bool) -> Admit {
+        let last = first_seq + count.max(1) - 1;
+        match self.check(producer, first_seq, count, resend) {
+            Check::New => Admit::Write,
+            Check::Written { lsn, ticket } => Admit::Verify { lsn, ticket },
+            Check::Unknown { newest } => Admit::Refuse {
+                code: codes::SEQUENCE_UNKNOWN,
+                message: format!(
+                    "producer {producer}: the resend of sequence {first_seq}..{last} is not remembered here \
+                     (newest remembered: {newest}); it may have been written before, so it is not written again"
+                ),
+            },
+            Check::Conflict { newest } => Admit::Refuse {
+                code: codes::SEQUENCE_CONFLICT,
+                message: format!(
+                    "producer {producer}: sequence {first_seq}..{last} was already used (newest {newest}) and \
+                     this is not a resend: another writer uses this producer id, or the producer restarted \
+                     its sequences; not written"
+                ),
+            },
+        }
+    }
+
+    /// The table a daemon starts with: the producer tags of the records
+    /// from the start of `j`'s newest `scan_segments` segments, below the
+    /// mark too (a record a consumer already marked may still be the answer
+    /// to a producer's resend). Returns the table (what was read, if the
+    /// scan failed midway), how many tagged records it read, and whether
+    /// the scan failed.
+    pub fn from_journal(
+        j: &Journal,
+        window: usize,
+        max_producers: usize,
+        scan_segments: usize,
+    ) -> (Producers, u64, crate::Result<()>) {
+        let mut producers = Producers::new(window, max_producers);
+        let starts = j.segment_starts();
+        if starts.is_empty() {
+            // Nothing held (a new journal, or every record reclaimed).
+            return (producers, 0, Ok(()));
+        }
+        let from = starts.get(starts.len().saturating_sub(scan_segments)).copied().unwrap_or(1);
+        let mut tagged = 0u64;
+        let res = j.visit_retained(from, 1 << 20, |r| {
+            if let Some(t) = r.tag {
+                producers.record(t.producer, t.seq, 1, r.lsn, None, u64::MAX);
+                tagged += 1;
+            }
+            true
+        });
+        (producers, tagged, res)
     }
 
     /// Records that `count` sequences from `seq` were placed at `lsn`.
@@ -146,6 +221,42 @@ impl Producers {
         while p.runs.len() > window {
             p.runs.pop_front();
         }
+    }
+}
+
+/// The CRC32C of each of the `n` stored payloads from `first` (durable
+/// records; below the mark too): what a matched resend is compared with.
+pub fn stored_crcs(j: &Journal, first: u64, n: usize) -> crate::Result<Vec<u32>> {
+    let mut out = Vec::with_capacity(n);
+    j.visit_retained(first, 1 << 20, |r| {
+        out.push(crc32c::crc32c(r.payload));
+        out.len() < n
+    })?;
+    Ok(out)
+}
+
+/// A matched resend's verdict, from the CRCs of the payloads resent and of
+/// the ones stored at `first`: `Ok` answers with `first`; otherwise the
+/// code and message it is refused with. Invariant (issue 16, item 5): a
+/// producer id reused with other records is never acknowledged with their
+/// LSNs.
+pub fn verify_resend(first: u64, sent: &[u32], stored: crate::Result<Vec<u32>>) -> Result<(), (u16, String)> {
+    let last = first + (sent.len() as u64).max(1) - 1;
+    match stored {
+        Ok(s) if s == sent => Ok(()),
+        Ok(s) if s.len() == sent.len() && cfg!(feature = "mutate-resend-unverified") => Ok(()),
+        Ok(s) if s.len() == sent.len() => Err((
+            codes::SEQUENCE_CONFLICT,
+            format!(
+                "the records written at lsn {first}..{last} with this producer's sequences differ from the \
+                 ones resent: another writer uses this producer id, or it restarted its sequences; not written"
+            ),
+        )),
+        Ok(_) | Err(Error::BelowMark { .. }) => Err((
+            codes::SEQUENCE_UNKNOWN,
+            format!("lsn {first}..{last}, where this resend was written, is no longer held: it cannot be checked"),
+        )),
+        Err(e) => Err((e.code(), e.to_string())),
     }
 }
 
@@ -224,5 +335,30 @@ mod tests {
         assert_eq!(t.check(7, 150, 1, false), Check::New);
         assert_eq!(t.check(8, 120, 1, false), Check::New, "a producer not seen is new");
         assert_eq!(t.check(8, 1, 3, true), Check::New, "the resend of a producer's first append");
+    }
+
+    #[test]
+    fn a_matched_resend_is_answered_only_when_the_stored_records_are_the_ones_resent() {
+        let sent = [1u32, 2, 3];
+        assert_eq!(verify_resend(7, &sent, Ok(vec![1, 2, 3])), Ok(()));
+        let code = |r: Result<(), (u16, String)>| r.map_err(|e| e.0);
+        assert_eq!(code(verify_resend(7, &sent, Ok(vec![1, 2, 4]))), Err(codes::SEQUENCE_CONFLICT));
+        // Fewer stored than resent (a cut-back, the journal's end): cannot be checked.
+        assert_eq!(code(verify_resend(7, &sent, Ok(vec![1, 2]))), Err(codes::SEQUENCE_UNKNOWN));
+        assert_eq!(
+            code(verify_resend(7, &sent, Err(Error::BelowMark { lsn: 7, mark: 9 }))),
+            Err(codes::SEQUENCE_UNKNOWN)
+        );
+        assert_eq!(code(verify_resend(7, &sent, Err(Error::Closed))), Err(Error::Closed.code()));
+    }
+
+    #[test]
+    fn admit_answers_each_decision_with_its_code() {
+        let mut t = Producers::new(4, 10);
+        assert_eq!(t.admit(1, 1, 2, false), Admit::Write);
+        t.record(1, 1, 2, 10, None, 0);
+        assert_eq!(t.admit(1, 2, 1, true), Admit::Verify { lsn: 11, ticket: None });
+        assert!(matches!(t.admit(1, 2, 1, false), Admit::Refuse { code: codes::SEQUENCE_CONFLICT, .. }));
+        assert!(matches!(t.admit(2, 5, 1, true), Admit::Refuse { code: codes::SEQUENCE_UNKNOWN, .. }));
     }
 }

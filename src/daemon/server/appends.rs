@@ -266,11 +266,10 @@ pub(super) fn append(
         start,
     };
     if producer != 0 {
-        let check = jd.producers.borrow_mut().check(producer, first_seq, count, resend);
-        let last = first_seq + count - 1;
-        match check {
-            Check::New => {}
-            Check::Written { lsn, ticket } => {
+        let admit = jd.producers.borrow_mut().admit(producer, first_seq, count, resend);
+        match admit {
+            Admit::Write => {}
+            Admit::Verify { lsn, ticket } => {
                 // Answered with the original LSN only once the stored
                 // records are known to be these (read back and compared).
                 let crcs: Vec<u32> = records.iter().map(|r| crc32c::crc32c(r)).collect();
@@ -279,25 +278,7 @@ pub(super) fn append(
                 tokio_uring::spawn(answer_resend(srv.clone(), jd, a, crcs));
                 return;
             }
-            Check::Unknown { newest } => {
-                return fail(
-                    codes::SEQUENCE_UNKNOWN,
-                    &format!(
-                        "producer {producer}: the resend of sequence {first_seq}..{last} is not remembered here \
-                         (newest remembered: {newest}); it may have been written before, so it is not written again"
-                    ),
-                );
-            }
-            Check::Conflict { newest } => {
-                return fail(
-                    codes::SEQUENCE_CONFLICT,
-                    &format!(
-                        "producer {producer}: sequence {first_seq}..{last} was already used (newest {newest}) and \
-                         this is not a resend: another writer uses this producer id, or the producer restarted \
-                         its sequences; not written"
-                    ),
-                );
-            }
+            Admit::Refuse { code, message } => return fail(code, &message),
         }
     }
     let tag = (producer != 0).then_some(Tag { producer, seq: first_seq });
@@ -354,21 +335,12 @@ pub(super) async fn answer_resend(srv: Rc<Srv>, jd: Rc<Jd>, mut a: Ack, crcs: Ve
         }
     }
     let (j, first, n) = (jd.j.clone(), a.first_lsn, crcs.len());
-    let stored = blocking(move || {
-        let mut out = Vec::with_capacity(n);
-        j.visit_retained(first, 1 << 20, |r| {
-            out.push(crc32c::crc32c(r.payload));
-            out.len() < n
-        })?;
-        Ok(out)
-    })
-    .await;
-    let last = first + n as u64 - 1;
+    let stored = blocking(move || stored_crcs(&j, first, n)).await;
     if !still_primary(&a) {
         return;
     }
-    match stored {
-        Ok(s) if s == crcs => {
+    match verify_resend(first, &crcs, stored) {
+        Ok(()) => {
             srv.m.deduplicated.set(srv.m.deduplicated.get() + 1);
             if a.mode == Durability::Local {
                 srv.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
@@ -378,26 +350,9 @@ pub(super) async fn answer_resend(srv: Rc<Srv>, jd: Rc<Jd>, mut a: Ack, crcs: Ve
                 a.queue_held(&jd);
             }
         }
-        Ok(s) if s.len() == n => {
-            srv.m.error(codes::SEQUENCE_CONFLICT);
-            a.fail_with(
-                codes::SEQUENCE_CONFLICT,
-                &format!(
-                    "the records written at lsn {first}..{last} with this producer's sequences differ from the \
-                     ones resent: another writer uses this producer id, or it restarted its sequences; not written"
-                ),
-            );
-        }
-        Ok(_) | Err(Error::BelowMark { .. }) => {
-            srv.m.error(codes::SEQUENCE_UNKNOWN);
-            a.fail_with(
-                codes::SEQUENCE_UNKNOWN,
-                &format!("lsn {first}..{last}, where this resend was written, is no longer held: it cannot be checked"),
-            );
-        }
-        Err(e) => {
-            srv.m.error(e.code());
-            a.fail(&e);
+        Err((code, message)) => {
+            srv.m.error(code);
+            a.fail_with(code, &message);
         }
     }
 }

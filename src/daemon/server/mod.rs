@@ -44,7 +44,7 @@ use std::sync::Arc;
 use super::config::{DaemonConfig, Listen, OnReplicaLoss};
 use super::metrics::{self, Metrics};
 use super::notify::Notifier;
-use super::producers::{Check, Producers};
+use super::producers::{stored_crcs, verify_resend, Admit, Producers};
 use crate::epoch::Epoch;
 use crate::protocol::{codes, Durability, Frame, Op, ProtoError, Request, Response, WireRecord, HEADER_LEN, VERSION};
 use crate::replication::{self, Change, JRepl, ReplShared, Role};
@@ -158,21 +158,8 @@ impl Srv {
     /// newest segments.
     fn producers_from_disk(&self, j: &Journal) -> Producers {
         let idem = &self.cfg.idempotence;
-        let mut producers = Producers::new(idem.window, idem.max_producers);
         let t0 = Instant::now();
-        let starts = j.segment_starts();
-        // From the start of the newest `scan_segments` segments, below the
-        // mark too: a record a consumer already marked may still be the
-        // answer to a producer's resend.
-        let from = starts.get(starts.len().saturating_sub(idem.scan_segments)).copied().unwrap_or(1);
-        let mut tagged = 0u64;
-        let res = j.visit_retained(from, 1 << 20, |r| {
-            if let Some(t) = r.tag {
-                producers.record(t.producer, t.seq, 1, r.lsn, None, u64::MAX);
-                tagged += 1;
-            }
-            true
-        });
+        let (producers, tagged, res) = Producers::from_journal(j, idem.window, idem.max_producers, idem.scan_segments);
         if let Err(e) = res {
             tracing::warn!(journal = j.name(), error = %e, "could not rebuild the idempotence table from the journal");
         }

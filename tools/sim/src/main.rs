@@ -5,6 +5,7 @@
 //!   mirrorlog-sim --minutes 10
 //!   mirrorlog-sim --seed 1234 --steps 87        # replay, with the trace
 //!   mirrorlog-sim --two-sites --seeds 500       # the two-site simulation
+//!   mirrorlog-sim --producers --seeds 500       # the daemon's idempotence rules
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -32,12 +33,18 @@ struct Args {
     /// them) instead of the one-site engine simulation.
     #[arg(long)]
     two_sites: bool,
+    /// The producers simulation (the daemon's idempotence rules: resends,
+    /// lost answers, a second writer, a small table, crashes, restarts).
+    #[arg(long, conflicts_with = "two_sites")]
+    producers: bool,
 }
 
 /// One seed of the chosen simulation; its counts as text.
 fn one(a: &Args, seed: u64) -> Result<String, mirrorlog_sim::Failure> {
     if a.two_sites {
         mirrorlog_sim::repl::run(seed, a.steps).map(|c| format!("{c:?}"))
+    } else if a.producers {
+        mirrorlog_sim::producers::run(seed, a.steps).map(|c| format!("{c:?}"))
     } else {
         mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps: a.steps }).map(|c| format!("{c:?}"))
     }
@@ -65,6 +72,7 @@ fn main() -> ExitCode {
     let until = a.minutes.map(|m| t0 + Duration::from_secs_f64(m * 60.0));
     let mut total = mirrorlog_sim::Counts::default();
     let mut total2 = mirrorlog_sim::repl::ReplCounts::default();
+    let mut total3 = mirrorlog_sim::producers::ProducerCounts::default();
     let mut n = 0u64;
     let mut seed = a.first;
     loop {
@@ -73,6 +81,8 @@ fn main() -> ExitCode {
         }
         let res = if a.two_sites {
             mirrorlog_sim::repl::run(seed, a.steps).map(|c| total2.add(&c))
+        } else if a.producers {
+            mirrorlog_sim::producers::run(seed, a.steps).map(|c| total3.add(&c))
         } else {
             mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps: a.steps }).map(|c| total.add(&c))
         };
@@ -87,7 +97,13 @@ fn main() -> ExitCode {
         seed += 1;
     }
     let s = t0.elapsed().as_secs_f64();
-    let counts = if a.two_sites { format!("{total2:#?}") } else { format!("{total:#?}") };
+    let counts = if a.two_sites {
+        format!("{total2:#?}")
+    } else if a.producers {
+        format!("{total3:#?}")
+    } else {
+        format!("{total:#?}")
+    };
     println!(
         "{n} seeds ({}..{}) x {} steps: ok in {s:.1} s, {:.1} seeds/s\n{counts}",
         a.first,

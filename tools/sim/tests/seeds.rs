@@ -38,3 +38,25 @@ fn two_site_seeds_pass() {
         }
     }
 }
+
+/// The producers simulation (the daemon's idempotence rules over the engine:
+/// lost answers and resends, a second writer, a small table, crashes,
+/// restarts that rebuild the table from disk).
+#[test]
+fn producer_seeds_pass() {
+    let n: u64 = std::env::var("MIRRORLOG_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    match mirrorlog_sim::producers::run_seeds(0, n, 300) {
+        Ok(c) => {
+            eprintln!("{n} producer seeds: {c:?}");
+            assert!(
+                c.matched_in_flight > 0
+                    && c.matched > c.matched_in_flight
+                    && c.unknown > 0
+                    && c.impostors_refused > 0
+                    && c.crashes > n / 2,
+                "coverage: {c:?}"
+            );
+        }
+        Err(f) => panic!("{f}"),
+    }
+}
