@@ -2,6 +2,7 @@
 //! idempotence, metrics and systemd notification. The binary is
 //! `src/bin/mirrorlogd.rs`; docs/daemon.md is the operator's guide.
 
+pub mod acks;
 pub mod config;
 pub mod metrics;
 pub mod notify;

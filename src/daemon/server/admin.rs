@@ -90,7 +90,7 @@ impl Srv {
                     } else {
                         0.0
                     },
-                    degraded: self.journals.borrow().get(j.name()).is_some_and(|jd| jd.degraded.get()),
+                    degraded: self.journals.borrow().get(j.name()).is_some_and(|jd| jd.degradation.get().is_degraded()),
                 }
             })
             .collect();

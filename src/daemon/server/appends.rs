@@ -108,7 +108,7 @@ impl Srv {
     pub(super) fn settle_remote(&self, jd: &Jd) {
         // Runs on every turn of the loop: nothing to do (no lock taken)
         // unless a remote append waits or the journal is degraded.
-        if jd.remote.borrow().is_empty() && !jd.degraded.get() {
+        if jd.remote.borrow().is_empty() && !jd.degradation.get().is_degraded() {
             return;
         }
         let timeout = self.repl.cfg.ack_timeout;
@@ -137,7 +137,9 @@ impl Srv {
                     }
                 }
             }
-            let decision = remote_ack(mode, need, received, durable, jd.degraded.get(), age >= timeout, jd.on_loss);
+            let mut deg = jd.degradation.get();
+            let decision = deg.decide(mode, need, received, durable, age >= timeout, jd.on_loss, jd.j.next_lsn());
+            jd.degradation.set(deg);
             if decision == RemoteAck::Wait {
                 break;
             }
@@ -159,8 +161,6 @@ impl Srv {
                 RemoteAck::Degrade => {
                     tracing::warn!(journal = jd.j.name(), replica_durable = durable, timeout = ?timeout,
                         "replica did not confirm in time: acknowledging remote appends as local until it catches up");
-                    jd.degraded.set(true);
-                    jd.degraded_at.set(jd.j.next_lsn());
                     self.m.degraded_acks.set(self.m.degraded_acks.get() + 1);
                     self.m.acked(jd.j.name(), a.count as u64, a.payload as u64);
                     a.answer();
@@ -180,15 +180,16 @@ impl Srv {
                 }
             }
         }
-        // (When the replica last held everything is kept by the ack reader.)
-        if jd.degraded.get() && self.repl.connected.load(Ordering::Acquire) && durable >= jd.degraded_at.get() {
+        let mut deg = jd.degradation.get();
+        let connected = self.repl.connected.load(Ordering::Acquire);
+        if let Some(at) = deg.end_if_caught_up(connected, durable, jd.j.next_lsn()) {
             tracing::info!(
                 journal = jd.j.name(),
                 replica_durable = durable,
-                degraded_at = jd.degraded_at.get(),
+                degraded_at = at,
                 "replica caught up past where the journal degraded: remote appends wait for it again"
             );
-            jd.degraded.set(false);
+            jd.degradation.set(deg);
         }
     }
 }
@@ -353,112 +354,6 @@ pub(super) async fn answer_resend(srv: Rc<Srv>, jd: Rc<Jd>, mut a: Ack, crcs: Ve
         Err((code, message)) => {
             srv.m.error(code);
             a.fail_with(code, &message);
-        }
-    }
-}
-
-/// What to do with a journal's oldest `remote-*` append once it is durable
-/// here (acks of a journal are answered in placement order, so a `Wait`
-/// holds every later one too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum RemoteAck {
-    /// The replica holds what the mode asks (in memory for
-    /// `remote-received`, durably for `remote-durable`): answer.
-    Confirmed,
-    /// Not confirmed, not timed out, the journal not degraded: wait.
-    Wait,
-    /// Not confirmed, but the journal is degraded: answer as `local`.
-    AsLocal,
-    /// Timed out on a journal with `on_replica_loss = "degrade"`: it
-    /// degrades now, and this append is answered as `local`.
-    Degrade,
-    /// Timed out on a journal with `on_replica_loss = "block"`: answered
-    /// with `replica-timeout` (the records stay durable here and are shipped).
-    Fail,
-}
-
-/// The replica-ack decision, pure. `need` is one past the append's last
-/// LSN; `received` and `durable` are how far the replica confirmed.
-///
-/// Invariant (asserted by the tests below over a grid of inputs): an
-/// append is `Confirmed` only when the replica reported it at the level its
-/// mode asks, `remote-durable` is never confirmed by `received` alone, and
-/// an unconfirmed append is answered only after the timeout or on a
-/// degraded journal (never while the replica may still confirm it in time).
-pub(super) fn remote_ack(
-    mode: Durability,
-    need: u64,
-    received: u64,
-    durable: u64,
-    degraded: bool,
-    timed_out: bool,
-    on_loss: OnReplicaLoss,
-) -> RemoteAck {
-    let confirmed = match mode {
-        Durability::RemoteReceived => received.max(durable) >= need,
-        _ => durable >= need,
-    };
-    if confirmed {
-        RemoteAck::Confirmed
-    } else if degraded {
-        RemoteAck::AsLocal
-    } else if !timed_out {
-        RemoteAck::Wait
-    } else if on_loss == OnReplicaLoss::Degrade {
-        RemoteAck::Degrade
-    } else {
-        RemoteAck::Fail
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_replica_ack_decision_keeps_the_mode_s_promise() {
-        use Durability::{RemoteDurable as D, RemoteReceived as R};
-        use OnReplicaLoss::{Block, Degrade};
-        use RemoteAck::{AsLocal, Confirmed, Fail, Wait};
-        // (mode, need, received, durable, degraded, timed out, on loss) -> decision
-        let cases = [
-            // Confirmed at the mode's level, whatever else holds.
-            (R, 5, 5, 0, false, false, Block, Confirmed),
-            (R, 5, 0, 5, true, true, Degrade, Confirmed),
-            (D, 5, 9, 5, false, true, Block, Confirmed),
-            // remote-durable is not confirmed by a replica that only received it.
-            (D, 5, 9, 4, false, false, Block, Wait),
-            (D, 5, 9, 4, false, true, Block, Fail),
-            (D, 5, 9, 4, false, true, Degrade, RemoteAck::Degrade),
-            (D, 5, 9, 4, true, false, Block, AsLocal),
-            // Not confirmed: wait until the timeout, unless degraded.
-            (R, 5, 4, 4, false, false, Degrade, Wait),
-            (R, 5, 4, 4, true, false, Block, AsLocal),
-            (R, 5, 4, 4, false, true, Block, Fail),
-            (R, 5, 4, 4, false, true, Degrade, RemoteAck::Degrade),
-        ];
-        for (mode, need, received, durable, degraded, timed_out, on_loss, want) in cases {
-            let got = remote_ack(mode, need, received, durable, degraded, timed_out, on_loss);
-            assert_eq!(got, want, "{:?}", (mode, need, received, durable, degraded, timed_out, on_loss));
-        }
-        // Over a grid: Confirmed exactly when the replica holds it at the
-        // mode's level, and never an answer before the timeout unless confirmed
-        // or degraded.
-        for mode in [R, D] {
-            for (need, received, durable) in
-                (1..4u64).flat_map(|n| (0..5).flat_map(move |r| (0..5).map(move |d| (n, r, d))))
-            {
-                for (degraded, timed_out) in [(false, false), (false, true), (true, false), (true, true)] {
-                    for on_loss in [Block, Degrade] {
-                        let got = remote_ack(mode, need, received, durable, degraded, timed_out, on_loss);
-                        let held = durable >= need || (mode == R && received >= need);
-                        assert_eq!(got == Confirmed, held);
-                        if !held && !degraded && !timed_out {
-                            assert_eq!(got, Wait);
-                        }
-                    }
-                }
-            }
         }
     }
 }

@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::acks::{Degradation, RemoteAck};
 use super::config::{DaemonConfig, Listen, OnReplicaLoss};
 use super::metrics::{self, Metrics};
 use super::notify::Notifier;
@@ -84,13 +85,10 @@ struct Jd {
     /// The replica's progress on this journal.
     jr: Arc<JRepl>,
     on_loss: OnReplicaLoss,
-    /// `remote-*` appends are acknowledged as `local` until the replica
-    /// catches up (`on_replica_loss = "degrade"` after a timeout).
-    degraded: Cell<bool>,
-    /// The durable end here when the journal degraded: once the replica
-    /// holds everything below it durably, it has caught up (a fixed point;
-    /// the durable end itself moves on under load and is never reached).
-    degraded_at: Cell<u64>,
+    /// Whether `remote-*` appends are acknowledged as `local` (after a
+    /// timeout with `on_replica_loss = "degrade"`), until the replica
+    /// catches up to where that began.
+    degradation: Cell<Degradation>,
     producers: RefCell<Producers>,
     /// Woken when the durable end moves (subscriptions wait on it).
     advanced: Notify,
@@ -185,8 +183,7 @@ impl Srv {
             remote: RefCell::new(VecDeque::new()),
             jr: self.repl.journal(j.id()),
             on_loss: spec.map(|s| s.on_replica_loss).unwrap_or(OnReplicaLoss::Block),
-            degraded: Cell::new(false),
-            degraded_at: Cell::new(0),
+            degradation: Cell::new(Degradation::default()),
             producers: RefCell::new(producers),
             advanced: Notify::new(),
         });

@@ -24,6 +24,7 @@
 //! data); a cut-back keeps every record below its cut point; the mark never
 //! goes back; opening the set never fails; no panic.
 
+pub mod acks;
 pub mod producers;
 pub mod repl;
 

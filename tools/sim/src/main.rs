@@ -6,11 +6,13 @@
 //!   mirrorlog-sim --seed 1234 --steps 87        # replay, with the trace
 //!   mirrorlog-sim --two-sites --seeds 500       # the two-site simulation
 //!   mirrorlog-sim --producers --seeds 500       # the daemon's idempotence rules
+//!   mirrorlog-sim --acks --seeds 5000           # the daemon's remote-* ack policy
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use mirrorlog_sim::{acks, producers, repl, Failure};
 
 #[derive(Parser)]
 #[command(about = "A seeded simulation of the mirrorlog engine with crashes and disk faults")]
@@ -31,33 +33,73 @@ struct Args {
     minutes: Option<f64>,
     /// The two-site simulation (a primary, a replica and the link between
     /// them) instead of the one-site engine simulation.
-    #[arg(long)]
+    #[arg(long, group = "kind")]
     two_sites: bool,
     /// The producers simulation (the daemon's idempotence rules: resends,
-    /// lost answers, a second writer, a small table, crashes, restarts).
-    #[arg(long, conflicts_with = "two_sites")]
+    /// lost answers, a second writer, crashes, restarts).
+    #[arg(long, group = "kind")]
     producers: bool,
+    /// The acks simulation (the daemon's `remote-*` ack policy: timeouts,
+    /// degraded mode, outages, under steady load and simulated time).
+    #[arg(long, group = "kind")]
+    acks: bool,
 }
 
-/// One seed of the chosen simulation; its counts as text.
-fn one(a: &Args, seed: u64) -> Result<String, mirrorlog_sim::Failure> {
-    if a.two_sites {
-        mirrorlog_sim::repl::run(seed, a.steps).map(|c| format!("{c:?}"))
-    } else if a.producers {
-        mirrorlog_sim::producers::run(seed, a.steps).map(|c| format!("{c:?}"))
-    } else {
-        mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps: a.steps }).map(|c| format!("{c:?}"))
+/// The counts of every simulation, summed over the seeds run.
+#[derive(Default)]
+struct Totals {
+    engine: mirrorlog_sim::Counts,
+    two_sites: repl::ReplCounts,
+    producers: producers::ProducerCounts,
+    acks: acks::AckCounts,
+}
+
+impl Totals {
+    /// Runs one seed of the chosen simulation and adds its counts; returns
+    /// them as text.
+    fn run(&mut self, a: &Args, seed: u64) -> Result<String, Failure> {
+        let steps = a.steps;
+        Ok(if a.two_sites {
+            let c = repl::run(seed, steps)?;
+            self.two_sites.add(&c);
+            format!("{c:?}")
+        } else if a.producers {
+            let c = producers::run(seed, steps)?;
+            self.producers.add(&c);
+            format!("{c:?}")
+        } else if a.acks {
+            let c = acks::run(seed, steps)?;
+            self.acks.add(&c);
+            format!("{c:?}")
+        } else {
+            let c = mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps })?;
+            self.engine.add(&c);
+            format!("{c:?}")
+        })
+    }
+
+    fn report(&self, a: &Args) -> String {
+        if a.two_sites {
+            format!("{:#?}", self.two_sites)
+        } else if a.producers {
+            format!("{:#?}", self.producers)
+        } else if a.acks {
+            format!("{:#?}", self.acks)
+        } else {
+            format!("{:#?}", self.engine)
+        }
     }
 }
 
 fn main() -> ExitCode {
     let a = Args::parse();
+    let mut totals = Totals::default();
     if let Some(seed) = a.seed {
         // RUST_LOG=info shows what the engine logs (recovery, repairs) on replay.
         if std::env::var_os("RUST_LOG").is_some() {
             tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
         }
-        return match one(&a, seed) {
+        return match totals.run(&a, seed) {
             Ok(c) => {
                 println!("seed {seed}: ok, {c}");
                 ExitCode::SUCCESS
@@ -70,46 +112,27 @@ fn main() -> ExitCode {
     }
     let t0 = Instant::now();
     let until = a.minutes.map(|m| t0 + Duration::from_secs_f64(m * 60.0));
-    let mut total = mirrorlog_sim::Counts::default();
-    let mut total2 = mirrorlog_sim::repl::ReplCounts::default();
-    let mut total3 = mirrorlog_sim::producers::ProducerCounts::default();
     let mut n = 0u64;
     let mut seed = a.first;
     loop {
         if until.map_or(n >= a.seeds, |u| Instant::now() >= u) {
             break;
         }
-        let res = if a.two_sites {
-            mirrorlog_sim::repl::run(seed, a.steps).map(|c| total2.add(&c))
-        } else if a.producers {
-            mirrorlog_sim::producers::run(seed, a.steps).map(|c| total3.add(&c))
-        } else {
-            mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps: a.steps }).map(|c| total.add(&c))
-        };
-        match res {
-            Ok(()) => {}
-            Err(f) => {
-                println!("{f}");
-                return ExitCode::FAILURE;
-            }
+        if let Err(f) = totals.run(&a, seed) {
+            println!("{f}");
+            return ExitCode::FAILURE;
         }
         n += 1;
         seed += 1;
     }
     let s = t0.elapsed().as_secs_f64();
-    let counts = if a.two_sites {
-        format!("{total2:#?}")
-    } else if a.producers {
-        format!("{total3:#?}")
-    } else {
-        format!("{total:#?}")
-    };
     println!(
-        "{n} seeds ({}..{}) x {} steps: ok in {s:.1} s, {:.1} seeds/s\n{counts}",
+        "{n} seeds ({}..{}) x {} steps: ok in {s:.1} s, {:.1} seeds/s\n{}",
         a.first,
         seed,
         a.steps,
-        n as f64 / s.max(1e-9)
+        n as f64 / s.max(1e-9),
+        totals.report(&a)
     );
     ExitCode::SUCCESS
 }

@@ -60,3 +60,20 @@ fn producer_seeds_pass() {
         Err(f) => panic!("{f}"),
     }
 }
+
+/// The acks simulation (the daemon's `remote-*` ack policy under simulated
+/// time: steady load, a replica behind, outages, degraded mode).
+#[test]
+fn ack_seeds_pass() {
+    let n: u64 = std::env::var("MIRRORLOG_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    match mirrorlog_sim::acks::run_seeds(0, n, 300) {
+        Ok(c) => {
+            eprintln!("{n} ack seeds: {c:?}");
+            assert!(
+                c.confirmed > 0 && c.as_local > 0 && c.recovered > 0 && c.timeouts > 0 && c.long_outages > 0,
+                "coverage: {c:?}"
+            );
+        }
+        Err(f) => panic!("{f}"),
+    }
+}
