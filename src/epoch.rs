@@ -48,7 +48,11 @@ impl Epoch {
     /// The first epoch of the term after both `self` and `seen` (a
     /// promotion); `None` when no term is left.
     pub fn promotion(self, seen: Epoch) -> Option<Epoch> {
-        self.max(seen).term().checked_add(1).map(|t| Epoch((t as u64) << 32))
+        let term = self.max(seen).term();
+        // The defect of issue 16, item 9, for the roles simulation to find:
+        // the next term wraps to 0.
+        let next = if cfg!(feature = "mutate-epoch-wrap") { Some(term.wrapping_add(1)) } else { term.checked_add(1) };
+        next.map(|t| Epoch((t as u64) << 32))
     }
 }
 

@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::replication::role::AfterProbe;
 use crate::replication::{self, Change, ReplConfig, ReplShared, Role};
 
 pub use config::DaemonConfig;
@@ -147,23 +148,23 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
         // Ask the peer first: a newer primary may exist (we were fenced
         // while down). Only a node that may go on as primary raises its
         // epoch, so no two runs write records of one epoch.
-        match replication::sender::probe(&log, &shared, rc.startup_wait) {
-            replication::sender::Probe::Fenced(e) => {
+        let probe = replication::sender::probe(&log, &shared, rc.startup_wait);
+        match replication::role::after_probe(&probe, shared.cfg.serve_unreachable) {
+            AfterProbe::Follow(e) => {
                 tracing::error!(epoch = e, "a newer primary exists: starting as its replica");
                 shared.saw_epoch(e);
                 follow_at_start(&shared)?;
             }
-            replication::sender::Probe::Unreachable(why) | replication::sender::Probe::Refused(why)
-                if !shared.cfg.serve_unreachable =>
-            {
-                tracing::error!(peer = ?rc.peer, why,
+            AfterProbe::Wait => {
+                tracing::error!(peer = ?rc.peer, why = ?probe,
                     "peer not reachable at start, or it refuses this node: taking no appends until it answers (it \
                      may have been promoted meanwhile), or until an operator promotes this node (mirrorlog promote; \
                      or start with --force-primary / replication.unreachable_at_start = \"serve\")");
                 // It stays as every primary starts: waiting.
             }
-            p => {
-                if let replication::sender::Probe::Unreachable(why) | replication::sender::Probe::Refused(why) = &p {
+            AfterProbe::Serve => {
+                if let replication::sender::Probe::Unreachable(why) | replication::sender::Probe::Refused(why) = &probe
+                {
                     tracing::warn!(peer = ?rc.peer, why, "peer not reachable at start, or it refuses this node: serving as primary, as configured (unreachable_at_start = \"serve\")");
                 }
                 let epoch = restart_epoch(&log)?;

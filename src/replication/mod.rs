@@ -348,8 +348,11 @@ pub fn serve_as_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>, e
 pub fn wait_for_peer(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) {
     let mut logged = Instant::now();
     while shared.role() == Role::Waiting && !shared.stop.load(Ordering::Acquire) {
-        match sender::probe(log, shared, Duration::ZERO) {
-            sender::Probe::Primary => {
+        let probe = sender::probe(log, shared, Duration::ZERO);
+        // Waiting already: an unreachable peer keeps it waiting whatever
+        // the start-up configuration said.
+        match role::after_probe(&probe, false) {
+            role::AfterProbe::Serve => {
                 // The server loop makes the change (no append can come
                 // between the role and the shipping sink).
                 tracing::warn!("the peer answered and takes this node as primary");
@@ -357,26 +360,24 @@ pub fn wait_for_peer(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) {
                 shared.wake.notify_one();
                 return;
             }
-            sender::Probe::Fenced(e) => {
+            role::AfterProbe::Follow(e) => {
                 shared.saw_epoch(e);
                 if shared.change(Change::Follow).is_ok() {
                     tracing::warn!(epoch = e, "the peer is a newer primary: following it");
                 }
                 return;
             }
-            sender::Probe::Unreachable(why) => {
+            role::AfterProbe::Wait => {
                 if logged.elapsed() > Duration::from_secs(30) {
-                    tracing::warn!(why, "still waiting for the peer before serving (mirrorlog promote to serve now)");
-                    logged = Instant::now();
-                }
-            }
-            sender::Probe::Refused(why) => {
-                if logged.elapsed() > Duration::from_secs(30) {
-                    tracing::error!(
-                        why,
-                        "the peer refuses this node (another version, set or geometry?): still waiting before serving \
-                         (mirrorlog promote to serve now)"
-                    );
+                    match &probe {
+                        sender::Probe::Refused(why) => tracing::error!(
+                            why,
+                            "the peer refuses this node (another version, set or geometry?): still waiting before \
+                             serving (mirrorlog promote to serve now)"
+                        ),
+                        other => tracing::warn!(why = ?other,
+                            "still waiting for the peer before serving (mirrorlog promote to serve now)"),
+                    }
                     logged = Instant::now();
                 }
             }

@@ -28,6 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::role::{self, HelloAnswer};
 use super::wire::{Msg, REPL_VERSION};
 use super::{configure, max_body, Change, FrameConn, ReplShared, Role};
 use crate::epoch::{Epoch, History};
@@ -136,21 +137,16 @@ impl Receiver {
             });
             Err(format!("refused {} at epoch {}: this node is at epoch {epoch}", h.name, h.epoch))
         };
-        let role = self.shared.role();
-        if matches!(role, Role::Primary | Role::Standalone | Role::Waiting | Role::Demoting) {
-            // Two nodes that may serve: the higher epoch wins.
-            if h.epoch < mine {
-                return fenced(&mut c, mine);
-            }
-            if h.epoch == mine {
+        match role::on_hello(self.shared.role(), mine, h.epoch, h.probe) {
+            HelloAnswer::Fenced(epoch) => return fenced(&mut c, epoch),
+            HelloAnswer::SplitBrain => {
                 return refuse(
                     &mut c,
                     format!("split brain: both nodes are primary at epoch {mine}; demote one (mirrorlog demote)"),
                 );
             }
-        }
-        match role {
-            Role::Primary | Role::Standalone | Role::Demoting => {
+            HelloAnswer::Busy => return refuse(&mut c, "this node is changing role; try again".into()),
+            HelloAnswer::Accept { change: Some(Change::Fence) } => {
                 tracing::error!(peer = %h.name, epoch = h.epoch, mine, "a newer primary exists: stepping down to replica");
                 let _ = self.shared.change(Change::Fence);
                 // The server loop fails waiting appends and lets writes finish.
@@ -162,22 +158,15 @@ impl Receiver {
                     std::thread::sleep(Duration::from_millis(5));
                 }
             }
-            Role::Waiting => {
-                // A newer primary: follow it. This node took no appends
-                // while waiting, so there is nothing to step down from. (A
-                // probe only asks; its sender will open the session.)
-                if !h.probe && self.shared.change(Change::Follow).is_err() {
+            HelloAnswer::Accept { change: Some(c2) } => {
+                // A newer primary while this node waited at start: follow it.
+                // It took no appends while waiting, so there is nothing to
+                // step down from.
+                if self.shared.change(c2).is_err() {
                     return refuse(&mut c, "this node is changing role; try again".into());
                 }
             }
-            Role::Replica => {
-                if h.epoch < mine {
-                    return fenced(&mut c, mine);
-                }
-            }
-            Role::SteppingDown | Role::Promoting => {
-                return refuse(&mut c, "this node is changing role; try again".into());
-            }
+            HelloAnswer::Accept { change: None } => {}
         }
         c.send(&Msg::HelloOk { epoch: mine.max(h.epoch), name: self.shared.cfg.name.clone() }).map_err(io)?;
         if h.probe {

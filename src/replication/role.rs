@@ -157,6 +157,76 @@ pub fn at_start(configured: Role) -> Role {
     }
 }
 
+/// What a configured primary waiting at start does with its peer's answer
+/// to a probe (`sender::probe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterProbe {
+    /// No newer primary exists: serve (a new start in its term).
+    Serve,
+    /// A newer primary exists at this epoch: follow it.
+    Follow(u64),
+    /// Keep waiting (no answer, or a refusal): it may have been promoted
+    /// meanwhile, so this node takes no appends until it answers, an
+    /// operator promotes this node, or the configuration says to serve.
+    Wait,
+}
+
+/// The start-up rule (issue 16, item 2): a primary whose peer does not
+/// answer takes no appends, unless configured to
+/// (`unreachable_at_start = "serve"`, `--force-primary`).
+pub fn after_probe(probe: &super::sender::Probe, serve_unreachable: bool) -> AfterProbe {
+    use super::sender::Probe;
+    match probe {
+        Probe::Primary => AfterProbe::Serve,
+        Probe::Fenced(e) => AfterProbe::Follow(*e),
+        // The defect of issue 16, item 2, for the roles simulation to find.
+        Probe::Unreachable(_) | Probe::Refused(_)
+            if serve_unreachable || cfg!(feature = "mutate-serve-unreachable") =>
+        {
+            AfterProbe::Serve
+        }
+        Probe::Unreachable(_) | Probe::Refused(_) => AfterProbe::Wait,
+    }
+}
+
+/// How a node answers a peer's `Hello` (a session, or a probe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloAnswer {
+    /// Take the peer as primary; first `Fence` this node (it was serving),
+    /// or `Follow` (it was waiting at start; not for a probe).
+    Accept { change: Option<Change> },
+    /// This node is at a newer epoch: the peer must step down.
+    Fenced(u64),
+    /// Both nodes may serve at one epoch: a split brain an operator
+    /// resolves (`mirrorlog demote` on one).
+    SplitBrain,
+    /// This node is changing role: not now.
+    Busy,
+}
+
+/// The rule for a peer's `Hello` at epoch `theirs` to a node in `role` at
+/// epoch `mine`: of two nodes that may serve, the higher epoch wins, and
+/// two at one epoch are a split brain that an operator resolves; a replica
+/// follows any primary not older than its own epoch.
+pub fn on_hello(role: Role, mine: u64, theirs: u64, probe: bool) -> HelloAnswer {
+    use Role::*;
+    if matches!(role, Primary | Standalone | Waiting | Demoting) {
+        if theirs < mine {
+            return HelloAnswer::Fenced(mine);
+        }
+        if theirs == mine {
+            return HelloAnswer::SplitBrain;
+        }
+    }
+    match role {
+        Primary | Standalone | Demoting => HelloAnswer::Accept { change: Some(Change::Fence) },
+        Waiting => HelloAnswer::Accept { change: (!probe).then_some(Change::Follow) },
+        Replica if theirs < mine => HelloAnswer::Fenced(mine),
+        Replica => HelloAnswer::Accept { change: None },
+        SteppingDown | Promoting => HelloAnswer::Busy,
+    }
+}
+
 /// The one place the role is stored.
 #[derive(Debug)]
 pub struct RoleCell(AtomicU8);
@@ -309,6 +379,45 @@ mod tests {
         assert_eq!(at_start(Role::Standalone), Role::Standalone);
         for r in Role::ALL {
             assert_eq!(RoleCell::new(r).get(), r);
+        }
+    }
+
+    #[test]
+    fn a_primary_whose_peer_does_not_answer_at_start_takes_no_appends() {
+        use super::super::sender::Probe;
+        assert_eq!(after_probe(&Probe::Primary, false), AfterProbe::Serve);
+        assert_eq!(after_probe(&Probe::Fenced(9), false), AfterProbe::Follow(9));
+        assert_eq!(after_probe(&Probe::Fenced(9), true), AfterProbe::Follow(9));
+        for p in [Probe::Unreachable("x".into()), Probe::Refused("y".into())] {
+            assert_eq!(after_probe(&p, false), AfterProbe::Wait, "{p:?}");
+            assert_eq!(after_probe(&p, true), AfterProbe::Serve, "{p:?} with unreachable_at_start = serve");
+        }
+    }
+
+    #[test]
+    fn of_two_nodes_that_may_serve_the_higher_epoch_wins() {
+        use HelloAnswer::*;
+        for role in [Role::Primary, Role::Standalone, Role::Waiting, Role::Demoting] {
+            assert_eq!(on_hello(role, 5, 4, false), Fenced(5), "{role:?}");
+            assert_eq!(on_hello(role, 5, 5, false), SplitBrain, "{role:?}");
+        }
+        for role in [Role::Primary, Role::Standalone, Role::Demoting] {
+            // A newer primary fences this one, for a probe too.
+            assert_eq!(on_hello(role, 5, 6, true), Accept { change: Some(Change::Fence) });
+        }
+        assert_eq!(on_hello(Role::Waiting, 5, 6, false), Accept { change: Some(Change::Follow) });
+        assert_eq!(on_hello(Role::Waiting, 5, 6, true), Accept { change: None });
+        assert_eq!(on_hello(Role::Replica, 5, 4, false), Fenced(5));
+        assert_eq!(on_hello(Role::Replica, 5, 5, false), Accept { change: None });
+        assert_eq!(on_hello(Role::SteppingDown, 5, 6, false), Busy);
+        assert_eq!(on_hello(Role::Promoting, 5, 6, false), Busy);
+        // Every change it asks for applies to the role it was asked in.
+        for role in Role::ALL {
+            for (mine, theirs) in [(5, 4), (5, 5), (5, 6)] {
+                if let Accept { change: Some(c) } = on_hello(role, mine, theirs, false) {
+                    assert!(next(role, c).is_some(), "{role:?} {c:?}");
+                }
+            }
         }
     }
 }

@@ -27,6 +27,7 @@
 pub mod acks;
 pub mod producers;
 pub mod repl;
+pub mod roles;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;

@@ -7,12 +7,13 @@
 //!   mirrorlog-sim --two-sites --seeds 500       # the two-site simulation
 //!   mirrorlog-sim --producers --seeds 500       # the daemon's idempotence rules
 //!   mirrorlog-sim --acks --seeds 5000           # the daemon's remote-* ack policy
+//!   mirrorlog-sim --roles --seeds 5000          # roles, epochs, fencing, start-up
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mirrorlog_sim::{acks, producers, repl, Failure};
+use mirrorlog_sim::{acks, producers, repl, roles, Failure};
 
 #[derive(Parser)]
 #[command(about = "A seeded simulation of the mirrorlog engine with crashes and disk faults")]
@@ -43,6 +44,10 @@ struct Args {
     /// degraded mode, outages, under steady load and simulated time).
     #[arg(long, group = "kind")]
     acks: bool,
+    /// The roles simulation (two nodes' roles and epochs: crashes, link
+    /// cuts, start-up probes, promotions, demotions, fencing).
+    #[arg(long, group = "kind")]
+    roles: bool,
 }
 
 /// The counts of every simulation, summed over the seeds run.
@@ -52,6 +57,7 @@ struct Totals {
     two_sites: repl::ReplCounts,
     producers: producers::ProducerCounts,
     acks: acks::AckCounts,
+    roles: roles::RoleCounts,
 }
 
 impl Totals {
@@ -71,6 +77,10 @@ impl Totals {
             let c = acks::run(seed, steps)?;
             self.acks.add(&c);
             format!("{c:?}")
+        } else if a.roles {
+            let c = roles::run(seed, steps)?;
+            self.roles.add(&c);
+            format!("{c:?}")
         } else {
             let c = mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps })?;
             self.engine.add(&c);
@@ -85,6 +95,8 @@ impl Totals {
             format!("{:#?}", self.producers)
         } else if a.acks {
             format!("{:#?}", self.acks)
+        } else if a.roles {
+            format!("{:#?}", self.roles)
         } else {
             format!("{:#?}", self.engine)
         }

@@ -77,3 +77,27 @@ fn ack_seeds_pass() {
         Err(f) => panic!("{f}"),
     }
 }
+
+/// The roles simulation (two nodes' roles and epochs: crashes, link cuts,
+/// start-up probes, promotions, demotions, fencing, split brains).
+#[test]
+fn role_seeds_pass() {
+    let n: u64 = std::env::var("MIRRORLOG_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    match mirrorlog_sim::roles::run_seeds(0, n, 300) {
+        Ok(c) => {
+            eprintln!("{n} role seeds: {c:?}");
+            assert!(
+                c.fenced > 0
+                    && c.waits > 0
+                    && c.serves > 0
+                    && c.follows > 0
+                    && c.cutbacks > 0
+                    && c.split_brains > 0
+                    && c.promotions_refused > 0
+                    && c.remote_acked > 0,
+                "coverage: {c:?}"
+            );
+        }
+        Err(f) => panic!("{f}"),
+    }
+}
