@@ -285,13 +285,7 @@ impl AckSim {
 /// stops, and every append must be answered.
 pub fn run(seed: u64, steps: u32) -> Result<AckCounts, Failure> {
     let mut sim = AckSim::new(seed);
-    let fail = |sim: &AckSim, message: String| Failure {
-        seed,
-        step: sim.step,
-        message,
-        trace: sim.trace.clone(),
-        replay: format!("cargo run --release -p mirrorlog-sim -- --acks --seed {seed} --steps {}", sim.step + 1),
-    };
+    let fail = |sim: &AckSim, message: String| Failure::new("--acks", seed, sim.step, message, &sim.trace);
     // Ten turns per step: the policy is cheap, and outages span many turns.
     for step in 0..steps {
         sim.step = step;
@@ -317,9 +311,5 @@ pub fn run(seed: u64, steps: u32) -> Result<AckCounts, Failure> {
 
 /// Runs seeds `first..first + n`; the first failure stops it.
 pub fn run_seeds(first: u64, n: u64, steps: u32) -> Result<AckCounts, Failure> {
-    let mut total = AckCounts::default();
-    for seed in first..first + n {
-        total.add(&run(seed, steps)?);
-    }
-    Ok(total)
+    super::seeds(first, n, steps, run)
 }

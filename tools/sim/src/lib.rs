@@ -62,9 +62,35 @@ macro_rules! counters {
                 $( self.$field += o.$field; )*
             }
         }
+
+        impl $crate::Tally for $name {
+            fn add(&mut self, o: &$name) {
+                $name::add(self, o)
+            }
+        }
     };
 }
 pub(crate) use counters;
+
+/// Counts that add up over seeds.
+pub trait Tally: Default {
+    fn add(&mut self, o: &Self);
+}
+
+/// Runs seeds `first..first + n` of one simulation; the first failure
+/// stops it.
+pub fn seeds<C: Tally>(
+    first: u64,
+    n: u64,
+    steps: u32,
+    run: impl Fn(u64, u32) -> Result<C, Failure>,
+) -> Result<C, Failure> {
+    let mut total = C::default();
+    for seed in first..first + n {
+        total.add(&run(seed, steps)?);
+    }
+    Ok(total)
+}
 
 counters! {
     /// Counts of what a run did (fault coverage).
@@ -94,6 +120,20 @@ pub struct Failure {
     pub trace: Vec<String>,
     /// The command that replays it.
     pub replay: String,
+}
+
+impl Failure {
+    /// `flag`: the simulation's command-line flag ("" for the engine's).
+    fn new(flag: &str, seed: u64, step: u32, message: String, trace: &[String]) -> Failure {
+        let flag = if flag.is_empty() { String::new() } else { format!("{flag} ") };
+        Failure {
+            seed,
+            step,
+            message,
+            trace: trace.to_vec(),
+            replay: format!("cargo run --release -p mirrorlog-sim -- {flag}--seed {seed} --steps {}", step + 1),
+        }
+    }
 }
 
 impl std::fmt::Display for Failure {
@@ -142,6 +182,35 @@ fn sim_config(devices: Vec<PathBuf>, storage: &SimStorage) -> Config {
     cfg.index_stride = 8 << 10;
     cfg.storage = Some(std::sync::Arc::new(storage.clone()));
     cfg
+}
+
+/// A one-site set on `storage`: 2 or 3 mirrors (drawn first from `rng`)
+/// of `DEV_SIZE`, formatted, with the journal created.
+fn one_site(storage: &SimStorage, rng: &mut Rng) -> Result<(Config, MirrorLog, usize), String> {
+    let mirrors = 2 + rng.below(2) as usize;
+    let devices: Vec<PathBuf> = (0..mirrors).map(|i| PathBuf::from(format!("/sim/m{i}.dev"))).collect();
+    for d in &devices {
+        storage.create(d, DEV_SIZE);
+    }
+    let cfg = sim_config(devices, storage);
+    let log = MirrorLog::create(&cfg).map_err(|e| format!("create: {e}"))?;
+    log.create_journal(JOURNAL).map_err(|e| format!("create journal: {e}"))?;
+    Ok((cfg, log, mirrors))
+}
+
+/// Flips a bit anywhere (a journal's data, headers, the superblocks) on
+/// one mirror of a one-site set, never in a block whose other copy is
+/// rotten already (`rotted`: block -> mirror). What it did, if it did.
+fn rot_one(rng: &mut Rng, storage: &SimStorage, rotted: &mut HashMap<u64, usize>, mirrors: usize) -> Option<String> {
+    let m = rng.below(mirrors as u64) as usize;
+    let off = rng.below(DEV_SIZE);
+    let block = off / 4096;
+    if rotted.get(&block).is_some_and(|&r| r != m) {
+        return None;
+    }
+    rotted.insert(block, m);
+    storage.flip(&PathBuf::from(format!("/sim/m{m}.dev")), off);
+    Some(format!("flip a bit at {off} of mirror {m}"))
 }
 
 /// The next record of a run: empty, small or up to 6 KiB, its bytes
@@ -222,14 +291,7 @@ impl Sim {
     fn new(seed: u64) -> Result<Sim, String> {
         let storage = SimStorage::new(SimConfig::new(seed));
         let mut rng = Rng(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1);
-        let mirrors = 2 + rng.below(2) as usize;
-        let devices: Vec<PathBuf> = (0..mirrors).map(|i| PathBuf::from(format!("/sim/m{i}.dev"))).collect();
-        for d in &devices {
-            storage.create(d, DEV_SIZE);
-        }
-        let cfg = sim_config(devices, &storage);
-        let log = MirrorLog::create(&cfg).map_err(|e| format!("create: {e}"))?;
-        log.create_journal(JOURNAL).map_err(|e| format!("create journal: {e}"))?;
+        let (cfg, log, mirrors) = one_site(&storage, &mut rng)?;
         Ok(Sim {
             seed,
             rng,
@@ -515,17 +577,10 @@ impl Sim {
     }
 
     fn rot(&mut self) -> Res {
-        let m = self.rng.below(self.mirrors as u64) as usize;
-        // Anywhere a journal's data, headers or the superblocks live.
-        let off = self.rng.below(DEV_SIZE);
-        let block = off / 4096;
-        if self.rotted.get(&block).is_some_and(|&r| r != m) {
-            return Ok(()); // the other copy of this block is rotten already
+        if let Some(what) = rot_one(&mut self.rng, &self.storage, &mut self.rotted, self.mirrors) {
+            self.note(what);
+            self.counts.rots += 1;
         }
-        self.rotted.insert(block, m);
-        self.note(format!("flip a bit at {off} of mirror {m}"));
-        self.storage.flip(&PathBuf::from(format!("/sim/m{m}.dev")), off);
-        self.counts.rots += 1;
         Ok(())
     }
 
@@ -653,12 +708,8 @@ impl Sim {
 
 /// Runs one seed.
 pub fn run(o: &Options) -> Result<Counts, Failure> {
-    let fail = |sim: Option<&Sim>, step: u32, message: String| Failure {
-        seed: o.seed,
-        step,
-        message,
-        trace: sim.map(|s| s.trace.clone()).unwrap_or_default(),
-        replay: format!("cargo run --release -p mirrorlog-sim -- --seed {} --steps {}", o.seed, step + 1),
+    let fail = |sim: Option<&Sim>, step: u32, message: String| {
+        Failure::new("", o.seed, step, message, sim.map_or(&[][..], |s| &s.trace))
     };
     let mut sim = Sim::new(o.seed).map_err(|m| fail(None, 0, m))?;
     for step in 0..o.steps {
@@ -679,9 +730,5 @@ pub fn run(o: &Options) -> Result<Counts, Failure> {
 
 /// Runs seeds `first..first + n`; the first failure stops it.
 pub fn run_seeds(first: u64, n: u64, steps: u32) -> Result<Counts, Failure> {
-    let mut total = Counts::default();
-    for seed in first..first + n {
-        total.add(&run(&Options { seed, steps })?);
-    }
-    Ok(total)
+    seeds(first, n, steps, |seed, steps| run(&Options { seed, steps }))
 }

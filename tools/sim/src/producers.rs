@@ -25,7 +25,6 @@
 //! (`mutate-resend-unverified`, `mutate-forgotten-resend-new`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
 
 use mirrorlog::codes;
 use mirrorlog::daemon::producers::{stored_crcs, verify_resend, Admit, Producers};
@@ -34,10 +33,8 @@ use mirrorlog::journal::Ticket;
 use mirrorlog::storage::{SimConfig, SimStorage};
 use mirrorlog::{Config, Error, Journal, MirrorLog};
 
-use super::{counters, draw_payload, sim_config, Failure, Rng};
+use super::{counters, draw_payload, one_site, rot_one, Failure, Rng, JOURNAL};
 
-const DEV_SIZE: u64 = 8 << 20;
-const JOURNAL: &str = "j";
 /// Runs remembered per producer.
 const WINDOW: usize = 3;
 
@@ -125,14 +122,7 @@ impl ProducerSim {
     fn new(seed: u64) -> Result<ProducerSim, String> {
         let storage = SimStorage::new(SimConfig::new(seed ^ 0x5eed_0000));
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let mirrors = 2 + rng.below(2) as usize;
-        let devices: Vec<PathBuf> = (0..mirrors).map(|i| PathBuf::from(format!("/sim/m{i}.dev"))).collect();
-        for d in &devices {
-            storage.create(d, DEV_SIZE);
-        }
-        let cfg = sim_config(devices, &storage);
-        let log = MirrorLog::create(&cfg).map_err(|e| format!("create: {e}"))?;
-        log.create_journal(JOURNAL).map_err(|e| format!("create journal: {e}"))?;
+        let (cfg, log, mirrors) = one_site(&storage, &mut rng)?;
         let max_producers = 2 + rng.below(2) as usize;
         let scan_segments = 1 + rng.below(4) as usize;
         let clients = (0..3 + rng.below(3)).map(|i| Client { producer: 100 + i, next_seq: 1, waiting: None }).collect();
@@ -401,16 +391,10 @@ impl ProducerSim {
     }
 
     fn rot(&mut self) -> Res {
-        let m = self.rng.below(self.mirrors as u64) as usize;
-        let off = self.rng.below(DEV_SIZE);
-        let block = off / 4096;
-        if self.rotted.get(&block).is_some_and(|&r| r != m) {
-            return Ok(());
+        if let Some(what) = rot_one(&mut self.rng, &self.storage, &mut self.rotted, self.mirrors) {
+            self.note(what);
+            self.counts.rots += 1;
         }
-        self.rotted.insert(block, m);
-        self.note(format!("flip a bit at {off} of mirror {m}"));
-        self.storage.flip(&PathBuf::from(format!("/sim/m{m}.dev")), off);
-        self.counts.rots += 1;
         Ok(())
     }
 
@@ -523,12 +507,8 @@ fn read_retained(j: &Journal, lsn: u64) -> mirrorlog::Result<Vec<u8>> {
 
 /// Runs one seed.
 pub fn run(seed: u64, steps: u32) -> Result<ProducerCounts, Failure> {
-    let fail = |sim: Option<&ProducerSim>, step: u32, message: String| Failure {
-        seed,
-        step,
-        message,
-        trace: sim.map(|s| s.trace.clone()).unwrap_or_default(),
-        replay: format!("cargo run --release -p mirrorlog-sim -- --producers --seed {seed} --steps {}", step + 1),
+    let fail = |sim: Option<&ProducerSim>, step: u32, message: String| {
+        Failure::new("--producers", seed, step, message, sim.map_or(&[][..], |s| &s.trace))
     };
     let mut sim = ProducerSim::new(seed).map_err(|m| fail(None, 0, m))?;
     for step in 0..steps {
@@ -548,9 +528,5 @@ pub fn run(seed: u64, steps: u32) -> Result<ProducerCounts, Failure> {
 
 /// Runs seeds `first..first + n`; the first failure stops it.
 pub fn run_seeds(first: u64, n: u64, steps: u32) -> Result<ProducerCounts, Failure> {
-    let mut total = ProducerCounts::default();
-    for seed in first..first + n {
-        total.add(&run(seed, steps)?);
-    }
-    Ok(total)
+    super::seeds(first, n, steps, run)
 }

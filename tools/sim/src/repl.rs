@@ -716,12 +716,8 @@ impl ReplSim {
 
 /// Runs one seed of the two-site simulation.
 pub fn run(seed: u64, steps: u32) -> Result<ReplCounts, Failure> {
-    let fail = |sim: Option<&ReplSim>, step: u32, message: String| Failure {
-        seed,
-        step,
-        message,
-        trace: sim.map(|s| s.trace.clone()).unwrap_or_default(),
-        replay: format!("cargo run --release -p mirrorlog-sim -- --two-sites --seed {seed} --steps {}", step + 1),
+    let fail = |sim: Option<&ReplSim>, step: u32, message: String| {
+        Failure::new("--two-sites", seed, step, message, sim.map_or(&[][..], |s| &s.trace))
     };
     let mut sim = ReplSim::new(seed).map_err(|m| fail(None, 0, m))?;
     for step in 0..steps {
@@ -757,9 +753,5 @@ pub fn run(seed: u64, steps: u32) -> Result<ReplCounts, Failure> {
 
 /// Runs seeds `first..first + n`; the first failure stops it.
 pub fn run_seeds(first: u64, n: u64, steps: u32) -> Result<ReplCounts, Failure> {
-    let mut total = ReplCounts::default();
-    for seed in first..first + n {
-        total.add(&run(seed, steps)?);
-    }
-    Ok(total)
+    super::seeds(first, n, steps, run)
 }

@@ -441,13 +441,12 @@ pub fn run(seed: u64, steps: u32) -> Result<RoleCounts, Failure> {
     for step in 0..steps {
         sim.step = step;
         if let Err(m) = sim.step() {
-            return Err(Failure {
-                seed,
-                step,
-                message: format!("{m}\n  state: {}", sim.describe()),
-                trace: sim.trace.clone(),
-                replay: format!("cargo run --release -p mirrorlog-sim -- --roles --seed {seed} --steps {}", step + 1),
-            });
+            let message = format!(
+                "{m}
+  state: {}",
+                sim.describe()
+            );
+            return Err(Failure::new("--roles", seed, step, message, &sim.trace));
         }
     }
     Ok(sim.counts)
@@ -455,9 +454,5 @@ pub fn run(seed: u64, steps: u32) -> Result<RoleCounts, Failure> {
 
 /// Runs seeds `first..first + n`; the first failure stops it.
 pub fn run_seeds(first: u64, n: u64, steps: u32) -> Result<RoleCounts, Failure> {
-    let mut total = RoleCounts::default();
-    for seed in first..first + n {
-        total.add(&run(seed, steps)?);
-    }
-    Ok(total)
+    super::seeds(first, n, steps, run)
 }
