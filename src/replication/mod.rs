@@ -25,6 +25,7 @@ pub mod etcd;
 pub mod negotiate;
 pub mod outbox;
 pub mod receiver;
+pub mod replica_session;
 pub mod role;
 pub mod sender;
 pub mod wire;
