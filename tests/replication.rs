@@ -167,7 +167,14 @@ fn wait_caught_up(primary: &Daemon, within: Duration) {
         if r["connected"] == true && behind.is_empty() {
             return;
         }
-        assert!(t0.elapsed() < within, "replica not caught up in {within:?}: {behind:?}\n{st}");
+        if t0.elapsed() >= within {
+            // The primary's own account of its sessions, for a failure that
+            // does not reproduce.
+            let log = primary.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(80).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!("replica not caught up in {within:?}: {behind:?}\n{st}\nprimary log (end):\n{}", tail.join("\n"));
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -1038,6 +1045,14 @@ fn a_demotion_overtaken_by_a_newer_primary_never_returns_to_primary() {
     let (pb, via_b) = proxied();
     let (mut a, mut b) = pair_via("", "", Some(&via_a), Some(&via_b));
     wait_caught_up(&a.d, Duration::from_secs(30));
+    // B follows A's run once the stream begins (its first message): until
+    // then its history does not hold A's run, and A's later records would
+    // be a split brain for a promoted B, not a cut-back.
+    let t0 = Instant::now();
+    while b.d.status()["epoch"] != a.d.status()["epoch"] {
+        assert!(t0.elapsed() < Duration::from_secs(30), "B never took A's epoch");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let link = Link(pa, pb);
     link.set(true);
     // A takes local appends that B never gets, so a demotion waits.
