@@ -219,39 +219,36 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
     // cut-back never finds a segment with nothing in it. (Found by the
     // two-site simulator, seeds 31 and 715.)
     let empty_tail = end.lsn == start.lsn && !cfg!(feature = "mutate-empty-tail-kept");
-    let (next_lsn, last_crc, tail_off) = if empty_tail {
-        let slot = tail.slot;
+    let slot = tail.slot;
+    let (next_lsn, last_crc, tail_off, zero_from) = if empty_tail {
         next_seg_seq = tail.seq;
         let prev_crc = mine.last().map(|c| c.header.prev_crc).unwrap_or(0);
         segs.pop_back();
-        let zero_to = (bs + window).min(set.segment_size);
-        let z = AlignedBuf::new(zero_to as usize, bs as usize);
-        set.write_all(slot_offset(slot, set.segment_size), z.as_slice())?;
         tracing::warn!(journal = %entry.name, seq = next_seg_seq, lsn = start.lsn,
             "dropped a tail segment that held no record (its first batch was torn by a crash)");
-        // Full: the next batch begins a new segment.
-        (start.lsn, prev_crc, set.segment_size)
+        // Full: the next batch begins a new segment. Its header goes too.
+        (start.lsn, prev_crc, set.segment_size, 0)
     } else {
         // Index of the tail segment: batch starts at least `stride` apart.
         for e in batch_starts.iter().skip(1).filter(|e| e.lsn < end.lsn) {
             tail.add_index(*e, stride);
         }
         tail.end_off = end.off;
-
         // All members must hold the same bytes for the window before the end.
         let from = batch_starts.iter().rev().find(|e| e.off + window <= end.off).copied().unwrap_or(start);
-        sync_window(shared, tail.slot, from, end)?;
-        // Zero what lies past the end, where unacknowledged batches may have landed.
-        let zero_to = (end.off + window).min(set.segment_size);
-        if zero_to > end.off {
-            let z = AlignedBuf::new((zero_to - end.off) as usize, bs as usize);
-            set.write_all(
-                slot_offset(tail.slot, set.segment_size) + end.off,
-                &z.as_slice()[..(zero_to - end.off) as usize],
-            )?;
-        }
-        (end.lsn, end.prev_crc, end.off)
+        sync_window(shared, slot, from, end)?;
+        (end.lsn, end.prev_crc, end.off, end.off)
     };
+    // Zero what lies past the end, where unacknowledged batches may have
+    // landed (and, for a dropped tail segment, its header).
+    let zero_to = (end.off + window).min(set.segment_size);
+    if zero_to > zero_from {
+        let z = AlignedBuf::new((zero_to - zero_from) as usize, bs as usize);
+        set.write_all(
+            slot_offset(slot, set.segment_size) + zero_from,
+            &z.as_slice()[..(zero_to - zero_from) as usize],
+        )?;
+    }
     // Invariant: the mark is at most the chain's end (the next append's
     // LSN is where the chain continues). A mark above it (left by a cut-back
     // that a crash interrupted, before the cut lowered the mark first) comes

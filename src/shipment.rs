@@ -31,7 +31,7 @@ pub type Shipment = Ship<Vec<u8>>;
 
 impl<B> Ship<B> {
     /// The same batch with other bytes.
-    pub(crate) fn with_bytes<C>(&self, bytes: C) -> Ship<C> {
+    fn with_bytes<C>(&self, bytes: C) -> Ship<C> {
         Ship {
             journal_id: self.journal_id,
             slot: self.slot,

@@ -179,7 +179,8 @@ impl Receiver {
                 }
             }
             // One listing per turn: journals change only in `handle`, above.
-            st.pump(false)?;
+            let js = self.log.journals();
+            st.pump(&js, false)?;
             // Ack what moved (and at least once a second, as a heartbeat).
             out.clear();
             let acks = st.acks(last_ack.elapsed() >= Duration::from_secs(1));
@@ -202,7 +203,7 @@ impl Receiver {
                 // SAFETY: one pollfd on our own socket, zero timeout.
                 let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
                 if ready <= 0 {
-                    st.pump(true)?;
+                    st.pump(&js, true)?;
                     continue;
                 }
             } else {

@@ -157,6 +157,20 @@ pub fn at_start(configured: Role) -> Role {
     }
 }
 
+/// What asking the peer found (a primary at start).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// The peer takes us as primary (it is a replica at our epoch or below).
+    Primary,
+    /// A newer primary exists at this epoch.
+    Fenced(u64),
+    /// No answer; the reason.
+    Unreachable(String),
+    /// The peer answers but refuses this node (another protocol version,
+    /// set or geometry; or changing role): its message.
+    Refused(String),
+}
+
 /// What a configured primary waiting at start does with its peer's answer
 /// to a probe (`sender::probe`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,8 +188,7 @@ pub enum AfterProbe {
 /// The start-up rule (issue 16, item 2): a primary whose peer does not
 /// answer takes no appends, unless configured to
 /// (`unreachable_at_start = "serve"`, `--force-primary`).
-pub fn after_probe(probe: &super::sender::Probe, serve_unreachable: bool) -> AfterProbe {
-    use super::sender::Probe;
+pub fn after_probe(probe: &Probe, serve_unreachable: bool) -> AfterProbe {
     match probe {
         Probe::Primary => AfterProbe::Serve,
         Probe::Fenced(e) => AfterProbe::Follow(*e),
@@ -384,7 +397,6 @@ mod tests {
 
     #[test]
     fn a_primary_whose_peer_does_not_answer_at_start_takes_no_appends() {
-        use super::super::sender::Probe;
         assert_eq!(after_probe(&Probe::Primary, false), AfterProbe::Serve);
         assert_eq!(after_probe(&Probe::Fenced(9), false), AfterProbe::Follow(9));
         assert_eq!(after_probe(&Probe::Fenced(9), true), AfterProbe::Follow(9));

@@ -29,19 +29,7 @@ use crate::{Error, Journal, MirrorLog};
 /// Bytes read from the segments at once during catch-up.
 const CATCHUP_READ: usize = 8 << 20;
 
-/// What asking the peer found (a primary at start).
-#[derive(Debug, PartialEq, Eq)]
-pub enum Probe {
-    /// The peer takes us as primary (it is a replica at our epoch or below).
-    Primary,
-    /// A newer primary exists at this epoch.
-    Fenced(u64),
-    /// No answer; the reason.
-    Unreachable(String),
-    /// The peer answers but refuses this node (another protocol version,
-    /// set or geometry; or changing role): its message.
-    Refused(String),
-}
+pub use super::role::Probe;
 
 pub fn hello(log: &MirrorLog, shared: &ReplShared, probe: bool) -> Hello {
     let (block_size, segment_size, slot_count, batch_buf) = log.geometry();

@@ -138,7 +138,7 @@ impl Srv {
                 }
             }
             let mut deg = jd.degradation.get();
-            let decision = deg.decide(mode, need, received, durable, age >= timeout, jd.on_loss, jd.j.next_lsn());
+            let decision = deg.decide(mode, need, received, durable, age >= timeout, jd.on_loss, || jd.j.next_lsn());
             jd.degradation.set(deg);
             if decision == RemoteAck::Wait {
                 break;
@@ -182,7 +182,7 @@ impl Srv {
         }
         let mut deg = jd.degradation.get();
         let connected = self.repl.connected.load(Ordering::Acquire);
-        if let Some(at) = deg.end_if_caught_up(connected, durable, jd.j.next_lsn()) {
+        if let Some(at) = deg.end_if_caught_up(connected, durable, || jd.j.next_lsn()) {
             tracing::info!(
                 journal = jd.j.name(),
                 replica_durable = durable,

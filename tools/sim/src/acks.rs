@@ -204,15 +204,9 @@ impl AckSim {
             let was_degraded = self.deg.is_degraded();
             let timed_out = self.now - w.placed_ms >= self.timeout;
             let (need, mode, id) = (w.need, w.mode, w.id);
-            let d = self.deg.decide(
-                mode,
-                need,
-                self.seen_received,
-                self.seen_durable,
-                timed_out,
-                self.on_loss,
-                self.local_end,
-            );
+            let d = self
+                .deg
+                .decide(mode, need, self.seen_received, self.seen_durable, timed_out, self.on_loss, || self.local_end);
             if d == RemoteAck::Wait {
                 break;
             }
@@ -264,7 +258,7 @@ impl AckSim {
             }
         }
         let at = self.deg.since();
-        if let Some(ended) = self.deg.end_if_caught_up(self.link_up, self.seen_durable, self.local_end) {
+        if let Some(ended) = self.deg.end_if_caught_up(self.link_up, self.seen_durable, || self.local_end) {
             self.counts.recovered += 1;
             self.note(format!("the replica holds {} durably: degradation since {ended} ends", self.seen_durable));
         }

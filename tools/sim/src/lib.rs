@@ -48,7 +48,8 @@ pub struct Options {
     pub steps: u32,
 }
 
-/// A struct of `u64` counters with `add` (the runs' fault coverage).
+/// A struct of `u64` counters that add up over seeds (`Tally`; the runs'
+/// fault coverage).
 macro_rules! counters {
     ($(#[$doc:meta])* pub struct $name:ident { $( $(#[$fdoc:meta])* $field:ident, )* }) => {
         $(#[$doc])*
@@ -57,15 +58,9 @@ macro_rules! counters {
             $( $(#[$fdoc])* pub $field: u64, )*
         }
 
-        impl $name {
-            pub fn add(&mut self, o: &$name) {
-                $( self.$field += o.$field; )*
-            }
-        }
-
         impl $crate::Tally for $name {
             fn add(&mut self, o: &$name) {
-                $name::add(self, o)
+                $( self.$field += o.$field; )*
             }
         }
     };

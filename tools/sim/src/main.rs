@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mirrorlog_sim::{acks, producers, repl, roles, Failure};
+use mirrorlog_sim::{acks, producers, repl, roles, Failure, Tally};
 
 #[derive(Parser)]
 #[command(about = "A seeded simulation of the mirrorlog engine with crashes and disk faults")]

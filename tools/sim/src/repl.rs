@@ -31,10 +31,7 @@ use mirrorlog::ship::{ShipSink, ShipView, Shipment};
 use mirrorlog::storage::{SimConfig, SimStorage};
 use mirrorlog::{Config, Driver, Error, Journal, MirrorLog};
 
-use super::{counters, draw_payload, sim_config, Failure, Rng};
-
-const DEV_SIZE: u64 = 8 << 20;
-const JOURNAL: &str = "j";
+use super::{counters, draw_payload, sim_config, Failure, Rng, DEV_SIZE, JOURNAL};
 
 counters! {
     /// Counts of what a two-site run did (fault coverage).
