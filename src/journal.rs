@@ -257,11 +257,7 @@ impl Journal {
         let mut st = inner.st.lock();
         st.mark = lsn;
         // A segment is reclaimable once the next one starts at or below the mark.
-        while st.segs.len() > 1 && st.segs[1].first_lsn <= lsn {
-            if let Some(s) = st.segs.pop_front() {
-                inner.shared.release_slot(s.slot);
-            }
-        }
+        inner.reclaim_marked(&mut st);
         Ok(())
     }
 

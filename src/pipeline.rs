@@ -539,6 +539,9 @@ impl JournalInner {
                 });
                 st.last_crc = crc;
                 st.tail_off = 0;
+                if !cfg!(feature = "mutate-marked-segment-kept") {
+                    self.reclaim_marked(st);
+                }
                 (slot, seg_seq, 0, bs as usize, true)
             };
             st.next_batch_seq += 1;
@@ -951,6 +954,22 @@ impl JournalInner {
             st.exclusive = false;
             self.excl_cv.notify_all();
         }
+    }
+
+    /// Gives back the slots of the segments the mark covers wholly (the
+    /// next segment starts at or below it), as `set_mark` does and as
+    /// recovery does at open; called too when a segment begins (on a
+    /// primary and on a replica alike), so that a segment the mark covered
+    /// only once the next one began is not held by a node that did not
+    /// restart while one that did reuses its slot. The mark that covers them
+    /// was shipped when it was set, before any slot it frees is reused.
+    pub(crate) fn reclaim_marked(&self, st: &mut JState) {
+        while st.segs.len() > 1 && st.segs[1].first_lsn <= st.mark {
+            if let Some(s) = st.segs.pop_front() {
+                self.shared.release_slot(s.slot);
+            }
+        }
+        debug_assert!(st.segs.len() <= 1 || st.segs[1].first_lsn > st.mark, "a segment the mark covers is held");
     }
 
     /// Records the journal's mark in the superblock (durably), nothing else.

@@ -143,6 +143,10 @@ impl JournalInner {
             )));
         }
         if new_seg.is_some() {
+            // (What the mark covers now goes first, as the primary's did.)
+            if !cfg!(feature = "mutate-marked-segment-kept") {
+                self.reclaim_marked(&mut st);
+            }
             // A slot is used by one live segment at a time: an older segment
             // of this journal still in it means a mark has not reached us.
             if st.segs.iter().any(|s| s.slot == v.slot) {
@@ -186,6 +190,9 @@ impl JournalInner {
                 index: Vec::new(),
             });
             st.next_seg_seq = v.seg_seq + 1;
+            if !cfg!(feature = "mutate-marked-segment-kept") {
+                self.reclaim_marked(&mut st);
+            }
         }
         let seq = st.next_batch_seq;
         st.next_batch_seq += 1;

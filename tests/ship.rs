@@ -328,3 +328,80 @@ fn a_tail_segment_torn_after_its_header_is_dropped_and_begun_again() {
         assert_eq!(&j.read(*lsn).expect("read"), want, "lsn {lsn}");
     }
 }
+
+/// A segment that the mark covers wholly only once the next segment begins
+/// is reclaimed alike on both sides. Found by the two-site simulator (seed
+/// 3725): the primary set its mark while that segment was its tail, then
+/// restarted, and recovery dropped the segment and freed its slot; the
+/// replica, which had not restarted, still held it, refused the primary's
+/// next segment in that slot ("its mark has not arrived"), and every later
+/// session the same way (the mark it was sent again was no change).
+#[test]
+fn a_segment_the_mark_covers_once_the_next_begins_is_reclaimed_on_both_sides() {
+    let p = site(None);
+    let plog = MirrorLog::create(&p.cfg).expect("create");
+    let r = site(Some(plog.set_uuid()));
+    let rlog = MirrorLog::create(&r.cfg).expect("create replica");
+    let sink = Arc::new(Collect::default());
+    plog.set_ship_sink(Some(sink.clone()));
+    let pj = plog.create_journal("orders").expect("journal");
+    let rj = rlog.create_journal_with_id("orders", pj.id()).expect("journal");
+    let mut d = Driver::for_log(&rlog).expect("driver");
+    let ship = |d: &mut Driver| {
+        for s in std::mem::take(&mut *sink.batches.lock()) {
+            apply(&rj, d, &s);
+            settle(&rj, d, s.next_lsn);
+        }
+    };
+    // Where the second segment begins with these records (learnt on a
+    // scratch set of the same geometry).
+    let second = {
+        let s = site(None);
+        let log = MirrorLog::create(&s.cfg).expect("scratch");
+        let j = log.create_journal("orders").expect("journal");
+        let mut k = 0;
+        while j.segment_slots().len() < 2 {
+            j.append(&payload(k, 3000)).expect("append");
+            k += 1;
+        }
+        j.segment_slots()[1].2
+    };
+    let mut n = 0;
+    while pj.next_lsn() < second {
+        pj.append(&payload(n, 3000)).expect("append");
+        n += 1;
+    }
+    ship(&mut d);
+    assert_eq!(pj.segment_slots().len(), 1);
+    // The mark covers every record while their segment is the tail.
+    let mark = pj.next_lsn();
+    pj.set_mark(mark).expect("mark");
+    rj.apply_mark(mark).expect("mark on the replica");
+    let (old_slot, _, _) = pj.segment_slots()[0];
+    pj.append(&payload(n, 3000)).expect("append");
+    n += 1;
+    ship(&mut d);
+    assert_eq!(pj.segment_slots().len(), 1, "the primary reclaims it as the next segment begins");
+    assert_eq!(rj.segment_slots(), pj.segment_slots(), "and the replica alike");
+    // A restart of the primary; its next segments may use the freed slot.
+    drop(pj);
+    drop(plog);
+    let plog = MirrorLog::open(&p.cfg).expect("reopen");
+    plog.set_ship_sink(Some(sink.clone()));
+    let pj = plog.journal("orders").expect("journal");
+    let mut reused = false;
+    for _ in 0..400 {
+        pj.append(&payload(n, 3000)).expect("append");
+        n += 1;
+        ship(&mut d);
+        if pj.segment_slots().iter().any(|s| s.0 == old_slot) {
+            reused = true;
+            break;
+        }
+    }
+    assert!(reused, "the primary reused the freed slot");
+    assert_eq!(rj.next_lsn(), pj.next_lsn(), "the replica took every batch");
+    for lsn in mark..pj.next_lsn() {
+        assert_eq!(rj.read(lsn).expect("read"), pj.read(lsn).expect("read"), "lsn {lsn}");
+    }
+}
