@@ -24,6 +24,7 @@
 pub mod etcd;
 pub mod negotiate;
 pub mod outbox;
+pub mod primary_session;
 pub mod receiver;
 pub mod replica_session;
 pub mod role;
@@ -322,14 +323,21 @@ pub fn start_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>) -> s
     if shared.cfg.peer.is_none() {
         return Ok(());
     }
+    let ob = install_outbox(log, shared);
+    let s = sender::Sender { log: log.clone(), shared: shared.clone(), outbox: ob };
+    std::thread::Builder::new().name("repl-send".into()).spawn(move || s.run())?;
+    Ok(())
+}
+
+/// Installs a new outbox as the engine's shipping sink (before any append
+/// of this role is taken): what a primary's sessions stream from.
+pub fn install_outbox(log: &crate::MirrorLog, shared: &ReplShared) -> Arc<outbox::Outbox> {
     shared.reset_progress();
     let js: Vec<(u64, u64, u64)> = log.journals().iter().map(|j| (j.id(), j.next_lsn(), j.mark())).collect();
     let ob = Arc::new(outbox::Outbox::new(shared.cfg.backlog_bytes, &js));
     log.set_ship_sink(Some(ob.clone()));
     *shared.outbox.lock() = Some(ob.clone());
-    let s = sender::Sender { log: log.clone(), shared: shared.clone(), outbox: ob };
-    std::thread::Builder::new().name("repl-send".into()).spawn(move || s.run())?;
-    Ok(())
+    ob
 }
 
 /// Makes a node that may serve (its peer accepts it, or an operator or

@@ -22,9 +22,15 @@ use crate::ship::{ShipSink, ShipView};
 /// One thing to ship.
 #[derive(Debug)]
 pub enum Event {
-    /// A BATCH frame, encoded but not sealed: the sender computes its CRC
-    /// (`seal_frame`), outside the engine's lock. One copy of the batch.
-    Batch(Vec<u8>),
+    /// A BATCH frame of records `first_lsn..next_lsn` of `journal`,
+    /// encoded but not sealed: the sender computes its CRC (`seal_frame`),
+    /// outside the engine's lock. One copy of the batch.
+    Batch {
+        journal: u64,
+        first_lsn: u64,
+        next_lsn: u64,
+        frame: Vec<u8>,
+    },
     Mark {
         journal: u64,
         lsn: u64,
@@ -195,7 +201,7 @@ impl ShipSink for Outbox {
         self.push(&mut st, b.bytes.len() + 64, || {
             let mut frame = Vec::with_capacity(b.bytes.len() + 128);
             super::wire::encode_batch_unsealed(&mut frame, b);
-            Event::Batch(frame)
+            Event::Batch { journal: b.journal_id, first_lsn: b.first_lsn, next_lsn: b.next_lsn, frame }
         });
     }
 

@@ -17,9 +17,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::replica_session::ReplicaSession;
+use super::replica_session::{check_hello, ReplicaSession};
 use super::role::{self, HelloAnswer};
-use super::wire::{Msg, REPL_VERSION};
+use super::wire::Msg;
 use super::{configure, max_body, Change, FrameConn, ReplShared, Role};
 use crate::MirrorLog;
 
@@ -71,7 +71,7 @@ impl Receiver {
 
     fn session(&self, s: TcpStream) -> Result<(), String> {
         let io = |e: std::io::Error| e.to_string();
-        let (block, seg, slots, batch_buf) = self.log.geometry();
+        let (_, _, _, batch_buf) = self.log.geometry();
         let mut c = FrameConn::new(s, max_body(batch_buf));
         let h = match c.recv(self.shared.cfg.peer_timeout).map_err(io)? {
             Msg::Hello(h) => h,
@@ -83,23 +83,8 @@ impl Receiver {
             let _ = c.send(&Msg::Refused { message: message.clone() });
             Err(message)
         };
-        if h.version != REPL_VERSION {
-            return refuse(&mut c, format!("replication version {} (this node speaks {REPL_VERSION})", h.version));
-        }
-        if h.set_uuid != self.log.set_uuid() {
-            return refuse(
-                &mut c,
-                "the peer's mirror set is a different set: format this replica's devices empty (mirrorlog format, or a fresh --data-dir) so it takes the primary's".into(),
-            );
-        }
-        if h.block_size != block || h.segment_size != seg || h.slot_count > slots || h.batch_buf > batch_buf {
-            return refuse(
-                &mut c,
-                format!(
-                    "geometry differs: block {} / {block}, segment {} / {seg}, slots {} / {slots}, batch buffer {} / {batch_buf} (peer / here)",
-                    h.block_size, h.segment_size, h.slot_count, h.batch_buf
-                ),
-            );
+        if let Err(message) = check_hello(&self.log, &h) {
+            return refuse(&mut c, message);
         }
         let fenced = |c: &mut FrameConn, epoch: u64| -> Result<(), String> {
             let _ = c.send(&Msg::Fenced {
@@ -148,7 +133,7 @@ impl Receiver {
         self.shared.connected.store(true, Ordering::Release);
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
         tracing::info!(primary = %h.name, epoch = h.epoch, history = %h.history, "replicating from primary");
-        let mut st = ReplicaSession::new(&self.log, &self.shared, &h)?;
+        let mut st = ReplicaSession::new(self.log.clone(), self.shared.clone(), &h)?;
         let res = self.serve(&mut c, &mut st);
         if let Some(m) = st.finish(&res) {
             let _ = c.send(&m);
@@ -156,7 +141,7 @@ impl Receiver {
         res
     }
 
-    fn serve(&self, c: &mut FrameConn, st: &mut ReplicaSession<'_>) -> Result<(), String> {
+    fn serve(&self, c: &mut FrameConn, st: &mut ReplicaSession) -> Result<(), String> {
         let io = |e: std::io::Error| e.to_string();
         let fd = c.stream.as_raw_fd();
         let mut last_frame = Instant::now();

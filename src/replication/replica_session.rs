@@ -17,9 +17,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::wire::{Hello, Msg};
+use super::wire::{Hello, Msg, REPL_VERSION};
 use super::ReplShared;
 use crate::epoch::{Epoch, History};
 use crate::{Driver, Error, Journal, MirrorLog};
@@ -42,15 +43,35 @@ fn foreign_record(j: &Journal, from: u64, primary: &History, mine: &History) -> 
     }
 }
 
+/// Whether this node can be a replica of the primary that sent `h`: the
+/// same protocol version, mirror set and geometry (the error says which
+/// differs and what to do).
+pub fn check_hello(log: &MirrorLog, h: &Hello) -> Result<(), String> {
+    let (block, seg, slots, batch_buf) = log.geometry();
+    if h.version != REPL_VERSION {
+        return Err(format!("replication version {} (this node speaks {REPL_VERSION})", h.version));
+    }
+    if h.set_uuid != log.set_uuid() {
+        return Err("the peer's mirror set is a different set: format this replica's devices empty (mirrorlog format, or a fresh --data-dir) so it takes the primary's".into());
+    }
+    if h.block_size != block || h.segment_size != seg || h.slot_count > slots || h.batch_buf > batch_buf {
+        return Err(format!(
+            "geometry differs: block {} / {block}, segment {} / {seg}, slots {} / {slots}, batch buffer {} / {batch_buf} (peer / here)",
+            h.block_size, h.segment_size, h.slot_count, h.batch_buf
+        ));
+    }
+    Ok(())
+}
+
 /// One primary's session on this replica, with no I/O of its own: the
 /// messages the primary sent, handled in order (`handle`), with the
 /// answers to send back; the writes they queued, pumped (`pump`); the acks
 /// to send (`acks`); and what to tell the primary when the session ends
 /// (`finish`). The receiver's thread moves frames between it and the
 /// socket.
-pub struct ReplicaSession<'a> {
-    log: &'a MirrorLog,
-    shared: &'a ReplShared,
+pub struct ReplicaSession {
+    log: Arc<MirrorLog>,
+    shared: Arc<ReplShared>,
     driver: Driver,
     /// (received, durable) last acked per journal.
     sent: HashMap<u64, (u64, u64)>,
@@ -72,23 +93,25 @@ pub struct ReplicaSession<'a> {
     diverged: Option<u64>,
 }
 
-impl<'a> ReplicaSession<'a> {
+impl ReplicaSession {
     /// A session for the primary that sent `hello` (already answered
     /// `HelloOk`). An operator's `discard-diverged` applies to this session
     /// only.
-    pub fn new(log: &'a MirrorLog, shared: &'a ReplShared, hello: &Hello) -> Result<ReplicaSession<'a>, String> {
+    pub fn new(log: Arc<MirrorLog>, shared: Arc<ReplShared>, hello: &Hello) -> Result<ReplicaSession, String> {
+        let driver = Driver::for_log(&log).map_err(|e| e.to_string())?;
+        let allow_diverged = shared.discard_diverged.swap(false, Ordering::AcqRel);
         Ok(ReplicaSession {
+            mine: log.history(),
             log,
             shared,
-            driver: Driver::for_log(log).map_err(|e| e.to_string())?,
+            driver,
             sent: HashMap::new(),
             received: HashMap::new(),
             primary_epoch: hello.epoch,
             primary: hello.history.clone(),
-            mine: log.history(),
             primary_name: hello.name.clone(),
             adopted: false,
-            allow_diverged: shared.discard_diverged.swap(false, Ordering::AcqRel),
+            allow_diverged,
             diverged: None,
         })
     }
@@ -300,7 +323,7 @@ impl<'a> ReplicaSession<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use parking_lot::Mutex;
@@ -323,7 +346,7 @@ mod tests {
         fn deleted(&self, _: u64) {}
     }
 
-    fn set(dir: &std::path::Path, name: &str, uuid: Option<[u8; 16]>) -> MirrorLog {
+    pub(crate) fn set(dir: &std::path::Path, name: &str, uuid: Option<[u8; 16]>) -> MirrorLog {
         let devs: Vec<_> = (0..2).map(|i| dir.join(format!("{name}{i}.dev"))).collect();
         for d in &devs {
             crate::io::create_device_file(d, 8 << 20).expect("device");
@@ -336,7 +359,7 @@ mod tests {
         MirrorLog::create(&cfg).expect("create")
     }
 
-    fn shared() -> Arc<ReplShared> {
+    pub(crate) fn shared() -> Arc<ReplShared> {
         ReplShared::new(ReplConfig {
             role: Role::Replica,
             peer: None,
@@ -370,9 +393,9 @@ mod tests {
         for r in &recs {
             pj.append(r).expect("append");
         }
-        let r = set(dir.path(), "r", Some(p.set_uuid()));
+        let r = Arc::new(set(dir.path(), "r", Some(p.set_uuid())));
         let sh = shared();
-        let mut s = ReplicaSession::new(&r, &sh, &hello(&p, p.epoch(), p.history())).expect("session");
+        let mut s = ReplicaSession::new(r.clone(), sh.clone(), &hello(&p, p.epoch(), p.history())).expect("session");
         match s.handle(Msg::Journals(vec![(pj.id(), "orders".into())])).expect("journals") {
             Some(Msg::Ends(e)) => assert_eq!((e.len(), e[0].1.next_lsn), (1, 1)),
             other => panic!("{other:?}"),
@@ -404,7 +427,7 @@ mod tests {
     fn a_cut_of_records_the_primary_never_followed_is_refused_and_both_histories_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = set(dir.path(), "p", None);
-        let r = set(dir.path(), "r", Some(p.set_uuid()));
+        let r = Arc::new(set(dir.path(), "r", Some(p.set_uuid())));
         // The replica ran a term of its own (5) and wrote records in it.
         r.begin_run(5 << 32).expect("run");
         let rj = r.create_journal("orders").expect("journal");
@@ -418,7 +441,7 @@ mod tests {
         )
         .expect("history");
         let sh = shared();
-        let mut s = ReplicaSession::new(&r, &sh, &hello(&p, 6 << 32, history)).expect("session");
+        let mut s = ReplicaSession::new(r.clone(), sh.clone(), &hello(&p, 6 << 32, history)).expect("session");
         s.handle(Msg::Journals(vec![(rj.id(), "orders".into())])).expect("journals");
         let e = s.handle(Msg::Truncate { journal: rj.id(), keep: 0 }).expect_err("refused");
         assert!(e.contains("split brain"), "{e}");

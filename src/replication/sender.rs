@@ -1,11 +1,11 @@
 //! The primary's side: one thread that keeps a session with the replica
-//! (connect, agree where each journal continues, catch up from the
-//! segments, then stream the outbox), and an ack reader per session.
+//! (connect, the handshake, catch-up from the segments, then the outbox's
+//! stream), a reader thread per catch-up that reads the segments ahead,
+//! and an ack reader per session. What a session decides and sends is in
+//! `primary_session` (sans-IO, with its invariants); this file holds the
+//! sockets, the threads and the timers.
 //!
 //! Invariants:
-//! * Per journal, what is sent is one contiguous chain: from where the
-//!   replica's chain ends (after any cut-back or reset), read from the
-//!   segments up to the outbox's start for that journal, then the outbox.
 //! * Catch-up reads only what is durable here, and never holds up appends
 //!   (it runs on this thread; the outbox is bounded and drops, never
 //!   blocks).
@@ -18,34 +18,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::negotiate::{Negotiation, Pos, Step};
-use super::outbox::{Event, Outbox};
-use super::wire::{encode_batch, Hello, Msg, REPL_VERSION};
-use super::{max_body, Change, FrameConn, ReplShared};
-use crate::protocol::seal_frame;
-use crate::ship::ChainEnd;
-use crate::{Error, Journal, MirrorLog};
+use super::negotiate::Pos;
+use super::outbox::Outbox;
+pub use super::primary_session::hello;
+use super::primary_session::{encode_events, AckBook, CatchUp, Chunk, Next, PrimarySession};
+use super::wire::Msg;
+use super::{max_body, FrameConn, ReplShared};
+use crate::MirrorLog;
 
 /// Bytes read from the segments at once during catch-up.
 const CATCHUP_READ: usize = 8 << 20;
 
 pub use super::role::Probe;
-
-pub fn hello(log: &MirrorLog, shared: &ReplShared, probe: bool) -> Hello {
-    let (block_size, segment_size, slot_count, batch_buf) = log.geometry();
-    Hello {
-        version: REPL_VERSION,
-        epoch: log.epoch(),
-        history: log.history(),
-        probe,
-        set_uuid: log.set_uuid(),
-        block_size,
-        segment_size,
-        slot_count,
-        batch_buf,
-        name: shared.cfg.name.clone(),
-    }
-}
 
 /// Asks the peer, until `wait` passes, whether we may serve as primary.
 pub fn probe(log: &MirrorLog, shared: &ReplShared, wait: Duration) -> Probe {
@@ -126,152 +110,59 @@ impl Sender {
         let mut c = FrameConn::connect(peer, cfg.connect_timeout, cfg.socket_buffer, max_body(batch_buf))
             .map_err(|e| format!("connect to {peer}: {e}"))?;
         let io = |e: std::io::Error| e.to_string();
-        c.send(&Msg::Hello(hello(&self.log, &self.shared, false))).map_err(io)?;
-        match c.recv(cfg.peer_timeout).map_err(io)? {
-            Msg::HelloOk { epoch, name } => {
-                self.shared.session_started_ms.store(now_ms(), Ordering::Release);
-                self.shared.catchup_bytes.store(0, Ordering::Release);
-                self.shared.saw_epoch(epoch);
-                self.shared.error("");
-                *self.shared.peer_name.lock() = name;
+        let (mut s, hello) = PrimarySession::new(self.log.clone(), self.shared.clone(), self.outbox.clone());
+        c.send(&hello).map_err(io)?;
+        loop {
+            let m = c.recv(s.answer_timeout()).map_err(io)?;
+            match s.handle(m, now_ms())? {
+                Next::Send(m) => c.send(&m).map_err(io)?,
+                Next::Wait => {}
+                Next::Ready => break,
             }
-            Msg::Fenced { epoch, message } => {
-                self.shared.saw_epoch(epoch);
-                tracing::error!(epoch, message, "fenced: the peer serves a newer epoch; stepping down");
-                let _ = self.shared.change(Change::Fence);
-                return Err(format!("fenced by epoch {epoch}"));
-            }
-            Msg::Refused { message } => return Err(format!("refused: {message}")),
-            other => return Err(format!("unexpected answer {other:?}")),
         }
-        let snap = self.outbox.activate();
-        let journals = self.log.journals();
-        c.send(&Msg::Journals(journals.iter().map(|j| (j.id(), j.name().to_string())).collect())).map_err(io)?;
-        let ends = match c.recv(cfg.peer_timeout).map_err(io)? {
-            Msg::Ends(e) => e,
-            Msg::Failed { message } => return Err(format!("replica failed: {message}")),
-            Msg::Diverged { message, .. } => return Err(self.diverged(message)),
-            other => return Err(format!("unexpected answer {other:?}")),
-        };
-        let mut pos: Vec<(Journal, Pos)> = Vec::new();
-        for (id, end) in ends {
-            let Some(j) = self.log.journal_by_id(id) else { continue };
-            let p = self.negotiate(&mut c, &j, end)?;
-            let r = self.shared.journal(id);
-            r.received.store(p.lsn, Ordering::Release);
-            r.durable.store(p.lsn, Ordering::Release);
-            pos.push((j, p));
-        }
-        self.shared.sessions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(peer = %peer, name = %self.shared.peer_name.lock(), journals = pos.len(), "replication session started");
+        tracing::info!(peer = %peer, "replication session: handshake done");
 
         // Acks from here on are read by their own thread: only it reads (and
         // sets the read timeout) on this socket from now on.
         let alive = Arc::new(AtomicBool::new(true));
         let reader = {
             let stream = c.stream.try_clone().map_err(io)?;
-            let (shared, alive, log) = (self.shared.clone(), alive.clone(), self.log.clone());
+            let (shared, alive) = (self.shared.clone(), alive.clone());
+            let book = AckBook::new(self.log.clone(), self.shared.clone());
             let max = max_body(batch_buf);
             std::thread::Builder::new()
                 .name("repl-acks".into())
-                .spawn(move || ack_reader(FrameConn::new(stream, max), &shared, &alive, &log))
+                .spawn(move || ack_reader(FrameConn::new(stream, max), book, &shared, &alive))
                 .map_err(io)?
         };
-        let res = self.stream(&mut c, pos, &snap.claimed, &snap.marks, &alive, batch_buf as usize);
+        let res = self.stream(&mut c, &mut s, &alive, batch_buf as usize);
         alive.store(false, Ordering::Release);
         let _ = c.stream.shutdown(std::net::Shutdown::Both);
         let _ = reader.join();
         res
     }
 
-    /// Finds where journal `j` continues on the replica: carries out the
-    /// steps of its [`Negotiation`] (sans-IO, `negotiate.rs`) over the link.
-    fn negotiate(&self, c: &mut FrameConn, j: &Journal, end: ChainEnd) -> Result<Pos, String> {
-        let io = |e: std::io::Error| e.to_string();
-        let timeout = self.shared.cfg.peer_timeout * 4;
-        let mut n = Negotiation::new(j);
-        let mut step = n.begin(j, &end)?;
-        loop {
-            step = match step {
-                Step::Continue(p) => return Ok(p),
-                Step::Probe(lsns) => {
-                    c.send(&Msg::Probe { journal: j.id(), lsns }).map_err(io)?;
-                    match answer(c, timeout).map_err(io)? {
-                        Msg::Samples { samples, .. } => n.on_samples(j, &samples)?,
-                        other => return Err(format!("unexpected answer to probe {other:?}")),
-                    }
-                }
-                Step::Truncate { keep } => {
-                    tracing::warn!(
-                        journal = j.name(),
-                        replica_next = end.next_lsn,
-                        keep,
-                        "replica holds records this primary never had: cutting it back"
-                    );
-                    c.send(&Msg::Truncate { journal: j.id(), keep }).map_err(io)?;
-                    let e = match answer(c, timeout).map_err(io)? {
-                        Msg::Ends(e) if e.len() == 1 => e[0].1,
-                        Msg::Failed { message } => return Err(format!("replica failed to cut back: {message}")),
-                        Msg::Diverged { message, .. } => return Err(self.diverged(message)),
-                        other => return Err(format!("unexpected answer to truncate {other:?}")),
-                    };
-                    self.shared.truncations.fetch_add(1, Ordering::Relaxed);
-                    n.on_ends(j, &e)?
-                }
-                Step::Reset { next_lsn, why } => {
-                    tracing::warn!(
-                        journal = j.name(),
-                        replica_next = end.next_lsn,
-                        next = next_lsn,
-                        why,
-                        "replica journal sent again whole"
-                    );
-                    self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
-                    c.send(&Msg::Reset { journal: j.id(), next_lsn }).map_err(io)?;
-                    match answer(c, timeout).map_err(io)? {
-                        Msg::Ends(e) if e.len() == 1 => n.on_ends(j, &e[0].1)?,
-                        Msg::Diverged { message, .. } => return Err(self.diverged(message)),
-                        other => return Err(format!("unexpected answer to reset {other:?}")),
-                    }
-                }
-            };
-        }
-    }
-
-    /// The replica refused a cut-back as a split brain: reported here too
-    /// (status, metrics); sessions go on being tried, and are refused the
-    /// same way until an operator decides.
-    fn diverged(&self, message: String) -> String {
-        tracing::error!(message, "the replica holds records of a run this primary never followed: not cut back");
-        *self.shared.split_brain.lock() = format!("the replica refused: {message}");
-        format!("split brain: {message}")
-    }
-
-    /// Sends journal `j` from `p` up to `target`, read from the segments.
-    /// A reader thread reads the next chunk while this one is sent, so the
-    /// disk read and the link (and the replica's writes) overlap.
-    #[allow(clippy::too_many_arguments)]
+    /// Sends one journal's catch-up. A reader thread reads the next chunk
+    /// while this one is sent, so the disk read and the link (and the
+    /// replica's writes) overlap.
     fn catch_up(
         &self,
         c: &mut FrameConn,
-        j: &Journal,
-        mut p: Pos,
-        target: u64,
+        cu: &mut CatchUp,
         chunk: usize,
         alive: &AtomicBool,
         buf: &mut Vec<u8>,
     ) -> Result<(), String> {
         let io = |e: std::io::Error| e.to_string();
-        let t0 = Instant::now();
-        let from = p.lsn;
-        let mut bytes = 0u64;
-        while p.lsn < target {
+        let target = cu.target;
+        while let Some(start) = cu.next() {
             // One reader per run; a reset (below the mark) starts another.
             let quit = AtomicBool::new(false);
-            let outcome: Result<Option<u64>, String> = std::thread::scope(|scope| {
+            let j = cu.journal.clone();
+            let outcome: Result<Chunk, String> = std::thread::scope(|scope| {
                 let (tx, rx) = std::sync::mpsc::sync_channel::<crate::Result<Vec<crate::ship::Shipment>>>(2);
                 let quit = &quit;
-                let start = p;
+                let j = &j;
                 scope.spawn(move || {
                     let mut q = start;
                     while q.lsn < target && !quit.load(Ordering::Acquire) {
@@ -297,81 +188,34 @@ impl Sender {
                         }
                     }
                 });
-                let res = (|| {
-                    loop {
-                        if !alive.load(Ordering::Acquire) || !self.live() {
-                            return Err("session ended during catch-up".to_string());
-                        }
-                        let got = match rx.recv_timeout(Duration::from_millis(200)) {
-                            Ok(g) => g,
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
-                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                        };
-                        match got {
-                            Ok(v) => {
-                                buf.clear();
-                                for s in &v {
-                                    encode_batch(buf, &s.view());
-                                    bytes += s.bytes.len() as u64;
-                                    self.shared.catchup_bytes.fetch_add(s.bytes.len() as u64, Ordering::Relaxed);
-                                }
-                                c.send_raw(buf).map_err(io)?;
-                                if let Some(s) = v.last() {
-                                    p = Pos {
-                                        lsn: s.next_lsn,
-                                        crc: s.end_crc,
-                                        hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)),
-                                    };
-                                }
-                            }
-                            // Reclaimed while we were behind: send what is retained.
-                            Err(Error::BelowMark { .. }) => {
-                                return Ok(Some(j.segment_starts().first().copied().unwrap_or(u64::MAX)))
-                            }
-                            Err(Error::UnknownJournal(_)) => return Ok(Some(u64::MAX)),
-                            // A journal whose write failed takes no more
-                            // writes: nothing more of it will come; go on
-                            // with the others.
-                            Err(e) if j.failed() => {
-                                tracing::error!(journal = j.name(), error = %e, "journal failed here: its catch-up stops");
-                                return Ok(Some(u64::MAX));
-                            }
-                            Err(e) => return Err(format!("catch-up read of {}: {e}", j.name())),
-                        }
+                let res = (|| loop {
+                    if !alive.load(Ordering::Acquire) || !self.live() {
+                        return Err("session ended during catch-up".to_string());
                     }
-                    Ok(None)
+                    let got = match rx.recv_timeout(Duration::from_millis(200)) {
+                        Ok(g) => g,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            return Err("the catch-up reader ended early".to_string())
+                        }
+                    };
+                    buf.clear();
+                    let step = cu.on_read(got, &self.shared, buf, Instant::now())?;
+                    if !buf.is_empty() {
+                        c.send_raw(buf).map_err(io)?;
+                    }
+                    if step != Chunk::More {
+                        return Ok(step);
+                    }
                 })();
                 quit.store(true, Ordering::Release);
                 // (Dropping the receiver ends a reader blocked on a full channel.)
                 drop(rx);
                 res
             });
-            match outcome? {
-                None => {}
-                Some(u64::MAX) => return Ok(()),
-                Some(o) => {
-                    tracing::warn!(
-                        journal = j.name(),
-                        next = o,
-                        "catch-up fell below the mark: journal sent again whole"
-                    );
-                    self.shared.resyncs.fetch_add(1, Ordering::Relaxed);
-                    c.send(&Msg::Reset { journal: j.id(), next_lsn: o }).map_err(io)?;
-                    p = Pos { lsn: o, crc: 0, hint: None };
-                }
+            if outcome? == Chunk::Done {
+                break;
             }
-        }
-        if p.lsn > from {
-            let s = t0.elapsed().as_secs_f64();
-            tracing::info!(
-                journal = j.name(),
-                from,
-                to = p.lsn,
-                bytes,
-                seconds = s,
-                mib_per_s = bytes as f64 / (1 << 20) as f64 / s.max(1e-9),
-                "catch-up done"
-            );
         }
         Ok(())
     }
@@ -379,35 +223,24 @@ impl Sender {
     fn stream(
         &self,
         c: &mut FrameConn,
-        pos: Vec<(Journal, Pos)>,
-        claimed: &HashMap<u64, u64>,
-        marks: &HashMap<u64, u64>,
+        s: &mut PrimarySession,
         alive: &AtomicBool,
         chunk: usize,
     ) -> Result<(), String> {
         let io = |e: std::io::Error| e.to_string();
         let mut buf = Vec::with_capacity(2 << 20);
-        // Catch-up: each journal from where the replica is to where the
-        // outbox begins, read from the segments.
-        // Marks first (the replica takes each up to what it holds): a slot a
-        // mark freed here may be reused by a segment the catch-up sends.
-        for (j, _) in &pos {
-            if let Some(&m) = marks.get(&j.id()) {
-                c.send(&Msg::Mark { journal: j.id(), lsn: m }).map_err(io)?;
+        let (marks, mut cus) = s.catch_ups();
+        for m in &marks {
+            c.send(m).map_err(io)?;
+        }
+        for cu in &mut cus {
+            self.catch_up(c, cu, chunk, alive, &mut buf)?;
+            if let Some(m) = cu.mark() {
+                c.send(&m).map_err(io)?;
             }
         }
-        for (j, p) in pos {
-            // A journal the snapshot does not know was created after it: all
-            // of its batches are in the outbox.
-            let target = claimed.get(&j.id()).copied().unwrap_or(p.lsn);
-            self.catch_up(c, &j, p, target, chunk, alive, &mut buf)?;
-            if let Some(&m) = marks.get(&j.id()) {
-                c.send(&Msg::Mark { journal: j.id(), lsn: m }).map_err(io)?;
-            }
-        }
-        self.shared.connected.store(true, Ordering::Release);
-        self.shared.split_brain.lock().clear();
-        self.shared.wake.notify_one();
+        let floors: HashMap<u64, u64> = cus.iter().filter_map(CatchUp::floor).collect();
+        s.streaming();
         // The outbox, as it fills.
         let mut events = Vec::new();
         let mut last_send = Instant::now();
@@ -423,31 +256,11 @@ impl Sender {
                 return Err("replication backlog overflowed; catching up from the segments".into());
             }
             buf.clear();
-            for e in events.drain(..) {
-                match e {
-                    Event::Batch(mut frame) => {
-                        seal_frame(&mut frame);
-                        if frame.len() >= 64 << 10 {
-                            // Large: sent as it is, not copied into `buf`.
-                            if !buf.is_empty() {
-                                c.send_raw(&buf).map_err(io)?;
-                                buf.clear();
-                            }
-                            c.send_raw(&frame).map_err(io)?;
-                            last_send = Instant::now();
-                        } else {
-                            buf.extend_from_slice(&frame);
-                        }
-                    }
-                    Event::Mark { journal, lsn } => Msg::Mark { journal, lsn }.encode(&mut buf),
-                    Event::Create { journal, name } => Msg::Create { journal, name }.encode(&mut buf),
-                    Event::Delete { journal } => Msg::Delete { journal }.encode(&mut buf),
-                }
-                if buf.len() >= 4 << 20 {
-                    c.send_raw(&buf).map_err(io)?;
-                    buf.clear();
-                }
-            }
+            encode_events(&mut events, &floors, &mut buf, |b| {
+                last_send = Instant::now();
+                c.send_raw(b)
+            })
+            .map_err(io)?;
             if buf.is_empty() && last_send.elapsed() >= Duration::from_secs(1) {
                 Msg::Ping.encode(&mut buf);
             }
@@ -463,44 +276,16 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The next message that is not an ack or a ping (the replica's
-/// heartbeat acks may arrive while the handshake waits for an answer).
-fn answer(c: &mut FrameConn, timeout: Duration) -> std::io::Result<Msg> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match c.recv(deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)))? {
-            Msg::Acks(_) | Msg::Ping => continue,
-            m => return Ok(m),
-        }
-    }
-}
-
 /// Reads the replica's acks until the session ends.
-fn ack_reader(mut c: FrameConn, shared: &ReplShared, alive: &AtomicBool, log: &MirrorLog) {
+fn ack_reader(mut c: FrameConn, mut book: AckBook, shared: &ReplShared, alive: &AtomicBool) {
     let timeout = shared.cfg.peer_timeout;
-    // The session's journals, looked up once each (not per ack).
-    let mut journals: HashMap<u64, Option<crate::Journal>> = HashMap::new();
     while alive.load(Ordering::Acquire) {
         match c.recv(timeout) {
-            Ok(Msg::Acks(acks)) => {
-                for (id, received, durable) in acks {
-                    let r = shared.journal(id);
-                    r.received.fetch_max(received, Ordering::AcqRel);
-                    r.durable.fetch_max(durable, Ordering::AcqRel);
-                    if let Some(j) = journals.entry(id).or_insert_with(|| log.journal_by_id(id)) {
-                        if durable >= j.next_lsn() {
-                            *r.caught_up_at.lock() = Instant::now();
-                        }
-                    }
+            Ok(m) => {
+                if book.handle(m, Instant::now()).is_err() {
+                    break;
                 }
-                shared.wake.notify_one();
             }
-            Ok(Msg::Failed { message }) => {
-                tracing::error!(message, "the replica could not apply the stream");
-                shared.error(&message);
-                break;
-            }
-            Ok(_) => {}
             Err(e) => {
                 if alive.load(Ordering::Acquire) {
                     tracing::warn!(error = %e, "replication ack stream ended");

@@ -1,33 +1,50 @@
 //! The two-site simulation: the real engine on both sites (each on its own
-//! simulated devices), the real shipping code (`ShipSink`, `read_shipment`,
-//! `apply_shipment`, `truncate_after`, `reset`, `apply_mark`) and the real
-//! negotiation (`replication::negotiate`, sans-IO), driven step by step by
-//! one seed; the link is a queue of shipped batches and marks that a cut
-//! drops. What is not here yet: the daemon's sessions, acks over a wire,
-//! epochs and the split-brain check (they need the sessions made sans-IO).
+//! simulated devices) and the real replication sessions of both sides —
+//! `PrimarySession` (handshake, negotiation, catch-up from the segments,
+//! the outbox's stream, acks) and `ReplicaSession` (hello check, cut-backs,
+//! resets, the split-brain check, applying, acks) — talking in the real
+//! wire format over a simulated link, driven step by step by one seed.
+//! Only the sockets, threads and timers of `sender.rs`/`receiver.rs` are
+//! not here: the link moves bytes, a random number at a time (frames
+//! arrive split), and a silence while bytes are pending stands for the
+//! peer timeout.
 //!
 //! Steps: appends on the primary (`local`, or `remote-durable`: answered
-//! only once the replica holds the records durably, when the link is up),
-//! deliveries over the link, marks, a link cut and its healing (a new
-//! session: negotiation, catch-up from the segments, then the stream), the
-//! power failing on either site now or at one of its next writes, a flipped
-//! bit on one mirror of one site, a restart, and a failover: the primary's
-//! power fails, the replica is promoted and the old primary returns as its
-//! replica (its unshipped tail is cut back by the next session).
+//! only once the replica's acks say it holds the records durably),
+//! deliveries over the link (some bytes each way, handled by each side),
+//! marks, a link cut and a new session, a bit flipped on the link (the
+//! frame's CRC must refuse it), an outbox too small for a burst (the
+//! session ends and the replica catches up from the segments), the power
+//! failing on either site now or at one of its next writes, a flipped bit
+//! on one mirror of one site, a restart (a primary starts a new run), and a
+//! failover: the primary's power fails, the replica is promoted (a new
+//! term), and the old primary returns as its replica (its unshipped tail is
+//! cut back by the next session; a run the new primary never followed is a
+//! split brain, which an operator settles with `discard-diverged`).
 //!
 //! Checked: every acknowledged record is on the primary with its bytes;
 //! every record acknowledged `remote-durable` is on the replica too (after
-//! any crash of it, and when it is promoted); after a session starts, the
+//! any crash of it, and when it is promoted); when a handshake ends, the
 //! replica holds exactly a prefix of the primary's history and continues
-//! right after it; at the end, after healing, both sites hold the same
-//! records; no shipment delivered in order is refused; no panic.
+//! right after it; whenever the link is quiet, the sites hold the same
+//! records and the primary's acks say so; at the end, after healing, both
+//! sites hold the same records; no frame delivered intact is refused; a
+//! corrupted frame is never applied; no panic.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use mirrorlog::replication::negotiate::{Negotiation, Step};
-use mirrorlog::ship::{ShipSink, ShipView, Shipment};
+use mirrorlog::epoch::Epoch;
+use mirrorlog::frames::FrameBuf;
+use mirrorlog::replication::outbox::Outbox;
+use mirrorlog::replication::primary_session::{encode_events, AckBook, CatchUp, Chunk, Next, PrimarySession};
+use mirrorlog::replication::replica_session::{check_hello, ReplicaSession};
+use mirrorlog::replication::role::{self, HelloAnswer};
+use mirrorlog::replication::wire::Msg;
+use mirrorlog::replication::{install_outbox, max_body, Change, ReplConfig, ReplShared, Role};
 use mirrorlog::storage::{SimConfig, SimStorage};
 use mirrorlog::{Config, Driver, Error, Journal, MirrorLog};
 
@@ -40,11 +57,24 @@ counters! {
         /// Appends answered `remote-durable`.
         remote_acked,
         deliveries,
+        /// Sessions whose handshake ended (negotiated).
         sessions,
+        /// Sessions that reached the stream.
+        streams,
         cutbacks,
         resets,
         catchup_batches,
         cuts,
+        /// Bits flipped on the link (each must end its session).
+        link_flips,
+        /// Sessions ended by a frame's check.
+        frames_refused,
+        /// Sessions ended by a silence (the peer timeout).
+        timeouts,
+        overflows,
+        split_brains,
+        /// Primaries fenced by a newer epoch (two promotions to one term).
+        fenced,
         marks,
         crashes_primary,
         crashes_replica,
@@ -56,38 +86,44 @@ counters! {
     }
 }
 
-/// What travels over the link.
-enum Item {
-    Batch(Shipment),
-    Mark(u64),
+/// Both directions of one session's connection: bytes sent and not yet
+/// delivered, and each side's receive buffer.
+struct Wire {
+    to_r: Vec<u8>,
+    to_p: Vec<u8>,
+    r_in: FrameBuf,
+    p_in: FrameBuf,
 }
 
-/// The link of one session: the primary's sink pushes, deliveries pop.
-#[derive(Default)]
+enum Phase {
+    Handshake,
+    /// The journals' catch-ups, and the one in progress.
+    CatchUp(Vec<CatchUp>, usize),
+    /// With each journal's floor (`CatchUp::floor`).
+    Streaming(HashMap<u64, u64>),
+}
+
+/// One session: the primary's side, the replica's (once it took the
+/// hello), and the link between them.
 struct Link {
-    q: Mutex<VecDeque<Item>>,
+    ps: PrimarySession,
+    book: AckBook,
+    phase: Phase,
+    rs: Option<ReplicaSession>,
+    wire: Wire,
+    /// A bit was flipped on this link: it may stall rather than deliver.
+    flipped: bool,
+    /// The replica's side ended (it answered an error): it handles nothing more.
+    r_done: bool,
 }
 
-impl Link {
-    fn push(&self, i: Item) {
-        if let Ok(mut q) = self.q.lock() {
-            q.push_back(i);
-        }
-    }
-    fn pop(&self) -> Option<Item> {
-        self.q.lock().ok()?.pop_front()
-    }
-}
-
-impl ShipSink for Link {
-    fn batch(&self, b: &ShipView<'_>) {
-        self.push(Item::Batch(b.to_shipment()));
-    }
-    fn mark(&self, _journal_id: u64, lsn: u64) {
-        self.push(Item::Mark(lsn));
-    }
-    fn created(&self, _journal_id: u64, _name: &str) {}
-    fn deleted(&self, _journal_id: u64) {}
+/// How a turn of the link went.
+enum Turn {
+    /// Bytes moved or were handled.
+    Busy,
+    Quiet,
+    /// The session ended (why).
+    Ended(String),
 }
 
 /// One site: its devices and its engine.
@@ -95,14 +131,48 @@ struct Site {
     name: &'static str,
     storage: SimStorage,
     cfg: Config,
-    log: Option<MirrorLog>,
+    log: Option<Arc<MirrorLog>>,
     mirrors: usize,
+    /// The replication state a daemon keeps (its role above all).
+    shared: Arc<ReplShared>,
+    /// While this site is primary: what its sessions stream from.
+    outbox: Option<Arc<Outbox>>,
+}
+
+/// The replication state of a daemon with `role` (no peer address: the
+/// simulation is the link).
+fn repl_shared(name: &str, role: Role, backlog: usize) -> Arc<ReplShared> {
+    let sh = ReplShared::new(ReplConfig {
+        role,
+        peer: None,
+        listen: None,
+        name: name.into(),
+        ack_timeout: Duration::from_secs(1),
+        backlog_bytes: backlog,
+        connect_timeout: Duration::from_secs(1),
+        peer_timeout: Duration::from_secs(1),
+        startup_wait: Duration::ZERO,
+        serve_unreachable: false,
+        socket_buffer: 0,
+    });
+    if role == Role::Primary {
+        // (It waits for its peer at start; the simulation's peer answers.)
+        let _ = sh.change(Change::Serve);
+    }
+    sh
 }
 
 type Res = Result<(), String>;
 
 impl Site {
-    fn new(name: &'static str, seed: u64, mirrors: usize, set_uuid: [u8; 16]) -> Result<Site, String> {
+    fn new(
+        name: &'static str,
+        seed: u64,
+        mirrors: usize,
+        set_uuid: [u8; 16],
+        role: Role,
+        backlog: usize,
+    ) -> Result<Site, String> {
         let storage = SimStorage::new(SimConfig::new(seed));
         let devices: Vec<PathBuf> = (0..mirrors).map(|i| PathBuf::from(format!("/sim/{name}{i}.dev"))).collect();
         for d in &devices {
@@ -111,11 +181,23 @@ impl Site {
         let mut cfg = sim_config(devices, &storage);
         cfg.set_uuid = Some(set_uuid);
         let log = MirrorLog::create(&cfg).map_err(|e| format!("{name}: create: {e}"))?;
-        Ok(Site { name, storage, cfg, log: Some(log), mirrors })
+        let shared = repl_shared(name, role, backlog);
+        let mut s = Site { name, storage, cfg, log: Some(Arc::new(log)), mirrors, shared, outbox: None };
+        if role == Role::Primary {
+            s.serve()?;
+        }
+        Ok(s)
     }
 
-    fn log(&self) -> Result<&MirrorLog, String> {
+    fn log(&self) -> Result<&Arc<MirrorLog>, String> {
         self.log.as_ref().ok_or_else(|| format!("{}: not open", self.name))
+    }
+
+    /// Ships from now on (`replication::start_primary` without its thread).
+    fn serve(&mut self) -> Res {
+        let log = self.log()?.clone();
+        self.outbox = Some(install_outbox(&log, &self.shared));
+        Ok(())
     }
 
     fn journal(&self) -> Result<Journal, String> {
@@ -140,13 +222,26 @@ impl Site {
     /// Opens the engine again (after the power failed, on the devices as
     /// it left them).
     fn reopen(&mut self, crashed: bool) -> Res {
-        self.log = None;
+        self.outbox = None;
+        if let Some(log) = self.log.take() {
+            if Arc::strong_count(&log) != 1 {
+                return Err(format!("{}: the engine is still held by a session as it restarts", self.name));
+            }
+        }
         if crashed {
             self.storage.reopen();
         }
         self.storage.crash_after_writes(u64::MAX);
         let log = MirrorLog::open(&self.cfg).map_err(|e| format!("{}: open after a crash: {e}", self.name))?;
-        self.log = Some(log);
+        self.log = Some(Arc::new(log));
+        if self.shared.role() == Role::Primary {
+            // A primary starts a new run (`Epoch::restart`, as the daemon
+            // does once its peer takes it as primary), then ships.
+            let log = self.log()?;
+            let e = Epoch::from_raw(log.epoch()).restart().ok_or("no start left in the term")?;
+            log.begin_run(e.raw()).map_err(|e| format!("{}: new run: {e}", self.name))?;
+            self.serve()?;
+        }
         Ok(())
     }
 
@@ -204,7 +299,7 @@ struct ReplSim {
     sites: [Site; 2],
     /// Index of the primary in `sites`.
     primary: usize,
-    link: Option<Arc<Link>>,
+    link: Option<Link>,
     model: Model,
     /// Blocks rotted so far per site, and on which mirror: one mirror at a time.
     rotted: [HashMap<u64, usize>; 2],
@@ -212,6 +307,25 @@ struct ReplSim {
     counts: ReplCounts,
     trace: Vec<String>,
     step: u32,
+    /// Simulated time, for the acks' timestamps (nothing here reads a clock).
+    t0: Instant,
+}
+
+/// Every whole frame in `buf`, decoded; stops at a frame refused.
+fn frames(buf: &mut FrameBuf, max: usize) -> (Vec<Msg>, Option<String>) {
+    let mut out = Vec::new();
+    while out.len() < max {
+        match buf.next_frame() {
+            Ok(Some(f)) => match Msg::decode(&f) {
+                Ok(m) => out.push(m),
+                Err(e) => return (out, Some(format!("a frame refused: {e}"))),
+            },
+            Ok(None) => break,
+            Err(e) => return (out, Some(format!("a frame refused: {e}"))),
+        }
+    }
+    buf.compact();
+    (out, None)
 }
 
 impl ReplSim {
@@ -220,8 +334,10 @@ impl ReplSim {
         let mut uuid = [0u8; 16];
         uuid[..8].copy_from_slice(&seed.to_le_bytes());
         uuid[8] = 0x5e;
-        let a = Site::new("a", seed ^ 0xA, 2 + rng.below(2) as usize, uuid)?;
-        let b = Site::new("b", seed ^ 0xB, 2 + rng.below(2) as usize, uuid)?;
+        // Backlogs from a few batches (overflows are common) to plenty.
+        let backlog = [16 << 10, 256 << 10, 4 << 20][rng.below(3) as usize];
+        let a = Site::new("a", seed ^ 0xA, 2 + rng.below(2) as usize, uuid, Role::Primary, backlog)?;
+        let b = Site::new("b", seed ^ 0xB, 2 + rng.below(2) as usize, uuid, Role::Replica, backlog)?;
         let j = a.log()?.create_journal(JOURNAL).map_err(|e| format!("create journal: {e}"))?;
         b.log()?.create_journal_with_id(JOURNAL, j.id()).map_err(|e| format!("create journal on b: {e}"))?;
         Ok(ReplSim {
@@ -236,6 +352,7 @@ impl ReplSim {
             counts: ReplCounts::default(),
             trace: Vec::new(),
             step: 0,
+            t0: Instant::now(),
         })
     }
 
@@ -251,27 +368,85 @@ impl ReplSim {
         &self.sites[1 - self.primary]
     }
 
+    fn now(&self) -> Instant {
+        self.t0 + Duration::from_millis(self.step as u64)
+    }
+
     fn next_payload(&mut self) -> Vec<u8> {
         self.written += 1;
         draw_payload(&mut self.rng, self.seed ^ 0x5151, self.written)
     }
 
-    fn cut(&mut self, why: &str) {
-        if self.link.take().is_some() {
-            if let Ok(log) = self.p().log() {
-                log.set_ship_sink(None);
+    fn crashed(&self) -> bool {
+        self.sites[0].storage.crashed() || self.sites[1].storage.crashed()
+    }
+
+    /// Ends the session (a cut, a timeout, an error of either side): the
+    /// replica writes what it was given (unless its power failed), the
+    /// primary's outbox stops queueing.
+    fn end_session(&mut self, why: &str) {
+        let Some(link) = self.link.take() else { return };
+        if let Some(rs) = link.rs {
+            if !self.r().storage.crashed() {
+                let _ = rs.finish(&Err(why.to_string()));
             }
-            self.counts.cuts += 1;
-            self.note(format!("link cut ({why})"));
+        }
+        if let Some(ob) = &self.p().outbox {
+            ob.deactivate();
+        }
+        self.p().shared.connected.store(false, Ordering::Release);
+        self.counts.cuts += 1;
+        self.note(format!("session ended ({why})"));
+    }
+
+    /// The primary's power failed: what its sender had already taken from
+    /// the outbox and sent may still reach the replica (the engine ships a
+    /// batch when it is claimed, before its own write completes), so the
+    /// replica may hold records the primary lost; the next session cuts
+    /// them back.
+    fn last_words(&mut self) -> Res {
+        if !self.rng.chance(50) || self.r().storage.crashed() {
+            return Ok(());
+        }
+        let ob = self.p().outbox.clone();
+        let Some(link) = self.link.as_mut() else { return Ok(()) };
+        let Phase::Streaming(floors) = &link.phase else { return Ok(()) };
+        if link.flipped {
+            return Ok(());
+        }
+        if let Some(ob) = ob {
+            let mut events = Vec::new();
+            if ob.take(&mut events, Duration::ZERO).is_ok() {
+                let mut buf = Vec::new();
+                let mut sent = Vec::new();
+                encode_events(&mut events, floors, &mut buf, |b| {
+                    sent.extend_from_slice(b);
+                    Ok(())
+                })
+                .map_err(|e| format!("encode events: {e}"))?;
+                link.wire.to_r.extend_from_slice(&sent);
+                link.wire.to_r.extend_from_slice(&buf);
+            }
+        }
+        let bytes = link.wire.to_r.len();
+        self.note(format!("what the primary had sent arrives ({bytes} bytes)"));
+        match self.replica_turn(bytes, usize::MAX)? {
+            Turn::Ended(why) if !self.r().storage.crashed() => {
+                Err(format!("the replica refused what the primary sent before its power failed: {why}"))
+            }
+            _ => Ok(()),
         }
     }
 
     /// After a step: a site whose power failed comes back, and is checked.
     fn settle_crashes(&mut self) -> Res {
+        if self.p().storage.crashed() {
+            self.last_words()?;
+        }
         for i in 0..2 {
             if self.sites[i].storage.crashed() {
                 let name = self.sites[i].name;
-                self.cut(&format!("the power failed on {name}"));
+                self.end_session(&format!("the power failed on {name}"));
                 self.crash(i)?;
             }
         }
@@ -284,9 +459,7 @@ impl ReplSim {
         } else {
             self.counts.crashes_replica += 1;
         }
-        if i == self.primary {
-            self.cut("the primary restarts");
-        }
+        self.end_session("a site restarts");
         self.sites[i].reopen(true)?;
         self.note(format!("{} recovered", self.sites[i].name));
         self.verify_site(i)
@@ -326,6 +499,419 @@ impl ReplSim {
         }
     }
 
+    /// A new session, if none: the primary's hello goes on the link.
+    fn connect(&mut self) -> Res {
+        if self.link.is_some() || self.crashed() {
+            return Ok(());
+        }
+        let p = self.p();
+        let (Some(ob), Ok(log)) = (p.outbox.clone(), p.log()) else { return Ok(()) };
+        let (ps, hello) = PrimarySession::new(log.clone(), p.shared.clone(), ob);
+        let book = AckBook::new(log.clone(), p.shared.clone());
+        let (_, _, _, batch_buf) = log.geometry();
+        let max = max_body(batch_buf);
+        let mut to_r = Vec::new();
+        hello.encode(&mut to_r);
+        self.link = Some(Link {
+            ps,
+            book,
+            phase: Phase::Handshake,
+            rs: None,
+            wire: Wire { to_r, to_p: Vec::new(), r_in: FrameBuf::new(max), p_in: FrameBuf::new(max) },
+            flipped: false,
+            r_done: false,
+        });
+        self.note("connect: hello sent".into());
+        Ok(())
+    }
+
+    /// The primary's turn: handles what arrived, then sends one catch-up
+    /// chunk or what the outbox holds.
+    fn primary_turn(&mut self, deliver: usize) -> Result<Turn, String> {
+        let now = self.now();
+        let step = self.step as u64;
+        let Some(link) = self.link.as_mut() else { return Ok(Turn::Quiet) };
+        let mut busy = false;
+        // Bytes the replica sent, some of them.
+        let n = deliver.min(link.wire.to_p.len());
+        if n > 0 {
+            busy = true;
+            link.wire.p_in.extend(&link.wire.to_p[..n]);
+            link.wire.to_p.drain(..n);
+        }
+        let (msgs, refused) = frames(&mut link.wire.p_in, usize::MAX);
+        let mut out = Vec::new();
+        let mut ready = false;
+        for m in msgs {
+            busy = true;
+            match link.phase {
+                Phase::Handshake => match link.ps.handle(m, step) {
+                    Ok(Next::Send(m)) => {
+                        match &m {
+                            Msg::Truncate { keep, .. } => {
+                                self.counts.cutbacks += 1;
+                                self.trace.push(format!("{step}: the primary asks for a cut-back to {keep}"));
+                            }
+                            Msg::Reset { next_lsn, .. } => {
+                                self.counts.resets += 1;
+                                self.trace.push(format!("{step}: the primary asks for a reset at {next_lsn}"));
+                            }
+                            Msg::Probe { lsns, .. } => {
+                                self.trace.push(format!("{step}: the primary probes {lsns:?}"));
+                            }
+                            _ => {}
+                        }
+                        m.encode(&mut out)
+                    }
+                    Ok(Next::Wait) => {}
+                    Ok(Next::Ready) => ready = true,
+                    Err(e) => return Ok(Turn::Ended(format!("primary: {e}"))),
+                },
+                _ => {
+                    if let Err(e) = link.book.handle(m, now) {
+                        return Ok(Turn::Ended(format!("primary: the replica failed: {e}")));
+                    }
+                }
+            }
+        }
+        if let Some(e) = refused {
+            return Ok(Turn::Ended(format!("primary: {e}")));
+        }
+        link.wire.to_r.extend_from_slice(&out);
+        if ready {
+            let (marks, cus) = link.ps.catch_ups();
+            for m in &marks {
+                m.encode(&mut link.wire.to_r);
+            }
+            let froms: Vec<(Journal, u64)> = cus.iter().map(|c| (c.journal.clone(), c.from())).collect();
+            link.phase = Phase::CatchUp(cus, 0);
+            self.counts.sessions += 1;
+            self.negotiated(&froms)?;
+            return Ok(Turn::Busy);
+        }
+        let shared = self.p().shared.clone();
+        let Some(link) = self.link.as_mut() else { return Ok(Turn::Quiet) };
+        match &mut link.phase {
+            Phase::Handshake => {}
+            Phase::CatchUp(cus, i) => {
+                busy = true;
+                match cus.get_mut(*i) {
+                    Some(cu) => match cu.next() {
+                        Some(at) => {
+                            let read = cu.journal.read_shipment(at.lsn, at.crc, at.hint, cu.target, 16 << 10);
+                            if matches!(&read, Ok(v) if v.is_empty()) {
+                                return Err(format!("catch-up read nothing at {} of {}", at.lsn, cu.target));
+                            }
+                            if let Ok(v) = &read {
+                                self.counts.catchup_batches += v.len() as u64;
+                            }
+                            if read.is_err() && self.sites[self.primary].storage.crashed() {
+                                // (A read heals a bad copy it meets: a write,
+                                // which may be where the power fails.)
+                                return Ok(Turn::Quiet);
+                            }
+                            match cu.on_read(read, &shared, &mut link.wire.to_r, now) {
+                                Ok(Chunk::More) => {}
+                                Ok(Chunk::Restart) => self.counts.resets += 1,
+                                Ok(Chunk::Done) => {}
+                                Err(e) => return Err(format!("catch-up: {e}")),
+                            }
+                        }
+                        None => {
+                            if let Some(m) = cu.mark() {
+                                m.encode(&mut link.wire.to_r);
+                            }
+                            *i += 1;
+                        }
+                    },
+                    None => {
+                        link.ps.streaming();
+                        link.phase = Phase::Streaming(cus.iter().filter_map(CatchUp::floor).collect());
+                        self.counts.streams += 1;
+                        self.note("the stream begins".into());
+                    }
+                }
+            }
+            Phase::Streaming(floors) => {
+                let Some(ob) = self.sites[self.primary].outbox.clone() else { return Ok(Turn::Quiet) };
+                let mut events = Vec::new();
+                if ob.take(&mut events, Duration::ZERO).is_err() {
+                    self.counts.overflows += 1;
+                    return Ok(Turn::Ended("replication backlog overflowed".into()));
+                }
+                if !events.is_empty() {
+                    busy = true;
+                    let mut sent = Vec::new();
+                    let mut buf = Vec::new();
+                    let r = encode_events(&mut events, floors, &mut buf, |b| {
+                        sent.extend_from_slice(b);
+                        Ok(())
+                    });
+                    if let Err(e) = r {
+                        return Err(format!("encode events: {e}"));
+                    }
+                    link.wire.to_r.extend_from_slice(&sent);
+                    link.wire.to_r.extend_from_slice(&buf);
+                }
+            }
+        }
+        Ok(if busy { Turn::Busy } else { Turn::Quiet })
+    }
+
+    /// A handshake ended: the replica holds a prefix of the primary's
+    /// history, and goes on right after it.
+    fn negotiated(&mut self, froms: &[(Journal, u64)]) -> Res {
+        let step = self.step;
+        self.trace.push(format!("{step}: negotiated: {:?}", froms.iter().map(|f| f.1).collect::<Vec<_>>()));
+        if self.crashed() {
+            return Ok(());
+        }
+        let rj = self.r().journal()?;
+        for (_, from) in froms {
+            if rj.next_lsn() != *from {
+                return Err(format!("after the negotiation the replica ends at {}, not at {from}", rj.next_lsn()));
+            }
+        }
+        let (mine, theirs) = match (self.p().records(1), self.r().records(1)) {
+            (Ok(m), Ok(t)) => (m, t),
+            // (Reads heal bad copies: writes, where the power may fail.)
+            _ if self.crashed() => return Ok(()),
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        for (lsn, b) in &theirs {
+            if mine.get(lsn).is_some_and(|m| m != b) {
+                return Err(format!("after the negotiation the replica's lsn {lsn} is not the primary's"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The replica's turn: handles up to `k` frames of what arrived, writes,
+    /// and acks.
+    fn replica_turn(&mut self, deliver: usize, k: usize) -> Result<Turn, String> {
+        if self.r().storage.crashed() {
+            return Ok(Turn::Quiet);
+        }
+        let rlog = self.r().log()?.clone();
+        let rshared = self.r().shared.clone();
+        let Some(link) = self.link.as_mut() else { return Ok(Turn::Quiet) };
+        if link.r_done {
+            return Ok(Turn::Quiet);
+        }
+        let mut busy = false;
+        let n = deliver.min(link.wire.to_r.len());
+        if n > 0 {
+            busy = true;
+            link.wire.r_in.extend(&link.wire.to_r[..n]);
+            link.wire.to_r.drain(..n);
+        }
+        let (msgs, refused) = frames(&mut link.wire.r_in, k);
+        let mut out = Vec::new();
+        let mut failed = refused.map(|e| format!("replica: {e}"));
+        for m in msgs {
+            busy = true;
+            self.counts.deliveries += 1;
+            let Some(rs) = link.rs.as_mut() else {
+                // The receiver: a hello first.
+                let Msg::Hello(h) = m else {
+                    failed = Some(format!("replica: expected a hello, got {m:?}"));
+                    break;
+                };
+                if let Err(e) = check_hello(&rlog, &h) {
+                    Msg::Refused { message: e.clone() }.encode(&mut out);
+                    failed = Some(format!("replica refused the hello: {e}"));
+                    break;
+                }
+                let mine = rlog.epoch();
+                match role::on_hello(rshared.role(), mine, h.epoch, h.probe) {
+                    HelloAnswer::Accept { change: None } => {}
+                    HelloAnswer::Fenced(epoch) => {
+                        Msg::Fenced { epoch, message: "newer".into() }.encode(&mut out);
+                        failed = Some(format!("replica fenced a primary at {} (it is at {epoch})", h.epoch));
+                        break;
+                    }
+                    other => {
+                        failed = Some(format!("replica: answer {other:?} to a primary's hello"));
+                        break;
+                    }
+                }
+                rshared.saw_epoch(h.epoch);
+                match ReplicaSession::new(rlog.clone(), rshared.clone(), &h) {
+                    Ok(rs) => link.rs = Some(rs),
+                    Err(e) => {
+                        failed = Some(format!("replica session: {e}"));
+                        break;
+                    }
+                }
+                Msg::HelloOk { epoch: mine.max(h.epoch), name: "replica".into() }.encode(&mut out);
+                continue;
+            };
+            match rs.handle(m) {
+                Ok(Some(a)) => a.encode(&mut out),
+                Ok(None) => {}
+                Err(e) => {
+                    failed = Some(format!("replica: {e}"));
+                    break;
+                }
+            }
+        }
+        if let Some(rs) = link.rs.as_mut() {
+            let js = rlog.journals();
+            let mut pumped = 0;
+            while failed.is_none() && (pumped == 0 || rs.in_flight() > 0) && pumped < 1000 {
+                if let Err(e) = rs.pump(&js, rs.in_flight() > 0) {
+                    failed = Some(format!("replica writes: {e}"));
+                }
+                pumped += 1;
+            }
+            if failed.is_none() {
+                let acks = rs.acks(false);
+                if !acks.is_empty() {
+                    busy = true;
+                    Msg::Acks(acks).encode(&mut out);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            // The replica's side ends: what it tells the primary goes out.
+            link.r_done = true;
+            if let Some(rs) = link.rs.take() {
+                if let Some(m) = rs.finish(&Err(e.clone())) {
+                    m.encode(&mut out);
+                }
+            }
+            link.wire.to_p.extend_from_slice(&out);
+            return Ok(Turn::Ended(e));
+        }
+        link.wire.to_p.extend_from_slice(&out);
+        Ok(if busy { Turn::Busy } else { Turn::Quiet })
+    }
+
+    /// One round of the link: the primary, then up to `k` frames on the
+    /// replica (a random number of bytes moving each way), then the
+    /// primary again.
+    fn round(&mut self, k: usize) -> Result<Turn, String> {
+        let mut busy = false;
+        for side in 0..3 {
+            let bytes = 1 + self.rng.below(96 << 10) as usize;
+            let t = if side == 1 { self.replica_turn(bytes, k)? } else { self.primary_turn(bytes)? };
+            if self.crashed() {
+                return Ok(Turn::Quiet);
+            }
+            match t {
+                Turn::Busy => busy = true,
+                Turn::Quiet => {}
+                Turn::Ended(why) => {
+                    self.session_error(&why)?;
+                    return Ok(Turn::Ended(why));
+                }
+            }
+        }
+        Ok(if busy { Turn::Busy } else { Turn::Quiet })
+    }
+
+    /// A side ended the session with an error: fine if a fault explains
+    /// it, a failure otherwise.
+    fn session_error(&mut self, why: &str) -> Res {
+        let flipped = self.link.as_ref().is_some_and(|l| l.flipped);
+        // What the replica told the primary as it ended reaches it first.
+        if let Some(link) = self.link.as_mut() {
+            if link.r_done && !link.wire.to_p.is_empty() {
+                let bytes = std::mem::take(&mut link.wire.to_p);
+                link.wire.p_in.extend(&bytes);
+                let (msgs, _) = frames(&mut link.wire.p_in, usize::MAX);
+                for m in msgs {
+                    let _ = link.ps.handle(m, 0);
+                }
+            }
+        }
+        self.end_session(why);
+        if why.contains("split brain") {
+            // An operator reads what the replica holds, then lets the
+            // primary's history win (`mirrorlog discard-diverged`).
+            self.counts.split_brains += 1;
+            self.r().shared.discard_diverged.store(true, Ordering::Release);
+            self.note("split brain: the operator runs discard-diverged on the replica".into());
+            return Ok(());
+        }
+        if why.contains("replica fenced a primary") {
+            // Two promotions chose one term (the promoted node had not heard
+            // of the other's restart): the newer epoch fenced this primary,
+            // which stepped down. The operator promotes it again; it knows
+            // the newer epoch now, so its term is above it.
+            self.counts.fenced += 1;
+            let i = self.primary;
+            if self.sites[i].shared.role() != Role::SteppingDown {
+                return Err(format!("fenced, yet {} is {}", self.sites[i].name, self.sites[i].shared.role().name()));
+            }
+            let seen = self.sites[i].shared.seen_epoch.load(Ordering::Acquire);
+            let backlog = self.sites[i].shared.cfg.backlog_bytes;
+            self.sites[i].shared = repl_shared(self.sites[i].name, Role::Replica, backlog);
+            self.sites[i].shared.saw_epoch(seen);
+            let e = self.promote(i)?;
+            self.note(format!("fenced: the operator promotes {} again, at {e}", self.sites[i].name));
+            return Ok(());
+        }
+        if why.contains("overflowed") || flipped {
+            if why.contains("a frame refused") {
+                self.counts.frames_refused += 1;
+            }
+            return Ok(());
+        }
+        let maps: Vec<String> = self
+            .sites
+            .iter()
+            .map(|s| match s.journal() {
+                Ok(j) => format!("{} (slot, seq, first) {:?} mark {}", s.name, j.segment_slots(), j.mark()),
+                Err(e) => e,
+            })
+            .collect();
+        Err(format!("a session ended with no fault to explain it: {why}; segments: {}", maps.join("; ")))
+    }
+
+    /// Runs the link until it is quiet (the peer timeout ends a session
+    /// stuck on bytes that never make a frame). With a session streaming,
+    /// no fault on its link and both sites up, the sites then hold the same
+    /// records and the primary's acks say so.
+    fn settle(&mut self) -> Res {
+        for _ in 0..10_000 {
+            if self.link.is_none() || self.crashed() {
+                return Ok(());
+            }
+            match self.round(usize::MAX)? {
+                Turn::Busy => continue,
+                Turn::Ended(_) => return Ok(()),
+                Turn::Quiet => {}
+            }
+            if self.crashed() {
+                return Ok(());
+            }
+            let Some(link) = self.link.as_ref() else { return Ok(()) };
+            let stuck = link.wire.r_in.pending() > 0 || link.wire.p_in.pending() > 0;
+            if stuck || !matches!(link.phase, Phase::Streaming(_)) {
+                if !link.flipped {
+                    return Err(format!("the link is quiet but stuck (pending bytes: {stuck})"));
+                }
+                self.counts.timeouts += 1;
+                self.end_session("no frame in time (peer timeout)");
+                return Ok(());
+            }
+            if link.flipped {
+                return Ok(());
+            }
+            let pj = self.p().journal()?;
+            let durable = self.p().shared.journal(pj.id()).durable.load(Ordering::Acquire);
+            if durable != pj.next_lsn() {
+                return Err(format!(
+                    "the link is quiet, the primary ends at {}, acked durable {durable}",
+                    pj.next_lsn()
+                ));
+            }
+            return self.converged("the link is quiet");
+        }
+        Err("the link never went quiet".into())
+    }
+
     fn append(&mut self) -> Res {
         let n = 1 + self.rng.below(3);
         let remote = self.rng.chance(50);
@@ -362,17 +948,13 @@ impl ReplSim {
             self.note(format!("append {n} at {first}: local, ok"));
             return Ok(());
         }
-        // remote-durable: answered once the replica holds it durably.
+        // remote-durable: answered once the replica's acks say it holds
+        // the records durably (the link runs meanwhile).
         let need = first + n;
-        self.deliver(usize::MAX)?;
-        if self.link.is_some() && !self.r().storage.crashed() {
-            let r = self.r().journal()?;
-            if r.next_lsn() < need {
-                return Err(format!(
-                    "every shipment delivered and written, but the replica ends at {} before {need}",
-                    r.next_lsn()
-                ));
-            }
+        self.settle()?;
+        let id = j.id();
+        let durable = self.p().shared.journal(id).durable.load(Ordering::Acquire);
+        if durable >= need && !self.p().storage.crashed() {
             for (k, p) in recs.iter().enumerate() {
                 self.model.remote.insert(first + k as u64, p.clone());
             }
@@ -380,44 +962,6 @@ impl ReplSim {
             self.note(format!("append {n} at {first}: remote-durable, ok"));
         } else {
             self.note(format!("append {n} at {first}: remote-durable, replica-timeout (durable here only)"));
-        }
-        Ok(())
-    }
-
-    /// Delivers up to `k` items of the link to the replica and writes them.
-    fn deliver(&mut self, k: usize) -> Res {
-        let Some(link) = self.link.clone() else { return Ok(()) };
-        let r = self.r().journal()?;
-        let mut n = 0;
-        while n < k {
-            let Some(item) = link.pop() else { break };
-            n += 1;
-            self.counts.deliveries += 1;
-            let res = match item {
-                Item::Batch(s) => loop {
-                    match r.apply_shipment(&s.view()) {
-                        Err(Error::Backpressure) => {
-                            if let Err(e) = self.r().drain() {
-                                break Err(e);
-                            }
-                        }
-                        other => break other,
-                    }
-                },
-                Item::Mark(lsn) => self.r().drain().and_then(|()| r.apply_mark(lsn.min(r.next_lsn()))),
-            };
-            if let Err(e) = res {
-                if self.r().storage.crashed() {
-                    self.note(format!("delivery: the power failed on the replica ({e})"));
-                    return Ok(());
-                }
-                return Err(format!("the replica refused a shipment delivered in order: {e}"));
-            }
-        }
-        if let Err(e) = self.r().drain() {
-            if !self.r().storage.crashed() {
-                return Err(format!("the replica's writes failed: {e}"));
-            }
         }
         Ok(())
     }
@@ -445,151 +989,28 @@ impl ReplSim {
         self.set_mark(to)
     }
 
-    /// A new session: the real negotiation, the mark, catch-up from the
-    /// segments, then the stream through a new link.
-    fn heal(&mut self) -> Res {
-        if self.link.is_some() {
+    /// A bit flipped on the link, in one direction: the frame's check must
+    /// refuse it (or the session stalls and times out); never applied.
+    fn flip_link(&mut self) -> Res {
+        let to_r = self.rng.chance(70);
+        let pick = self.rng.next();
+        let Some(link) = self.link.as_mut() else { return Ok(()) };
+        let buf = if to_r { &mut link.wire.to_r } else { &mut link.wire.to_p };
+        if buf.is_empty() {
             return Ok(());
         }
-        let pi = self.primary;
-        let (p, r) = (&self.sites[pi], &self.sites[1 - pi]);
-        let step_no = self.step;
-        for s in [p, r] {
-            if let Err(e) = s.drain() {
-                return if s.storage.crashed() { Ok(()) } else { Err(format!("{}: drain: {e}", s.name)) };
-            }
-        }
-        let pj = p.journal()?;
-        let rj = r.journal()?;
-        let end = rj.chain_end().map_err(|e| format!("chain end: {e}"))?;
-        let mut n = Negotiation::new(&pj);
-        let mut step = n.begin(&pj, &end)?;
-        let mut steps = Vec::new();
-        let pos = loop {
-            steps.push(format!("{step:?}"));
-            step = match step {
-                Step::Continue(pos) => break pos,
-                Step::Probe(lsns) => {
-                    let samples: Vec<(u64, u32)> =
-                        lsns.iter().filter_map(|&l| rj.record_crc(l).ok().map(|c| (l, c))).collect();
-                    n.on_samples(&pj, &samples)?
-                }
-                Step::Truncate { keep } => {
-                    self.counts.cutbacks += 1;
-                    match rj.truncate_after(keep) {
-                        Ok(e) => {
-                            steps.push(format!(
-                                "replica ends at {} (crc {}, segment {}, offset {})",
-                                e.next_lsn, e.last_crc, e.seg_seq, e.tail_off
-                            ));
-                            n.on_ends(&pj, &e)?
-                        }
-                        Err(e) if r.storage.crashed() => {
-                            self.trace.push(format!(
-                                "{step_no}: session: the power failed on the replica during a cut-back ({e}; {})",
-                                steps.join(", ")
-                            ));
-                            return Ok(());
-                        }
-                        Err(e) => return Err(format!("cut back to {keep}: {e}")),
-                    }
-                }
-                Step::Reset { next_lsn, .. } => {
-                    self.counts.resets += 1;
-                    match rj.reset(next_lsn) {
-                        Ok(e) => n.on_ends(&pj, &e)?,
-                        Err(e) if r.storage.crashed() => {
-                            self.trace.push(format!(
-                                "{step_no}: session: the power failed on the replica during a reset ({e}; {})",
-                                steps.join(", ")
-                            ));
-                            return Ok(());
-                        }
-                        Err(e) => return Err(format!("reset to {next_lsn}: {e}")),
-                    }
-                }
-            };
-        };
-        self.counts.sessions += 1;
-        self.trace.push(format!("{step_no}: session: {} from {} ({})", r.name, pos.lsn, steps.join(", ")));
-        // The replica now holds a prefix of our history, and goes on after it.
-        if p.storage.crashed() || r.storage.crashed() {
-            self.trace.push(format!("{step_no}: session: the power failed"));
-            return Ok(());
-        }
-        let (mine, theirs) = match (p.records(1), r.records(1)) {
-            (Ok(m), Ok(t)) => (m, t),
-            // (Reads heal bad copies: writes, where the power may fail.)
-            _ if p.storage.crashed() || r.storage.crashed() => return Ok(()),
-            (Err(e), _) | (_, Err(e)) => return Err(e),
-        };
-        if rj.next_lsn() != pos.lsn {
-            return Err(format!("after the negotiation the replica ends at {}, not at {}", rj.next_lsn(), pos.lsn));
-        }
-        for (lsn, b) in &theirs {
-            if mine.get(lsn).is_some_and(|m| m != b) {
-                return Err(format!("after the negotiation the replica's lsn {lsn} is not the primary's"));
-            }
-        }
-        // The mark, then what the segments hold past `pos`.
-        let pmark = pj.mark();
-        if let Err(e) = r.drain().and_then(|()| rj.apply_mark(pmark.min(rj.next_lsn()))) {
-            return if r.storage.crashed() { Ok(()) } else { Err(format!("mark on the replica: {e}")) };
-        }
-        let mut q = pos;
-        let target = pj.next_lsn();
-        while q.lsn < target {
-            let v = match pj.read_shipment(q.lsn, q.crc, q.hint, target, 1 << 20) {
-                Ok(v) => v,
-                // (A read heals a bad copy it meets: a write, which may be
-                // where the power fails.)
-                Err(_) if self.p().storage.crashed() => return Ok(()),
-                Err(e) => return Err(format!("catch-up read: {e}")),
-            };
-            let Some(last) = v.last() else { return Err(format!("catch-up read nothing at {} of {target}", q.lsn)) };
-            q.lsn = last.next_lsn;
-            q.crc = last.end_crc;
-            q.hint = Some((last.seg_seq, last.seg_off + last.bytes.len() as u64));
-            for s in &v {
-                self.counts.catchup_batches += 1;
-                let res = loop {
-                    match rj.apply_shipment(&s.view()) {
-                        Err(Error::Backpressure) => {
-                            if let Err(e) = self.r().drain() {
-                                break Err(e);
-                            }
-                        }
-                        other => break other,
-                    }
-                };
-                if let Err(e) = res {
-                    if self.r().storage.crashed() {
-                        self.note(format!("catch-up: the power failed on the replica ({e})"));
-                        return Ok(());
-                    }
-                    return Err(format!(
-                        "the replica refused a catch-up shipment {}..{}: {e}",
-                        s.first_lsn, s.next_lsn
-                    ));
-                }
-            }
-        }
-        if let Err(e) = self.r().drain() {
-            return if self.r().storage.crashed() { Ok(()) } else { Err(format!("replica writes: {e}")) };
-        }
-        if self.r().storage.crashed() || self.p().storage.crashed() {
-            self.note("catch-up: the power failed".into());
-            return Ok(());
-        }
-        let link = Arc::new(Link::default());
-        self.p().log()?.set_ship_sink(Some(link.clone()));
-        self.link = Some(link);
-        self.converged("after catch-up")
+        let at = (pick % buf.len() as u64) as usize;
+        buf[at] ^= 1 << ((pick >> 32) % 8);
+        link.flipped = true;
+        self.counts.link_flips += 1;
+        let dir = if to_r { "to the replica" } else { "to the primary" };
+        self.note(format!("a bit flips on the link {dir}, byte {at} of what is in flight"));
+        Ok(())
     }
 
     /// Both sites hold the same records (above both marks).
     fn converged(&mut self, when: &str) -> Res {
-        if self.p().storage.crashed() || self.r().storage.crashed() {
+        if self.crashed() {
             return Ok(());
         }
         let (pj, rj) = (self.p().journal()?, self.r().journal()?);
@@ -599,7 +1020,7 @@ impl ReplSim {
         let from = pj.info().first_lsn.max(rj.info().first_lsn).max(1);
         let (mine, theirs) = match (self.p().records(from), self.r().records(from)) {
             (Ok(m), Ok(t)) => (m, t),
-            _ if self.p().storage.crashed() || self.r().storage.crashed() => return Ok(()),
+            _ if self.crashed() => return Ok(()),
             (Err(e), _) | (_, Err(e)) => return Err(e),
         };
         if mine != theirs {
@@ -609,38 +1030,83 @@ impl ReplSim {
         Ok(())
     }
 
-    /// The primary's site fails; the replica is promoted; the old primary
-    /// returns as its replica.
+    /// The primary's site fails; the replica is promoted to a new term;
+    /// the old primary returns as its replica.
     fn failover(&mut self) -> Res {
         self.counts.failovers += 1;
         let old = self.primary;
         self.note(format!("failover: {} fails, {} is promoted", self.sites[old].name, self.sites[1 - old].name));
-        self.cut("failover");
+        self.end_session("failover");
         self.sites[old].storage.crash();
+        // The old primary comes back as a replica (its operator configures
+        // it so; a daemon would also follow the newer epoch it finds).
+        let backlog = self.sites[old].shared.cfg.backlog_bytes;
+        self.sites[old].shared = repl_shared(self.sites[old].name, Role::Replica, backlog);
         self.sites[old].reopen(true)?;
-        if self.r().storage.crashed() {
-            self.sites[1 - old].reopen(true)?;
+        let new = 1 - old;
+        if self.sites[new].storage.crashed() {
+            self.sites[new].reopen(true)?;
         }
-        let _ = self.r().drain();
+        let _ = self.sites[new].drain();
         // What was acknowledged remote-durable is on the new primary.
-        self.verify_site(1 - old)?;
-        self.primary = 1 - old;
+        self.verify_site(new)?;
+        let e = self.promote(new)?;
+        self.primary = new;
         // The new truth: what the new primary holds.
         let j = self.p().journal()?;
         let held = match self.p().records(1) {
             Ok(h) => h,
             Err(_) if self.p().storage.crashed() => {
                 // (A read healed a bad copy and the power failed there.)
+                // The model is still the old primary's: checked as the
+                // replica it was until now.
                 let i = self.primary;
                 self.sites[i].reopen(true)?;
-                self.verify_site(i)?;
+                self.sites[i].holds(&self.model.remote, "acknowledged remote-durable")?;
                 self.p().records(1)?
             }
             Err(e) => return Err(e),
         };
         self.model = Model { acked: held.clone(), remote: BTreeMap::new(), maybe: BTreeMap::new(), mark: j.mark() };
-        self.note(format!("{} serves from {} (mark {})", self.p().name, j.next_lsn(), j.mark()));
+        self.note(format!("{} serves from {} (mark {}, epoch {e})", self.p().name, j.next_lsn(), j.mark()));
         Ok(())
+    }
+
+    /// Promotes site `i` (see `promote_once`); if the power fails as the
+    /// promotion writes its epoch, the node comes back a replica and the
+    /// operator promotes it again.
+    fn promote(&mut self, i: usize) -> Result<Epoch, String> {
+        match self.promote_once(i) {
+            Err(why) if self.sites[i].storage.crashed() => {
+                self.note(format!("the power failed during the promotion ({why}): promoted again"));
+                let seen = self.sites[i].shared.seen_epoch.load(Ordering::Acquire);
+                let backlog = self.sites[i].shared.cfg.backlog_bytes;
+                self.sites[i].shared = repl_shared(self.sites[i].name, Role::Replica, backlog);
+                self.sites[i].shared.saw_epoch(seen);
+                self.sites[i].reopen(true)?;
+                if i == self.primary {
+                    self.verify_site(i)?;
+                }
+                self.promote_once(i)
+            }
+            r => r,
+        }
+    }
+
+    /// Promotes site `i`: a new term above every epoch it saw (the
+    /// daemon's `promote`), then it ships.
+    fn promote_once(&mut self, i: usize) -> Result<Epoch, String> {
+        let site = &mut self.sites[i];
+        let sh = site.shared.clone();
+        sh.change(Change::BeginPromotion).map_err(|r| format!("promote from {}", r.name()))?;
+        let log = site.log()?.clone();
+        let seen = Epoch::from_raw(sh.seen_epoch.load(Ordering::Acquire));
+        let e = Epoch::from_raw(log.epoch()).promotion(seen).ok_or("no term left")?;
+        log.begin_run(e.raw()).map_err(|e| format!("promotion's run: {e}"))?;
+        drop(log);
+        sh.change(Change::FinishPromotion).map_err(|r| format!("finish promotion from {}", r.name()))?;
+        site.serve()?;
+        Ok(e)
     }
 
     fn rot(&mut self) -> Res {
@@ -665,14 +1131,15 @@ impl ReplSim {
             0..=34 => self.append(),
             35..=49 => {
                 let k = 1 + self.rng.below(6) as usize;
-                self.deliver(k)
+                self.round(k).map(|_| ())
             }
             50..=54 => self.mark(),
-            55..=60 => {
-                self.cut("cut");
+            55..=58 => {
+                self.end_session("cut");
                 Ok(())
             }
-            61..=70 => self.heal(),
+            59..=60 => self.flip_link(),
+            61..=70 => self.connect(),
             71..=74 => {
                 let name = self.p().name;
                 self.note(format!("the power fails on the primary {name}"));
@@ -698,9 +1165,7 @@ impl ReplSim {
             _ => {
                 let i = self.rng.below(2) as usize;
                 self.note(format!("{} restarts", self.sites[i].name));
-                if i == self.primary {
-                    self.cut("the primary restarts");
-                }
+                self.end_session("a site restarts");
                 self.counts.restarts += 1;
                 self.sites[i].reopen(false)?;
                 self.verify_site(i)
@@ -727,7 +1192,7 @@ pub fn run(seed: u64, steps: u32) -> Result<ReplCounts, Failure> {
     sim.step = steps;
     sim.note("the end: the power fails on both sites".into());
     let end = (|| -> Res {
-        sim.cut("the end");
+        sim.end_session("the end");
         for i in 0..2 {
             sim.sites[i].storage.crash();
             sim.sites[i].reopen(true)?;
@@ -735,10 +1200,11 @@ pub fn run(seed: u64, steps: u32) -> Result<ReplCounts, Failure> {
         let (p, r) = (sim.primary, 1 - sim.primary);
         sim.verify_site(p)?;
         sim.verify_site(r)?;
-        for _ in 0..3 {
-            sim.heal()?;
+        for _ in 0..4 {
+            sim.connect()?;
+            sim.settle()?;
             sim.settle_crashes()?;
-            if sim.link.is_some() {
+            if sim.link.as_ref().is_some_and(|l| matches!(l.phase, Phase::Streaming(_)) && !l.flipped) {
                 return sim.converged("at the end");
             }
         }
