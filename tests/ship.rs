@@ -121,8 +121,19 @@ fn slot_bytes(path: &std::path::Path, slot: u64, seg: u64, len: usize) -> Vec<u8
     common::read_at(path, (1 << 20) + slot * seg, len)
 }
 
-#[test]
-fn shipped_batches_make_the_same_blocks_and_catch_up_reads_match_them() {
+/// A primary and a replica set of one identity, journal "orders" on both,
+/// the primary shipping into `sink`.
+struct Pair {
+    p: Site,
+    plog: MirrorLog,
+    r: Site,
+    rlog: MirrorLog,
+    sink: Arc<Collect>,
+    pj: Journal,
+    rj: Journal,
+}
+
+fn pair() -> Pair {
     let p = site(None);
     let plog = MirrorLog::create(&p.cfg).expect("create primary");
     let r = site(Some(plog.set_uuid()));
@@ -131,6 +142,12 @@ fn shipped_batches_make_the_same_blocks_and_catch_up_reads_match_them() {
     plog.set_ship_sink(Some(sink.clone()));
     let pj = plog.create_journal("orders").expect("journal");
     let rj = rlog.create_journal_with_id("orders", pj.id()).expect("journal with id");
+    Pair { p, plog, r, rlog, sink, pj, rj }
+}
+
+#[test]
+fn shipped_batches_make_the_same_blocks_and_catch_up_reads_match_them() {
+    let Pair { p, plog, r, rlog, sink, pj, rj } = pair();
     let mut d = Driver::new().expect("driver");
     let mut rng = Rng(7);
     // Enough to fill several 256 KiB segments.
@@ -338,14 +355,7 @@ fn a_tail_segment_torn_after_its_header_is_dropped_and_begun_again() {
 /// session the same way (the mark it was sent again was no change).
 #[test]
 fn a_segment_the_mark_covers_once_the_next_begins_is_reclaimed_on_both_sides() {
-    let p = site(None);
-    let plog = MirrorLog::create(&p.cfg).expect("create");
-    let r = site(Some(plog.set_uuid()));
-    let rlog = MirrorLog::create(&r.cfg).expect("create replica");
-    let sink = Arc::new(Collect::default());
-    plog.set_ship_sink(Some(sink.clone()));
-    let pj = plog.create_journal("orders").expect("journal");
-    let rj = rlog.create_journal_with_id("orders", pj.id()).expect("journal");
+    let Pair { p, plog, rlog, sink, pj, rj, .. } = pair();
     let mut d = Driver::for_log(&rlog).expect("driver");
     let ship = |d: &mut Driver| {
         for s in std::mem::take(&mut *sink.batches.lock()) {

@@ -529,6 +529,33 @@ mod tests {
         decode_all(bytes).into_iter().filter_map(|m| r.handle(m).expect("replica handles")).collect()
     }
 
+    /// A session's handshake, each message through the wire codec: the
+    /// primary's and replica's sessions, and the first word of each message
+    /// the primary sent after its hello.
+    fn handshake(
+        p: &Arc<MirrorLog>,
+        r: &Arc<MirrorLog>,
+        psh: &Arc<ReplShared>,
+        ob: &Arc<Outbox>,
+        now_ms: u64,
+    ) -> (PrimarySession, ReplicaSession, Vec<String>) {
+        let (mut s, h) = PrimarySession::new(p.clone(), psh.clone(), ob.clone());
+        let Msg::Hello(h) = over_wire(&h) else { panic!("a hello first") };
+        let mut rs = ReplicaSession::new(r.clone(), shared(), &h).expect("replica session");
+        let mut answer = Msg::HelloOk { epoch: r.epoch(), name: "r".into() };
+        let mut asked = Vec::new();
+        loop {
+            match s.handle(over_wire(&answer), now_ms).expect("handshake") {
+                Next::Send(m) => {
+                    asked.push(format!("{m:?}").chars().take(8).collect::<String>());
+                    answer = rs.handle(over_wire(&m)).expect("replica").expect("an answer");
+                }
+                Next::Wait => panic!("nothing to wait for"),
+                Next::Ready => return (s, rs, asked),
+            }
+        }
+    }
+
     #[test]
     fn a_session_negotiates_catches_up_streams_and_moves_only_on_acks() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -561,22 +588,8 @@ mod tests {
         }
         pj.set_mark(20).expect("mark");
 
-        let (psh, rsh) = (primary_shared(), shared());
-        let (mut s, h) = PrimarySession::new(p.clone(), psh.clone(), ob.clone());
-        let Msg::Hello(h) = over_wire(&h) else { panic!("a hello first") };
-        let mut rs = ReplicaSession::new(r.clone(), rsh.clone(), &h).expect("replica session");
-        let mut answer = Msg::HelloOk { epoch: r.epoch(), name: "r".into() };
-        let mut asked = Vec::new();
-        loop {
-            match s.handle(over_wire(&answer), 7).expect("handshake") {
-                Next::Send(m) => {
-                    asked.push(format!("{m:?}").chars().take(8).collect::<String>());
-                    answer = rs.handle(over_wire(&m)).expect("replica").expect("an answer");
-                }
-                Next::Wait => panic!("nothing to wait for"),
-                Next::Ready => break,
-            }
-        }
+        let psh = primary_shared();
+        let (mut s, mut rs, asked) = handshake(&p, &r, &psh, &ob, 7);
         assert_eq!(asked, ["Journals"], "the replica's end is in our history: no probe, no cut");
         assert_eq!(psh.journal(pj.id()).durable.load(Ordering::Acquire), 41, "from the negotiated end");
         assert_eq!(psh.session_started_ms.load(Ordering::Acquire), 7);
@@ -661,14 +674,8 @@ mod tests {
         }
         let ob = Arc::new(Outbox::new(16 << 20, &[(pj.id(), pj.next_lsn(), pj.mark())]));
         p.set_ship_sink(Some(ob.clone()));
-        let (psh, rsh) = (primary_shared(), shared());
-        let (mut s, h) = PrimarySession::new(p.clone(), psh.clone(), ob.clone());
-        let Msg::Hello(h) = over_wire(&h) else { panic!("a hello first") };
-        let mut rs = ReplicaSession::new(r.clone(), rsh, &h).expect("replica session");
-        let mut answer = Msg::HelloOk { epoch: r.epoch(), name: "r".into() };
-        while let Next::Send(m) = s.handle(over_wire(&answer), 0).expect("handshake") {
-            answer = rs.handle(over_wire(&m)).expect("replica").expect("an answer");
-        }
+        let psh = primary_shared();
+        let (mut s, mut rs, _) = handshake(&p, &r, &psh, &ob, 0);
         // Past the outbox's start (21): three segments more, then a mark
         // that frees every segment but the newest.
         for i in 20..120 {

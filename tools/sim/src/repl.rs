@@ -311,6 +311,14 @@ struct ReplSim {
     t0: Instant,
 }
 
+/// Up to `n` bytes in flight arrive in the receiver's buffer; whether any did.
+fn arrive(in_flight: &mut Vec<u8>, into: &mut FrameBuf, n: usize) -> bool {
+    let n = n.min(in_flight.len());
+    into.extend(&in_flight[..n]);
+    in_flight.drain(..n);
+    n > 0
+}
+
 /// Every whole frame in `buf`, decoded; stops at a frame refused.
 fn frames(buf: &mut FrameBuf, max: usize) -> (Vec<Msg>, Option<String>) {
     let mut out = Vec::new();
@@ -531,14 +539,8 @@ impl ReplSim {
         let now = self.now();
         let step = self.step as u64;
         let Some(link) = self.link.as_mut() else { return Ok(Turn::Quiet) };
-        let mut busy = false;
         // Bytes the replica sent, some of them.
-        let n = deliver.min(link.wire.to_p.len());
-        if n > 0 {
-            busy = true;
-            link.wire.p_in.extend(&link.wire.to_p[..n]);
-            link.wire.to_p.drain(..n);
-        }
+        let mut busy = arrive(&mut link.wire.to_p, &mut link.wire.p_in, deliver);
         let (msgs, refused) = frames(&mut link.wire.p_in, usize::MAX);
         let mut out = Vec::new();
         let mut ready = false;
@@ -698,13 +700,7 @@ impl ReplSim {
         if link.r_done {
             return Ok(Turn::Quiet);
         }
-        let mut busy = false;
-        let n = deliver.min(link.wire.to_r.len());
-        if n > 0 {
-            busy = true;
-            link.wire.r_in.extend(&link.wire.to_r[..n]);
-            link.wire.to_r.drain(..n);
-        }
+        let mut busy = arrive(&mut link.wire.to_r, &mut link.wire.r_in, deliver);
         let (msgs, refused) = frames(&mut link.wire.r_in, k);
         let mut out = Vec::new();
         let mut failed = refused.map(|e| format!("replica: {e}"));
