@@ -217,7 +217,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
     // continuing the chain its header continued; so a replica is never
     // shipped a batch of a segment whose header it was not sent, and a
     // cut-back never finds a segment with nothing in it. (Found by the
-    // two-site simulator, seeds 31 and 715.)
+    // two-site simulator; `mutate-empty-tail-kept` puts it back.)
     let empty_tail = end.lsn == start.lsn && !cfg!(feature = "mutate-empty-tail-kept");
     let slot = tail.slot;
     let (next_lsn, last_crc, tail_off, zero_from) = if empty_tail {

@@ -256,12 +256,7 @@ impl FrameConn {
 
     /// A frame already received, if a whole one is buffered.
     pub fn try_decoded(&mut self) -> std::io::Result<Option<Msg>> {
-        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-        match self.rbuf.next_frame() {
-            Ok(Some(f)) => Msg::decode(&f).map(Some).map_err(|e| invalid(e.to_string())),
-            Ok(None) => Ok(None),
-            Err(e) => Err(invalid(e.to_string())),
-        }
+        Msg::next(&mut self.rbuf).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
     }
 
     /// Reads whatever the socket has (blocking up to its read timeout).

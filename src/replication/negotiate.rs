@@ -60,6 +60,13 @@ pub struct Pos {
     pub hint: Option<(u64, u64)>,
 }
 
+impl Pos {
+    /// Where the shipment after `s` starts (in place, right after it).
+    pub fn after<B: AsRef<[u8]>>(s: &crate::shipment::Ship<B>) -> Pos {
+        Pos { lsn: s.next_lsn, crc: s.end_crc, hint: Some((s.seg_seq, s.seg_off + s.bytes.as_ref().len() as u64)) }
+    }
+}
+
 /// What the sender does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {

@@ -331,11 +331,7 @@ impl CatchUp {
                     encode_batch(out, &s.view());
                     self.bytes += s.bytes.len() as u64;
                     shared.catchup_bytes.fetch_add(s.bytes.len() as u64, Ordering::Relaxed);
-                    *at = Pos {
-                        lsn: s.next_lsn,
-                        crc: s.end_crc,
-                        hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)),
-                    };
+                    *at = Pos::after(s);
                 }
                 if at.lsn < self.target {
                     return Ok(Chunk::More);
@@ -503,8 +499,8 @@ mod tests {
         let mut fb = FrameBuf::new(16 << 20);
         fb.extend(bytes);
         let mut out = Vec::new();
-        while let Some(f) = fb.next_frame().expect("frame") {
-            out.push(Msg::decode(&f).expect("decode"));
+        while let Some(m) = Msg::next(&mut fb).expect("a whole, checked message") {
+            out.push(m);
         }
         out
     }

@@ -17,8 +17,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::replica_session::{check_hello, ReplicaSession};
-use super::role::{self, HelloAnswer};
+use super::replica_session::{answer_hello, ReplicaSession};
+use super::role::HelloAnswer;
 use super::wire::Msg;
 use super::{configure, max_body, Change, FrameConn, ReplShared, Role};
 use crate::MirrorLog;
@@ -83,9 +83,10 @@ impl Receiver {
             let _ = c.send(&Msg::Refused { message: message.clone() });
             Err(message)
         };
-        if let Err(message) = check_hello(&self.log, &h) {
-            return refuse(&mut c, message);
-        }
+        let answer = match answer_hello(&self.log, self.shared.role(), &h) {
+            Ok(a) => a,
+            Err(message) => return refuse(&mut c, message),
+        };
         let fenced = |c: &mut FrameConn, epoch: u64| -> Result<(), String> {
             let _ = c.send(&Msg::Fenced {
                 epoch,
@@ -93,7 +94,7 @@ impl Receiver {
             });
             Err(format!("refused {} at epoch {}: this node is at epoch {epoch}", h.name, h.epoch))
         };
-        match role::on_hello(self.shared.role(), mine, h.epoch, h.probe) {
+        match answer {
             HelloAnswer::Fenced(epoch) => return fenced(&mut c, epoch),
             HelloAnswer::SplitBrain => {
                 return refuse(

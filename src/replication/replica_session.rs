@@ -20,6 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::role::{self, HelloAnswer, Role};
 use super::wire::{Hello, Msg, REPL_VERSION};
 use super::ReplShared;
 use crate::epoch::{Epoch, History};
@@ -61,6 +62,14 @@ pub fn check_hello(log: &MirrorLog, h: &Hello) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The answer to a primary's hello: `Err` (refused: why) if this node
+/// cannot be its replica (`check_hello`), else what `role::on_hello` says
+/// for this node's role and epoch.
+pub fn answer_hello(log: &MirrorLog, role: Role, h: &Hello) -> Result<HelloAnswer, String> {
+    check_hello(log, h)?;
+    Ok(role::on_hello(role, log.epoch(), h.epoch, h.probe))
 }
 
 /// One primary's session on this replica, with no I/O of its own: the
@@ -376,7 +385,7 @@ pub(crate) mod tests {
     }
 
     fn hello(p: &MirrorLog, epoch: u64, history: History) -> Hello {
-        let mut h = super::super::sender::hello(p, &shared(), false);
+        let mut h = super::super::primary_session::hello(p, &shared(), false);
         h.epoch = epoch;
         h.history = history;
         h

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::negotiate::Pos;
 use super::outbox::Outbox;
-pub use super::primary_session::hello;
-use super::primary_session::{encode_events, AckBook, CatchUp, Chunk, Next, PrimarySession};
+use super::primary_session::{encode_events, hello, AckBook, CatchUp, Chunk, Next, PrimarySession};
 use super::wire::Msg;
 use super::{max_body, FrameConn, ReplShared};
 use crate::MirrorLog;
@@ -120,7 +119,6 @@ impl Sender {
                 Next::Ready => break,
             }
         }
-        tracing::info!(peer = %peer, "replication session: handshake done");
 
         // Acks from here on are read by their own thread: only it reads (and
         // sets the read timeout) on this socket from now on.
@@ -169,11 +167,7 @@ impl Sender {
                         match j.read_shipment(q.lsn, q.crc, q.hint, target, CATCHUP_READ.max(chunk)) {
                             Ok(v) if !v.is_empty() => {
                                 if let Some(s) = v.last() {
-                                    q = Pos {
-                                        lsn: s.next_lsn,
-                                        crc: s.end_crc,
-                                        hint: Some((s.seg_seq, s.seg_off + s.bytes.len() as u64)),
-                                    };
+                                    q = Pos::after(s);
                                 }
                                 if tx.send(Ok(v)).is_err() {
                                     return;

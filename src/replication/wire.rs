@@ -9,6 +9,7 @@
 //! or `Fenced`/`Refused`, `Ends` and `Samples` during the handshake, then
 //! `Acks` (received and durable LSN per journal) and `Failed`.
 
+use crate::frames::FrameBuf;
 use crate::protocol::{encode_frame, encode_frame_unsealed, put_bytes, put_str, seal_frame, Frame, ProtoError, Reader};
 use crate::ship::{ChainEnd, ShipView, Shipment};
 
@@ -255,6 +256,16 @@ impl Msg {
 
     /// Decodes a checked frame. Counts are bounded by the body's length, so
     /// a hostile count cannot make it allocate more than the frame holds.
+    /// The next whole message buffered in `buf`, its frame checked and
+    /// decoded (`None`: more bytes are needed). What every reader of the
+    /// link uses: the sockets' `FrameConn`, the simulator, the tests.
+    pub fn next(buf: &mut FrameBuf) -> Result<Option<Msg>, ProtoError> {
+        match buf.next_frame()? {
+            Some(f) => Msg::decode(&f).map(Some),
+            None => Ok(None),
+        }
+    }
+
     pub fn decode(f: &Frame<'_>) -> Result<Msg, ProtoError> {
         let mut r = Reader::new(f.body);
         // A u32 count, then that many items of at least `each` bytes.

@@ -39,10 +39,10 @@ use std::time::{Duration, Instant};
 
 use mirrorlog::epoch::Epoch;
 use mirrorlog::frames::FrameBuf;
-use mirrorlog::replication::outbox::Outbox;
+use mirrorlog::replication::outbox::{Outbox, Overflowed};
 use mirrorlog::replication::primary_session::{encode_events, AckBook, CatchUp, Chunk, Next, PrimarySession};
-use mirrorlog::replication::replica_session::{check_hello, ReplicaSession};
-use mirrorlog::replication::role::{self, HelloAnswer};
+use mirrorlog::replication::replica_session::{answer_hello, ReplicaSession};
+use mirrorlog::replication::role::HelloAnswer;
 use mirrorlog::replication::wire::Msg;
 use mirrorlog::replication::{install_outbox, max_body, Change, ReplConfig, ReplShared, Role};
 use mirrorlog::storage::{SimConfig, SimStorage};
@@ -193,6 +193,15 @@ impl Site {
         self.log.as_ref().ok_or_else(|| format!("{}: not open", self.name))
     }
 
+    /// The daemon's replication state as a node configured replica starts
+    /// it, knowing the newest epoch it saw (its operator told it, or it
+    /// heard it from its peer).
+    fn restart_as_replica(&mut self) {
+        let seen = self.shared.seen_epoch.load(Ordering::Acquire);
+        self.shared = repl_shared(self.name, Role::Replica, self.shared.cfg.backlog_bytes);
+        self.shared.saw_epoch(seen);
+    }
+
     /// Ships from now on (`replication::start_primary` without its thread).
     fn serve(&mut self) -> Res {
         let log = self.log()?.clone();
@@ -323,17 +332,60 @@ fn arrive(in_flight: &mut Vec<u8>, into: &mut FrameBuf, n: usize) -> bool {
 fn frames(buf: &mut FrameBuf, max: usize) -> (Vec<Msg>, Option<String>) {
     let mut out = Vec::new();
     while out.len() < max {
-        match buf.next_frame() {
-            Ok(Some(f)) => match Msg::decode(&f) {
-                Ok(m) => out.push(m),
-                Err(e) => return (out, Some(format!("a frame refused: {e}"))),
-            },
+        match Msg::next(buf) {
+            Ok(Some(m)) => out.push(m),
             Ok(None) => break,
             Err(e) => return (out, Some(format!("a frame refused: {e}"))),
         }
     }
     buf.compact();
     (out, None)
+}
+
+/// What the outbox holds, framed onto the link (the sender's stream loop
+/// without its socket and timers): whether it held anything.
+fn stream_outbox(ob: &Outbox, floors: &HashMap<u64, u64>, to_r: &mut Vec<u8>) -> Result<bool, Overflowed> {
+    let mut events = Vec::new();
+    ob.take(&mut events, Duration::ZERO)?;
+    let any = !events.is_empty();
+    let mut rest = Vec::new();
+    let r = encode_events(&mut events, floors, &mut rest, |b| {
+        to_r.extend_from_slice(b);
+        Ok(())
+    });
+    debug_assert!(r.is_ok(), "a Vec takes every byte");
+    to_r.extend_from_slice(&rest);
+    Ok(any)
+}
+
+/// What the receiver does with the first message of a session: a hello
+/// this node accepts (`answer_hello`) begins a `ReplicaSession` and is
+/// answered `HelloOk`; otherwise the refusal, if any, goes into `out` and
+/// the session ends (why).
+fn take_hello(
+    log: &Arc<MirrorLog>,
+    shared: &Arc<ReplShared>,
+    m: Msg,
+    out: &mut Vec<u8>,
+) -> Result<ReplicaSession, String> {
+    let Msg::Hello(h) = m else { return Err(format!("replica: expected a hello, got {m:?}")) };
+    let mine = log.epoch();
+    match answer_hello(log, shared.role(), &h) {
+        Ok(HelloAnswer::Accept { change: None }) => {}
+        Ok(HelloAnswer::Fenced(epoch)) => {
+            Msg::Fenced { epoch, message: "newer".into() }.encode(out);
+            return Err(format!("replica fenced a primary at {} (it is at {epoch})", h.epoch));
+        }
+        Ok(other) => return Err(format!("replica: answer {other:?} to a primary's hello")),
+        Err(e) => {
+            Msg::Refused { message: e.clone() }.encode(out);
+            return Err(format!("replica refused the hello: {e}"));
+        }
+    }
+    shared.saw_epoch(h.epoch);
+    let rs = ReplicaSession::new(log.clone(), shared.clone(), &h).map_err(|e| format!("replica session: {e}"))?;
+    Msg::HelloOk { epoch: mine.max(h.epoch), name: "replica".into() }.encode(out);
+    Ok(rs)
 }
 
 impl ReplSim {
@@ -423,18 +475,8 @@ impl ReplSim {
             return Ok(());
         }
         if let Some(ob) = ob {
-            let mut events = Vec::new();
-            if ob.take(&mut events, Duration::ZERO).is_ok() {
-                let mut buf = Vec::new();
-                let mut sent = Vec::new();
-                encode_events(&mut events, floors, &mut buf, |b| {
-                    sent.extend_from_slice(b);
-                    Ok(())
-                })
-                .map_err(|e| format!("encode events: {e}"))?;
-                link.wire.to_r.extend_from_slice(&sent);
-                link.wire.to_r.extend_from_slice(&buf);
-            }
+            // (An overflowed outbox had sent nothing more.)
+            let _ = stream_outbox(&ob, floors, &mut link.wire.to_r);
         }
         let bytes = link.wire.to_r.len();
         self.note(format!("what the primary had sent arrives ({bytes} bytes)"));
@@ -636,24 +678,12 @@ impl ReplSim {
             }
             Phase::Streaming(floors) => {
                 let Some(ob) = self.sites[self.primary].outbox.clone() else { return Ok(Turn::Quiet) };
-                let mut events = Vec::new();
-                if ob.take(&mut events, Duration::ZERO).is_err() {
-                    self.counts.overflows += 1;
-                    return Ok(Turn::Ended("replication backlog overflowed".into()));
-                }
-                if !events.is_empty() {
-                    busy = true;
-                    let mut sent = Vec::new();
-                    let mut buf = Vec::new();
-                    let r = encode_events(&mut events, floors, &mut buf, |b| {
-                        sent.extend_from_slice(b);
-                        Ok(())
-                    });
-                    if let Err(e) = r {
-                        return Err(format!("encode events: {e}"));
+                match stream_outbox(&ob, floors, &mut link.wire.to_r) {
+                    Ok(sent) => busy |= sent,
+                    Err(Overflowed) => {
+                        self.counts.overflows += 1;
+                        return Ok(Turn::Ended("replication backlog overflowed".into()));
                     }
-                    link.wire.to_r.extend_from_slice(&sent);
-                    link.wire.to_r.extend_from_slice(&buf);
                 }
             }
         }
@@ -709,37 +739,13 @@ impl ReplSim {
             self.counts.deliveries += 1;
             let Some(rs) = link.rs.as_mut() else {
                 // The receiver: a hello first.
-                let Msg::Hello(h) = m else {
-                    failed = Some(format!("replica: expected a hello, got {m:?}"));
-                    break;
-                };
-                if let Err(e) = check_hello(&rlog, &h) {
-                    Msg::Refused { message: e.clone() }.encode(&mut out);
-                    failed = Some(format!("replica refused the hello: {e}"));
-                    break;
-                }
-                let mine = rlog.epoch();
-                match role::on_hello(rshared.role(), mine, h.epoch, h.probe) {
-                    HelloAnswer::Accept { change: None } => {}
-                    HelloAnswer::Fenced(epoch) => {
-                        Msg::Fenced { epoch, message: "newer".into() }.encode(&mut out);
-                        failed = Some(format!("replica fenced a primary at {} (it is at {epoch})", h.epoch));
-                        break;
-                    }
-                    other => {
-                        failed = Some(format!("replica: answer {other:?} to a primary's hello"));
-                        break;
-                    }
-                }
-                rshared.saw_epoch(h.epoch);
-                match ReplicaSession::new(rlog.clone(), rshared.clone(), &h) {
+                match take_hello(&rlog, &rshared, m, &mut out) {
                     Ok(rs) => link.rs = Some(rs),
                     Err(e) => {
-                        failed = Some(format!("replica session: {e}"));
+                        failed = Some(e);
                         break;
                     }
                 }
-                Msg::HelloOk { epoch: mine.max(h.epoch), name: "replica".into() }.encode(&mut out);
                 continue;
             };
             match rs.handle(m) {
@@ -840,10 +846,7 @@ impl ReplSim {
             if self.sites[i].shared.role() != Role::SteppingDown {
                 return Err(format!("fenced, yet {} is {}", self.sites[i].name, self.sites[i].shared.role().name()));
             }
-            let seen = self.sites[i].shared.seen_epoch.load(Ordering::Acquire);
-            let backlog = self.sites[i].shared.cfg.backlog_bytes;
-            self.sites[i].shared = repl_shared(self.sites[i].name, Role::Replica, backlog);
-            self.sites[i].shared.saw_epoch(seen);
+            self.sites[i].restart_as_replica();
             let e = self.promote(i)?;
             self.note(format!("fenced: the operator promotes {} again, at {e}", self.sites[i].name));
             return Ok(());
@@ -1075,10 +1078,7 @@ impl ReplSim {
         match self.promote_once(i) {
             Err(why) if self.sites[i].storage.crashed() => {
                 self.note(format!("the power failed during the promotion ({why}): promoted again"));
-                let seen = self.sites[i].shared.seen_epoch.load(Ordering::Acquire);
-                let backlog = self.sites[i].shared.cfg.backlog_bytes;
-                self.sites[i].shared = repl_shared(self.sites[i].name, Role::Replica, backlog);
-                self.sites[i].shared.saw_epoch(seen);
+                self.sites[i].restart_as_replica();
                 self.sites[i].reopen(true)?;
                 if i == self.primary {
                     self.verify_site(i)?;

@@ -29,8 +29,8 @@
 //! and 9.
 
 use mirrorlog::epoch::{Epoch, History};
+use mirrorlog::replication::role::Probe;
 use mirrorlog::replication::role::{self, after_probe, on_hello, AfterProbe, Change, HelloAnswer, Role};
-use mirrorlog::replication::sender::Probe;
 
 use super::{counters, Failure, Rng};
 
