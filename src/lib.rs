@@ -28,6 +28,7 @@
 //! in `docs/architecture.md`.
 
 pub mod client;
+pub mod clock;
 pub mod codes;
 pub mod config;
 pub mod daemon;

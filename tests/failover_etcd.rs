@@ -271,3 +271,96 @@ fn a_node_with_an_older_history_does_not_take_a_free_key() {
         assert_eq!(j.read(*lsn).expect("read"), payload(*c, *seq), "lsn {lsn}");
     }
 }
+
+/// One thread of a running process, stopped as a debugger stops it
+/// (ptrace), while the process's other threads run on.
+struct FrozenThread(i32);
+
+impl FrozenThread {
+    /// The thread of process `pid` named `name`; `None` if ptrace is not
+    /// allowed here.
+    fn freeze(pid: i32, name: &str) -> Option<FrozenThread> {
+        let tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("tasks")
+            .filter_map(|e| e.ok())
+            .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name))
+            .and_then(|e| e.file_name().to_str().and_then(|t| t.parse::<i32>().ok()))
+            .unwrap_or_else(|| panic!("no thread {name} in {pid}"));
+        // SAFETY: ptrace(2) and waitpid(2) on a thread of our child, with
+        // no pointers passed but the status word.
+        unsafe {
+            if libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) != 0 {
+                return None;
+            }
+            assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0), 0, "interrupt {tid}");
+            let mut status = 0;
+            assert_eq!(libc::waitpid(tid, &mut status, libc::__WALL), tid, "wait for {tid} to stop");
+        }
+        Some(FrozenThread(tid))
+    }
+}
+
+impl Drop for FrozenThread {
+    fn drop(&mut self) {
+        // SAFETY: detaching the thread we seized lets it run on.
+        unsafe { libc::ptrace(libc::PTRACE_DETACH, self.0, 0, 0) };
+    }
+}
+
+/// The defect `mirrorlog-sim --failover` found, on a real process: a
+/// primary whose failover thread is late (starved, stopped; here frozen by
+/// ptrace, the rest of the process running) while its lease passes at etcd
+/// and its replica takes the key and is promoted (and the link from the
+/// replica is down: its receiver thread is frozen too). Its server loop used to
+/// take appends by its role alone, which only that thread changes: two
+/// nodes took appends at once until the thread's next turn. The server
+/// loop now checks on every append that the lease cannot have passed
+/// (`failover::may_take_append`, by the monotonic clock): the append is
+/// refused `not-primary`, not taken. With `mutate-lease-unchecked` this
+/// test fails (the append is taken and answered).
+#[test]
+fn a_primary_whose_failover_thread_is_late_takes_no_append_once_its_lease_may_have_passed() {
+    use common::wire::{error_code, raw, read_frame};
+    use mirrorlog::protocol::Request;
+    use std::io::Write;
+
+    let Some(etcd) = start_etcd() else {
+        eprintln!("SKIPPED: no etcd binary (apt-get install etcd-server) or it did not start");
+        return;
+    };
+    let (a, b, _ta, _tb) = pair(&etcd);
+    a.wait_role("primary", Duration::from_secs(20));
+    let append = |c: &mut std::net::TcpStream, rid: u64, durability: Durability, data: &[u8]| {
+        let mut out = Vec::new();
+        Request::Append {
+            journal: "orders",
+            durability,
+            producer: 0,
+            first_seq: 0,
+            resend: false,
+            records: vec![data],
+        }
+        .encode(rid, &mut out);
+        c.write_all(&out).expect("write");
+        read_frame(c).expect("answer")
+    };
+    let mut c = raw(&a.addr);
+    // Held by the replica too: it follows this run, so it may take over.
+    let f = append(&mut c, 1, Durability::RemoteDurable, b"before");
+    assert_eq!(error_code(&f), None, "taken while the lease is held");
+    let Some(frozen) = FrozenThread::freeze(a.pid(), "repl-etcd") else {
+        eprintln!("SKIPPED: ptrace is not allowed here");
+        return;
+    };
+    // Its receiver too, as if the link from B were down: B's session would
+    // otherwise fence A as soon as B is promoted.
+    let recv = FrozenThread::freeze(a.pid(), "repl-recv").expect("ptrace");
+    b.wait_role("primary", Duration::from_secs(20));
+    assert_eq!(a.role(), "primary", "the frozen thread is the one that steps it down");
+    let f = append(&mut c, 2, Durability::Local, b"after the lease");
+    assert_eq!(error_code(&f), Some(codes::NOT_PRIMARY), "an append taken after the lease passed: {f:?}");
+    drop(frozen);
+    drop(recv);
+    a.wait_role("replica", Duration::from_secs(20));
+    assert_eq!(b.role(), "primary");
+}

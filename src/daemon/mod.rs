@@ -124,8 +124,8 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
             history,
             rc.startup_wait.max(Duration::from_secs(10)),
         )? {
-            replication::etcd::AtStart::Primary(l) => {
-                lease = Some(l);
+            replication::etcd::AtStart::Primary(l, sent) => {
+                lease = Some((l, sent));
                 replication::serve_as_primary(&log, &shared, epoch).map_err(|e| format!("starting as primary: {e}"))?;
             }
             replication::etcd::AtStart::Replica(h) => {
@@ -183,10 +183,13 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
         replication::start_receiver(&log, &shared, l).map_err(|e| format!("replication receiver: {e}"))?;
     }
     if let Some(e) = etcd {
+        let keeper = replication::failover::Keeper::new(e.keeper_config(&cfg.server.name), lease);
+        // Before the server loop can take an append.
+        shared.serve_until.store(keeper.serve_until(), std::sync::atomic::Ordering::Release);
         let (log, shared) = (log.clone(), shared.clone());
         std::thread::Builder::new()
             .name("repl-etcd".into())
-            .spawn(move || replication::etcd::run(e, log, shared, lease))
+            .spawn(move || replication::etcd::run(e, log, shared, keeper))
             .map_err(|e| format!("etcd thread: {e}"))?;
     }
     let bound = server::bind(&cfg)?;

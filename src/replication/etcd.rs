@@ -20,17 +20,24 @@
 //!   not serve an older history (which the peer, when it returns, would
 //!   meet as a split brain).
 //!
+//! The rules are in `failover.rs` (sans-socket, simulated by
+//! `mirrorlog-sim --failover`); this file is etcd's HTTP client (the
+//! `Coordinator` those rules use), the claim at start and the thread.
+//!
 //! Manual promotion stays the default: without `[replication.etcd]` nothing
 //! here runs.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::json;
 
-use super::{Change, ReplShared, Role};
+use super::failover::{renewed_since, Action, Coordinator, Keeper, KeeperConfig, View};
+pub use super::failover::{Claim, Holder};
+use super::{Change, ReplShared};
+use crate::clock::{Clock, Mono};
 use crate::MirrorLog;
 
 /// `[replication.etcd]` settings.
@@ -67,14 +74,6 @@ pub struct Etcd {
     budget: Duration,
 }
 
-/// Who holds the primary key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Holder {
-    pub name: String,
-    pub epoch: u64,
-    pub lease: i64,
-}
-
 impl Etcd {
     pub fn new(cfg: EtcdConfig) -> Etcd {
         // One request, over every endpoint in turn, fits in a third of the
@@ -99,33 +98,6 @@ impl Etcd {
         Err(last)
     }
 
-    pub fn grant(&self) -> Result<i64, String> {
-        // Rounded up: etcd's lease never ends before our own count of it.
-        let ttl = self.cfg.lease_ttl.as_millis().div_ceil(1000).max(1) as u64;
-        let r = self.post("lease/grant", json!({ "TTL": ttl }))?;
-        r["ID"].as_str().and_then(|s| s.parse().ok()).or_else(|| r["ID"].as_i64()).ok_or(format!("lease grant: {r}"))
-    }
-
-    /// Renews the lease; false if it no longer exists.
-    pub fn keepalive(&self, lease: i64) -> Result<bool, String> {
-        let r = self.post("lease/keepalive", json!({ "ID": lease.to_string() }))?;
-        let ttl =
-            r["result"]["TTL"].as_str().and_then(|s| s.parse::<i64>().ok()).or_else(|| r["result"]["TTL"].as_i64());
-        Ok(ttl.unwrap_or(0) > 0)
-    }
-
-    pub fn holder(&self) -> Result<Option<Holder>, String> {
-        let r = self.post("kv/range", json!({ "key": b64(self.key.as_bytes()) }))?;
-        let Some(kv) = r["kvs"].as_array().and_then(|a| a.first()) else { return Ok(None) };
-        let v: serde_json::Value =
-            serde_json::from_slice(&unb64(kv["value"].as_str().unwrap_or(""))).unwrap_or(serde_json::Value::Null);
-        Ok(Some(Holder {
-            name: v["name"].as_str().unwrap_or("").to_string(),
-            epoch: v["epoch"].as_u64().unwrap_or(0),
-            lease: kv["lease"].as_str().and_then(|s| s.parse().ok()).or_else(|| kv["lease"].as_i64()).unwrap_or(0),
-        }))
-    }
-
     fn value(&self, name: &str, epoch: u64) -> String {
         b64(json!({ "name": name, "epoch": epoch, "endpoint": self.cfg.endpoint }).to_string().as_bytes())
     }
@@ -142,12 +114,41 @@ impl Etcd {
         let rev = kv["mod_revision"].as_str().and_then(|s| s.parse().ok()).or_else(|| kv["mod_revision"].as_i64());
         Ok((epoch, rev.unwrap_or(0)))
     }
+}
+
+impl Coordinator for Etcd {
+    fn grant(&self) -> Result<i64, String> {
+        // Rounded up: etcd's lease never ends before our own count of it.
+        let ttl = self.cfg.lease_ttl.as_millis().div_ceil(1000).max(1) as u64;
+        let r = self.post("lease/grant", json!({ "TTL": ttl }))?;
+        r["ID"].as_str().and_then(|s| s.parse().ok()).or_else(|| r["ID"].as_i64()).ok_or(format!("lease grant: {r}"))
+    }
+
+    /// Renews the lease; false if it no longer exists.
+    fn keepalive(&self, lease: i64) -> Result<bool, String> {
+        let r = self.post("lease/keepalive", json!({ "ID": lease.to_string() }))?;
+        let ttl =
+            r["result"]["TTL"].as_str().and_then(|s| s.parse::<i64>().ok()).or_else(|| r["result"]["TTL"].as_i64());
+        Ok(ttl.unwrap_or(0) > 0)
+    }
+
+    fn holder(&self) -> Result<Option<Holder>, String> {
+        let r = self.post("kv/range", json!({ "key": b64(self.key.as_bytes()) }))?;
+        let Some(kv) = r["kvs"].as_array().and_then(|a| a.first()) else { return Ok(None) };
+        let v: serde_json::Value =
+            serde_json::from_slice(&unb64(kv["value"].as_str().unwrap_or(""))).unwrap_or(serde_json::Value::Null);
+        Ok(Some(Holder {
+            name: v["name"].as_str().unwrap_or("").to_string(),
+            epoch: v["epoch"].as_u64().unwrap_or(0),
+            lease: kv["lease"].as_str().and_then(|s| s.parse().ok()).or_else(|| kv["lease"].as_i64()).unwrap_or(0),
+        }))
+    }
 
     /// Takes the primary key if nobody holds it and this node's history
     /// (`history`: its epoch now) is at least as new as any holder served
     /// at; records `epoch` (what it will serve at) as served, in the same
     /// transaction.
-    pub fn acquire(&self, lease: i64, name: &str, epoch: u64, history: u64) -> Result<Claim, String> {
+    fn acquire(&self, lease: i64, name: &str, epoch: u64, history: u64) -> Result<Claim, String> {
         let (served, rev) = self.served_epoch()?;
         if served > history {
             return Ok(Claim::Stale(served));
@@ -172,7 +173,7 @@ impl Etcd {
     /// Rewrites the value under our lease (a new epoch after promotion, or
     /// a new lease after a restart of the holder), and raises the served
     /// epoch to `epoch`.
-    pub fn put(&self, lease: i64, name: &str, epoch: u64) -> Result<(), String> {
+    fn put(&self, lease: i64, name: &str, epoch: u64) -> Result<(), String> {
         let k = b64(self.key.as_bytes());
         self.post("kv/put", json!({ "key": k, "value": self.value(name, epoch), "lease": lease.to_string() }))?;
         for _ in 0..3 {
@@ -196,21 +197,11 @@ impl Etcd {
     }
 }
 
-/// What `Etcd::acquire` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Claim {
-    Taken,
-    /// Someone holds the key.
-    NotTaken,
-    /// A holder served at this epoch, newer than this node's history: it
-    /// must not serve (it may follow that holder, or wait for an operator).
-    Stale(u64),
-}
-
 /// What the node should do at start, by the key.
 pub enum AtStart {
-    /// We hold the key: serve as primary.
-    Primary(i64),
+    /// We hold the key, under this lease, whose grant was sent at this
+    /// time of `Mono`: serve as primary.
+    Primary(i64, u64),
     /// Someone else does: be its replica.
     Replica(Holder),
     /// Nobody does, but a holder served at this epoch, newer than our
@@ -218,16 +209,29 @@ pub enum AtStart {
     Stale(u64),
 }
 
+impl Etcd {
+    /// The failover rules' settings for the node `name`.
+    pub fn keeper_config(&self, name: &str) -> KeeperConfig {
+        KeeperConfig {
+            name: name.to_string(),
+            ttl_ms: self.cfg.lease_ttl.as_millis() as u64,
+            budget_ms: self.budget.as_millis() as u64,
+            auto_failover: self.cfg.auto_failover,
+        }
+    }
+}
+
 /// At start of a node configured as primary: take (or keep) the key, or
 /// learn who holds it. `epoch` is what it will serve at, `history` its
 /// epoch now. Retries until etcd answers or `wait` passes.
 pub fn claim_at_start(e: &Etcd, name: &str, epoch: u64, history: u64, wait: Duration) -> Result<AtStart, String> {
-    let deadline = Instant::now() + wait;
+    let deadline = Mono.now_ms() + wait.as_millis() as u64;
     loop {
+        let sent = Mono.now_ms();
         let r = (|| {
             let lease = e.grant()?;
             match e.acquire(lease, name, epoch, history)? {
-                Claim::Taken => return Ok(AtStart::Primary(lease)),
+                Claim::Taken => return Ok(AtStart::Primary(lease, renewed_since(e, &Mono, lease, sent))),
                 Claim::Stale(served) => {
                     // Unless the key is ours from before a restart.
                     match e.holder()? {
@@ -242,7 +246,7 @@ pub fn claim_at_start(e: &Etcd, name: &str, epoch: u64, history: u64, wait: Dura
                 Some(h) if h.name == name => {
                     // Ours, from before a restart: rebind it to the new lease.
                     e.put(lease, name, epoch)?;
-                    Ok(AtStart::Primary(lease))
+                    Ok(AtStart::Primary(lease, renewed_since(e, &Mono, lease, sent)))
                 }
                 Some(h) => Ok(AtStart::Replica(h)),
                 None => Err("the key vanished; trying again".to_string()),
@@ -250,7 +254,7 @@ pub fn claim_at_start(e: &Etcd, name: &str, epoch: u64, history: u64, wait: Dura
         })();
         match r {
             Ok(a) => return Ok(a),
-            Err(err) if Instant::now() < deadline => {
+            Err(err) if Mono.now_ms() < deadline => {
                 tracing::warn!(error = %err, "etcd: cannot settle the primary key yet");
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -259,124 +263,26 @@ pub fn claim_at_start(e: &Etcd, name: &str, epoch: u64, history: u64, wait: Dura
     }
 }
 
-/// The failover thread: keeps the primary's lease alive (stepping down
-/// when it cannot), or lets a replica take over when the key is gone.
-pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut lease: Option<i64>) {
-    let name = shared.cfg.name.clone();
-    let ttl = e.cfg.lease_ttl;
-    // Renew six times a lease; step down once half of it passed without a
-    // renewal (a request may take a third, and the next check comes a sixth
-    // later).
-    let tick = (ttl / 6).max(Duration::from_millis(50));
-    // The lease from the start counts from before this thread began.
-    let mut renewed = Instant::now().checked_sub(tick).unwrap_or_else(Instant::now);
-    let mut written_epoch = 0u64;
+/// The failover thread: a turn of the rules (`failover::Keeper`) every
+/// sixth of a lease; it publishes until when the node may take appends
+/// (`ReplShared::serve_until`) before it acts on what the turn returned.
+pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut keeper: Keeper) {
+    let tick = Duration::from_millis(keeper.config().tick_ms());
     while !shared.stop.load(Ordering::Acquire) {
         std::thread::sleep(tick);
-        let role = shared.role();
-        match role {
-            // A demoting primary keeps its lease until it is a replica.
-            Role::Primary | Role::Demoting | Role::Promoting if lease.is_some() || role == Role::Primary => {
-                let Some(l) = lease else {
-                    // Promoted by hand while etcd is configured: take the key.
-                    let sent = Instant::now();
-                    let epoch = log.epoch();
-                    match e.grant().and_then(|l| e.acquire(l, &name, epoch, epoch).map(|c| (l, c))) {
-                        Ok((l, Claim::Taken)) => {
-                            lease = Some(l);
-                            renewed = sent;
-                            written_epoch = log.epoch();
-                        }
-                        Ok((_, Claim::Stale(served))) => {
-                            tracing::error!(served, epoch, "etcd: a primary served at a newer epoch; stepping down");
-                            shared.saw_epoch(served);
-                            let _ = shared.change(Change::Fence);
-                        }
-                        Ok((_, Claim::NotTaken)) => {
-                            if let Ok(Some(h)) = e.holder() {
-                                if h.name != name {
-                                    tracing::error!(holder = %h.name, "etcd: another node holds the primary key; stepping down");
-                                    shared.saw_epoch(h.epoch);
-                                    let _ = shared.change(Change::Fence);
-                                }
-                            }
-                        }
-                        Err(err) => tracing::warn!(error = %err, "etcd: cannot take the primary key"),
-                    }
-                    continue;
-                };
-                // Invariant: this node stops taking appends before etcd can
-                // have expired its lease (which runs from a renewal's send
-                // time). A keep-alive may fail only after `budget`, and the
-                // next check comes a tick later, so step down while both
-                // still fit before the last renewal + ttl: checked before a
-                // keep-alive is sent and again as soon as one fails.
-                let late = |renewed: Instant| renewed.elapsed() + e.budget + tick >= ttl;
-                if late(renewed) {
-                    tracing::error!("etcd: the primary lease could not be renewed in time; stepping down");
-                    lease = None;
+        let view = View { role: shared.role(), epoch: log.epoch(), seen: shared.seen_epoch.load(Ordering::Acquire) };
+        let actions = keeper.tick(&e, &Mono, view);
+        shared.serve_until.store(keeper.serve_until(), Ordering::Release);
+        for a in actions {
+            match a {
+                Action::Saw(epoch) => shared.saw_epoch(epoch),
+                Action::Fence => {
                     let _ = shared.change(Change::Fence);
-                    continue;
                 }
-                let sent = Instant::now();
-                match e.keepalive(l) {
-                    Ok(true) => {
-                        renewed = sent;
-                        if written_epoch != log.epoch() && e.put(l, &name, log.epoch()).is_ok() {
-                            written_epoch = log.epoch();
-                        }
-                    }
-                    Ok(false) => {
-                        tracing::error!("etcd: the primary lease expired; stepping down");
-                        lease = None;
-                        let _ = shared.change(Change::Fence);
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "etcd: lease keep-alive failed");
-                        if late(renewed) {
-                            tracing::error!("etcd: the primary lease could not be renewed in time; stepping down");
-                            lease = None;
-                            let _ = shared.change(Change::Fence);
-                        }
-                    }
+                Action::Promote => {
+                    shared.promote_requested.store(true, Ordering::Release);
+                    shared.wake.notify_one();
                 }
-            }
-            Role::Replica if e.cfg.auto_failover => match e.holder() {
-                Ok(None) => {
-                    let epoch = log.epoch();
-                    // Recorded as served before this node can take an
-                    // append: the epoch its promotion will reach.
-                    let Some(next) = crate::epoch::Epoch::from_raw(epoch)
-                        .promotion(crate::epoch::Epoch::from_raw(shared.seen_epoch.load(Ordering::Acquire)))
-                    else {
-                        tracing::error!(epoch, "etcd: no term is left to promote to");
-                        continue;
-                    };
-                    let sent = Instant::now();
-                    match e.grant().and_then(|l| e.acquire(l, &name, next.raw(), epoch).map(|c| (l, c))) {
-                        Ok((l, Claim::Taken)) => {
-                            tracing::warn!("etcd: the primary's lease is gone; taking over");
-                            lease = Some(l);
-                            renewed = sent;
-                            written_epoch = 0;
-                            shared.promote_requested.store(true, Ordering::Release);
-                            shared.wake.notify_one();
-                        }
-                        Ok((_, Claim::Stale(served))) => {
-                            shared.saw_epoch(served);
-                            tracing::warn!(served, epoch,
-                                "etcd: the primary's lease is gone, but this replica never followed its newest run: not taking over");
-                        }
-                        Ok((_, Claim::NotTaken)) => {}
-                        Err(err) => tracing::warn!(error = %err, "etcd: cannot take the primary key"),
-                    }
-                }
-                Ok(Some(h)) => shared.saw_epoch(h.epoch),
-                Err(err) => tracing::debug!(error = %err, "etcd unreachable"),
-            },
-            _ => {
-                // A replica keeps no lease.
-                lease = None;
             }
         }
     }

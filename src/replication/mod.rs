@@ -22,6 +22,7 @@
 //! used, and equal CRCs at an LSN mean equal histories).
 
 pub mod etcd;
+pub mod failover;
 pub mod negotiate;
 pub mod outbox;
 pub mod primary_session;
@@ -124,6 +125,9 @@ pub struct ReplShared {
     pub discard_diverged: AtomicBool,
     /// The primary's outbox (while primary).
     pub outbox: Mutex<Option<Arc<outbox::Outbox>>>,
+    /// Until when (by `clock::Mono`) this node may take appends: the
+    /// failover thread's `Keeper::serve_until`; `u64::MAX` without etcd.
+    pub serve_until: AtomicU64,
 }
 
 impl ReplShared {
@@ -149,6 +153,7 @@ impl ReplShared {
             split_brain: Mutex::new(String::new()),
             discard_diverged: AtomicBool::new(false),
             outbox: Mutex::new(None),
+            serve_until: AtomicU64::new(u64::MAX),
         })
     }
 

@@ -222,20 +222,25 @@ pub(super) fn append(
     // The role first: a node that takes no appends does not even look the
     // journal up (on a replica that would build its idempotence table).
     let role = srv.repl.role();
-    match role {
-        Role::Primary | Role::Standalone => {}
-        Role::SteppingDown => {
-            // `not-primary`, not `fenced`: this append was not taken, and a
-            // client sends it again as a first send (`fenced` answers
-            // appends that were taken and may have been written).
-            conn.role_refused.set(true);
-            let e = srv.repl.seen_epoch.load(Ordering::Acquire);
-            return fail(codes::NOT_PRIMARY, &format!("fenced: a newer primary exists (epoch {e}); append not taken"));
-        }
-        r => {
-            conn.role_refused.set(true);
-            return fail(codes::NOT_PRIMARY, &format!("this node is {} (not primary); append not taken", r.name()));
-        }
+    let serve_until = srv.repl.serve_until.load(Ordering::Acquire);
+    // The clock is read only when etcd bounds the serving time.
+    let now = if serve_until == u64::MAX { 0 } else { Mono.now_ms() };
+    if let Err(why) = failover::may_take_append(role, now, serve_until) {
+        // `not-primary`, not `fenced`: this append was not taken, and a
+        // client sends it again as a first send (`fenced` answers appends
+        // that were taken and may have been written).
+        conn.role_refused.set(true);
+        let msg = match why {
+            Refusal::Fenced => {
+                let e = srv.repl.seen_epoch.load(Ordering::Acquire);
+                format!("fenced: a newer primary exists (epoch {e}); append not taken")
+            }
+            Refusal::LeaseLate => {
+                "the etcd lease may have passed (not renewed in time); stepping down; append not taken".to_string()
+            }
+            Refusal::Role(r) => format!("this node is {} (not primary); append not taken", r.name()),
+        };
+        return fail(codes::NOT_PRIMARY, &msg);
     }
     let Some(jd) = srv.journal(journal) else {
         let e = Error::UnknownJournal(journal.to_string());

@@ -46,8 +46,10 @@ use super::config::{DaemonConfig, Listen, OnReplicaLoss};
 use super::metrics::{self, Metrics};
 use super::notify::Notifier;
 use super::producers::{stored_crcs, verify_resend, Admit, Producers};
+use crate::clock::{Clock, Mono};
 use crate::epoch::Epoch;
 use crate::protocol::{codes, Durability, Frame, Op, ProtoError, Request, Response, WireRecord, HEADER_LEN, VERSION};
+use crate::replication::failover::{self, Refusal};
 use crate::replication::{self, Change, JRepl, ReplShared, Role};
 use crate::{Driver, Error, Journal, MirrorLog, Tag, Ticket};
 

@@ -25,6 +25,7 @@
 //! goes back; opening the set never fails; no panic.
 
 pub mod acks;
+pub mod failover;
 pub mod producers;
 pub mod repl;
 pub mod roles;

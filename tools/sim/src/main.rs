@@ -8,12 +8,13 @@
 //!   mirrorlog-sim --producers --seeds 500       # the daemon's idempotence rules
 //!   mirrorlog-sim --acks --seeds 5000           # the daemon's remote-* ack policy
 //!   mirrorlog-sim --roles --seeds 5000          # roles, epochs, fencing, start-up
+//!   mirrorlog-sim --failover --seeds 5000       # etcd leases, pauses, lying clocks
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mirrorlog_sim::{acks, producers, repl, roles, Failure, Tally};
+use mirrorlog_sim::{acks, failover, producers, repl, roles, Failure, Tally};
 
 #[derive(Parser)]
 #[command(about = "A seeded simulation of the mirrorlog engine with crashes and disk faults")]
@@ -48,6 +49,11 @@ struct Args {
     /// cuts, start-up probes, promotions, demotions, fencing).
     #[arg(long, group = "kind")]
     roles: bool,
+    /// The failover simulation (etcd leases, the failover rules and the
+    /// rule for taking an append, under pauses, stalls, cut-offs, crashes
+    /// and clocks that run fast, slow or jump).
+    #[arg(long, group = "kind")]
+    failover: bool,
 }
 
 /// The counts of every simulation, summed over the seeds run.
@@ -58,6 +64,7 @@ struct Totals {
     producers: producers::ProducerCounts,
     acks: acks::AckCounts,
     roles: roles::RoleCounts,
+    failover: failover::FailoverCounts,
 }
 
 impl Totals {
@@ -81,6 +88,10 @@ impl Totals {
             let c = roles::run(seed, steps)?;
             self.roles.add(&c);
             format!("{c:?}")
+        } else if a.failover {
+            let c = failover::run(seed, steps)?;
+            self.failover.add(&c);
+            format!("{c:?}")
         } else {
             let c = mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps })?;
             self.engine.add(&c);
@@ -97,6 +108,8 @@ impl Totals {
             format!("{:#?}", self.acks)
         } else if a.roles {
             format!("{:#?}", self.roles)
+        } else if a.failover {
+            format!("{:#?}", self.failover)
         } else {
             format!("{:#?}", self.engine)
         }

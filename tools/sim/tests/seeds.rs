@@ -110,3 +110,30 @@ fn role_seeds_pass() {
         Err(f) => panic!("{f}"),
     }
 }
+
+/// The failover simulation (etcd leases and the failover rules under
+/// pauses, stalled threads, cut-offs, crashes and clocks that run fast,
+/// slow or jump).
+#[test]
+fn failover_seeds_pass() {
+    let n: u64 = std::env::var("MIRRORLOG_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    match mirrorlog_sim::failover::run_seeds(0, n, 2000) {
+        Ok(c) => {
+            eprintln!("{n} failover seeds: {c:?}");
+            assert!(
+                c.appends > 0
+                    && c.refused_late > 0
+                    && c.takeovers > 0
+                    && c.fences > 0
+                    && c.pauses > 0
+                    && c.stalls > 0
+                    && c.etcd_errors > 0
+                    && c.lost_answers > 0
+                    && c.restarts > 0
+                    && c.clock_jumps > 0,
+                "coverage: {c:?}"
+            );
+        }
+        Err(f) => panic!("{f}"),
+    }
+}
