@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use crate::clock::{Clock, Mono};
 use crate::frames::FrameBuf;
 pub use role::{Change, Role};
 use wire::Msg;
@@ -52,8 +53,9 @@ pub struct JRepl {
     pub received: AtomicU64,
     /// Every record below this LSN is durable on the replica's mirrors.
     pub durable: AtomicU64,
-    /// When the replica last held everything this node had durable.
-    pub caught_up_at: Mutex<Instant>,
+    /// When the replica last held everything this node had durable, by
+    /// `clock::Mono` (milliseconds).
+    pub caught_up_at: AtomicU64,
 }
 
 /// Settings (from `[replication]` or the command line).
@@ -185,7 +187,7 @@ impl ReplShared {
                 Arc::new(JRepl {
                     received: AtomicU64::new(0),
                     durable: AtomicU64::new(0),
-                    caught_up_at: Mutex::new(Instant::now()),
+                    caught_up_at: AtomicU64::new(Mono.now_ms()),
                 })
             })
             .clone()

@@ -28,7 +28,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::negotiate::{Negotiation, Pos, Step};
 use super::outbox::{Event, Outbox, Snapshot};
@@ -295,7 +295,8 @@ pub struct CatchUp {
     mark: Option<u64>,
     from: u64,
     bytes: u64,
-    t0: Option<Instant>,
+    /// When the first read was framed (monotonic milliseconds).
+    t0: Option<u64>,
 }
 
 impl CatchUp {
@@ -305,16 +306,16 @@ impl CatchUp {
     }
 
     /// Frames what was read at `next()` into `out` (to be sent as it is).
-    /// `now`: for the log line at the end.
+    /// `now_ms` (monotonic): for the log line at the end.
     pub fn on_read(
         &mut self,
         read: crate::Result<Vec<Shipment>>,
         shared: &ReplShared,
         out: &mut Vec<u8>,
-        now: Instant,
+        now_ms: u64,
     ) -> Result<Chunk, String> {
         let j = &self.journal;
-        let t0 = *self.t0.get_or_insert(now);
+        let t0 = *self.t0.get_or_insert(now_ms);
         match read {
             Ok(v) => {
                 let Some(at) = self.at.as_mut() else { return Ok(Chunk::Done) };
@@ -337,7 +338,7 @@ impl CatchUp {
                     return Ok(Chunk::More);
                 }
                 if at.lsn > self.from {
-                    let s = now.duration_since(t0).as_secs_f64();
+                    let s = now_ms.saturating_sub(t0) as f64 / 1000.0;
                     tracing::info!(
                         journal = j.name(),
                         from = self.from,
@@ -455,10 +456,10 @@ impl AckBook {
         AckBook { log, shared, journals: HashMap::new() }
     }
 
-    /// Handles one message from the replica during the stream; `now`: when
-    /// it arrived. An error (the replica could not apply the stream) ends
-    /// the session.
-    pub fn handle(&mut self, m: Msg, now: Instant) -> Result<(), String> {
+    /// Handles one message from the replica during the stream; `now_ms`:
+    /// when it arrived, by the monotonic clock (`clock::Mono`). An error
+    /// (the replica could not apply the stream) ends the session.
+    pub fn handle(&mut self, m: Msg, now_ms: u64) -> Result<(), String> {
         match m {
             Msg::Acks(acks) => {
                 for (id, received, durable) in acks {
@@ -468,7 +469,7 @@ impl AckBook {
                     let log = &self.log;
                     if let Some(j) = self.journals.entry(id).or_insert_with(|| log.journal_by_id(id)) {
                         if durable >= j.next_lsn() {
-                            *r.caught_up_at.lock() = now;
+                            r.caught_up_at.store(now_ms, Ordering::Release);
                         }
                     }
                 }
@@ -604,7 +605,7 @@ mod tests {
             assert_eq!(cu.target, 141, "caught up to where the outbox began");
             while let Some(at) = cu.next() {
                 let read = cu.journal.read_shipment(at.lsn, at.crc, at.hint, cu.target, 4096);
-                let step = cu.on_read(read, &psh, &mut wire, Instant::now()).expect("catch-up");
+                let step = cu.on_read(read, &psh, &mut wire, 0).expect("catch-up");
                 assert_ne!(step, Chunk::Restart);
             }
             if let Some(m) = cu.mark() {
@@ -629,7 +630,7 @@ mod tests {
             "nothing taken as delivered before an ack"
         );
         let mut book = AckBook::new(p.clone(), psh.clone());
-        let t = Instant::now();
+        let t = 123_456;
         for _ in 0..1000 {
             rs.pump(&r.journals(), rs.in_flight() > 0).expect("pump");
             for m in rs.acks(false).into_iter().map(|a| over_wire(&Msg::Acks(vec![a]))) {
@@ -640,7 +641,7 @@ mod tests {
             }
         }
         assert_eq!(psh.journal(pj.id()).durable.load(Ordering::Acquire), 201, "acked durable to the end");
-        assert_eq!(*psh.journal(pj.id()).caught_up_at.lock(), t);
+        assert_eq!(psh.journal(pj.id()).caught_up_at.load(Ordering::Acquire), t);
         let rj = r.journal("orders").expect("journal");
         assert_eq!(rj.mark(), 20);
         for (i, want) in recs.iter().enumerate().skip(19) {
@@ -688,7 +689,7 @@ mod tests {
         for cu in &mut cus {
             while let Some(at) = cu.next() {
                 let read = cu.journal.read_shipment(at.lsn, at.crc, at.hint, cu.target, 1 << 20);
-                steps.push(cu.on_read(read, &psh, &mut wire, Instant::now()).expect("catch-up"));
+                steps.push(cu.on_read(read, &psh, &mut wire, 0).expect("catch-up"));
             }
         }
         assert_eq!(steps, [Chunk::Restart], "a reset past the outbox's start ends the catch-up");

@@ -23,6 +23,7 @@ use super::outbox::Outbox;
 use super::primary_session::{encode_events, hello, AckBook, CatchUp, Chunk, Next, PrimarySession};
 use super::wire::Msg;
 use super::{max_body, FrameConn, ReplShared};
+use crate::clock::{Clock, Mono};
 use crate::MirrorLog;
 
 /// Bytes read from the segments at once during catch-up.
@@ -194,7 +195,7 @@ impl Sender {
                         }
                     };
                     buf.clear();
-                    let step = cu.on_read(got, &self.shared, buf, Instant::now())?;
+                    let step = cu.on_read(got, &self.shared, buf, Mono.now_ms())?;
                     if !buf.is_empty() {
                         c.send_raw(buf).map_err(io)?;
                     }
@@ -276,7 +277,7 @@ fn ack_reader(mut c: FrameConn, mut book: AckBook, shared: &ReplShared, alive: &
     while alive.load(Ordering::Acquire) {
         match c.recv(timeout) {
             Ok(m) => {
-                if book.handle(m, Instant::now()).is_err() {
+                if book.handle(m, Mono.now_ms()).is_err() {
                     break;
                 }
             }

@@ -16,12 +16,19 @@ pub fn free_port() -> u16 {
     let mut x = SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
         ^ std::process::id() as u64
         ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+    // Never the same port twice in one test process: the tests of a file
+    // run in parallel, and a port handed out is free only until its daemon
+    // binds it (two tests drawing it meanwhile made one daemon fail to
+    // start with "Address already in use").
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         let port = 10_000 + (x % 22_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }

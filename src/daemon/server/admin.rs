@@ -86,7 +86,7 @@ impl Srv {
                         _ => 0,
                     },
                     lag_seconds: if role.ships() && lag > 0 {
-                        jr.caught_up_at.lock().elapsed().as_secs_f64()
+                        Mono.now_ms().saturating_sub(jr.caught_up_at.load(Ordering::Acquire)) as f64 / 1000.0
                     } else {
                         0.0
                     },

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mirrorlog::epoch::Epoch;
 use mirrorlog::frames::FrameBuf;
@@ -316,8 +316,6 @@ struct ReplSim {
     counts: ReplCounts,
     trace: Vec<String>,
     step: u32,
-    /// Simulated time, for the acks' timestamps (nothing here reads a clock).
-    t0: Instant,
 }
 
 /// Up to `n` bytes in flight arrive in the receiver's buffer; whether any did.
@@ -412,7 +410,6 @@ impl ReplSim {
             counts: ReplCounts::default(),
             trace: Vec::new(),
             step: 0,
-            t0: Instant::now(),
         })
     }
 
@@ -428,8 +425,9 @@ impl ReplSim {
         &self.sites[1 - self.primary]
     }
 
-    fn now(&self) -> Instant {
-        self.t0 + Duration::from_millis(self.step as u64)
+    /// Simulated monotonic time: a millisecond a step.
+    fn now(&self) -> u64 {
+        self.step as u64
     }
 
     fn next_payload(&mut self) -> Vec<u8> {
