@@ -34,7 +34,8 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::json;
 
-use super::failover::{renewed_since, Action, Coordinator, Keeper, KeeperConfig, View};
+pub use super::failover::AtStart;
+use super::failover::{claim_once, Action, Coordinator, Keeper, KeeperConfig, View};
 pub use super::failover::{Claim, Holder};
 use super::{Change, ReplShared};
 use crate::clock::{Clock, Mono};
@@ -197,18 +198,6 @@ impl Coordinator for Etcd {
     }
 }
 
-/// What the node should do at start, by the key.
-pub enum AtStart {
-    /// We hold the key, under this lease, whose grant was sent at this
-    /// time of `Mono`: serve as primary.
-    Primary(i64, u64),
-    /// Someone else does: be its replica.
-    Replica(Holder),
-    /// Nobody does, but a holder served at this epoch, newer than our
-    /// history: wait (for it, or for an operator).
-    Stale(u64),
-}
-
 impl Etcd {
     /// The failover rules' settings for the node `name`.
     pub fn keeper_config(&self, name: &str) -> KeeperConfig {
@@ -227,32 +216,7 @@ impl Etcd {
 pub fn claim_at_start(e: &Etcd, name: &str, epoch: u64, history: u64, wait: Duration) -> Result<AtStart, String> {
     let deadline = Mono.now_ms() + wait.as_millis() as u64;
     loop {
-        let sent = Mono.now_ms();
-        let r = (|| {
-            let lease = e.grant()?;
-            match e.acquire(lease, name, epoch, history)? {
-                Claim::Taken => return Ok(AtStart::Primary(lease, renewed_since(e, &Mono, lease, sent))),
-                Claim::Stale(served) => {
-                    // Unless the key is ours from before a restart.
-                    match e.holder()? {
-                        Some(h) if h.name == name && h.epoch >= served => {}
-                        Some(h) => return Ok(AtStart::Replica(h)),
-                        None => return Ok(AtStart::Stale(served)),
-                    }
-                }
-                Claim::NotTaken => {}
-            }
-            match e.holder()? {
-                Some(h) if h.name == name => {
-                    // Ours, from before a restart: rebind it to the new lease.
-                    e.put(lease, name, epoch)?;
-                    Ok(AtStart::Primary(lease, renewed_since(e, &Mono, lease, sent)))
-                }
-                Some(h) => Ok(AtStart::Replica(h)),
-                None => Err("the key vanished; trying again".to_string()),
-            }
-        })();
-        match r {
+        match claim_once(e, &Mono, name, epoch, history) {
             Ok(a) => return Ok(a),
             Err(err) if Mono.now_ms() < deadline => {
                 tracing::warn!(error = %err, "etcd: cannot settle the primary key yet");

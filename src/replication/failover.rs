@@ -254,6 +254,54 @@ pub fn renewed_since(c: &impl Coordinator, clock: &impl Clock, lease: i64, sent:
     }
 }
 
+/// What a node configured as primary does at start, by the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AtStart {
+    /// We hold the key, under this lease, last renewed at this time of the
+    /// clock: serve as primary.
+    Primary(i64, u64),
+    /// Someone else does: be its replica.
+    Replica(Holder),
+    /// Nobody does, but a holder served at this epoch, newer than our
+    /// history: wait (for it, or for an operator).
+    Stale(u64),
+}
+
+/// One attempt of a node configured as primary, at start, to take (or
+/// keep) the key, or learn who holds it. `epoch` is what it will serve at,
+/// `history` its epoch now. `Err`: try again.
+pub fn claim_once(
+    c: &impl Coordinator,
+    clock: &impl Clock,
+    name: &str,
+    epoch: u64,
+    history: u64,
+) -> Result<AtStart, String> {
+    let sent = clock.now_ms();
+    let lease = c.grant()?;
+    match c.acquire(lease, name, epoch, history)? {
+        Claim::Taken => return Ok(AtStart::Primary(lease, renewed_since(c, clock, lease, sent))),
+        Claim::Stale(served) => {
+            // Unless the key is ours from before a restart.
+            match c.holder()? {
+                Some(h) if h.name == name && h.epoch >= served => {}
+                Some(h) => return Ok(AtStart::Replica(h)),
+                None => return Ok(AtStart::Stale(served)),
+            }
+        }
+        Claim::NotTaken => {}
+    }
+    match c.holder()? {
+        Some(h) if h.name == name => {
+            // Ours, from before a restart: rebind it to the new lease.
+            c.put(lease, name, epoch)?;
+            Ok(AtStart::Primary(lease, renewed_since(c, clock, lease, sent)))
+        }
+        Some(h) => Ok(AtStart::Replica(h)),
+        None => Err("the key vanished; trying again".to_string()),
+    }
+}
+
 /// Whether a node in `role` takes an append at `now` (by the clock of
 /// `serve_until`, which is `u64::MAX` without etcd): `Err` says why not.
 pub fn may_take_append(role: Role, now_ms: u64, serve_until: u64) -> Result<(), Refusal> {

@@ -13,7 +13,9 @@
 //! a fault: a node's whole process paused (up to three leases), its
 //! failover thread alone stalled, etcd unreachable from a node (each
 //! request then takes the whole request budget and fails) and back, a
-//! crash (the node returns as a replica holding no lease), a clock jump.
+//! crash (B returns as a replica; A, configured primary, asks etcd at start
+//! through the real `claim_once`: it serves holding the key, follows its
+//! holder, or waits), a clock jump.
 //! Requests take a few milliseconds each way, one in ten up to half the
 //! budget; a few answers are lost after etcd applied the request.
 //!
@@ -32,7 +34,7 @@ use std::rc::Rc;
 use mirrorlog::clock::Clock;
 use mirrorlog::epoch::Epoch;
 use mirrorlog::replication::failover::{
-    may_take_append, Action, Claim, Coordinator, Holder, Keeper, KeeperConfig, Refusal, View,
+    claim_once, may_take_append, Action, AtStart, Claim, Coordinator, Holder, Keeper, KeeperConfig, Refusal, View,
 };
 use mirrorlog::replication::role::{self, Change, Role};
 
@@ -54,6 +56,9 @@ counters! {
         lost_answers,
         crashes,
         restarts,
+        /// Restarts of the configured primary that found a newer history
+        /// served and no holder: it waits.
+        waits,
         clock_jumps,
     }
 }
@@ -428,23 +433,7 @@ impl FailoverSim {
                 self.counts.crashes += 1;
                 self.note(format!("{name} crashes"));
             }
-            4 if !self.nodes[i].up => {
-                // It returns as a replica holding no lease (it found the
-                // key held, or takes it over by the rules).
-                let cfg = KeeperConfig { name: name.to_string(), ..self.cfg.clone() };
-                let n = &mut self.nodes[i];
-                n.up = true;
-                n.role = Role::Replica;
-                n.seen = n.epoch.raw();
-                n.keeper = Keeper::new(cfg, None);
-                n.serve_until = 0;
-                n.paused_until = 0;
-                n.stalled_until = 0;
-                n.promote = false;
-                n.next_turn = now;
-                self.counts.restarts += 1;
-                self.note(format!("{name} restarts as a replica"));
-            }
+            4 if !self.nodes[i].up => self.restart(i),
             5 => {
                 let d = self.rng.below(lease_ms);
                 let c = &self.nodes[i].clock;
@@ -454,6 +443,57 @@ impl FailoverSim {
             }
             _ => {}
         }
+    }
+
+    /// Node `i` starts again as configured: B as a replica; A, configured
+    /// primary, asks etcd (the real `claim_once`): it serves holding the
+    /// key, follows its holder, or waits when a newer history served. If
+    /// etcd does not answer it stays down and tries again later.
+    fn restart(&mut self, i: usize) {
+        let now = self.now.get();
+        let name = self.nodes[i].name;
+        let cfg = KeeperConfig { name: name.to_string(), ..self.cfg.clone() };
+        self.etcd.cut.set(self.nodes[i].cut);
+        let n = &mut self.nodes[i];
+        n.seen = n.epoch.raw();
+        n.paused_until = 0;
+        n.stalled_until = 0;
+        n.promote = false;
+        n.next_turn = now;
+        let (role, lease) = if i == 0 {
+            let Some(epoch) = n.epoch.restart() else { return };
+            match claim_once(&self.etcd, &n.clock, name, epoch.raw(), n.epoch.raw()) {
+                Ok(AtStart::Primary(l, renewed)) => {
+                    n.epoch = epoch;
+                    n.seen = n.seen.max(epoch.raw());
+                    (Role::Primary, Some((l, renewed)))
+                }
+                Ok(AtStart::Replica(h)) => {
+                    n.seen = n.seen.max(h.epoch);
+                    (Role::Replica, None)
+                }
+                Ok(AtStart::Stale(served)) => {
+                    n.seen = n.seen.max(served);
+                    (Role::Waiting, None)
+                }
+                Err(e) => {
+                    self.note(format!("{name} cannot start yet: {e}"));
+                    return;
+                }
+            }
+        } else {
+            (Role::Replica, None)
+        };
+        let n = &mut self.nodes[i];
+        n.up = true;
+        n.role = role;
+        n.keeper = Keeper::new(cfg, lease);
+        n.serve_until = n.keeper.serve_until();
+        self.counts.restarts += 1;
+        if role == Role::Waiting {
+            self.counts.waits += 1;
+        }
+        self.note(format!("{name} restarts as {}", role.name()));
     }
 
     fn step(&mut self) -> Res {
@@ -485,10 +525,16 @@ impl FailoverSim {
                 self.offer_append(i)?;
             }
         }
-        // A streaming replica follows its primary's history.
+        // A streaming replica follows its primary's history (a waiting
+        // node, told by the primary's session, follows it first).
         let now = self.now.get();
         if let Some(p) = (0..2).find(|&i| self.nodes[i].role == Role::Primary && self.nodes[i].runs(now)) {
             let r = 1 - p;
+            if self.nodes[r].role == Role::Waiting && self.nodes[r].runs(now) {
+                self.nodes[r].change(Change::Follow);
+                let name = self.nodes[r].name;
+                self.note(format!("{name} follows the primary"));
+            }
             if self.nodes[r].role == Role::Replica && self.nodes[r].runs(now) {
                 let e = self.nodes[p].epoch;
                 self.nodes[r].epoch = self.nodes[r].epoch.max(e);

@@ -130,6 +130,7 @@ fn failover_seeds_pass() {
                     && c.etcd_errors > 0
                     && c.lost_answers > 0
                     && c.restarts > 0
+                    && c.waits > 0
                     && c.clock_jumps > 0,
                 "coverage: {c:?}"
             );
