@@ -322,7 +322,9 @@ pub fn may_take_append(role: Role, now_ms: u64, serve_until: u64) -> Result<(), 
 pub enum Refusal {
     /// It is stepping down: a newer primary exists (or its lease is lost).
     Fenced,
-    /// Its lease may have passed at etcd (it steps down at its next turn).
+    /// It holds no lease it can count on: not taken yet (promoted by
+    /// hand, the failover thread has not taken the key), or not renewed
+    /// in time (it may have passed at etcd; the thread steps down).
     LeaseLate,
     /// It is not primary.
     Role(Role),

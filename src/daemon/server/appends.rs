@@ -235,9 +235,9 @@ pub(super) fn append(
                 let e = srv.repl.seen_epoch.load(Ordering::Acquire);
                 format!("fenced: a newer primary exists (epoch {e}); append not taken")
             }
-            Refusal::LeaseLate => {
-                "the etcd lease may have passed (not renewed in time); stepping down; append not taken".to_string()
-            }
+            Refusal::LeaseLate => "this node holds no etcd lease it can count on (not taken yet, or not renewed \
+                 in time: it steps down if it cannot renew); append not taken"
+                .to_string(),
             Refusal::Role(r) => format!("this node is {} (not primary); append not taken", r.name()),
         };
         return fail(codes::NOT_PRIMARY, &msg);
