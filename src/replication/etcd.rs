@@ -99,6 +99,16 @@ impl Etcd {
         Err(last)
     }
 
+    /// The failover rules' settings for the node `name`.
+    pub fn keeper_config(&self, name: &str) -> KeeperConfig {
+        KeeperConfig {
+            name: name.to_string(),
+            ttl_ms: self.cfg.lease_ttl.as_millis() as u64,
+            budget_ms: self.budget.as_millis() as u64,
+            auto_failover: self.cfg.auto_failover,
+        }
+    }
+
     fn value(&self, name: &str, epoch: u64) -> String {
         b64(json!({ "name": name, "epoch": epoch, "endpoint": self.cfg.endpoint }).to_string().as_bytes())
     }
@@ -195,18 +205,6 @@ impl Coordinator for Etcd {
             }
         }
         Err(format!("etcd key {}: raced three times", self.epoch_key))
-    }
-}
-
-impl Etcd {
-    /// The failover rules' settings for the node `name`.
-    pub fn keeper_config(&self, name: &str) -> KeeperConfig {
-        KeeperConfig {
-            name: name.to_string(),
-            ttl_ms: self.cfg.lease_ttl.as_millis() as u64,
-            budget_ms: self.budget.as_millis() as u64,
-            auto_failover: self.cfg.auto_failover,
-        }
     }
 }
 

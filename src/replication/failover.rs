@@ -98,20 +98,20 @@ pub struct View {
     pub seen: u64,
 }
 
-/// The failover state of one node: the lease it holds, when it last
+/// The failover state of one node: the lease it holds and when it last
 /// renewed it, the epoch last written to the key.
 pub struct Keeper {
     cfg: KeeperConfig,
-    lease: Option<i64>,
-    /// When the last successful renewal (or grant) was sent, by the clock.
-    renewed_ms: u64,
+    /// The lease held, and when its last successful renewal (or grant) was
+    /// sent, by the clock.
+    held: Option<(i64, u64)>,
     written_epoch: u64,
 }
 
 impl Keeper {
     /// `lease`: the lease taken at start and when its grant was sent.
     pub fn new(cfg: KeeperConfig, lease: Option<(i64, u64)>) -> Keeper {
-        Keeper { cfg, lease: lease.map(|l| l.0), renewed_ms: lease.map_or(0, |l| l.1), written_epoch: 0 }
+        Keeper { cfg, held: lease, written_epoch: 0 }
     }
 
     pub fn config(&self) -> &KeeperConfig {
@@ -119,32 +119,26 @@ impl Keeper {
     }
 
     pub fn lease(&self) -> Option<i64> {
-        self.lease
+        self.held.map(|h| h.0)
     }
 
     /// Until when (by the clock, exclusive) this node may take appends: 0
     /// when it holds no lease.
     pub fn serve_until(&self) -> u64 {
-        match self.lease {
-            Some(_) => {
-                let margin = self.cfg.budget_ms + self.cfg.tick_ms();
-                (self.renewed_ms + self.cfg.ttl_ms).saturating_sub(margin)
-            }
-            None => 0,
-        }
+        let margin = self.cfg.budget_ms + self.cfg.tick_ms();
+        self.held.map_or(0, |(_, renewed)| (renewed + self.cfg.ttl_ms).saturating_sub(margin))
     }
 
     /// Holds `lease`, taken with a grant sent at `sent`: counted from a
     /// keep-alive sent now if etcd renews it, since the grant and the
     /// transaction that bound the key to it took time (else from `sent`).
     fn hold(&mut self, c: &impl Coordinator, clock: &impl Clock, lease: i64, sent: u64) {
-        self.lease = Some(lease);
-        self.renewed_ms = renewed_since(c, clock, lease, sent);
+        self.held = Some((lease, renewed_since(c, clock, lease, sent)));
     }
 
     fn lose_lease(&mut self, why: &str, out: &mut Vec<Action>) {
         tracing::error!("etcd: {why}; stepping down");
-        self.lease = None;
+        self.held = None;
         out.push(Action::Fence);
     }
 
@@ -154,11 +148,11 @@ impl Keeper {
         let name = self.cfg.name.clone();
         match v.role {
             // A demoting primary keeps its lease until it is a replica.
-            Role::Primary | Role::Demoting | Role::Promoting if self.lease.is_some() || v.role == Role::Primary => {
-                let Some(l) = self.lease else {
+            Role::Primary | Role::Demoting | Role::Promoting if self.held.is_some() || v.role == Role::Primary => {
+                let Some((l, _)) = self.held else {
                     // Promoted by hand while etcd is configured: take the key.
                     let sent = clock.now_ms();
-                    match c.grant().and_then(|l| c.acquire(l, &name, v.epoch, v.epoch).map(|c| (l, c))) {
+                    match take_key(c, &name, v.epoch, v.epoch) {
                         Ok((l, Claim::Taken)) => {
                             self.hold(c, clock, l, sent);
                             self.written_epoch = v.epoch;
@@ -190,7 +184,7 @@ impl Keeper {
                 let sent = clock.now_ms();
                 match c.keepalive(l) {
                     Ok(true) => {
-                        self.renewed_ms = sent;
+                        self.held = Some((l, sent));
                         if self.written_epoch != v.epoch && c.put(l, &name, v.epoch).is_ok() {
                             self.written_epoch = v.epoch;
                         }
@@ -213,7 +207,7 @@ impl Keeper {
                         return out;
                     };
                     let sent = clock.now_ms();
-                    match c.grant().and_then(|l| c.acquire(l, &name, next.raw(), v.epoch).map(|c| (l, c))) {
+                    match take_key(c, &name, next.raw(), v.epoch) {
                         Ok((l, Claim::Taken)) => {
                             tracing::warn!("etcd: the primary's lease is gone; taking over");
                             self.hold(c, clock, l, sent);
@@ -234,11 +228,18 @@ impl Keeper {
             },
             _ => {
                 // A replica keeps no lease.
-                self.lease = None;
+                self.held = None;
             }
         }
         out
     }
+}
+
+/// A new lease, and whether the primary key was taken under it
+/// (`Coordinator::acquire` with `epoch` and `history`).
+fn take_key(c: &impl Coordinator, name: &str, epoch: u64, history: u64) -> Result<(i64, Claim), String> {
+    let lease = c.grant()?;
+    Ok((lease, c.acquire(lease, name, epoch, history)?))
 }
 
 /// When `lease`, granted by a request sent at `sent`, was last renewed:
@@ -278,8 +279,8 @@ pub fn claim_once(
     history: u64,
 ) -> Result<AtStart, String> {
     let sent = clock.now_ms();
-    let lease = c.grant()?;
-    match c.acquire(lease, name, epoch, history)? {
+    let (lease, claim) = take_key(c, name, epoch, history)?;
+    match claim {
         Claim::Taken => return Ok(AtStart::Primary(lease, renewed_since(c, clock, lease, sent))),
         Claim::Stale(served) => {
             // Unless the key is ours from before a restart.
@@ -337,11 +338,10 @@ mod tests {
     use super::*;
 
     /// etcd with one lease of `ttl_ms` on a settable clock; requests take
-    /// no time unless `slow_ms` says otherwise, and fail while `down`.
+    /// no time, and fail while `down`.
     struct FakeEtcd {
         now: Cell<u64>,
         ttl_ms: u64,
-        slow_ms: Cell<u64>,
         down: Cell<bool>,
         lease: Cell<Option<(i64, u64)>>,
         key: RefCell<Option<Holder>>,
@@ -352,14 +352,12 @@ mod tests {
             FakeEtcd {
                 now: Cell::new(1_000),
                 ttl_ms,
-                slow_ms: Cell::new(0),
                 down: Cell::new(false),
                 lease: Cell::new(None),
                 key: RefCell::new(None),
             }
         }
         fn call<T>(&self, f: impl FnOnce() -> T) -> Result<T, String> {
-            self.now.set(self.now.get() + self.slow_ms.get());
             if self.down.get() {
                 return Err("down".into());
             }

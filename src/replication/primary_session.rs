@@ -553,12 +553,19 @@ mod tests {
         }
     }
 
+    /// A primary's set with a journal "orders", and a replica's set of the
+    /// same mirror set.
+    fn two_sets(dir: &std::path::Path) -> (Arc<MirrorLog>, Arc<MirrorLog>, Journal) {
+        let p = Arc::new(set(dir, "p", None));
+        let r = Arc::new(set(dir, "r", Some(p.set_uuid())));
+        let pj = p.create_journal("orders").expect("journal");
+        (p, r, pj)
+    }
+
     #[test]
     fn a_session_negotiates_catches_up_streams_and_moves_only_on_acks() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = Arc::new(set(dir.path(), "p", None));
-        let r = Arc::new(set(dir.path(), "r", Some(p.set_uuid())));
-        let pj = p.create_journal("orders").expect("journal");
+        let (p, r, pj) = two_sets(dir.path());
         let recs: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_le_bytes().repeat(20 + (i as usize % 300))).collect();
         // The replica holds the first 40 (shipped earlier); the primary
         // then takes 100 more with no session, and a mark.
@@ -661,9 +668,7 @@ mod tests {
     #[test]
     fn a_reset_past_the_outboxs_start_skips_the_reclaimed_batches_it_holds() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = Arc::new(set(dir.path(), "p", None));
-        let r = Arc::new(set(dir.path(), "r", Some(p.set_uuid())));
-        let pj = p.create_journal("orders").expect("journal");
+        let (p, r, pj) = two_sets(dir.path());
         r.create_journal_with_id("orders", pj.id()).expect("journal");
         let rec = |i: u32| i.to_le_bytes().repeat(2000);
         for i in 0..20 {

@@ -114,7 +114,7 @@ impl Sender {
         c.send(&hello).map_err(io)?;
         loop {
             let m = c.recv(s.answer_timeout()).map_err(io)?;
-            match s.handle(m, now_ms())? {
+            match s.handle(m, unix_ms())? {
                 Next::Send(m) => c.send(&m).map_err(io)?,
                 Next::Wait => {}
                 Next::Ready => break,
@@ -267,7 +267,9 @@ impl Sender {
     }
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch (for the status, not for
+/// timing: that reads `clock::Mono`).
+fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

@@ -254,8 +254,6 @@ impl Msg {
         }
     }
 
-    /// Decodes a checked frame. Counts are bounded by the body's length, so
-    /// a hostile count cannot make it allocate more than the frame holds.
     /// The next whole message buffered in `buf`, its frame checked and
     /// decoded (`None`: more bytes are needed). What every reader of the
     /// link uses: the sockets' `FrameConn`, the simulator, the tests.
@@ -266,6 +264,8 @@ impl Msg {
         }
     }
 
+    /// Decodes a checked frame. Counts are bounded by the body's length, so
+    /// a hostile count cannot make it allocate more than the frame holds.
     pub fn decode(f: &Frame<'_>) -> Result<Msg, ProtoError> {
         let mut r = Reader::new(f.body);
         // A u32 count, then that many items of at least `each` bytes.
