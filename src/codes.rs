@@ -91,6 +91,10 @@ table! {
     /// records differ from the ones written with that sequence. Nothing
     /// is written.
     SEQUENCE_CONFLICT = 211, "sequence-conflict";
+    /// Promote refused: this replica lacks records its primary
+    /// acknowledged (a journal is being sent to it whole, or it was never
+    /// given its primary's journals). `promote --force` accepts the loss.
+    INCOMPLETE = 212, "incomplete";
 }
 
 /// Codes after which a client moves to another endpoint and resends what

@@ -35,6 +35,10 @@ pub struct Config {
     /// Format with this set UUID instead of a random one (a replica takes
     /// its primary's). Only used when formatting.
     pub set_uuid: Option<[u8; 16]>,
+    /// Format as a replica not yet given its primary's journals
+    /// (`replication::bootstrap`): it refuses promotion until it has them.
+    /// Only used when formatting.
+    pub unsynced_replica: bool,
     /// The device layer (`None`: the real devices, `storage::default_storage`).
     /// Tests put faults below the engine here (`storage::FaultInjector`),
     /// the simulator its in-memory devices (`storage::SimStorage`).
@@ -55,6 +59,7 @@ impl Config {
             sync: SyncMode::RwfDsync,
             index_stride: 64 << 10,
             set_uuid: None,
+            unsynced_replica: false,
             storage: None,
         }
     }

@@ -409,7 +409,20 @@ pub struct JournalEntry {
     /// Records with an LSN below the mark may be reclaimed.
     pub mark: u64,
     pub name: String,
+    /// On a replica: this journal may lack records its primary
+    /// acknowledged (it is being sent again whole, or was created from the
+    /// primary's list with records it does not hold yet). Set before
+    /// anything is dropped, cleared once the replica is durable up to where
+    /// the primary's journal ended when the session began. A node with an
+    /// incomplete journal refuses to be promoted (docs/replication.md).
+    pub incomplete: bool,
 }
+
+/// Superblock flag: formatted as a replica of a primary
+/// (`replication::bootstrap`) and not yet given that primary's journals.
+const SB_FLAG_UNSYNCED: u32 = 1;
+/// Journal entry flag: see `JournalEntry::incomplete`.
+const JOURNAL_FLAG_INCOMPLETE: u8 = 1;
 
 /// The superblock. Every member holds two copies (A at offset 0, B at
 /// `SUPERBLOCK_REGION`); generation `g` is written to copy `g % 2`, so a torn
@@ -434,6 +447,9 @@ pub struct Superblock {
     /// The runs this set's history holds: its own starts and promotions,
     /// and those of the primaries it followed (`epoch::History`).
     pub history: crate::epoch::History,
+    /// Formatted as a replica of a primary and not yet given its journals
+    /// (until then it holds none of what the primary acknowledged).
+    pub unsynced: bool,
     pub members: Vec<MemberInfo>,
     pub journals: Vec<JournalEntry>,
 }
@@ -465,6 +481,7 @@ impl Superblock {
         b[48..64].copy_from_slice(&self.member_uuid);
         put_u16(b, 64, self.members.len() as u16);
         put_u16(b, 66, self.journals.len() as u16);
+        put_u32(b, 68, if self.unsynced { SB_FLAG_UNSYNCED } else { 0 });
         put_u64(b, 72, self.segment_size);
         put_u64(b, 80, self.epoch);
         put_u64(b, 88, self.device_size);
@@ -494,6 +511,7 @@ impl Superblock {
             put_u64(b, off + 8, j.mark);
             put_u16(b, off + 16, name.len() as u16);
             b[off + 18..off + 18 + name.len()].copy_from_slice(name);
+            b[off + 82] = if j.incomplete { JOURNAL_FLAG_INCOMPLETE } else { 0 };
             off += SB_JOURNAL_LEN;
         }
         let crc = crc32c::crc32c(&b[12..len]);
@@ -531,6 +549,11 @@ impl Superblock {
             return Err(DecodeError::Invalid("length"));
         }
         let epoch = get_u64(b, 80);
+        let unsynced = match get_u32(b, 68) {
+            0 => false,
+            SB_FLAG_UNSYNCED => true,
+            _ => return Err(DecodeError::Invalid("superblock flags")),
+        };
         let history = if v == 1 {
             crate::epoch::History::of(crate::epoch::Epoch::from_raw(epoch))
         } else {
@@ -567,7 +590,12 @@ impl Superblock {
             let name = std::str::from_utf8(&b[off + 18..off + 18 + nlen])
                 .map_err(|_| DecodeError::Invalid("journal name utf-8"))?
                 .to_string();
-            journals.push(JournalEntry { id: get_u64(b, off), mark: get_u64(b, off + 8), name });
+            let incomplete = match b[off + 82] {
+                0 => false,
+                JOURNAL_FLAG_INCOMPLETE => true,
+                _ => return Err(DecodeError::Invalid("journal flags")),
+            };
+            journals.push(JournalEntry { id: get_u64(b, off), mark: get_u64(b, off + 8), name, incomplete });
             off += SB_JOURNAL_LEN;
         }
         let block_size = get_u32(b, 20);
@@ -590,6 +618,7 @@ impl Superblock {
             next_journal_id: get_u64(b, 96),
             inflight_window: get_u64(b, 104),
             history,
+            unsynced,
             members,
             journals,
         })
@@ -641,13 +670,14 @@ mod tests {
                 h.add(crate::epoch::Epoch::from_raw(2 << 32), || 77);
                 h
             },
+            unsynced: true,
             members: vec![
                 MemberInfo { uuid: [2; 16], slot: 0, health: Health::Healthy },
                 MemberInfo { uuid: [3; 16], slot: 1, health: Health::Failed },
             ],
             journals: vec![
-                JournalEntry { id: 1, mark: 0, name: "default".into() },
-                JournalEntry { id: 8, mark: 1234, name: "x".repeat(64) },
+                JournalEntry { id: 1, mark: 0, name: "default".into(), incomplete: false },
+                JournalEntry { id: 8, mark: 1234, name: "x".repeat(64), incomplete: true },
             ],
         }
     }

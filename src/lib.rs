@@ -109,6 +109,9 @@ pub struct Status {
     pub mirrors: Vec<MirrorStatus>,
     /// Bad copies rewritten from a good mirror since open.
     pub repairs: u64,
+    /// Why promoting this node would lose acknowledged records
+    /// (`MirrorLog::incomplete`), if it would.
+    pub incomplete: Option<String>,
     pub journals: Vec<JournalInfo>,
 }
 
@@ -121,6 +124,7 @@ fn set_options(cfg: &Config) -> SetOptions {
         inflight_window: cfg.inflight_window(cfg.block_size),
         storage: cfg.storage.clone().unwrap_or_else(storage::default_storage),
         set_uuid: cfg.set_uuid,
+        unsynced_replica: cfg.unsynced_replica,
     }
 }
 
@@ -181,16 +185,23 @@ impl MirrorLog {
 
     /// Creates a journal. Names are 1 to 64 bytes of `[A-Za-z0-9._-]`.
     pub fn create_journal(&self, name: &str) -> Result<Journal> {
-        self.create_journal_as(name, None)
+        self.create_journal_as(name, None, false)
     }
 
     /// Replica: creates a journal with the id its primary gave it (ids are
     /// equal on both sites; they are in every segment header).
     pub fn create_journal_with_id(&self, name: &str, id: u64) -> Result<Journal> {
-        self.create_journal_as(name, Some(id))
+        self.create_journal_as(name, Some(id), false)
     }
 
-    fn create_journal_as(&self, name: &str, want_id: Option<u64>) -> Result<Journal> {
+    /// Replica: creates, marked incomplete in the same superblock write, a
+    /// journal its primary listed with records this node does not hold
+    /// (`JournalEntry::incomplete`).
+    pub fn create_incomplete_journal(&self, name: &str, id: u64) -> Result<Journal> {
+        self.create_journal_as(name, Some(id), true)
+    }
+
+    fn create_journal_as(&self, name: &str, want_id: Option<u64>, incomplete: bool) -> Result<Journal> {
         if !valid_name(name) {
             return Err(Error::InvalidName(name.to_string()));
         }
@@ -212,7 +223,7 @@ impl MirrorLog {
                 return Err(Error::JournalExists(format!("{name} (id {id})")));
             }
             sb.next_journal_id = sb.next_journal_id.max(id + 1);
-            sb.journals.push(JournalEntry { id, mark: 0, name: name.to_string() });
+            sb.journals.push(JournalEntry { id, mark: 0, name: name.to_string(), incomplete });
             Ok(())
         })?;
         if let Some(sink) = self.shared.sink() {
@@ -367,6 +378,61 @@ impl MirrorLog {
         }
     }
 
+    /// Replica: marks journal `id` incomplete or complete
+    /// (`JournalEntry::incomplete`), persisted before this returns; nothing
+    /// is written if it already is.
+    pub fn set_incomplete(&self, id: u64, incomplete: bool) -> Result<()> {
+        let sb = self.shared.set.superblock();
+        if !sb.journals.iter().any(|e| e.id == id && e.incomplete != incomplete) {
+            return Ok(());
+        }
+        self.shared.set.update_superblock(|sb| {
+            for e in sb.journals.iter_mut().filter(|e| e.id == id) {
+                e.incomplete = incomplete;
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether journal `id` is marked incomplete.
+    pub fn is_incomplete(&self, id: u64) -> bool {
+        self.shared.set.superblock().journals.iter().any(|e| e.id == id && e.incomplete)
+    }
+
+    /// Replica: its primary's journals are listed here now (created,
+    /// marked incomplete where this node lacks records); clears the flag a
+    /// replica formatted by `replication::bootstrap` starts with.
+    pub fn set_synced(&self) -> Result<()> {
+        if !self.shared.set.superblock().unsynced {
+            return Ok(());
+        }
+        self.shared.set.update_superblock(|sb| {
+            sb.unsynced = false;
+            Ok(())
+        })
+    }
+
+    /// `None` if this node holds every record its primary acknowledged
+    /// `remote-*` (as far as it knows); else why not, for an operator: a
+    /// node that answers `Some` must not be promoted, or its primary's
+    /// acknowledged records are lost (docs/replication.md).
+    pub fn incomplete(&self) -> Option<String> {
+        let sb = self.shared.set.superblock();
+        if sb.unsynced {
+            return Some("it was formatted as a replica and has not yet been given its primary's journals".into());
+        }
+        let names: Vec<&str> = sb.journals.iter().filter(|e| e.incomplete).map(|e| e.name.as_str()).collect();
+        (!names.is_empty()).then(|| {
+            format!(
+                "journal{} {} {} being sent to it whole and {} not caught up yet (it lacks records its primary acknowledged)",
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", "),
+                if names.len() == 1 { "is" } else { "are" },
+                if names.len() == 1 { "has" } else { "have" },
+            )
+        })
+    }
+
     /// The set's identity, the same on a primary and its replicas.
     pub fn set_uuid(&self) -> [u8; 16] {
         self.shared.set.set_uuid
@@ -429,6 +495,7 @@ impl MirrorLog {
             segments_free: free,
             mirrors,
             repairs: set.repairs.load(Ordering::Relaxed),
+            incomplete: self.incomplete(),
             journals: self.journals.lock().values().map(|j| j.info()).collect(),
         }
     }

@@ -58,6 +58,8 @@ pub struct SetOptions {
     pub storage: Arc<dyn Storage>,
     /// Format with this set UUID (a replica takes its primary's) instead of a random one.
     pub set_uuid: Option<[u8; 16]>,
+    /// Format as a replica not yet given its primary's journals.
+    pub unsynced_replica: bool,
 }
 
 /// Members that failed a write: a fixed-size set, so the write path does
@@ -213,6 +215,7 @@ impl MirrorSet {
             next_journal_id: 1,
             inflight_window: opts.inflight_window,
             history: crate::epoch::History::of(crate::epoch::Epoch::from_raw(1)),
+            unsynced: opts.unsynced_replica,
             members: members
                 .iter()
                 .map(|m| MemberInfo { uuid: m.uuid, slot: m.slot, health: Health::Healthy })

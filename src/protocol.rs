@@ -375,7 +375,11 @@ pub enum Request<'a> {
     ListJournals,
     Status,
     /// Answered with `Status` (the new role and epoch).
-    Promote,
+    /// `force`: even if this node is incomplete (it then loses what it
+    /// lacks). Encoded as one byte after the header only when set.
+    Promote {
+        force: bool,
+    },
     /// With `sync`, waits (up to `timeout_ms`) until the replica is durable
     /// at every journal's end before stepping down. Answered with `Status`.
     Demote {
@@ -446,7 +450,7 @@ impl<'a> Request<'a> {
             Request::DeleteJournal { .. } => Op::DeleteJournal,
             Request::ListJournals => Op::ListJournals,
             Request::Status => Op::Status,
-            Request::Promote => Op::Promote,
+            Request::Promote { .. } => Op::Promote,
             Request::Demote { .. } => Op::Demote,
             Request::DiscardDiverged => Op::DiscardDiverged,
         }
@@ -499,7 +503,12 @@ impl<'a> Request<'a> {
             Request::GetMark { journal } | Request::CreateJournal { journal } | Request::DeleteJournal { journal } => {
                 put_str(b, journal)
             }
-            Request::ListJournals | Request::Status | Request::Promote | Request::DiscardDiverged => {}
+            Request::ListJournals | Request::Status | Request::DiscardDiverged => {}
+            Request::Promote { force } => {
+                if *force {
+                    b.push(1);
+                }
+            }
             Request::Demote { sync, timeout_ms } => {
                 b.push(*sync as u8);
                 b.extend_from_slice(&timeout_ms.to_le_bytes());
@@ -546,7 +555,7 @@ impl<'a> Request<'a> {
             Op::DeleteJournal => Request::DeleteJournal { journal: r.str()? },
             Op::ListJournals => Request::ListJournals,
             Op::Status => Request::Status,
-            Op::Promote => Request::Promote,
+            Op::Promote => Request::Promote { force: r.remaining() > 0 && r.u8()? != 0 },
             Op::Demote => Request::Demote { sync: r.u8()? != 0, timeout_ms: r.u32()? },
             Op::DiscardDiverged => Request::DiscardDiverged,
             Op::Records | Op::Error => return Err(ProtoError::UnknownOpcode(frame.opcode)),
@@ -690,6 +699,9 @@ mod tests {
             Request::DeleteJournal { journal: "old" },
             Request::ListJournals,
             Request::Status,
+            Request::Promote { force: false },
+            Request::Promote { force: true },
+            Request::Demote { sync: true, timeout_ms: 5000 },
         ];
         for (i, q) in reqs.iter().enumerate() {
             let mut out = Vec::new();
@@ -698,6 +710,10 @@ mod tests {
             assert_eq!(f.request_id, i as u64 + 100);
             assert_eq!(&Request::decode(&f, 1000).unwrap(), q);
         }
+        // A Promote without force has the empty body older servers take.
+        let mut out = Vec::new();
+        Request::Promote { force: false }.encode(1, &mut out);
+        assert_eq!(out.len(), HEADER_LEN);
     }
 
     #[test]

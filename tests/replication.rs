@@ -1097,3 +1097,74 @@ fn a_demotion_overtaken_by_a_newer_primary_never_returns_to_primary() {
     assert_eq!(b.d.term().code(), Some(0));
     assert_sites_equal(&b.devices(), &a.devices());
 }
+
+/// Why `d` says it lacks records its primary acknowledged (empty: it does not).
+fn incomplete(d: &Daemon) -> String {
+    d.status()["replication"]["incomplete"].as_str().unwrap_or("").to_string()
+}
+
+/// A replica site lost and rebuilt on blank devices holds none of what its
+/// primary acknowledged `remote-durable` until the catch-up ends. Promoted
+/// meanwhile it would lose those records; it refuses (`incomplete`), says
+/// so in its status and metrics, and is promotable again, holding every
+/// record, once it caught up.
+#[test]
+fn a_replica_rebuilt_blank_refuses_promotion_until_it_caught_up() {
+    let (proxy, via) = proxied();
+    let (mut a, mut b) = pair("[[journal]]\nname = \"orders\"\ndurability = \"remote-durable\"\n", "", Some(&via));
+    let load = Load::start(&[a.d.addr.clone()], 8, &[Durability::Default], false, "orders");
+    load.wait_acks(3000, Duration::from_secs(60));
+    let (acks, _) = load.stop();
+    wait_caught_up(&a.d, Duration::from_secs(30));
+    // Site B is lost and rebuilt: blank devices, and a slow link so that
+    // its catch-up (some 3 MiB) takes a while.
+    b.d.kill9();
+    for d in b.devices() {
+        std::fs::remove_file(d).expect("delete device");
+    }
+    let bw = |rate| {
+        proxy.lock().expect("proxy").as_ref().expect("proxy").set_bandwidth(mirrorlog_faultproxy::Direction::Both, rate)
+    };
+    bw(Some(100 << 10));
+    b.d.spawn();
+    b.d.wait_ready();
+    let t0 = Instant::now();
+    while incomplete(&b.d).is_empty() || b.d.status()["journals"].as_array().is_none_or(|j| j.is_empty()) {
+        assert!(t0.elapsed() < Duration::from_secs(30), "B never began its catch-up: {}", b.d.status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The primary site fails mid-catch-up: promoting B is refused.
+    a.d.kill9();
+    let (ok, _, err) = cli(&["--endpoint", &b.d.addr, "promote"]);
+    assert!(!ok, "an incomplete replica was promoted");
+    assert!(err.contains("incomplete"), "{err}");
+    assert_eq!(b.d.role(), "replica");
+    assert!(b.d.http_get("/metrics").contains("mirrorlog_replication_incomplete 1"));
+    // Restarted as a configured primary, it waits instead of serving.
+    b.d.set_role("primary");
+    b.d.restart();
+    assert_eq!(b.d.role(), "waiting-for-peer");
+    let (taken, codes_seen) = try_appends(&b.d.addr, 900, Duration::from_millis(500));
+    assert!(taken.is_empty() && codes_seen.contains(&codes::NOT_PRIMARY), "{taken:?} {codes_seen:?}");
+    assert!(b.d.log_text().contains("lacks records its primary acknowledged"));
+    b.d.set_role("replica");
+    b.d.restart();
+    // The primary comes back; B catches up and becomes complete.
+    bw(None);
+    a.d.spawn();
+    a.d.wait_ready();
+    wait_caught_up(&a.d, Duration::from_secs(60));
+    let t0 = Instant::now();
+    while !incomplete(&b.d).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "B still incomplete: {}", b.d.status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(b.d.http_get("/metrics").contains("mirrorlog_replication_incomplete 0"));
+    // Now the site loss loses nothing.
+    a.d.kill9();
+    let (ok, _, err) = cli(&["--endpoint", &b.d.addr, "promote"]);
+    assert!(ok, "promote: {err}");
+    assert_eq!(b.d.term().code(), Some(0));
+    let n = check_present_once(&b.devices(), &acks, "orders", |_| true);
+    assert_eq!(n, acks.len());
+}

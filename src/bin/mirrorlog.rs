@@ -86,9 +86,16 @@ enum Cmd {
     },
     /// Make the replica at --endpoint the primary (the primary site is
     /// lost): its epoch rises, and an old primary that returns is fenced.
+    ///
+    /// Refused (`incomplete`) while the replica lacks records its primary
+    /// acknowledged (a journal is being sent to it whole): let it catch
+    /// up, or give --force to accept losing them.
     Promote {
         #[arg(long)]
         json: bool,
+        /// Promote even an incomplete replica (what it lacks is lost).
+        #[arg(long)]
+        force: bool,
     },
     /// After a split brain was reported at --endpoint (a replica holding
     /// records of a run its primary never followed): let its next session
@@ -192,8 +199,8 @@ fn main() -> ExitCode {
         Cmd::Verify { devices, json } => return verify(devices, *json),
         Cmd::Dump { devices, journal, from } => return dump(devices, journal, *from),
         Cmd::Status { json } => return admin_status(&args.endpoint, *json, args.timeout),
-        Cmd::Promote { json } => {
-            return admin_print(&args.endpoint, &Request::Promote, *json, args.timeout);
+        Cmd::Promote { json, force } => {
+            return admin_print(&args.endpoint, &Request::Promote { force: *force }, *json, args.timeout);
         }
         Cmd::DiscardDiverged { json } => {
             return admin_print(&args.endpoint, &Request::DiscardDiverged, *json, args.timeout);
@@ -348,7 +355,7 @@ fn switchover(endpoints: &[String], to: &str, wait: u64) -> ExitCode {
         eprintln!("mirrorlog: demoting {from}: {e} (nothing changed)");
         return fail(&e);
     }
-    match admin(to, &Request::Promote, Duration::from_secs(wait + 5)) {
+    match admin(to, &Request::Promote { force: false }, Duration::from_secs(wait + 5)) {
         Ok(s) => {
             let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
             println!(
@@ -427,6 +434,9 @@ fn print_status(out: &mut impl Write, s: &str) -> std::io::Result<()> {
         )?;
         if let Some(e) = r["last_error"].as_str().filter(|e| !e.is_empty()) {
             writeln!(out, "last error: {e}")?;
+        }
+        if let Some(e) = r["incomplete"].as_str().filter(|e| !e.is_empty()) {
+            writeln!(out, "INCOMPLETE (promote refused): {e}")?;
         }
         writeln!(
             out,

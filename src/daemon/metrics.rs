@@ -89,6 +89,9 @@ pub struct ReplStatus {
     /// the other side's history does not hold, kept on both sides until an
     /// operator decides (docs/replication.md).
     pub split_brain: String,
+    /// Why this node lacks records its primary acknowledged (empty: it
+    /// does not): it refuses promotion (`MirrorLog::incomplete`).
+    pub incomplete: String,
     pub journals: Vec<ReplJournal>,
 }
 
@@ -126,6 +129,13 @@ pub fn render_repl(o: &mut String, m: &Metrics, r: &ReplStatus) {
         "1 while a split brain with the peer is reported (both histories kept; an operator must decide).",
     );
     let _ = writeln!(o, "mirrorlog_replication_split_brain {}", (!r.split_brain.is_empty()) as u8);
+    h(
+        o,
+        "mirrorlog_replication_incomplete",
+        "gauge",
+        "1 while this node lacks records its primary acknowledged (a journal being sent to it whole): it refuses promotion.",
+    );
+    let _ = writeln!(o, "mirrorlog_replication_incomplete {}", (!r.incomplete.is_empty()) as u8);
     h(o, "mirrorlog_replication_backlog_bytes", "gauge", "Bytes shipped but not yet sent to the replica.");
     let _ = writeln!(o, "mirrorlog_replication_backlog_bytes {}", r.backlog_bytes);
     h(o, "mirrorlog_replication_degraded_acks_total", "counter", "remote-* appends acknowledged as local.");

@@ -113,7 +113,16 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
         })
     });
     let mut lease = None;
-    if let (Role::Primary, Some(e)) = (role, &etcd) {
+    let incomplete = (role == Role::Primary).then(|| replication::may_lead(&log, false).err()).flatten();
+    if let Some(why) = incomplete {
+        tracing::error!(
+            why,
+            "configured primary, but this node lacks records its primary acknowledged: taking no appends until its \
+             peer completes it (it follows a newer primary that answers), or an operator forces it (mirrorlog \
+             promote --force)"
+        );
+        // It stays as every primary starts: waiting.
+    } else if let (Role::Primary, Some(e)) = (role, &etcd) {
         // etcd decides: hold the primary key, or be the holder's replica.
         let history = log.epoch();
         let epoch = restart_epoch(&log)?;

@@ -232,7 +232,12 @@ pub fn run(e: Etcd, log: Arc<MirrorLog>, shared: Arc<ReplShared>, mut keeper: Ke
     let tick = Duration::from_millis(keeper.config().tick_ms());
     while !shared.stop.load(Ordering::Acquire) {
         std::thread::sleep(tick);
-        let view = View { role: shared.role(), epoch: log.epoch(), seen: shared.seen_epoch.load(Ordering::Acquire) };
+        let view = View {
+            role: shared.role(),
+            epoch: log.epoch(),
+            seen: shared.seen_epoch.load(Ordering::Acquire),
+            complete: super::may_lead(&log, false).is_ok(),
+        };
         let actions = keeper.tick(&e, &Mono, view);
         shared.serve_until.store(keeper.serve_until(), Ordering::Release);
         for a in actions {

@@ -96,6 +96,9 @@ pub struct View {
     pub epoch: u64,
     /// The newest epoch it heard of.
     pub seen: u64,
+    /// It holds every record its primary acknowledged
+    /// (`replication::may_lead`): an incomplete replica never takes the key.
+    pub complete: bool,
 }
 
 /// The failover state of one node: the lease it holds and when it last
@@ -199,6 +202,12 @@ impl Keeper {
                 }
             }
             Role::Replica if self.cfg.auto_failover => match c.holder() {
+                Ok(None) if !v.complete => {
+                    tracing::error!(
+                        "etcd: the primary's lease is gone, but this replica is incomplete (a journal is \
+                        being sent to it whole): not taking over, which would lose records the primary acknowledged"
+                    );
+                }
                 Ok(None) => {
                     // Recorded as served before this node can take an
                     // append: the epoch its promotion will reach.
@@ -415,7 +424,7 @@ mod tests {
     }
 
     fn primary(v_epoch: u64) -> View {
-        View { role: Role::Primary, epoch: v_epoch, seen: v_epoch }
+        View { role: Role::Primary, epoch: v_epoch, seen: v_epoch, complete: true }
     }
 
     #[test]
@@ -459,10 +468,13 @@ mod tests {
     fn a_replica_takes_a_free_key_and_promotes_and_one_with_a_holder_records_its_epoch() {
         let e = FakeEtcd::new(6_000);
         let mut k = Keeper::new(cfg(true), None);
-        let replica = View { role: Role::Replica, epoch: 1 << 32, seen: 1 << 32 };
+        let replica = View { role: Role::Replica, epoch: 1 << 32, seen: 1 << 32, complete: true };
         *e.key.borrow_mut() = Some(Holder { name: "b".into(), epoch: 3 << 32, lease: 9 });
         assert_eq!(k.tick(&e, &e, replica), vec![Action::Saw(3 << 32)]);
         *e.key.borrow_mut() = None;
+        // An incomplete replica leaves the key free (it would lose what it lacks).
+        assert_eq!(k.tick(&e, &e, View { complete: false, ..replica }), vec![]);
+        assert_eq!(*e.key.borrow(), None);
         assert_eq!(k.tick(&e, &e, replica), vec![Action::Promote]);
         assert_eq!(e.key.borrow().as_ref().map(|h| h.epoch), Some(2 << 32), "the promotion's epoch is recorded");
         assert_eq!(k.serve_until(), e.now_ms() + 3_000);

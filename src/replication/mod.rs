@@ -342,6 +342,21 @@ pub fn install_outbox(log: &crate::MirrorLog, shared: &ReplShared) -> Arc<outbox
     ob
 }
 
+/// Whether this node may become primary (promoted, or serving after a
+/// wait) without losing records its primary acknowledged `remote-*`:
+/// refused, saying why, while it lacks some (`MirrorLog::incomplete`: it
+/// is being sent a journal whole, or was never given its primary's
+/// journals), unless an operator forces it (`promote --force`).
+pub fn may_lead(log: &crate::MirrorLog, force: bool) -> Result<(), String> {
+    match log.incomplete() {
+        Some(why) if !force && !cfg!(feature = "mutate-promote-incomplete") => Err(format!(
+            "this node is incomplete: {why}. Promoted now, it would lose them; let it catch up (bring its primary \
+             back), or promote with --force to accept the loss"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Makes a node that may serve (its peer accepts it, or an operator or
 /// etcd said so) the primary at `epoch`: persists the epoch, then ships.
 pub fn serve_as_primary(log: &Arc<crate::MirrorLog>, shared: &Arc<ReplShared>, epoch: u64) -> crate::Result<()> {
@@ -446,6 +461,9 @@ pub fn bootstrap(listener: &std::net::TcpListener, cfg: &mut crate::Config) -> R
         cfg.set_uuid = Some(h.set_uuid);
         cfg.segment_size = h.segment_size;
         cfg.block_size = h.block_size;
+        // It holds none of the primary's journals yet: not promotable
+        // until the first session lists them (`MirrorLog::incomplete`).
+        cfg.unsynced_replica = true;
         let log = crate::MirrorLog::create(cfg).map_err(|e| format!("formatting the replica devices: {e}"))?;
         let (_, _, slots, _) = log.geometry();
         drop(log);

@@ -144,7 +144,7 @@ impl PrimarySession {
                 sh.error("");
                 *sh.peer_name.lock() = name;
                 self.snap = self.outbox.activate();
-                let list = self.log.journals().iter().map(|j| (j.id(), j.name().to_string())).collect();
+                let list = self.log.journals().iter().map(|j| (j.id(), j.name().to_string(), j.next_lsn())).collect();
                 self.phase = Phase::Journals;
                 Ok(Next::Send(Msg::Journals(list)))
             }

@@ -10,6 +10,12 @@
 //! * `durable` in an ack is the journal's durable next LSN here: every
 //!   record below it is on every healthy mirror of this node.
 //! * A mark is applied only once every record below it is durable here.
+//! * A journal that may lack records the primary acknowledged `remote-*`
+//!   (being sent whole, or created from the primary's list while the
+//!   primary's holds records) is marked incomplete on disk before anything
+//!   is dropped, and stays so until this node is durable up to where the
+//!   primary's journal ended when the session began (`owed`); a node with
+//!   an incomplete journal refuses promotion (`MirrorLog::incomplete`).
 //! * Nothing this node holds is cut back, dropped or deleted for a primary
 //!   whose history does not hold the run that wrote it (`check_cut`: a
 //!   split brain, reported and refused; an operator decides). The
@@ -85,6 +91,13 @@ pub struct ReplicaSession {
     /// (received, durable) last acked per journal.
     sent: HashMap<u64, (u64, u64)>,
     received: HashMap<u64, u64>,
+    /// Each journal's next LSN on the primary as this session began (its
+    /// `Journals` message).
+    primary_ends: HashMap<u64, u64>,
+    /// Journals marked incomplete on disk, and the LSN this node must be
+    /// durable up to for them to be complete again (the on-disk flags, kept
+    /// here too so that `acks` reads no superblock).
+    owed: HashMap<u64, u64>,
     /// The primary's epoch and the runs its history holds (from its hello).
     primary_epoch: u64,
     primary: History,
@@ -116,6 +129,8 @@ impl ReplicaSession {
             driver,
             sent: HashMap::new(),
             received: HashMap::new(),
+            primary_ends: HashMap::new(),
+            owed: HashMap::new(),
             primary_epoch: hello.epoch,
             primary: hello.history.clone(),
             primary_name: hello.name.clone(),
@@ -216,23 +231,32 @@ impl ReplicaSession {
             Msg::Journals(list) => {
                 self.drain();
                 for j in self.log.journals() {
-                    if !list.iter().any(|(id, name)| *id == j.id() && name == j.name()) {
+                    if !list.iter().any(|(id, name, _)| *id == j.id() && name == j.name()) {
                         self.check_cut(&j, j.info().first_lsn, "to delete it (the primary has no such journal)")?;
                         tracing::warn!(journal = j.name(), "journal not on the primary: deleted");
                         self.log.delete_journal(j.name()).map_err(e)?;
                     }
                 }
                 let mut ends = Vec::new();
-                for (id, name) in &list {
-                    let j = match self.log.journal_by_id(*id) {
+                for &(id, ref name, primary_end) in &list {
+                    self.primary_ends.insert(id, primary_end);
+                    let j = match self.log.journal_by_id(id) {
                         Some(j) => j,
-                        None => self.log.create_journal_with_id(name, *id).map_err(e)?,
+                        // Holding none of the primary's records, if it has any.
+                        None if primary_end > 1 && !cfg!(feature = "mutate-incomplete-unmarked") => {
+                            self.log.create_incomplete_journal(name, id).map_err(e)?
+                        }
+                        None => self.log.create_journal_with_id(name, id).map_err(e)?,
                     };
+                    if self.log.is_incomplete(id) {
+                        self.owed.insert(id, primary_end);
+                    }
                     let end = j.chain_end().map_err(e)?;
-                    self.received.insert(*id, end.next_lsn);
-                    self.sent.insert(*id, (end.next_lsn, end.next_lsn));
-                    ends.push((*id, end));
+                    self.received.insert(id, end.next_lsn);
+                    self.sent.insert(id, (end.next_lsn, end.next_lsn));
+                    ends.push((id, end));
                 }
+                self.log.set_synced().map_err(e)?;
                 Some(Msg::Ends(ends))
             }
             Msg::Probe { journal, lsns } => {
@@ -248,6 +272,14 @@ impl ReplicaSession {
             Msg::Reset { journal, next_lsn } => {
                 let j = self.journal(journal)?;
                 self.check_cut(&j, j.info().first_lsn, "to drop it and take it again whole")?;
+                // Incomplete on disk before anything is dropped.
+                if !cfg!(feature = "mutate-incomplete-unmarked") {
+                    self.log.set_incomplete(journal, true).map_err(e)?;
+                }
+                // (A reset before the journal list: not complete again in
+                // this session.)
+                let owed = self.primary_ends.get(&journal).copied().unwrap_or(u64::MAX);
+                self.owed.insert(journal, owed);
                 Some(self.cut(journal, |j| j.reset(next_lsn))?)
             }
             Msg::Batch(s) => {
@@ -292,6 +324,7 @@ impl ReplicaSession {
                 }
                 self.received.remove(&journal);
                 self.sent.remove(&journal);
+                self.owed.remove(&journal);
                 None
             }
             Msg::Ping => None,
@@ -315,12 +348,28 @@ impl ReplicaSession {
     }
 
     /// (journal, received, durable) for every journal whose positions moved
-    /// since the last acks (`all`: every journal, a heartbeat).
+    /// since the last acks (`all`: every journal, a heartbeat). Marks
+    /// complete each incomplete journal now durable up to what it owed.
     pub fn acks(&mut self, all: bool) -> Vec<(u64, u64, u64)> {
         let mut v = Vec::new();
         for (&id, &recv) in &self.received {
             let Some(j) = self.log.journal_by_id(id) else { continue };
             let durable = j.next_lsn();
+            if self.owed.get(&id).is_some_and(|&owed| durable >= owed) {
+                match self.log.set_incomplete(id, false) {
+                    Ok(()) => {
+                        self.owed.remove(&id);
+                        tracing::info!(
+                            journal = j.name(),
+                            durable,
+                            "replica journal complete again: caught up past where its primary's ended"
+                        );
+                    }
+                    Err(err) => {
+                        tracing::warn!(journal = j.name(), error = %err, "cannot mark the journal complete yet")
+                    }
+                }
+            }
             let now = (recv.max(durable), durable);
             if all || self.sent.get(&id) != Some(&now) {
                 self.sent.insert(id, now);
@@ -355,16 +404,26 @@ pub(crate) mod tests {
         fn deleted(&self, _: u64) {}
     }
 
-    pub(crate) fn set(dir: &std::path::Path, name: &str, uuid: Option<[u8; 16]>) -> MirrorLog {
-        let devs: Vec<_> = (0..2).map(|i| dir.join(format!("{name}{i}.dev"))).collect();
-        for d in &devs {
-            crate::io::create_device_file(d, 8 << 20).expect("device");
-        }
-        let mut cfg = Config::new(devs);
+    /// The small geometry of these tests, on `name`'s two devices in `dir`.
+    fn set_config(dir: &std::path::Path, name: &str) -> Config {
+        let mut cfg = Config::new((0..2).map(|i| dir.join(format!("{name}{i}.dev"))));
         cfg.segment_size = 256 << 10;
         cfg.max_record_size = 64 << 10;
         cfg.max_batch_bytes = 32 << 10;
-        cfg.set_uuid = uuid;
+        cfg
+    }
+
+    /// `set_config`'s set, formatted on new devices (`uuid`: a replica's).
+    pub(crate) fn set(dir: &std::path::Path, name: &str, uuid: Option<[u8; 16]>) -> MirrorLog {
+        set_with(dir, name, |c| c.set_uuid = uuid)
+    }
+
+    fn set_with(dir: &std::path::Path, name: &str, f: impl FnOnce(&mut Config)) -> MirrorLog {
+        let mut cfg = set_config(dir, name);
+        for d in &cfg.devices {
+            crate::io::create_device_file(d, 8 << 20).expect("device");
+        }
+        f(&mut cfg);
         MirrorLog::create(&cfg).expect("create")
     }
 
@@ -405,10 +464,11 @@ pub(crate) mod tests {
         let r = Arc::new(set(dir.path(), "r", Some(p.set_uuid())));
         let sh = shared();
         let mut s = ReplicaSession::new(r.clone(), sh.clone(), &hello(&p, p.epoch(), p.history())).expect("session");
-        match s.handle(Msg::Journals(vec![(pj.id(), "orders".into())])).expect("journals") {
+        match s.handle(Msg::Journals(vec![(pj.id(), "orders".into(), pj.next_lsn())])).expect("journals") {
             Some(Msg::Ends(e)) => assert_eq!((e.len(), e[0].1.next_lsn), (1, 1)),
             other => panic!("{other:?}"),
         }
+        assert!(r.incomplete().is_some(), "created from the list without the primary's 40 records");
         for b in sink.0.lock().drain(..) {
             assert!(s.handle(Msg::Batch(b)).expect("batch").is_none());
         }
@@ -424,12 +484,106 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(acked, (41, 41), "every record acked durable");
+        assert_eq!(r.incomplete(), None, "complete once durable up to the primary's end");
         let rj = r.journal("orders").expect("journal");
         for (i, want) in recs.iter().enumerate() {
             assert_eq!(&rj.read(i as u64 + 1).expect("read"), want);
         }
         assert_eq!(r.epoch(), p.epoch(), "the primary's epoch taken once the stream began");
         assert!(s.finish(&Ok(())).is_none());
+    }
+
+    /// Applies `batches` and pumps until `r`'s journals are durable up to
+    /// `end`.
+    fn apply_all(s: &mut ReplicaSession, r: &MirrorLog, batches: Vec<Shipment>, end: u64) {
+        for b in batches {
+            assert!(s.handle(Msg::Batch(b)).expect("batch").is_none());
+        }
+        for _ in 0..1000 {
+            s.pump(&r.journals(), s.in_flight() > 0).expect("pump");
+            if r.journals().iter().all(|j| j.next_lsn() >= end) && s.in_flight() == 0 {
+                let _ = s.acks(false);
+                return;
+            }
+        }
+        panic!("not durable up to {end}");
+    }
+
+    #[test]
+    fn a_journal_sent_whole_is_incomplete_on_disk_until_durable_up_to_the_primarys_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = set(dir.path(), "p", None);
+        let pj = p.create_journal("orders").expect("journal");
+        let sink = Arc::new(Collect::default());
+        p.set_ship_sink(Some(sink.clone()));
+        let session = |r: &Arc<MirrorLog>| {
+            let mut s = ReplicaSession::new(r.clone(), shared(), &hello(&p, p.epoch(), p.history())).expect("session");
+            s.handle(Msg::Journals(vec![(pj.id(), "orders".into(), pj.next_lsn())])).expect("journals");
+            s
+        };
+        let reopen = |r: Arc<MirrorLog>| {
+            drop(r);
+            Arc::new(MirrorLog::open(&set_config(dir.path(), "r")).expect("reopen"))
+        };
+        for i in 0..30u32 {
+            pj.append(&i.to_le_bytes().repeat(40)).expect("append");
+        }
+        let first: Vec<Shipment> = sink.0.lock().drain(..).collect();
+        // A replica that holds the first 30 records (its primary acked
+        // them remote-durable).
+        let r = Arc::new(set(dir.path(), "r", Some(p.set_uuid())));
+        let mut s = session(&r);
+        apply_all(&mut s, &r, first.clone(), 31);
+        assert_eq!(r.incomplete(), None);
+        drop(s);
+        for i in 30..60u32 {
+            pj.append(&i.to_le_bytes().repeat(40)).expect("append");
+        }
+        let second: Vec<Shipment> = sink.0.lock().drain(..).collect();
+        // The next session sends the journal whole (as for a replica
+        // behind the primary's mark); the replica restarts part-way.
+        let mut s = session(&r);
+        s.handle(Msg::Reset { journal: pj.id(), next_lsn: 1 }).expect("reset");
+        let why = r.incomplete().expect("incomplete from the reset on");
+        assert!(why.contains("orders"), "{why}");
+        assert!(super::super::may_lead(&r, false).is_err(), "promotion refused");
+        assert!(super::super::may_lead(&r, true).is_ok(), "unless forced");
+        apply_all(&mut s, &r, first, 31);
+        assert!(r.incomplete().is_some(), "durable to 31 of the primary's 61");
+        let _ = s.finish(&Ok(()));
+        let r = reopen(r);
+        assert!(r.incomplete().is_some(), "the flag is on disk");
+        // The session after the restart continues from 31: complete once
+        // durable up to where the primary's journal ended as it began.
+        let mut s = session(&r);
+        apply_all(&mut s, &r, second, 61);
+        assert_eq!(r.incomplete(), None);
+        let _ = s.finish(&Ok(()));
+        let r = reopen(r);
+        assert_eq!(r.incomplete(), None, "complete on disk");
+        let rj = r.journal("orders").expect("journal");
+        for lsn in 1..61 {
+            assert_eq!(rj.read(lsn).expect("read"), pj.read(lsn).expect("read"));
+        }
+    }
+
+    #[test]
+    fn a_replica_formatted_by_bootstrap_is_incomplete_until_given_its_primarys_journals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = set(dir.path(), "p", None);
+        let pj = p.create_journal("orders").expect("journal");
+        pj.append(b"acked").expect("append");
+        // Formatted as `bootstrap` does.
+        let r = Arc::new(set_with(dir.path(), "b", |c| {
+            c.set_uuid = Some(p.set_uuid());
+            c.unsynced_replica = true;
+        }));
+        let why = r.incomplete().expect("no journal given yet");
+        assert!(why.contains("formatted as a replica"), "{why}");
+        let mut s = ReplicaSession::new(r.clone(), shared(), &hello(&p, p.epoch(), p.history())).expect("session");
+        s.handle(Msg::Journals(vec![(pj.id(), "orders".into(), pj.next_lsn())])).expect("journals");
+        let why = r.incomplete().expect("the journal lacks the primary's record");
+        assert!(why.contains("orders"), "{why}");
     }
 
     #[test]
@@ -451,7 +605,7 @@ pub(crate) mod tests {
         .expect("history");
         let sh = shared();
         let mut s = ReplicaSession::new(r.clone(), sh.clone(), &hello(&p, 6 << 32, history)).expect("session");
-        s.handle(Msg::Journals(vec![(rj.id(), "orders".into())])).expect("journals");
+        s.handle(Msg::Journals(vec![(rj.id(), "orders".into(), 1)])).expect("journals");
         let e = s.handle(Msg::Truncate { journal: rj.id(), keep: 0 }).expect_err("refused");
         assert!(e.contains("split brain"), "{e}");
         assert!(sh.split_brain.lock().contains("split brain"), "reported in status");

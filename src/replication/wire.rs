@@ -15,14 +15,19 @@ use crate::ship::{ChainEnd, ShipView, Shipment};
 
 /// Replication protocol version.
 /// 2: `Hello` carries the sender's history; `Diverged`.
-pub const REPL_VERSION: u16 = 2;
+/// 3: `Journals` carries each journal's next LSN (where a replica that
+/// lacks records is complete again).
+pub const REPL_VERSION: u16 = 3;
 
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
     Hello(Hello),
-    /// Every journal of the primary: (id, name).
-    Journals(Vec<(u64, String)>),
+    /// Every journal of the primary: (id, name, next LSN). A replica that
+    /// lacks records (`JournalEntry::incomplete`) is complete again once
+    /// it is durable up to that next LSN: every record acknowledged before
+    /// the session began is below it.
+    Journals(Vec<(u64, String, u64)>),
     /// Asks the replica for the CRC of its records at these LSNs.
     Probe {
         journal: u64,
@@ -178,9 +183,10 @@ impl Msg {
             }),
             Msg::Journals(js) => encode_frame(out, op::JOURNALS, 0, |o| {
                 put32(o, js.len() as u32);
-                for (id, name) in js {
+                for (id, name, next) in js {
                     put64(o, *id);
                     put_str(o, name);
+                    put64(o, *next);
                 }
             }),
             Msg::Probe { journal, lsns } => encode_frame(out, op::PROBE, 0, |o| {
@@ -323,7 +329,7 @@ impl Msg {
                     name: r.str()?.to_string(),
                 })
             }
-            op::JOURNALS => Msg::Journals(list(&mut r, 10, |r| Ok((r.u64()?, r.str()?.to_string())))?),
+            op::JOURNALS => Msg::Journals(list(&mut r, 18, |r| Ok((r.u64()?, r.str()?.to_string(), r.u64()?)))?),
             op::PROBE => {
                 let journal = r.u64()?;
                 Msg::Probe { journal, lsns: list(&mut r, 8, |r| r.u64())? }
@@ -411,7 +417,7 @@ mod tests {
             batch_buf: 1 << 20,
             name: "site-a".into(),
         }));
-        round(Msg::Journals(vec![(1, "default".into()), (9, "orders".into())]));
+        round(Msg::Journals(vec![(1, "default".into(), 1), (9, "orders".into(), 1 << 40)]));
         round(Msg::Probe { journal: 1, lsns: vec![10, 9, 7, 3] });
         round(Msg::Truncate { journal: 1, keep: 99 });
         round(Msg::Reset { journal: 2, next_lsn: 500 });

@@ -109,6 +109,7 @@ impl Srv {
             backlog_bytes: ob.map(|o| o.queued_bytes() as u64).unwrap_or(0),
             last_error: r.last_error.lock().clone(),
             split_brain: r.split_brain.lock().clone(),
+            incomplete: self.log.incomplete().unwrap_or_default(),
             journals,
         }
     }

@@ -85,8 +85,8 @@ pub(super) async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
             );
             conn.send(|o| err_frame(o, rid, codes::NOT_PRIMARY, &msg));
         }
-        Request::Promote => {
-            let res = promote(srv).await;
+        Request::Promote { force } => {
+            let res = promote(srv, force).await;
             role_change_answer(srv, conn, rid, Op::Promote, res);
         }
         Request::Demote { sync, timeout_ms } => {

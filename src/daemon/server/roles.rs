@@ -14,7 +14,7 @@ impl Srv {
         {
             let srv = self.clone();
             tokio_uring::spawn(async move {
-                if let Err((code, msg)) = promote(&srv).await {
+                if let Err((code, msg)) = promote(&srv, false).await {
                     tracing::error!(code, msg, "automatic promotion failed");
                 }
             });
@@ -64,7 +64,9 @@ pub(super) fn role_change_answer(srv: &Srv, conn: &Conn, rid: u64, op: Op, res: 
 /// Makes this replica the primary: its receiver stops (after writing
 /// everything received), the epoch rises past any seen, the idempotence
 /// tables are rebuilt from the journals, and it starts shipping to its peer.
-pub(super) async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
+/// Refused (`incomplete`) while it lacks records its primary acknowledged,
+/// unless `force`.
+pub(super) async fn promote(srv: &Rc<Srv>, force: bool) -> Result<(), (u16, String)> {
     let r = &srv.repl;
     let from = match r.role() {
         Role::Primary | Role::Standalone => return Ok(()),
@@ -103,6 +105,16 @@ pub(super) async fn promote(srv: &Rc<Srv>) -> Result<(), (u16, String)> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    // Checked once the receiver stopped: no reset can begin after it.
+    if let Err(why) = replication::may_lead(&srv.log, force) {
+        let _ = r.change(Change::AbandonPromotion { back_to: from });
+        return Err((codes::INCOMPLETE, why));
+    }
+    if force {
+        if let Some(why) = srv.log.incomplete() {
+            tracing::error!(why, "promoted by force although incomplete: what it lacks is lost");
+        }
+    }
     // The new term joins the runs its history holds (with a nonce of its
     // own): a replica's records of any other run are a split brain.
     let log = srv.log.clone();
@@ -130,6 +142,7 @@ pub(super) async fn serve_after_wait(srv: &Rc<Srv>) -> Result<(), (u16, String)>
     if r.role() != Role::Waiting {
         return Ok(());
     }
+    replication::may_lead(&srv.log, false).map_err(|why| (codes::INCOMPLETE, why))?;
     let Some(epoch) = Epoch::from_raw(srv.log.epoch()).restart() else {
         return Err((codes::NOT_PRIMARY, "no start is left in this term: promote this node instead".into()));
     };

@@ -342,7 +342,7 @@ impl FailoverSim {
     fn keeper_turn(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         self.etcd.cut.set(n.cut);
-        let view = View { role: n.role, epoch: n.epoch.raw(), seen: n.seen };
+        let view = View { role: n.role, epoch: n.epoch.raw(), seen: n.seen, complete: true };
         let actions = n.keeper.tick(&self.etcd, &n.clock, view);
         n.serve_until = n.keeper.serve_until();
         // The next turn a tick later by its own clock.

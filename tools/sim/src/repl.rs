@@ -44,7 +44,7 @@ use mirrorlog::replication::primary_session::{encode_events, AckBook, CatchUp, C
 use mirrorlog::replication::replica_session::{answer_hello, ReplicaSession};
 use mirrorlog::replication::role::HelloAnswer;
 use mirrorlog::replication::wire::Msg;
-use mirrorlog::replication::{install_outbox, max_body, Change, ReplConfig, ReplShared, Role};
+use mirrorlog::replication::{install_outbox, max_body, may_lead, Change, ReplConfig, ReplShared, Role};
 use mirrorlog::storage::{SimConfig, SimStorage};
 use mirrorlog::{Config, Driver, Error, Journal, MirrorLog};
 
@@ -82,6 +82,12 @@ counters! {
         failovers,
         rots,
         restarts,
+        /// Replica sites lost and rebuilt on blank devices.
+        replacements,
+        /// Checks of a replica that said it was incomplete.
+        incomplete_seen,
+        /// Failovers refused because the replica was incomplete.
+        promotions_refused,
         verified,
     }
 }
@@ -164,6 +170,9 @@ fn repl_shared(name: &str, role: Role, backlog: usize) -> Arc<ReplShared> {
 
 type Res = Result<(), String>;
 
+/// How an operator's promote that was refused (`may_lead`) begins.
+const REFUSED: &str = "promotion refused";
+
 impl Site {
     fn new(
         name: &'static str,
@@ -172,6 +181,7 @@ impl Site {
         set_uuid: [u8; 16],
         role: Role,
         backlog: usize,
+        unsynced: bool,
     ) -> Result<Site, String> {
         let storage = SimStorage::new(SimConfig::new(seed));
         let devices: Vec<PathBuf> = (0..mirrors).map(|i| PathBuf::from(format!("/sim/{name}{i}.dev"))).collect();
@@ -180,6 +190,7 @@ impl Site {
         }
         let mut cfg = sim_config(devices, &storage);
         cfg.set_uuid = Some(set_uuid);
+        cfg.unsynced_replica = unsynced;
         let log = MirrorLog::create(&cfg).map_err(|e| format!("{name}: create: {e}"))?;
         let shared = repl_shared(name, role, backlog);
         let mut s = Site { name, storage, cfg, log: Some(Arc::new(log)), mirrors, shared, outbox: None };
@@ -257,7 +268,11 @@ impl Site {
     /// Every record of `want` at or above this site's mark reads back with
     /// its bytes.
     fn holds(&self, want: &BTreeMap<u64, Vec<u8>>, what: &str) -> Res {
-        let j = self.journal()?;
+        let j = match self.journal() {
+            Err(e) if !want.is_empty() => return Err(format!("{e}: every record {what} is lost")),
+            Err(_) => return Ok(()),
+            Ok(j) => j,
+        };
         let from = j.mark().max(1);
         for (lsn, p) in want.range(from..) {
             match j.read(*lsn) {
@@ -305,6 +320,11 @@ struct Model {
 struct ReplSim {
     seed: u64,
     rng: Rng,
+    /// Draws for the replica sites rebuilt blank, in one seed of eight
+    /// (`seed % 8 == 7`) and apart from `rng`: the other seeds run exactly
+    /// as before rebuilds were simulated, so the seeds that found earlier
+    /// defects still find them.
+    rebuilds: Option<Rng>,
     sites: [Site; 2],
     /// Index of the primary in `sites`.
     primary: usize,
@@ -394,13 +414,14 @@ impl ReplSim {
         uuid[8] = 0x5e;
         // Backlogs from a few batches (overflows are common) to plenty.
         let backlog = [16 << 10, 256 << 10, 4 << 20][rng.below(3) as usize];
-        let a = Site::new("a", seed ^ 0xA, 2 + rng.below(2) as usize, uuid, Role::Primary, backlog)?;
-        let b = Site::new("b", seed ^ 0xB, 2 + rng.below(2) as usize, uuid, Role::Replica, backlog)?;
+        let a = Site::new("a", seed ^ 0xA, 2 + rng.below(2) as usize, uuid, Role::Primary, backlog, false)?;
+        let b = Site::new("b", seed ^ 0xB, 2 + rng.below(2) as usize, uuid, Role::Replica, backlog, false)?;
         let j = a.log()?.create_journal(JOURNAL).map_err(|e| format!("create journal: {e}"))?;
         b.log()?.create_journal_with_id(JOURNAL, j.id()).map_err(|e| format!("create journal on b: {e}"))?;
         Ok(ReplSim {
             seed,
             rng,
+            rebuilds: (seed % 8 == 7).then(|| Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
             sites: [a, b],
             primary: 0,
             link: None,
@@ -543,7 +564,14 @@ impl ReplSim {
             self.model.remote = self.model.remote.split_off(&m);
             Ok(())
         } else {
-            self.sites[i].holds(&self.model.remote, "acknowledged remote-durable")
+            // A replica that lacks some of them must know it (and so
+            // refuse promotion).
+            let s = &self.sites[i];
+            if s.log()?.incomplete().is_some() {
+                self.counts.incomplete_seen += 1;
+                return Ok(());
+            }
+            s.holds(&self.model.remote, "acknowledged remote-durable")
         }
     }
 
@@ -1027,6 +1055,26 @@ impl ReplSim {
         Ok(())
     }
 
+    /// The replica's site is lost and rebuilt: blank devices formatted as a
+    /// member of the primary's set (what `replication::bootstrap` does),
+    /// holding no journal until the primary's next session lists, creates
+    /// and sends them whole.
+    fn replace_replica(&mut self) -> Res {
+        self.counts.replacements += 1;
+        let r = 1 - self.primary;
+        let (name, mirrors) = (self.sites[r].name, self.sites[r].mirrors);
+        self.note(format!("the replica {name} is lost and rebuilt on blank devices"));
+        self.end_session("the replica's site is lost");
+        let set = self.p().log()?.set_uuid();
+        let seen = self.sites[r].shared.seen_epoch.load(Ordering::Acquire);
+        let backlog = self.sites[r].shared.cfg.backlog_bytes;
+        let seed = self.seed ^ (0xB0 + self.counts.replacements);
+        self.sites[r] = Site::new(name, seed, mirrors, set, Role::Replica, backlog, true)?;
+        self.sites[r].shared.saw_epoch(seen);
+        self.rotted[r].clear();
+        Ok(())
+    }
+
     /// The primary's site fails; the replica is promoted to a new term;
     /// the old primary returns as its replica.
     fn failover(&mut self) -> Res {
@@ -1035,22 +1083,33 @@ impl ReplSim {
         self.note(format!("failover: {} fails, {} is promoted", self.sites[old].name, self.sites[1 - old].name));
         self.end_session("failover");
         self.sites[old].storage.crash();
-        // The old primary comes back as a replica (its operator configures
-        // it so; a daemon would also follow the newer epoch it finds).
-        let backlog = self.sites[old].shared.cfg.backlog_bytes;
-        self.sites[old].shared = repl_shared(self.sites[old].name, Role::Replica, backlog);
-        self.sites[old].reopen(true)?;
         let new = 1 - old;
         if self.sites[new].storage.crashed() {
             self.sites[new].reopen(true)?;
         }
         let _ = self.sites[new].drain();
-        // What was acknowledged remote-durable is on the new primary.
+        // What was acknowledged remote-durable is on the new primary, or
+        // it knows it is incomplete.
         self.verify_site(new)?;
-        let e = self.promote(new)?;
+        let e = match self.promote(new) {
+            Err(why) if why.starts_with(REFUSED) => {
+                // The old primary's site is brought back instead, as primary.
+                self.counts.promotions_refused += 1;
+                self.note(format!("{why}: {} comes back", self.sites[old].name));
+                self.sites[old].reopen(true)?;
+                return self.verify_site(old);
+            }
+            r => r?,
+        };
+        self.sites[new].holds(&self.model.remote, "acknowledged remote-durable")?;
+        // The old primary comes back as a replica (its operator configures
+        // it so; a daemon would also follow the newer epoch it finds).
+        let backlog = self.sites[old].shared.cfg.backlog_bytes;
+        self.sites[old].shared = repl_shared(self.sites[old].name, Role::Replica, backlog);
+        self.sites[old].reopen(true)?;
         self.primary = new;
         // The new truth: what the new primary holds.
-        let j = self.p().journal()?;
+        let j = self.p().journal().map_err(|e| format!("{e}: the promoted node lost the journal"))?;
         let held = match self.p().records(1) {
             Ok(h) => h,
             Err(_) if self.p().storage.crashed() => {
@@ -1088,12 +1147,18 @@ impl ReplSim {
     }
 
     /// Promotes site `i`: a new term above every epoch it saw (the
-    /// daemon's `promote`), then it ships.
+    /// daemon's `promote`), then it ships. Refused (an error beginning
+    /// with `REFUSED`) while it is incomplete.
     fn promote_once(&mut self, i: usize) -> Result<Epoch, String> {
         let site = &mut self.sites[i];
         let sh = site.shared.clone();
+        let from = sh.role();
         sh.change(Change::BeginPromotion).map_err(|r| format!("promote from {}", r.name()))?;
         let log = site.log()?.clone();
+        if let Err(why) = may_lead(&log, false) {
+            let _ = sh.change(Change::AbandonPromotion { back_to: from });
+            return Err(format!("{REFUSED} of {}: {why}", site.name));
+        }
         let seen = Epoch::from_raw(sh.seen_epoch.load(Ordering::Acquire));
         let e = Epoch::from_raw(log.epoch()).promotion(seen).ok_or("no term left")?;
         log.begin_run(e.raw()).map_err(|e| format!("promotion's run: {e}"))?;
@@ -1158,6 +1223,9 @@ impl ReplSim {
             89..=91 => self.failover(),
             _ => {
                 let i = self.rng.below(2) as usize;
+                if i != self.primary && self.rebuilds.as_mut().is_some_and(|r| r.chance(25)) {
+                    return self.replace_replica().and_then(|_| self.settle_crashes());
+                }
                 self.note(format!("{} restarts", self.sites[i].name));
                 self.end_session("a site restarts");
                 self.counts.restarts += 1;
