@@ -141,13 +141,13 @@ impl Journal {
     /// Appends one record; returns its LSN once it is durable on every
     /// healthy mirror.
     pub fn append(&self, payload: &[u8]) -> Result<Lsn> {
-        self.inner.append_many(std::iter::once(payload))
+        self.inner.append_many(std::slice::from_ref(&payload))
     }
 
     /// Appends records with consecutive LSNs; returns the first LSN once all
     /// are durable. Either all are placed, or (`full`, too large) none is.
     pub fn append_batch(&self, payloads: &[&[u8]]) -> Result<Lsn> {
-        self.inner.append_many(payloads.iter().copied())
+        self.inner.append_many(payloads)
     }
 
     /// Places a record without waiting for it to be written; returns a

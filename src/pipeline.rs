@@ -252,6 +252,21 @@ pub(crate) struct Pending {
     done: Option<(Batch, Result<()>)>,
 }
 
+/// What a placement does when no batch buffer is free (and while another
+/// caller holds the journal exclusively): the one thing the ways into the
+/// append path differ in.
+enum Room<'a> {
+    /// `submit`: nothing is placed; `Backpressure` (the caller writes and
+    /// tries again).
+    Refuse,
+    /// `submit_many`: the caller's writer runs with the lock released
+    /// (it pumps a `Driver`).
+    Make(&'a mut dyn FnMut() -> Result<()>),
+    /// `append`: a batch is written on this thread, or the caller waits for
+    /// the writer that has one.
+    Wait,
+}
+
 /// What must fit in the batch where a record is placed.
 #[derive(Clone, Copy)]
 enum Fit {
@@ -653,46 +668,31 @@ impl JournalInner {
         self.complete(&mut st, b, res);
     }
 
-    /// Places one record without waiting. `Err(Backpressure)` when every
-    /// batch buffer is in use: write (pump a `Driver`) and try again.
-    pub(crate) fn submit(&self, payload: &[u8], tag: Option<Tag>) -> Result<Ticket> {
-        let max = self.shared.cfg.max_record_size as usize;
-        if payload.len() > max {
-            return Err(Error::RecordTooLarge { size: payload.len(), max });
-        }
-        let mut st = self.st.lock();
-        self.check_writable(&st)?;
-        if st.exclusive {
-            return Err(Error::Backpressure);
-        }
-        let body = payload.len() + if tag.is_some() { TAG_LEN } else { 0 };
-        if self.segments_needed(&st, std::iter::once(body)) > 0 {
-            st.reserved = self.shared.take_slots(self.id, 1)?;
-        }
-        let lsn = st.next_assign;
-        let r = self.place(&mut st, payload, tag, Fit::Record);
-        for s in st.reserved.drain(..) {
-            self.shared.release_slot(s);
-        }
-        match r? {
-            Some(batch) => Ok(Ticket { lsn, batch }),
-            None => Err(Error::Backpressure),
-        }
-    }
-
-    /// Places records with consecutive LSNs without waiting for them to be
-    /// written; with `tag`, record `i` is tagged `(producer, seq + i)`.
-    /// All or none: the segments they need are reserved first (`full` places
-    /// nothing). When no batch buffer is free midway, other submitters are
-    /// held off (`exclusive`) and `make_room` runs, unlocked, to write
-    /// batches (pump a `Driver`). Returns the first LSN and the last record's
-    /// ticket.
-    pub(crate) fn submit_many(
-        &self,
+    /// The append path: every record any caller appends is placed here.
+    /// 1. Sizes: each record within `max_record_size`; a `grouped` append
+    ///    (`submit`, `submit_many`) within one batch, as its records land in
+    ///    one batch, so a crash keeps all of them or none (recovery cuts at
+    ///    batch ends).
+    /// 2. Lock; another caller's exclusive placement is waited out as
+    ///    `room` says.
+    /// 3. The segments all the records need are reserved: all or none
+    ///    (`full` places nothing).
+    /// 4. Each record is placed in the open batch (consecutive LSNs, record
+    ///    `i` tagged `(producer, seq + i)`). When no batch buffer is free,
+    ///    other callers are held off (`exclusive`) and room is made as
+    ///    `room` says; a delete or a failed batch meanwhile ends the append
+    ///    (records placed stay placed: a writer writes them).
+    /// 5. The segments reserved and not used are given back.
+    ///
+    /// Returns the first LSN and the last record's ticket, with the journal
+    /// still locked for a caller that waits next.
+    fn place_all<'s>(
+        &'s self,
         payloads: &[&[u8]],
         tag: Option<Tag>,
-        mut make_room: impl FnMut() -> Result<()>,
-    ) -> Result<(Lsn, Ticket)> {
+        grouped: bool,
+        mut room: Room<'_>,
+    ) -> Result<(MutexGuard<'s, JState>, Lsn, Ticket)> {
         let max = self.shared.cfg.max_record_size as usize;
         if payloads.is_empty() {
             return Err(Error::Config("an append needs at least one record".into()));
@@ -701,23 +701,36 @@ impl JournalInner {
             return Err(Error::RecordTooLarge { size: p.len(), max });
         }
         let extra = if tag.is_some() { TAG_LEN } else { 0 };
-        // Invariant: the records of one submit_many land in one batch, so a
-        // crash keeps all of them or none (recovery cuts at batch ends).
-        let group: u64 = payloads.iter().map(|p| (RECORD_HEADER_LEN + extra + p.len()) as u64).sum();
-        let max_group = self.shared.cfg.max_batch_bytes.max(RECORD_HEADER_LEN + extra + max) as u64;
-        if payloads.len() > 1 && group > max_group {
-            return Err(Error::AppendTooLarge { size: group as usize, max: max_group as usize });
-        }
+        let group: u64 = if grouped {
+            let group = payloads.iter().map(|p| (RECORD_HEADER_LEN + extra + p.len()) as u64).sum();
+            let max_group = self.shared.cfg.max_batch_bytes.max(RECORD_HEADER_LEN + extra + max) as u64;
+            if payloads.len() > 1 && group > max_group {
+                return Err(Error::AppendTooLarge { size: group as usize, max: max_group as usize });
+            }
+            group
+        } else {
+            0
+        };
+        debug_assert!(grouped || tag.is_none(), "only grouped appends are tagged");
+        debug_assert!(!matches!(room, Room::Refuse) || payloads.len() == 1, "a refusal places nothing");
         let mut st = self.st.lock();
         loop {
             self.check_writable(&st)?;
             if !st.exclusive {
                 break;
             }
-            // Another submit_many is mid-placement (only on another thread).
-            MutexGuard::unlocked(&mut st, &mut make_room)?;
+            // Another caller is mid-placement (only on another thread).
+            match &mut room {
+                Room::Refuse => return Err(Error::Backpressure),
+                Room::Make(make_room) => MutexGuard::unlocked(&mut st, &mut **make_room)?,
+                Room::Wait => self.excl_cv.wait(&mut st),
+            }
         }
-        let need = self.segments_needed(&st, std::iter::once(group as usize - RECORD_HEADER_LEN));
+        let need = if grouped {
+            self.segments_needed(&st, std::iter::once(group as usize - RECORD_HEADER_LEN))
+        } else {
+            self.segments_needed(&st, payloads.iter().map(|p| p.len()))
+        };
         if need > 0 {
             st.reserved = self.shared.take_slots(self.id, need)?;
         }
@@ -725,37 +738,70 @@ impl JournalInner {
         let mut last = Ticket { lsn: first, batch: 0 };
         let mut i = 0;
         while i < payloads.len() {
+            // (Re)checked after every wait: a delete or a failed batch ends it.
             if let Err(e) = self.check_writable(&st) {
                 self.end_exclusive(&mut st);
                 return Err(e);
             }
             let t = tag.map(|t| Tag { producer: t.producer, seq: t.seq + i as u64 });
             let lsn = st.next_assign;
-            // The whole group must fit where the first record goes; the
-            // others follow it in the same batch, never sealing it.
-            let fit = if i == 0 { Fit::Group(group) } else { Fit::Continue };
-            match self.place(&mut st, payloads[i], t, fit) {
+            // A group must fit where its first record goes; the others follow
+            // it in the same batch, never sealing it.
+            let fit = match (grouped, i) {
+                (false, _) => Fit::Record,
+                (true, 0) => Fit::Group(group),
+                (true, _) => Fit::Continue,
+            };
+            let made = match self.place(&mut st, payloads[i], t, fit) {
                 Ok(Some(batch)) => {
                     last = Ticket { lsn, batch };
                     i += 1;
+                    Ok(())
                 }
-                Ok(None) => {
-                    st.exclusive = true;
-                    if let Err(e) = MutexGuard::unlocked(&mut st, &mut make_room) {
-                        // Placed records stay placed (a writer will write
-                        // them); the caller learns the append failed.
-                        self.end_exclusive(&mut st);
-                        return Err(e);
+                Ok(None) => match &mut room {
+                    Room::Refuse => Err(Error::Backpressure),
+                    Room::Make(make_room) => {
+                        st.exclusive = true;
+                        MutexGuard::unlocked(&mut st, &mut **make_room)
                     }
-                }
-                Err(e) => {
-                    self.end_exclusive(&mut st);
-                    return Err(e);
-                }
+                    Room::Wait => {
+                        st.exclusive = true;
+                        if !self.help(&mut st) {
+                            let oldest = st.retired;
+                            self.cv(oldest).wait(&mut st);
+                        }
+                        Ok(())
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = made {
+                self.end_exclusive(&mut st);
+                return Err(e);
             }
         }
         self.end_exclusive(&mut st);
-        Ok((first, last))
+        Ok((st, first, last))
+    }
+
+    /// Places one record without waiting. `Err(Backpressure)` when every
+    /// batch buffer is in use: write (pump a `Driver`) and try again.
+    pub(crate) fn submit(&self, payload: &[u8], tag: Option<Tag>) -> Result<Ticket> {
+        self.place_all(std::slice::from_ref(&payload), tag, true, Room::Refuse).map(|(_, _, t)| t)
+    }
+
+    /// Places records with consecutive LSNs without waiting for them to be
+    /// written, all in one batch; with `tag`, record `i` is tagged
+    /// `(producer, seq + i)`. When no batch buffer is free midway,
+    /// `make_room` runs, unlocked, to write batches (pump a `Driver`).
+    /// Returns the first LSN and the last record's ticket.
+    pub(crate) fn submit_many(
+        &self,
+        payloads: &[&[u8]],
+        tag: Option<Tag>,
+        mut make_room: impl FnMut() -> Result<()>,
+    ) -> Result<(Lsn, Ticket)> {
+        self.place_all(payloads, tag, true, Room::Make(&mut make_room)).map(|(_, first, last)| (first, last))
     }
 
     /// What became of batch `seq`: `None` while it is not retired yet,
@@ -891,58 +937,12 @@ impl JournalInner {
         }
     }
 
-    pub(crate) fn append_many<'a>(&self, payloads: impl Iterator<Item = &'a [u8]> + Clone) -> Result<Lsn> {
-        let max = self.shared.cfg.max_record_size as usize;
-        let mut n = 0usize;
-        for p in payloads.clone() {
-            if p.len() > max {
-                return Err(Error::RecordTooLarge { size: p.len(), max });
-            }
-            n += 1;
-        }
-        if n == 0 {
-            return Err(Error::Config("append_batch needs at least one record".into()));
-        }
-        let mut st = self.st.lock();
-        while st.exclusive {
-            self.check_writable(&st)?;
-            self.excl_cv.wait(&mut st);
-        }
-        self.check_writable(&st)?;
-        let need = self.segments_needed(&st, payloads.clone().map(|p| p.len()));
-        if need > 0 {
-            st.reserved = self.shared.take_slots(self.id, need)?;
-        }
-        let first = st.next_assign;
-        let mut last_seq = 0;
-        let mut it = payloads.peekable();
-        while let Some(p) = it.peek() {
-            // (Re)checked after every wait: a delete or a failed batch ends it.
-            if let Err(e) = self.check_writable(&st) {
-                self.end_exclusive(&mut st);
-                return Err(e);
-            }
-            match self.place(&mut st, p, None, Fit::Record) {
-                Ok(Some(seq)) => {
-                    last_seq = seq;
-                    it.next();
-                }
-                Ok(None) => {
-                    // No free batch buffer: keep others out, write or wait.
-                    st.exclusive = true;
-                    if !self.help(&mut st) {
-                        let oldest = st.retired;
-                        self.cv(oldest).wait(&mut st);
-                    }
-                }
-                Err(e) => {
-                    self.end_exclusive(&mut st);
-                    return Err(e);
-                }
-            }
-        }
-        self.end_exclusive(&mut st);
-        self.wait_batch(&mut st, last_seq)?;
+    /// Places records with consecutive LSNs (a batch may end between them)
+    /// and waits until all are durable, writing batches on this thread
+    /// when no writer has them. Returns the first LSN.
+    pub(crate) fn append_many(&self, payloads: &[&[u8]]) -> Result<Lsn> {
+        let (mut st, first, last) = self.place_all(payloads, None, false, Room::Wait)?;
+        self.wait_batch(&mut st, last.batch)?;
         Ok(first)
     }
 
