@@ -23,6 +23,7 @@
 
 pub mod etcd;
 pub mod failover;
+pub mod liveness;
 pub mod negotiate;
 pub mod outbox;
 pub mod primary_session;

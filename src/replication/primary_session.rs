@@ -538,7 +538,7 @@ mod tests {
     ) -> (PrimarySession, ReplicaSession, Vec<String>) {
         let (mut s, h) = PrimarySession::new(p.clone(), psh.clone(), ob.clone());
         let Msg::Hello(h) = over_wire(&h) else { panic!("a hello first") };
-        let mut rs = ReplicaSession::new(r.clone(), shared(), &h).expect("replica session");
+        let mut rs = ReplicaSession::new(r.clone(), shared(), &h, 0).expect("replica session");
         let mut answer = Msg::HelloOk { epoch: r.epoch(), name: "r".into() };
         let mut asked = Vec::new();
         loop {
@@ -581,7 +581,7 @@ mod tests {
         let mut b = Vec::new();
         encode_events(&mut evs, &HashMap::new(), &mut b, |_| Ok(())).expect("encode");
         assert_eq!(rj.next_lsn(), 1);
-        let mut rs0 = ReplicaSession::new(r.clone(), shared(), &hello(&p, &shared(), false)).expect("session");
+        let mut rs0 = ReplicaSession::new(r.clone(), shared(), &hello(&p, &shared(), false), 0).expect("session");
         assert!(to_replica(&mut rs0, &b).is_empty());
         assert!(rs0.finish(&Ok(())).is_none());
         assert_eq!(rj.next_lsn(), 41);
@@ -640,7 +640,7 @@ mod tests {
         let t = 123_456;
         for _ in 0..1000 {
             rs.pump(&r.journals(), rs.in_flight() > 0).expect("pump");
-            for m in rs.acks(false).into_iter().map(|a| over_wire(&Msg::Acks(vec![a]))) {
+            for m in rs.acks(0).into_iter().map(|a| over_wire(&Msg::Acks(vec![a]))) {
                 book.handle(m, t).expect("acks");
             }
             if psh.journal(pj.id()).durable.load(Ordering::Acquire) == 201 {

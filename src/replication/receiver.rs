@@ -21,6 +21,7 @@ use super::replica_session::{answer_hello, ReplicaSession};
 use super::role::HelloAnswer;
 use super::wire::Msg;
 use super::{configure, max_body, Change, FrameConn, ReplShared, Role};
+use crate::clock::{Clock, Mono};
 use crate::MirrorLog;
 
 pub struct Receiver {
@@ -134,7 +135,7 @@ impl Receiver {
         self.shared.connected.store(true, Ordering::Release);
         self.shared.sessions.fetch_add(1, Ordering::Relaxed);
         tracing::info!(primary = %h.name, epoch = h.epoch, history = %h.history, "replicating from primary");
-        let mut st = ReplicaSession::new(self.log.clone(), self.shared.clone(), &h)?;
+        let mut st = ReplicaSession::new(self.log.clone(), self.shared.clone(), &h, Mono.now_ms())?;
         let res = self.serve(&mut c, &mut st);
         if let Some(m) = st.finish(&res) {
             let _ = c.send(&m);
@@ -145,8 +146,6 @@ impl Receiver {
     fn serve(&self, c: &mut FrameConn, st: &mut ReplicaSession) -> Result<(), String> {
         let io = |e: std::io::Error| e.to_string();
         let fd = c.stream.as_raw_fd();
-        let mut last_frame = Instant::now();
-        let mut last_ack = Instant::now();
         let mut out = Vec::new();
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
@@ -159,7 +158,7 @@ impl Receiver {
             let mut any = false;
             while let Some(m) = c.try_decoded().map_err(io)? {
                 any = true;
-                last_frame = Instant::now();
+                st.heard(Mono.now_ms());
                 if let Some(reply) = st.handle(m)? {
                     c.send(&reply).map_err(io)?;
                 }
@@ -167,18 +166,18 @@ impl Receiver {
             // One listing per turn: journals change only in `handle`, above.
             let js = self.log.journals();
             st.pump(&js, false)?;
-            // Ack what moved (and at least once a second, as a heartbeat).
+            // Ack what moved (and every journal, as a heartbeat, when due).
             out.clear();
-            let acks = st.acks(last_ack.elapsed() >= Duration::from_secs(1));
+            let now = Mono.now_ms();
+            let acks = st.acks(now);
             if !acks.is_empty() {
                 Msg::Acks(acks).encode(&mut out);
                 c.send_raw(&out).map_err(io)?;
-                last_ack = Instant::now();
             }
             if any {
                 continue;
             }
-            if last_frame.elapsed() > self.shared.cfg.peer_timeout {
+            if st.peer_silent(now) {
                 return Err("no frame from the primary in time".into());
             }
             // Wait for the socket, or for a write to finish.

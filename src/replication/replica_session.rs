@@ -26,6 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::liveness::Liveness;
 use super::role::{self, HelloAnswer, Role};
 use super::wire::{Hello, Msg, REPL_VERSION};
 use super::ReplShared;
@@ -113,16 +114,26 @@ pub struct ReplicaSession {
     allow_diverged: bool,
     /// The journal whose cut was refused as a split brain.
     diverged: Option<u64>,
+    /// When an ack is due as a heartbeat, and when the primary has been
+    /// silent too long.
+    live: Liveness,
 }
 
 impl ReplicaSession {
     /// A session for the primary that sent `hello` (already answered
-    /// `HelloOk`). An operator's `discard-diverged` applies to this session
-    /// only.
-    pub fn new(log: Arc<MirrorLog>, shared: Arc<ReplShared>, hello: &Hello) -> Result<ReplicaSession, String> {
+    /// `HelloOk`) at `now_ms` (monotonic). An operator's `discard-diverged`
+    /// applies to this session only.
+    pub fn new(
+        log: Arc<MirrorLog>,
+        shared: Arc<ReplShared>,
+        hello: &Hello,
+        now_ms: u64,
+    ) -> Result<ReplicaSession, String> {
         let driver = Driver::for_log(&log).map_err(|e| e.to_string())?;
         let allow_diverged = shared.discard_diverged.swap(false, Ordering::AcqRel);
+        let live = Liveness::new(now_ms, shared.cfg.peer_timeout.as_millis() as u64);
         Ok(ReplicaSession {
+            live,
             mine: log.history(),
             log,
             shared,
@@ -347,10 +358,24 @@ impl ReplicaSession {
         Ok(Msg::Ends(vec![(journal, end)]))
     }
 
-    /// (journal, received, durable) for every journal whose positions moved
-    /// since the last acks (`all`: every journal, a heartbeat). Marks
-    /// complete each incomplete journal now durable up to what it owed.
-    pub fn acks(&mut self, all: bool) -> Vec<(u64, u64, u64)> {
+    /// A frame from the primary arrived at `now_ms`.
+    pub fn heard(&mut self, now_ms: u64) {
+        self.live.heard(now_ms);
+    }
+
+    /// Nothing from the primary for longer than the peer timeout: the
+    /// session should end.
+    pub fn peer_silent(&self, now_ms: u64) -> bool {
+        self.live.peer_silent(now_ms)
+    }
+
+    /// The acks to send at `now_ms`: (journal, received, durable) for every
+    /// journal whose positions moved since the last acks, or for every
+    /// journal when a heartbeat is due (`liveness::HEARTBEAT_MS` since the
+    /// last). Marks complete each incomplete journal now durable up to
+    /// what it owed.
+    pub fn acks(&mut self, now_ms: u64) -> Vec<(u64, u64, u64)> {
+        let all = self.live.heartbeat_due(now_ms);
         let mut v = Vec::new();
         for (&id, &recv) in &self.received {
             let Some(j) = self.log.journal_by_id(id) else { continue };
@@ -375,6 +400,9 @@ impl ReplicaSession {
                 self.sent.insert(id, now);
                 v.push((id, now.0, now.1));
             }
+        }
+        if !v.is_empty() {
+            self.live.sent(now_ms);
         }
         v
     }
@@ -463,7 +491,7 @@ pub(crate) mod tests {
         }
         let r = Arc::new(set(dir.path(), "r", Some(p.set_uuid())));
         let sh = shared();
-        let mut s = ReplicaSession::new(r.clone(), sh.clone(), &hello(&p, p.epoch(), p.history())).expect("session");
+        let mut s = ReplicaSession::new(r.clone(), sh.clone(), &hello(&p, p.epoch(), p.history()), 0).expect("session");
         match s.handle(Msg::Journals(vec![(pj.id(), "orders".into(), pj.next_lsn())])).expect("journals") {
             Some(Msg::Ends(e)) => assert_eq!((e.len(), e[0].1.next_lsn), (1, 1)),
             other => panic!("{other:?}"),
@@ -475,7 +503,7 @@ pub(crate) mod tests {
         let mut acked = (0, 0);
         for _ in 0..1000 {
             s.pump(&r.journals(), s.in_flight() > 0).expect("pump");
-            if let Some(&(_, recv, dur)) = s.acks(false).last() {
+            if let Some(&(_, recv, dur)) = s.acks(0).last() {
                 assert!(dur <= recv, "durable never ahead of received");
                 acked = (recv, dur);
             }
@@ -502,7 +530,7 @@ pub(crate) mod tests {
         for _ in 0..1000 {
             s.pump(&r.journals(), s.in_flight() > 0).expect("pump");
             if r.journals().iter().all(|j| j.next_lsn() >= end) && s.in_flight() == 0 {
-                let _ = s.acks(false);
+                let _ = s.acks(0);
                 return;
             }
         }
@@ -517,7 +545,8 @@ pub(crate) mod tests {
         let sink = Arc::new(Collect::default());
         p.set_ship_sink(Some(sink.clone()));
         let session = |r: &Arc<MirrorLog>| {
-            let mut s = ReplicaSession::new(r.clone(), shared(), &hello(&p, p.epoch(), p.history())).expect("session");
+            let mut s =
+                ReplicaSession::new(r.clone(), shared(), &hello(&p, p.epoch(), p.history()), 0).expect("session");
             s.handle(Msg::Journals(vec![(pj.id(), "orders".into(), pj.next_lsn())])).expect("journals");
             s
         };
@@ -580,7 +609,7 @@ pub(crate) mod tests {
         }));
         let why = r.incomplete().expect("no journal given yet");
         assert!(why.contains("formatted as a replica"), "{why}");
-        let mut s = ReplicaSession::new(r.clone(), shared(), &hello(&p, p.epoch(), p.history())).expect("session");
+        let mut s = ReplicaSession::new(r.clone(), shared(), &hello(&p, p.epoch(), p.history()), 0).expect("session");
         s.handle(Msg::Journals(vec![(pj.id(), "orders".into(), pj.next_lsn())])).expect("journals");
         let why = r.incomplete().expect("the journal lacks the primary's record");
         assert!(why.contains("orders"), "{why}");
@@ -604,7 +633,7 @@ pub(crate) mod tests {
         )
         .expect("history");
         let sh = shared();
-        let mut s = ReplicaSession::new(r.clone(), sh.clone(), &hello(&p, 6 << 32, history)).expect("session");
+        let mut s = ReplicaSession::new(r.clone(), sh.clone(), &hello(&p, 6 << 32, history), 0).expect("session");
         s.handle(Msg::Journals(vec![(rj.id(), "orders".into(), 1)])).expect("journals");
         let e = s.handle(Msg::Truncate { journal: rj.id(), keep: 0 }).expect_err("refused");
         assert!(e.contains("split brain"), "{e}");

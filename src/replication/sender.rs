@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::liveness::Liveness;
 use super::negotiate::Pos;
 use super::outbox::Outbox;
 use super::primary_session::{encode_events, hello, AckBook, CatchUp, Chunk, Next, PrimarySession};
@@ -238,7 +239,9 @@ impl Sender {
         s.streaming();
         // The outbox, as it fills.
         let mut events = Vec::new();
-        let mut last_send = Instant::now();
+        // The heartbeat only: the ack reader's receive timeout is the peer
+        // timeout on this side.
+        let mut live = Liveness::new(Mono.now_ms(), u64::MAX);
         loop {
             if !alive.load(Ordering::Acquire) {
                 return Err("the replica stopped answering".into());
@@ -252,16 +255,17 @@ impl Sender {
             }
             buf.clear();
             encode_events(&mut events, &floors, &mut buf, |b| {
-                last_send = Instant::now();
+                live.sent(Mono.now_ms());
                 c.send_raw(b)
             })
             .map_err(io)?;
-            if buf.is_empty() && last_send.elapsed() >= Duration::from_secs(1) {
+            let now = Mono.now_ms();
+            if buf.is_empty() && live.heartbeat_due(now) {
                 Msg::Ping.encode(&mut buf);
             }
             if !buf.is_empty() {
                 c.send_raw(&buf).map_err(io)?;
-                last_send = Instant::now();
+                live.sent(now);
             }
         }
     }

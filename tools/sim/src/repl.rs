@@ -379,12 +379,13 @@ fn stream_outbox(ob: &Outbox, floors: &HashMap<u64, u64>, to_r: &mut Vec<u8>) ->
 /// What the receiver does with the first message of a session: a hello
 /// this node accepts (`answer_hello`) begins a `ReplicaSession` and is
 /// answered `HelloOk`; otherwise the refusal, if any, goes into `out` and
-/// the session ends (why).
+/// the session ends (why). `now`: the simulated monotonic time.
 fn take_hello(
     log: &Arc<MirrorLog>,
     shared: &Arc<ReplShared>,
     m: Msg,
     out: &mut Vec<u8>,
+    now: u64,
 ) -> Result<ReplicaSession, String> {
     let Msg::Hello(h) = m else { return Err(format!("replica: expected a hello, got {m:?}")) };
     let mine = log.epoch();
@@ -401,7 +402,7 @@ fn take_hello(
         }
     }
     shared.saw_epoch(h.epoch);
-    let rs = ReplicaSession::new(log.clone(), shared.clone(), &h).map_err(|e| format!("replica session: {e}"))?;
+    let rs = ReplicaSession::new(log.clone(), shared.clone(), &h, now).map_err(|e| format!("replica session: {e}"))?;
     Msg::HelloOk { epoch: mine.max(h.epoch), name: "replica".into() }.encode(out);
     Ok(rs)
 }
@@ -752,6 +753,7 @@ impl ReplSim {
         }
         let rlog = self.r().log()?.clone();
         let rshared = self.r().shared.clone();
+        let now = self.now();
         let Some(link) = self.link.as_mut() else { return Ok(Turn::Quiet) };
         if link.r_done {
             return Ok(Turn::Quiet);
@@ -765,7 +767,7 @@ impl ReplSim {
             self.counts.deliveries += 1;
             let Some(rs) = link.rs.as_mut() else {
                 // The receiver: a hello first.
-                match take_hello(&rlog, &rshared, m, &mut out) {
+                match take_hello(&rlog, &rshared, m, &mut out, now) {
                     Ok(rs) => link.rs = Some(rs),
                     Err(e) => {
                         failed = Some(e);
@@ -774,6 +776,7 @@ impl ReplSim {
                 }
                 continue;
             };
+            rs.heard(now);
             match rs.handle(m) {
                 Ok(Some(a)) => a.encode(&mut out),
                 Ok(None) => {}
@@ -793,7 +796,7 @@ impl ReplSim {
                 pumped += 1;
             }
             if failed.is_none() {
-                let acks = rs.acks(false);
+                let acks = rs.acks(now);
                 if !acks.is_empty() {
                     busy = true;
                     Msg::Acks(acks).encode(&mut out);
@@ -916,6 +919,12 @@ impl ReplSim {
             if stuck || !matches!(link.phase, Phase::Streaming(_)) {
                 if !link.flipped {
                     return Err(format!("the link is quiet but stuck (pending bytes: {stuck})"));
+                }
+                // The peer timeout passes with nothing more heard: the
+                // replica's own rule ends the session (`peer_silent`).
+                let past = self.now() + self.r().shared.cfg.peer_timeout.as_millis() as u64 + 1;
+                if link.rs.as_ref().is_some_and(|rs| !rs.peer_silent(past)) {
+                    return Err("the replica heard nothing for longer than its peer timeout and goes on".into());
                 }
                 self.counts.timeouts += 1;
                 self.end_session("no frame in time (peer timeout)");
