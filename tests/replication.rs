@@ -182,6 +182,17 @@ fn wait_caught_up(primary: &Daemon, within: Duration) {
     }
 }
 
+/// `clients` writers append to `journal` in `mode` until `n` appends were
+/// acknowledged; returns the acks once the replica is durable at the end
+/// of every journal.
+fn acked_and_shipped(primary: &Daemon, clients: u64, mode: Durability, journal: &str, n: usize) -> Vec<Ack> {
+    let load = Load::start(std::slice::from_ref(&primary.addr), clients, &[mode], false, journal);
+    load.wait_acks(n, Duration::from_secs(60));
+    let (acks, _) = load.stop();
+    wait_caught_up(primary, Duration::from_secs(30));
+    acks
+}
+
 /// Waits until the primary has begun more than `than` sessions (a cut the
 /// primary has not noticed yet still shows the old one as connected).
 fn wait_sessions_above(primary: &Daemon, than: u64, within: Duration) {
@@ -471,10 +482,7 @@ fn site_loss_promotion_and_client_failover_lose_no_remote_durable_append() {
 fn an_old_primary_returning_with_a_tail_is_fenced_cut_back_and_caught_up() {
     let (proxy, via) = proxied();
     let (mut a, mut b) = pair("", "", Some(&via));
-    let load = Load::start(&[a.d.addr.clone()], 4, &[Durability::RemoteDurable], false, "default");
-    load.wait_acks(500, Duration::from_secs(60));
-    let (durable_acks, _) = load.stop();
-    wait_caught_up(&a.d, Duration::from_secs(30));
+    let durable_acks = acked_and_shipped(&a.d, 4, Durability::RemoteDurable, "default", 500);
     // The link stops forwarding; the primary goes on alone in local mode:
     // a tail the replica never gets.
     proxy.lock().expect("p").as_ref().expect("p").pause();
@@ -767,10 +775,7 @@ fn promoted_while_cut_off() -> PromotedWhileCutOff {
     let (pa, via_a) = proxied();
     let (pb, via_b) = proxied();
     let (mut a, b) = pair_via("", "", Some(&via_a), Some(&via_b));
-    let load = Load::start(&[a.d.addr.clone()], 4, &[Durability::RemoteDurable], false, "default");
-    load.wait_acks(300, Duration::from_secs(60));
-    let (durable_acks, _) = load.stop();
-    wait_caught_up(&a.d, Duration::from_secs(30));
+    let durable_acks = acked_and_shipped(&a.d, 4, Durability::RemoteDurable, "default", 300);
     a.d.kill9();
     let link = Link(pa, pb);
     link.set(true);
@@ -1112,10 +1117,7 @@ fn incomplete(d: &Daemon) -> String {
 fn a_replica_rebuilt_blank_refuses_promotion_until_it_caught_up() {
     let (proxy, via) = proxied();
     let (mut a, mut b) = pair("[[journal]]\nname = \"orders\"\ndurability = \"remote-durable\"\n", "", Some(&via));
-    let load = Load::start(&[a.d.addr.clone()], 8, &[Durability::Default], false, "orders");
-    load.wait_acks(3000, Duration::from_secs(60));
-    let (acks, _) = load.stop();
-    wait_caught_up(&a.d, Duration::from_secs(30));
+    let acks = acked_and_shipped(&a.d, 8, Durability::Default, "orders", 3000);
     // Site B is lost and rebuilt: blank devices, and a slow link so that
     // its catch-up (some 3 MiB) takes a while.
     b.d.kill9();
