@@ -99,6 +99,8 @@ pub struct PrimarySession {
     current: Option<(Journal, ChainEnd, Negotiation, Asked)>,
     /// Where each negotiated journal goes on.
     pos: Vec<(Journal, Pos)>,
+    /// The journals of this session's list (`Journals`).
+    listed: Vec<u64>,
 }
 
 impl PrimarySession {
@@ -114,6 +116,7 @@ impl PrimarySession {
             queue: VecDeque::new(),
             current: None,
             pos: Vec::new(),
+            listed: Vec::new(),
         };
         (s, h)
     }
@@ -144,7 +147,9 @@ impl PrimarySession {
                 sh.error("");
                 *sh.peer_name.lock() = name;
                 self.snap = self.outbox.activate();
-                let list = self.log.journals().iter().map(|j| (j.id(), j.name().to_string(), j.next_lsn())).collect();
+                let list: Vec<_> =
+                    self.log.journals().iter().map(|j| (j.id(), j.name().to_string(), j.next_lsn())).collect();
+                self.listed = list.iter().map(|j| j.0).collect();
                 self.phase = Phase::Journals;
                 Ok(Next::Send(Msg::Journals(list)))
             }
@@ -167,6 +172,11 @@ impl PrimarySession {
                 let Some((j, first, mut n, asked)) = self.current.take() else {
                     return Err("no negotiation in progress".into());
                 };
+                if self.log.journal_by_id(j.id()).is_none() {
+                    // Deleted here meanwhile: its deletion follows in the
+                    // stream, and `floors` keeps its batches out.
+                    return self.next_journal();
+                }
                 let step = match (asked, m) {
                     (Asked::Probe, Msg::Samples { journal, samples }) if journal == j.id() => {
                         n.on_samples(&j, &samples)?
@@ -188,6 +198,9 @@ impl PrimarySession {
     /// Begins the next journal's negotiation, or ends the handshake.
     fn next_journal(&mut self) -> Result<Next, String> {
         while let Some((j, end)) = self.queue.pop_front() {
+            if self.log.journal_by_id(j.id()).is_none() {
+                continue; // (as above)
+            }
             let mut n = Negotiation::new(&j);
             let step = n.begin(&j, &end)?;
             match self.step(j, end, n, step)? {
@@ -263,6 +276,23 @@ impl PrimarySession {
             cus.push(CatchUp { journal: j, at: Some(p), target, mark, from: p.lsn, bytes: 0, t0: None });
         }
         (marks, cus)
+    }
+
+    /// Per journal, the LSN below which the stream sends none of the
+    /// outbox's batches (`encode_events`), once the catch-ups `cus` ended:
+    /// where a reset during a catch-up began the replica's journal again,
+    /// past the outbox's start; and every batch of a journal of this
+    /// session's list deleted here since (its negotiation or catch-up was
+    /// cut short, so what the replica holds may not continue into them;
+    /// the deletion follows them in the outbox).
+    pub fn floors(&self, cus: &[CatchUp]) -> HashMap<u64, u64> {
+        let mut floors: HashMap<u64, u64> = cus.iter().filter_map(CatchUp::floor).collect();
+        if !cfg!(feature = "mutate-deleted-catch-up-streamed") {
+            for &id in self.listed.iter().filter(|&&id| self.log.journal_by_id(id).is_none()) {
+                floors.insert(id, u64::MAX);
+            }
+        }
+        floors
     }
 
     /// The stream begins: the replica holds everything below the outbox.
@@ -381,7 +411,7 @@ impl CatchUp {
     /// Where a reset during this catch-up started the replica's journal
     /// again, if that is past the outbox's start (`encode_events` skips
     /// the outbox's batches below it).
-    pub fn floor(&self) -> Option<(u64, u64)> {
+    fn floor(&self) -> Option<(u64, u64)> {
         self.at.filter(|p| p.lsn > self.target).map(|p| (self.journal.id(), p.lsn))
     }
 
@@ -402,7 +432,8 @@ impl CatchUp {
 /// journal, where a reset during the catch-up started the replica's
 /// journal again, above the outbox's start; the outbox's batches below it
 /// are not sent (they were reclaimed here; the replica no longer holds
-/// what they would continue).
+/// what they would continue). `u64::MAX` for a journal deleted during its
+/// catch-up.
 pub fn encode_events(
     events: &mut Vec<Event>,
     floors: &HashMap<u64, u64>,
@@ -623,7 +654,7 @@ mod tests {
         assert!(psh.connected.load(Ordering::Acquire));
         let mut evs = Vec::new();
         ob.take(&mut evs, Duration::ZERO).expect("no overflow");
-        let floors: HashMap<u64, u64> = cus.iter().filter_map(CatchUp::floor).collect();
+        let floors = s.floors(&cus);
         assert!(floors.is_empty(), "no reset");
         encode_events(&mut evs, &floors, &mut wire, |b| {
             to_replica(&mut rs, b);
@@ -698,7 +729,7 @@ mod tests {
             }
         }
         assert_eq!(steps, [Chunk::Restart], "a reset past the outbox's start ends the catch-up");
-        let floors: HashMap<u64, u64> = cus.iter().filter_map(CatchUp::floor).collect();
+        let floors = s.floors(&cus);
         let floor = floors.get(&pj.id()).copied().expect("a floor");
         assert!(floor > 21 && floor < end, "floor {floor}");
         let mut evs = Vec::new();
@@ -717,6 +748,51 @@ mod tests {
         for lsn in end - 3..end {
             assert_eq!(rj.read(lsn).expect("read"), rec(lsn as u32 - 1));
         }
+    }
+
+    /// The two-site simulator, seed 4279: the journal was deleted on the
+    /// primary while its replica caught up; the catch-up found it gone and
+    /// ended, and the stream then sent the outbox's batches of it, which
+    /// did not continue what the replica held (the session broke).
+    #[test]
+    fn a_journal_deleted_during_its_catch_up_is_skipped_in_the_stream_and_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (p, r, pj) = two_sets(dir.path());
+        r.create_journal_with_id("orders", pj.id()).expect("journal");
+        for i in 0..20u32 {
+            pj.append(&i.to_le_bytes().repeat(500)).expect("append");
+        }
+        let ob = Arc::new(Outbox::new(16 << 20, &[(pj.id(), pj.next_lsn(), pj.mark())]));
+        p.set_ship_sink(Some(ob.clone()));
+        let psh = primary_shared();
+        let (mut s, mut rs, _) = handshake(&p, &r, &psh, &ob, 0);
+        // In the outbox: more records, then the journal's deletion.
+        for i in 20..25u32 {
+            pj.append(&i.to_le_bytes().repeat(500)).expect("append");
+        }
+        p.delete_journal("orders").expect("delete");
+        let (marks, mut cus) = s.catch_ups();
+        let mut wire = Vec::new();
+        for m in &marks {
+            m.encode(&mut wire);
+        }
+        for cu in &mut cus {
+            while let Some(at) = cu.next() {
+                let read = cu.journal.read_shipment(at.lsn, at.crc, at.hint, cu.target, 1 << 20);
+                assert_eq!(cu.on_read(read, &psh, &mut wire, 0).expect("catch-up"), Chunk::Done);
+            }
+        }
+        let floors = s.floors(&cus);
+        let mut evs = Vec::new();
+        ob.take(&mut evs, Duration::ZERO).expect("no overflow");
+        encode_events(&mut evs, &floors, &mut wire, |b| {
+            to_replica(&mut rs, b);
+            Ok(())
+        })
+        .expect("encode");
+        assert!(to_replica(&mut rs, &wire).is_empty());
+        assert!(rs.finish(&Ok(())).is_none());
+        assert!(r.journal("orders").is_err(), "deleted on the replica too");
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //!   overflow: the session ends and the next one starts from what the
 //!   replica says it holds. Nothing is assumed delivered that was not acked.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -235,7 +234,7 @@ impl Sender {
                 c.send(&m).map_err(io)?;
             }
         }
-        let floors: HashMap<u64, u64> = cus.iter().filter_map(CatchUp::floor).collect();
+        let floors = s.floors(&cus);
         s.streaming();
         // The outbox, as it fills.
         let mut events = Vec::new();

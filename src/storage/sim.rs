@@ -193,9 +193,15 @@ impl SimStorage {
         self.state.lock().crash();
     }
 
-    /// The power fails at the `n + 1`-th write from now.
+    /// The power fails at the `n + 1`-th write from now (`u64::MAX`:
+    /// never; no failure is set to come).
     pub fn crash_after_writes(&self, n: u64) {
-        self.state.lock().budget = Some(n);
+        self.state.lock().budget = (n != u64::MAX).then_some(n);
+    }
+
+    /// Whether a power failure is set to come (`crash_after_writes`).
+    pub fn crash_armed(&self) -> bool {
+        self.state.lock().budget.is_some()
     }
 
     /// Whether the power has failed.

@@ -20,11 +20,16 @@
 //! failover: the primary's power fails, the replica is promoted (a new
 //! term), and the old primary returns as its replica (its unshipped tail is
 //! cut back by the next session; a run the new primary never followed is a
-//! split brain, which an operator settles with `discard-diverged`).
+//! split brain, which an operator settles with `discard-diverged`); a
+//! replica that says it is incomplete is not promoted (`may_lead`), and the
+//! old primary comes back instead. In one seed of eight, also: the replica
+//! site rebuilt on blank devices, and the journal deleted and created again
+//! on the primary.
 //!
 //! Checked: every acknowledged record is on the primary with its bytes;
 //! every record acknowledged `remote-durable` is on the replica too (after
-//! any crash of it, and when it is promoted); when a handshake ends, the
+//! any crash of it, and when it is promoted), unless the replica says it is
+//! incomplete (and so refuses promotion); when a handshake ends, the
 //! replica holds exactly a prefix of the primary's history and continues
 //! right after it; whenever the link is quiet, the sites hold the same
 //! records and the primary's acks say so; at the end, after healing, both
@@ -84,6 +89,8 @@ counters! {
         restarts,
         /// Replica sites lost and rebuilt on blank devices.
         replacements,
+        /// The journal deleted and created again on the primary.
+        recreates,
         /// Checks of a replica that said it was incomplete.
         incomplete_seen,
         /// Failovers refused because the replica was incomplete.
@@ -105,7 +112,7 @@ enum Phase {
     Handshake,
     /// The journals' catch-ups, and the one in progress.
     CatchUp(Vec<CatchUp>, usize),
-    /// With each journal's floor (`CatchUp::floor`).
+    /// With each journal's floor (`PrimarySession::floors`).
     Streaming(HashMap<u64, u64>),
 }
 
@@ -320,11 +327,12 @@ struct Model {
 struct ReplSim {
     seed: u64,
     rng: Rng,
-    /// Draws for the replica sites rebuilt blank, in one seed of eight
-    /// (`seed % 8 == 7`) and apart from `rng`: the other seeds run exactly
-    /// as before rebuilds were simulated, so the seeds that found earlier
-    /// defects still find them.
-    rebuilds: Option<Rng>,
+    /// Draws for the steps added after the seeds that found the earlier
+    /// defects were recorded (replica sites rebuilt blank, the journal
+    /// deleted and created again), in one seed of eight (`seed % 8 == 7`)
+    /// and apart from `rng`: the other seeds run exactly as before, so
+    /// they still find what they found.
+    extra: Option<Rng>,
     sites: [Site; 2],
     /// Index of the primary in `sites`.
     primary: usize,
@@ -422,7 +430,7 @@ impl ReplSim {
         Ok(ReplSim {
             seed,
             rng,
-            rebuilds: (seed % 8 == 7).then(|| Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
+            extra: (seed % 8 == 7).then(|| Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)),
             sites: [a, b],
             primary: 0,
             link: None,
@@ -697,7 +705,7 @@ impl ReplSim {
                     },
                     None => {
                         link.ps.streaming();
-                        link.phase = Phase::Streaming(cus.iter().filter_map(CatchUp::floor).collect());
+                        link.phase = Phase::Streaming(link.ps.floors(cus));
                         self.counts.streams += 1;
                         self.note("the stream begins".into());
                     }
@@ -726,8 +734,14 @@ impl ReplSim {
             return Ok(());
         }
         let rj = self.r().journal()?;
-        for (_, from) in froms {
-            if rj.next_lsn() != *from {
+        if rj.id() != self.p().journal()?.id() {
+            // The primary deleted the journal and created it again after
+            // the list went out: the replica's is the old one, which the
+            // deletion in the stream (or the next session's list) removes.
+            return Ok(());
+        }
+        for (j, from) in froms {
+            if j.id() == rj.id() && rj.next_lsn() != *from {
                 return Err(format!("after the negotiation the replica ends at {}, not at {from}", rj.next_lsn()));
             }
         }
@@ -1015,6 +1029,25 @@ impl ReplSim {
         }
     }
 
+    /// The operator deletes the journal on the primary and creates it
+    /// again (a new id, nothing in it): the replica is told in the stream,
+    /// or by the next session's list, deletes its copy and takes the new
+    /// one. Not while a power failure is set to come on the primary.
+    fn recreate(&mut self) -> Res {
+        let p = self.p();
+        if p.storage.crashed() || p.storage.crash_armed() {
+            return Ok(());
+        }
+        let log = p.log()?.clone();
+        log.delete_journal(JOURNAL).map_err(|e| format!("delete the journal: {e}"))?;
+        let j = log.create_journal(JOURNAL).map_err(|e| format!("create the journal again: {e}"))?;
+        self.counts.recreates += 1;
+        self.note(format!("the journal is deleted and created again (id {})", j.id()));
+        // Nothing acknowledged is kept: the operator deleted it.
+        self.model = Model::default();
+        Ok(())
+    }
+
     fn mark(&mut self) -> Res {
         let j = self.p().journal()?;
         let span = j.next_lsn().saturating_sub(self.model.mark.max(1));
@@ -1118,7 +1151,30 @@ impl ReplSim {
         self.sites[old].reopen(true)?;
         self.primary = new;
         // The new truth: what the new primary holds.
-        let j = self.p().journal().map_err(|e| format!("{e}: the promoted node lost the journal"))?;
+        let j = match self.p().journal() {
+            Ok(j) => j,
+            Err(_) => {
+                // It never took the journal's creation (its primary created
+                // it again and the session that told it ended first);
+                // nothing in it was acknowledged remote-durable (checked
+                // above). The operator creates it (again, if the power
+                // fails as it does).
+                let i = self.primary;
+                let j = match self.p().log()?.create_journal(JOURNAL) {
+                    Err(_) if self.p().storage.crashed() => {
+                        self.sites[i].reopen(true)?;
+                        match self.p().journal() {
+                            Ok(j) => Ok(j),
+                            Err(_) => self.p().log()?.create_journal(JOURNAL),
+                        }
+                    }
+                    r => r,
+                }
+                .map_err(|e| format!("create the journal: {e}"))?;
+                self.note(format!("{} has no journal {JOURNAL}: created (id {})", self.p().name, j.id()));
+                j
+            }
+        };
         let held = match self.p().records(1) {
             Ok(h) => h,
             Err(_) if self.p().storage.crashed() => {
@@ -1201,6 +1257,7 @@ impl ReplSim {
                 let k = 1 + self.rng.below(6) as usize;
                 self.round(k).map(|_| ())
             }
+            50..=54 if self.extra.as_mut().is_some_and(|r| r.chance(10)) => self.recreate(),
             50..=54 => self.mark(),
             55..=58 => {
                 self.end_session("cut");
@@ -1232,7 +1289,7 @@ impl ReplSim {
             89..=91 => self.failover(),
             _ => {
                 let i = self.rng.below(2) as usize;
-                if i != self.primary && self.rebuilds.as_mut().is_some_and(|r| r.chance(25)) {
+                if i != self.primary && self.extra.as_mut().is_some_and(|r| r.chance(25)) {
                     return self.replace_replica().and_then(|_| self.settle_crashes());
                 }
                 self.note(format!("{} restarts", self.sites[i].name));

@@ -21,8 +21,10 @@ fn engine_seeds_pass() {
 /// stream sent batches below a reset made during the catch-up), 302 (a
 /// cut-back cut records in common), 3248 (an empty tail segment kept),
 /// 3725 (a segment the mark covered kept by the node that did not restart),
-/// 15 and 103 (a replica that lacked acknowledged records promoted: its
-/// promotion not refused, or its journals never marked incomplete).
+/// 7 (a replica that lacked acknowledged records promoted: its promotion
+/// not refused, or its journals never marked incomplete), 4279 and 7831 (a
+/// journal deleted during its catch-up or handshake, its batches streamed
+/// all the same).
 #[test]
 fn two_site_seeds_pass() {
     let n: u64 = std::env::var("MIRRORLOG_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
@@ -39,13 +41,14 @@ fn two_site_seeds_pass() {
                     && c.overflows > 0
                     && c.split_brains > 0
                     && c.replacements > 0
+                    && c.recreates > 0
                     && c.promotions_refused > 0,
                 "coverage: {c:?}"
             );
         }
         Err(f) => panic!("{f}"),
     }
-    for seed in [103, 302, 3248, 3725] {
+    for seed in [302, 3248, 3725, 4279, 7831] {
         if let Err(f) = mirrorlog_sim::repl::run(seed, 300) {
             panic!("regression seed {seed}:\n{f}");
         }
