@@ -354,6 +354,10 @@ pub fn may_lead(log: &crate::MirrorLog, force: bool) -> Result<(), String> {
             "this node is incomplete: {why}. Promoted now, it would lose them; let it catch up (bring its primary \
              back), or promote with --force to accept the loss"
         )),
+        Some(why) if force => {
+            tracing::error!(why, "promoted by force although incomplete: what it lacks is lost");
+            Ok(())
+        }
         _ => Ok(()),
     }
 }

@@ -432,8 +432,8 @@ impl CatchUp {
 /// journal, where a reset during the catch-up started the replica's
 /// journal again, above the outbox's start; the outbox's batches below it
 /// are not sent (they were reclaimed here; the replica no longer holds
-/// what they would continue). `u64::MAX` for a journal deleted during its
-/// catch-up.
+/// what they would continue). `u64::MAX` for a journal of the session's
+/// list deleted since (`PrimarySession::floors`).
 pub fn encode_events(
     events: &mut Vec<Event>,
     floors: &HashMap<u64, u64>,
@@ -557,6 +557,19 @@ mod tests {
         decode_all(bytes).into_iter().filter_map(|m| r.handle(m).expect("replica handles")).collect()
     }
 
+    /// The stream: everything in the outbox, framed with `floors` into
+    /// `wire` (what `encode_events` sends on at once goes to the replica
+    /// now; the rest is left in `wire` for the caller).
+    fn stream(ob: &Outbox, floors: &HashMap<u64, u64>, wire: &mut Vec<u8>, rs: &mut ReplicaSession) {
+        let mut evs = Vec::new();
+        ob.take(&mut evs, Duration::ZERO).expect("no overflow");
+        encode_events(&mut evs, floors, wire, |b| {
+            to_replica(rs, b);
+            Ok(())
+        })
+        .expect("encode");
+    }
+
     /// A session's handshake, each message through the wire codec: the
     /// primary's and replica's sessions, and the first word of each message
     /// the primary sent after its hello.
@@ -652,15 +665,9 @@ mod tests {
         }
         s.streaming();
         assert!(psh.connected.load(Ordering::Acquire));
-        let mut evs = Vec::new();
-        ob.take(&mut evs, Duration::ZERO).expect("no overflow");
         let floors = s.floors(&cus);
         assert!(floors.is_empty(), "no reset");
-        encode_events(&mut evs, &floors, &mut wire, |b| {
-            to_replica(&mut rs, b);
-            Ok(())
-        })
-        .expect("encode");
+        stream(&ob, &floors, &mut wire, &mut rs);
         assert!(to_replica(&mut rs, &wire).is_empty(), "the stream is not answered");
         assert_eq!(
             psh.journal(pj.id()).durable.load(Ordering::Acquire),
@@ -732,13 +739,7 @@ mod tests {
         let floors = s.floors(&cus);
         let floor = floors.get(&pj.id()).copied().expect("a floor");
         assert!(floor > 21 && floor < end, "floor {floor}");
-        let mut evs = Vec::new();
-        ob.take(&mut evs, Duration::ZERO).expect("no overflow");
-        encode_events(&mut evs, &floors, &mut wire, |b| {
-            to_replica(&mut rs, b);
-            Ok(())
-        })
-        .expect("encode");
+        stream(&ob, &floors, &mut wire, &mut rs);
         // (The reset is answered with where the journal now ends.)
         let answers = to_replica(&mut rs, &wire);
         assert!(answers.iter().all(|m| matches!(m, Msg::Ends(_))), "{answers:?}");
@@ -783,13 +784,7 @@ mod tests {
             }
         }
         let floors = s.floors(&cus);
-        let mut evs = Vec::new();
-        ob.take(&mut evs, Duration::ZERO).expect("no overflow");
-        encode_events(&mut evs, &floors, &mut wire, |b| {
-            to_replica(&mut rs, b);
-            Ok(())
-        })
-        .expect("encode");
+        stream(&ob, &floors, &mut wire, &mut rs);
         assert!(to_replica(&mut rs, &wire).is_empty());
         assert!(rs.finish(&Ok(())).is_none());
         assert!(r.journal("orders").is_err(), "deleted on the replica too");

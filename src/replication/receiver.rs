@@ -158,10 +158,13 @@ impl Receiver {
             let mut any = false;
             while let Some(m) = c.try_decoded().map_err(io)? {
                 any = true;
-                st.heard(Mono.now_ms());
                 if let Some(reply) = st.handle(m)? {
                     c.send(&reply).map_err(io)?;
                 }
+            }
+            if any {
+                // Once per turn, after the frames were handled.
+                st.heard(Mono.now_ms());
             }
             // One listing per turn: journals change only in `handle`, above.
             let js = self.log.journals();

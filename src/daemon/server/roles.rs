@@ -110,11 +110,6 @@ pub(super) async fn promote(srv: &Rc<Srv>, force: bool) -> Result<(), (u16, Stri
         let _ = r.change(Change::AbandonPromotion { back_to: from });
         return Err((codes::INCOMPLETE, why));
     }
-    if force {
-        if let Some(why) = srv.log.incomplete() {
-            tracing::error!(why, "promoted by force although incomplete: what it lacks is lost");
-        }
-    }
     // The new term joins the runs its history holds (with a nonce of its
     // own): a replica's records of any other run are a split brain.
     let log = srv.log.clone();
