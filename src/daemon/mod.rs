@@ -9,6 +9,8 @@ pub mod notify;
 pub mod producers;
 mod server;
 
+pub use server::{Driven, Stream};
+
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;

@@ -56,6 +56,9 @@ struct SimState {
     ids: HashMap<u64, PathBuf>,
     next_id: u64,
     rng: u64,
+    /// Latency: each time a queue's completions are taken, each of its ops
+    /// in flight stays in flight with this probability (percent).
+    hold_percent: u64,
     /// Writes left before the power fails (None: no such plan).
     budget: Option<u64>,
     crashed: bool,
@@ -172,6 +175,7 @@ impl SimStorage {
                 ids: HashMap::new(),
                 next_id: 1,
                 rng: cfg.seed | 1,
+                hold_percent: 0,
                 budget: None,
                 crashed: false,
                 in_flight: Vec::new(),
@@ -249,6 +253,16 @@ impl SimStorage {
             }
         }
         out
+    }
+
+    /// Latency: from now on, each op in flight stays in flight with this
+    /// probability (percent, below 100) each time its queue's completions
+    /// are taken, so writes complete later and out of order. 0 (the
+    /// default) completes every op at the first look, drawing nothing from
+    /// the generator.
+    pub fn set_latency(&self, hold_percent: u64) {
+        assert!(hold_percent < 100, "an op must complete eventually");
+        self.state.lock().hold_percent = hold_percent;
     }
 
     /// A number from the storage's seeded generator (for simulators that
@@ -345,8 +359,12 @@ impl Queue for SimQueue {
             out[n] = (ud, r);
             n += 1;
         }
-        while n < out.len() {
-            let Some(i) = s.in_flight.iter().position(|(q, _, _)| *q == self.id) else { break };
+        let mut i = 0;
+        while n < out.len() && i < s.in_flight.len() {
+            if s.in_flight[i].0 != self.id || (s.hold_percent > 0 && s.next() % 100 < s.hold_percent) {
+                i += 1;
+                continue;
+            }
             let (_, ud, op) = s.in_flight.remove(i);
             let r = s.run_one(&op);
             out[n] = (ud, r);
@@ -362,14 +380,18 @@ impl Queue for SimQueue {
 
 impl Drop for SimQueue {
     fn drop(&mut self) {
-        // Ops still pushed or in flight complete (or are lost in a crash).
-        let n = {
-            let s = self.state.lock();
-            self.pushed.len()
-                + s.in_flight.iter().filter(|(q, _, _)| *q == self.id).count()
-                + s.failed.iter().filter(|(q, _, _)| *q == self.id).count()
-        };
-        if n > 0 {
+        // Ops still pushed or in flight complete (or are lost in a crash);
+        // with latency, over several looks.
+        loop {
+            let n = {
+                let s = self.state.lock();
+                self.pushed.len()
+                    + s.in_flight.iter().filter(|(q, _, _)| *q == self.id).count()
+                    + s.failed.iter().filter(|(q, _, _)| *q == self.id).count()
+            };
+            if n == 0 {
+                break;
+            }
             let _ = self.submit(0);
             let mut out = vec![(0, 0); n];
             self.complete(&mut out);

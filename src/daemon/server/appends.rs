@@ -327,6 +327,7 @@ pub(super) async fn answer_resend(srv: Rc<Srv>, jd: Rc<Jd>, mut a: Ack, crcs: Ve
             Ok(false) => {
                 let moved = jd.advanced.notified();
                 tokio::select! {
+                    biased;
                     _ = moved => {}
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 }
@@ -341,7 +342,7 @@ pub(super) async fn answer_resend(srv: Rc<Srv>, jd: Rc<Jd>, mut a: Ack, crcs: Ve
         }
     }
     let (j, first, n) = (jd.j.clone(), a.first_lsn, crcs.len());
-    let stored = blocking(move || stored_crcs(&j, first, n)).await;
+    let stored = srv.blocking(move || stored_crcs(&j, first, n)).await;
     if !still_primary(&a) {
         return;
     }

@@ -5,6 +5,9 @@
 use super::*;
 use crate::frames::FrameBuf;
 
+/// A stream's `try_send`, kept by its connection.
+pub(super) type DirectSend = Box<dyn Fn(&[u8]) -> std::io::Result<usize>>;
+
 /// A client connection's shared state (its reader and writer tasks, and
 /// the acks and subscriptions that answer it).
 pub(super) struct Conn {
@@ -19,8 +22,8 @@ pub(super) struct Conn {
     /// The reader finished; the writer exits once `out` is empty.
     pub(super) done: Cell<bool>,
     pub(super) subs: RefCell<HashMap<u64, Rc<Sub>>>,
-    /// The socket, for direct non-blocking sends (`flush`).
-    pub(super) fd: std::os::fd::RawFd,
+    /// The stream's non-blocking send (`Stream::try_send`), for `flush`.
+    direct: DirectSend,
     /// The writer task has a write in progress: direct sends must wait, so
     /// bytes stay in order.
     pub(super) writing: Cell<bool>,
@@ -33,9 +36,9 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub(super) fn new(fd: std::os::fd::RawFd) -> Rc<Conn> {
+    pub(super) fn new(direct: DirectSend) -> Rc<Conn> {
         Rc::new(Conn {
-            fd,
+            direct,
             writing: Cell::new(false),
             role_refused: Cell::new(false),
             out: RefCell::new(Vec::with_capacity(16 << 10)),
@@ -68,7 +71,7 @@ impl Conn {
             return;
         }
         let mut out = self.out.borrow_mut();
-        let sent = match crate::io::send_nonblocking(self.fd, &out) {
+        let sent = match (self.direct)(&out) {
             Ok(n) => n,
             Err(_) => {
                 self.gone.set(true);
@@ -98,14 +101,19 @@ pub(super) fn err_frame(out: &mut Vec<u8>, rid: u64, code: u16, msg: &str) {
     Response::Error { code, message: msg }.encode(Op::Error, rid, out);
 }
 
-/// Socket reads and writes for both TCP and Unix streams.
-pub(super) trait Stream: std::os::fd::AsRawFd + 'static {
+/// A client connection's byte stream: TCP and Unix sockets (io_uring or
+/// epoll), or the simulator's wire (`daemon::Driven`). The network seam:
+/// the connection code above it runs unchanged on each.
+#[allow(async_fn_in_trait)] // One thread: no `Send` bound wanted.
+pub trait Stream: 'static {
+    /// Reads into `buf` from `at` (its length); `Ok(0)` at end of stream.
     async fn read_into(&self, buf: Vec<u8>, at: usize) -> (std::io::Result<usize>, Vec<u8>);
     async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>);
-    /// Ends both directions: a read left pending completes, the peer sees EOF.
-    fn close(&self) {
-        graceful_close(self.as_raw_fd());
-    }
+    /// Sends what the stream takes now without waiting (0 if none).
+    fn try_send(&self, buf: &[u8]) -> std::io::Result<usize>;
+    /// Ends both directions: a read left pending completes, the peer sees
+    /// EOF after what was sent.
+    fn close(&self);
 }
 
 macro_rules! impl_stream {
@@ -118,6 +126,12 @@ macro_rules! impl_stream {
             }
             async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
                 self.write_all(buf).await
+            }
+            fn try_send(&self, buf: &[u8]) -> std::io::Result<usize> {
+                crate::io::send_nonblocking(self.as_raw_fd(), buf)
+            }
+            fn close(&self) {
+                graceful_close(self.as_raw_fd());
             }
         }
     };
@@ -175,6 +189,12 @@ macro_rules! impl_stream_epoll {
                 }
                 (Ok(()), buf)
             }
+            fn try_send(&self, buf: &[u8]) -> std::io::Result<usize> {
+                crate::io::send_nonblocking(self.as_raw_fd(), buf)
+            }
+            fn close(&self) {
+                graceful_close(self.as_raw_fd());
+            }
         }
     };
 }
@@ -208,7 +228,10 @@ pub(super) async fn connection_in_span<S: Stream>(srv: Rc<Srv>, s: Rc<S>) {
     srv.m.connections.set(srv.m.connections.get() + 1);
     srv.m.connections_total.set(srv.m.connections_total.get() + 1);
     tracing::debug!("connected");
-    let conn = Conn::new(s.as_raw_fd());
+    let conn = {
+        let s = s.clone();
+        Conn::new(Box::new(move |b| s.try_send(b)))
+    };
     let writer = {
         let (conn, s) = (conn.clone(), s.clone());
         tokio_uring::spawn(async move {
@@ -296,11 +319,13 @@ pub(super) async fn read_loop<S: Stream>(srv: &Rc<Srv>, conn: &Rc<Conn>, s: &S) 
         };
         let read = if partial_since.is_some() {
             tokio::select! {
+                biased;
                 r = tokio::time::timeout(timeout, s.read_into(buf, at)) => r,
                 _ = srv.drain.notified() => return "draining",
             }
         } else {
             tokio::select! {
+                biased;
                 r = s.read_into(buf, at) => Ok(r),
                 _ = srv.drain.notified() => return "draining",
             }

@@ -42,7 +42,7 @@ pub(super) async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
             };
             let max_bytes = (max_bytes as u64).min(srv.cfg.limits.max_frame_bytes) as usize;
             let max_count = max_count.max(1) as usize;
-            match read_records(&jd.j, from, max_count, max_bytes).await {
+            match read_records(srv, &jd.j, from, max_count, max_bytes).await {
                 Ok((recs, next)) => conn.send(|o| encode_records(o, Op::Read, rid, &recs, next)),
                 Err(e) => fail(&e),
             }
@@ -114,7 +114,7 @@ pub(super) async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
                 return fail(&Error::UnknownJournal(journal.to_string()));
             };
             let j = jd.j.clone();
-            match blocking(move || j.set_mark(lsn)).await {
+            match srv.blocking(move || j.set_mark(lsn)).await {
                 Ok(()) => conn.send(|o| Response::Ok.encode(Op::SetMark, rid, o)),
                 Err(e) => fail(&e),
             }

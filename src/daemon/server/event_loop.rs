@@ -64,6 +64,7 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
         tokio_uring::spawn(async move {
             loop {
                 let acc = tokio::select! {
+                    biased;
                     a = l.accept() => a,
                     _ = srv.drain.notified() => break,
                 };
@@ -95,14 +96,12 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
                 return;
             };
             tokio::select! {
+                biased;
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
-            tracing::info!(pending = srv.pending_acks(), "stopping: draining in-flight appends");
             notifier.notify("STOPPING=1");
-            srv.draining.set(true);
-            srv.drain.notify_waiters();
-            srv.kick.notify_one();
+            srv.begin_drain();
         });
     }
     notifier.notify("READY=1");
@@ -127,8 +126,7 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
     let mut busy_at = Instant::now();
     let mut seen = srv.activity.get();
     loop {
-        srv.check_role();
-        match srv.pump(false) {
+        match srv.turn() {
             Ok(n) if n > 0 || srv.activity.get() != seen => {
                 seen = srv.activity.get();
                 busy_at = Instant::now();
@@ -141,9 +139,7 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
         }
         if srv.draining.get() {
             let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + srv.cfg.limits.drain_timeout);
-            // Every append taken is answered, and every connection has
-            // flushed its answers and closed.
-            if srv.pending_acks() == 0 && srv.in_flight() == 0 && srv.m.connections.get() == 0 {
+            if srv.drained() {
                 tracing::info!("drained");
                 break;
             }
@@ -170,6 +166,7 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
         };
         if srv.in_flight() > 0 {
             tokio::select! {
+                biased;
                 g = efd.readable() => {
                     if let Ok(mut g) = g {
                         let mut v = [0u8; 8];
@@ -188,12 +185,14 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
             // Open batches waiting out the group-commit wait (or a retry).
             let wait = if gcw.is_zero() { Duration::from_micros(100) } else { gcw };
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep(wait) => {}
                 _ = srv.kick.notified() => {}
                 _ = repl_wake.notified() => {}
             }
         } else {
             tokio::select! {
+                biased;
                 _ = srv.kick.notified() => {}
                 _ = repl_wake.notified() => {}
                 _ = tokio::time::sleep(tick) => {}
@@ -205,4 +204,28 @@ pub(crate) async fn serve(srv: Rc<Srv>, bound: Bound, notifier: Rc<Notifier>) ->
         tokio::task::yield_now().await;
     }
     Ok(())
+}
+
+impl Srv {
+    /// The work of one turn of the loop: follow a role change, write the
+    /// batches that formed, reap completions, answer what became durable.
+    /// Returns how many batch writes finished.
+    pub(super) fn turn(self: &Rc<Self>) -> crate::Result<usize> {
+        self.check_role();
+        self.pump(false)
+    }
+
+    /// Stops taking connections and appends; what was taken is answered.
+    pub(super) fn begin_drain(&self) {
+        tracing::info!(pending = self.pending_acks(), "stopping: draining in-flight appends");
+        self.draining.set(true);
+        self.drain.notify_waiters();
+        self.kick.notify_one();
+    }
+
+    /// Every append taken is answered, and every connection has flushed its
+    /// answers and closed.
+    pub(super) fn drained(&self) -> bool {
+        self.pending_acks() == 0 && self.in_flight() == 0 && self.m.connections.get() == 0
+    }
 }

@@ -52,6 +52,7 @@ where
 {
     loop {
         let acc = tokio::select! {
+            biased;
             a = accept() => a,
             _ = srv.drain.notified() => break,
         };

@@ -23,6 +23,8 @@
 //!   settled in placement order.
 //! * Records of one append are placed contiguously: only this thread places
 //!   records, and `submit_many` places all of a request before returning.
+//! * Every `select!` is `biased` (branches polled in the order written;
+//!   tokio's default draws one at random), so a simulator's seed replays.
 //! * Bounded: connections (`max_connections`), per-connection bytes
 //!   waiting for durability and responses waiting to be sent
 //!   (`max_inflight_bytes`; past it the connection is not read), frame size
@@ -33,7 +35,11 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// The daemon's clock: tokio's, which a simulator pauses and moves
+// (`Driven`); in production the same monotonic clock as `std`'s.
+use tokio::time::Instant;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
@@ -57,6 +63,7 @@ mod admin;
 mod appends;
 mod conn;
 mod dispatch;
+mod driven;
 mod event_loop;
 mod listen;
 mod reads;
@@ -70,6 +77,8 @@ use listen::*;
 use reads::*;
 use roles::*;
 
+pub use conn::Stream;
+pub use driven::Driven;
 pub(crate) use event_loop::serve;
 pub(crate) use listen::{bind, Bound};
 
@@ -128,10 +137,22 @@ pub(crate) struct Srv {
     drain: Notify,
     m: Metrics,
     started: Instant,
+    /// Disk work that would go to the blocking pool runs on the loop's
+    /// thread (`Driven`).
+    inline_blocking: bool,
 }
 
 impl Srv {
     pub(crate) fn new(log: Arc<MirrorLog>, cfg: DaemonConfig, repl: Arc<ReplShared>) -> crate::Result<Rc<Srv>> {
+        Self::build(log, cfg, repl, false)
+    }
+
+    fn build(
+        log: Arc<MirrorLog>,
+        cfg: DaemonConfig,
+        repl: Arc<ReplShared>,
+        inline_blocking: bool,
+    ) -> crate::Result<Rc<Srv>> {
         let driver = Driver::for_log(&log)?;
         let srv = Rc::new(Srv {
             log,
@@ -146,6 +167,7 @@ impl Srv {
             drain: Notify::new(),
             m: Metrics::default(),
             started: Instant::now(),
+            inline_blocking,
         });
         for name in srv.log.journal_names() {
             let j = srv.log.journal(&name)?;

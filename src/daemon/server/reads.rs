@@ -13,13 +13,14 @@ pub(super) type OwnedRec = (u64, u64, u32, Vec<u8>);
 /// Reads up to `max_count` records / about `max_bytes` from `from` on the
 /// blocking pool (reads are synchronous O_DIRECT preads).
 pub(super) async fn read_records(
+    srv: &Srv,
     j: &Journal,
     from: u64,
     max_count: usize,
     max_bytes: usize,
 ) -> crate::Result<(Vec<OwnedRec>, u64)> {
     let j = j.clone();
-    blocking(move || {
+    srv.blocking(move || {
         let first = j.info().first_lsn;
         let from = if from == 0 { first } else { from };
         let next = j.next_lsn();
@@ -55,12 +56,21 @@ pub(super) fn encode_records(o: &mut Vec<u8>, op: Op, rid: u64, recs: &[OwnedRec
     Response::Records { records, next_lsn: next }.encode(op, rid, o);
 }
 
-pub(super) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> crate::Result<T> + Send + 'static,
-) -> crate::Result<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => Err(Error::Io(std::io::Error::other(format!("blocking task failed: {e}")))),
+impl Srv {
+    /// Runs `f` (synchronous disk I/O) on the blocking pool, off the loop's
+    /// thread; inline when a simulator drives the server (`Driven`: one
+    /// thread, so that a seed replays exactly).
+    pub(super) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> crate::Result<T> + Send + 'static,
+    ) -> crate::Result<T> {
+        if self.inline_blocking {
+            return f();
+        }
+        match tokio::task::spawn_blocking(f).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::Io(std::io::Error::other(format!("blocking task failed: {e}")))),
+        }
     }
 }
 
@@ -94,6 +104,7 @@ pub(super) async fn subscription(srv: Rc<Srv>, conn: Rc<Conn>, jd: Rc<Jd>, rid: 
         }
         if sub.credit.get() == 0 || conn.out_len() > max_inflight {
             tokio::select! {
+                biased;
                 _ = sub.wake.notified() => {}
                 _ = conn.progress.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -104,6 +115,7 @@ pub(super) async fn subscription(srv: Rc<Srv>, conn: Rc<Conn>, jd: Rc<Jd>, rid: 
         let durable = jd.j.next_lsn();
         if next != 0 && next >= durable {
             tokio::select! {
+                biased;
                 _ = advanced => {}
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             }
@@ -115,7 +127,7 @@ pub(super) async fn subscription(srv: Rc<Srv>, conn: Rc<Conn>, jd: Rc<Jd>, rid: 
             continue;
         }
         let want = (sub.credit.get() as usize).min(frame_cap);
-        match read_records(&jd.j, next, usize::MAX, want).await {
+        match read_records(&srv, &jd.j, next, usize::MAX, want).await {
             Ok((recs, n)) => {
                 if recs.is_empty() {
                     next = n;

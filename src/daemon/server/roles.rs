@@ -113,7 +113,7 @@ pub(super) async fn promote(srv: &Rc<Srv>, force: bool) -> Result<(), (u16, Stri
     // The new term joins the runs its history holds (with a nonce of its
     // own): a replica's records of any other run are a split brain.
     let log = srv.log.clone();
-    if let Err(e) = blocking(move || log.begin_run(epoch.raw())).await {
+    if let Err(e) = srv.blocking(move || log.begin_run(epoch.raw())).await {
         let _ = r.change(Change::AbandonPromotion { back_to: from });
         return Err((e.code(), format!("persisting epoch {epoch}: {e}")));
     }
@@ -142,7 +142,9 @@ pub(super) async fn serve_after_wait(srv: &Rc<Srv>) -> Result<(), (u16, String)>
         return Err((codes::NOT_PRIMARY, "no start is left in this term: promote this node instead".into()));
     };
     let log = srv.log.clone();
-    blocking(move || log.begin_run(epoch.raw())).await.map_err(|e| (e.code(), format!("raising the epoch: {e}")))?;
+    srv.blocking(move || log.begin_run(epoch.raw()))
+        .await
+        .map_err(|e| (e.code(), format!("raising the epoch: {e}")))?;
     if let Err(now) = r.change(Change::Serve) {
         return Err((codes::NOT_PRIMARY, format!("the role changed meanwhile: this node is {}", now.name())));
     }

@@ -29,6 +29,7 @@ pub mod failover;
 pub mod producers;
 pub mod repl;
 pub mod roles;
+pub mod wire;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -192,6 +193,28 @@ fn one_site(storage: &SimStorage, rng: &mut Rng) -> Result<(Config, MirrorLog, u
     let log = MirrorLog::create(&cfg).map_err(|e| format!("create: {e}"))?;
     log.create_journal(JOURNAL).map_err(|e| format!("create journal: {e}"))?;
     Ok((cfg, log, mirrors))
+}
+
+/// Honest producer records (tagged, with the bytes `sent` under their
+/// producer and sequence) that are on disk more than once, from the oldest
+/// retained segment: `(producer, seq, lsn, later lsn)`.
+fn tagged_twice(j: &Journal, sent: &HashMap<(u64, u64), Vec<u8>>) -> Result<Vec<(u64, u64, u64, u64)>, String> {
+    let mut seen: HashMap<(u64, u64), u64> = HashMap::new();
+    let mut twice = Vec::new();
+    let Some(&oldest) = j.segment_starts().first() else { return Ok(twice) };
+    j.visit_retained(oldest.max(1), 1 << 20, |r| {
+        if let Some(t) = r.tag {
+            if sent.get(&(t.producer, t.seq)).is_some_and(|p| p.as_slice() == r.payload) {
+                if let Some(&first) = seen.get(&(t.producer, t.seq)) {
+                    twice.push((t.producer, t.seq, first, r.lsn));
+                }
+                seen.insert((t.producer, t.seq), r.lsn);
+            }
+        }
+        true
+    })
+    .map_err(|e| format!("scan: {e}"))?;
+    Ok(twice)
 }
 
 /// Flips a bit anywhere (a journal's data, headers, the superblocks) on

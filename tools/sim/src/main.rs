@@ -7,6 +7,7 @@
 //!   mirrorlog-sim --two-sites --seeds 500       # the two-site simulation
 //!   mirrorlog-sim --producers --seeds 500       # the daemon's idempotence rules
 //!   mirrorlog-sim --acks --seeds 5000           # the daemon's remote-* ack policy
+//!   mirrorlog-sim --wire --seeds 500            # the daemon's server over simulated wires
 //!   mirrorlog-sim --roles --seeds 5000          # roles, epochs, fencing, start-up
 //!   mirrorlog-sim --failover --seeds 5000       # etcd leases, pauses, lying clocks
 
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mirrorlog_sim::{acks, failover, producers, repl, roles, Failure, Tally};
+use mirrorlog_sim::{acks, failover, producers, repl, roles, wire, Failure, Tally};
 
 #[derive(Parser)]
 #[command(about = "A seeded simulation of the mirrorlog engine with crashes and disk faults")]
@@ -54,6 +55,11 @@ struct Args {
     /// and clocks that run fast, slow or jump).
     #[arg(long, group = "kind")]
     failover: bool,
+    /// The wire simulation (the daemon's server code serving clients over
+    /// simulated wires: partial frames, resets, slow readers, bad and
+    /// unfinished frames, resends, replica timeouts, drains, crashes).
+    #[arg(long, group = "kind")]
+    wire: bool,
 }
 
 /// The counts of every simulation, summed over the seeds run.
@@ -65,6 +71,7 @@ struct Totals {
     acks: acks::AckCounts,
     roles: roles::RoleCounts,
     failover: failover::FailoverCounts,
+    wire: wire::WireCounts,
 }
 
 impl Totals {
@@ -88,6 +95,10 @@ impl Totals {
             let c = roles::run(seed, steps)?;
             self.roles.add(&c);
             format!("{c:?}")
+        } else if a.wire {
+            let c = wire::run(seed, steps)?;
+            self.wire.add(&c);
+            format!("{c:?}")
         } else if a.failover {
             let c = failover::run(seed, steps)?;
             self.failover.add(&c);
@@ -110,6 +121,8 @@ impl Totals {
             format!("{:#?}", self.roles)
         } else if a.failover {
             format!("{:#?}", self.failover)
+        } else if a.wire {
+            format!("{:#?}", self.wire)
         } else {
             format!("{:#?}", self.engine)
         }

@@ -436,26 +436,7 @@ impl ProducerSim {
                 Err(e) => return Err(format!("acknowledged lsn {lsn} (producer {p} seq {s}) is lost: {e}")),
             }
         }
-        let mut seen: HashMap<(u64, u64), u64> = HashMap::new();
-        let mut twice = Vec::new();
-        let sent = &self.sent;
-        let Some(&oldest) = j.segment_starts().first() else {
-            self.counts.verified += 1;
-            return Ok(());
-        };
-        j.visit_retained(oldest.max(1), 1 << 20, |r| {
-            if let Some(t) = r.tag {
-                if sent.get(&(t.producer, t.seq)).is_some_and(|p| p.as_slice() == r.payload) {
-                    if let Some(&first) = seen.get(&(t.producer, t.seq)) {
-                        twice.push((t.producer, t.seq, first, r.lsn));
-                    }
-                    seen.insert((t.producer, t.seq), r.lsn);
-                }
-            }
-            true
-        })
-        .map_err(|e| format!("scan: {e}"))?;
-        for (p, s, a, b) in twice {
+        for (p, s, a, b) in super::tagged_twice(&j, &self.sent)? {
             // The documented case: the records of a producer's first
             // append (from sequence 1) resent after it was forgotten.
             if !self.first_appends.contains(&(p, s)) {
@@ -494,7 +475,7 @@ impl ProducerSim {
 
 /// The record at `lsn`, below the mark too (a resend may be answered with
 /// records a consumer has marked since).
-fn read_retained(j: &Journal, lsn: u64) -> mirrorlog::Result<Vec<u8>> {
+pub(crate) fn read_retained(j: &Journal, lsn: u64) -> mirrorlog::Result<Vec<u8>> {
     let mut out = None;
     j.visit_retained(lsn, 64 << 10, |r| {
         if r.lsn == lsn {

@@ -145,3 +145,48 @@ fn failover_seeds_pass() {
         Err(f) => panic!("{f}"),
     }
 }
+
+/// The wire simulation (the daemon's server code over simulated wires:
+/// partial frames, resets, slow readers, bad and unfinished frames,
+/// resends, replica timeouts, drains, crashes between turns and mid-write).
+#[test]
+fn wire_seeds_pass() {
+    let n: u64 = std::env::var("MIRRORLOG_SIM_SEEDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    match mirrorlog_sim::wire::run_seeds(0, n, 300) {
+        Ok(c) => {
+            eprintln!("{n} wire seeds: {c:?}");
+            assert!(
+                c.acked_remote > 0
+                    && c.resends_acked > 0
+                    && c.replica_timeouts > 0
+                    && c.sequence_unknown > 0
+                    && c.impostors_refused > 0
+                    && c.reads_checked > 0
+                    && c.bad_frames > 0
+                    && c.frame_timeouts > 0
+                    && c.slow_readers > 0
+                    && c.drains > 0
+                    && c.crashes_between_turns > 0
+                    && c.crashes_mid_write > 0,
+                "coverage: {c:?}"
+            );
+        }
+        Err(f) => panic!("{f}"),
+    }
+}
+
+/// A seed of the wire simulation replays exactly: the server's tasks, the
+/// paused clock and the simulated devices are all driven by the seed.
+#[test]
+fn a_wire_seed_replays_its_trace() {
+    let (a, b) = (mirrorlog_sim::wire::run_traced(11, 200), mirrorlog_sim::wire::run_traced(11, 200));
+    match (a, b) {
+        (Ok((_, ta)), Ok((_, tb))) => {
+            assert!(ta.len() > 100, "a short trace: {}", ta.len());
+            if let Some(i) = (0..ta.len().max(tb.len())).find(|&i| ta.get(i) != tb.get(i)) {
+                panic!("the traces part at line {i}: {:?} / {:?}", ta.get(i), tb.get(i));
+            }
+        }
+        (Err(f), _) | (_, Err(f)) => panic!("{f}"),
+    }
+}
