@@ -39,6 +39,10 @@ pub struct Config {
     /// (`replication::bootstrap`): it refuses promotion until it has them.
     /// Only used when formatting.
     pub unsynced_replica: bool,
+    /// Open without members that the newest superblock present lists as
+    /// healthy: the operator says they hold nothing newer than the members
+    /// present (`MirrorSet::open`). They are then marked failed.
+    pub start_degraded: bool,
     /// The device layer (`None`: the real devices, `storage::default_storage`).
     /// Tests put faults below the engine here (`storage::FaultInjector`),
     /// the simulator its in-memory devices (`storage::SimStorage`).
@@ -60,6 +64,7 @@ impl Config {
             index_stride: 64 << 10,
             set_uuid: None,
             unsynced_replica: false,
+            start_degraded: false,
             storage: None,
         }
     }

@@ -107,6 +107,8 @@ pub struct Status {
     pub segments_total: u64,
     pub segments_free: u64,
     pub mirrors: Vec<MirrorStatus>,
+    /// Configured devices left out of the set at open, and why ("path: why").
+    pub absent_devices: Vec<String>,
     /// Bad copies rewritten from a good mirror since open.
     pub repairs: u64,
     /// Why promoting this node would lose acknowledged records
@@ -125,6 +127,7 @@ fn set_options(cfg: &Config) -> SetOptions {
         storage: cfg.storage.clone().unwrap_or_else(storage::default_storage),
         set_uuid: cfg.set_uuid,
         unsynced_replica: cfg.unsynced_replica,
+        start_degraded: cfg.start_degraded,
     }
 }
 
@@ -152,13 +155,7 @@ impl MirrorLog {
     /// Opens the set, or formats it if none of the devices holds a
     /// mirrorlog superblock. Never formats a device that holds one.
     pub fn open_or_create(cfg: &Config) -> Result<MirrorLog> {
-        let mut any = false;
-        for d in &cfg.devices {
-            if MirrorSet::is_formatted(&set_options(cfg).storage, d, cfg.sync)? {
-                any = true;
-            }
-        }
-        if any {
+        if MirrorSet::any_formatted(&set_options(cfg).storage, &cfg.devices, cfg.sync)? {
             Self::open(cfg)
         } else {
             Self::create(cfg)
@@ -494,6 +491,7 @@ impl MirrorLog {
             segments_total: set.slot_count,
             segments_free: free,
             mirrors,
+            absent_devices: set.absent().iter().map(|(p, why)| format!("{}: {why}", p.display())).collect(),
             repairs: set.repairs.load(Ordering::Relaxed),
             incomplete: self.incomplete(),
             journals: self.journals.lock().values().map(|j| j.info()).collect(),

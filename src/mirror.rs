@@ -60,6 +60,9 @@ pub struct SetOptions {
     pub set_uuid: Option<[u8; 16]>,
     /// Format as a replica not yet given its primary's journals.
     pub unsynced_replica: bool,
+    /// Open without members that the newest superblock present lists as
+    /// healthy (the operator says they hold nothing newer: `open`).
+    pub start_degraded: bool,
 }
 
 /// Members that failed a write: a fixed-size set, so the write path does
@@ -115,6 +118,8 @@ pub struct MirrorSet {
     sb: Mutex<Superblock>,
     /// Bad copies repaired from a good mirror.
     pub repairs: AtomicU64,
+    /// Configured devices that are not in the set, and why (`open`).
+    absent: Vec<(PathBuf, String)>,
 }
 
 fn random16() -> [u8; 16] {
@@ -144,16 +149,7 @@ impl Drop for Opening {
 }
 
 fn open_all(opts: &SetOptions) -> Result<Opening> {
-    if opts.devices.is_empty() {
-        return Err(Error::Config("no devices configured".into()));
-    }
-    if opts.devices.len() > crate::format::MAX_MEMBERS {
-        return Err(Error::Config(format!(
-            "{} devices configured; at most {} are supported",
-            opts.devices.len(),
-            crate::format::MAX_MEMBERS
-        )));
-    }
+    check_device_count(opts)?;
     let mut devs = Opening { storage: opts.storage.clone(), devs: Vec::new() };
     for p in &opts.devices {
         let d = opts.storage.open(p, opts.sync).map_err(|e| Error::Device(p.clone(), e))?;
@@ -168,6 +164,69 @@ fn open_all(opts: &SetOptions) -> Result<Opening> {
         }
     }
     Ok(devs)
+}
+
+/// Opens every configured device and reads its superblock: the devices
+/// that hold one (opened, owned by the returned `Opening`), and the others
+/// with why (not opened, or opened and closed). Refuses when no device
+/// holds a superblock, with the error a whole-set open gave before.
+#[allow(clippy::type_complexity)]
+fn probe_all(opts: &SetOptions) -> Result<(Opening, Vec<(Opened, Superblock)>, Vec<(PathBuf, String)>)> {
+    check_device_count(opts)?;
+    let mut opening = Opening { storage: opts.storage.clone(), devs: Vec::new() };
+    let mut found = Vec::new();
+    let mut absent = Vec::new();
+    let mut first_err = None;
+    for p in &opts.devices {
+        let d = match opts.storage.open(p, opts.sync) {
+            Ok(d) => d,
+            // Another process holds it: never start around it.
+            Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => return Err(Error::Device(p.clone(), e)),
+            Err(e) => {
+                absent.push((p.clone(), format!("cannot be opened: {e}")));
+                first_err.get_or_insert(Error::Device(p.clone(), e));
+                continue;
+            }
+        };
+        if opts.block_size % d.logical_block != 0 {
+            opts.storage.close(d.id);
+            return Err(Error::Config(format!(
+                "{}: logical block size {} does not divide the block size {}",
+                p.display(),
+                d.logical_block,
+                opts.block_size
+            )));
+        }
+        match read_best_superblock(&*opts.storage, &d) {
+            Ok(sb) => {
+                opening.devs.push(d.clone());
+                found.push((d, sb));
+            }
+            Err(e) => {
+                opts.storage.close(d.id);
+                absent.push((p.clone(), e.to_string()));
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) if found.is_empty() => Err(e),
+        _ => Ok((opening, found, absent)),
+    }
+}
+
+fn check_device_count(opts: &SetOptions) -> Result<()> {
+    if opts.devices.is_empty() {
+        return Err(Error::Config("no devices configured".into()));
+    }
+    if opts.devices.len() > crate::format::MAX_MEMBERS {
+        return Err(Error::Config(format!(
+            "{} devices configured; at most {} are supported",
+            opts.devices.len(),
+            crate::format::MAX_MEMBERS
+        )));
+    }
+    Ok(())
 }
 
 impl MirrorSet {
@@ -239,6 +298,7 @@ impl MirrorSet {
             storage: opts.storage.clone(),
             sb: Mutex::new(sb),
             repairs: AtomicU64::new(0),
+            absent: Vec::new(),
         };
         // Zero both superblock copies and the header block of every slot, so
         // nothing from an earlier format can be mistaken for ours.
@@ -256,12 +316,19 @@ impl MirrorSet {
 
     /// Opens an existing set: checks that the devices belong together, picks
     /// the newest valid superblock, and rewrites it on every healthy member.
+    ///
+    /// Degraded, as md assembles: a configured device that cannot be opened
+    /// or holds no valid superblock is reported and left out, and the set's
+    /// members not among the devices present are failed. A missing member
+    /// that the newest superblock present still lists as healthy refuses
+    /// the open unless `start_degraded`: it may have gone on taking writes
+    /// after the present members failed (a transient error), and then they
+    /// lack records it acknowledged. A member failed while the set ran is
+    /// marked so on the others, which then open without it.
     pub fn open(opts: &SetOptions) -> Result<MirrorSet> {
-        let mut opening = open_all(opts)?;
-        let mut found: Vec<(Opened, Superblock)> = Vec::new();
-        for d in &opening.devs {
-            let sb = read_best_superblock(&*opts.storage, d)?;
-            found.push((d.clone(), sb));
+        let (mut opening, found, absent) = probe_all(opts)?;
+        for (path, why) in &absent {
+            tracing::error!(device = %path.display(), why = %why, "configured device left out of the mirror set");
         }
         // From here the members own the devices (MirrorSet's drop closes
         // them); a refusal below closes them through `opening`.
@@ -290,6 +357,7 @@ impl MirrorSet {
             sbs.push(sb);
         }
         let mut sb = newest;
+        let mut unproven = Vec::new();
         for info in sb.members.iter_mut() {
             let pos = sbs.iter().position(|s| s.member_uuid == info.uuid);
             let dev = pos.and_then(|p| devs[p].take());
@@ -298,9 +366,10 @@ impl MirrorSet {
                 Some(d) => d.path.clone(),
                 None => {
                     if health == Health::Healthy {
-                        tracing::warn!(
+                        unproven.push(hex_id(&info.uuid));
+                        tracing::error!(
                             member = %hex_id(&info.uuid),
-                            "mirror member is not among the configured devices; marking it failed"
+                            "mirror member listed healthy is not among the devices present: starting degraded without it"
                         );
                     }
                     health = Health::Failed;
@@ -327,6 +396,19 @@ impl MirrorSet {
                 d.path.display()
             )));
         }
+        if !unproven.is_empty() && !opts.start_degraded {
+            let why: Vec<String> = absent.iter().map(|(p, w)| format!("{}: {w}", p.display())).collect();
+            return Err(Error::Config(format!(
+                "mirror member(s) {} missing ({}), and the newest superblock present (generation {}) lists them \
+                 healthy: the members present cannot show that they hold every acknowledged record (a missing \
+                 one may have gone on without them). Bring the device back, or start degraded knowingly \
+                 (mirrorlogd --start-degraded, or storage.start_degraded = true): the missing members are then \
+                 marked failed",
+                unproven.join(", "),
+                if why.is_empty() { "not configured".to_string() } else { why.join("; ") },
+                sb.generation
+            )));
+        }
         if !members.iter().any(|m| m.is_healthy()) {
             return Err(Error::NoHealthyMirror);
         }
@@ -346,7 +428,9 @@ impl MirrorSet {
             tracing::warn!("mirror set has a single device: nothing is mirrored");
         }
         sb.inflight_window = sb.inflight_window.max(opts.inflight_window);
-        opening.devs.clear(); // owned by the members now
+        // The members own their devices now; the others are closed.
+        opening.devs.retain(|d| !members.iter().any(|m| m.dev.as_ref().is_some_and(|md| md.id == d.id)));
+        drop(opening);
         let set = MirrorSet {
             block_size: sb.block_size,
             segment_size: sb.segment_size,
@@ -357,11 +441,35 @@ impl MirrorSet {
             storage: opts.storage.clone(),
             sb: Mutex::new(sb),
             repairs: AtomicU64::new(0),
+            absent,
         };
         // Write both copies, so a copy torn before this open is replaced.
         set.update_superblock(|_| Ok(()))?;
         set.update_superblock(|_| Ok(()))?;
         Ok(set)
+    }
+
+    /// Configured devices that are not in the set, and why (left out at
+    /// open: they could not be opened or hold no valid superblock).
+    pub fn absent(&self) -> &[(PathBuf, String)] {
+        &self.absent
+    }
+
+    /// Whether any of `paths` holds a valid mirrorlog superblock. A device
+    /// that cannot be opened counts only when no other holds one: then the
+    /// error (a set is never formatted over a device that was not read).
+    pub fn any_formatted(storage: &Arc<dyn Storage>, paths: &[PathBuf], sync: SyncMode) -> Result<bool> {
+        let mut err = None;
+        for p in paths {
+            match Self::is_formatted(storage, p, sync) {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
+        }
+        err.map_or(Ok(false), Err)
     }
 
     /// Whether `path` holds a valid mirrorlog superblock.

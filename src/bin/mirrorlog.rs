@@ -402,6 +402,9 @@ fn print_status(out: &mut impl Write, s: &str) -> std::io::Result<()> {
             m["mean_write_us"].as_f64().unwrap_or(0.0)
         )?;
     }
+    for a in v["absent_devices"].as_array().into_iter().flatten() {
+        writeln!(out, "left out at start: {}", a.as_str().unwrap_or("?"))?;
+    }
     writeln!(
         out,
         "\n{:<24} {:>12} {:>12} {:>12} {:>9} {:>16}",

@@ -58,6 +58,12 @@ struct Args {
     /// what this node acknowledges meets the peer's history as a split brain.
     #[arg(long)]
     force_primary: bool,
+    /// Start without mirror members that are missing, unreadable or blank
+    /// although the set last saw them healthy (for this start;
+    /// `storage.start_degraded = true` always). Only when they hold nothing
+    /// newer than the members present: they are marked failed.
+    #[arg(long)]
+    start_degraded: bool,
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -118,6 +124,9 @@ fn main() -> ExitCode {
     }
     if let Some(n) = &args.name {
         cfg.server.name = n.clone();
+    }
+    if args.start_degraded {
+        cfg.storage.start_degraded = true;
     }
     if args.force_primary {
         cfg.replication.unreachable_at_start = "serve".into();

@@ -55,6 +55,14 @@ pub struct Storage {
     pub segment_size: u64,
     #[serde(default = "default_block_size", deserialize_with = "size")]
     pub block_size: u64,
+    /// Start without a member that is missing, unreadable or blank although
+    /// the newest superblock present lists it healthy (it is then marked
+    /// failed). Off: such a start is refused, since the members present
+    /// cannot show they hold every acknowledged record. A member that
+    /// failed while the daemon ran is marked failed on the others, and
+    /// they start without it either way.
+    #[serde(default)]
+    pub start_degraded: bool,
 }
 
 /// `[[journal]]`: a journal created at start if it does not exist.
@@ -625,6 +633,7 @@ impl DaemonConfig {
                 create: true,
                 segment_size: default_segment_size(),
                 block_size: default_block_size(),
+                start_degraded: false,
             },
             journals: vec![JournalSpec {
                 name: "default".into(),
@@ -720,6 +729,7 @@ impl DaemonConfig {
             default_inflight_batches()
         });
         c.group_commit_wait = self.limits.group_commit_wait;
+        c.start_degraded = self.storage.start_degraded;
         c
     }
 }

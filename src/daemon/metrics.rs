@@ -241,6 +241,8 @@ pub fn render(m: &Metrics, status: &Status, counters: &[(String, JournalCounters
     for mi in &status.mirrors {
         let _ = writeln!(o, "mirrorlog_mirror_healthy{{device=\"{}\"}} {}", esc(&mi.path), mi.healthy as u8);
     }
+    h(&mut o, "mirrorlog_devices_absent", "gauge", "Configured devices left out of the mirror set at start.");
+    let _ = writeln!(o, "mirrorlog_devices_absent {}", status.absent_devices.len());
     h(&mut o, "mirrorlog_mirror_writes_total", "counter", "Durable writes completed on the mirror.");
     for mi in &status.mirrors {
         let _ = writeln!(o, "mirrorlog_mirror_writes_total{{device=\"{}\"}} {}", esc(&mi.path), mi.writes);

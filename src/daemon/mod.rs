@@ -60,11 +60,9 @@ pub fn run(cfg: DaemonConfig) -> Result<(), String> {
         Some(a) => Some(std::net::TcpListener::bind(a).map_err(|e| format!("replication listen on {a}: {e}"))?),
         None => None,
     };
-    let mut formatted = false;
-    for d in &ecfg.devices {
-        formatted |= crate::mirror::MirrorSet::is_formatted(&crate::storage::default_storage(), d, ecfg.sync)
+    let formatted =
+        crate::mirror::MirrorSet::any_formatted(&crate::storage::default_storage(), &ecfg.devices, ecfg.sync)
             .map_err(|e| e.to_string())?;
-    }
     if role == Role::Replica && !formatted {
         let l = repl_listener.as_ref().ok_or("a replica needs replication.listen")?;
         replication::bootstrap(l, &mut ecfg)?;

@@ -40,6 +40,7 @@ impl Srv {
             "replication": self.repl_status(),
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
             "set_uuid": st.set_uuid,
+            "absent_devices": st.absent_devices,
             "epoch": st.epoch,
             "block_size": st.block_size,
             "segment_size": st.segment_size,
