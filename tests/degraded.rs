@@ -75,19 +75,26 @@ fn a_missing_member_last_seen_healthy_refuses_the_start_until_the_operator_says_
     expect_records(&log, 30);
 }
 
-#[test]
-fn a_member_failed_while_running_is_left_out_at_the_next_start_without_asking() {
-    let dir = tempfile::tempdir().unwrap();
-    let (devs, mut cfg, fault) = faulty_mirrors(dir.path());
+/// A 2-mirror set whose member 1 failed (every write EIO) after record 10,
+/// member 0 going on alone to 20; closed, the fault gone.
+fn member_1_failed_after_10(dir: &Path) -> (Vec<PathBuf>, Config) {
+    let (devs, mut cfg, fault) = faulty_mirrors(dir);
     let log = MirrorLog::create(&cfg).unwrap();
     append_range(&log, 1, 10);
     fault.fail_writes(&devs[1]);
     append_range(&log, 11, 20);
     assert!(!log.status().mirrors[1].healthy);
     drop(log);
+    cfg.storage = None;
+    (devs, cfg)
+}
+
+#[test]
+fn a_member_failed_while_running_is_left_out_at_the_next_start_without_asking() {
+    let dir = tempfile::tempdir().unwrap();
+    let (devs, cfg) = member_1_failed_after_10(dir.path());
     // The disk is gone by the next start.
     std::fs::remove_file(&devs[1]).unwrap();
-    cfg.storage = None;
     let log = MirrorLog::open(&cfg).unwrap();
     let st = log.status();
     assert!(!st.mirrors[1].healthy);
@@ -101,13 +108,7 @@ fn a_stale_member_alone_is_refused_it_lacks_what_the_other_acknowledged() {
     // member 0 is gone and member 1 works again. Member 1's superblock
     // still lists both healthy: opening it alone would lose 11..=20.
     let dir = tempfile::tempdir().unwrap();
-    let (devs, mut cfg, fault) = faulty_mirrors(dir.path());
-    let log = MirrorLog::create(&cfg).unwrap();
-    append_range(&log, 1, 10);
-    fault.fail_writes(&devs[1]);
-    append_range(&log, 11, 20);
-    drop(log);
-    cfg.storage = None;
+    let (devs, mut cfg) = member_1_failed_after_10(dir.path());
     // The operator takes the member that went on out of the configuration
     // (before the fix this opened, at next LSN 11: 11..=20 lost).
     let mut alone = cfg.clone();
