@@ -95,6 +95,12 @@ pub struct MirrorStatus {
     pub writes: u64,
     /// Mean durable-write latency since open, in microseconds.
     pub mean_write_us: f64,
+    /// Since open: failed reads, failed writes, copies that did not verify
+    /// where another member's did, and bad copies rewritten from a good one.
+    pub read_errors: u64,
+    pub write_errors: u64,
+    pub checksum_errors: u64,
+    pub repaired: u64,
 }
 
 /// The state of a mirror set.
@@ -473,6 +479,7 @@ impl MirrorLog {
             .map(|m| {
                 let w = m.writes.load(Ordering::Relaxed);
                 let ns = m.write_ns.load(Ordering::Relaxed);
+                let (read_errors, write_errors, checksum_errors, repaired) = m.errors.snapshot();
                 MirrorStatus {
                     path: m.path.display().to_string(),
                     uuid: hex_id(&m.uuid),
@@ -480,6 +487,10 @@ impl MirrorLog {
                     healthy: m.is_healthy(),
                     writes: w,
                     mean_write_us: if w == 0 { 0.0 } else { ns as f64 / w as f64 / 1000.0 },
+                    read_errors,
+                    write_errors,
+                    checksum_errors,
+                    repaired,
                 }
             })
             .collect();

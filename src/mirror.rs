@@ -35,6 +35,35 @@ pub struct Member {
     /// Durable writes completed, and their summed latency in ns (for metrics).
     pub writes: AtomicU64,
     pub write_ns: AtomicU64,
+    /// What went wrong on this member since open (`zpool status`'s READ,
+    /// WRITE, CKSUM, and the copies rewritten from a good member).
+    pub errors: MemberErrors,
+}
+
+/// Errors seen on one member since the set was opened.
+#[derive(Debug, Default)]
+pub struct MemberErrors {
+    /// Reads that failed (EIO, short).
+    pub read: AtomicU64,
+    /// Writes that failed (the member is then failed).
+    pub write: AtomicU64,
+    /// Copies read from it that did not verify where another member's did
+    /// (a record's CRC32C, a header, the chain).
+    pub checksum: AtomicU64,
+    /// Bad copies on it rewritten from a good member.
+    pub repaired: AtomicU64,
+}
+
+impl MemberErrors {
+    fn count(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(read, write, checksum, repaired)`.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        (g(&self.read), g(&self.write), g(&self.checksum), g(&self.repaired))
+    }
 }
 
 impl Member {
@@ -261,6 +290,7 @@ impl MirrorSet {
                 healthy: AtomicBool::new(true),
                 writes: AtomicU64::new(0),
                 write_ns: AtomicU64::new(0),
+                errors: MemberErrors::default(),
             })
             .collect();
         let sb = Superblock {
@@ -388,6 +418,7 @@ impl MirrorSet {
                 healthy: AtomicBool::new(health == Health::Healthy),
                 writes: AtomicU64::new(0),
                 write_ns: AtomicU64::new(0),
+                errors: MemberErrors::default(),
             });
         }
         if let Some(d) = devs.into_iter().flatten().next() {
@@ -614,6 +645,7 @@ impl MirrorSet {
                 true
             }
             Err(e) => {
+                MemberErrors::count(&m.errors.write);
                 tracing::error!(device = %m.path.display(), offset = off, error = %e, "mirror write failed");
                 false
             }
@@ -666,6 +698,7 @@ impl MirrorSet {
         let failed = self.write_members(off, &[(i, buf)])?;
         if failed.is_empty() {
             self.repairs.fetch_add(1, Ordering::Relaxed);
+            MemberErrors::count(&self.members[i].errors.repaired);
             tracing::warn!(device = %self.members[i].path.display(), offset = off, len = buf.len(), "repaired a bad copy from a good mirror");
             Ok(())
         } else {
@@ -681,7 +714,19 @@ impl MirrorSet {
             return Err(io::Error::other("member is failed"));
         }
         let dev = m.dev().ok_or_else(|| io::Error::other("member has no device"))?;
-        crate::storage::read_exact(&*self.storage, dev, off, buf)
+        let r = crate::storage::read_exact(&*self.storage, dev, off, buf);
+        if r.is_err() {
+            MemberErrors::count(&m.errors.read);
+        }
+        r
+    }
+
+    /// Counts a copy on member `i` that did not verify where another
+    /// member's did (the read path's self-heal finds them).
+    pub(crate) fn note_checksum_error(&self, i: usize) {
+        if let Some(m) = self.members.get(i) {
+            MemberErrors::count(&m.errors.checksum);
+        }
     }
 
     /// Reads one block at each of `offsets` from member `i` into consecutive
@@ -701,7 +746,13 @@ impl MirrorSet {
             let slice = &mut buf.as_mut_slice()[base..base + group.len() * bs];
             let ops: Vec<Op> = slice.chunks_mut(bs).zip(group).map(|(b, &off)| Op::read(dev, off, b)).collect();
             self.storage.run(&ops, &mut res[..ops.len()])?;
-            ok.extend(res[..ops.len()].iter().map(|&r| check_full(r, bs).is_ok()));
+            for &r in &res[..ops.len()] {
+                let good = check_full(r, bs).is_ok();
+                if !good {
+                    MemberErrors::count(&m.errors.read);
+                }
+                ok.push(good);
+            }
         }
         Ok(ok)
     }

@@ -310,6 +310,8 @@ impl SegmentScan<'_> {
             None => None,
         };
         let bs = self.set.block_size as usize;
+        // One bad copy counts once, however many runs of blocks differ.
+        let mut counted = false;
         let mut i = 0;
         while i < good.len() {
             // Coalesce runs of differing blocks into one write.
@@ -317,6 +319,10 @@ impl SegmentScan<'_> {
                 let start = i;
                 while i < good.len() && bad_bytes[i..i + bs] != good[i..i + bs] {
                     i += bs;
+                }
+                if !counted {
+                    self.set.note_checksum_error(bad);
+                    counted = true;
                 }
                 let mut b = AlignedBuf::new(i - start, bs);
                 b.as_mut_slice()[..i - start].copy_from_slice(&good[start..i]);

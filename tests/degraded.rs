@@ -213,6 +213,15 @@ fn the_daemon_refuses_a_start_without_a_member_last_seen_healthy_and_starts_degr
     let c = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).unwrap();
     let lsns: Vec<u64> = (0..50u64).map(|i| c.append("default", &payload(i, 300)).unwrap()).collect();
     drop(c);
+    let health = |d: &Daemon| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+            .args(["--endpoint", &d.addr, "health"])
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).to_string())
+    };
+    assert_eq!(health(&d), (Some(0), "healthy\n".to_string()));
+    assert!(d.http_get("/metrics").contains("kind=\"checksum\"} 0"));
     assert!(d.term().success());
     // The disk is gone while the daemon is stopped (the daemon recreates
     // a missing file blank).
@@ -241,6 +250,9 @@ fn the_daemon_refuses_a_start_without_a_member_last_seen_healthy_and_starts_degr
         assert_eq!(recs[0].payload, payload(i as u64, 300), "lsn {lsn}");
     }
     c.append("default", b"after").unwrap();
+    let (code, text) = health(&d);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(text.contains("DEGRADED: mirror") && text.contains("DEGRADED: left out at start"), "{text}");
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
         .args(["--endpoint", &d.addr, "status"])
         .output()

@@ -255,6 +255,41 @@ fn failed_mirror_writes_continue_on_the_survivor_and_stay_failed() {
     assert_eq!(data_region(&devs[1]), before, "a failed member must not be written");
 }
 
+/// `zpool status`'s READ, WRITE and CKSUM columns, per member, and the
+/// copies rewritten on it (issue 14): each fault counts on the member it
+/// happened on and nowhere else.
+#[test]
+fn each_member_counts_its_read_write_and_checksum_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 16 << 20);
+    let mut cfg = small_config(&devs);
+    fill(&cfg, 40);
+    let fault = FaultInjector::new();
+    cfg.storage = Some(fault.clone());
+    let log = MirrorLog::open(&cfg).unwrap();
+    let j = log.journal("j").unwrap();
+    let counts = |log: &MirrorLog| -> Vec<(u64, u64, u64, u64)> {
+        log.status().mirrors.iter().map(|m| (m.read_errors, m.write_errors, m.checksum_errors, m.repaired)).collect()
+    };
+    assert_eq!(counts(&log), vec![(0, 0, 0, 0); 2]);
+    // A bad copy on member 0, read first: one checksum error, one repair.
+    flip_byte(&devs[0], block_of(10) + 40);
+    assert_eq!(j.read(10).unwrap(), payload(10, 110));
+    assert_eq!(counts(&log), vec![(0, 0, 1, 1), (0, 0, 0, 0)]);
+    // Member 0 fails its reads: counted there, served from member 1.
+    fault.fail_reads(&devs[0]);
+    verify_all(&j, 40);
+    let c = counts(&log);
+    assert!(c[0].0 > 0 && c[1] == (0, 0, 0, 0), "{c:?}");
+    fault.clear();
+    // Member 1 fails a write: counted there, and it is failed.
+    fault.fail_writes(&devs[1]);
+    j.append(b"41").unwrap();
+    let c = counts(&log);
+    assert!(c[1].1 > 0 && c[0].1 == 0, "{c:?}");
+    assert!(!log.status().mirrors[1].healthy);
+}
+
 #[test]
 fn no_healthy_mirror_fails_appends_clearly() {
     let dir = tempfile::tempdir().unwrap();

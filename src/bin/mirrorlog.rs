@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 success; 1 the request failed (the error's code and name
 //! are printed on stderr); 2 bad usage or arguments; 3 `verify` found a
-//! problem; 4 no endpoint could be reached.
+//! problem, or `health` found the storage degraded or with errors; 4 no
+//! endpoint could be reached.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -84,6 +85,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// For scripts and monitoring: exit 0 and print "healthy" when every
+    /// mirror member takes writes, no configured device was left out at
+    /// start and no member has read, write or checksum errors; otherwise
+    /// print one line per problem and exit 3.
+    Health,
     /// Make the replica at --endpoint the primary (the primary site is
     /// lost): its epoch rises, and an old primary that returns is fenced.
     ///
@@ -199,6 +205,7 @@ fn main() -> ExitCode {
         Cmd::Verify { devices, json } => return verify(devices, *json),
         Cmd::Dump { devices, journal, from } => return dump(devices, journal, *from),
         Cmd::Status { json } => return admin_status(&args.endpoint, *json, args.timeout),
+        Cmd::Health => return admin_health(&args.endpoint, args.timeout),
         Cmd::Promote { json, force } => {
             return admin_print(&args.endpoint, &Request::Promote { force: *force }, *json, args.timeout);
         }
@@ -303,6 +310,7 @@ fn run(c: &BlockingClient, cmd: &Cmd) -> Result<(), ClientError> {
         | Cmd::Verify { .. }
         | Cmd::Dump { .. }
         | Cmd::Status { .. }
+        | Cmd::Health
         | Cmd::Promote { .. }
         | Cmd::DiscardDiverged { .. }
         | Cmd::Demote { .. }
@@ -320,6 +328,53 @@ fn admin_status(endpoints: &[String], json: bool, timeout: u64) -> ExitCode {
         }
     }
     fail(&last)
+}
+
+fn admin_health(endpoints: &[String], timeout: u64) -> ExitCode {
+    let Some(ep) = endpoints.first() else {
+        eprintln!("mirrorlog: give --endpoint");
+        return ExitCode::from(2);
+    };
+    let s = match admin(ep, &Request::Status, Duration::from_secs(timeout.max(1))) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let v: serde_json::Value = match serde_json::from_str(&s) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("mirrorlog: status is not JSON: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let problems = health_problems(&v);
+    if problems.is_empty() {
+        println!("healthy");
+        return ExitCode::SUCCESS;
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    ExitCode::from(3)
+}
+
+/// What makes a status unhealthy, one line each (empty: healthy).
+fn health_problems(v: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in v["mirrors"].as_array().into_iter().flatten() {
+        let path = m["path"].as_str().unwrap_or("?");
+        if m["healthy"].as_bool() != Some(true) {
+            out.push(format!("DEGRADED: mirror {path} failed"));
+        }
+        let n = |k: &str| m[k].as_u64().unwrap_or(0);
+        let (r, w, c) = (n("read_errors"), n("write_errors"), n("checksum_errors"));
+        if r + w + c > 0 {
+            out.push(format!("ERRORS: mirror {path}: read {r}, write {w}, checksum {c}, repaired {}", n("repaired")));
+        }
+    }
+    for a in v["absent_devices"].as_array().into_iter().flatten() {
+        out.push(format!("DEGRADED: left out at start: {}", a.as_str().unwrap_or("?")));
+    }
+    out
 }
 
 fn show(s: &str, json: bool) -> ExitCode {
@@ -391,15 +446,23 @@ fn print_status(out: &mut impl Write, s: &str) -> std::io::Result<()> {
         v["repairs"],
         v["connections"]
     )?;
-    writeln!(out, "\n{:<40} {:>8} {:>10} {:>14}", "MIRROR", "HEALTHY", "WRITES", "MEAN WRITE µs")?;
+    writeln!(
+        out,
+        "\n{:<40} {:>8} {:>10} {:>14} {:>6} {:>6} {:>6} {:>9}",
+        "MIRROR", "HEALTHY", "WRITES", "MEAN WRITE µs", "READ", "WRITE", "CKSUM", "REPAIRED"
+    )?;
     for m in v["mirrors"].as_array().into_iter().flatten() {
         writeln!(
             out,
-            "{:<40} {:>8} {:>10} {:>14.1}",
+            "{:<40} {:>8} {:>10} {:>14.1} {:>6} {:>6} {:>6} {:>9}",
             m["path"].as_str().unwrap_or("?"),
             if m["healthy"].as_bool() == Some(true) { "yes" } else { "FAILED" },
             m["writes"].to_string(),
-            m["mean_write_us"].as_f64().unwrap_or(0.0)
+            m["mean_write_us"].as_f64().unwrap_or(0.0),
+            m["read_errors"].to_string(),
+            m["write_errors"].to_string(),
+            m["checksum_errors"].to_string(),
+            m["repaired"].to_string()
         )?;
     }
     for a in v["absent_devices"].as_array().into_iter().flatten() {

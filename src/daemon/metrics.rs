@@ -241,6 +241,21 @@ pub fn render(m: &Metrics, status: &Status, counters: &[(String, JournalCounters
     for mi in &status.mirrors {
         let _ = writeln!(o, "mirrorlog_mirror_healthy{{device=\"{}\"}} {}", esc(&mi.path), mi.healthy as u8);
     }
+    h(
+        &mut o,
+        "mirrorlog_mirror_errors_total",
+        "counter",
+        "Errors on the mirror since start: failed reads, failed writes, copies that did not verify (checksum).",
+    );
+    for mi in &status.mirrors {
+        for (kind, n) in [("read", mi.read_errors), ("write", mi.write_errors), ("checksum", mi.checksum_errors)] {
+            let _ = writeln!(o, "mirrorlog_mirror_errors_total{{device=\"{}\",kind=\"{kind}\"}} {n}", esc(&mi.path));
+        }
+    }
+    h(&mut o, "mirrorlog_mirror_repaired_total", "counter", "Bad copies on the mirror rewritten from a good one.");
+    for mi in &status.mirrors {
+        let _ = writeln!(o, "mirrorlog_mirror_repaired_total{{device=\"{}\"}} {}", esc(&mi.path), mi.repaired);
+    }
     h(&mut o, "mirrorlog_devices_absent", "gauge", "Configured devices left out of the mirror set at start.");
     let _ = writeln!(o, "mirrorlog_devices_absent {}", status.absent_devices.len());
     h(&mut o, "mirrorlog_mirror_writes_total", "counter", "Durable writes completed on the mirror.");

@@ -30,6 +30,8 @@ impl Srv {
                 serde_json::json!({
                     "path": m.path, "uuid": m.uuid, "slot": m.slot, "healthy": m.healthy,
                     "writes": m.writes, "mean_write_us": m.mean_write_us,
+                    "read_errors": m.read_errors, "write_errors": m.write_errors,
+                    "checksum_errors": m.checksum_errors, "repaired": m.repaired,
                 })
             })
             .collect();
