@@ -44,6 +44,20 @@ pub struct JournalInfo {
     pub missing_segments: u64,
 }
 
+/// What a scrub of one journal did (`Journal::scrub`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Members whose copies were read (the healthy ones).
+    pub members: usize,
+    /// Records verified, counted once per member.
+    pub records: u64,
+    /// Payload bytes verified, counted once per member.
+    pub bytes: u64,
+    /// Bad copies rewritten from a good member meanwhile (the set's
+    /// repairs, reads' heals included).
+    pub repaired: u64,
+}
+
 impl JournalInner {
     /// Scans records from `from`, handing each verified record to `visit`
     /// until it returns false or the durable end is reached.
@@ -56,14 +70,36 @@ impl JournalInner {
     pub(crate) fn scan_from(
         &self,
         from: Lsn,
-        mut visit: impl FnMut(&Rec<'_>) -> bool,
+        visit: impl FnMut(&Rec<'_>) -> bool,
         chunk: usize,
         below_mark: bool,
     ) -> Result<()> {
+        self.scan_members(from, visit, chunk, below_mark, None)
+    }
+
+    /// `scan_from`, reading each segment from member `first` when given
+    /// (a scrub of that member's copies): a segment on which the read had
+    /// to go to another member (it healed a bad copy on `first`) is read
+    /// again from `first`, from its start, until `first` verifies through
+    /// it or fails (at most `MAX_REREADS` times). `visit` then sees those
+    /// records again.
+    fn scan_members(
+        &self,
+        from: Lsn,
+        mut visit: impl FnMut(&Rec<'_>) -> bool,
+        chunk: usize,
+        below_mark: bool,
+        first: Option<usize>,
+    ) -> Result<()> {
+        const MAX_REREADS: u32 = 64;
         let bs = self.shared.set.block_size;
         let mut lsn = from;
         let mut prefer = self.shared.set.healthy_indexes().next().unwrap_or(0);
+        let mut rereads = 0;
         loop {
+            if let Some(m) = first {
+                prefer = m;
+            }
             let (slot, start, bound, end_lsn, durable, _pin, seen) = {
                 let st = self.st.lock();
                 let seen = self.cut_gate.generation();
@@ -104,6 +140,14 @@ impl JournalInner {
                     visit(r)
                 })?;
             prefer = end.member;
+            if let Some(m) = first {
+                let healthy = self.shared.set.members().get(m).is_some_and(|x| x.is_healthy());
+                if end.member != m && !end.stopped && healthy && rereads < MAX_REREADS {
+                    rereads += 1;
+                    continue;
+                }
+                rereads = 0;
+            }
             if !indexed.is_empty() {
                 let mut st = self.st.lock();
                 if let Some(seg) = st.segs.iter_mut().find(|s| s.slot == slot && s.first_lsn <= start.lsn) {
@@ -186,6 +230,47 @@ impl Journal {
     /// reclaimed). The daemon rebuilds its idempotence table with it.
     pub fn visit_retained(&self, from: Lsn, chunk: usize, visit: impl FnMut(&Rec<'_>) -> bool) -> Result<()> {
         self.inner.scan_from(from, visit, chunk.max(self.inner.shared.set.block_size as usize), true)
+    }
+
+    /// Scrubs the journal: every record from the mark to the durable end
+    /// is read and verified (its CRC32C and the chain) on every healthy
+    /// member, each read first in turn; a member's bad copy is rewritten
+    /// from a member whose copy verifies (the read path's self-heal, which
+    /// also counts it in that member's CKSUM and REPAIRED). A record bad on
+    /// every member fails the scrub with `corrupt`, as a read does. Runs
+    /// alongside appends and reads (segments are pinned while read, heals
+    /// wait out cut-backs). `chunk`: bytes per read.
+    pub fn scrub(&self, chunk: usize) -> Result<ScrubReport> {
+        let set = &self.inner.shared.set;
+        let chunk = chunk.max(set.block_size as usize);
+        let from = {
+            let info = self.info();
+            info.first_lsn.max(info.mark)
+        };
+        let before = set.repairs.load(std::sync::atomic::Ordering::Relaxed);
+        let mut report = ScrubReport::default();
+        let members: Vec<usize> = set.healthy_indexes().collect();
+        for m in members {
+            report.members += 1;
+            // A segment read again after a heal hands its records out again.
+            let mut next = from;
+            self.inner.scan_members(
+                from,
+                |r| {
+                    if r.lsn >= next {
+                        next = r.lsn + 1;
+                        report.records += 1;
+                        report.bytes += r.payload.len() as u64;
+                    }
+                    true
+                },
+                chunk,
+                false,
+                Some(m),
+            )?;
+        }
+        report.repaired = set.repairs.load(std::sync::atomic::Ordering::Relaxed) - before;
+        Ok(report)
     }
 
     /// The first LSN of each segment the journal holds, oldest first.

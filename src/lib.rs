@@ -62,7 +62,7 @@ pub use driver::Driver;
 pub use error::{Error, Result};
 pub use format::Tag;
 pub use io::SyncMode;
-pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn, Rec, RecoveryStats, Ticket};
+pub use journal::{Journal, JournalCounters, JournalInfo, JournalIter, Lsn, Rec, RecoveryStats, ScrubReport, Ticket};
 pub use storage::FaultInjector;
 
 use format::{JournalEntry, MAX_JOURNALS, MAX_JOURNAL_NAME};
