@@ -56,6 +56,8 @@ pub struct ScrubReport {
     /// Bad copies rewritten from a good member meanwhile (the set's
     /// repairs, reads' heals included).
     pub repaired: u64,
+    /// `go_on` stopped it before the end.
+    pub stopped: bool,
 }
 
 impl JournalInner {
@@ -239,8 +241,11 @@ impl Journal {
     /// also counts it in that member's CKSUM and REPAIRED). A record bad on
     /// every member fails the scrub with `corrupt`, as a read does. Runs
     /// alongside appends and reads (segments are pinned while read, heals
-    /// wait out cut-backs). `chunk`: bytes per read.
-    pub fn scrub(&self, chunk: usize) -> Result<ScrubReport> {
+    /// wait out cut-backs). `chunk`: bytes per read. `go_on` is called
+    /// after each record verified with the report so far (the caller
+    /// paces the scrub by sleeping in it); false stops the scrub
+    /// (`ScrubReport::stopped`).
+    pub fn scrub(&self, chunk: usize, mut go_on: impl FnMut(&ScrubReport) -> bool) -> Result<ScrubReport> {
         let set = &self.inner.shared.set;
         let chunk = chunk.max(set.block_size as usize);
         let from = {
@@ -251,6 +256,9 @@ impl Journal {
         let mut report = ScrubReport::default();
         let members: Vec<usize> = set.healthy_indexes().collect();
         for m in members {
+            if report.stopped {
+                break;
+            }
             report.members += 1;
             // A segment read again after a heal hands its records out again.
             let mut next = from;
@@ -262,7 +270,8 @@ impl Journal {
                         report.records += 1;
                         report.bytes += r.payload.len() as u64;
                     }
-                    true
+                    report.stopped = !go_on(&report);
+                    !report.stopped
                 },
                 chunk,
                 false,

@@ -53,6 +53,8 @@ pub enum Op {
     /// Let this replica's next session cut back records of a run its
     /// primary never followed (after a split brain was reported).
     DiscardDiverged = 0x0E,
+    /// Start, cancel or ask about a scrub of every journal on every mirror.
+    Scrub = 0x0F,
     /// Server push: records of a subscription.
     Records = 0x7E,
     /// Server: a request failed.
@@ -79,6 +81,7 @@ impl Op {
             0x0C => Op::Promote,
             0x0D => Op::Demote,
             0x0E => Op::DiscardDiverged,
+            0x0F => Op::Scrub,
             0x7E => Op::Records,
             0x7F => Op::Error,
             _ => return None,
@@ -388,6 +391,20 @@ pub enum Request<'a> {
     },
     /// Answered with `Status`.
     DiscardDiverged,
+    /// Answered with `Status` (its `scrub` part: progress, what was found).
+    Scrub {
+        action: ScrubAction,
+    },
+}
+
+/// What a `Scrub` request asks (its one body byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ScrubAction {
+    /// How the running or last scrub goes.
+    Status = 0,
+    Start = 1,
+    Cancel = 2,
 }
 
 /// A record as returned by `Read` and `Records`.
@@ -453,6 +470,7 @@ impl<'a> Request<'a> {
             Request::Promote { .. } => Op::Promote,
             Request::Demote { .. } => Op::Demote,
             Request::DiscardDiverged => Op::DiscardDiverged,
+            Request::Scrub { .. } => Op::Scrub,
         }
     }
 
@@ -504,6 +522,7 @@ impl<'a> Request<'a> {
                 put_str(b, journal)
             }
             Request::ListJournals | Request::Status | Request::DiscardDiverged => {}
+            Request::Scrub { action } => b.push(*action as u8),
             Request::Promote { force } => {
                 if *force {
                     b.push(1);
@@ -558,6 +577,14 @@ impl<'a> Request<'a> {
             Op::Promote => Request::Promote { force: r.remaining() > 0 && r.u8()? != 0 },
             Op::Demote => Request::Demote { sync: r.u8()? != 0, timeout_ms: r.u32()? },
             Op::DiscardDiverged => Request::DiscardDiverged,
+            Op::Scrub => Request::Scrub {
+                action: match r.u8()? {
+                    0 => ScrubAction::Status,
+                    1 => ScrubAction::Start,
+                    2 => ScrubAction::Cancel,
+                    _ => return Err(ProtoError::Malformed("unknown scrub action")),
+                },
+            },
             Op::Records | Op::Error => return Err(ProtoError::UnknownOpcode(frame.opcode)),
         };
         r.end()?;
@@ -646,7 +673,7 @@ impl<'a> Response<'a> {
                     }
                     Response::Journals { names }
                 }
-                Op::Status | Op::Promote | Op::Demote | Op::DiscardDiverged => {
+                Op::Status | Op::Promote | Op::Demote | Op::DiscardDiverged | Op::Scrub => {
                     let b = r.bytes()?;
                     Response::Status {
                         json: std::str::from_utf8(b).map_err(|_| ProtoError::Malformed("status is not UTF-8"))?,
@@ -701,6 +728,9 @@ mod tests {
             Request::Status,
             Request::Promote { force: false },
             Request::Promote { force: true },
+            Request::Scrub { action: ScrubAction::Start },
+            Request::Scrub { action: ScrubAction::Status },
+            Request::Scrub { action: ScrubAction::Cancel },
             Request::Demote { sync: true, timeout_ms: 5000 },
         ];
         for (i, q) in reqs.iter().enumerate() {

@@ -304,7 +304,7 @@ fn a_scrub_repairs_rot_on_each_member_from_the_other() {
     flip_byte(&devs[1], block_of(20) + 40);
     flip_byte(&devs[0], block_of(33) + 60);
     flip_byte(&devs[1], block_of(40) + 40); // the last record
-    let r = j.scrub(64 << 10).unwrap();
+    let r = j.scrub(64 << 10, |_| true).unwrap();
     assert_eq!((r.members, r.records), (2, 80), "{r:?}");
     assert_eq!(r.repaired, 4, "{r:?}");
     let st = log.status();
@@ -315,7 +315,7 @@ fn a_scrub_repairs_rot_on_each_member_from_the_other() {
     assert_eq!(data_region(&devs[0]), data_region(&devs[1]), "the mirrors differ after the scrub");
     let log = MirrorLog::open(&cfg).unwrap();
     let j = log.journal("j").unwrap();
-    assert_eq!(j.scrub(4096).unwrap().repaired, 0, "a second scrub finds nothing");
+    assert_eq!(j.scrub(4096, |_| true).unwrap().repaired, 0, "a second scrub finds nothing");
     verify_all(&j, 40);
 }
 
@@ -329,7 +329,7 @@ fn a_scrub_finds_every_bad_spot_on_one_member() {
     let j = log.journal("j").unwrap();
     flip_byte(&devs[0], block_of(10) + 40);
     flip_byte(&devs[0], block_of(33) + 40);
-    assert_eq!(j.scrub(4096).unwrap().repaired, 2);
+    assert_eq!(j.scrub(4096, |_| true).unwrap().repaired, 2);
     let st = log.status();
     assert_eq!((st.mirrors[0].checksum_errors, st.mirrors[1].checksum_errors), (2, 0));
     drop(j);
@@ -344,7 +344,7 @@ fn a_scrub_reports_a_record_bad_on_every_member_and_keeps_serving() {
     let j = log.journal("j").unwrap();
     flip_byte(&devs[0], block_of(7) + 40);
     flip_byte(&devs[1], block_of(7) + 40);
-    let e = j.scrub(64 << 10).unwrap_err();
+    let e = j.scrub(64 << 10, |_| true).unwrap_err();
     assert_eq!(e.code_name(), "corrupt", "{e}");
     assert_eq!(j.read(6).unwrap(), payload(6, 106));
     assert!(j.read(7).is_err());
@@ -368,10 +368,10 @@ fn a_scrub_alongside_appends_loses_nothing() {
     let j = log.journal("j").unwrap();
     let mut repaired = 0;
     while !writer.is_finished() {
-        repaired += j.scrub(16 << 10).unwrap().repaired;
+        repaired += j.scrub(16 << 10, |_| true).unwrap().repaired;
     }
     writer.join().unwrap();
-    repaired += j.scrub(16 << 10).unwrap().repaired;
+    repaired += j.scrub(16 << 10, |_| true).unwrap().repaired;
     assert_eq!(repaired, 1);
     verify_all(&j, 400);
     drop(j);

@@ -90,6 +90,16 @@ enum Cmd {
     /// start and no member has read, write or checksum errors; otherwise
     /// print one line per problem and exit 3.
     Health,
+    /// Scrub every journal on every mirror of the node at --endpoint: each
+    /// record read and verified on each mirror, bad copies rewritten from
+    /// good ones, in the background at `scrub.rate`. `start`, `status`
+    /// (progress, rate, ETA, what it repaired) or `cancel`.
+    Scrub {
+        #[arg(value_parser = ["start", "status", "cancel"])]
+        action: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the replica at --endpoint the primary (the primary site is
     /// lost): its epoch rises, and an old primary that returns is fenced.
     ///
@@ -206,6 +216,7 @@ fn main() -> ExitCode {
         Cmd::Dump { devices, journal, from } => return dump(devices, journal, *from),
         Cmd::Status { json } => return admin_status(&args.endpoint, *json, args.timeout),
         Cmd::Health => return admin_health(&args.endpoint, args.timeout),
+        Cmd::Scrub { action, json } => return admin_scrub(&args.endpoint, action, *json, args.timeout),
         Cmd::Promote { json, force } => {
             return admin_print(&args.endpoint, &Request::Promote { force: *force }, *json, args.timeout);
         }
@@ -311,6 +322,7 @@ fn run(c: &BlockingClient, cmd: &Cmd) -> Result<(), ClientError> {
         | Cmd::Dump { .. }
         | Cmd::Status { .. }
         | Cmd::Health
+        | Cmd::Scrub { .. }
         | Cmd::Promote { .. }
         | Cmd::DiscardDiverged { .. }
         | Cmd::Demote { .. }
@@ -328,6 +340,49 @@ fn admin_status(endpoints: &[String], json: bool, timeout: u64) -> ExitCode {
         }
     }
     fail(&last)
+}
+
+fn admin_scrub(endpoints: &[String], action: &str, json: bool, timeout: u64) -> ExitCode {
+    use mirrorlog::protocol::ScrubAction;
+    let Some(ep) = endpoints.first() else {
+        eprintln!("mirrorlog: give --endpoint");
+        return ExitCode::from(2);
+    };
+    let action = match action {
+        "start" => ScrubAction::Start,
+        "cancel" => ScrubAction::Cancel,
+        _ => ScrubAction::Status,
+    };
+    let s = match admin(ep, &Request::Scrub { action }, Duration::from_secs(timeout.max(1))) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
+    let sc = &v["scrub"];
+    if json {
+        println!("{sc}");
+        return ExitCode::SUCCESS;
+    }
+    let n = |k: &str| sc[k].as_u64().unwrap_or(0);
+    let state = sc["state"].as_str().unwrap_or("");
+    if state.is_empty() {
+        println!("scrub: none since the daemon started");
+        return ExitCode::SUCCESS;
+    }
+    let total = n("records_total").max(1);
+    println!(
+        "scrub: {state}, {} of {} records ({:.0}%), {:.1} MB/s{}, repaired {}",
+        n("records_done"),
+        n("records_total"),
+        100.0 * n("records_done").min(total) as f64 / total as f64,
+        sc["bytes_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+        sc["eta_seconds"].as_f64().map(|s| format!(", ETA {s:.0} s")).unwrap_or_default(),
+        n("repaired")
+    );
+    for e in sc["errors"].as_array().into_iter().flatten() {
+        println!("error: {}", e.as_str().unwrap_or("?"));
+    }
+    ExitCode::SUCCESS
 }
 
 fn admin_health(endpoints: &[String], timeout: u64) -> ExitCode {
@@ -373,6 +428,9 @@ fn health_problems(v: &serde_json::Value) -> Vec<String> {
     }
     for a in v["absent_devices"].as_array().into_iter().flatten() {
         out.push(format!("DEGRADED: left out at start: {}", a.as_str().unwrap_or("?")));
+    }
+    for e in v["scrub"]["errors"].as_array().into_iter().flatten() {
+        out.push(format!("ERRORS: the last scrub: {}", e.as_str().unwrap_or("?")));
     }
     out
 }

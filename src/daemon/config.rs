@@ -28,6 +28,8 @@ pub struct DaemonConfig {
     #[serde(default)]
     pub idempotence: Idempotence,
     #[serde(default)]
+    pub scrub: Scrub,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub metrics: Metrics,
@@ -239,6 +241,27 @@ impl Default for Limits {
             drain_timeout: default_drain(),
         }
     }
+}
+
+/// `[scrub]`: the background check of every record on every mirror
+/// (`mirrorlog scrub start`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scrub {
+    /// Payload bytes verified per second, summed over the mirrors ("0":
+    /// as fast as the disks go). A scrub sleeps to stay at or below it.
+    #[serde(default = "default_scrub_rate", deserialize_with = "size")]
+    pub rate: u64,
+}
+
+impl Default for Scrub {
+    fn default() -> Self {
+        Scrub { rate: default_scrub_rate() }
+    }
+}
+
+fn default_scrub_rate() -> u64 {
+    64 << 20
 }
 
 /// `[idempotence]`: the producer table behind idempotent appends.
@@ -643,6 +666,7 @@ impl DaemonConfig {
             server: Server::default(),
             limits: Limits::default(),
             idempotence: Idempotence::default(),
+            scrub: Scrub::default(),
             log: Log::default(),
             metrics: Metrics::default(),
             replication: Replication::default(),

@@ -108,10 +108,29 @@ pub struct ReplJournal {
 }
 
 /// Renders the replication metrics.
+/// A metric's HELP and TYPE lines.
+fn h(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// The running or last scrub.
+pub fn render_scrub(o: &mut String, running: bool, records: u64, repaired: u64, errors: usize) {
+    h(o, "mirrorlog_scrub_running", "gauge", "1 while a scrub runs.");
+    let _ = writeln!(o, "mirrorlog_scrub_running {}", running as u8);
+    h(o, "mirrorlog_scrub_records", "gauge", "Records the running or last scrub verified (summed over mirrors).");
+    let _ = writeln!(o, "mirrorlog_scrub_records {records}");
+    h(o, "mirrorlog_scrub_repaired", "gauge", "Bad copies the running or last scrub rewrote.");
+    let _ = writeln!(o, "mirrorlog_scrub_repaired {repaired}");
+    h(
+        o,
+        "mirrorlog_scrub_errors",
+        "gauge",
+        "Journals the running or last scrub could not scrub through (a record bad on every mirror).",
+    );
+    let _ = writeln!(o, "mirrorlog_scrub_errors {errors}");
+}
+
 pub fn render_repl(o: &mut String, m: &Metrics, r: &ReplStatus) {
-    let h = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
     h(o, "mirrorlog_replication_role", "gauge", "1 for this node's current role.");
     let _ = writeln!(o, "mirrorlog_replication_role{{role=\"{}\"}} 1", esc(&r.role));
     h(o, "mirrorlog_replication_connected", "gauge", "1 while a replication session streams.");
@@ -182,9 +201,6 @@ fn esc(s: &str) -> String {
 /// Renders everything in the Prometheus text format (version 0.0.4).
 pub fn render(m: &Metrics, status: &Status, counters: &[(String, JournalCounters)]) -> String {
     let mut o = String::with_capacity(8192);
-    let h = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
     h(&mut o, "mirrorlog_appends_total", "counter", "Append requests acknowledged.");
     for (j, (reqs, _, _)) in m.acked.borrow().iter() {
         let _ = writeln!(o, "mirrorlog_appends_total{{journal=\"{}\"}} {reqs}", esc(j));

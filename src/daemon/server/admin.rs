@@ -43,6 +43,7 @@ impl Srv {
             "uptime_seconds": self.started.elapsed().as_secs_f64(),
             "set_uuid": st.set_uuid,
             "absent_devices": st.absent_devices,
+            "scrub": self.scrub.progress().json(),
             "epoch": st.epoch,
             "block_size": st.block_size,
             "segment_size": st.segment_size,
@@ -62,6 +63,8 @@ impl Srv {
             self.jlist.borrow().iter().map(|j| (j.name().to_string(), j.counters())).collect();
         let mut o = metrics::render(&self.m, &st, &counters);
         metrics::render_repl(&mut o, &self.m, &self.repl_status());
+        let p = self.scrub.progress();
+        metrics::render_scrub(&mut o, p.state == "running", p.records_done, p.repaired, p.errors.len());
         o
     }
 

@@ -218,6 +218,7 @@ impl Srv {
     /// Stops taking connections and appends; what was taken is answered.
     pub(super) fn begin_drain(&self) {
         tracing::info!(pending = self.pending_acks(), "stopping: draining in-flight appends");
+        self.scrub.cancel();
         self.draining.set(true);
         self.drain.notify_waiters();
         self.kick.notify_one();

@@ -14,8 +14,10 @@
 //! `dispatch` (a request to its handler), `appends` (placement, idempotence,
 //! acks and the pure replica-ack decision), `reads` (reads, subscriptions),
 //! `roles` (promote, demote, following a fence), `admin` (HTTP metrics and
-//! status). This file holds the state they share: `Srv` and each journal's
-//! `Jd`. Everything runs on the loop's one thread (`Rc`, `Cell`).
+//! status), `scrub` (the background scrub and its progress), `driven` (the
+//! server turned by a caller: the wire simulator). This file holds the
+//! state they share: `Srv` and each journal's `Jd`. Everything runs on the
+//! loop's one thread (`Rc`, `Cell`), but the scrub's own thread.
 //!
 //! Invariants:
 //! * An append is acknowledged only once `Journal::poll` says its records
@@ -68,6 +70,7 @@ mod event_loop;
 mod listen;
 mod reads;
 mod roles;
+mod scrub;
 
 use admin::*;
 use appends::*;
@@ -76,6 +79,7 @@ use dispatch::*;
 use listen::*;
 use reads::*;
 use roles::*;
+use scrub::*;
 
 pub use conn::Stream;
 pub use driven::Driven;
@@ -140,6 +144,8 @@ pub(crate) struct Srv {
     /// Disk work that would go to the blocking pool runs on the loop's
     /// thread (`Driven`).
     inline_blocking: bool,
+    /// The running or last scrub (`mirrorlog scrub`).
+    scrub: Arc<Scrubbing>,
 }
 
 impl Srv {
@@ -168,6 +174,7 @@ impl Srv {
             m: Metrics::default(),
             started: Instant::now(),
             inline_blocking,
+            scrub: Arc::new(Scrubbing::default()),
         });
         for name in srv.log.journal_names() {
             let j = srv.log.journal(&name)?;
