@@ -468,6 +468,12 @@ impl MirrorLog {
         ship::set_sink(&self.shared, sink);
     }
 
+    /// Durable writes completed on all members since open (cheap: a
+    /// background task that yields to appends watches it move).
+    pub fn device_writes(&self) -> u64 {
+        self.shared.set.members().iter().map(|m| m.writes.load(Ordering::Relaxed)).sum()
+    }
+
     /// Health, sizes and every journal's LSN range.
     pub fn status(&self) -> Status {
         let set = &self.shared.set;

@@ -248,20 +248,30 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scrub {
-    /// Payload bytes verified per second, summed over the mirrors ("0":
-    /// as fast as the disks go). A scrub sleeps to stay at or below it.
+    /// Payload bytes verified per second, summed over the mirrors, while
+    /// the node takes no writes ("0": as fast as the disks go). A scrub
+    /// sleeps to stay at or below it.
     #[serde(default = "default_scrub_rate", deserialize_with = "size")]
     pub rate: u64,
+    /// The same while the node is writing (any write in the last 50 ms),
+    /// as md slows a resync to its minimum under other I/O: the scrub
+    /// yields the disks to appends ("0": `rate` always).
+    #[serde(default = "default_scrub_busy_rate", deserialize_with = "size")]
+    pub busy_rate: u64,
 }
 
 impl Default for Scrub {
     fn default() -> Self {
-        Scrub { rate: default_scrub_rate() }
+        Scrub { rate: default_scrub_rate(), busy_rate: default_scrub_busy_rate() }
     }
 }
 
 fn default_scrub_rate() -> u64 {
     64 << 20
+}
+
+fn default_scrub_busy_rate() -> u64 {
+    1 << 20
 }
 
 /// `[idempotence]`: the producer table behind idempotent appends.

@@ -12,6 +12,9 @@ use std::sync::atomic::AtomicBool;
 const UPDATE_EVERY: u64 = 256;
 /// Errors kept from one scrub (journals it could not scrub).
 const MAX_ERRORS: usize = 16;
+/// Bytes per read: small, so that an append waiting behind one waits
+/// little (docs/benchmarks.md, the scrub under load).
+const CHUNK: usize = 64 << 10;
 
 /// A scrub's state, shared by its thread and the server loop.
 #[derive(Default)]
@@ -54,13 +57,13 @@ impl Scrubbing {
 
     /// Starts a scrub on its own thread unless one runs. Returns whether
     /// this call started one.
-    pub(super) fn start(self: &Arc<Self>, log: Arc<MirrorLog>, rate: u64) -> std::io::Result<bool> {
+    pub(super) fn start(self: &Arc<Self>, log: Arc<MirrorLog>, rates: (u64, u64)) -> std::io::Result<bool> {
         if self.running.swap(true, Ordering::AcqRel) {
             return Ok(false);
         }
         self.cancel.store(false, Ordering::Release);
         let me = self.clone();
-        let spawned = std::thread::Builder::new().name("scrub".into()).spawn(move || me.run(&log, rate));
+        let spawned = std::thread::Builder::new().name("scrub".into()).spawn(move || me.run(&log, rates));
         if let Err(e) = spawned {
             self.running.store(false, Ordering::Release);
             return Err(e);
@@ -72,7 +75,7 @@ impl Scrubbing {
         self.cancel.store(true, Ordering::Release);
     }
 
-    fn run(&self, log: &MirrorLog, rate: u64) {
+    fn run(&self, log: &MirrorLog, (rate, busy_rate): (u64, u64)) {
         let journals = log.journals();
         let members = log.status().mirrors.iter().filter(|m| m.healthy).count() as u64;
         let total: u64 = journals
@@ -92,29 +95,23 @@ impl Scrubbing {
                 ..Progress::default()
             };
         }
-        tracing::info!(journals = journals.len(), records = total, rate, "scrub started");
+        tracing::info!(journals = journals.len(), records = total, rate, busy_rate, "scrub started");
         let t0 = std::time::Instant::now();
+        let mut pace = Pace::new(rate, busy_rate, log.device_writes());
         let (mut records, mut bytes) = (0u64, 0u64);
         for j in journals {
             if self.cancel.load(Ordering::Acquire) {
                 break;
             }
             let (base_records, base_bytes) = (records, bytes);
-            let res = j.scrub(1 << 20, |r| {
+            let res = j.scrub(CHUNK, |r| {
                 let (rec, by) = (base_records + r.records, base_bytes + r.bytes);
                 if rec % UPDATE_EVERY == 0 {
                     let mut p = self.progress.lock();
                     p.records_done = rec;
                     p.bytes_done = by;
                 }
-                // Paced: sleep while ahead of the rate.
-                if rate > 0 {
-                    let due = std::time::Duration::from_secs_f64(by as f64 / rate as f64);
-                    let spent = t0.elapsed();
-                    if due > spent {
-                        std::thread::sleep((due - spent).min(std::time::Duration::from_millis(100)));
-                    }
-                }
+                pace.wait(by, || log.device_writes());
                 !self.cancel.load(Ordering::Acquire)
             });
             let mut p = self.progress.lock();
@@ -151,6 +148,57 @@ impl Scrubbing {
             "scrub ended"
         );
         self.running.store(false, Ordering::Release);
+    }
+}
+
+/// A token bucket at `rate` bytes/s, or `busy_rate` while the node writes.
+struct Pace {
+    rate: u64,
+    busy_rate: u64,
+    /// Bytes the scrub may have verified by `last`.
+    allowed: f64,
+    last: std::time::Instant,
+    /// Device writes at the last look, and when that was.
+    writes: u64,
+    looked: std::time::Instant,
+    busy: bool,
+}
+
+impl Pace {
+    /// How often the scrub looks whether the node writes.
+    const LOOK: std::time::Duration = std::time::Duration::from_millis(50);
+    /// Longest sleep, and the most credit saved up (as time at the rate).
+    const MAX_WAIT: f64 = 0.1;
+
+    fn new(rate: u64, busy_rate: u64, writes: u64) -> Pace {
+        let now = std::time::Instant::now();
+        Pace { rate, busy_rate, allowed: 0.0, last: now, writes, looked: now, busy: false }
+    }
+
+    /// Sleeps while `done` bytes run ahead of the rate.
+    fn wait(&mut self, done: u64, writes: impl Fn() -> u64) {
+        let now = std::time::Instant::now();
+        if now - self.looked >= Self::LOOK {
+            let w = writes();
+            self.busy = w != self.writes;
+            (self.writes, self.looked) = (w, now);
+        }
+        // Busy: the lower of the two (0 is unpaced, the highest).
+        let rate = match (self.busy, self.rate, self.busy_rate) {
+            (true, 0, b) => b,
+            (true, r, b) if b > 0 => r.min(b),
+            (_, r, _) => r,
+        };
+        if rate == 0 {
+            return;
+        }
+        let rate = rate as f64;
+        let done = done as f64;
+        self.allowed = (self.allowed + (now - self.last).as_secs_f64() * rate).min(done + rate * Self::MAX_WAIT);
+        self.last = now;
+        if done > self.allowed {
+            std::thread::sleep(std::time::Duration::from_secs_f64(((done - self.allowed) / rate).min(Self::MAX_WAIT)));
+        }
     }
 }
 
@@ -191,7 +239,7 @@ pub(super) fn scrub_request(srv: &Srv, conn: &Conn, rid: u64, action: crate::pro
             srv.scrub.cancel();
             Ok(())
         }
-        ScrubAction::Start => match srv.scrub.start(srv.log.clone(), srv.cfg.scrub.rate) {
+        ScrubAction::Start => match srv.scrub.start(srv.log.clone(), (srv.cfg.scrub.rate, srv.cfg.scrub.busy_rate)) {
             Ok(_) => Ok(()),
             Err(e) => Err((codes::IO, format!("starting the scrub thread: {e}"))),
         },
