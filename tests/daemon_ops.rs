@@ -109,6 +109,37 @@ fn systemd_units_verify() {
     }
 }
 
+/// The scrub schedule's units verify too (the service names the installed
+/// client; the test points it at the built one).
+#[test]
+fn scrub_timer_units_verify() {
+    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: systemd-analyze is not installed (apt-get install systemd)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = env!("CARGO_MANIFEST_DIR");
+    for unit in ["mirrorlog-scrub.service", "mirrorlog-scrub.timer"] {
+        let text = std::fs::read_to_string(format!("{root}/systemd/{unit}")).expect("unit file");
+        let text = text.replace("/usr/local/bin/mirrorlog", env!("CARGO_BIN_EXE_mirrorlog"));
+        std::fs::write(dir.path().join(unit), text).expect("write");
+    }
+    let svc = std::fs::read_to_string(dir.path().join("mirrorlog-scrub.service")).expect("read");
+    assert!(svc.contains("scrub start") && svc.contains("Type=oneshot"), "{svc}");
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.path().join("mirrorlog-scrub.timer"))
+        .arg(dir.path().join("mirrorlog-scrub.service"))
+        .env("SYSTEMD_LOG_LEVEL", "warning")
+        .output()
+        .expect("run systemd-analyze");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = err.lines().filter(|l| l.contains("mirrorlog-scrub")).collect();
+    assert!(out.status.success() && ours.is_empty(), "{err}");
+    let cal = Command::new("systemd-analyze").args(["calendar", "Sun *-*-8..14 03:00"]).output().expect("calendar");
+    assert!(cal.status.success(), "{}", String::from_utf8_lossy(&cal.stderr));
+}
+
 #[test]
 fn config_errors_name_key_and_line() {
     let dir = tempfile::tempdir().expect("tempdir");
