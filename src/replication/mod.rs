@@ -133,6 +133,27 @@ pub struct ReplShared {
     pub serve_until: AtomicU64,
 }
 
+impl ReplConfig {
+    /// A node in `role` with no peer address (the caller is the link: the
+    /// simulators, unit tests): 1 s timeouts, a 1 MiB outbox, no start-up
+    /// wait.
+    pub fn without_peer(role: Role, name: &str) -> ReplConfig {
+        ReplConfig {
+            role,
+            peer: None,
+            listen: None,
+            name: name.into(),
+            ack_timeout: Duration::from_secs(1),
+            backlog_bytes: 1 << 20,
+            connect_timeout: Duration::from_secs(1),
+            peer_timeout: Duration::from_secs(1),
+            startup_wait: Duration::ZERO,
+            serve_unreachable: false,
+            socket_buffer: 0,
+        }
+    }
+}
+
 impl ReplShared {
     pub fn new(cfg: ReplConfig) -> Arc<ReplShared> {
         Arc::new(ReplShared {

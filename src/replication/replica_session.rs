@@ -456,19 +456,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn shared() -> Arc<ReplShared> {
-        ReplShared::new(ReplConfig {
-            role: Role::Replica,
-            peer: None,
-            listen: None,
-            name: "replica".into(),
-            ack_timeout: Duration::from_secs(1),
-            backlog_bytes: 1 << 20,
-            connect_timeout: Duration::from_secs(1),
-            peer_timeout: Duration::from_secs(1),
-            startup_wait: Duration::ZERO,
-            serve_unreachable: false,
-            socket_buffer: 0,
-        })
+        ReplShared::new(ReplConfig::without_peer(Role::Replica, "replica"))
     }
 
     fn hello(p: &MirrorLog, epoch: u64, history: History) -> Hello {

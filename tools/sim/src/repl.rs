@@ -155,19 +155,7 @@ struct Site {
 /// The replication state of a daemon with `role` (no peer address: the
 /// simulation is the link).
 fn repl_shared(name: &str, role: Role, backlog: usize) -> Arc<ReplShared> {
-    let sh = ReplShared::new(ReplConfig {
-        role,
-        peer: None,
-        listen: None,
-        name: name.into(),
-        ack_timeout: Duration::from_secs(1),
-        backlog_bytes: backlog,
-        connect_timeout: Duration::from_secs(1),
-        peer_timeout: Duration::from_secs(1),
-        startup_wait: Duration::ZERO,
-        serve_unreachable: false,
-        socket_buffer: 0,
-    });
+    let sh = ReplShared::new(ReplConfig { backlog_bytes: backlog, ..ReplConfig::without_peer(role, name) });
     if role == Role::Primary {
         // (It waits for its peer at start; the simulation's peer answers.)
         let _ = sh.change(Change::Serve);

@@ -352,19 +352,8 @@ impl WireSim {
         let log = Arc::new(MirrorLog::open(&self.cfg).map_err(|e| format!("open: {e}"))?);
         let epoch = Epoch::from_raw(log.epoch()).restart().ok_or("no start left in the term")?;
         log.begin_run(epoch.raw()).map_err(|e| format!("begin run: {e}"))?;
-        let repl = ReplShared::new(ReplConfig {
-            role: Role::Primary,
-            peer: None,
-            listen: None,
-            name: "sim".into(),
-            ack_timeout: ACK_TIMEOUT,
-            backlog_bytes: 1 << 20,
-            connect_timeout: Duration::from_secs(1),
-            peer_timeout: Duration::from_secs(1),
-            startup_wait: Duration::ZERO,
-            serve_unreachable: false,
-            socket_buffer: 0,
-        });
+        let repl =
+            ReplShared::new(ReplConfig { ack_timeout: ACK_TIMEOUT, ..ReplConfig::without_peer(Role::Primary, "sim") });
         repl.change(Change::Serve).map_err(|now| format!("serve: the role is {}", now.name()))?;
         repl.connected.store(true, Ordering::Release);
         let rt = tokio::runtime::Builder::new_current_thread()
