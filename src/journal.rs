@@ -262,21 +262,32 @@ impl Journal {
             report.members += 1;
             // A segment read again after a heal hands its records out again.
             let mut next = from;
-            self.inner.scan_members(
-                from,
-                |r| {
-                    if r.lsn >= next {
-                        next = r.lsn + 1;
-                        report.records += 1;
-                        report.bytes += r.payload.len() as u64;
+            loop {
+                let res = self.inner.scan_members(
+                    next,
+                    |r| {
+                        if r.lsn >= next {
+                            next = r.lsn + 1;
+                            report.records += 1;
+                            report.bytes += r.payload.len() as u64;
+                        }
+                        report.stopped = !go_on(&report);
+                        !report.stopped
+                    },
+                    chunk,
+                    false,
+                    Some(m),
+                );
+                match res {
+                    // A consumer's mark passed the scrub (its segment may be
+                    // reclaimed): go on from the mark.
+                    Err(Error::BelowMark { .. }) if self.mark() > next => next = self.mark(),
+                    r => {
+                        r?;
+                        break;
                     }
-                    report.stopped = !go_on(&report);
-                    !report.stopped
-                },
-                chunk,
-                false,
-                Some(m),
-            )?;
+                }
+            }
         }
         report.repaired = set.repairs.load(std::sync::atomic::Ordering::Relaxed) - before;
         Ok(report)

@@ -379,6 +379,39 @@ fn a_scrub_alongside_appends_loses_nothing() {
     assert_eq!(data_region(&devs[0]), data_region(&devs[1]));
 }
 
+/// A consumer's mark passing the scrub (its segments reclaimed under it)
+/// is not an error: the scrub goes on from the mark.
+#[test]
+fn a_scrub_goes_on_from_a_mark_that_passes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 16 << 20);
+    let cfg = small_config(&devs);
+    let log = std::sync::Arc::new(MirrorLog::create(&cfg).unwrap());
+    let j = log.create_journal("j").unwrap();
+    for i in 1..=600u64 {
+        j.append(&payload(i, 2000)).unwrap();
+    }
+    let marker = {
+        let j = j.clone();
+        std::thread::spawn(move || {
+            for to in (50..=550u64).step_by(50) {
+                j.set_mark(to).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    let mut scrubs = 0;
+    while !marker.is_finished() || scrubs == 0 {
+        let r = j.scrub(4096, |_| true).expect("a mark passing the scrub is not an error");
+        assert_eq!(r.repaired, 0);
+        scrubs += 1;
+    }
+    marker.join().unwrap();
+    for i in 550..=600u64 {
+        assert_eq!(j.read(i).unwrap(), payload(i, 2000));
+    }
+}
+
 #[test]
 fn no_healthy_mirror_fails_appends_clearly() {
     let dir = tempfile::tempdir().unwrap();

@@ -121,6 +121,8 @@ impl Scrubbing {
                     bytes = base_bytes + r.bytes;
                     p.repaired += r.repaired;
                 }
+                // Deleted while the scrub ran: nothing left to check.
+                Err(Error::UnknownJournal(_)) => {}
                 Err(e) => {
                     tracing::error!(journal = j.name(), error = %e, "scrub: the journal could not be scrubbed through");
                     if p.errors.len() < MAX_ERRORS {
