@@ -262,7 +262,9 @@ impl Journal {
             report.members += 1;
             // A segment read again after a heal hands its records out again.
             let mut next = from;
+            let mut cut_retries = 0;
             loop {
+                let cuts = self.cut_generation();
                 let res = self.inner.scan_members(
                     next,
                     |r| {
@@ -282,6 +284,12 @@ impl Journal {
                     // A consumer's mark passed the scrub (its segment may be
                     // reclaimed): go on from the mark.
                     Err(Error::BelowMark { .. }) if self.mark() > next => next = self.mark(),
+                    // A cut-back (a replica following its primary) changed
+                    // the chain under the read: read on from what is left.
+                    Err(_) if self.cut_generation() != cuts && cut_retries < 8 => {
+                        cut_retries += 1;
+                        next = next.min(self.next_lsn());
+                    }
                     r => {
                         r?;
                         break;

@@ -412,6 +412,39 @@ fn a_scrub_goes_on_from_a_mark_that_passes_it() {
     }
 }
 
+/// A cut-back (as a replica's, to its primary's history) under a running
+/// scrub is not an error either: the scrub reads on from what is left.
+#[test]
+fn a_scrub_goes_on_over_a_cut_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let devs = devices(dir.path(), 2, 16 << 20);
+    let cfg = small_config(&devs);
+    let log = MirrorLog::create(&cfg).unwrap();
+    let j = log.create_journal("j").unwrap();
+    for i in 1..=600u64 {
+        j.append(&payload(i, 2000)).unwrap();
+    }
+    let cutter = {
+        let j = j.clone();
+        std::thread::spawn(move || {
+            for keep in (100..=580u64).rev().step_by(40) {
+                j.truncate_after(keep).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+    };
+    let mut scrubs = 0;
+    while !cutter.is_finished() || scrubs == 0 {
+        j.scrub(4096, |_| true).expect("a cut-back under the scrub is not an error");
+        scrubs += 1;
+    }
+    cutter.join().unwrap();
+    assert_eq!(j.next_lsn(), 101);
+    for i in 1..=100u64 {
+        assert_eq!(j.read(i).unwrap(), payload(i, 2000));
+    }
+}
+
 #[test]
 fn no_healthy_mirror_fails_appends_clearly() {
     let dir = tempfile::tempdir().unwrap();
