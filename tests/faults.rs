@@ -571,6 +571,11 @@ impl Drop for Loop {
     }
 }
 
+/// Held by every test of this file that attaches loop devices: a detached
+/// device's number may be taken by the next attach, and a test that opens
+/// it after detaching must not find another test's device there.
+static LOOPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn attach_loop(file: &Path) -> Result<Loop, String> {
     let out = std::process::Command::new("losetup")
         .args(["--find", "--show", "--direct-io=on"])
@@ -585,6 +590,7 @@ fn attach_loop(file: &Path) -> Result<Loop, String> {
 
 #[test]
 fn loop_devices_as_mirrors() {
+    let _loops = LOOPS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let files = devices(dir.path(), 2, 32 << 20);
     let mut loops = Vec::new();
@@ -750,6 +756,7 @@ fn a_tail_held_in_pieces_by_different_mirrors_is_assembled() {
 /// start leaves the member out without asking.
 #[test]
 fn a_member_whose_disk_fills_under_load_fails_and_no_append_is_lost() {
+    let _loops = LOOPS.lock().unwrap_or_else(|e| e.into_inner());
     use common::daemon::Daemon;
     use mirrorlog::client::{BlockingClient, ClientConfig};
     let dir = tempfile::tempdir().unwrap();
@@ -824,4 +831,42 @@ fn a_member_whose_disk_fills_under_load_fails_and_no_append_is_lost() {
     assert_eq!(d.status()["mirrors"][0]["healthy"], false);
     check(&d);
     assert!(d.term().success());
+}
+
+/// Issue 14 on real block devices: a loop device detached while the set is
+/// closed (the disk is gone) refuses the start; told to start degraded,
+/// the set opens on the other, every record there.
+#[test]
+fn a_detached_loop_member_refuses_the_start_until_told() {
+    let _loops = LOOPS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let files = devices(dir.path(), 2, 32 << 20);
+    let mut loops = Vec::new();
+    for f in &files {
+        match attach_loop(f) {
+            Ok(l) => loops.push(l),
+            Err(why) => {
+                println!("SKIPPED a_detached_loop_member_refuses_the_start_until_told: {why}");
+                return;
+            }
+        }
+    }
+    let paths: Vec<PathBuf> = loops.iter().map(|l| PathBuf::from(&l.0)).collect();
+    let mut cfg = small_config(&paths);
+    {
+        let log = MirrorLog::create(&cfg).unwrap();
+        let j = log.create_journal("j").unwrap();
+        for i in 1..=100u64 {
+            j.append(&payload(i, 100 + i as usize)).unwrap();
+        }
+    }
+    drop(loops.pop()); // detach the second: its device node is gone
+    let e = MirrorLog::open(&cfg).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("--start-degraded") && e.contains(&paths[1].display().to_string()), "{e}");
+    cfg.start_degraded = true;
+    let log = MirrorLog::open(&cfg).unwrap();
+    let st = log.status();
+    assert!(st.mirrors[0].healthy && !st.mirrors[1].healthy, "{:?}", st.mirrors);
+    assert_eq!(st.absent_devices.len(), 1, "{:?}", st.absent_devices);
+    verify_all(&log.journal("j").unwrap(), 100);
 }
