@@ -286,7 +286,9 @@ impl Journal {
                     Err(Error::BelowMark { .. }) if self.mark() > next => next = self.mark(),
                     // A cut-back (a replica following its primary) changed
                     // the chain under the read: read on from what is left.
-                    Err(_) if self.cut_generation() != cuts && cut_retries < 8 => {
+                    // (Each retry follows a cut made during the last read;
+                    // cut-backs come at a session's start, a few at most.)
+                    Err(_) if self.cut_since(cuts) && cut_retries < 1000 => {
                         cut_retries += 1;
                         next = next.min(self.next_lsn());
                     }
@@ -299,6 +301,13 @@ impl Journal {
         }
         report.repaired = set.repairs.load(std::sync::atomic::Ordering::Relaxed) - before;
         Ok(report)
+    }
+
+    /// Whether a cut-back began since `cuts` (`cut_generation`), once
+    /// any cut in progress has finished (one still zeroing when the read
+    /// failed has not moved the generation a second time yet).
+    fn cut_since(&self, cuts: u64) -> bool {
+        self.inner.cut_gate.settled_generation() != cuts
     }
 
     /// The first LSN of each segment the journal holds, oldest first.

@@ -62,6 +62,19 @@ impl CutGate {
         self.state.read().0
     }
 
+    /// The generation once no cut-back is in progress (waits, sleeping, up
+    /// to 10 s for one to finish; cuts are short).
+    pub(crate) fn settled_generation(&self) -> u64 {
+        for _ in 0..10_000 {
+            let (g, cutting) = *self.state.read();
+            if cutting == 0 {
+                return g;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        self.generation()
+    }
+
     /// Marks a cut-back in progress until the guard drops.
     pub(crate) fn begin_cut(&self) -> CutGuard<'_> {
         let mut s = self.state.write();
