@@ -252,7 +252,7 @@ impl Journal {
             let info = self.info();
             info.first_lsn.max(info.mark)
         };
-        let before = set.repairs.load(std::sync::atomic::Ordering::Relaxed);
+        let before = set.repairs();
         let mut report = ScrubReport::default();
         let members: Vec<usize> = set.healthy_indexes().collect();
         for m in members {
@@ -299,7 +299,7 @@ impl Journal {
                 }
             }
         }
-        report.repaired = set.repairs.load(std::sync::atomic::Ordering::Relaxed) - before;
+        report.repaired = set.repairs() - before;
         Ok(report)
     }
 

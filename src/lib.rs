@@ -509,7 +509,7 @@ impl MirrorLog {
             segments_free: free,
             mirrors,
             absent_devices: set.absent().iter().map(|(p, why)| format!("{}: {why}", p.display())).collect(),
-            repairs: set.repairs.load(Ordering::Relaxed),
+            repairs: set.repairs(),
             incomplete: self.incomplete(),
             journals: self.journals.lock().values().map(|j| j.info()).collect(),
         }

@@ -145,8 +145,6 @@ pub struct MirrorSet {
     storage: Arc<dyn Storage>,
     /// The current superblock (its `member_uuid` is filled in per member on write).
     sb: Mutex<Superblock>,
-    /// Bad copies repaired from a good mirror.
-    pub repairs: AtomicU64,
     /// Configured devices that are not in the set, and why (`open`).
     absent: Vec<(PathBuf, String)>,
 }
@@ -183,16 +181,23 @@ fn open_all(opts: &SetOptions) -> Result<Opening> {
     for p in &opts.devices {
         let d = opts.storage.open(p, opts.sync).map_err(|e| Error::Device(p.clone(), e))?;
         devs.devs.push(d.clone());
-        if opts.block_size % d.logical_block != 0 {
-            return Err(Error::Config(format!(
-                "{}: logical block size {} does not divide the block size {}",
-                p.display(),
-                d.logical_block,
-                opts.block_size
-            )));
-        }
+        check_logical_block(opts, &d)?;
     }
     Ok(devs)
+}
+
+/// A device whose logical block does not divide the set's block size
+/// cannot take its O_DIRECT writes.
+fn check_logical_block(opts: &SetOptions, d: &Opened) -> Result<()> {
+    if opts.block_size % d.logical_block != 0 {
+        return Err(Error::Config(format!(
+            "{}: logical block size {} does not divide the block size {}",
+            d.path.display(),
+            d.logical_block,
+            opts.block_size
+        )));
+    }
+    Ok(())
 }
 
 /// Opens every configured device and reads its superblock: the devices
@@ -217,14 +222,9 @@ fn probe_all(opts: &SetOptions) -> Result<(Opening, Vec<(Opened, Superblock)>, V
                 continue;
             }
         };
-        if opts.block_size % d.logical_block != 0 {
+        if let Err(e) = check_logical_block(opts, &d) {
             opts.storage.close(d.id);
-            return Err(Error::Config(format!(
-                "{}: logical block size {} does not divide the block size {}",
-                p.display(),
-                d.logical_block,
-                opts.block_size
-            )));
+            return Err(e);
         }
         match read_best_superblock(&*opts.storage, &d) {
             Ok(sb) => {
@@ -327,7 +327,6 @@ impl MirrorSet {
             sync: opts.sync,
             storage: opts.storage.clone(),
             sb: Mutex::new(sb),
-            repairs: AtomicU64::new(0),
             absent: Vec::new(),
         };
         // Zero both superblock copies and the header block of every slot, so
@@ -471,13 +470,17 @@ impl MirrorSet {
             sync: opts.sync,
             storage: opts.storage.clone(),
             sb: Mutex::new(sb),
-            repairs: AtomicU64::new(0),
             absent,
         };
         // Write both copies, so a copy torn before this open is replaced.
         set.update_superblock(|_| Ok(()))?;
         set.update_superblock(|_| Ok(()))?;
         Ok(set)
+    }
+
+    /// Bad copies rewritten from a good mirror since open, on all members.
+    pub fn repairs(&self) -> u64 {
+        self.members.iter().map(|m| m.errors.repaired.load(Ordering::Relaxed)).sum()
     }
 
     /// Configured devices that are not in the set, and why (left out at
@@ -697,7 +700,6 @@ impl MirrorSet {
     pub fn repair(&self, i: usize, off: u64, buf: &[u8]) -> Result<()> {
         let failed = self.write_members(off, &[(i, buf)])?;
         if failed.is_empty() {
-            self.repairs.fetch_add(1, Ordering::Relaxed);
             MemberErrors::count(&self.members[i].errors.repaired);
             tracing::warn!(device = %self.members[i].path.display(), offset = off, len = buf.len(), "repaired a bad copy from a good mirror");
             Ok(())

@@ -6,7 +6,7 @@
 //! When a member's bytes end the chain early (checksum mismatch, stale data, a
 //! read error), the same region is read from the other healthy members; if one
 //! continues the chain further, its bytes are used and the differing blocks of
-//! the bad member are rewritten from it (counted in `MirrorSet::repairs`).
+//! the bad member are rewritten from it (counted in that member's `MemberErrors::repaired`).
 
 use std::collections::VecDeque;
 

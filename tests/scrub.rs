@@ -36,6 +36,17 @@ fn wait_scrub(d: &Daemon, state: &str) -> serde_json::Value {
     }
 }
 
+/// A daemon (`extra` appended to its config) holding records
+/// `payload(i, 1000)` for `i` in `0..n`, and a client.
+fn daemon_with_records(dir: &Path, extra: &str, n: u64) -> (Daemon, BlockingClient) {
+    let d = Daemon::start(dir, extra);
+    let c = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).unwrap();
+    for i in 0..n {
+        c.append("default", &payload(i, 1000)).unwrap();
+    }
+    (d, c)
+}
+
 /// Flips a byte inside `needle`'s bytes where they are in the device file.
 fn rot(dev: &Path, needle: &[u8]) {
     let data = std::fs::read(dev).unwrap();
@@ -47,11 +58,7 @@ fn rot(dev: &Path, needle: &[u8]) {
 #[test]
 fn the_daemon_scrubs_rot_on_each_mirror_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start(dir.path(), "[scrub]\nrate = \"0\"\n");
-    let c = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).unwrap();
-    for i in 0..200u64 {
-        c.append("default", &payload(i, 1000)).unwrap();
-    }
+    let (mut d, c) = daemon_with_records(dir.path(), "[scrub]\nrate = \"0\"\n", 200);
     assert_eq!(cli(&d, &["scrub", "status"]).1, "scrub: none since the daemon started\n");
     let devs = d.devices();
     rot(&devs[0], &payload(50, 1000)[..64]);
@@ -89,11 +96,7 @@ fn the_daemon_scrubs_rot_on_each_mirror_in_the_background() {
 #[test]
 fn a_slow_scrub_can_be_cancelled() {
     let dir = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start(dir.path(), "[scrub]\nrate = \"4KiB\"\n");
-    let c = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).unwrap();
-    for i in 0..100u64 {
-        c.append("default", &payload(i, 1000)).unwrap();
-    }
+    let (mut d, c) = daemon_with_records(dir.path(), "[scrub]\nrate = \"4KiB\"\n", 100);
     cli(&d, &["scrub", "start"]);
     let v = wait_scrub(&d, "running");
     assert_eq!(v["records_total"], 200, "{v}");

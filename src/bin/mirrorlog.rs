@@ -344,20 +344,15 @@ fn admin_status(endpoints: &[String], json: bool, timeout: u64) -> ExitCode {
 
 fn admin_scrub(endpoints: &[String], action: &str, json: bool, timeout: u64) -> ExitCode {
     use mirrorlog::protocol::ScrubAction;
-    let Some(ep) = endpoints.first() else {
-        eprintln!("mirrorlog: give --endpoint");
-        return ExitCode::from(2);
-    };
     let action = match action {
         "start" => ScrubAction::Start,
         "cancel" => ScrubAction::Cancel,
         _ => ScrubAction::Status,
     };
-    let s = match admin(ep, &Request::Scrub { action }, Duration::from_secs(timeout.max(1))) {
-        Ok(s) => s,
-        Err(e) => return fail(&e),
+    let v = match ask_first_status(endpoints, &Request::Scrub { action }, timeout) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
-    let v: serde_json::Value = serde_json::from_str(&s).unwrap_or_default();
     let sc = &v["scrub"];
     if json {
         println!("{sc}");
@@ -386,20 +381,9 @@ fn admin_scrub(endpoints: &[String], action: &str, json: bool, timeout: u64) -> 
 }
 
 fn admin_health(endpoints: &[String], timeout: u64) -> ExitCode {
-    let Some(ep) = endpoints.first() else {
-        eprintln!("mirrorlog: give --endpoint");
-        return ExitCode::from(2);
-    };
-    let s = match admin(ep, &Request::Status, Duration::from_secs(timeout.max(1))) {
-        Ok(s) => s,
-        Err(e) => return fail(&e),
-    };
-    let v: serde_json::Value = match serde_json::from_str(&s) {
+    let v = match ask_first_status(endpoints, &Request::Status, timeout) {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("mirrorlog: status is not JSON: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let problems = health_problems(&v);
     if problems.is_empty() {
@@ -447,14 +431,29 @@ fn show(s: &str, json: bool) -> ExitCode {
 
 /// Sends an admin request to the first endpoint (exactly that node).
 fn admin_print(endpoints: &[String], req: &Request<'_>, json: bool, timeout: u64) -> ExitCode {
+    match ask_first(endpoints, req, timeout) {
+        Ok(s) => show(&s, json),
+        Err(code) => code,
+    }
+}
+
+/// Sends an admin request to the first endpoint (exactly that node): its
+/// answer, or the exit code (the error printed).
+fn ask_first(endpoints: &[String], req: &Request<'_>, timeout: u64) -> Result<String, ExitCode> {
     let Some(ep) = endpoints.first() else {
         eprintln!("mirrorlog: give --endpoint");
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     };
-    match admin(ep, req, Duration::from_secs(timeout.max(1))) {
-        Ok(s) => show(&s, json),
-        Err(e) => fail(&e),
-    }
+    admin(ep, req, Duration::from_secs(timeout.max(1))).map_err(|e| fail(&e))
+}
+
+/// `ask_first` for a request answered with the status, parsed.
+fn ask_first_status(endpoints: &[String], req: &Request<'_>, timeout: u64) -> Result<serde_json::Value, ExitCode> {
+    let s = ask_first(endpoints, req, timeout)?;
+    serde_json::from_str(&s).map_err(|e| {
+        eprintln!("mirrorlog: status is not JSON: {e}");
+        ExitCode::from(1)
+    })
 }
 
 fn switchover(endpoints: &[String], to: &str, wait: u64) -> ExitCode {

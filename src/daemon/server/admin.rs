@@ -64,7 +64,7 @@ impl Srv {
         let mut o = metrics::render(&self.m, &st, &counters);
         metrics::render_repl(&mut o, &self.m, &self.repl_status());
         let p = self.scrub.progress();
-        metrics::render_scrub(&mut o, p.state == "running", p.records_done, p.repaired, p.errors.len());
+        metrics::render_scrub(&mut o, p.state == ScrubState::Running, p.records_done, p.repaired, p.errors.len());
         o
     }
 

@@ -116,6 +116,18 @@ pub trait Stream: 'static {
     fn close(&self);
 }
 
+/// `try_send` and `close` of a socket: the same for io_uring and epoll.
+macro_rules! fd_sends {
+    () => {
+        fn try_send(&self, buf: &[u8]) -> std::io::Result<usize> {
+            crate::io::send_nonblocking(self.as_raw_fd(), buf)
+        }
+        fn close(&self) {
+            graceful_close(self.as_raw_fd());
+        }
+    };
+}
+
 macro_rules! impl_stream {
     ($t:ty) => {
         impl Stream for $t {
@@ -127,12 +139,7 @@ macro_rules! impl_stream {
             async fn write_all_buf(&self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
                 self.write_all(buf).await
             }
-            fn try_send(&self, buf: &[u8]) -> std::io::Result<usize> {
-                crate::io::send_nonblocking(self.as_raw_fd(), buf)
-            }
-            fn close(&self) {
-                graceful_close(self.as_raw_fd());
-            }
+            fd_sends!();
         }
     };
 }
@@ -189,12 +196,7 @@ macro_rules! impl_stream_epoll {
                 }
                 (Ok(()), buf)
             }
-            fn try_send(&self, buf: &[u8]) -> std::io::Result<usize> {
-                crate::io::send_nonblocking(self.as_raw_fd(), buf)
-            }
-            fn close(&self) {
-                graceful_close(self.as_raw_fd());
-            }
+            fd_sends!();
         }
     };
 }

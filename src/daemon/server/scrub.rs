@@ -24,13 +24,35 @@ pub(super) struct Scrubbing {
     progress: parking_lot::Mutex<Progress>,
 }
 
+/// Where the running or last scrub is.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ScrubState {
+    /// None since the daemon started.
+    #[default]
+    None,
+    Running,
+    Finished,
+    Cancelled,
+}
+
+impl ScrubState {
+    /// As status gives it ("" for none).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ScrubState::None => "",
+            ScrubState::Running => "running",
+            ScrubState::Finished => "finished",
+            ScrubState::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// The running or last scrub.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Progress {
     /// Scrubs started since the daemon started.
     pub runs: u64,
-    /// "running", "finished", "cancelled"; "" before the first.
-    pub state: &'static str,
+    pub state: ScrubState,
     pub started_unix_ms: u64,
     /// 0 while running.
     pub finished_unix_ms: u64,
@@ -89,7 +111,7 @@ impl Scrubbing {
             let mut p = self.progress.lock();
             *p = Progress {
                 runs: p.runs + 1,
-                state: "running",
+                state: ScrubState::Running,
                 started_unix_ms: unix_ms(),
                 records_total: total,
                 ..Progress::default()
@@ -136,12 +158,12 @@ impl Scrubbing {
         let cancelled = self.cancel.load(Ordering::Acquire);
         let p = {
             let mut p = self.progress.lock();
-            p.state = if cancelled { "cancelled" } else { "finished" };
+            p.state = if cancelled { ScrubState::Cancelled } else { ScrubState::Finished };
             p.finished_unix_ms = unix_ms();
             p.clone()
         };
         tracing::warn!(
-            state = p.state,
+            state = p.state.name(),
             records = p.records_done,
             bytes = p.bytes_done,
             repaired = p.repaired,
@@ -211,13 +233,13 @@ impl Progress {
         let secs = end.saturating_sub(self.started_unix_ms) as f64 / 1000.0;
         let rate = if secs > 0.0 { self.bytes_done as f64 / secs } else { 0.0 };
         let left = self.records_total.saturating_sub(self.records_done);
-        let eta = if self.state == "running" && self.records_done > 0 && secs > 0.0 {
+        let eta = if self.state == ScrubState::Running && self.records_done > 0 && secs > 0.0 {
             Some(secs * left as f64 / self.records_done as f64)
         } else {
             None
         };
         serde_json::json!({
-            "state": self.state,
+            "state": self.state.name(),
             "runs": self.runs,
             "started_unix_ms": self.started_unix_ms,
             "finished_unix_ms": self.finished_unix_ms,
