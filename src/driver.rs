@@ -36,7 +36,8 @@ struct Flight {
     journal: Arc<JournalInner>,
     batch: Batch,
     members: [usize; MAX_MEMBERS],
-    attempted: usize,
+    /// The healthy members among the targets (`Targets::counted`).
+    counted: u8,
     remaining: usize,
     failed: Failed,
     started: Instant,
@@ -155,7 +156,7 @@ impl Driver {
             journal: journal.clone(),
             batch,
             members: [0; MAX_MEMBERS],
-            attempted: t.attempted(),
+            counted: t.counted,
             remaining: t.n_go,
             failed: t.failed,
             started: Instant::now(),
@@ -209,7 +210,7 @@ impl Driver {
     }
 
     fn settle(f: Flight) {
-        let res = f.journal.shared.set.settle_write(f.attempted, f.failed.as_slice());
+        let res = f.journal.shared.set.settle_write(f.counted, f.failed.as_slice());
         f.journal.finish_async(f.batch, res);
     }
 }

@@ -390,8 +390,36 @@ impl SegmentHeader {
 /// Health of a mirror member as recorded in the superblock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
-    Healthy = 0,
-    Failed = 1,
+    /// Holds every acknowledged record: read from, counted for durability.
+    Healthy,
+    /// Out of the set: never read or written.
+    Failed,
+    /// Being resilvered (md's recovery, ZFS's resilver): written by every
+    /// append, neither read from nor counted for durability. Every slot
+    /// below `next_slot` was copied (md's `recovery_offset`). `replaces`:
+    /// the slot of a healthy member it takes the place of, which leaves the
+    /// set once this one is resilvered.
+    Rebuilding { next_slot: u32, replaces: Option<u16> },
+}
+
+impl Health {
+    /// `healthy`, `failed` or `rebuilding`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Failed => "failed",
+            Health::Rebuilding { .. } => "rebuilding",
+        }
+    }
+
+    /// (health byte, next slot, replaced member's slot + 1).
+    fn code(self) -> (u8, u32, u8) {
+        match self {
+            Health::Healthy => (0, 0, 0),
+            Health::Failed => (1, 0, 0),
+            Health::Rebuilding { next_slot, replaces } => (2, next_slot, replaces.map_or(0, |r| r as u8 + 1)),
+        }
+    }
 }
 
 /// One member of the mirror set.
@@ -499,7 +527,10 @@ impl Superblock {
         for m in &self.members {
             b[off..off + 16].copy_from_slice(&m.uuid);
             put_u16(b, off + 16, m.slot);
-            b[off + 18] = m.health as u8;
+            let (code, next_slot, replaces) = m.health.code();
+            b[off + 18] = code;
+            put_u32(b, off + 19, next_slot);
+            b[off + 23] = replaces;
             off += SB_MEMBER_LEN;
         }
         for j in &self.journals {
@@ -576,6 +607,10 @@ impl Superblock {
             let health = match b[off + 18] {
                 0 => Health::Healthy,
                 1 => Health::Failed,
+                2 => Health::Rebuilding {
+                    next_slot: get_u32(b, off + 19),
+                    replaces: b[off + 23].checked_sub(1).map(u16::from),
+                },
                 _ => return Err(DecodeError::Invalid("member health")),
             };
             members.push(MemberInfo { uuid: get_16(b, off), slot: get_u16(b, off + 16), health });
@@ -674,6 +709,11 @@ mod tests {
             members: vec![
                 MemberInfo { uuid: [2; 16], slot: 0, health: Health::Healthy },
                 MemberInfo { uuid: [3; 16], slot: 1, health: Health::Failed },
+                MemberInfo {
+                    uuid: [4; 16],
+                    slot: 2,
+                    health: Health::Rebuilding { next_slot: 77_000, replaces: Some(1) },
+                },
             ],
             journals: vec![
                 JournalEntry { id: 1, mark: 0, name: "default".into(), incomplete: false },

@@ -45,6 +45,7 @@ pub mod protocol;
 pub mod read;
 mod recovery;
 pub mod replication;
+pub mod resilver;
 pub mod ship;
 pub mod shipment;
 mod sockread;
@@ -91,6 +92,8 @@ pub struct MirrorStatus {
     pub uuid: String,
     pub slot: u16,
     pub healthy: bool,
+    /// `healthy`, `failed` or `rebuilding` (written, not yet read from).
+    pub state: &'static str,
     /// Durable writes completed since open.
     pub writes: u64,
     /// Mean durable-write latency since open, in microseconds.
@@ -468,6 +471,16 @@ impl MirrorLog {
         ship::set_sink(&self.shared, sink);
     }
 
+    /// Replaces the member `old` names (its device path or UUID) with the
+    /// device at `new`, which joins rebuilding (`MirrorSet::replace`);
+    /// `resilver` then copies the log onto it. Returns the new member's
+    /// slot.
+    pub fn replace(&self, old: &str, new: &std::path::Path, force: bool) -> Result<usize> {
+        let set = &self.shared.set;
+        let i = set.find_member(old).ok_or_else(|| Error::Config(format!("{old}: no such member of the set")))?;
+        set.replace(i, new, force)
+    }
+
     /// Durable writes completed on all members since open (cheap: a
     /// background task that yields to appends watches it move).
     pub fn device_writes(&self) -> u64 {
@@ -482,15 +495,17 @@ impl MirrorLog {
         let mirrors = set
             .members()
             .iter()
-            .map(|m| {
+            .filter_map(|m| Some((m, m.health()?)))
+            .map(|(m, health)| {
                 let w = m.writes.load(Ordering::Relaxed);
                 let ns = m.write_ns.load(Ordering::Relaxed);
                 let (read_errors, write_errors, checksum_errors, repaired) = m.errors.snapshot();
                 MirrorStatus {
-                    path: m.path.display().to_string(),
-                    uuid: hex_id(&m.uuid),
+                    path: m.path().display().to_string(),
+                    uuid: hex_id(&m.uuid()),
                     slot: m.slot,
                     healthy: m.is_healthy(),
+                    state: health.name(),
                     writes: w,
                     mean_write_us: if w == 0 { 0.0 } else { ns as f64 / w as f64 / 1000.0 },
                     read_errors,

@@ -8,11 +8,18 @@
 //! - Superblock generation `g` goes to copy `g % 2`, so the previous
 //!   generation survives a torn superblock write.
 //! - A failed member stays failed (in memory and on disk) until an operator
-//!   brings it back; it is never read from or written to.
+//!   replaces it; it is never read from or written to.
+//! - A rebuilding member (`replace`) is written by every write from the
+//!   moment it joins, but never read from and never counted for durability:
+//!   a write is done when the healthy members have it, and a rebuilding
+//!   member that fails one is failed. It becomes healthy only when the
+//!   resilver (`resilver.rs`) has copied everything written before it joined.
+//! - A device is closed only when the set is dropped: a write may have
+//!   taken a member's device id just before the member left.
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -23,15 +30,29 @@ use crate::format::{Health, MemberInfo, Superblock, DATA_START, MAX_MEMBERS, SUP
 use crate::io::{check_full, AlignedBuf, SyncMode};
 use crate::storage::{DevId, Op, Opened, Storage};
 
-/// One member of the set.
+/// A member bay's state in memory (`Member::state`).
+const EMPTY: u8 = 0;
+const HEALTHY: u8 = 1;
+const FAILED: u8 = 2;
+const REBUILDING: u8 = 3;
+/// `Member::dev` when the member has no device.
+const NO_DEV: u64 = u64::MAX;
+
+/// One member bay of the set: `MirrorSet::members()[i].slot == i`, for
+/// `MAX_MEMBERS` bays, of which those in the superblock are not empty.
 #[derive(Debug)]
 pub struct Member {
-    pub path: PathBuf,
-    /// The device, as the set's storage opened it (`None`: missing).
-    dev: Option<Opened>,
-    pub uuid: [u8; 16],
+    /// The member's slot in the superblock (its bay).
     pub slot: u16,
-    healthy: AtomicBool,
+    state: AtomicU8,
+    /// While rebuilding: every segment slot below it was copied.
+    next_slot: AtomicU32,
+    /// While rebuilding and replacing a healthy member: that member's bay
+    /// plus one (0: none); it leaves when this one is resilvered.
+    replaces: AtomicU32,
+    /// The device's id (`NO_DEV`: missing); read by every write.
+    dev: AtomicU64,
+    ident: Mutex<Ident>,
     /// Durable writes completed, and their summed latency in ns (for metrics).
     pub writes: AtomicU64,
     pub write_ns: AtomicU64,
@@ -66,12 +87,91 @@ impl MemberErrors {
     }
 }
 
+/// Who is in a bay: changes only when a member is replaced.
+#[derive(Debug, Clone)]
+struct Ident {
+    path: PathBuf,
+    uuid: [u8; 16],
+    /// The device, as the set's storage opened it (`None`: missing).
+    opened: Option<Opened>,
+}
+
 impl Member {
+    fn empty(slot: u16) -> Member {
+        Member {
+            slot,
+            state: AtomicU8::new(EMPTY),
+            next_slot: AtomicU32::new(0),
+            replaces: AtomicU32::new(0),
+            dev: AtomicU64::new(NO_DEV),
+            ident: Mutex::new(Ident { path: PathBuf::new(), uuid: [0; 16], opened: None }),
+            writes: AtomicU64::new(0),
+            write_ns: AtomicU64::new(0),
+            errors: MemberErrors::default(),
+        }
+    }
+
+    /// Puts a member into this (empty) bay.
+    fn fill(&self, path: PathBuf, uuid: [u8; 16], opened: Option<Opened>, health: Health) {
+        self.dev.store(opened.as_ref().map_or(NO_DEV, |d| d.id.0), Ordering::Release);
+        *self.ident.lock() = Ident { path, uuid, opened };
+        self.writes.store(0, Ordering::Relaxed);
+        self.write_ns.store(0, Ordering::Relaxed);
+        for c in [&self.errors.read, &self.errors.write, &self.errors.checksum, &self.errors.repaired] {
+            c.store(0, Ordering::Relaxed);
+        }
+        let (state, next, replaces) = match health {
+            Health::Healthy => (HEALTHY, 0, 0),
+            Health::Failed => (FAILED, 0, 0),
+            Health::Rebuilding { next_slot, replaces } => (REBUILDING, next_slot, replaces.map_or(0, |b| b as u32 + 1)),
+        };
+        self.next_slot.store(next, Ordering::Release);
+        self.replaces.store(replaces, Ordering::Release);
+        self.state.store(state, Ordering::SeqCst);
+    }
+
+    /// Holds every acknowledged record: read from, counted for durability.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire) == HEALTHY
+    }
+    /// Being resilvered: written, not read, not counted.
+    pub fn is_rebuilding(&self) -> bool {
+        self.state.load(Ordering::Acquire) == REBUILDING
+    }
+    /// In the set (healthy, rebuilding or failed), not an empty bay.
+    pub fn is_present(&self) -> bool {
+        self.state.load(Ordering::Acquire) != EMPTY
+    }
+    /// Takes every write: healthy or rebuilding.
+    fn is_writable(&self) -> bool {
+        matches!(self.state.load(Ordering::Acquire), HEALTHY | REBUILDING)
+    }
+    /// The state as the superblock records it (`None`: an empty bay).
+    pub fn health(&self) -> Option<Health> {
+        match self.state.load(Ordering::Acquire) {
+            HEALTHY => Some(Health::Healthy),
+            FAILED => Some(Health::Failed),
+            REBUILDING => Some(Health::Rebuilding {
+                next_slot: self.next_slot.load(Ordering::Acquire),
+                replaces: match self.replaces.load(Ordering::Acquire) {
+                    0 => None,
+                    b => Some(b as u16 - 1),
+                },
+            }),
+            _ => None,
+        }
+    }
+    pub fn path(&self) -> PathBuf {
+        self.ident.lock().path.clone()
+    }
+    pub fn uuid(&self) -> [u8; 16] {
+        self.ident.lock().uuid
     }
     fn dev(&self) -> Option<DevId> {
-        self.dev.as_ref().map(|d| d.id)
+        match self.dev.load(Ordering::Acquire) {
+            NO_DEV => None,
+            d => Some(DevId(d)),
+        }
     }
 }
 
@@ -123,15 +223,12 @@ pub(crate) struct Targets {
     /// `(member index, device)` of each member to write.
     pub go: [(usize, DevId); MAX_MEMBERS],
     pub n_go: usize,
-    /// Healthy members that count as having failed already (no device).
+    /// Members that count as having failed already (no device).
     pub failed: Failed,
-}
-
-impl Targets {
-    /// Members the write is attempted on (written, or failed at once).
-    pub fn attempted(&self) -> usize {
-        self.n_go + self.failed.n
-    }
+    /// The healthy members among them (bit `i`: member `i`): the write is
+    /// durable when one of these took it (rebuilding members are written
+    /// but not counted).
+    pub counted: u8,
 }
 
 /// An open mirror set.
@@ -143,10 +240,15 @@ pub struct MirrorSet {
     pub set_uuid: [u8; 16],
     sync: SyncMode,
     storage: Arc<dyn Storage>,
-    /// The current superblock (its `member_uuid` is filled in per member on write).
+    /// The current superblock (its `member_uuid` is filled in per member
+    /// on write; its members are those of the bays, set on each write).
     sb: Mutex<Superblock>,
     /// Configured devices that are not in the set, and why (`open`).
     absent: Vec<(PathBuf, String)>,
+    /// Devices of members that left the set: closed on drop.
+    retired: Mutex<Vec<Opened>>,
+    /// Held while the members change (replace, resilvered, removed).
+    membership: Mutex<()>,
 }
 
 fn random16() -> [u8; 16] {
@@ -277,22 +379,10 @@ impl MirrorSet {
         }
         let size = devs.devs.iter().map(|d| d.size).min().unwrap_or(0);
         let set_uuid = opts.set_uuid.unwrap_or_else(random16);
-        let members: Vec<Member> = devs
-            .devs
-            .iter()
-            .cloned()
-            .enumerate()
-            .map(|(i, d)| Member {
-                path: d.path.clone(),
-                dev: Some(d),
-                uuid: random16(),
-                slot: i as u16,
-                healthy: AtomicBool::new(true),
-                writes: AtomicU64::new(0),
-                write_ns: AtomicU64::new(0),
-                errors: MemberErrors::default(),
-            })
-            .collect();
+        let members = bays();
+        for (m, d) in members.iter().zip(devs.devs.iter().cloned()) {
+            m.fill(d.path.clone(), random16(), Some(d), Health::Healthy);
+        }
         let sb = Superblock {
             block_size: opts.block_size,
             generation: 0,
@@ -305,10 +395,7 @@ impl MirrorSet {
             inflight_window: opts.inflight_window,
             history: crate::epoch::History::of(crate::epoch::Epoch::from_raw(1)),
             unsynced: opts.unsynced_replica,
-            members: members
-                .iter()
-                .map(|m| MemberInfo { uuid: m.uuid, slot: m.slot, health: Health::Healthy })
-                .collect(),
+            members: Vec::new(), // the bays' (update_superblock)
             journals: Vec::new(),
         };
         if sb.slot_count() < 2 {
@@ -328,6 +415,8 @@ impl MirrorSet {
             storage: opts.storage.clone(),
             sb: Mutex::new(sb),
             absent: Vec::new(),
+            retired: Mutex::new(Vec::new()),
+            membership: Mutex::new(()),
         };
         // Zero both superblock copies and the header block of every slot, so
         // nothing from an earlier format can be mistaken for ours.
@@ -355,7 +444,7 @@ impl MirrorSet {
     /// lack records it acknowledged. A member failed while the set ran is
     /// marked so on the others, which then open without it.
     pub fn open(opts: &SetOptions) -> Result<MirrorSet> {
-        let (mut opening, found, absent) = probe_all(opts)?;
+        let (mut opening, found, mut absent) = probe_all(opts)?;
         for (path, why) in &absent {
             tracing::error!(device = %path.display(), why = %why, "configured device left out of the mirror set");
         }
@@ -378,16 +467,24 @@ impl MirrorSet {
             .map(|(_, sb)| sb.clone())
             .max_by_key(|sb| sb.generation)
             .ok_or_else(|| Error::Config("no devices".into()))?;
-        let mut members = Vec::new();
         let mut devs: Vec<Option<Opened>> = Vec::new();
         let mut sbs = Vec::new();
         for (d, sb) in found {
             devs.push(Some(d));
             sbs.push(sb);
         }
-        let mut sb = newest;
+        let sb = newest;
+        let members = bays();
         let mut unproven = Vec::new();
-        for info in sb.members.iter_mut() {
+        for info in &sb.members {
+            let Some(bay) = members.get(info.slot as usize).filter(|b| !b.is_present()) else {
+                return Err(Error::Corrupt(format!(
+                    "superblock generation {}: member {} has slot {}, outside the set or taken twice",
+                    sb.generation,
+                    hex_id(&info.uuid),
+                    info.slot
+                )));
+            };
             let pos = sbs.iter().position(|s| s.member_uuid == info.uuid);
             let dev = pos.and_then(|p| devs[p].take());
             let mut health = info.health;
@@ -400,6 +497,8 @@ impl MirrorSet {
                             member = %hex_id(&info.uuid),
                             "mirror member listed healthy is not among the devices present: starting degraded without it"
                         );
+                    } else if matches!(health, Health::Rebuilding { .. }) {
+                        tracing::error!(member = %hex_id(&info.uuid), "mirror member being resilvered is missing: it is failed");
                     }
                     health = Health::Failed;
                     PathBuf::from(format!("<missing member {}>", hex_id(&info.uuid)))
@@ -408,23 +507,21 @@ impl MirrorSet {
             if health == Health::Failed && dev.is_some() {
                 tracing::warn!(device = %path.display(), "mirror member is marked failed; it stays out of the set");
             }
-            info.health = health;
-            members.push(Member {
-                path,
-                dev,
-                uuid: info.uuid,
-                slot: info.slot,
-                healthy: AtomicBool::new(health == Health::Healthy),
-                writes: AtomicU64::new(0),
-                write_ns: AtomicU64::new(0),
-                errors: MemberErrors::default(),
-            });
+            bay.fill(path, info.uuid, dev, health);
         }
-        if let Some(d) = devs.into_iter().flatten().next() {
-            return Err(Error::Config(format!(
-                "{} carries this set's id but is not one of its members",
-                d.path.display()
-            )));
+        for (d, sb_of) in devs.into_iter().zip(&sbs).filter_map(|(d, s)| Some((d?, s))) {
+            if sb.members.iter().any(|m| m.uuid == sb_of.member_uuid) {
+                // A second device naming a member (a copy of it).
+                return Err(Error::Config(format!(
+                    "{} carries this set's id and names member {}, which another device holds: the devices \
+                     do not belong together",
+                    d.path.display(),
+                    hex_id(&sb_of.member_uuid)
+                )));
+            }
+            // A member that left the set (replaced): never read again.
+            tracing::warn!(device = %d.path.display(), "a former member of this set (replaced): left out");
+            absent.push((d.path.clone(), "a former member of this set (replaced): left out".into()));
         }
         if !unproven.is_empty() && !opts.start_degraded {
             let why: Vec<String> = absent.iter().map(|(p, w)| format!("{}: {w}", p.display())).collect();
@@ -443,23 +540,24 @@ impl MirrorSet {
             return Err(Error::NoHealthyMirror);
         }
         for m in &members {
-            if let Some(d) = &m.dev {
+            if let Some(d) = &m.ident.lock().opened {
                 if d.size < sb.device_size {
                     return Err(Error::Config(format!(
                         "{} is {} bytes, smaller than the set's {}",
-                        m.path.display(),
+                        d.path.display(),
                         d.size,
                         sb.device_size
                     )));
                 }
             }
         }
-        if members.iter().filter(|m| m.is_healthy()).count() == 1 && members.len() == 1 {
+        if members.iter().filter(|m| m.is_present()).count() == 1 {
             tracing::warn!("mirror set has a single device: nothing is mirrored");
         }
+        let mut sb = sb;
         sb.inflight_window = sb.inflight_window.max(opts.inflight_window);
         // The members own their devices now; the others are closed.
-        opening.devs.retain(|d| !members.iter().any(|m| m.dev.as_ref().is_some_and(|md| md.id == d.id)));
+        opening.devs.retain(|d| !members.iter().any(|m| m.dev() == Some(d.id)));
         drop(opening);
         let set = MirrorSet {
             block_size: sb.block_size,
@@ -471,6 +569,8 @@ impl MirrorSet {
             storage: opts.storage.clone(),
             sb: Mutex::new(sb),
             absent,
+            retired: Mutex::new(Vec::new()),
+            membership: Mutex::new(()),
         };
         // Write both copies, so a copy torn before this open is replaced.
         set.update_superblock(|_| Ok(()))?;
@@ -519,6 +619,8 @@ impl MirrorSet {
         &self.storage
     }
 
+    /// The member bays (`MAX_MEMBERS`, indexed by slot; the empty ones
+    /// are not `is_present`).
     pub fn members(&self) -> &[Member] {
         &self.members
     }
@@ -545,27 +647,30 @@ impl MirrorSet {
         f(&mut next)?;
         loop {
             next.generation = sb.generation.max(next.generation) + 1;
-            for info in next.members.iter_mut() {
-                if let Some(m) = self.members.iter().find(|m| m.uuid == info.uuid) {
-                    info.health = if m.is_healthy() { Health::Healthy } else { Health::Failed };
-                }
-            }
-            let healthy: Vec<&Member> = self.members.iter().filter(|m| m.is_healthy()).collect();
-            if healthy.is_empty() {
+            // The bays say who is in the set and how they are.
+            next.members = self
+                .members
+                .iter()
+                .filter_map(|m| m.health().map(|health| MemberInfo { uuid: m.uuid(), slot: m.slot, health }))
+                .collect();
+            if !self.members.iter().any(|m| m.is_healthy()) {
                 return Err(Error::NoHealthyMirror);
             }
+            // Rebuilding members get it too: they must be known as such
+            // after a restart.
+            let writable: Vec<&Member> = self.members.iter().filter(|m| m.is_writable()).collect();
             let bs = self.block_size as usize;
             let len = crate::format::align_up(next.encoded_len() as u64, bs as u64) as usize;
-            let mut bufs = Vec::with_capacity(healthy.len());
-            for m in &healthy {
+            let mut bufs = Vec::with_capacity(writable.len());
+            for m in &writable {
                 let mut b = AlignedBuf::new(len, bs);
-                next.member_uuid = m.uuid;
+                next.member_uuid = m.uuid();
                 next.encode(b.as_mut_slice()).map_err(|e| Error::Corrupt(format!("superblock: {e}")))?;
                 bufs.push(b);
             }
             let off = Superblock::copy_offset(next.generation);
             let ops: Vec<(usize, &[u8])> =
-                healthy.iter().enumerate().map(|(i, m)| (self.member_index(m), &bufs[i].as_slice()[..len])).collect();
+                writable.iter().enumerate().map(|(i, m)| (m.slot as usize, &bufs[i].as_slice()[..len])).collect();
             let failed = self.write_members(off, &ops)?;
             if failed.is_empty() {
                 next.member_uuid = [0; 16];
@@ -579,14 +684,11 @@ impl MirrorSet {
         }
     }
 
-    fn member_index(&self, m: &Member) -> usize {
-        self.members.iter().position(|x| std::ptr::eq(x, m)).unwrap_or(usize::MAX)
-    }
-
     fn fail_member_in_memory(&self, i: usize) {
-        if let Some(m) = self.members.get(i) {
-            if m.healthy.swap(false, Ordering::AcqRel) {
-                tracing::error!(device = %m.path.display(), "mirror member failed; continuing on the survivors");
+        let Some(m) = self.members.get(i) else { return };
+        for (from, what) in [(HEALTHY, "continuing on the survivors"), (REBUILDING, "its resilver stops")] {
+            if m.state.compare_exchange(from, FAILED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                tracing::error!(device = %m.path().display(), "mirror member failed; {what}");
             }
         }
     }
@@ -620,11 +722,17 @@ impl MirrorSet {
         Ok(failed)
     }
 
-    /// The members a write should go to now: every healthy member, split
-    /// into those to write (`go`) and those that count as failed at once.
+    /// The members a write should go to now: every healthy or rebuilding
+    /// member, split into those to write (`go`) and those that count as
+    /// failed at once; `counted` says which are healthy.
     pub(crate) fn write_targets(&self) -> Targets {
-        let mut t = Targets { go: [(0, DevId(0)); MAX_MEMBERS], n_go: 0, failed: Failed::default() };
-        for (i, m) in self.members.iter().enumerate().filter(|(_, m)| m.is_healthy()) {
+        let mut t = Targets { go: [(0, DevId(0)); MAX_MEMBERS], n_go: 0, failed: Failed::default(), counted: 0 };
+        for (i, m) in self.members.iter().enumerate() {
+            match m.state.load(Ordering::Acquire) {
+                HEALTHY => t.counted |= 1 << i,
+                REBUILDING => {}
+                _ => continue,
+            }
             match m.dev() {
                 Some(dev) => {
                     t.go[t.n_go] = (i, dev);
@@ -649,26 +757,29 @@ impl MirrorSet {
             }
             Err(e) => {
                 MemberErrors::count(&m.errors.write);
-                tracing::error!(device = %m.path.display(), offset = off, error = %e, "mirror write failed");
+                tracing::error!(device = %m.path().display(), offset = off, error = %e, "mirror write failed");
                 false
             }
         }
     }
 
-    /// Bookkeeping after a write to `attempted` members of which `failed`
-    /// failed: marks them failed and persists that in the survivors'
-    /// superblocks. `Err` if no member took the write.
-    pub(crate) fn settle_write(&self, attempted: usize, failed: &[usize]) -> Result<()> {
-        if attempted == 0 {
+    /// Bookkeeping after a write to members of which `failed` failed:
+    /// marks them failed and persists that in the survivors' superblocks.
+    /// `Err` if none of the members `counted` (healthy when the write
+    /// began; bit `i` for member `i`) took the write.
+    pub(crate) fn settle_write(&self, counted: u8, failed: &[usize]) -> Result<()> {
+        if counted == 0 {
             return Err(Error::NoHealthyMirror);
         }
         if failed.is_empty() {
             return Ok(());
         }
+        let mut took = counted;
         for &i in failed {
             self.fail_member_in_memory(i);
+            took &= !(1u8 << i);
         }
-        if failed.len() >= attempted {
+        if took == 0 {
             // Nothing took this write. Record what we can and fail it.
             let _ = self.update_superblock(|_| Ok(()));
             return Err(Error::NoHealthyMirror);
@@ -685,14 +796,16 @@ impl MirrorSet {
     /// Members whose write failed are marked failed and that is persisted
     /// before returning. Fails only if no member took the write.
     pub fn write_all(&self, off: u64, buf: &[u8]) -> Result<()> {
+        let t = self.write_targets();
         let mut ops: [(usize, &[u8]); MAX_MEMBERS] = [(0, &[]); MAX_MEMBERS];
-        let mut n = 0;
-        for (i, _) in self.members.iter().enumerate().filter(|(_, m)| m.is_healthy()).take(MAX_MEMBERS) {
-            ops[n] = (i, buf);
-            n += 1;
+        for (k, &(i, _)) in t.go[..t.n_go].iter().enumerate() {
+            ops[k] = (i, buf);
         }
-        let failed = self.write_members(off, &ops[..n])?;
-        self.settle_write(n, failed.as_slice())
+        let mut failed = self.write_members(off, &ops[..t.n_go])?;
+        for &i in t.failed.as_slice() {
+            failed.push(i);
+        }
+        self.settle_write(t.counted, failed.as_slice())
     }
 
     /// Writes `buf` at `off` to member `i` only (self-heal). Best effort: a
@@ -701,7 +814,7 @@ impl MirrorSet {
         let failed = self.write_members(off, &[(i, buf)])?;
         if failed.is_empty() {
             MemberErrors::count(&self.members[i].errors.repaired);
-            tracing::warn!(device = %self.members[i].path.display(), offset = off, len = buf.len(), "repaired a bad copy from a good mirror");
+            tracing::warn!(device = %self.members[i].path().display(), offset = off, len = buf.len(), "repaired a bad copy from a good mirror");
             Ok(())
         } else {
             self.fail_member_in_memory(i);
@@ -764,6 +877,149 @@ impl MirrorSet {
         self.members.get(i).and_then(|m| m.dev())
     }
 
+    /// The member `who` names: its device path, or its UUID in hex.
+    pub fn find_member(&self, who: &str) -> Option<usize> {
+        let who_lc = who.to_ascii_lowercase();
+        self.members.iter().position(|m| m.is_present() && (m.path() == Path::new(who) || hex_id(&m.uuid()) == who_lc))
+    }
+
+    /// The member being resilvered, if any (one at a time).
+    pub fn rebuilding(&self) -> Option<usize> {
+        self.members.iter().position(|m| m.is_rebuilding())
+    }
+
+    /// Replaces member `old` with the device at `path` (`mirrorlog
+    /// replace`), which joins as a rebuilding member: from now on every
+    /// write goes to it too, but it is read from and counted for
+    /// durability only once `resilver` has copied what came before. A
+    /// failed (or rebuilding) `old` leaves the set at once; a healthy one
+    /// stays until the new member is resilvered (md's `--replace`). The
+    /// device's superblock copies are zeroed first. Refused: a device
+    /// already in the set, one smaller than the set's devices, one holding
+    /// another set's superblock (unless `force`), a second resilver.
+    /// Returns the new member's index.
+    pub fn replace(&self, old: usize, path: &Path, force: bool) -> Result<usize> {
+        let _changing = self.membership.lock();
+        let Some(old_m) = self.members.get(old).filter(|m| m.is_present()) else {
+            return Err(Error::Config(format!("no member {old}")));
+        };
+        if let Some(r) = self.rebuilding().filter(|&r| r != old) {
+            return Err(Error::Config(format!(
+                "{} is being resilvered: one replacement at a time",
+                self.members[r].path().display()
+            )));
+        }
+        if self.members.iter().any(|m| m.is_present() && m.path() == path) {
+            return Err(Error::Config(format!("{} is a member of the set already", path.display())));
+        }
+        let d = self.storage.open(path, self.sync).map_err(|e| Error::Device(path.to_path_buf(), e))?;
+        // Closed on any refusal below; the bay owns it once it joins.
+        let mut closing = Opening { storage: self.storage.clone(), devs: vec![d.clone()] };
+        let device_size = self.sb.lock().device_size;
+        if self.block_size % d.logical_block != 0 || d.size < device_size {
+            return Err(Error::Config(format!(
+                "{}: {} bytes with logical block {}; the set needs {} bytes and a block dividing {}",
+                path.display(),
+                d.size,
+                d.logical_block,
+                device_size,
+                self.block_size
+            )));
+        }
+        if let Ok(other) = read_best_superblock(&*self.storage, &d) {
+            if other.set_uuid != self.set_uuid && !force {
+                return Err(Error::Config(format!(
+                    "{} holds a superblock of mirror set {} (generation {}): pass force to overwrite it",
+                    path.display(),
+                    hex_id(&other.set_uuid),
+                    other.generation
+                )));
+            }
+        }
+        // Nothing of an earlier life of the device may be taken for ours.
+        let zero = AlignedBuf::new(2 * SUPERBLOCK_REGION as usize, self.block_size as usize);
+        let mut res = [0i32];
+        self.storage.run(&[Op::write(d.id, 0, zero.as_slice(), self.dsync())], &mut res).map_err(Error::Io)?;
+        check_full(res[0], zero.as_slice().len()).map_err(|e| Error::Device(path.to_path_buf(), e))?;
+        let replaces = if old_m.is_healthy() {
+            Some(old as u16)
+        } else {
+            self.leave(old);
+            None
+        };
+        // Another bay than the one just left when there is one: a write
+        // that took the old member's device may still complete on it.
+        let bay = self
+            .members
+            .iter()
+            .position(|m| !m.is_present() && m.slot as usize != old)
+            .or_else(|| self.members.iter().position(|m| !m.is_present()))
+            .ok_or_else(|| Error::Config(format!("the set has {MAX_MEMBERS} members already")))?;
+        closing.devs.clear();
+        self.members[bay].fill(path.to_path_buf(), random16(), Some(d), Health::Rebuilding { next_slot: 0, replaces });
+        tracing::warn!(device = %path.display(), replaces = %old_m.path().display(), "new mirror member: resilvering");
+        self.update_superblock(|_| Ok(()))?;
+        Ok(bay)
+    }
+
+    /// Empties bay `i`; its device is closed when the set is dropped.
+    fn leave(&self, i: usize) {
+        let m = &self.members[i];
+        m.state.store(EMPTY, Ordering::SeqCst);
+        m.dev.store(NO_DEV, Ordering::Release);
+        if let Some(d) = m.ident.lock().opened.take() {
+            self.retired.lock().push(d);
+        }
+    }
+
+    /// Records that rebuilding member `i` holds every slot below
+    /// `next_slot` (persisted: a restart resumes there).
+    pub(crate) fn set_rebuilt(&self, i: usize, next_slot: u64) -> Result<()> {
+        let m = &self.members[i];
+        if !m.is_rebuilding() {
+            return Err(Error::Config(format!("{} is not being resilvered", m.path().display())));
+        }
+        m.next_slot.store(next_slot.min(u32::MAX as u64) as u32, Ordering::Release);
+        self.update_superblock(|_| Ok(()))
+    }
+
+    /// Rebuilding member `i` holds everything: it becomes healthy (and the
+    /// member it replaces leaves). Persisted before it returns.
+    pub(crate) fn finish_rebuild(&self, i: usize) -> Result<()> {
+        let _changing = self.membership.lock();
+        let m = &self.members[i];
+        let replaces = m.replaces.load(Ordering::Acquire);
+        if m.state.compare_exchange(REBUILDING, HEALTHY, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return Err(Error::Config(format!("{} failed during its resilver", m.path().display())));
+        }
+        m.next_slot.store(0, Ordering::Release);
+        m.replaces.store(0, Ordering::Release);
+        if let Some(r) = (replaces as usize).checked_sub(1) {
+            if self.members.get(r).is_some_and(|o| o.is_present()) {
+                tracing::warn!(device = %self.members[r].path().display(), "replaced mirror member leaves the set");
+                self.leave(r);
+            }
+        }
+        tracing::warn!(device = %m.path().display(), "mirror member resilvered: healthy");
+        self.update_superblock(|_| Ok(()))
+    }
+
+    /// Writes `buf` at `off` to rebuilding member `i` (a resilver's copy).
+    /// A failed write fails the member.
+    pub(crate) fn write_member(&self, i: usize, off: u64, buf: &[u8]) -> Result<()> {
+        let m = &self.members[i];
+        if !m.is_rebuilding() {
+            return Err(Error::Config(format!("{} is not being resilvered", m.path().display())));
+        }
+        let failed = self.write_members(off, &[(i, buf)])?;
+        if failed.is_empty() {
+            return Ok(());
+        }
+        self.fail_member_in_memory(i);
+        self.update_superblock(|_| Ok(()))?;
+        Err(Error::Io(io::Error::other(format!("{}: write failed; the resilver stops", m.path().display()))))
+    }
+
     /// Indexes of the healthy members, in slot order.
     pub fn healthy_indexes(&self) -> impl Iterator<Item = usize> + '_ {
         self.members.iter().enumerate().filter(|(_, m)| m.is_healthy()).map(|(i, _)| i)
@@ -773,17 +1029,25 @@ impl MirrorSet {
         DATA_START
     }
 
-    pub fn member_path(&self, i: usize) -> &Path {
-        &self.members[i].path
+    pub fn member_path(&self, i: usize) -> PathBuf {
+        self.members.get(i).map(|m| m.path()).unwrap_or_default()
     }
+}
+
+/// `MAX_MEMBERS` empty bays.
+fn bays() -> Vec<Member> {
+    (0..MAX_MEMBERS).map(|i| Member::empty(i as u16)).collect()
 }
 
 impl Drop for MirrorSet {
     fn drop(&mut self) {
         for m in &self.members {
-            if let Some(d) = m.dev() {
-                self.storage.close(d);
+            if let Some(d) = m.ident.lock().opened.take() {
+                self.storage.close(d.id);
             }
+        }
+        for d in self.retired.lock().drain(..) {
+            self.storage.close(d.id);
         }
     }
 }

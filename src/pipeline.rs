@@ -148,6 +148,18 @@ impl Shared {
         }
     }
 
+    /// Pins `slot` if no journal owns it (it then stays free until the
+    /// pin drops: a resilver clearing its header).
+    pub(crate) fn pin_free(&self, slot: u64) -> Option<SlotPin<'_>> {
+        let mut t = self.slots.lock();
+        let i = slot as usize;
+        if t.owner.get(i).copied()?.is_some() {
+            return None;
+        }
+        t.pins[i] += 1;
+        Some(SlotPin { shared: self, slot: i })
+    }
+
     /// Pins `slot` for reading if `journal` still owns it.
     pub(crate) fn pin(&self, slot: u64, journal: u64) -> Option<SlotPin<'_>> {
         let mut t = self.slots.lock();

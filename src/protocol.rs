@@ -55,6 +55,8 @@ pub enum Op {
     DiscardDiverged = 0x0E,
     /// Start, cancel or ask about a scrub of every journal on every mirror.
     Scrub = 0x0F,
+    /// Replace a mirror member by a new device, resilvered in the background.
+    Replace = 0x10,
     /// Server push: records of a subscription.
     Records = 0x7E,
     /// Server: a request failed.
@@ -82,6 +84,7 @@ impl Op {
             0x0D => Op::Demote,
             0x0E => Op::DiscardDiverged,
             0x0F => Op::Scrub,
+            0x10 => Op::Replace,
             0x7E => Op::Records,
             0x7F => Op::Error,
             _ => return None,
@@ -395,6 +398,15 @@ pub enum Request<'a> {
     Scrub {
         action: ScrubAction,
     },
+    /// Replaces mirror member `old` (its device path or UUID) by the
+    /// device at `new`, which is resilvered in the background; `force`:
+    /// even if `new` holds another set's superblock. Answered with
+    /// `Status` (its `resilver` part).
+    Replace {
+        old: &'a str,
+        new: &'a str,
+        force: bool,
+    },
 }
 
 /// What a `Scrub` request asks (its one body byte).
@@ -471,6 +483,7 @@ impl<'a> Request<'a> {
             Request::Demote { .. } => Op::Demote,
             Request::DiscardDiverged => Op::DiscardDiverged,
             Request::Scrub { .. } => Op::Scrub,
+            Request::Replace { .. } => Op::Replace,
         }
     }
 
@@ -523,6 +536,11 @@ impl<'a> Request<'a> {
             }
             Request::ListJournals | Request::Status | Request::DiscardDiverged => {}
             Request::Scrub { action } => b.push(*action as u8),
+            Request::Replace { old, new, force } => {
+                b.push(*force as u8);
+                put_str(b, old);
+                put_str(b, new);
+            }
             Request::Promote { force } => {
                 if *force {
                     b.push(1);
@@ -585,6 +603,14 @@ impl<'a> Request<'a> {
                     _ => return Err(ProtoError::Malformed("unknown scrub action")),
                 },
             },
+            Op::Replace => {
+                let force = match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(ProtoError::Malformed("replace flags")),
+                };
+                Request::Replace { force, old: r.str()?, new: r.str()? }
+            }
             Op::Records | Op::Error => return Err(ProtoError::UnknownOpcode(frame.opcode)),
         };
         r.end()?;
@@ -673,7 +699,7 @@ impl<'a> Response<'a> {
                     }
                     Response::Journals { names }
                 }
-                Op::Status | Op::Promote | Op::Demote | Op::DiscardDiverged | Op::Scrub => {
+                Op::Status | Op::Promote | Op::Demote | Op::DiscardDiverged | Op::Scrub | Op::Replace => {
                     let b = r.bytes()?;
                     Response::Status {
                         json: std::str::from_utf8(b).map_err(|_| ProtoError::Malformed("status is not UTF-8"))?,
@@ -731,6 +757,8 @@ mod tests {
             Request::Scrub { action: ScrubAction::Start },
             Request::Scrub { action: ScrubAction::Status },
             Request::Scrub { action: ScrubAction::Cancel },
+            Request::Replace { old: "/dev/sdb", new: "/dev/sdc", force: false },
+            Request::Replace { old: "0123abcd", new: "/tmp/x.dev", force: true },
             Request::Demote { sync: true, timeout_ms: 5000 },
         ];
         for (i, q) in reqs.iter().enumerate() {

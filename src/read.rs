@@ -75,6 +75,15 @@ impl CutGate {
         self.generation()
     }
 
+    /// Holds cut-backs off while old bytes read since generation `seen`
+    /// are written back (a heal, a resilver's copy): `None` if a cut ran
+    /// or runs since, and then nothing may be written. A cut waits for the
+    /// guard.
+    pub(crate) fn hold(&self, seen: u64) -> Option<parking_lot::RwLockReadGuard<'_, (u64, u32)>> {
+        let st = self.state.read();
+        (st.0 == seen && st.1 == 0).then_some(st)
+    }
+
     /// Marks a cut-back in progress until the guard drops.
     pub(crate) fn begin_cut(&self) -> CutGuard<'_> {
         let mut s = self.state.write();
@@ -312,14 +321,13 @@ impl SegmentScan<'_> {
     fn heal(&self, bad: usize, off: u64, bad_bytes: &[u8], good: &[u8]) {
         // Held across the writes: a cut-back waits for them (see `CutGate`).
         let _held = match self.gate {
-            Some((g, seen)) => {
-                let st = g.state.read();
-                if st.0 != seen || st.1 > 0 {
+            Some((g, seen)) => match g.hold(seen) {
+                Some(held) => Some(held),
+                None => {
                     tracing::debug!(offset = off, "not healing: the journal was cut back since these bytes were read");
                     return;
                 }
-                Some(st)
-            }
+            },
             None => None,
         };
         let bs = self.set.block_size as usize;
@@ -357,7 +365,7 @@ struct Outcome {
 
 /// Bytes needed from `off` to hold the record whose header starts there (or
 /// just its header if it cannot be parsed yet).
-fn record_need(buf: &[u8], off: usize) -> usize {
+pub(crate) fn record_need(buf: &[u8], off: usize) -> usize {
     match buf.get(off..).and_then(crate::format::parse_record_header) {
         Some(h) => h.total_len(),
         None => RECORD_HEADER_LEN,

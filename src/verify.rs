@@ -640,7 +640,8 @@ pub fn verify(devices: &[PathBuf], opts: &VerifyOptions) -> Result<VerifyReport>
 
     for (i, st) in states.iter().enumerate() {
         let info = view.as_ref().and_then(|v| v.member[i]);
-        let failed = info.is_some_and(|m| m.health == Health::Failed);
+        // A member being resilvered is not a whole copy yet: as a failed one.
+        let failed = info.is_some_and(|m| m.health != Health::Healthy);
         let mut dr = DeviceReport { path: st.name.clone(), ..Default::default() };
         let Some(d) = &st.dev else {
             r.problems.push(format!("{}: cannot open: {}", st.name, st.open_error.as_deref().unwrap_or("?")));
@@ -748,9 +749,12 @@ pub fn verify(devices: &[PathBuf], opts: &VerifyOptions) -> Result<VerifyReport>
     for m in &members {
         if m.device.is_none() {
             match m.health {
-                Health::Failed => r
-                    .notes
-                    .push(format!("member {} (slot {}) is marked failed and is not among the devices", m.uuid, m.slot)),
+                Health::Failed | Health::Rebuilding { .. } => r.notes.push(format!(
+                    "member {} (slot {}) is marked {} and is not among the devices",
+                    m.uuid,
+                    m.slot,
+                    m.health.name()
+                )),
                 Health::Healthy => r.problems.push(format!(
                     "member {} (slot {}), healthy in the superblock, is not among the devices: it was not verified",
                     m.uuid, m.slot
@@ -775,7 +779,7 @@ pub fn verify(devices: &[PathBuf], opts: &VerifyOptions) -> Result<VerifyReport>
         .enumerate()
         .filter_map(|(i, st)| {
             let info = view.member[i]?;
-            Some(Mem { dev: st.dev.as_ref()?, failed: info.health == Health::Failed })
+            Some(Mem { dev: st.dev.as_ref()?, failed: info.health != Health::Healthy })
         })
         .collect();
     let mut headers = Vec::with_capacity(mems.len());
@@ -1248,20 +1252,13 @@ pub fn dump(
 // ---------------------------------------------------------------------------
 // JSON
 
-fn health_str(h: Health) -> &'static str {
-    match h {
-        Health::Healthy => "healthy",
-        Health::Failed => "failed",
-    }
-}
-
 fn ser_health<S: serde::Serializer>(h: &Health, s: S) -> std::result::Result<S::Ok, S::Error> {
-    s.serialize_str(health_str(*h))
+    s.serialize_str(h.name())
 }
 
 fn ser_opt_health<S: serde::Serializer>(h: &Option<Health>, s: S) -> std::result::Result<S::Ok, S::Error> {
     match h {
-        Some(h) => s.serialize_str(health_str(*h)),
+        Some(h) => s.serialize_str(h.name()),
         None => s.serialize_none(),
     }
 }
@@ -1296,7 +1293,7 @@ impl fmt::Display for VerifyReport {
                         "  member slot {} {} {:<7} {}",
                         m.slot,
                         m.uuid,
-                        health_str(m.health),
+                        m.health.name(),
                         m.device.as_deref().unwrap_or("(not among the devices)")
                     )?;
                 }
@@ -1318,7 +1315,7 @@ impl fmt::Display for VerifyReport {
                 })
                 .collect();
             let member = match (d.member_slot, d.health) {
-                (Some(s), Some(h)) => format!("member slot {s} ({})", health_str(h)),
+                (Some(s), Some(h)) => format!("member slot {s} ({})", h.name()),
                 _ => "not a member".to_string(),
             };
             writeln!(

@@ -100,6 +100,27 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Replace a mirror member of the node at --endpoint by a new device
+    /// (a file or block device at least as large as the set's). The new
+    /// device joins at once: every append is written to it, and it is
+    /// resilvered in the background from verified copies on the healthy
+    /// members (`resilver.rate`, progress in `status`); it is read from and
+    /// counts for durability once resilvered. A failed --old leaves the set
+    /// at once, a healthy one once the new device is resilvered. Then put
+    /// --new in place of --old in `storage.devices` of the configuration.
+    Replace {
+        /// The member to replace: its device path or UUID (from `status --json`).
+        #[arg(long)]
+        old: String,
+        /// The new device.
+        #[arg(long)]
+        new: String,
+        /// Even if the new device holds another mirror set's superblock.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the replica at --endpoint the primary (the primary site is
     /// lost): its epoch rises, and an old primary that returns is fenced.
     ///
@@ -217,6 +238,16 @@ fn main() -> ExitCode {
         Cmd::Status { json } => return admin_status(&args.endpoint, *json, args.timeout),
         Cmd::Health => return admin_health(&args.endpoint, args.timeout),
         Cmd::Scrub { action, json } => return admin_scrub(&args.endpoint, action, *json, args.timeout),
+        Cmd::Replace { old, new, force, json } => {
+            let req = Request::Replace { old, new, force: *force };
+            let code = admin_print(&args.endpoint, &req, *json, args.timeout);
+            if code == ExitCode::SUCCESS && !*json {
+                println!(
+                    "\nresilvering {new}; now put {new} in place of {old} in storage.devices of the configuration"
+                );
+            }
+            return code;
+        }
         Cmd::Promote { json, force } => {
             return admin_print(&args.endpoint, &Request::Promote { force: *force }, *json, args.timeout);
         }
@@ -323,6 +354,7 @@ fn run(c: &BlockingClient, cmd: &Cmd) -> Result<(), ClientError> {
         | Cmd::Status { .. }
         | Cmd::Health
         | Cmd::Scrub { .. }
+        | Cmd::Replace { .. }
         | Cmd::Promote { .. }
         | Cmd::DiscardDiverged { .. }
         | Cmd::Demote { .. }
@@ -401,8 +433,10 @@ fn health_problems(v: &serde_json::Value) -> Vec<String> {
     let mut out = Vec::new();
     for m in v["mirrors"].as_array().into_iter().flatten() {
         let path = m["path"].as_str().unwrap_or("?");
-        if m["healthy"].as_bool() != Some(true) {
-            out.push(format!("DEGRADED: mirror {path} failed"));
+        match m["state"].as_str() {
+            Some("healthy") => {}
+            Some("rebuilding") => out.push(format!("RESILVERING: mirror {path}")),
+            _ => out.push(format!("DEGRADED: mirror {path} failed")),
         }
         let n = |k: &str| m[k].as_u64().unwrap_or(0);
         let (r, w, c) = (n("read_errors"), n("write_errors"), n("checksum_errors"));
@@ -415,6 +449,9 @@ fn health_problems(v: &serde_json::Value) -> Vec<String> {
     }
     for e in v["scrub"]["errors"].as_array().into_iter().flatten() {
         out.push(format!("ERRORS: the last scrub: {}", e.as_str().unwrap_or("?")));
+    }
+    if v["resilver"]["state"] == "failed" {
+        out.push(format!("ERRORS: the last resilver: {}", v["resilver"]["error"].as_str().unwrap_or("?")));
     }
     out
 }
@@ -506,14 +543,18 @@ fn print_status(out: &mut impl Write, s: &str) -> std::io::Result<()> {
     writeln!(
         out,
         "\n{:<40} {:>8} {:>10} {:>14} {:>6} {:>6} {:>6} {:>9}",
-        "MIRROR", "HEALTHY", "WRITES", "MEAN WRITE µs", "READ", "WRITE", "CKSUM", "REPAIRED"
+        "MIRROR", "STATE", "WRITES", "MEAN WRITE µs", "READ", "WRITE", "CKSUM", "REPAIRED"
     )?;
     for m in v["mirrors"].as_array().into_iter().flatten() {
         writeln!(
             out,
             "{:<40} {:>8} {:>10} {:>14.1} {:>6} {:>6} {:>6} {:>9}",
             m["path"].as_str().unwrap_or("?"),
-            if m["healthy"].as_bool() == Some(true) { "yes" } else { "FAILED" },
+            match m["state"].as_str() {
+                Some("healthy") => "healthy",
+                Some("rebuilding") => "RESILVER",
+                _ => "FAILED",
+            },
             m["writes"].to_string(),
             m["mean_write_us"].as_f64().unwrap_or(0.0),
             m["read_errors"].to_string(),
@@ -524,6 +565,22 @@ fn print_status(out: &mut impl Write, s: &str) -> std::io::Result<()> {
     }
     for a in v["absent_devices"].as_array().into_iter().flatten() {
         writeln!(out, "left out at start: {}", a.as_str().unwrap_or("?"))?;
+    }
+    let r = &v["resilver"];
+    if let Some(state) = r["state"].as_str().filter(|s| !s.is_empty()) {
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        writeln!(
+            out,
+            "resilver of {}: {state}, {} of {} MiB ({:.0}%), {:.1} MB/s{}{}{}",
+            r["device"].as_str().unwrap_or("?"),
+            n("bytes_done") >> 20,
+            n("bytes_total") >> 20,
+            100.0 * n("bytes_done").min(n("bytes_total").max(1)) as f64 / n("bytes_total").max(1) as f64,
+            r["bytes_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+            r["eta_seconds"].as_f64().map(|s| format!(", ETA {s:.0} s")).unwrap_or_default(),
+            if r["resumed"] == true { ", resumed after a restart" } else { "" },
+            r["error"].as_str().filter(|e| !e.is_empty()).map(|e| format!(": {e}")).unwrap_or_default()
+        )?;
     }
     writeln!(
         out,

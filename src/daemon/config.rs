@@ -30,6 +30,8 @@ pub struct DaemonConfig {
     #[serde(default)]
     pub scrub: Scrub,
     #[serde(default)]
+    pub resilver: Resilver,
+    #[serde(default)]
     pub log: Log,
     #[serde(default)]
     pub metrics: Metrics,
@@ -272,6 +274,32 @@ fn default_scrub_rate() -> u64 {
 
 fn default_scrub_busy_rate() -> u64 {
     1 << 20
+}
+
+/// `[resilver]`: the copy of the log onto a member that joined by
+/// `mirrorlog replace`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resilver {
+    /// Bytes copied per second while the node takes no writes ("0", the
+    /// default: as fast as the disks go).
+    #[serde(default, deserialize_with = "size")]
+    pub rate: u64,
+    /// The same while the node is writing (any write in the last 50 ms):
+    /// md's `speed_limit_min`, the resilver yields the disks to appends
+    /// but always moves ("0": `rate` always).
+    #[serde(default = "default_resilver_busy_rate", deserialize_with = "size")]
+    pub busy_rate: u64,
+}
+
+impl Default for Resilver {
+    fn default() -> Self {
+        Resilver { rate: 0, busy_rate: default_resilver_busy_rate() }
+    }
+}
+
+fn default_resilver_busy_rate() -> u64 {
+    4 << 20
 }
 
 /// `[idempotence]`: the producer table behind idempotent appends.
@@ -677,6 +705,7 @@ impl DaemonConfig {
             limits: Limits::default(),
             idempotence: Idempotence::default(),
             scrub: Scrub::default(),
+            resilver: Resilver::default(),
             log: Log::default(),
             metrics: Metrics::default(),
             replication: Replication::default(),

@@ -113,6 +113,21 @@ fn h(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// The running or last resilver.
+pub fn render_resilver(o: &mut String, running: bool, done: u64, total: u64) {
+    h(o, "mirrorlog_resilver_running", "gauge", "1 while a new mirror member is being resilvered.");
+    let _ = writeln!(o, "mirrorlog_resilver_running {}", running as u8);
+    h(o, "mirrorlog_resilver_bytes_done", "gauge", "Bytes the running or last resilver copied.");
+    let _ = writeln!(o, "mirrorlog_resilver_bytes_done {done}");
+    h(
+        o,
+        "mirrorlog_resilver_bytes_total",
+        "gauge",
+        "Bytes the running or last resilver has to copy (estimated at its start).",
+    );
+    let _ = writeln!(o, "mirrorlog_resilver_bytes_total {total}");
+}
+
 /// The running or last scrub.
 pub fn render_scrub(o: &mut String, running: bool, records: u64, repaired: u64, errors: usize) {
     h(o, "mirrorlog_scrub_running", "gauge", "1 while a scrub runs.");

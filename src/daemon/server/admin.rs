@@ -28,7 +28,7 @@ impl Srv {
             .iter()
             .map(|m| {
                 serde_json::json!({
-                    "path": m.path, "uuid": m.uuid, "slot": m.slot, "healthy": m.healthy,
+                    "path": m.path, "uuid": m.uuid, "slot": m.slot, "healthy": m.healthy, "state": m.state,
                     "writes": m.writes, "mean_write_us": m.mean_write_us,
                     "read_errors": m.read_errors, "write_errors": m.write_errors,
                     "checksum_errors": m.checksum_errors, "repaired": m.repaired,
@@ -44,6 +44,7 @@ impl Srv {
             "set_uuid": st.set_uuid,
             "absent_devices": st.absent_devices,
             "scrub": self.scrub.progress().json(),
+            "resilver": self.resilver.progress().json(),
             "epoch": st.epoch,
             "block_size": st.block_size,
             "segment_size": st.segment_size,
@@ -65,6 +66,8 @@ impl Srv {
         metrics::render_repl(&mut o, &self.m, &self.repl_status());
         let p = self.scrub.progress();
         metrics::render_scrub(&mut o, p.state == ScrubState::Running, p.records_done, p.repaired, p.errors.len());
+        let r = self.resilver.progress();
+        metrics::render_resilver(&mut o, self.resilver.running(), r.p.bytes_done, r.p.bytes_total);
         o
     }
 

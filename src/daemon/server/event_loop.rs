@@ -219,6 +219,7 @@ impl Srv {
     pub(super) fn begin_drain(&self) {
         tracing::info!(pending = self.pending_acks(), "stopping: draining in-flight appends");
         self.scrub.cancel();
+        self.resilver.stop();
         self.draining.set(true);
         self.drain.notify_waiters();
         self.kick.notify_one();

@@ -69,6 +69,7 @@ mod driven;
 mod event_loop;
 mod listen;
 mod reads;
+mod resilver;
 mod roles;
 mod scrub;
 
@@ -78,6 +79,7 @@ use conn::*;
 use dispatch::*;
 use listen::*;
 use reads::*;
+use resilver::*;
 use roles::*;
 use scrub::*;
 
@@ -146,6 +148,8 @@ pub(crate) struct Srv {
     inline_blocking: bool,
     /// The running or last scrub (`mirrorlog scrub`).
     scrub: Arc<Scrubbing>,
+    /// The running or last resilver (`mirrorlog replace`).
+    resilver: Arc<Resilvering>,
 }
 
 impl Srv {
@@ -175,7 +179,16 @@ impl Srv {
             started: Instant::now(),
             inline_blocking,
             scrub: Arc::new(Scrubbing::default()),
+            resilver: Arc::new(Resilvering::default()),
         });
+        // A member left rebuilding by the last run resumes its resilver
+        // (not when driven: the simulator runs no threads of its own).
+        if !inline_blocking {
+            let rates = (srv.cfg.resilver.rate, srv.cfg.resilver.busy_rate);
+            if srv.resilver.start(srv.log.clone(), rates).map_err(crate::Error::Io)? {
+                tracing::warn!("a mirror member was being resilvered: resuming");
+            }
+        }
         for name in srv.log.journal_names() {
             let j = srv.log.journal(&name)?;
             srv.add_journal(j);

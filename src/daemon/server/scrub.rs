@@ -68,7 +68,7 @@ pub(crate) struct Progress {
     pub errors: Vec<String>,
 }
 
-fn unix_ms() -> u64 {
+pub(super) fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -176,7 +176,7 @@ impl Scrubbing {
 }
 
 /// A token bucket at `rate` bytes/s, or `busy_rate` while the node writes.
-struct Pace {
+pub(super) struct Pace {
     rate: u64,
     busy_rate: u64,
     /// Bytes the scrub may have verified by `last`.
@@ -194,13 +194,13 @@ impl Pace {
     /// Longest sleep, and the most credit saved up (as time at the rate).
     const MAX_WAIT: f64 = 0.1;
 
-    fn new(rate: u64, busy_rate: u64, writes: u64) -> Pace {
+    pub(super) fn new(rate: u64, busy_rate: u64, writes: u64) -> Pace {
         let now = std::time::Instant::now();
         Pace { rate, busy_rate, allowed: 0.0, last: now, writes, looked: now, busy: false }
     }
 
     /// Sleeps while `done` bytes run ahead of the rate.
-    fn wait(&mut self, done: u64, writes: impl Fn() -> u64) {
+    pub(super) fn wait(&mut self, done: u64, writes: impl Fn() -> u64) {
         let now = std::time::Instant::now();
         if now - self.looked >= Self::LOOK {
             let w = writes();

@@ -1,0 +1,155 @@
+//! The resilver of a member that joined by `mirrorlog replace` (or was
+//! being resilvered when the daemon stopped): `MirrorLog::resilver` on a
+//! thread of its own, paced to `resilver.rate` (`busy_rate` while the node
+//! writes), with its progress for status and metrics.
+
+use super::*;
+
+use std::sync::atomic::AtomicBool;
+
+/// Bytes per read and write of the copy.
+const CHUNK: usize = 1 << 20;
+
+/// The resilver's state, shared by its thread and the server loop.
+#[derive(Default)]
+pub(super) struct Resilvering {
+    running: AtomicBool,
+    stop: AtomicBool,
+    progress: parking_lot::Mutex<ResilverRun>,
+}
+
+/// The running or last resilver.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct ResilverRun {
+    /// "" (none since the daemon started), running, finished, stopped
+    /// (the daemon stopping: it resumes at the next start) or failed.
+    pub state: &'static str,
+    pub device: String,
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: u64,
+    pub p: crate::resilver::ResilverProgress,
+    pub error: String,
+}
+
+impl Resilvering {
+    pub(super) fn progress(&self) -> ResilverRun {
+        self.progress.lock().clone()
+    }
+
+    pub(super) fn running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Starts the resilver of the rebuilding member, if there is one and
+    /// none runs. Returns whether this call started one.
+    pub(super) fn start(self: &Arc<Self>, log: Arc<MirrorLog>, rates: (u64, u64)) -> std::io::Result<bool> {
+        let Some(device) = log.status().mirrors.into_iter().find(|m| m.state == "rebuilding").map(|m| m.path) else {
+            return Ok(false);
+        };
+        if self.running.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        self.stop.store(false, Ordering::Release);
+        *self.progress.lock() =
+            ResilverRun { state: "running", device, started_unix_ms: unix_ms(), ..ResilverRun::default() };
+        let me = self.clone();
+        let spawned = std::thread::Builder::new().name("resilver".into()).spawn(move || me.run(&log, rates));
+        if let Err(e) = spawned {
+            self.running.store(false, Ordering::Release);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Stops a running resilver where it is (persisted; the next start
+    /// resumes it).
+    pub(super) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+
+    fn run(&self, log: &MirrorLog, (rate, busy_rate): (u64, u64)) {
+        tracing::warn!(device = %self.progress.lock().device, rate, busy_rate, "resilver started");
+        let t0 = std::time::Instant::now();
+        let mut pace = Pace::new(rate, busy_rate, log.device_writes());
+        let mut last = std::time::Instant::now();
+        let res = log.resilver(CHUNK, |p| {
+            if last.elapsed() >= std::time::Duration::from_millis(100) {
+                self.progress.lock().p = p.clone();
+                last = std::time::Instant::now();
+            }
+            pace.wait(p.bytes_done, || log.device_writes());
+            !self.stop.load(Ordering::Acquire)
+        });
+        let mut run = self.progress.lock();
+        run.finished_unix_ms = unix_ms();
+        match res {
+            Ok(Some(p)) => {
+                run.state = if p.stopped { "stopped" } else { "finished" };
+                run.p = p;
+            }
+            Ok(None) => run.state = "finished",
+            Err(e) => {
+                run.state = "failed";
+                run.error = e.to_string();
+            }
+        }
+        tracing::warn!(
+            device = %run.device,
+            state = run.state,
+            bytes = run.p.bytes_done,
+            seconds = t0.elapsed().as_secs_f64(),
+            error = %run.error,
+            "resilver ended"
+        );
+        drop(run);
+        self.running.store(false, Ordering::Release);
+    }
+}
+
+impl ResilverRun {
+    /// The status JSON's `resilver` part.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        let end = if self.finished_unix_ms == 0 { unix_ms() } else { self.finished_unix_ms };
+        let secs = end.saturating_sub(self.started_unix_ms) as f64 / 1000.0;
+        let rate = if secs > 0.0 { self.p.bytes_done as f64 / secs } else { 0.0 };
+        let left = self.p.bytes_total.saturating_sub(self.p.bytes_done);
+        let eta = (self.state == "running" && rate > 0.0).then(|| left as f64 / rate);
+        serde_json::json!({
+            "state": self.state,
+            "device": self.device,
+            "started_unix_ms": self.started_unix_ms,
+            "finished_unix_ms": self.finished_unix_ms,
+            "slots_done": self.p.slots_done,
+            "slots_total": self.p.slots_total,
+            "bytes_done": self.p.bytes_done,
+            "bytes_total": self.p.bytes_total,
+            "bytes_per_second": rate,
+            "eta_seconds": eta,
+            "resumed": self.p.resumed,
+            "error": self.error,
+        })
+    }
+}
+
+/// Answers `Replace`: the new device joins (rebuilding) and its resilver
+/// starts; then the status.
+pub(super) async fn replace_request(srv: &Rc<Srv>, conn: &Conn, rid: u64, old: &str, new: &str, force: bool) {
+    let log = srv.log.clone();
+    let (old_s, new_p) = (old.to_string(), std::path::PathBuf::from(new));
+    let res = match srv.blocking(move || log.replace(&old_s, &new_p, force)).await {
+        Ok(bay) => {
+            tracing::warn!(
+                old,
+                new,
+                slot = bay,
+                "mirror member replaced: put {new} in place of {old} in storage.devices of the configuration, so the next start finds it"
+            );
+            match srv.resilver.start(srv.log.clone(), (srv.cfg.resilver.rate, srv.cfg.resilver.busy_rate)) {
+                Ok(_) => Ok(()),
+                Err(e) => Err((codes::IO, format!("starting the resilver thread: {e}"))),
+            }
+        }
+        Err(e) => Err((e.code(), e.to_string())),
+    };
+    role_change_answer(srv, conn, rid, Op::Replace, res);
+}
