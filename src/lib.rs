@@ -481,6 +481,14 @@ impl MirrorLog {
         set.replace(i, new, force)
     }
 
+    /// Takes a failed or rebuilding member out of the set, by its device
+    /// path or UUID (`MirrorSet::detach`).
+    pub fn detach(&self, who: &str) -> Result<()> {
+        let set = &self.shared.set;
+        let i = set.find_member(who).ok_or_else(|| Error::Config(format!("{who}: no such member of the set")))?;
+        set.detach(i)
+    }
+
     /// Durable writes completed on all members since open (cheap: a
     /// background task that yields to appends watches it move).
     pub fn device_writes(&self) -> u64 {

@@ -962,6 +962,26 @@ impl MirrorSet {
         Ok(bay)
     }
 
+    /// Takes member `i` out of the set (`mirrorlog detach`, ZFS's
+    /// `zpool detach`): a failed member, or a rebuilding one (which
+    /// cancels its resilver). A healthy member is refused: a write in
+    /// flight may count it as the copy that makes it durable (replace it
+    /// instead).
+    pub fn detach(&self, i: usize) -> Result<()> {
+        let _changing = self.membership.lock();
+        let m =
+            self.members.get(i).filter(|m| m.is_present()).ok_or_else(|| Error::Config(format!("no member {i}")))?;
+        if m.is_healthy() {
+            return Err(Error::Config(format!(
+                "{} is healthy: a healthy member is not detached (it holds acknowledged records); replace it",
+                m.path().display()
+            )));
+        }
+        tracing::warn!(device = %m.path().display(), "mirror member detached");
+        self.leave(i);
+        self.update_superblock(|_| Ok(()))
+    }
+
     /// Empties bay `i`; its device is closed when the set is dropped.
     fn leave(&self, i: usize) {
         let m = &self.members[i];
@@ -977,7 +997,7 @@ impl MirrorSet {
     pub(crate) fn set_rebuilt(&self, i: usize, next_slot: u64) -> Result<()> {
         let m = &self.members[i];
         if !m.is_rebuilding() {
-            return Err(Error::Config(format!("{} is not being resilvered", m.path().display())));
+            return Err(not_rebuilding(m));
         }
         m.next_slot.store(next_slot.min(u32::MAX as u64) as u32, Ordering::Release);
         self.update_superblock(|_| Ok(()))
@@ -1009,7 +1029,7 @@ impl MirrorSet {
     pub(crate) fn write_member(&self, i: usize, off: u64, buf: &[u8]) -> Result<()> {
         let m = &self.members[i];
         if !m.is_rebuilding() {
-            return Err(Error::Config(format!("{} is not being resilvered", m.path().display())));
+            return Err(not_rebuilding(m));
         }
         let failed = self.write_members(off, &[(i, buf)])?;
         if failed.is_empty() {
@@ -1032,6 +1052,11 @@ impl MirrorSet {
     pub fn member_path(&self, i: usize) -> PathBuf {
         self.members.get(i).map(|m| m.path()).unwrap_or_default()
     }
+}
+
+/// What a resilver of a member meets when the member left or failed.
+fn not_rebuilding(m: &Member) -> Error {
+    Error::Config(format!("{} is no longer being resilvered (detached or failed)", m.path().display()))
 }
 
 /// `MAX_MEMBERS` empty bays.

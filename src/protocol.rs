@@ -57,6 +57,8 @@ pub enum Op {
     Scrub = 0x0F,
     /// Replace a mirror member by a new device, resilvered in the background.
     Replace = 0x10,
+    /// Take a failed or rebuilding member out of the set.
+    Detach = 0x11,
     /// Server push: records of a subscription.
     Records = 0x7E,
     /// Server: a request failed.
@@ -85,6 +87,7 @@ impl Op {
             0x0E => Op::DiscardDiverged,
             0x0F => Op::Scrub,
             0x10 => Op::Replace,
+            0x11 => Op::Detach,
             0x7E => Op::Records,
             0x7F => Op::Error,
             _ => return None,
@@ -407,6 +410,12 @@ pub enum Request<'a> {
         new: &'a str,
         force: bool,
     },
+    /// Takes mirror member `member` (its device path or UUID), failed or
+    /// being resilvered (cancelling that), out of the set. Answered with
+    /// `Status`.
+    Detach {
+        member: &'a str,
+    },
 }
 
 /// What a `Scrub` request asks (its one body byte).
@@ -484,6 +493,7 @@ impl<'a> Request<'a> {
             Request::DiscardDiverged => Op::DiscardDiverged,
             Request::Scrub { .. } => Op::Scrub,
             Request::Replace { .. } => Op::Replace,
+            Request::Detach { .. } => Op::Detach,
         }
     }
 
@@ -531,9 +541,10 @@ impl<'a> Request<'a> {
                 put_str(b, journal);
                 b.extend_from_slice(&lsn.to_le_bytes());
             }
-            Request::GetMark { journal } | Request::CreateJournal { journal } | Request::DeleteJournal { journal } => {
-                put_str(b, journal)
-            }
+            Request::GetMark { journal }
+            | Request::CreateJournal { journal }
+            | Request::DeleteJournal { journal }
+            | Request::Detach { member: journal } => put_str(b, journal),
             Request::ListJournals | Request::Status | Request::DiscardDiverged => {}
             Request::Scrub { action } => b.push(*action as u8),
             Request::Replace { old, new, force } => {
@@ -611,6 +622,7 @@ impl<'a> Request<'a> {
                 };
                 Request::Replace { force, old: r.str()?, new: r.str()? }
             }
+            Op::Detach => Request::Detach { member: r.str()? },
             Op::Records | Op::Error => return Err(ProtoError::UnknownOpcode(frame.opcode)),
         };
         r.end()?;
@@ -699,7 +711,7 @@ impl<'a> Response<'a> {
                     }
                     Response::Journals { names }
                 }
-                Op::Status | Op::Promote | Op::Demote | Op::DiscardDiverged | Op::Scrub | Op::Replace => {
+                Op::Status | Op::Promote | Op::Demote | Op::DiscardDiverged | Op::Scrub | Op::Replace | Op::Detach => {
                     let b = r.bytes()?;
                     Response::Status {
                         json: std::str::from_utf8(b).map_err(|_| ProtoError::Malformed("status is not UTF-8"))?,
@@ -759,6 +771,7 @@ mod tests {
             Request::Scrub { action: ScrubAction::Cancel },
             Request::Replace { old: "/dev/sdb", new: "/dev/sdc", force: false },
             Request::Replace { old: "0123abcd", new: "/tmp/x.dev", force: true },
+            Request::Detach { member: "/dev/sdc" },
             Request::Demote { sync: true, timeout_ms: 5000 },
         ];
         for (i, q) in reqs.iter().enumerate() {

@@ -55,6 +55,8 @@ pub struct ResilverProgress {
     pub resumed: bool,
     /// `go_on` stopped it before the end (the member stays rebuilding).
     pub stopped: bool,
+    /// The member was detached meanwhile (`mirrorlog detach`).
+    pub cancelled: bool,
 }
 
 /// How long records placed before the snapshot may take to become
@@ -91,6 +93,11 @@ enum SegEnd {
     Cut,
 }
 
+fn cancelled(mut p: ResilverProgress) -> ResilverProgress {
+    p.cancelled = true;
+    p
+}
+
 impl MirrorLog {
     /// Resilvers the rebuilding member, if there is one (`Ok(None)` when
     /// there is not), from its persisted position. Runs alongside appends
@@ -124,7 +131,11 @@ impl MirrorLog {
         'pass: loop {
             let snaps = self.snapshot()?;
             while let Some(&s) = redo.first() {
-                match self.resilver_slot(bay, s, &snaps, chunk, &mut buf, &mut p, &mut go_on)? {
+                let end = match self.resilver_slot(bay, s, &snaps, chunk, &mut buf, &mut p, &mut go_on) {
+                    Err(_) if !set.members()[bay].is_present() => return Ok(Some(cancelled(p))),
+                    r => r?,
+                };
+                match end {
                     SegEnd::Cut => continue 'pass,
                     SegEnd::Stopped => return self.stop(bay, next, p),
                     SegEnd::Done => {}
@@ -133,7 +144,11 @@ impl MirrorLog {
                 p.slots_done += 1;
             }
             while next < set.slot_count {
-                match self.resilver_slot(bay, next, &snaps, chunk, &mut buf, &mut p, &mut go_on)? {
+                let end = match self.resilver_slot(bay, next, &snaps, chunk, &mut buf, &mut p, &mut go_on) {
+                    Err(_) if !set.members()[bay].is_present() => return Ok(Some(cancelled(p))),
+                    r => r?,
+                };
+                match end {
                     SegEnd::Cut => continue 'pass,
                     SegEnd::Stopped => return self.stop(bay, next, p),
                     SegEnd::Done => {}
@@ -156,7 +171,11 @@ impl MirrorLog {
     }
 
     fn stop(&self, bay: usize, next: u64, mut p: ResilverProgress) -> Result<Option<ResilverProgress>> {
-        self.shared.set.set_rebuilt(bay, next)?;
+        let set = &self.shared.set;
+        if !set.members()[bay].is_present() {
+            return Ok(Some(cancelled(p)));
+        }
+        set.set_rebuilt(bay, next)?;
         p.stopped = true;
         Ok(Some(p))
     }
@@ -245,6 +264,9 @@ impl MirrorLog {
     ) -> Result<SegEnd> {
         let shared = &self.shared;
         let set = &shared.set;
+        if !set.members()[bay].is_rebuilding() {
+            return Err(Error::Config("the member is no longer being resilvered (detached or failed)".into()));
+        }
         let owner = shared.slots.lock().owner.get(s as usize).copied().flatten();
         let Some(owner) = owner else {
             // Free: clear a header an earlier life of the device may hold.

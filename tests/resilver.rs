@@ -383,3 +383,34 @@ mod daemon {
         }
     }
 }
+
+#[test]
+fn detaching_a_rebuilding_member_cancels_its_resilver_and_a_healthy_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (devs, cfg, _fault, log) = degraded_set(dir.path());
+    let new = new_device(dir.path(), "new.dev", 16 << 20);
+    log.replace(&devs[1].display().to_string(), &new, false).unwrap();
+    let e = log.detach(&devs[0].display().to_string()).unwrap_err();
+    assert!(e.to_string().contains("is healthy"), "{e}");
+    let who = new.display().to_string();
+    let p = log
+        .resilver(64 << 10, |p| {
+            if p.slots_done == 2 {
+                log.detach(&who).unwrap();
+            }
+            true
+        })
+        .unwrap()
+        .unwrap();
+    assert!(p.cancelled, "{p:?}");
+    let st = log.status();
+    assert_eq!(st.mirrors.len(), 1, "{:?}", st.mirrors);
+    append_n(&log, "b", 2, 10);
+    // Another replacement may begin at once, and finishes.
+    let second = new_device(dir.path(), "second.dev", 16 << 20);
+    log.replace(&devs[0].display().to_string(), &second, false).unwrap();
+    log.resilver(1 << 20, |_| true).unwrap().unwrap();
+    drop(log);
+    let alone = open_alone(&cfg, &second);
+    expect_all(&alone, "b", 2, 210);
+}

@@ -121,6 +121,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Take a failed member, or one being resilvered (which cancels its
+    /// resilver), out of the mirror set of the node at --endpoint
+    /// (`zpool detach`). A healthy member is refused: replace it.
+    Detach {
+        /// The member: its device path or UUID.
+        member: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Make the replica at --endpoint the primary (the primary site is
     /// lost): its epoch rises, and an old primary that returns is fenced.
     ///
@@ -243,10 +252,14 @@ fn main() -> ExitCode {
             let code = admin_print(&args.endpoint, &req, *json, args.timeout);
             if code == ExitCode::SUCCESS && !*json {
                 println!(
-                    "\nresilvering {new}; now put {new} in place of {old} in storage.devices of the configuration"
+                    "\nresilvering {new}: now add it to storage.devices of the configuration (a restart resumes the \
+                     resilver), and take {old} out once the resilver finished"
                 );
             }
             return code;
+        }
+        Cmd::Detach { member, json } => {
+            return admin_print(&args.endpoint, &Request::Detach { member }, *json, args.timeout);
         }
         Cmd::Promote { json, force } => {
             return admin_print(&args.endpoint, &Request::Promote { force: *force }, *json, args.timeout);
@@ -355,6 +368,7 @@ fn run(c: &BlockingClient, cmd: &Cmd) -> Result<(), ClientError> {
         | Cmd::Health
         | Cmd::Scrub { .. }
         | Cmd::Replace { .. }
+        | Cmd::Detach { .. }
         | Cmd::Promote { .. }
         | Cmd::DiscardDiverged { .. }
         | Cmd::Demote { .. }

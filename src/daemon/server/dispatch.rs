@@ -111,6 +111,7 @@ pub(super) async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
         }
         Request::Scrub { action } => scrub_request(srv, conn, rid, action),
         Request::Replace { old, new, force } => replace_request(srv, conn, rid, old, new, force).await,
+        Request::Detach { member } => detach_request(srv, conn, rid, member).await,
         Request::SetMark { journal, lsn } => {
             let Some(jd) = srv.journal(journal) else {
                 return fail(&Error::UnknownJournal(journal.to_string()));

@@ -13,7 +13,10 @@ const CHUNK: usize = 1 << 20;
 /// The resilver's state, shared by its thread and the server loop.
 #[derive(Default)]
 pub(super) struct Resilvering {
-    running: AtomicBool,
+    /// (a thread runs, another member joined while it ran): the thread
+    /// looks again before it ends, so a member never waits for the next
+    /// start.
+    thread: parking_lot::Mutex<(bool, bool)>,
     stop: AtomicBool,
     progress: parking_lot::Mutex<ResilverRun>,
 }
@@ -22,7 +25,8 @@ pub(super) struct Resilvering {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ResilverRun {
     /// "" (none since the daemon started), running, finished, stopped
-    /// (the daemon stopping: it resumes at the next start) or failed.
+    /// (the daemon stopping: it resumes at the next start), cancelled
+    /// (the member was detached) or failed.
     pub state: &'static str,
     pub device: String,
     pub started_unix_ms: u64,
@@ -37,28 +41,44 @@ impl Resilvering {
     }
 
     pub(super) fn running(&self) -> bool {
-        self.running.load(Ordering::Acquire)
+        self.thread.lock().0
     }
 
-    /// Starts the resilver of the rebuilding member, if there is one and
-    /// none runs. Returns whether this call started one.
+    /// Starts the resilver of the rebuilding member, if there is one (a
+    /// thread running already takes it on). Returns whether there is one.
     pub(super) fn start(self: &Arc<Self>, log: Arc<MirrorLog>, rates: (u64, u64)) -> std::io::Result<bool> {
-        let Some(device) = log.status().mirrors.into_iter().find(|m| m.state == "rebuilding").map(|m| m.path) else {
-            return Ok(false);
-        };
-        if self.running.swap(true, Ordering::AcqRel) {
-            return Ok(false);
+        let Some(device) = rebuilding(&log) else { return Ok(false) };
+        let mut t = self.thread.lock();
+        if t.0 {
+            t.1 = true;
+            return Ok(true);
         }
         self.stop.store(false, Ordering::Release);
+        self.begin(device);
+        let me = self.clone();
+        std::thread::Builder::new().name("resilver".into()).spawn(move || me.thread_main(&log, rates))?;
+        t.0 = true;
+        Ok(true)
+    }
+
+    fn begin(&self, device: String) {
         *self.progress.lock() =
             ResilverRun { state: "running", device, started_unix_ms: unix_ms(), ..ResilverRun::default() };
-        let me = self.clone();
-        let spawned = std::thread::Builder::new().name("resilver".into()).spawn(move || me.run(&log, rates));
-        if let Err(e) = spawned {
-            self.running.store(false, Ordering::Release);
-            return Err(e);
+    }
+
+    fn thread_main(&self, log: &MirrorLog, rates: (u64, u64)) {
+        loop {
+            self.run(log, rates);
+            let mut t = self.thread.lock();
+            let next = rebuilding(log);
+            if !t.1 || self.stop.load(Ordering::Acquire) || next.is_none() {
+                t.0 = false;
+                return;
+            }
+            t.1 = false;
+            drop(t);
+            self.begin(next.unwrap_or_default());
         }
-        Ok(true)
     }
 
     /// Stops a running resilver where it is (persisted; the next start
@@ -84,7 +104,13 @@ impl Resilvering {
         run.finished_unix_ms = unix_ms();
         match res {
             Ok(Some(p)) => {
-                run.state = if p.stopped { "stopped" } else { "finished" };
+                run.state = if p.cancelled {
+                    "cancelled"
+                } else if p.stopped {
+                    "stopped"
+                } else {
+                    "finished"
+                };
                 run.p = p;
             }
             Ok(None) => run.state = "finished",
@@ -101,9 +127,12 @@ impl Resilvering {
             error = %run.error,
             "resilver ended"
         );
-        drop(run);
-        self.running.store(false, Ordering::Release);
     }
+}
+
+/// The device of the member being resilvered, if any.
+fn rebuilding(log: &MirrorLog) -> Option<String> {
+    log.status().mirrors.into_iter().find(|m| m.state == "rebuilding").map(|m| m.path)
 }
 
 impl ResilverRun {
@@ -142,7 +171,7 @@ pub(super) async fn replace_request(srv: &Rc<Srv>, conn: &Conn, rid: u64, old: &
                 old,
                 new,
                 slot = bay,
-                "mirror member replaced: put {new} in place of {old} in storage.devices of the configuration, so the next start finds it"
+                "mirror member replaced: add {new} to storage.devices of the configuration (a restart resumes its resilver), take {old} out once the resilver finished"
             );
             match srv.resilver.start(srv.log.clone(), (srv.cfg.resilver.rate, srv.cfg.resilver.busy_rate)) {
                 Ok(_) => Ok(()),
@@ -152,4 +181,16 @@ pub(super) async fn replace_request(srv: &Rc<Srv>, conn: &Conn, rid: u64, old: &
         Err(e) => Err((e.code(), e.to_string())),
     };
     role_change_answer(srv, conn, rid, Op::Replace, res);
+}
+
+/// Answers `Detach`: the member leaves the set (a resilver of it stops);
+/// then the status.
+pub(super) async fn detach_request(srv: &Rc<Srv>, conn: &Conn, rid: u64, member: &str) {
+    let log = srv.log.clone();
+    let who = member.to_string();
+    let res = match srv.blocking(move || log.detach(&who)).await {
+        Ok(()) => Ok(()),
+        Err(e) => Err((e.code(), e.to_string())),
+    };
+    role_change_answer(srv, conn, rid, Op::Detach, res);
 }
