@@ -489,10 +489,11 @@ impl MirrorLog {
         set.detach(i)
     }
 
-    /// Durable writes completed on all members since open (cheap: a
-    /// background task that yields to appends watches it move).
-    pub fn device_writes(&self) -> u64 {
-        self.shared.set.members().iter().map(|m| m.writes.load(Ordering::Relaxed)).sum()
+    /// Batches written over every journal since open: a background task
+    /// (scrub, resilver) that yields to appends watches it move. Its own
+    /// writes (repairs, copies, the superblock's progress) do not count.
+    pub fn batches_written(&self) -> u64 {
+        self.journals.lock().values().map(|j| j.counters().batches).sum()
     }
 
     /// Health, sizes and every journal's LSN range.

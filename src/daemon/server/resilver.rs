@@ -90,14 +90,14 @@ impl Resilvering {
     fn run(&self, log: &MirrorLog, (rate, busy_rate): (u64, u64)) {
         tracing::warn!(device = %self.progress.lock().device, rate, busy_rate, "resilver started");
         let t0 = std::time::Instant::now();
-        let mut pace = Pace::new(rate, busy_rate, log.device_writes());
+        let mut pace = Pace::new(rate, busy_rate, log.batches_written());
         let mut last = std::time::Instant::now();
         let res = log.resilver(CHUNK, |p| {
             if last.elapsed() >= std::time::Duration::from_millis(100) {
                 self.progress.lock().p = p.clone();
                 last = std::time::Instant::now();
             }
-            pace.wait(p.bytes_done, || log.device_writes());
+            pace.wait(p.bytes_done, || log.batches_written());
             !self.stop.load(Ordering::Acquire)
         });
         let mut run = self.progress.lock();

@@ -119,7 +119,7 @@ impl Scrubbing {
         }
         tracing::info!(journals = journals.len(), records = total, rate, busy_rate, "scrub started");
         let t0 = std::time::Instant::now();
-        let mut pace = Pace::new(rate, busy_rate, log.device_writes());
+        let mut pace = Pace::new(rate, busy_rate, log.batches_written());
         let (mut records, mut bytes) = (0u64, 0u64);
         for j in journals {
             if self.cancel.load(Ordering::Acquire) {
@@ -133,7 +133,7 @@ impl Scrubbing {
                     p.records_done = rec;
                     p.bytes_done = by;
                 }
-                pace.wait(by, || log.device_writes());
+                pace.wait(by, || log.batches_written());
                 !self.cancel.load(Ordering::Acquire)
             });
             let mut p = self.progress.lock();
@@ -199,28 +199,32 @@ impl Pace {
         Pace { rate, busy_rate, allowed: 0.0, last: now, writes, looked: now, busy: false }
     }
 
-    /// Sleeps while `done` bytes run ahead of the rate.
+    /// Sleeps while `done` bytes run ahead of the rate (in sleeps of at
+    /// most `MAX_WAIT`, looking again whether the node writes between).
     pub(super) fn wait(&mut self, done: u64, writes: impl Fn() -> u64) {
-        let now = std::time::Instant::now();
-        if now - self.looked >= Self::LOOK {
-            let w = writes();
-            self.busy = w != self.writes;
-            (self.writes, self.looked) = (w, now);
-        }
-        // Busy: the lower of the two (0 is unpaced, the highest).
-        let rate = match (self.busy, self.rate, self.busy_rate) {
-            (true, 0, b) => b,
-            (true, r, b) if b > 0 => r.min(b),
-            (_, r, _) => r,
-        };
-        if rate == 0 {
-            return;
-        }
-        let rate = rate as f64;
-        let done = done as f64;
-        self.allowed = (self.allowed + (now - self.last).as_secs_f64() * rate).min(done + rate * Self::MAX_WAIT);
-        self.last = now;
-        if done > self.allowed {
+        loop {
+            let now = std::time::Instant::now();
+            if now - self.looked >= Self::LOOK {
+                let w = writes();
+                self.busy = w != self.writes;
+                (self.writes, self.looked) = (w, now);
+            }
+            // Busy: the lower of the two (0 is unpaced, the highest).
+            let rate = match (self.busy, self.rate, self.busy_rate) {
+                (true, 0, b) => b,
+                (true, r, b) if b > 0 => r.min(b),
+                (_, r, _) => r,
+            };
+            if rate == 0 {
+                return;
+            }
+            let rate = rate as f64;
+            let done = done as f64;
+            self.allowed = (self.allowed + (now - self.last).as_secs_f64() * rate).min(done + rate * Self::MAX_WAIT);
+            self.last = now;
+            if done <= self.allowed {
+                return;
+            }
             std::thread::sleep(std::time::Duration::from_secs_f64(((done - self.allowed) / rate).min(Self::MAX_WAIT)));
         }
     }
