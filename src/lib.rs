@@ -481,6 +481,13 @@ impl MirrorLog {
         set.replace(i, new, force)
     }
 
+    /// Re-adds the device at `path`, a failed member of the set, resilvering
+    /// only the segments it does not provably hold whole
+    /// (`MirrorSet::re_add`). Returns its new slot.
+    pub fn re_add(&self, path: &std::path::Path) -> Result<usize> {
+        self.shared.set.re_add(path)
+    }
+
     /// Takes a failed or rebuilding member out of the set, by its device
     /// path or UUID (`MirrorSet::detach`).
     pub fn detach(&self, who: &str) -> Result<()> {

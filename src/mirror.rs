@@ -249,7 +249,15 @@ pub struct MirrorSet {
     retired: Mutex<Vec<Opened>>,
     /// Held while the members change (replace, resilvered, removed).
     membership: Mutex<()>,
+    /// A re-added member's bay and the header CRC of each slot on its
+    /// device when it joined (`re_add`; in memory: a restart's resilver
+    /// copies every segment).
+    rebuild_hint: Mutex<Option<(usize, HeaderCrcs)>>,
 }
+
+/// The header CRC found in each segment slot of a device (`None`: no
+/// valid header of this set).
+type HeaderCrcs = Arc<Vec<Option<u32>>>;
 
 fn random16() -> [u8; 16] {
     let mut b = [0u8; 16];
@@ -417,6 +425,7 @@ impl MirrorSet {
             absent: Vec::new(),
             retired: Mutex::new(Vec::new()),
             membership: Mutex::new(()),
+            rebuild_hint: Mutex::new(None),
         };
         // Zero both superblock copies and the header block of every slot, so
         // nothing from an earlier format can be mistaken for ours.
@@ -571,6 +580,7 @@ impl MirrorSet {
             absent,
             retired: Mutex::new(Vec::new()),
             membership: Mutex::new(()),
+            rebuild_hint: Mutex::new(None),
         };
         // Write both copies, so a copy torn before this open is replaced.
         set.update_superblock(|_| Ok(()))?;
@@ -900,32 +910,14 @@ impl MirrorSet {
     /// Returns the new member's index.
     pub fn replace(&self, old: usize, path: &Path, force: bool) -> Result<usize> {
         let _changing = self.membership.lock();
-        let Some(old_m) = self.members.get(old).filter(|m| m.is_present()) else {
-            return Err(Error::Config(format!("no member {old}")));
-        };
-        if let Some(r) = self.rebuilding().filter(|&r| r != old) {
-            return Err(Error::Config(format!(
-                "{} is being resilvered: one replacement at a time",
-                self.members[r].path().display()
-            )));
-        }
+        self.check_replacing(old)?;
         if self.members.iter().any(|m| m.is_present() && m.path() == path) {
             return Err(Error::Config(format!("{} is a member of the set already", path.display())));
         }
         let d = self.storage.open(path, self.sync).map_err(|e| Error::Device(path.to_path_buf(), e))?;
         // Closed on any refusal below; the bay owns it once it joins.
-        let mut closing = Opening { storage: self.storage.clone(), devs: vec![d.clone()] };
-        let device_size = self.sb.lock().device_size;
-        if self.block_size % d.logical_block != 0 || d.size < device_size {
-            return Err(Error::Config(format!(
-                "{}: {} bytes with logical block {}; the set needs {} bytes and a block dividing {}",
-                path.display(),
-                d.size,
-                d.logical_block,
-                device_size,
-                self.block_size
-            )));
-        }
+        let closing = Opening { storage: self.storage.clone(), devs: vec![d.clone()] };
+        self.check_device(&d)?;
         if let Ok(other) = read_best_superblock(&*self.storage, &d) {
             if other.set_uuid != self.set_uuid && !force {
                 return Err(Error::Config(format!(
@@ -936,11 +928,148 @@ impl MirrorSet {
                 )));
             }
         }
+        *self.rebuild_hint.lock() = None;
+        self.join(old, d, closing)
+    }
+
+    /// Re-adds a failed member's device (`mirrorlog re-add`, md's
+    /// `--re-add`): it joins rebuilding like a replacement of itself, and
+    /// the resilver skips each segment the device provably holds whole
+    /// (`rebuild_hint`): the same segment header (its CRC covers a nonce
+    /// drawn for each use of a slot) and the header of the journal's next
+    /// segment, which is written only after every batch of the one before
+    /// completed on every member then writable. Trusted only when the
+    /// device's own superblock shows it healthy when it stopped being
+    /// written (a member that failed while rebuilding holds gaps).
+    /// Refused: a device that is not a failed member of this set.
+    pub fn re_add(&self, path: &Path) -> Result<usize> {
+        let _changing = self.membership.lock();
+        let held = self.members.iter().position(|m| m.is_present() && m.path() == path);
+        let (d, closing) = match held {
+            Some(i) if self.members[i].is_writable() => {
+                return Err(Error::Config(format!("{} is a {} member: nothing to re-add", path.display(), {
+                    if self.members[i].is_healthy() {
+                        "healthy"
+                    } else {
+                        "rebuilding"
+                    }
+                })));
+            }
+            // The failed member's own device, open since the start.
+            Some(i) => match self.members[i].ident.lock().opened.clone() {
+                Some(d) => (d, None),
+                None => return Err(Error::Config(format!("{}: the member has no device", path.display()))),
+            },
+            None => {
+                let d = self.storage.open(path, self.sync).map_err(|e| Error::Device(path.to_path_buf(), e))?;
+                (d.clone(), Some(Opening { storage: self.storage.clone(), devs: vec![d] }))
+            }
+        };
+        let theirs = read_best_superblock(&*self.storage, &d).ok().filter(|sb| sb.set_uuid == self.set_uuid);
+        let Some(theirs) = theirs else {
+            return Err(Error::Config(format!("{} holds no superblock of this set: replace with it", path.display())));
+        };
+        let Some(old) =
+            self.members.iter().position(|m| m.is_present() && !m.is_writable() && m.uuid() == theirs.member_uuid)
+        else {
+            return Err(Error::Config(format!(
+                "{} was member {}, which is not a failed member of the set now: replace with it",
+                path.display(),
+                hex_id(&theirs.member_uuid)
+            )));
+        };
+        if held.is_some_and(|i| i != old) {
+            return Err(Error::Config(format!("{} names another member than the one it is", path.display())));
+        }
+        self.check_replacing(old)?;
+        self.check_device(&d)?;
+        let trusted = theirs.members.iter().any(|m| m.uuid == theirs.member_uuid && m.health == Health::Healthy);
+        let headers = if trusted { self.header_crcs(&d) } else { vec![None; self.slot_count as usize] };
+        // The device moves from the failed member's bay to the new one.
+        if held.is_some() {
+            self.members[old].ident.lock().opened = None;
+        }
+        let closing = closing.unwrap_or(Opening { storage: self.storage.clone(), devs: Vec::new() });
+        let bay = self.join(old, d, closing)?;
+        *self.rebuild_hint.lock() = Some((bay, Arc::new(headers)));
+        Ok(bay)
+    }
+
+    /// For the resilver of member `bay`: the header CRC found on each slot
+    /// of its device when it was re-added (`re_add`).
+    pub(crate) fn rebuild_hint(&self, bay: usize) -> Option<HeaderCrcs> {
+        self.rebuild_hint.lock().as_ref().filter(|(b, _)| *b == bay).map(|(_, h)| h.clone())
+    }
+
+    /// The header CRC of each slot of device `d` (`None`: no valid header
+    /// of this set).
+    fn header_crcs(&self, d: &Opened) -> Vec<Option<u32>> {
+        let bs = self.block_size as usize;
+        let mut out = Vec::with_capacity(self.slot_count as usize);
+        let mut buf = AlignedBuf::new(32 * bs, bs);
+        let mut res = [0i32; 32];
+        for first in (0..self.slot_count).step_by(32) {
+            let n = (self.slot_count - first).min(32) as usize;
+            let ops: Vec<Op> = buf.as_mut_slice()[..n * bs]
+                .chunks_mut(bs)
+                .enumerate()
+                .map(|(k, b)| Op::read(d.id, crate::format::slot_offset(first + k as u64, self.segment_size), b))
+                .collect();
+            let ran = self.storage.run(&ops, &mut res[..n]).is_ok();
+            drop(ops);
+            for (b, &r) in buf.as_slice()[..n * bs].chunks(bs).zip(&res[..n]) {
+                let crc = (ran && check_full(r, bs).is_ok())
+                    .then(|| crate::format::SegmentHeader::decode(b).ok())
+                    .flatten()
+                    .filter(|(h, _)| h.set_uuid == self.set_uuid)
+                    .map(|(_, crc)| crc);
+                out.push(crc);
+            }
+        }
+        out
+    }
+
+    /// Member `old` may be replaced now (one replacement at a time).
+    fn check_replacing(&self, old: usize) -> Result<()> {
+        if !self.members.get(old).is_some_and(|m| m.is_present()) {
+            return Err(Error::Config(format!("no member {old}")));
+        }
+        if let Some(r) = self.rebuilding().filter(|&r| r != old) {
+            return Err(Error::Config(format!(
+                "{} is being resilvered: one replacement at a time",
+                self.members[r].path().display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A device may hold this set: large enough, its block dividing ours.
+    fn check_device(&self, d: &Opened) -> Result<()> {
+        let device_size = self.sb.lock().device_size;
+        if self.block_size % d.logical_block != 0 || d.size < device_size {
+            return Err(Error::Config(format!(
+                "{}: {} bytes with logical block {}; the set needs {} bytes and a block dividing {}",
+                d.path.display(),
+                d.size,
+                d.logical_block,
+                device_size,
+                self.block_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Device `d` joins as a rebuilding member in place of `old` (which
+    /// leaves now if it is not healthy): its superblock copies zeroed, a
+    /// bay, the superblocks written. `closing` closes `d` on a refusal.
+    fn join(&self, old: usize, d: Opened, mut closing: Opening) -> Result<usize> {
+        let path = d.path.clone();
         // Nothing of an earlier life of the device may be taken for ours.
         let zero = AlignedBuf::new(2 * SUPERBLOCK_REGION as usize, self.block_size as usize);
         let mut res = [0i32];
         self.storage.run(&[Op::write(d.id, 0, zero.as_slice(), self.dsync())], &mut res).map_err(Error::Io)?;
-        check_full(res[0], zero.as_slice().len()).map_err(|e| Error::Device(path.to_path_buf(), e))?;
+        check_full(res[0], zero.as_slice().len()).map_err(|e| Error::Device(path.clone(), e))?;
+        let old_m = &self.members[old];
         let replaces = if old_m.is_healthy() {
             Some(old as u16)
         } else {
@@ -956,7 +1085,7 @@ impl MirrorSet {
             .or_else(|| self.members.iter().position(|m| !m.is_present()))
             .ok_or_else(|| Error::Config(format!("the set has {MAX_MEMBERS} members already")))?;
         closing.devs.clear();
-        self.members[bay].fill(path.to_path_buf(), random16(), Some(d), Health::Rebuilding { next_slot: 0, replaces });
+        self.members[bay].fill(path.clone(), random16(), Some(d), Health::Rebuilding { next_slot: 0, replaces });
         tracing::warn!(device = %path.display(), replaces = %old_m.path().display(), "new mirror member: resilvering");
         self.update_superblock(|_| Ok(()))?;
         Ok(bay)
@@ -979,6 +1108,7 @@ impl MirrorSet {
         }
         tracing::warn!(device = %m.path().display(), "mirror member detached");
         self.leave(i);
+        *self.rebuild_hint.lock() = None;
         self.update_superblock(|_| Ok(()))
     }
 
@@ -1014,6 +1144,7 @@ impl MirrorSet {
         }
         m.next_slot.store(0, Ordering::Release);
         m.replaces.store(0, Ordering::Release);
+        *self.rebuild_hint.lock() = None;
         if let Some(r) = (replaces as usize).checked_sub(1) {
             if self.members.get(r).is_some_and(|o| o.is_present()) {
                 tracing::warn!(device = %self.members[r].path().display(), "replaced mirror member leaves the set");
@@ -1038,6 +1169,45 @@ impl MirrorSet {
         self.fail_member_in_memory(i);
         self.update_superblock(|_| Ok(()))?;
         Err(Error::Io(io::Error::other(format!("{}: write failed; the resilver stops", m.path().display()))))
+    }
+
+    /// A resilver's step: writes `wbuf` at `woff` to rebuilding member
+    /// `bay` (as `write_member`: a failure fails it) and reads `rbuf` at
+    /// `roff` from healthy member `src`, in one submission. Whether the
+    /// read got every byte.
+    pub(crate) fn copy_step(
+        &self,
+        bay: usize,
+        woff: u64,
+        wbuf: &[u8],
+        src: usize,
+        roff: u64,
+        rbuf: &mut [u8],
+    ) -> Result<bool> {
+        let m = &self.members[bay];
+        let (Some(wdev), Some(rdev)) = (m.dev().filter(|_| m.is_rebuilding()), self.members[src].dev()) else {
+            // Not rebuilding (or no source device): the plain write says why.
+            self.write_member(bay, woff, wbuf)?;
+            return Ok(false);
+        };
+        let rlen = rbuf.len();
+        let ops = [Op::write(wdev, woff, wbuf, self.dsync()), Op::read(rdev, roff, rbuf)];
+        let mut res = [0i32; 2];
+        let t0 = std::time::Instant::now();
+        self.storage.run(&ops, &mut res).map_err(Error::Io)?;
+        if !self.write_done(bay, woff, res[0], wbuf.len(), t0.elapsed().as_nanos() as u64) {
+            self.fail_member_in_memory(bay);
+            self.update_superblock(|_| Ok(()))?;
+            return Err(Error::Io(io::Error::other(format!(
+                "{}: write failed; the resilver stops",
+                m.path().display()
+            ))));
+        }
+        let read = check_full(res[1], rlen).is_ok();
+        if !read {
+            MemberErrors::count(&self.members[src].errors.read);
+        }
+        Ok(read)
     }
 
     /// Indexes of the healthy members, in slot order.

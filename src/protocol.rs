@@ -403,12 +403,15 @@ pub enum Request<'a> {
     },
     /// Replaces mirror member `old` (its device path or UUID) by the
     /// device at `new`, which is resilvered in the background; `force`:
-    /// even if `new` holds another set's superblock. Answered with
-    /// `Status` (its `resilver` part).
+    /// even if `new` holds another set's superblock. `re_add`: `new` is a
+    /// failed member's device, brought back: only what it missed is
+    /// copied (`old` is ignored). Answered with `Status` (its `resilver`
+    /// part).
     Replace {
         old: &'a str,
         new: &'a str,
         force: bool,
+        re_add: bool,
     },
     /// Takes mirror member `member` (its device path or UUID), failed or
     /// being resilvered (cancelling that), out of the set. Answered with
@@ -547,8 +550,8 @@ impl<'a> Request<'a> {
             | Request::Detach { member: journal } => put_str(b, journal),
             Request::ListJournals | Request::Status | Request::DiscardDiverged => {}
             Request::Scrub { action } => b.push(*action as u8),
-            Request::Replace { old, new, force } => {
-                b.push(*force as u8);
+            Request::Replace { old, new, force, re_add } => {
+                b.push(*force as u8 | (*re_add as u8) << 1);
                 put_str(b, old);
                 put_str(b, new);
             }
@@ -615,12 +618,11 @@ impl<'a> Request<'a> {
                 },
             },
             Op::Replace => {
-                let force = match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => return Err(ProtoError::Malformed("replace flags")),
-                };
-                Request::Replace { force, old: r.str()?, new: r.str()? }
+                let flags = r.u8()?;
+                if flags > 3 {
+                    return Err(ProtoError::Malformed("replace flags"));
+                }
+                Request::Replace { force: flags & 1 != 0, re_add: flags & 2 != 0, old: r.str()?, new: r.str()? }
             }
             Op::Detach => Request::Detach { member: r.str()? },
             Op::Records | Op::Error => return Err(ProtoError::UnknownOpcode(frame.opcode)),
@@ -769,8 +771,9 @@ mod tests {
             Request::Scrub { action: ScrubAction::Start },
             Request::Scrub { action: ScrubAction::Status },
             Request::Scrub { action: ScrubAction::Cancel },
-            Request::Replace { old: "/dev/sdb", new: "/dev/sdc", force: false },
-            Request::Replace { old: "0123abcd", new: "/tmp/x.dev", force: true },
+            Request::Replace { old: "/dev/sdb", new: "/dev/sdc", force: false, re_add: false },
+            Request::Replace { old: "0123abcd", new: "/tmp/x.dev", force: true, re_add: false },
+            Request::Replace { old: "/dev/sdb", new: "/dev/sdb", force: false, re_add: true },
             Request::Detach { member: "/dev/sdc" },
             Request::Demote { sync: true, timeout_ms: 5000 },
         ];

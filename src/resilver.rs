@@ -57,6 +57,8 @@ pub struct ResilverProgress {
     pub stopped: bool,
     /// The member was detached meanwhile (`mirrorlog detach`).
     pub cancelled: bool,
+    /// Segments a re-added member held whole, not copied.
+    pub slots_skipped: u64,
 }
 
 /// How long records placed before the snapshot may take to become
@@ -128,10 +130,12 @@ impl MirrorLog {
         let mut next = start;
         let mut last_persist = Instant::now();
         let mut buf = AlignedBuf::new(chunk, bs);
+        let hint = set.rebuild_hint(bay);
+        let hint = hint.as_deref().map(Vec::as_slice);
         'pass: loop {
             let snaps = self.snapshot()?;
             while let Some(&s) = redo.first() {
-                let end = match self.resilver_slot(bay, s, &snaps, chunk, &mut buf, &mut p, &mut go_on) {
+                let end = match self.resilver_slot(bay, s, &snaps, hint, chunk, &mut buf, &mut p, &mut go_on) {
                     Err(_) if !set.members()[bay].is_present() => return Ok(Some(cancelled(p))),
                     r => r?,
                 };
@@ -144,7 +148,7 @@ impl MirrorLog {
                 p.slots_done += 1;
             }
             while next < set.slot_count {
-                let end = match self.resilver_slot(bay, next, &snaps, chunk, &mut buf, &mut p, &mut go_on) {
+                let end = match self.resilver_slot(bay, next, &snaps, hint, chunk, &mut buf, &mut p, &mut go_on) {
                     Err(_) if !set.members()[bay].is_present() => return Ok(Some(cancelled(p))),
                     r => r?,
                 };
@@ -165,7 +169,6 @@ impl MirrorLog {
             }
             break;
         }
-        p.bytes_done = p.bytes_done.max(p.bytes_total);
         set.finish_rebuild(bay)?;
         Ok(Some(p))
     }
@@ -257,6 +260,7 @@ impl MirrorLog {
         bay: usize,
         s: u64,
         snaps: &[Snap],
+        hint: Option<&[Option<u32>]>,
         chunk: usize,
         buf: &mut AlignedBuf,
         p: &mut ResilverProgress,
@@ -290,6 +294,16 @@ impl MirrorLog {
             if g.first_lsn >= end_lsn {
                 // Begun after the snapshot: every byte of it reached the member.
                 return Ok(SegEnd::Done);
+            }
+            // A re-added member holds it whole: its header, and the next
+            // segment's, which began only once this one was complete.
+            let on_member = |slot: u64| hint.and_then(|h| h.get(slot as usize).copied().flatten());
+            if let Some(n) = st.segs.get(i + 1) {
+                if on_member(s) == Some(g.header_crc) && on_member(n.slot) == Some(n.header_crc) {
+                    p.slots_skipped += 1;
+                    p.bytes_total = p.bytes_total.saturating_sub(g.end_off);
+                    return Ok(SegEnd::Done);
+                }
             }
             let Some(pin) = shared.pin(s, owner) else { return Ok(SegEnd::Done) };
             let seg = SegCopy {
@@ -327,15 +341,25 @@ impl MirrorLog {
         let mut at = 0usize;
         let mut need = 0usize;
         let mut prefer = set.healthy_indexes().next().ok_or(Error::NoHealthyMirror)?;
+        // Bytes to read from `at` for a chain at `pos` (`need`: the length
+        // of a record that ran past the last read).
+        let want_at = |at: usize, pos: ChainPos, need: usize| {
+            let want = align_up((pos.off - at + need.max(chunk)) as u64, bs as u64) as usize;
+            want.min((seg.bound as usize).saturating_sub(at))
+        };
+        // The next chunk, read from `prefer` along with the last write
+        // (`prefetched`: `buf` holds it).
+        let mut next = AlignedBuf::new(buf.capacity(), bs);
+        let mut prefetched = false;
         while pos.lsn < seg.end_lsn {
             let in_buf = pos.off - at;
-            let want = align_up((in_buf + need.max(chunk)) as u64, bs as u64) as usize;
-            let want = want.min((seg.bound as usize).saturating_sub(at));
+            let want = want_at(at, pos, need);
             if want <= in_buf {
                 return Err(self.unreadable(inner, seg, pos.lsn));
             }
             if buf.capacity() < want {
                 *buf = AlignedBuf::new(want, bs);
+                prefetched = false;
             }
             // The preferred member first, then the others while a copy
             // breaks the chain before the end (a bad copy: counted; a read
@@ -344,7 +368,8 @@ impl MirrorLog {
                 std::iter::once(prefer).chain(set.healthy_indexes().filter(|&m| m != prefer)).collect();
             let mut got = None;
             for m in order {
-                if set.read_member(m, base + at as u64, &mut buf.as_mut_slice()[..want]).is_err() {
+                let have = std::mem::take(&mut prefetched) && m == prefer;
+                if !have && set.read_member(m, base + at as u64, &mut buf.as_mut_slice()[..want]).is_err() {
                     continue;
                 }
                 let b = &buf.as_slice()[..want];
@@ -374,13 +399,26 @@ impl MirrorLog {
             // Whole verified blocks only: the rest is read again (or, past
             // the end, was written to the member by the batch holding it).
             let verified = q.off & !(bs - 1);
+            let (new_at, new_pos) = (at + verified, ChainPos { off: at + q.off, ..q });
             if verified > 0 {
                 let Some(_held) = inner.cut_gate.hold(seg.cuts) else { return Ok(SegEnd::Cut) };
-                set.write_member(bay, base + at as u64, &buf.as_slice()[..verified])?;
+                let woff = base + at as u64;
+                let wbuf = &buf.as_slice()[..verified];
+                let next_want = want_at(new_at, new_pos, 0);
+                if new_pos.lsn < seg.end_lsn && next_want > new_pos.off - new_at && next.capacity() >= next_want {
+                    // Read the next chunk while this one is written.
+                    let rbuf = &mut next.as_mut_slice()[..next_want];
+                    prefetched = set.copy_step(bay, woff, wbuf, m, base + new_at as u64, rbuf)?;
+                    if prefetched {
+                        std::mem::swap(buf, &mut next);
+                    }
+                } else {
+                    set.write_member(bay, woff, wbuf)?;
+                }
                 p.bytes_done += verified as u64;
             }
-            pos = ChainPos { off: at + q.off, ..q };
-            at += verified;
+            pos = new_pos;
+            at = new_at;
             need = 0;
             if !go_on(p) {
                 return Ok(SegEnd::Stopped);

@@ -414,3 +414,36 @@ fn detaching_a_rebuilding_member_cancels_its_resilver_and_a_healthy_one_is_refus
     let alone = open_alone(&cfg, &second);
     expect_all(&alone, "b", 2, 210);
 }
+
+#[test]
+fn a_re_added_member_copies_only_the_segments_it_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (devs, cfg, _fault, log) = degraded_set(dir.path());
+    // Records the failed member misses: the tail of "a" and some of "b"
+    // (a few segments' worth against the many it holds).
+    append_n(&log, "b", 2, 10);
+    let held: u64 = log.journals().iter().map(|j| j.info().bytes).sum();
+    // Not a failed member: refused.
+    let e = log.re_add(&devs[0]).unwrap_err();
+    assert!(e.to_string().contains("healthy member"), "{e}");
+    let blank = new_device(dir.path(), "blank.dev", 16 << 20);
+    let e = log.re_add(&blank).unwrap_err();
+    assert!(e.to_string().contains("holds no superblock of this set"), "{e}");
+
+    log.re_add(&devs[1]).unwrap();
+    let p = log.resilver(64 << 10, |_| true).unwrap().unwrap();
+    assert!(p.slots_skipped >= 5, "{p:?}");
+    // What it missed is in each journal's last two segments at most.
+    let seg = log.geometry().1;
+    assert!(p.bytes_done <= 4 * seg, "copied {} bytes: {p:?}", p.bytes_done);
+    assert!(p.bytes_done * 3 < held, "copied {} of the {held} bytes the journals hold: {p:?}", p.bytes_done);
+    let st = log.status();
+    assert!(st.mirrors.iter().all(|m| m.healthy) && st.mirrors.len() == 2, "{:?}", st.mirrors);
+    let (last_a, last_b) = (log.journal("a").unwrap().next_lsn() - 1, log.journal("b").unwrap().next_lsn() - 1);
+    drop(log);
+    let report = verify(&devs, &VerifyOptions::default()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let alone = open_alone(&cfg, &devs[1]);
+    expect_all(&alone, "a", 1, last_a);
+    expect_all(&alone, "b", 2, last_b);
+}

@@ -121,6 +121,16 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Bring a failed member's device back into the mirror set of the node
+    /// at --endpoint (md's `--re-add`), after a transient failure: it is
+    /// resilvered like a replacement, but only the segments it does not
+    /// provably hold whole are copied (what was written since it failed).
+    ReAdd {
+        /// The failed member's device.
+        device: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Take a failed member, or one being resilvered (which cancels its
     /// resilver), out of the mirror set of the node at --endpoint
     /// (`zpool detach`). A healthy member is refused: replace it.
@@ -247,8 +257,12 @@ fn main() -> ExitCode {
         Cmd::Status { json } => return admin_status(&args.endpoint, *json, args.timeout),
         Cmd::Health => return admin_health(&args.endpoint, args.timeout),
         Cmd::Scrub { action, json } => return admin_scrub(&args.endpoint, action, *json, args.timeout),
+        Cmd::ReAdd { device, json } => {
+            let req = Request::Replace { old: device, new: device, force: false, re_add: true };
+            return admin_print(&args.endpoint, &req, *json, args.timeout);
+        }
         Cmd::Replace { old, new, force, json } => {
-            let req = Request::Replace { old, new, force: *force };
+            let req = Request::Replace { old, new, force: *force, re_add: false };
             let code = admin_print(&args.endpoint, &req, *json, args.timeout);
             if code == ExitCode::SUCCESS && !*json {
                 println!(
@@ -369,6 +383,7 @@ fn run(c: &BlockingClient, cmd: &Cmd) -> Result<(), ClientError> {
         | Cmd::Scrub { .. }
         | Cmd::Replace { .. }
         | Cmd::Detach { .. }
+        | Cmd::ReAdd { .. }
         | Cmd::Promote { .. }
         | Cmd::DiscardDiverged { .. }
         | Cmd::Demote { .. }

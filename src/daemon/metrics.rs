@@ -268,9 +268,28 @@ pub fn render(m: &Metrics, status: &Status, counters: &[(String, JournalCounters
         }
     }
 
-    h(&mut o, "mirrorlog_mirror_healthy", "gauge", "1 if the mirror takes writes, 0 if it failed.");
+    h(
+        &mut o,
+        "mirrorlog_mirror_healthy",
+        "gauge",
+        "1 if the mirror holds every acknowledged record (read from, counted for durability), 0 if it failed or is being resilvered.",
+    );
     for mi in &status.mirrors {
         let _ = writeln!(o, "mirrorlog_mirror_healthy{{device=\"{}\"}} {}", esc(&mi.path), mi.healthy as u8);
+    }
+    h(
+        &mut o,
+        "mirrorlog_mirror_rebuilding",
+        "gauge",
+        "1 while the mirror is being resilvered (it takes writes, is not read).",
+    );
+    for mi in &status.mirrors {
+        let _ = writeln!(
+            o,
+            "mirrorlog_mirror_rebuilding{{device=\"{}\"}} {}",
+            esc(&mi.path),
+            (mi.state == "rebuilding") as u8
+        );
     }
     h(
         &mut o,

@@ -110,7 +110,7 @@ pub(super) async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
             role_change_answer(srv, conn, rid, Op::DiscardDiverged, res);
         }
         Request::Scrub { action } => scrub_request(srv, conn, rid, action),
-        Request::Replace { old, new, force } => replace_request(srv, conn, rid, old, new, force).await,
+        Request::Replace { old, new, force, re_add } => replace_request(srv, conn, rid, old, new, force, re_add).await,
         Request::Detach { member } => detach_request(srv, conn, rid, member).await,
         Request::SetMark { journal, lsn } => {
             let Some(jd) = srv.journal(journal) else {

@@ -97,7 +97,7 @@ impl Resilvering {
                 self.progress.lock().p = p.clone();
                 last = std::time::Instant::now();
             }
-            pace.wait(p.bytes_done, || log.batches_written());
+            pace.wait(p.bytes_done, || log.batches_written(), &self.stop);
             !self.stop.load(Ordering::Acquire)
         });
         let mut run = self.progress.lock();
@@ -160,12 +160,21 @@ impl ResilverRun {
     }
 }
 
-/// Answers `Replace`: the new device joins (rebuilding) and its resilver
-/// starts; then the status.
-pub(super) async fn replace_request(srv: &Rc<Srv>, conn: &Conn, rid: u64, old: &str, new: &str, force: bool) {
+/// Answers `Replace`: the new (or re-added) device joins, rebuilding, and
+/// its resilver starts; then the status.
+pub(super) async fn replace_request(
+    srv: &Rc<Srv>,
+    conn: &Conn,
+    rid: u64,
+    old: &str,
+    new: &str,
+    force: bool,
+    re_add: bool,
+) {
     let log = srv.log.clone();
     let (old_s, new_p) = (old.to_string(), std::path::PathBuf::from(new));
-    let res = match srv.blocking(move || log.replace(&old_s, &new_p, force)).await {
+    let joined = srv.blocking(move || if re_add { log.re_add(&new_p) } else { log.replace(&old_s, &new_p, force) });
+    let res = match joined.await {
         Ok(bay) => {
             tracing::warn!(
                 old,

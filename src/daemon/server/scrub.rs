@@ -133,7 +133,7 @@ impl Scrubbing {
                     p.records_done = rec;
                     p.bytes_done = by;
                 }
-                pace.wait(by, || log.batches_written());
+                pace.wait(by, || log.batches_written(), &self.cancel);
                 !self.cancel.load(Ordering::Acquire)
             });
             let mut p = self.progress.lock();
@@ -200,9 +200,10 @@ impl Pace {
     }
 
     /// Sleeps while `done` bytes run ahead of the rate (in sleeps of at
-    /// most `MAX_WAIT`, looking again whether the node writes between).
-    pub(super) fn wait(&mut self, done: u64, writes: impl Fn() -> u64) {
-        loop {
+    /// most `MAX_WAIT`, looking again whether the node writes between),
+    /// or until `quit` is set.
+    pub(super) fn wait(&mut self, done: u64, writes: impl Fn() -> u64, quit: &AtomicBool) {
+        while !quit.load(Ordering::Acquire) {
             let now = std::time::Instant::now();
             if now - self.looked >= Self::LOOK {
                 let w = writes();
