@@ -753,7 +753,9 @@ fn a_tail_held_in_pieces_by_different_mirrors_is_assembled() {
 /// device backed by a file on an 8 MiB tmpfs: writes past it fail with a
 /// real EIO) fails; no append fails, every acknowledged record reads back,
 /// the failure is visible (WRITE count, `health` exits 3), and the next
-/// start leaves the member out without asking.
+/// start leaves the member out without asking. Then the runbook: replaced
+/// by a new loop device under the same load, resilvered, healthy, the
+/// members identical offline.
 #[test]
 fn a_member_whose_disk_fills_under_load_fails_and_no_append_is_lost() {
     let _loops = LOOPS.lock().unwrap_or_else(|e| e.into_inner());
@@ -830,7 +832,59 @@ fn a_member_whose_disk_fills_under_load_fails_and_no_append_is_lost() {
     d.restart();
     assert_eq!(d.status()["mirrors"][0]["healthy"], false);
     check(&d);
+
+    // The runbook: the dead disk is replaced by a new (blank) block device
+    // under the same 64-connection load; resilvered, the set is healthy,
+    // and offline the members are identical.
+    let new_file = dir.path().join("new.dev");
+    mirrorlog::io::create_device_file(&new_file, 64 << 20).unwrap();
+    let new_lo = attach_loop(&new_file).expect("a second loop device");
+    let cli = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_mirrorlog"))
+            .args(["--endpoint", &addr])
+            .args(args)
+            .output()
+            .unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr))
+    };
+    let (code, out) = cli(&["replace", "--old", &lo.0, "--new", &new_lo.0]);
+    assert_eq!(code, Some(0), "{out}");
+    let more: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..64u64)
+            .map(|t| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    let c = BlockingClient::connect(ClientConfig::new([addr])).unwrap();
+                    (0..48u64)
+                        .map(|i| {
+                            let p = payload(100_000 + t * 1000 + i, 4096);
+                            let lsn = c.append("default", &p).expect("no append fails during a resilver");
+                            (lsn, p)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let t0 = std::time::Instant::now();
+    while d.status()["resilver"]["state"] != "finished" {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60), "{}", d.status());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (code, out) = cli(&["health"]);
+    assert_eq!(code, Some(0), "healthy again: {out}");
+    check(&d);
+    let c = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).unwrap();
+    for (lsn, p) in more.iter().flatten() {
+        let (recs, _) = c.read("default", *lsn, 1, 8192).unwrap();
+        assert_eq!(&recs[0].payload, p, "lsn {lsn}");
+    }
+    drop(c);
     assert!(d.term().success());
+    let m1 = dir.path().join("m1.dev");
+    let report = mirrorlog::verify::verify(&[PathBuf::from(&new_lo.0), m1], &Default::default()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
 }
 
 /// Issue 14 on real block devices: a loop device detached while the set is
