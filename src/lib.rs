@@ -48,6 +48,7 @@ pub mod replication;
 pub mod resilver;
 pub mod ship;
 pub mod shipment;
+pub mod sites;
 mod sockread;
 pub mod storage;
 pub mod verify;

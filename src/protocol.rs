@@ -59,6 +59,8 @@ pub enum Op {
     Replace = 0x10,
     /// Take a failed or rebuilding member out of the set.
     Detach = 0x11,
+    /// Cross-site scrub: a JSON request (digests, a verified stretch, a repair).
+    Sites = 0x12,
     /// Server push: records of a subscription.
     Records = 0x7E,
     /// Server: a request failed.
@@ -88,6 +90,7 @@ impl Op {
             0x0F => Op::Scrub,
             0x10 => Op::Replace,
             0x11 => Op::Detach,
+            0x12 => Op::Sites,
             0x7E => Op::Records,
             0x7F => Op::Error,
             _ => return None,
@@ -419,6 +422,12 @@ pub enum Request<'a> {
     Detach {
         member: &'a str,
     },
+    /// Cross-site scrub (`mirrorlog scrub-sites`): `request` is a JSON
+    /// object (`sites::SitesRequest`); answered with `Status` holding the
+    /// JSON answer.
+    Sites {
+        request: &'a str,
+    },
 }
 
 /// What a `Scrub` request asks (its one body byte).
@@ -497,6 +506,7 @@ impl<'a> Request<'a> {
             Request::Scrub { .. } => Op::Scrub,
             Request::Replace { .. } => Op::Replace,
             Request::Detach { .. } => Op::Detach,
+            Request::Sites { .. } => Op::Sites,
         }
     }
 
@@ -548,6 +558,7 @@ impl<'a> Request<'a> {
             | Request::CreateJournal { journal }
             | Request::DeleteJournal { journal }
             | Request::Detach { member: journal } => put_str(b, journal),
+            Request::Sites { request } => put_bytes(b, request.as_bytes()),
             Request::ListJournals | Request::Status | Request::DiscardDiverged => {}
             Request::Scrub { action } => b.push(*action as u8),
             Request::Replace { old, new, force, re_add } => {
@@ -625,6 +636,9 @@ impl<'a> Request<'a> {
                 Request::Replace { force: flags & 1 != 0, re_add: flags & 2 != 0, old: r.str()?, new: r.str()? }
             }
             Op::Detach => Request::Detach { member: r.str()? },
+            Op::Sites => Request::Sites {
+                request: std::str::from_utf8(r.bytes()?).map_err(|_| ProtoError::Malformed("request is not UTF-8"))?,
+            },
             Op::Records | Op::Error => return Err(ProtoError::UnknownOpcode(frame.opcode)),
         };
         r.end()?;
@@ -713,7 +727,14 @@ impl<'a> Response<'a> {
                     }
                     Response::Journals { names }
                 }
-                Op::Status | Op::Promote | Op::Demote | Op::DiscardDiverged | Op::Scrub | Op::Replace | Op::Detach => {
+                Op::Status
+                | Op::Promote
+                | Op::Demote
+                | Op::DiscardDiverged
+                | Op::Scrub
+                | Op::Replace
+                | Op::Detach
+                | Op::Sites => {
                     let b = r.bytes()?;
                     Response::Status {
                         json: std::str::from_utf8(b).map_err(|_| ProtoError::Malformed("status is not UTF-8"))?,
@@ -775,6 +796,7 @@ mod tests {
             Request::Replace { old: "0123abcd", new: "/tmp/x.dev", force: true, re_add: false },
             Request::Replace { old: "/dev/sdb", new: "/dev/sdb", force: false, re_add: true },
             Request::Detach { member: "/dev/sdc" },
+            Request::Sites { request: r#"{"op":"digests","journal":"j"}"# },
             Request::Demote { sync: true, timeout_ms: 5000 },
         ];
         for (i, q) in reqs.iter().enumerate() {

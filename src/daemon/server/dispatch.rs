@@ -112,6 +112,13 @@ pub(super) async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
         Request::Scrub { action } => scrub_request(srv, conn, rid, action),
         Request::Replace { old, new, force, re_add } => replace_request(srv, conn, rid, old, new, force, re_add).await,
         Request::Detach { member } => detach_request(srv, conn, rid, member).await,
+        Request::Sites { request } => {
+            let (log, request) = (srv.log.clone(), request.to_string());
+            match srv.blocking(move || crate::sites::answer(&log, &request)).await {
+                Ok(json) => conn.send(|o| Response::Status { json: &json }.encode(Op::Sites, rid, o)),
+                Err(e) => fail(&e),
+            }
+        }
         Request::SetMark { journal, lsn } => {
             let Some(jd) = srv.journal(journal) else {
                 return fail(&Error::UnknownJournal(journal.to_string()));
