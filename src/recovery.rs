@@ -236,7 +236,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         tail.end_off = end.off;
         // All members must hold the same bytes for the window before the end.
         let from = batch_starts.iter().rev().find(|e| e.off + window <= end.off).copied().unwrap_or(start);
-        sync_window(shared, slot, from, end)?;
+        sync_window(shared, slot, tail.header_crc, from, end)?;
         (end.lsn, end.prev_crc, end.off, end.off)
     };
     // Zero what lies past the end, where unacknowledged batches may have
@@ -292,7 +292,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
 /// members): then it is assembled from the members' bytes, each stretch
 /// taken from a member whose records verify there (CRC, LSN, `prev_crc`),
 /// and written to every member that holds other bytes.
-fn sync_window(shared: &Shared, slot: u64, from: IndexEntry, end: IndexEntry) -> Result<()> {
+fn sync_window(shared: &Shared, slot: u64, header_crc: u32, from: IndexEntry, end: IndexEntry) -> Result<()> {
     let set = &shared.set;
     if end.off <= from.off {
         return Ok(());
@@ -335,7 +335,34 @@ fn sync_window(shared: &Shared, slot: u64, from: IndexEntry, end: IndexEntry) ->
             set.repair(m, off, &good.as_slice()[..len])?;
         }
     }
+    // A rebuilding member (never read) takes the window as it now is, and
+    // the segment's header (its first batch may be in the window): what
+    // this recovery made part of the log must be on it as on the healthy
+    // members, or a resilver that already passed this slot leaves it short
+    // for good. (Found by `mirrorlog-sim --resilver`, seed 584.)
+    if let Some(r) = set.rebuilding().filter(|_| !cfg!(feature = "mutate-window-not-rebuilt")) {
+        let header = header_block(set, slot, header_crc);
+        let wrote = header
+            .map(|h| set.write_member(r, slot_offset(slot, set.segment_size), h.as_slice()))
+            .unwrap_or(Ok(()))
+            .and_then(|()| set.write_member(r, off, &good.as_slice()[..len]));
+        if let Err(e) = wrote {
+            tracing::error!(error = %e, "could not bring the log tail to the member being resilvered");
+        }
+    }
     Ok(())
+}
+
+/// The header block of `slot` from a healthy member whose copy carries
+/// `crc`.
+fn header_block(set: &crate::mirror::MirrorSet, slot: u64, crc: u32) -> Option<AlignedBuf> {
+    let bs = set.block_size as usize;
+    let mut b = AlignedBuf::new(bs, bs);
+    set.healthy_indexes().collect::<Vec<_>>().into_iter().find_map(|m| {
+        set.read_member(m, slot_offset(slot, set.segment_size), b.as_mut_slice()).ok()?;
+        (SegmentHeader::decode(b.as_slice()).ok()?.1 == crc).then_some(())
+    })?;
+    Some(b)
 }
 
 /// The window's chain from `start` to `end` built from the members'

@@ -22,14 +22,12 @@
 //!   bytes were read (`CutGate::hold`); after a cut the pass starts again
 //!   from the slot it was on, with a new snapshot.
 //! - Progress (`next_slot`) is persisted in the superblock only after
-//!   every slot below it was copied. A restart resumes there, and first
-//!   copies again each journal's last segments that the in-flight window
-//!   at the crash may reach (recovery makes that window identical on the
-//!   healthy members only).
+//!   every slot below it was copied. A restart resumes there: what a crash
+//!   left in flight, recovery makes identical on the rebuilding member too
+//!   (`recovery::sync_window`), so a slot once copied stays whole.
 //! - The member becomes healthy (`MirrorSet::finish_rebuild`) only after
 //!   the last slot was copied.
 
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -121,12 +119,8 @@ impl MirrorLog {
             _ => return Ok(None),
         };
         let mut p = ResilverProgress { member: bay, resumed: start > 0, ..Default::default() };
-        // A resumed run first copies again what the in-flight window at
-        // the crash may have left short on the member.
-        let mut redo: BTreeSet<u64> = if start > 0 { self.window_slots() } else { BTreeSet::new() };
-        redo.retain(|&s| s < start);
-        p.slots_total = redo.len() as u64 + set.slot_count.saturating_sub(start);
-        p.bytes_total = self.bytes_to_copy(&redo, start);
+        p.slots_total = set.slot_count.saturating_sub(start);
+        p.bytes_total = self.bytes_to_copy(start);
         let mut next = start;
         let mut last_persist = Instant::now();
         let mut buf = AlignedBuf::new(chunk, bs);
@@ -134,19 +128,6 @@ impl MirrorLog {
         let hint = hint.as_deref().map(Vec::as_slice);
         'pass: loop {
             let snaps = self.snapshot()?;
-            while let Some(&s) = redo.first() {
-                let end = match self.resilver_slot(bay, s, &snaps, hint, chunk, &mut buf, &mut p, &mut go_on) {
-                    Err(_) if !set.members()[bay].is_present() => return Ok(Some(cancelled(p))),
-                    r => r?,
-                };
-                match end {
-                    SegEnd::Cut => continue 'pass,
-                    SegEnd::Stopped => return self.stop(bay, next, p),
-                    SegEnd::Done => {}
-                }
-                redo.remove(&s);
-                p.slots_done += 1;
-            }
             while next < set.slot_count {
                 let end = match self.resilver_slot(bay, next, &snaps, hint, chunk, &mut buf, &mut p, &mut go_on) {
                     Err(_) if !set.members()[bay].is_present() => return Ok(Some(cancelled(p))),
@@ -221,34 +202,13 @@ impl MirrorLog {
         Ok(snaps)
     }
 
-    /// The slots of each journal's last segments that the in-flight window
-    /// may reach.
-    fn window_slots(&self) -> BTreeSet<u64> {
-        let set = &self.shared.set;
-        let window = set.superblock().inflight_window;
-        let mut out = BTreeSet::new();
-        for j in self.journals() {
-            let st = j.inner.st.lock();
-            let mut covered = 0u64;
-            for seg in st.segs.iter().rev() {
-                out.insert(seg.slot);
-                covered += set.segment_size;
-                if covered > window {
-                    break;
-                }
-            }
-        }
-        out
-    }
-
-    /// Estimated bytes to copy: the held segments among `redo` and from
-    /// slot `start` on.
-    fn bytes_to_copy(&self, redo: &BTreeSet<u64>, start: u64) -> u64 {
+    /// Estimated bytes to copy: the held segments from slot `start` on.
+    fn bytes_to_copy(&self, start: u64) -> u64 {
         self.journals()
             .iter()
             .map(|j| {
                 let st = j.inner.st.lock();
-                st.segs.iter().filter(|s| s.slot >= start || redo.contains(&s.slot)).map(|s| s.end_off).sum::<u64>()
+                st.segs.iter().filter(|s| s.slot >= start).map(|s| s.end_off).sum::<u64>()
             })
             .sum()
     }

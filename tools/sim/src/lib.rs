@@ -28,6 +28,7 @@ pub mod acks;
 pub mod failover;
 pub mod producers;
 pub mod repl;
+pub mod resilver;
 pub mod roles;
 pub mod wire;
 

@@ -10,12 +10,13 @@
 //!   mirrorlog-sim --wire --seeds 500            # the daemon's server over simulated wires
 //!   mirrorlog-sim --roles --seeds 5000          # roles, epochs, fencing, start-up
 //!   mirrorlog-sim --failover --seeds 5000       # etcd leases, pauses, lying clocks
+//!   mirrorlog-sim --resilver --seeds 500        # members failed, replaced, re-added, resilvered
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mirrorlog_sim::{acks, failover, producers, repl, roles, wire, Failure, Tally};
+use mirrorlog_sim::{acks, failover, producers, repl, resilver, roles, wire, Failure, Tally};
 
 #[derive(Parser)]
 #[command(about = "A seeded simulation of the mirrorlog engine with crashes and disk faults")]
@@ -60,6 +61,12 @@ struct Args {
     /// unfinished frames, resends, replica timeouts, drains, crashes).
     #[arg(long, group = "kind")]
     wire: bool,
+    /// The resilver simulation (members failed, replaced by blank devices,
+    /// re-added, detached and resilvered a few chunks at a time between
+    /// appends, marks, restarts and the power failing at any write; at the
+    /// end every healthy member alone holds every acknowledged record).
+    #[arg(long, group = "kind")]
+    resilver: bool,
 }
 
 /// The counts of every simulation, summed over the seeds run.
@@ -72,6 +79,7 @@ struct Totals {
     roles: roles::RoleCounts,
     failover: failover::FailoverCounts,
     wire: wire::WireCounts,
+    resilver: resilver::ResilverCounts,
 }
 
 impl Totals {
@@ -103,6 +111,10 @@ impl Totals {
             let c = failover::run(seed, steps)?;
             self.failover.add(&c);
             format!("{c:?}")
+        } else if a.resilver {
+            let c = resilver::run(seed, steps)?;
+            self.resilver.add(&c);
+            format!("{c:?}")
         } else {
             let c = mirrorlog_sim::run(&mirrorlog_sim::Options { seed, steps })?;
             self.engine.add(&c);
@@ -123,6 +135,8 @@ impl Totals {
             format!("{:#?}", self.failover)
         } else if a.wire {
             format!("{:#?}", self.wire)
+        } else if a.resilver {
+            format!("{:#?}", self.resilver)
         } else {
             format!("{:#?}", self.engine)
         }
