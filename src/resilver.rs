@@ -108,12 +108,23 @@ impl MirrorLog {
     pub fn resilver(
         &self,
         chunk: usize,
+        go_on: impl FnMut(&ResilverProgress) -> bool,
+    ) -> Result<Option<ResilverProgress>> {
+        self.resilver_with(&|| chunk, go_on)
+    }
+
+    /// `resilver`, asking `chunk` for the bytes of each read and write (a
+    /// daemon copies in large pieces while the node is idle, in small ones
+    /// while appends wait behind them).
+    pub fn resilver_with(
+        &self,
+        chunk: &dyn Fn() -> usize,
         mut go_on: impl FnMut(&ResilverProgress) -> bool,
     ) -> Result<Option<ResilverProgress>> {
         let set = &self.shared.set;
         let Some(bay) = set.rebuilding() else { return Ok(None) };
         let bs = set.block_size as usize;
-        let chunk = align_up(chunk.max(bs) as u64, bs as u64) as usize;
+        let chunk = &|| align_up(chunk().max(bs) as u64, bs as u64) as usize;
         let start = match set.members()[bay].health() {
             Some(crate::format::Health::Rebuilding { next_slot, .. }) => next_slot as u64,
             _ => return Ok(None),
@@ -123,7 +134,7 @@ impl MirrorLog {
         p.bytes_total = self.bytes_to_copy(start);
         let mut next = start;
         let mut last_persist = Instant::now();
-        let mut buf = AlignedBuf::new(chunk, bs);
+        let mut buf = AlignedBuf::new(chunk(), bs);
         let hint = set.rebuild_hint(bay);
         let hint = hint.as_deref().map(Vec::as_slice);
         'pass: loop {
@@ -221,7 +232,7 @@ impl MirrorLog {
         s: u64,
         snaps: &[Snap],
         hint: Option<&[Option<u32>]>,
-        chunk: usize,
+        chunk: &dyn Fn() -> usize,
         buf: &mut AlignedBuf,
         p: &mut ResilverProgress,
         go_on: &mut impl FnMut(&ResilverProgress) -> bool,
@@ -287,7 +298,7 @@ impl MirrorLog {
         bay: usize,
         inner: &crate::pipeline::JournalInner,
         seg: &SegCopy,
-        chunk: usize,
+        chunk: &dyn Fn() -> usize,
         buf: &mut AlignedBuf,
         p: &mut ResilverProgress,
         go_on: &mut impl FnMut(&ResilverProgress) -> bool,
@@ -304,22 +315,22 @@ impl MirrorLog {
         // Bytes to read from `at` for a chain at `pos` (`need`: the length
         // of a record that ran past the last read).
         let want_at = |at: usize, pos: ChainPos, need: usize| {
-            let want = align_up((pos.off - at + need.max(chunk)) as u64, bs as u64) as usize;
+            let want = align_up((pos.off - at + need.max(chunk())) as u64, bs as u64) as usize;
             want.min((seg.bound as usize).saturating_sub(at))
         };
         // The next chunk, read from `prefer` along with the last write
-        // (`prefetched`: `buf` holds it).
+        // (`prefetched`: `buf` holds that many bytes from `at`).
         let mut next = AlignedBuf::new(buf.capacity(), bs);
-        let mut prefetched = false;
+        let mut prefetched = 0;
         while pos.lsn < seg.end_lsn {
             let in_buf = pos.off - at;
-            let want = want_at(at, pos, need);
+            let want = if prefetched > 0 { prefetched } else { want_at(at, pos, need) };
             if want <= in_buf {
                 return Err(self.unreadable(inner, seg, pos.lsn));
             }
             if buf.capacity() < want {
                 *buf = AlignedBuf::new(want, bs);
-                prefetched = false;
+                prefetched = 0;
             }
             // The preferred member first, then the others while a copy
             // breaks the chain before the end (a bad copy: counted; a read
@@ -328,7 +339,7 @@ impl MirrorLog {
                 std::iter::once(prefer).chain(set.healthy_indexes().filter(|&m| m != prefer)).collect();
             let mut got = None;
             for m in order {
-                let have = std::mem::take(&mut prefetched) && m == prefer;
+                let have = std::mem::take(&mut prefetched) > 0 && m == prefer;
                 if !have && set.read_member(m, base + at as u64, &mut buf.as_mut_slice()[..want]).is_err() {
                     continue;
                 }
@@ -365,11 +376,14 @@ impl MirrorLog {
                 let woff = base + at as u64;
                 let wbuf = &buf.as_slice()[..verified];
                 let next_want = want_at(new_at, new_pos, 0);
-                if new_pos.lsn < seg.end_lsn && next_want > new_pos.off - new_at && next.capacity() >= next_want {
+                if new_pos.lsn < seg.end_lsn && next_want > new_pos.off - new_at {
                     // Read the next chunk while this one is written.
+                    if next.capacity() < next_want {
+                        next = AlignedBuf::new(next_want, bs);
+                    }
                     let rbuf = &mut next.as_mut_slice()[..next_want];
-                    prefetched = set.copy_step(bay, woff, wbuf, m, base + new_at as u64, rbuf)?;
-                    if prefetched {
+                    if set.copy_step(bay, woff, wbuf, m, base + new_at as u64, rbuf)? {
+                        prefetched = next_want;
                         std::mem::swap(buf, &mut next);
                     }
                 } else {

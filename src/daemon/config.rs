@@ -255,7 +255,7 @@ pub struct Scrub {
     /// sleeps to stay at or below it.
     #[serde(default = "default_scrub_rate", deserialize_with = "size")]
     pub rate: u64,
-    /// The same while the node is writing (any write in the last 50 ms),
+    /// The same while the node is writing (a batch written in the last millisecond or so: it is looked at before each piece),
     /// as md slows a resync to its minimum under other I/O: the scrub
     /// yields the disks to appends ("0": `rate` always).
     #[serde(default = "default_scrub_busy_rate", deserialize_with = "size")]
@@ -285,7 +285,7 @@ pub struct Resilver {
     /// default: as fast as the disks go).
     #[serde(default, deserialize_with = "size")]
     pub rate: u64,
-    /// The same while the node is writing (any write in the last 50 ms):
+    /// The same while the node is writing (a batch written in the last millisecond or so: it is looked at before each piece):
     /// md's `speed_limit_min`, the resilver yields the disks to appends
     /// but always moves ("0": `rate` always).
     #[serde(default = "default_resilver_busy_rate", deserialize_with = "size")]

@@ -7,8 +7,11 @@ use super::*;
 
 use std::sync::atomic::AtomicBool;
 
-/// Bytes per read and write of the copy.
-const CHUNK: usize = 1 << 20;
+/// Bytes per read and write of the copy while the node takes no writes
+/// (large pieces: the copy's own rate, docs/benchmarks.md), and while it
+/// does (small ones: an append waits behind one at most briefly).
+const CHUNK_IDLE: usize = 4 << 20;
+const CHUNK_BUSY: usize = 256 << 10;
 
 /// The resilver's state, shared by its thread and the server loop.
 #[derive(Default)]
@@ -92,12 +95,15 @@ impl Resilvering {
         let t0 = std::time::Instant::now();
         let mut pace = Pace::new(rate, busy_rate, log.batches_written());
         let mut last = std::time::Instant::now();
-        let res = log.resilver(CHUNK, |p| {
+        let busy = std::cell::Cell::new(false);
+        let chunk = || if busy.get() { CHUNK_BUSY } else { CHUNK_IDLE };
+        let res = log.resilver_with(&chunk, |p| {
             if last.elapsed() >= std::time::Duration::from_millis(100) {
                 self.progress.lock().p = p.clone();
                 last = std::time::Instant::now();
             }
             pace.wait(p.bytes_done, || log.batches_written(), &self.stop);
+            busy.set(pace.busy());
             !self.stop.load(Ordering::Acquire)
         });
         let mut run = self.progress.lock();

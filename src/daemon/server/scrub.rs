@@ -190,13 +190,18 @@ pub(super) struct Pace {
 
 impl Pace {
     /// How often the scrub looks whether the node writes.
-    const LOOK: std::time::Duration = std::time::Duration::from_millis(50);
+    const LOOK: std::time::Duration = std::time::Duration::from_millis(1);
     /// Longest sleep, and the most credit saved up (as time at the rate).
     const MAX_WAIT: f64 = 0.1;
 
     pub(super) fn new(rate: u64, busy_rate: u64, writes: u64) -> Pace {
         let now = std::time::Instant::now();
         Pace { rate, busy_rate, allowed: 0.0, last: now, writes, looked: now, busy: false }
+    }
+
+    /// Whether the node was writing at the last look.
+    pub(super) fn busy(&self) -> bool {
+        self.busy
     }
 
     /// Sleeps while `done` bytes run ahead of the rate (in sleeps of at
