@@ -119,7 +119,7 @@ impl JournalInner {
                     return Err(Error::BelowMark { lsn, mark: st.mark });
                 }
                 let seg = &st.segs[i - 1];
-                let end_lsn = st.segs.get(i).map(|n| n.first_lsn).unwrap_or(st.durable_lsn).min(st.durable_lsn);
+                let end_lsn = st.seg_end_lsn(i - 1);
                 // Pinned while we read (and maybe heal) it: see `SlotTable`.
                 let Some(pin) = self.shared.pin(seg.slot, self.id) else {
                     return Err(Error::BelowMark { lsn, mark: st.mark });

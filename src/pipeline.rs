@@ -333,6 +333,12 @@ impl JState {
     pub(crate) fn busy(&self) -> bool {
         self.open.is_some() || !self.sealed.is_empty() || self.writing > 0
     }
+
+    /// The durable records of segment `i` are below this LSN (the next
+    /// segment's first, or the durable end).
+    pub(crate) fn seg_end_lsn(&self, i: usize) -> u64 {
+        self.segs.get(i + 1).map_or(self.durable_lsn, |n| n.first_lsn).min(self.durable_lsn)
+    }
 }
 
 /// Counters of one journal.

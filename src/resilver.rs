@@ -260,8 +260,7 @@ impl MirrorLog {
             let st = inner.st.lock();
             let Some(i) = st.segs.iter().position(|g| g.slot == s) else { return Ok(SegEnd::Done) };
             let g = &st.segs[i];
-            let next_first = st.segs.get(i + 1).map_or(st.durable_lsn, |n| n.first_lsn);
-            let end_lsn = next_first.min(st.durable_lsn).min(snap.below);
+            let end_lsn = st.seg_end_lsn(i).min(snap.below);
             if g.first_lsn >= end_lsn {
                 // Begun after the snapshot: every byte of it reached the member.
                 return Ok(SegEnd::Done);

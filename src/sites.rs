@@ -83,7 +83,7 @@ impl Journal {
             .map(|(i, g)| Held {
                 slot: g.slot,
                 first_lsn: g.first_lsn,
-                end_lsn: st.segs.get(i + 1).map_or(st.durable_lsn, |n| n.first_lsn).min(st.durable_lsn),
+                end_lsn: st.seg_end_lsn(i),
                 header_crc: g.header_crc,
                 bound: g.end_off,
             })

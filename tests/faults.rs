@@ -793,24 +793,27 @@ fn a_member_whose_disk_fills_under_load_fails_and_no_append_is_lost() {
     d.wait_ready();
 
     let addr = d.addr.clone();
-    let acked: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..64u64)
-            .map(|t| {
-                let addr = addr.clone();
-                s.spawn(move || {
-                    let c = BlockingClient::connect(ClientConfig::new([addr])).unwrap();
-                    (0..48u64)
-                        .map(|i| {
-                            let p = payload(t * 1000 + i, 4096);
-                            let lsn = c.append("default", &p).expect("no append fails while a member fails");
-                            (lsn, p)
-                        })
-                        .collect()
+    // 64 connections append 48 records of 4 KiB each: what was acknowledged.
+    let load = |base: u64, why: &str| -> Vec<(u64, Vec<u8>)> {
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..64u64)
+                .map(|t| {
+                    let addr = addr.clone();
+                    s.spawn(move || {
+                        let c = BlockingClient::connect(ClientConfig::new([addr])).unwrap();
+                        (0..48u64)
+                            .map(|i| {
+                                let p = payload(base + t * 1000 + i, 4096);
+                                (c.append("default", &p).expect(why), p)
+                            })
+                            .collect::<Vec<_>>()
+                    })
                 })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let acked = load(0, "no append fails while a member fails");
     let st = d.status();
     assert_eq!(st["mirrors"][0]["healthy"], false, "the filled member must have failed: {st}");
     assert!(st["mirrors"][0]["write_errors"].as_u64().unwrap() >= 1, "{st}");
@@ -820,18 +823,18 @@ fn a_member_whose_disk_fills_under_load_fails_and_no_append_is_lost() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
-    let check = |d: &Daemon| {
+    let check = |d: &Daemon, records: &[(u64, Vec<u8>)]| {
         let c = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).unwrap();
-        for (lsn, p) in acked.iter().flatten() {
+        for (lsn, p) in records {
             let (recs, _) = c.read("default", *lsn, 1, 8192).unwrap();
             assert_eq!(&recs[0].payload, p, "lsn {lsn}");
         }
     };
-    check(&d);
+    check(&d, &acked);
     // The next start leaves the failed member out without asking.
     d.restart();
     assert_eq!(d.status()["mirrors"][0]["healthy"], false);
-    check(&d);
+    check(&d, &acked);
 
     // The runbook: the dead disk is replaced by a new (blank) block device
     // under the same 64-connection load; resilvered, the set is healthy,
@@ -849,24 +852,7 @@ fn a_member_whose_disk_fills_under_load_fails_and_no_append_is_lost() {
     };
     let (code, out) = cli(&["replace", "--old", &lo.0, "--new", &new_lo.0]);
     assert_eq!(code, Some(0), "{out}");
-    let more: Vec<Vec<(u64, Vec<u8>)>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..64u64)
-            .map(|t| {
-                let addr = addr.clone();
-                s.spawn(move || {
-                    let c = BlockingClient::connect(ClientConfig::new([addr])).unwrap();
-                    (0..48u64)
-                        .map(|i| {
-                            let p = payload(100_000 + t * 1000 + i, 4096);
-                            let lsn = c.append("default", &p).expect("no append fails during a resilver");
-                            (lsn, p)
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        hs.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let more = load(100_000, "no append fails during a resilver");
     let t0 = std::time::Instant::now();
     while d.status()["resilver"]["state"] != "finished" {
         assert!(t0.elapsed() < std::time::Duration::from_secs(60), "{}", d.status());
@@ -874,13 +860,8 @@ fn a_member_whose_disk_fills_under_load_fails_and_no_append_is_lost() {
     }
     let (code, out) = cli(&["health"]);
     assert_eq!(code, Some(0), "healthy again: {out}");
-    check(&d);
-    let c = BlockingClient::connect(ClientConfig::new([d.addr.clone()])).unwrap();
-    for (lsn, p) in more.iter().flatten() {
-        let (recs, _) = c.read("default", *lsn, 1, 8192).unwrap();
-        assert_eq!(&recs[0].payload, p, "lsn {lsn}");
-    }
-    drop(c);
+    check(&d, &acked);
+    check(&d, &more);
     assert!(d.term().success());
     let m1 = dir.path().join("m1.dev");
     let report = mirrorlog::verify::verify(&[PathBuf::from(&new_lo.0), m1], &Default::default()).unwrap();

@@ -24,13 +24,39 @@ pub(super) struct Resilvering {
     progress: parking_lot::Mutex<ResilverRun>,
 }
 
+/// Where the running or last resilver is.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ResilverState {
+    /// None since the daemon started.
+    #[default]
+    None,
+    Running,
+    Finished,
+    /// The daemon stopping: it resumes at the next start.
+    Stopped,
+    /// The member was detached.
+    Cancelled,
+    Failed,
+}
+
+impl ResilverState {
+    /// As status gives it ("" for none).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ResilverState::None => "",
+            ResilverState::Running => "running",
+            ResilverState::Finished => "finished",
+            ResilverState::Stopped => "stopped",
+            ResilverState::Cancelled => "cancelled",
+            ResilverState::Failed => "failed",
+        }
+    }
+}
+
 /// The running or last resilver.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct ResilverRun {
-    /// "" (none since the daemon started), running, finished, stopped
-    /// (the daemon stopping: it resumes at the next start), cancelled
-    /// (the member was detached) or failed.
-    pub state: &'static str,
+    pub state: ResilverState,
     pub device: String,
     pub started_unix_ms: u64,
     pub finished_unix_ms: u64,
@@ -66,7 +92,7 @@ impl Resilvering {
 
     fn begin(&self, device: String) {
         *self.progress.lock() =
-            ResilverRun { state: "running", device, started_unix_ms: unix_ms(), ..ResilverRun::default() };
+            ResilverRun { state: ResilverState::Running, device, started_unix_ms: unix_ms(), ..ResilverRun::default() };
     }
 
     fn thread_main(&self, log: &MirrorLog, rates: (u64, u64)) {
@@ -111,23 +137,23 @@ impl Resilvering {
         match res {
             Ok(Some(p)) => {
                 run.state = if p.cancelled {
-                    "cancelled"
+                    ResilverState::Cancelled
                 } else if p.stopped {
-                    "stopped"
+                    ResilverState::Stopped
                 } else {
-                    "finished"
+                    ResilverState::Finished
                 };
                 run.p = p;
             }
-            Ok(None) => run.state = "finished",
+            Ok(None) => run.state = ResilverState::Finished,
             Err(e) => {
-                run.state = "failed";
+                run.state = ResilverState::Failed;
                 run.error = e.to_string();
             }
         }
         tracing::warn!(
             device = %run.device,
-            state = run.state,
+            state = run.state.name(),
             bytes = run.p.bytes_done,
             seconds = t0.elapsed().as_secs_f64(),
             error = %run.error,
@@ -148,9 +174,9 @@ impl ResilverRun {
         let secs = end.saturating_sub(self.started_unix_ms) as f64 / 1000.0;
         let rate = if secs > 0.0 { self.p.bytes_done as f64 / secs } else { 0.0 };
         let left = self.p.bytes_total.saturating_sub(self.p.bytes_done);
-        let eta = (self.state == "running" && rate > 0.0).then(|| left as f64 / rate);
+        let eta = (self.state == ResilverState::Running && rate > 0.0).then(|| left as f64 / rate);
         serde_json::json!({
-            "state": self.state,
+            "state": self.state.name(),
             "device": self.device,
             "started_unix_ms": self.started_unix_ms,
             "finished_unix_ms": self.finished_unix_ms,
