@@ -337,6 +337,8 @@ impl MirrorLog {
             let order: Vec<usize> =
                 std::iter::once(prefer).chain(set.healthy_indexes().filter(|&m| m != prefer)).collect();
             let mut got = None;
+            // Where the chain breaks on the member that got furthest.
+            let mut furthest = pos.lsn;
             for m in order {
                 let have = std::mem::take(&mut prefetched) > 0 && m == prefer;
                 if !have && set.read_member(m, base + at as u64, &mut buf.as_mut_slice()[..want]).is_err() {
@@ -353,9 +355,10 @@ impl MirrorLog {
                     got = Some((m, q, stop));
                     break;
                 }
+                furthest = furthest.max(q.lsn);
                 set.note_checksum_error(m);
             }
-            let Some((m, q, stop)) = got else { return Err(self.unreadable(inner, seg, pos.lsn)) };
+            let Some((m, q, stop)) = got else { return Err(self.unreadable(inner, seg, furthest)) };
             prefer = m;
             if q.lsn == pos.lsn {
                 // Not one record whole in the read: read enough for it.

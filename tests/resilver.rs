@@ -447,3 +447,26 @@ fn a_re_added_member_copies_only_the_segments_it_missed() {
     expect_all(&alone, "a", 1, last_a);
     expect_all(&alone, "b", 2, last_b);
 }
+
+#[test]
+fn a_record_bad_on_every_healthy_member_stops_the_resilver_and_the_member_stays_uncounted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (devs, _cfg, _fault, log) = degraded_set(dir.path());
+    // Member 0, the only healthy one, loses a record of "b" (no copy left).
+    let bytes = std::fs::read(&devs[0]).unwrap();
+    let needle = &rec(2, 120)[..64];
+    let at = bytes.windows(needle.len()).position(|w| w == needle).expect("record bytes on the device");
+    flip_byte(&devs[0], at as u64 + 9);
+    let new = new_device(dir.path(), "new.dev", 16 << 20);
+    log.replace(&devs[1].display().to_string(), &new, false).unwrap();
+    let e = log.resilver(64 << 10, |_| true).unwrap_err();
+    assert!(matches!(e, Error::Corrupt(_)) && e.to_string().contains("journal b"), "{e}");
+    assert!(e.to_string().contains("lsn 120"), "{e}");
+    let st = log.status();
+    let m = st.mirrors.iter().find(|m| Path::new(&m.path) == new).unwrap();
+    assert_eq!((m.state, m.healthy), ("rebuilding", false), "not counted: {:?}", st.mirrors);
+    // Everything else keeps being served; appends go on.
+    append_n(&log, "a", 1, 5);
+    assert!(log.journal("b").unwrap().read(120).is_err());
+    assert_eq!(log.journal("b").unwrap().read(121).unwrap(), rec(2, 121));
+}
