@@ -1166,9 +1166,17 @@ impl MirrorSet {
         if failed.is_empty() {
             return Ok(());
         }
+        Err(self.rebuild_write_failed(i))
+    }
+
+    /// Rebuilding member `i` failed a resilver's write: it is failed (and
+    /// that persisted); the error that stops the resilver.
+    fn rebuild_write_failed(&self, i: usize) -> Error {
         self.fail_member_in_memory(i);
-        self.update_superblock(|_| Ok(()))?;
-        Err(Error::Io(io::Error::other(format!("{}: write failed; the resilver stops", m.path().display()))))
+        if let Err(e) = self.update_superblock(|_| Ok(())) {
+            return e;
+        }
+        Error::Io(io::Error::other(format!("{}: write failed; the resilver stops", self.members[i].path().display())))
     }
 
     /// A resilver's step: writes `wbuf` at `woff` to rebuilding member
@@ -1196,12 +1204,7 @@ impl MirrorSet {
         let t0 = std::time::Instant::now();
         self.storage.run(&ops, &mut res).map_err(Error::Io)?;
         if !self.write_done(bay, woff, res[0], wbuf.len(), t0.elapsed().as_nanos() as u64) {
-            self.fail_member_in_memory(bay);
-            self.update_superblock(|_| Ok(()))?;
-            return Err(Error::Io(io::Error::other(format!(
-                "{}: write failed; the resilver stops",
-                m.path().display()
-            ))));
+            return Err(self.rebuild_write_failed(bay));
         }
         let read = check_full(res[1], rlen).is_ok();
         if !read {
