@@ -137,6 +137,7 @@ pub struct Record {
 enum Reply {
     Hello { server: String, epoch: u64, primary: bool },
     Appended { first_lsn: u64 },
+    Claimed { writer: u64, lsn: u64 },
     Records { records: Vec<Record>, next_lsn: u64 },
     Mark(u64),
     Journals(Vec<String>),
@@ -148,6 +149,7 @@ fn owned(resp: Response<'_>) -> Result<Reply> {
     Ok(match resp {
         Response::Hello { server, epoch, primary, .. } => Reply::Hello { server: server.to_string(), epoch, primary },
         Response::Appended { first_lsn, .. } => Reply::Appended { first_lsn },
+        Response::Claimed { writer, lsn } => Reply::Claimed { writer, lsn },
         Response::Records { records, next_lsn } => {
             let mut out = Vec::with_capacity(records.len());
             for r in records {
@@ -166,12 +168,22 @@ fn owned(resp: Response<'_>) -> Result<Reply> {
     })
 }
 
+#[derive(Debug, Clone, Copy)]
+struct SeqAt {
+    /// The durability byte (just after the journal name).
+    dur: usize,
+    /// The first sequence number.
+    seq: usize,
+    count: u64,
+}
+
 struct Cmd {
     op: Op,
     /// The encoded frame with request id 0 (and sequence 0 for appends).
     frame: Vec<u8>,
-    /// Byte offset of an append's first sequence number in `frame`.
-    seq_at: Option<(usize, u64)>,
+    /// Where an append's durability byte and first sequence number are in
+    /// `frame`, and how many records it holds.
+    seq_at: Option<SeqAt>,
     reply: Reply_,
     /// A request slot (none for Credit, which nothing answers).
     permit: Option<OwnedSemaphorePermit>,
@@ -291,10 +303,10 @@ impl Shared {
         let rid = st.next_rid;
         st.next_rid += 1;
         let mut frame = cmd.frame;
-        let seq = cmd.seq_at.map(|(at, count)| {
+        let seq = cmd.seq_at.map(|SeqAt { dur, seq: at, count }| {
             // Sequences are per journal (the journal name precedes the
-            // durability byte and the producer in the frame).
-            let journal = frame.get(HEADER_LEN + 2..at - 9).unwrap_or_default();
+            // durability byte in the frame).
+            let journal = frame.get(HEADER_LEN + 2..dur).unwrap_or_default();
             let first = st.first_seq;
             let next = match st.next_seq.get_mut(journal) {
                 Some(n) => n,
@@ -331,8 +343,7 @@ impl Shared {
             Pending {
                 op: cmd.op,
                 frame,
-                // The durability byte precedes the producer and sequence.
-                resend_at: cmd.seq_at.map(|(at, _)| at - 9),
+                resend_at: cmd.seq_at.map(|s| s.dur),
                 in_flight,
                 maybe_written: false,
                 reply: cmd.reply,
@@ -423,7 +434,7 @@ impl Client {
         self.slots.clone().acquire_owned().await.map_err(|_| ClientError::new(codes::UNAVAILABLE, "client closed"))
     }
 
-    async fn call(&self, op: Op, frame: Vec<u8>, seq_at: Option<(usize, u64)>) -> Result<Reply> {
+    async fn call(&self, op: Op, frame: Vec<u8>, seq_at: Option<SeqAt>) -> Result<Reply> {
         let permit = self.slot().await?;
         let (tx, rx) = oneshot::channel();
         self.h.sh.submit(Cmd { op, frame, seq_at, reply: Reply_::Once(tx), permit: Some(permit) }, self.timeout);
@@ -439,18 +450,44 @@ impl Client {
     /// Appends records with consecutive LSNs, with a durability mode;
     /// returns the first LSN.
     pub async fn append_batch_with(&self, journal: &str, records: &[&[u8]], durability: Durability) -> Result<u64> {
+        self.append_inner(journal, records, durability, None).await
+    }
+
+    /// `append_batch_with` by the writer that claimed the journal
+    /// (`claim`): refused with `writer-fenced` (18) once another writer
+    /// claimed it.
+    pub async fn append_as(
+        &self,
+        journal: &str,
+        records: &[&[u8]],
+        durability: Durability,
+        writer: u64,
+    ) -> Result<u64> {
+        self.append_inner(journal, records, durability, Some(writer)).await
+    }
+
+    async fn append_inner(
+        &self,
+        journal: &str,
+        records: &[&[u8]],
+        durability: Durability,
+        writer: Option<u64>,
+    ) -> Result<u64> {
         let req = Request::Append {
             journal,
             durability,
             producer: self.producer,
             first_seq: 0,
             resend: false,
+            writer,
             records: records.to_vec(),
         };
         let mut frame =
-            Vec::with_capacity(HEADER_LEN + 32 + journal.len() + records.iter().map(|r| r.len() + 4).sum::<usize>());
+            Vec::with_capacity(HEADER_LEN + 40 + journal.len() + records.iter().map(|r| r.len() + 4).sum::<usize>());
         req.encode_unsealed(0, &mut frame);
-        let seq_at = (self.producer != 0).then_some((HEADER_LEN + 2 + journal.len() + 1 + 8, records.len() as u64));
+        let dur = HEADER_LEN + 2 + journal.len();
+        let seq = dur + 1 + if writer.is_some() { 8 } else { 0 } + 8;
+        let seq_at = (self.producer != 0).then_some(SeqAt { dur, seq, count: records.len() as u64 });
         match self.call(Op::Append, frame, seq_at).await? {
             Reply::Appended { first_lsn } => Ok(first_lsn),
             r => Err(unexpected(&r)),
@@ -469,9 +506,33 @@ impl Client {
     }
 
     pub async fn set_mark(&self, journal: &str, lsn: u64) -> Result<()> {
+        self.set_mark_inner(journal, lsn, None).await
+    }
+
+    /// `set_mark` by the journal's writer (`claim`).
+    pub async fn set_mark_as(&self, journal: &str, lsn: u64, writer: u64) -> Result<()> {
+        self.set_mark_inner(journal, lsn, Some(writer)).await
+    }
+
+    async fn set_mark_inner(&self, journal: &str, lsn: u64, writer: Option<u64>) -> Result<()> {
         let mut frame = Vec::new();
-        Request::SetMark { journal, lsn }.encode_unsealed(0, &mut frame);
+        Request::SetMark { journal, lsn, writer }.encode_unsealed(0, &mut frame);
         self.call(Op::SetMark, frame, None).await.map(|_| ())
+    }
+
+    /// Claims `journal` for this client as its one writer: every earlier
+    /// writer is fenced (its appends and marks fail with `writer-fenced`).
+    /// `payload` is appended as the claim's record. Returns the writer
+    /// epoch to send with `append_as` and `set_mark_as`, and the claim
+    /// record's LSN: every record of an earlier writer lies below it and
+    /// is durable as `durability` says.
+    pub async fn claim(&self, journal: &str, durability: Durability, payload: &[u8]) -> Result<(u64, u64)> {
+        let mut frame = Vec::new();
+        Request::Claim { journal, durability, payload }.encode_unsealed(0, &mut frame);
+        match self.call(Op::Claim, frame, None).await? {
+            Reply::Claimed { writer, lsn } => Ok((writer, lsn)),
+            r => Err(unexpected(&r)),
+        }
     }
 
     pub async fn get_mark(&self, journal: &str) -> Result<u64> {
@@ -956,6 +1017,15 @@ impl BlockingClient {
     }
     pub fn read(&self, journal: &str, from: u64, max_count: u32, max_bytes: u32) -> Result<(Vec<Record>, u64)> {
         self.rt.block_on(self.c.read(journal, from, max_count, max_bytes))
+    }
+    pub fn claim(&self, journal: &str, d: Durability, payload: &[u8]) -> Result<(u64, u64)> {
+        self.block_on(self.c.claim(journal, d, payload))
+    }
+    pub fn append_as(&self, journal: &str, records: &[&[u8]], d: Durability, writer: u64) -> Result<u64> {
+        self.block_on(self.c.append_as(journal, records, d, writer))
+    }
+    pub fn set_mark_as(&self, journal: &str, lsn: u64, writer: u64) -> Result<()> {
+        self.block_on(self.c.set_mark_as(journal, lsn, writer))
     }
     pub fn set_mark(&self, journal: &str, lsn: u64) -> Result<()> {
         self.rt.block_on(self.c.set_mark(journal, lsn))

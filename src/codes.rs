@@ -52,6 +52,9 @@ table! {
     BACKPRESSURE = 16, "backpressure";
     /// One append's records exceed what one write batch holds.
     APPEND_TOO_LARGE = 17, "append-too-large";
+    /// An append or mark named a writer epoch that is not the journal's:
+    /// a newer writer claimed it (`Claim`). Nothing was done.
+    WRITER_FENCED = 18, "writer-fenced";
 
     // The protocol (`ProtoError::code`).
     BAD_MAGIC = 100, "bad-magic";
@@ -144,6 +147,7 @@ mod tests {
             Error::Closed,
             Error::Backpressure,
             Error::AppendTooLarge { size: 2, max: 1 },
+            Error::WriterFenced { writer: 1, current: 2 },
         ];
         let proto = [
             ProtoError::BadMagic,

@@ -44,6 +44,8 @@ pub enum Error {
     Backpressure,
     #[error("an append of several records totalling {size} bytes exceeds {max} bytes, the most one write batch holds (its records must be written together); split it")]
     AppendTooLarge { size: usize, max: usize },
+    #[error("writer-fenced: the journal was claimed by writer epoch {current}; this writer's epoch is {writer} (a newer writer took over; nothing was done)")]
+    WriterFenced { writer: u64, current: u64 },
 }
 
 impl Error {
@@ -68,6 +70,7 @@ impl Error {
             Error::Closed => CLOSED,
             Error::Backpressure => BACKPRESSURE,
             Error::AppendTooLarge { .. } => APPEND_TOO_LARGE,
+            Error::WriterFenced { .. } => WRITER_FENCED,
         }
     }
 
@@ -98,6 +101,7 @@ impl Error {
             Error::Closed => Error::Closed,
             Error::Backpressure => Error::Backpressure,
             Error::AppendTooLarge { size, max } => Error::AppendTooLarge { size: *size, max: *max },
+            Error::WriterFenced { writer, current } => Error::WriterFenced { writer: *writer, current: *current },
         }
     }
 }

@@ -73,8 +73,9 @@ pub const MAX_JOURNALS: usize = 256;
 /// Most members of a mirror set.
 pub const MAX_MEMBERS: usize = 8;
 
-/// Superblock format version written now: 2 adds the history (`epoch::History`).
-pub const SUPERBLOCK_VERSION: u16 = 2;
+/// Superblock format version written now: 2 adds the history
+/// (`epoch::History`), 3 each journal's writer epoch.
+pub const SUPERBLOCK_VERSION: u16 = 3;
 /// Fixed part of a version 2 superblock: version 1's, then the history
 /// (floor u32, run count u32, `History::MAX_TERMS` × (term, max start,
 /// nonce) u32 each).
@@ -83,7 +84,10 @@ const SB_FIXED_LEN: usize = SB_FIXED_LEN_V1 + 8 + 12 * crate::epoch::History::MA
 /// epoch's term and every earlier one, `History::of`).
 const SB_FIXED_LEN_V1: usize = 112;
 const SB_MEMBER_LEN: usize = 24;
-const SB_JOURNAL_LEN: usize = 88;
+/// A journal's entry: version 3's (with the writer epoch); versions 1 and 2
+/// have `SB_JOURNAL_LEN_V2`.
+const SB_JOURNAL_LEN: usize = 96;
+const SB_JOURNAL_LEN_V2: usize = 88;
 
 /// Why a structure failed to decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -444,6 +448,10 @@ pub struct JournalEntry {
     /// the primary's journal ended when the session began. A node with an
     /// incomplete journal refuses to be promoted (docs/replication.md).
     pub incomplete: bool,
+    /// The journal's writer epoch: the newest writer claim (0: never
+    /// claimed). Appends and marks that name a writer epoch are taken only
+    /// with this one (docs/protocol.md, `Claim`). Never lowered.
+    pub writer: u64,
 }
 
 /// Superblock flag: formatted as a replica of a primary
@@ -543,6 +551,7 @@ impl Superblock {
             put_u16(b, off + 16, name.len() as u16);
             b[off + 18..off + 18 + name.len()].copy_from_slice(name);
             b[off + 82] = if j.incomplete { JOURNAL_FLAG_INCOMPLETE } else { 0 };
+            put_u64(b, off + 88, j.writer);
             off += SB_JOURNAL_LEN;
         }
         let crc = crc32c::crc32c(&b[12..len]);
@@ -566,9 +575,10 @@ impl Superblock {
             return Err(DecodeError::BadChecksum);
         }
         let v = get_u16(b, 12);
-        let fixed = match v {
-            1 => SB_FIXED_LEN_V1,
-            SUPERBLOCK_VERSION => SB_FIXED_LEN,
+        let (fixed, jlen) = match v {
+            1 => (SB_FIXED_LEN_V1, SB_JOURNAL_LEN_V2),
+            2 => (SB_FIXED_LEN, SB_JOURNAL_LEN_V2),
+            SUPERBLOCK_VERSION => (SB_FIXED_LEN, SB_JOURNAL_LEN),
             _ => return Err(DecodeError::BadVersion(v)),
         };
         let nm = get_u16(b, 64) as usize;
@@ -576,7 +586,7 @@ impl Superblock {
         if nm > MAX_MEMBERS || nj > MAX_JOURNALS {
             return Err(DecodeError::Invalid("member or journal count"));
         }
-        if fixed + nm * SB_MEMBER_LEN + nj * SB_JOURNAL_LEN != len {
+        if fixed + nm * SB_MEMBER_LEN + nj * jlen != len {
             return Err(DecodeError::Invalid("length"));
         }
         let epoch = get_u64(b, 80);
@@ -630,8 +640,9 @@ impl Superblock {
                 JOURNAL_FLAG_INCOMPLETE => true,
                 _ => return Err(DecodeError::Invalid("journal flags")),
             };
-            journals.push(JournalEntry { id: get_u64(b, off), mark: get_u64(b, off + 8), name, incomplete });
-            off += SB_JOURNAL_LEN;
+            let writer = if jlen == SB_JOURNAL_LEN { get_u64(b, off + 88) } else { 0 };
+            journals.push(JournalEntry { id: get_u64(b, off), mark: get_u64(b, off + 8), name, incomplete, writer });
+            off += jlen;
         }
         let block_size = get_u32(b, 20);
         let segment_size = get_u64(b, 72);
@@ -716,8 +727,8 @@ mod tests {
                 },
             ],
             journals: vec![
-                JournalEntry { id: 1, mark: 0, name: "default".into(), incomplete: false },
-                JournalEntry { id: 8, mark: 1234, name: "x".repeat(64), incomplete: true },
+                JournalEntry { id: 1, mark: 0, name: "default".into(), incomplete: false, writer: 0 },
+                JournalEntry { id: 8, mark: 1234, name: "x".repeat(64), incomplete: true, writer: 7 << 32 | 3 },
             ],
         }
     }
@@ -736,25 +747,56 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_version_1_superblock_is_read_with_the_history_of_its_epoch() {
-        // The layout of version 1: 112 fixed bytes, no history.
-        let s = Superblock { history: crate::epoch::History::of(crate::epoch::Epoch::from_raw(3)), ..sb() };
+    /// `s` encoded in an older layout: version 1 (no history, 88-byte
+    /// journal entries) or 2 (88-byte journal entries, no writer epoch).
+    fn encode_old(s: &Superblock, version: u16) -> Vec<u8> {
         let mut buf = vec![0u8; 4096];
         let n = s.encode(&mut buf).unwrap();
-        let mut old = buf[..SB_FIXED_LEN_V1].to_vec();
-        old.extend_from_slice(&buf[SB_FIXED_LEN..n]);
-        put_u16(&mut old, 12, 1);
+        let fixed = if version == 1 { SB_FIXED_LEN_V1 } else { SB_FIXED_LEN };
+        let mut old = buf[..fixed].to_vec();
+        let members = SB_FIXED_LEN + s.members.len() * SB_MEMBER_LEN;
+        old.extend_from_slice(&buf[SB_FIXED_LEN..members]);
+        for j in buf[members..n].chunks(SB_JOURNAL_LEN) {
+            old.extend_from_slice(&j[..SB_JOURNAL_LEN_V2]);
+        }
+        put_u16(&mut old, 12, version);
         let len = old.len() as u32;
         put_u32(&mut old, 16, len);
         let crc = crc32c::crc32c(&old[12..]);
         put_u32(&mut old, 8, crc);
+        old
+    }
+
+    #[test]
+    fn a_version_1_superblock_is_read_with_the_history_of_its_epoch() {
+        let mut s = Superblock { history: crate::epoch::History::of(crate::epoch::Epoch::from_raw(3)), ..sb() };
+        // Versions 1 and 2 have no writer epochs: read as never claimed.
+        let claimed = s.clone();
+        for j in &mut s.journals {
+            j.writer = 0;
+        }
+        let mut old = encode_old(&claimed, 1);
         assert_eq!(Superblock::decode(&old).unwrap(), s);
         // An unknown version is refused by name, not misread.
-        put_u16(&mut old, 12, 3);
+        put_u16(&mut old, 12, 4);
         let crc = crc32c::crc32c(&old[12..]);
         put_u32(&mut old, 8, crc);
-        assert_eq!(Superblock::decode(&old), Err(DecodeError::BadVersion(3)));
+        assert_eq!(Superblock::decode(&old), Err(DecodeError::BadVersion(4)));
+    }
+
+    #[test]
+    fn a_version_2_superblock_is_read_with_its_journals_never_claimed() {
+        let claimed = sb();
+        assert!(claimed.journals.iter().any(|j| j.writer != 0));
+        let mut s = claimed.clone();
+        for j in &mut s.journals {
+            j.writer = 0;
+        }
+        assert_eq!(Superblock::decode(&encode_old(&claimed, 2)).unwrap(), s);
+        // Version 3 keeps the writer epochs.
+        let mut buf = vec![0u8; 4096];
+        let n = claimed.encode(&mut buf).unwrap();
+        assert_eq!(Superblock::decode(&buf[..n]).unwrap(), claimed);
     }
 
     #[test]

@@ -357,8 +357,23 @@ impl Journal {
     /// Records below `lsn` may be reclaimed. Persisted before it returns;
     /// segments wholly below the mark go back to the free pool.
     pub fn set_mark(&self, lsn: Lsn) -> Result<()> {
+        self.set_mark_inner(lsn, None)
+    }
+
+    /// `set_mark` by a writer: refused with `WriterFenced` unless `writer`
+    /// is the journal's writer epoch (0: none, for a journal never
+    /// claimed), checked under the lock a claim raises it under, so a
+    /// fenced writer never moves the mark after a claim began.
+    pub fn set_mark_as(&self, lsn: Lsn, writer: u64) -> Result<()> {
+        self.set_mark_inner(lsn, Some(writer))
+    }
+
+    fn set_mark_inner(&self, lsn: Lsn, writer: Option<u64>) -> Result<()> {
         let inner = &self.inner;
         let _g = inner.mark_lock.lock();
+        if let Some(w) = writer {
+            self.check_writer(w)?;
+        }
         {
             let st = inner.st.lock();
             if st.deleted {
@@ -381,6 +396,63 @@ impl Journal {
         // A segment is reclaimable once the next one starts at or below the mark.
         inner.reclaim_marked(&mut st);
         Ok(())
+    }
+
+    /// The writer epoch: the newest writer claim (0: never claimed).
+    pub fn writer(&self) -> u64 {
+        self.inner.writer.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// `Ok` if `writer` is the journal's writer epoch (0: none, for a
+    /// journal never claimed), else `WriterFenced`.
+    pub fn check_writer(&self, writer: u64) -> Result<()> {
+        let current = self.writer();
+        if writer == current {
+            Ok(())
+        } else {
+            Err(Error::WriterFenced { writer, current })
+        }
+    }
+
+    /// Claims the journal for a new writer: raises the writer epoch above
+    /// the current one and above every epoch of earlier terms
+    /// (`term << 32 | 1` at least, so writers claimed on two sites that
+    /// each thought itself primary never share an epoch), persists it and
+    /// ships it to the replica before it returns the new epoch. From the
+    /// moment it starts, `check_writer` refuses the epoch it replaces: the
+    /// caller writes the claim's record only after this returned, so that
+    /// record's LSN is above every record the earlier writer got placed.
+    pub fn claim_writer(&self, term: u32) -> Result<u64> {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        let _g = inner.mark_lock.lock();
+        if inner.st.lock().deleted {
+            return Err(Error::UnknownJournal(inner.name.clone()));
+        }
+        let cur = inner.writer.load(Ordering::Acquire);
+        let new = cur.saturating_add(1).max((term as u64) << 32 | 1);
+        // Raised before it is persisted: a crash in between loses an epoch
+        // nobody was told, and the earlier writer is refused from now on.
+        inner.writer.store(new, Ordering::Release);
+        inner.write_writer(new)?;
+        if let Some(sink) = inner.shared.sink() {
+            sink.writer(inner.id, new);
+        }
+        debug_assert!(new > cur, "a claim raises the writer epoch");
+        Ok(new)
+    }
+
+    /// Replica: takes the primary's writer epoch (persisted before it
+    /// returns; never lowered).
+    pub fn apply_writer(&self, writer: u64) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let inner = &self.inner;
+        let _g = inner.mark_lock.lock();
+        if writer <= inner.writer.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        inner.writer.store(writer, Ordering::Release);
+        inner.write_writer(writer)
     }
 
     /// The current mark (0: none set).

@@ -230,7 +230,7 @@ impl MirrorLog {
                 return Err(Error::JournalExists(format!("{name} (id {id})")));
             }
             sb.next_journal_id = sb.next_journal_id.max(id + 1);
-            sb.journals.push(JournalEntry { id, mark: 0, name: name.to_string(), incomplete });
+            sb.journals.push(JournalEntry { id, mark: 0, name: name.to_string(), incomplete, writer: 0 });
             Ok(())
         })?;
         if let Some(sink) = self.shared.sink() {
@@ -244,6 +244,7 @@ impl MirrorLog {
             tail_off: 0,
             next_seg_seq: 0,
             mark: 0,
+            writer: 0,
             epoch: self.shared.set.superblock().epoch,
         };
         let j = Journal { inner: Arc::new(JournalInner::new(self.shared.clone(), id, name.to_string(), rec)) };

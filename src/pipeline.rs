@@ -357,6 +357,10 @@ pub(crate) struct JournalInner {
     cvs: Box<[Condvar]>,
     excl_cv: Condvar,
     pub mark_lock: Mutex<()>,
+    /// The writer epoch (`JournalEntry::writer`): raised under `mark_lock`
+    /// before the superblock that records it is written, so an append
+    /// checked against it after a claim began sees the new one. Never lowered.
+    pub writer: std::sync::atomic::AtomicU64,
     /// Keeps readers' self-heal from writing back what a cut-back removed.
     pub(crate) cut_gate: crate::read::CutGate,
     pub recovery: RecoveryStats,
@@ -389,6 +393,7 @@ pub(crate) struct Recovered {
     pub tail_off: u64,
     pub next_seg_seq: u64,
     pub mark: u64,
+    pub writer: u64,
     pub epoch: u64,
 }
 
@@ -427,6 +432,7 @@ impl JournalInner {
             cvs: (0..nbufs).map(|_| Condvar::new()).collect(),
             excl_cv: Condvar::new(),
             mark_lock: Mutex::new(()),
+            writer: std::sync::atomic::AtomicU64::new(rec.writer),
             cut_gate: Default::default(),
             recovery: rec.stats,
         }
@@ -992,10 +998,19 @@ impl JournalInner {
 
     /// Records the journal's mark in the superblock (durably), nothing else.
     pub(crate) fn write_mark(&self, lsn: u64) -> Result<()> {
+        self.update_entry(|j| j.mark = lsn)
+    }
+
+    /// Records the journal's writer epoch in the superblock (durably).
+    pub(crate) fn write_writer(&self, writer: u64) -> Result<()> {
+        self.update_entry(|j| j.writer = j.writer.max(writer))
+    }
+
+    fn update_entry(&self, f: impl FnOnce(&mut crate::format::JournalEntry)) -> Result<()> {
         let id = self.id;
         self.shared.set.update_superblock(|sb| {
             match sb.journals.iter_mut().find(|j| j.id == id) {
-                Some(j) => j.mark = lsn,
+                Some(j) => f(j),
                 None => return Err(Error::UnknownJournal(self.name.clone())),
             }
             Ok(())

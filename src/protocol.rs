@@ -61,6 +61,8 @@ pub enum Op {
     Detach = 0x11,
     /// Cross-site scrub: a JSON request (digests, a verified stretch, a repair).
     Sites = 0x12,
+    /// Claim a journal for a new writer (fences the earlier one).
+    Claim = 0x13,
     /// Server push: records of a subscription.
     Records = 0x7E,
     /// Server: a request failed.
@@ -91,6 +93,7 @@ impl Op {
             0x10 => Op::Replace,
             0x11 => Op::Detach,
             0x12 => Op::Sites,
+            0x13 => Op::Claim,
             0x7E => Op::Records,
             0x7F => Op::Error,
             _ => return None,
@@ -318,6 +321,10 @@ pub enum Durability {
 /// before (after a reconnect it may have been written).
 pub const RESEND: u8 = 0x80;
 
+/// Bit 6 of an append's durability byte: a writer epoch (u64) follows the
+/// byte; the append is taken only if it is the journal's (`Claim`).
+pub const WRITER: u8 = 0x40;
+
 impl Durability {
     pub fn from_u8(v: u8) -> Result<Durability, ProtoError> {
         Ok(match v {
@@ -350,6 +357,9 @@ pub enum Request<'a> {
         /// The client sent this append before (it may have been written):
         /// bit 7 of the durability byte (`RESEND`).
         resend: bool,
+        /// The writer epoch this append is sent under (`WRITER`, bit 6):
+        /// taken only if it is the journal's.
+        writer: Option<u64>,
         records: Vec<&'a [u8]>,
     },
     /// Records from `from`, at most `max_count` and about `max_bytes`.
@@ -371,9 +381,12 @@ pub enum Request<'a> {
         subscription: u64,
         bytes: u32,
     },
+    /// `writer`: a trailing u64 when given; the mark moves only if it is
+    /// the journal's writer epoch.
     SetMark {
         journal: &'a str,
         lsn: u64,
+        writer: Option<u64>,
     },
     GetMark {
         journal: &'a str,
@@ -428,6 +441,16 @@ pub enum Request<'a> {
     Sites {
         request: &'a str,
     },
+    /// Raises the journal's writer epoch (fencing every earlier writer:
+    /// their appends and marks are refused with `writer-fenced` from now
+    /// on) and appends `payload` as the claim's record, answered with
+    /// `Claimed` once it is durable at `durability`; every record of an
+    /// earlier writer lies below its LSN.
+    Claim {
+        journal: &'a str,
+        durability: Durability,
+        payload: &'a [u8],
+    },
 }
 
 /// What a `Scrub` request asks (its one body byte).
@@ -462,6 +485,11 @@ pub enum Response<'a> {
     Appended {
         first_lsn: u64,
         count: u32,
+    },
+    /// The new writer epoch and the LSN of the claim's record.
+    Claimed {
+        writer: u64,
+        lsn: u64,
     },
     /// Records, and the LSN to read next.
     Records {
@@ -507,6 +535,7 @@ impl<'a> Request<'a> {
             Request::Replace { .. } => Op::Replace,
             Request::Detach { .. } => Op::Detach,
             Request::Sites { .. } => Op::Sites,
+            Request::Claim { .. } => Op::Claim,
         }
     }
 
@@ -525,9 +554,14 @@ impl<'a> Request<'a> {
                 b.push(*max_version);
                 put_str(b, client);
             }
-            Request::Append { journal, durability, producer, first_seq, resend, records } => {
+            Request::Append { journal, durability, producer, first_seq, resend, writer, records } => {
                 put_str(b, journal);
-                b.push(*durability as u8 | if *resend { RESEND } else { 0 });
+                b.push(
+                    *durability as u8 | if *resend { RESEND } else { 0 } | if writer.is_some() { WRITER } else { 0 },
+                );
+                if let Some(w) = writer {
+                    b.extend_from_slice(&w.to_le_bytes());
+                }
                 b.extend_from_slice(&producer.to_le_bytes());
                 b.extend_from_slice(&first_seq.to_le_bytes());
                 b.extend_from_slice(&(records.len() as u32).to_le_bytes());
@@ -550,9 +584,17 @@ impl<'a> Request<'a> {
                 b.extend_from_slice(&subscription.to_le_bytes());
                 b.extend_from_slice(&bytes.to_le_bytes());
             }
-            Request::SetMark { journal, lsn } => {
+            Request::SetMark { journal, lsn, writer } => {
                 put_str(b, journal);
                 b.extend_from_slice(&lsn.to_le_bytes());
+                if let Some(w) = writer {
+                    b.extend_from_slice(&w.to_le_bytes());
+                }
+            }
+            Request::Claim { journal, durability, payload } => {
+                put_str(b, journal);
+                b.push(*durability as u8);
+                put_bytes(b, payload);
             }
             Request::GetMark { journal }
             | Request::CreateJournal { journal }
@@ -591,7 +633,8 @@ impl<'a> Request<'a> {
                 let journal = r.str()?;
                 let d = r.u8()?;
                 let resend = d & RESEND != 0;
-                let durability = Durability::from_u8(d & !RESEND)?;
+                let writer = if d & WRITER != 0 { Some(r.u64()?) } else { None };
+                let durability = Durability::from_u8(d & !(RESEND | WRITER))?;
                 let producer = r.u64()?;
                 let first_seq = r.u64()?;
                 let n = r.u32()?;
@@ -606,12 +649,19 @@ impl<'a> Request<'a> {
                 for _ in 0..n {
                     records.push(r.bytes()?);
                 }
-                Request::Append { journal, durability, producer, first_seq, resend, records }
+                Request::Append { journal, durability, producer, first_seq, resend, writer, records }
             }
             Op::Read => Request::Read { journal: r.str()?, from: r.u64()?, max_count: r.u32()?, max_bytes: r.u32()? },
             Op::Subscribe => Request::Subscribe { journal: r.str()?, from: r.u64()?, credit_bytes: r.u32()? },
             Op::Credit => Request::Credit { subscription: r.u64()?, bytes: r.u32()? },
-            Op::SetMark => Request::SetMark { journal: r.str()?, lsn: r.u64()? },
+            Op::SetMark => Request::SetMark {
+                journal: r.str()?,
+                lsn: r.u64()?,
+                writer: if r.remaining() > 0 { Some(r.u64()?) } else { None },
+            },
+            Op::Claim => {
+                Request::Claim { journal: r.str()?, durability: Durability::from_u8(r.u8()?)?, payload: r.bytes()? }
+            }
             Op::GetMark => Request::GetMark { journal: r.str()? },
             Op::CreateJournal => Request::CreateJournal { journal: r.str()? },
             Op::DeleteJournal => Request::DeleteJournal { journal: r.str()? },
@@ -665,6 +715,10 @@ impl<'a> Response<'a> {
                 b.extend_from_slice(&first_lsn.to_le_bytes());
                 b.extend_from_slice(&count.to_le_bytes());
             }
+            Response::Claimed { writer, lsn } => {
+                b.extend_from_slice(&writer.to_le_bytes());
+                b.extend_from_slice(&lsn.to_le_bytes());
+            }
             Response::Records { records, next_lsn } => {
                 b.extend_from_slice(&(records.len() as u32).to_le_bytes());
                 for w in records {
@@ -715,6 +769,7 @@ impl<'a> Response<'a> {
                     Response::Hello { version: r.u8()?, server: r.str()?, epoch: r.u64()?, primary: r.u8()? != 0 }
                 }
                 Op::Append => Response::Appended { first_lsn: r.u64()?, count: r.u32()? },
+                Op::Claim => Response::Claimed { writer: r.u64()?, lsn: r.u64()? },
                 Op::GetMark => Response::Mark { lsn: r.u64()? },
                 Op::ListJournals => {
                     let n = r.u32()?;
@@ -776,12 +831,25 @@ mod tests {
                 producer: 42,
                 first_seq: 7,
                 resend: false,
+                writer: None,
                 records: vec![&p1, &p2, b""],
             },
             Request::Read { journal: "j", from: 5, max_count: 10, max_bytes: 1 << 20 },
             Request::Subscribe { journal: "j", from: 1, credit_bytes: 65536 },
             Request::Credit { subscription: 9, bytes: 100 },
-            Request::SetMark { journal: "j", lsn: 77 },
+            Request::SetMark { journal: "j", lsn: 77, writer: None },
+            Request::SetMark { journal: "j", lsn: 78, writer: Some(5 << 32 | 2) },
+            Request::Append {
+                journal: "amq",
+                durability: Durability::Local,
+                producer: 9,
+                first_seq: 1,
+                resend: true,
+                writer: Some(3 << 32 | 1),
+                records: vec![b"x"],
+            },
+            Request::Claim { journal: "amq", durability: Durability::RemoteDurable, payload: b"broker-1" },
+            Request::Claim { journal: "amq", durability: Durability::Default, payload: b"" },
             Request::GetMark { journal: "j" },
             Request::CreateJournal { journal: "new" },
             Request::DeleteJournal { journal: "old" },
@@ -818,6 +886,7 @@ mod tests {
         let cases: Vec<(Op, Response<'_>)> = vec![
             (Op::Hello, Response::Hello { version: 1, server: "mirrorlogd", epoch: 3, primary: true }),
             (Op::Append, Response::Appended { first_lsn: 10, count: 3 }),
+            (Op::Claim, Response::Claimed { writer: 4 << 32 | 7, lsn: 99 }),
             (
                 Op::Read,
                 Response::Records {
@@ -894,6 +963,7 @@ mod tests {
             producer: 0,
             first_seq: 0,
             resend: false,
+            writer: None,
             records: vec![b"a"; 5],
         }
         .encode(1, &mut out);

@@ -164,6 +164,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
             tail_off: 0,
             next_seg_seq,
             mark: entry.mark,
+            writer: entry.writer,
             epoch: sb.epoch,
         });
     };
@@ -282,6 +283,7 @@ fn recover_journal(shared: &Shared, sb: &Superblock, entry: &JournalEntry, cands
         next_seg_seq,
         segs,
         mark,
+        writer: entry.writer,
         epoch: sb.epoch,
     })
 }

@@ -66,6 +66,9 @@ pub trait ShipSink: Send + Sync {
     fn batch(&self, b: &ShipView<'_>);
     /// A mark was persisted (before the slots it frees are released).
     fn mark(&self, journal_id: u64, lsn: u64);
+    /// A journal's writer epoch was raised and persisted (a claim), before
+    /// the claim's record is appended.
+    fn writer(&self, journal_id: u64, writer: u64);
     /// A journal was created.
     fn created(&self, journal_id: u64, name: &str);
     /// A journal was deleted.

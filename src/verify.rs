@@ -1396,7 +1396,7 @@ mod tests {
 
     #[test]
     fn segment_selection_follows_recovery() {
-        let entry = JournalEntry { id: 1, mark: 130, name: "j".into(), incomplete: false };
+        let entry = JournalEntry { id: 1, mark: 130, name: "j".into(), incomplete: false, writer: 0 };
         let mut issues = Vec::new();
         // seq 0 and 1 lie wholly below the mark; seq 4 missing is reported,
         // and 2 and 3 before it are kept (as recovery keeps them).

@@ -38,8 +38,16 @@ fn expect_error_and_close(addr: &str, bytes: &[u8], code: u16) {
 
 fn append_frame(journal: &str, rid: u64, records: Vec<&[u8]>) -> Vec<u8> {
     let mut out = Vec::new();
-    Request::Append { journal, durability: Durability::Default, producer: 0, first_seq: 0, resend: false, records }
-        .encode(rid, &mut out);
+    Request::Append {
+        journal,
+        durability: Durability::Default,
+        producer: 0,
+        first_seq: 0,
+        resend: false,
+        writer: None,
+        records,
+    }
+    .encode(rid, &mut out);
     out
 }
 
@@ -95,6 +103,7 @@ fn bad_input_gets_documented_errors_and_others_keep_service() {
         producer: 0,
         first_seq: 0,
         resend: false,
+        writer: None,
         records: vec![b"x"],
     }
     .encode(11, &mut out);
@@ -284,8 +293,16 @@ fn append_raw(addr: &str, rid: u64, who: (u64, u64, bool), records: Vec<&[u8]>, 
     let (producer, first_seq, resend) = who;
     let mut s = raw(addr);
     let mut out = Vec::new();
-    Request::Append { journal: "default", durability: Durability::Local, producer, first_seq, resend, records }
-        .encode(rid, &mut out);
+    Request::Append {
+        journal: "default",
+        durability: Durability::Local,
+        producer,
+        first_seq,
+        resend,
+        writer: None,
+        records,
+    }
+    .encode(rid, &mut out);
     s.write_all(&out).expect("write");
     let f = read_frame(&mut s)
         .unwrap_or_else(|| panic!("no answer to request {rid}:\n{}", std::fs::read_to_string(log).unwrap_or_default()));

@@ -317,6 +317,7 @@ fn unix_socket_listener_both_networks() {
             producer: 0,
             first_seq: 0,
             resend: false,
+            writer: None,
             records: vec![b"over unix"],
         };
         let a = ask(&mut s, append, 5);

@@ -338,6 +338,7 @@ fn a_primary_whose_failover_thread_is_late_takes_no_append_once_its_lease_may_ha
             producer: 0,
             first_seq: 0,
             resend: false,
+            writer: None,
             records: vec![data],
         }
         .encode(rid, &mut out);

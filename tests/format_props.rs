@@ -95,7 +95,7 @@ proptest! {
             },
             unsynced: gen % 2 == 0,
             members: (0..nm).map(|i| MemberInfo { uuid: [i as u8; 16], slot: i as u16, health: mirrorlog::format::Health::Healthy }).collect(),
-            journals: names.iter().enumerate().map(|(i, n)| JournalEntry { id: i as u64, mark: i as u64 * 3, name: n.clone(), incomplete: i % 2 == 1 }).collect(),
+            journals: names.iter().enumerate().map(|(i, n)| JournalEntry { id: i as u64, mark: i as u64 * 3, name: n.clone(), incomplete: i % 2 == 1, writer: gen.wrapping_mul(i as u64) }).collect(),
         };
         let mut buf = vec![0u8; 65536];
         let n = sb.encode(&mut buf).unwrap();

@@ -7,7 +7,7 @@
 //! still matches them (a changed byte of the wire format fails here), that
 //! every frame in it decodes back to what made it, that docs/api.md and
 //! docs/protocol.md list exactly the codes of the table, and then compiles
-//! the Java client's `Wire` with `tools/activemq/test/.../WireGolden.java`
+//! the Java client's `Wire` with `tools/java/client/src/test/.../WireGolden.java`
 //! and runs it over the same file: its constants, its request frames and
 //! its decoding of answers must agree byte for byte.
 
@@ -42,7 +42,7 @@ fn kebab(debug: &str) -> String {
     s
 }
 
-const OPS: [Op; 16] = [
+const OPS: [Op; 17] = [
     Op::Hello,
     Op::Append,
     Op::Read,
@@ -57,6 +57,7 @@ const OPS: [Op; 16] = [
     Op::Promote,
     Op::Demote,
     Op::DiscardDiverged,
+    Op::Claim,
     Op::Records,
     Op::Error,
 ];
@@ -82,6 +83,7 @@ fn requests() -> Vec<(&'static str, u64, String, Request<'static>)> {
                 producer: PRODUCER,
                 first_seq: 5,
                 resend: false,
+                writer: None,
                 records: vec![b"hello"],
             },
         ),
@@ -95,6 +97,7 @@ fn requests() -> Vec<(&'static str, u64, String, Request<'static>)> {
                 producer: PRODUCER,
                 first_seq: 6,
                 resend: true,
+                writer: None,
                 records: vec![b""],
             },
         ),
@@ -105,8 +108,39 @@ fn requests() -> Vec<(&'static str, u64, String, Request<'static>)> {
             Request::Read { journal: "amq", from: 100, max_count: 64, max_bytes: 1 << 20 },
         ),
         ("get-mark", 10, "journal=amq".into(), Request::GetMark { journal: "amq" }),
-        ("set-mark", 11, "journal=amq lsn=42".into(), Request::SetMark { journal: "amq", lsn: 42 }),
+        ("set-mark", 11, "journal=amq lsn=42".into(), Request::SetMark { journal: "amq", lsn: 42, writer: None }),
         ("create-journal", 12, "journal=amq".into(), Request::CreateJournal { journal: "amq" }),
+        (
+            "append-as",
+            13,
+            format!(
+                "journal=amq durability=3 writer={} producer={PRODUCER} seq=9 data={},{}",
+                (5u64 << 32) | 2,
+                hex(b"add"),
+                hex(b"")
+            ),
+            Request::Append {
+                journal: "amq",
+                durability: Durability::RemoteDurable,
+                producer: PRODUCER,
+                first_seq: 9,
+                resend: false,
+                writer: Some((5 << 32) | 2),
+                records: vec![b"add", b""],
+            },
+        ),
+        (
+            "claim",
+            14,
+            format!("journal=amq durability=2 data={}", hex(b"broker-a")),
+            Request::Claim { journal: "amq", durability: Durability::RemoteReceived, payload: b"broker-a" },
+        ),
+        (
+            "set-mark-as",
+            15,
+            format!("journal=amq lsn=42 writer={}", (5u64 << 32) | 2),
+            Request::SetMark { journal: "amq", lsn: 42, writer: Some((5 << 32) | 2) },
+        ),
     ]
 }
 
@@ -135,6 +169,13 @@ fn answers() -> Vec<(&'static str, Op, u64, String, Response<'static>)> {
         ("get-mark", Op::GetMark, 10, "lsn=17".into(), Response::Mark { lsn: 17 }),
         ("create-journal", Op::CreateJournal, 12, String::new(), Response::Ok),
         (
+            "claim",
+            Op::Claim,
+            14,
+            format!("writer={} lsn=77", (5u64 << 32) | 2),
+            Response::Claimed { writer: (5 << 32) | 2, lsn: 77 },
+        ),
+        (
             "error",
             Op::Append,
             8,
@@ -150,7 +191,7 @@ fn render() -> String {
         "# mirrorlog protocol v1: error codes, opcodes, constants and golden frames.\n\
          # Written by tests/golden.rs from src/codes.rs and src/protocol.rs;\n\
          # `MIRRORLOG_BLESS=1 cargo test --test golden` rewrites it after an intended change.\n\
-         # The Java client is checked against it (tools/activemq/test/io/mirrorlog/activemq/WireGolden.java).\n",
+         # The Java client is checked against it (tools/java/client/src/test/java/io/mirrorlog/client/WireGolden.java).\n",
     );
     for (c, n) in codes::ALL {
         let _ = writeln!(s, "code {c} {n}");
@@ -257,8 +298,8 @@ fn the_java_client_agrees_with_the_golden_file() {
         eprintln!("SKIP the_java_client_agrees_with_the_golden_file: javac is not installed");
         return;
     }
-    let src = root().join("tools/activemq/src/io/mirrorlog/activemq");
-    let test = root().join("tools/activemq/test/io/mirrorlog/activemq/WireGolden.java");
+    let src = root().join("tools/java/client/src/main/java/io/mirrorlog/client");
+    let test = root().join("tools/java/client/src/test/java/io/mirrorlog/client/WireGolden.java");
     let out = tempfile::tempdir().expect("tempdir");
     let javac = Command::new("javac")
         .args(["--release", "11", "-Xlint:all", "-Werror", "-d"])
@@ -272,7 +313,7 @@ fn the_java_client_agrees_with_the_golden_file() {
     let run = Command::new("java")
         .arg("-cp")
         .arg(out.path())
-        .arg("io.mirrorlog.activemq.WireGolden")
+        .arg("io.mirrorlog.client.WireGolden")
         .arg(golden_path())
         .output()
         .expect("java runs");

@@ -21,7 +21,7 @@ proptest! {
     fn append_round_trips(journal in "[a-z0-9._-]{1,64}", d in durability(), producer in any::<u64>(), seq in any::<u64>(),
                           records in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 1..20), id in any::<u64>()) {
         let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
-        let q = Request::Append { journal: &journal, durability: d, producer, first_seq: seq, resend: false, records: refs };
+        let q = Request::Append { journal: &journal, durability: d, producer, first_seq: seq, resend: false, writer: None, records: refs };
         let mut out = Vec::new();
         q.encode(id, &mut out);
         let (f, n) = decode_frame(&out, DEFAULT_MAX_BODY).unwrap().unwrap();
@@ -45,7 +45,7 @@ proptest! {
     fn streams_split_anywhere(n in 1usize..10, cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6)) {
         let mut stream = Vec::new();
         for i in 0..n {
-            Request::SetMark { journal: "j", lsn: i as u64 }.encode(i as u64, &mut stream);
+            Request::SetMark { journal: "j", lsn: i as u64, writer: None }.encode(i as u64, &mut stream);
         }
         let mut points: Vec<usize> = cuts.iter().map(|c| c.index(stream.len())).collect();
         points.sort_unstable();
@@ -80,7 +80,7 @@ proptest! {
     #[test]
     fn any_bit_flip_is_caught(at in any::<prop::sample::Index>(), bit in 0u8..8) {
         let mut out = Vec::new();
-        Request::Append { journal: "orders", durability: Durability::Local, producer: 1, first_seq: 1, resend: false, records: vec![b"abc", b"defgh"] }
+        Request::Append { journal: "orders", durability: Durability::Local, producer: 1, first_seq: 1, resend: false, writer: None, records: vec![b"abc", b"defgh"] }
             .encode(99, &mut out);
         let i = at.index(out.len());
         if (20..24).contains(&i) {

@@ -640,6 +640,7 @@ fn appends_after_a_not_primary_refusal_on_a_connection_are_refused_too() {
             producer: 77,
             first_seq: seq,
             resend: false,
+            writer: None,
             records: vec![data],
         }
         .encode(rid, &mut out);
@@ -689,6 +690,7 @@ fn deleting_a_journal_answers_appends_waiting_for_the_replica() {
         producer: 0,
         first_seq: 0,
         resend: false,
+        writer: None,
         records: vec![&b"waits for a replica that is gone"[..]],
     }
     .encode(1, &mut out);

@@ -25,6 +25,7 @@ impl ShipSink for Collect {
     fn mark(&self, j: u64, lsn: u64) {
         self.marks.lock().push((j, lsn));
     }
+    fn writer(&self, _: u64, _: u64) {}
     fn created(&self, _: u64, _: &str) {}
     fn deleted(&self, _: u64) {}
 }

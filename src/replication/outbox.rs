@@ -35,6 +35,12 @@ pub enum Event {
         journal: u64,
         lsn: u64,
     },
+    /// A writer claim raised the journal's writer epoch (queued before the
+    /// claim's record).
+    Writer {
+        journal: u64,
+        writer: u64,
+    },
     Create {
         journal: u64,
         name: String,
@@ -209,6 +215,11 @@ impl ShipSink for Outbox {
         let mut st = self.st.lock();
         st.snap.marks.insert(journal, lsn);
         self.push(&mut st, 64, || Event::Mark { journal, lsn });
+    }
+
+    fn writer(&self, journal: u64, writer: u64) {
+        let mut st = self.st.lock();
+        self.push(&mut st, 64, || Event::Writer { journal, writer });
     }
 
     fn created(&self, journal: u64, name: &str) {

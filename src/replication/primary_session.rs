@@ -272,6 +272,12 @@ impl PrimarySession {
             if let Some(lsn) = mark {
                 marks.push(Msg::Mark { journal: j.id(), lsn });
             }
+            // Before any record: a claim's record may be in the catch-up,
+            // and the replica must hold the epoch before it confirms it.
+            let writer = j.writer();
+            if writer != 0 {
+                marks.push(Msg::Writer { journal: j.id(), writer });
+            }
             let target = self.snap.claimed.get(&j.id()).copied().unwrap_or(p.lsn);
             cus.push(CatchUp { journal: j, at: Some(p), target, mark, from: p.lsn, bytes: 0, t0: None });
         }
@@ -462,6 +468,7 @@ pub fn encode_events(
                 }
             }
             Event::Mark { journal, lsn } => Msg::Mark { journal, lsn }.encode(buf),
+            Event::Writer { journal, writer } => Msg::Writer { journal, writer }.encode(buf),
             Event::Create { journal, name } => Msg::Create { journal, name }.encode(buf),
             Event::Delete { journal } => Msg::Delete { journal }.encode(buf),
         }

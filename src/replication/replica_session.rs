@@ -235,7 +235,10 @@ impl ReplicaSession {
     /// An error ends the session.
     pub fn handle(&mut self, m: Msg) -> Result<Option<Msg>, String> {
         let e = |e: Error| e.to_string();
-        if matches!(m, Msg::Batch(_) | Msg::Mark { .. } | Msg::Create { .. } | Msg::Delete { .. } | Msg::Ping) {
+        if matches!(
+            m,
+            Msg::Batch(_) | Msg::Mark { .. } | Msg::Writer { .. } | Msg::Create { .. } | Msg::Delete { .. } | Msg::Ping
+        ) {
             self.adopt()?;
         }
         Ok(match m {
@@ -319,6 +322,10 @@ impl ReplicaSession {
                     self.driver.pump_all(&self.log.journals(), true).map_err(e)?;
                 }
                 j.apply_mark(lsn.min(j.next_lsn())).map_err(e)?;
+                None
+            }
+            Msg::Writer { journal, writer } => {
+                self.journal(journal)?.apply_writer(writer).map_err(e)?;
                 None
             }
             Msg::Create { journal, name } => {
@@ -428,6 +435,7 @@ pub(crate) mod tests {
             self.0.lock().push(b.to_shipment());
         }
         fn mark(&self, _: u64, _: u64) {}
+        fn writer(&self, _: u64, _: u64) {}
         fn created(&self, _: u64, _: &str) {}
         fn deleted(&self, _: u64) {}
     }

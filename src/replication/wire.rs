@@ -17,7 +17,8 @@ use crate::ship::{ChainEnd, ShipView, Shipment};
 /// 2: `Hello` carries the sender's history; `Diverged`.
 /// 3: `Journals` carries each journal's next LSN (where a replica that
 /// lacks records is complete again).
-pub const REPL_VERSION: u16 = 3;
+/// 4: `Writer` (a journal's writer epoch).
+pub const REPL_VERSION: u16 = 4;
 
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +48,12 @@ pub enum Msg {
     Mark {
         journal: u64,
         lsn: u64,
+    },
+    /// The journal's writer epoch (`Journal::claim_writer`): persisted by
+    /// the replica before it handles the next message.
+    Writer {
+        journal: u64,
+        writer: u64,
     },
     Create {
         journal: u64,
@@ -118,6 +125,7 @@ mod op {
     pub const CREATE: u8 = 0x48;
     pub const DELETE: u8 = 0x49;
     pub const PING: u8 = 0x4A;
+    pub const WRITER: u8 = 0x4B;
     pub const HELLO_OK: u8 = 0x61;
     pub const FENCED: u8 = 0x62;
     pub const REFUSED: u8 = 0x63;
@@ -208,6 +216,10 @@ impl Msg {
             Msg::Mark { journal, lsn } => encode_frame(out, op::MARK, 0, |o| {
                 put64(o, *journal);
                 put64(o, *lsn);
+            }),
+            Msg::Writer { journal, writer } => encode_frame(out, op::WRITER, 0, |o| {
+                put64(o, *journal);
+                put64(o, *writer);
             }),
             Msg::Create { journal, name } => encode_frame(out, op::CREATE, 0, |o| {
                 put64(o, *journal);
@@ -349,6 +361,7 @@ impl Msg {
                 Msg::Batch(Shipment { journal_id, slot, seg_seq, seg_off, first_lsn, next_lsn, end_crc, header, bytes })
             }
             op::MARK => Msg::Mark { journal: r.u64()?, lsn: r.u64()? },
+            op::WRITER => Msg::Writer { journal: r.u64()?, writer: r.u64()? },
             op::CREATE => Msg::Create { journal: r.u64()?, name: r.str()?.to_string() },
             op::DELETE => Msg::Delete { journal: r.u64()? },
             op::PING => Msg::Ping,
@@ -433,6 +446,7 @@ mod tests {
             bytes: vec![5; 4096],
         }));
         round(Msg::Mark { journal: 1, lsn: 5 });
+        round(Msg::Writer { journal: 1, writer: 3 << 32 | 2 });
         round(Msg::Create { journal: 3, name: "x".into() });
         round(Msg::Delete { journal: 3 });
         round(Msg::Ping);

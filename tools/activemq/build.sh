@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the ActiveMQ adapter (mirrorlog-activemq.jar) and the JMS test and
-# bench tool (mirrorlog-amqtool.jar) with javac against Debian's jars; no Maven.
+# Builds the ActiveMQ 5 adapter (mirrorlog-activemq.jar, with the shared Java
+# client of tools/java/client inside) and the JMS test and bench tool
+# (mirrorlog-amqtool.jar) with javac against Debian's jars; no Maven.
 #   tools/activemq/build.sh [OUT_DIR]      (default: target/activemq)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -14,7 +15,7 @@ cp="$(IFS=:; echo "${need[*]}"):$J/slf4j-api.jar"
 rm -rf "$out/classes" "$out/toolclasses"
 mkdir -p "$out/classes" "$out/toolclasses"
 javac --release 11 -Xlint:all,-options,-removal,-deprecation -Werror -d "$out/classes" -cp "$cp" \
-  $(find "$here/src/io/mirrorlog/activemq" -name '*.java')
+  $(find "$here/src/io/mirrorlog/activemq" "$here/../java/client/src/main/java" -name '*.java')
 jar --create --file "$out/mirrorlog-activemq.jar" -C "$out/classes" .
 javac --release 11 -Xlint:all,-options -Werror -d "$out/toolclasses" -cp "$cp" \
   $(find "$here/src/io/mirrorlog/amqtool" -name '*.java')

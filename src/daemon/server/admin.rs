@@ -20,6 +20,7 @@ impl Srv {
                     "missing_segments": i.missing_segments,
                     "durability": jd.as_ref().map(|jd| durability_name(jd.durability.get())).unwrap_or("local"),
                     "producers": jd.as_ref().map(|jd| jd.producers.borrow().len()).unwrap_or(0),
+                    "writer": jd.as_ref().map(|jd| jd.j.writer()).unwrap_or(0),
                 })
             })
             .collect();

@@ -17,6 +17,8 @@ pub(super) struct Ack {
     pub(super) bytes: usize,
     pub(super) payload: usize,
     pub(super) start: Instant,
+    /// A claim's record: answered with `Claimed` (this writer epoch).
+    pub(super) claimed: Option<u64>,
 }
 
 impl Ack {
@@ -57,8 +59,13 @@ impl Ack {
     }
 
     pub(super) fn answer(&self) {
-        self.conn.send(|o| {
-            Response::Appended { first_lsn: self.first_lsn, count: self.count }.encode(Op::Append, self.request_id, o)
+        self.conn.send(|o| match self.claimed {
+            Some(writer) => Response::Claimed { writer, lsn: self.first_lsn }.encode(Op::Claim, self.request_id, o),
+            None => Response::Appended { first_lsn: self.first_lsn, count: self.count }.encode(
+                Op::Append,
+                self.request_id,
+                o,
+            ),
         });
         self.release();
     }
@@ -194,30 +201,18 @@ impl Srv {
     }
 }
 
-/// `(producer, first_seq, resend)`: who sends the append, and whether it
-/// was sent before (see `producers.rs`).
-pub(super) fn append(
-    srv: &Rc<Srv>,
-    conn: &Rc<Conn>,
-    rid: u64,
-    journal: &str,
-    durability: Durability,
-    (producer, first_seq, resend): (u64, u64, bool),
-    records: &[&[u8]],
-) {
-    let start = Instant::now();
-    let fail = |code: u16, msg: &str| {
-        srv.m.error(code);
-        conn.send(|o| err_frame(o, rid, code, msg));
-    };
+/// Whether this node takes an append (or a claim) now: `Err((code,
+/// message))` if not; a refused role also refuses the connection's later
+/// appends (`Conn::role_refused`).
+fn may_append(srv: &Srv, conn: &Conn) -> std::result::Result<(), (u16, String)> {
     if srv.draining.get() {
-        return fail(codes::SHUTTING_DOWN, "the daemon is shutting down; append not taken");
+        return Err((codes::SHUTTING_DOWN, "the daemon is shutting down; append not taken".into()));
     }
     if conn.role_refused.get() {
-        return fail(
+        return Err((
             codes::NOT_PRIMARY,
-            "an earlier append of this connection was refused (not primary); reconnect and resend in order",
-        );
+            "an earlier append of this connection was refused (not primary); reconnect and resend in order".into(),
+        ));
     }
     // The role first: a node that takes no appends does not even look the
     // journal up (on a replica that would build its idempotence table).
@@ -240,18 +235,63 @@ pub(super) fn append(
                 .to_string(),
             Refusal::Role(r) => format!("this node is {} (not primary); append not taken", r.name()),
         };
-        return fail(codes::NOT_PRIMARY, &msg);
+        return Err((codes::NOT_PRIMARY, msg));
     }
+    Ok(())
+}
+
+/// The journal an append (or claim) goes to and the durability it waits
+/// for, or why not.
+fn append_target(
+    srv: &Srv,
+    journal: &str,
+    durability: Durability,
+) -> std::result::Result<(Rc<Jd>, Durability), (u16, String)> {
     let Some(jd) = srv.journal(journal) else {
         let e = Error::UnknownJournal(journal.to_string());
-        return fail(e.code(), &e.to_string());
+        return Err((e.code(), e.to_string()));
     };
     let mode = if durability == Durability::Default { jd.durability.get() } else { durability };
-    if role == Role::Standalone && mode != Durability::Local {
-        return fail(
+    if srv.repl.role() == Role::Standalone && mode != Durability::Local {
+        return Err((
             codes::NO_REPLICA,
-            &format!("durability {} needs a replica; this node runs standalone", durability_name(mode)),
-        );
+            format!("durability {} needs a replica; this node runs standalone", durability_name(mode)),
+        ));
+    }
+    Ok((jd, mode))
+}
+
+/// `(producer, first_seq, resend)`: who sends the append, and whether it
+/// was sent before (see `producers.rs`). `writer`: the writer epoch it is
+/// sent under (0: none), which must be the journal's.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn append(
+    srv: &Rc<Srv>,
+    conn: &Rc<Conn>,
+    rid: u64,
+    journal: &str,
+    durability: Durability,
+    (producer, first_seq, resend): (u64, u64, bool),
+    writer: u64,
+    records: &[&[u8]],
+) {
+    let start = Instant::now();
+    let fail = |code: u16, msg: &str| {
+        srv.m.error(code);
+        conn.send(|o| err_frame(o, rid, code, msg));
+    };
+    if let Err((code, msg)) = may_append(srv, conn) {
+        return fail(code, &msg);
+    }
+    let (jd, mode) = match append_target(srv, journal, durability) {
+        Ok(t) => t,
+        Err((code, msg)) => return fail(code, &msg),
+    };
+    // Checked where the LSN is handed out (this thread places every
+    // append): a claim raises the epoch before its record is placed, so
+    // nothing of a fenced writer is placed after a claim's record.
+    if let Err(e) = jd.j.check_writer(writer) {
+        return fail(e.code(), &e.to_string());
     }
     let count = records.len() as u64;
     if producer != 0 && first_seq.checked_add(count).is_none() {
@@ -270,6 +310,7 @@ pub(super) fn append(
         bytes,
         payload,
         start,
+        claimed: None,
     };
     if producer != 0 {
         let admit = jd.producers.borrow_mut().admit(producer, first_seq, count, resend);
@@ -300,6 +341,60 @@ pub(super) fn append(
             }
             ack(Some(last), first).queue(&jd);
         }
+        Err(e) => fail(e.code(), &e.to_string()),
+    }
+}
+
+/// `Claim`: raises the journal's writer epoch (durably, and shipped to the
+/// replica ahead of the claim's record), then appends `payload` as the
+/// claim's record, answered with `Claimed` once it is durable at the
+/// durability asked: every record an earlier writer got placed lies below
+/// it, and is as durable.
+pub(super) async fn claim(
+    srv: &Rc<Srv>,
+    conn: &Rc<Conn>,
+    rid: u64,
+    journal: &str,
+    durability: Durability,
+    payload: &[u8],
+) {
+    let start = Instant::now();
+    let fail = |code: u16, msg: &str| {
+        srv.m.error(code);
+        conn.send(|o| err_frame(o, rid, code, msg));
+    };
+    if let Err((code, msg)) = may_append(srv, conn) {
+        return fail(code, &msg);
+    }
+    let (jd, mode) = match append_target(srv, journal, durability) {
+        Ok(t) => t,
+        Err((code, msg)) => return fail(code, &msg),
+    };
+    let (j, term) = (jd.j.clone(), crate::epoch::Epoch::from_raw(srv.log.epoch()).term());
+    let writer = match srv.blocking(move || j.claim_writer(term)).await {
+        Ok(w) => w,
+        Err(e) => return fail(e.code(), &e.to_string()),
+    };
+    tracing::info!(journal, writer, "journal claimed by a new writer: earlier writers are fenced");
+    // The role may have changed while the epoch was written.
+    if let Err((code, msg)) = may_append(srv, conn) {
+        return fail(code, &msg);
+    }
+    let res = jd.j.submit_many(&[payload], None, || srv.pump(true).map(|_| ()));
+    match res {
+        Ok((first, last)) => Ack {
+            conn: conn.clone(),
+            request_id: rid,
+            ticket: Some(last),
+            mode,
+            first_lsn: first,
+            count: 1,
+            bytes: payload.len() + 32,
+            payload: payload.len(),
+            start,
+            claimed: Some(writer),
+        }
+        .queue(&jd),
         Err(e) => fail(e.code(), &e.to_string()),
     }
 }

@@ -33,9 +33,11 @@ pub(super) async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
                 Response::Hello { version: VERSION, server: &name, epoch, primary }.encode(Op::Hello, rid, o)
             });
         }
-        Request::Append { journal, durability, producer, first_seq, resend, records } => {
-            append(srv, conn, rid, journal, durability, (producer, first_seq, resend), &records);
+        Request::Append { journal, durability, producer, first_seq, resend, writer, records } => {
+            let w = writer.unwrap_or(0);
+            append(srv, conn, rid, journal, durability, (producer, first_seq, resend), w, &records);
         }
+        Request::Claim { journal, durability, payload } => claim(srv, conn, rid, journal, durability, payload).await,
         Request::Read { journal, from, max_count, max_bytes } => {
             let Some(jd) = srv.journal(journal) else {
                 return fail(&Error::UnknownJournal(journal.to_string()));
@@ -119,12 +121,12 @@ pub(super) async fn handle(srv: &Rc<Srv>, conn: &Rc<Conn>, frame: &Frame<'_>) {
                 Err(e) => fail(&e),
             }
         }
-        Request::SetMark { journal, lsn } => {
+        Request::SetMark { journal, lsn, writer } => {
             let Some(jd) = srv.journal(journal) else {
                 return fail(&Error::UnknownJournal(journal.to_string()));
             };
             let j = jd.j.clone();
-            match srv.blocking(move || j.set_mark(lsn)).await {
+            match srv.blocking(move || j.set_mark_as(lsn, writer.unwrap_or(0))).await {
                 Ok(()) => conn.send(|o| Response::Ok.encode(Op::SetMark, rid, o)),
                 Err(e) => fail(&e),
             }

@@ -116,6 +116,7 @@ impl Conn {
             // A retry after an error answer (replica-timeout: written here)
             // may find it written: the daemon answers with the original.
             resend: self.retry_at.is_some(),
+            writer: None,
             records: vec![&self.payload],
         }
         .encode(self.rid, &mut self.frame);

@@ -468,6 +468,7 @@ impl WireSim {
             producer: r.producer,
             first_seq: r.seq,
             resend: r.resend,
+            writer: None,
             records: records.iter().map(|v| v.as_slice()).collect(),
         };
         self.counts.appends_sent += 1;
@@ -936,7 +937,7 @@ impl WireSim {
                     let lsn = m + self.rng.below(next.saturating_sub(m) + 1);
                     self.note(format!("client {c}: mark {lsn}"));
                     self.counts.marks += 1;
-                    self.send(c, &Request::SetMark { journal: JOURNAL, lsn }, Sent::Mark, false);
+                    self.send(c, &Request::SetMark { journal: JOURNAL, lsn, writer: None }, Sent::Mark, false);
                 }
             }
             61..=66 => {

@@ -7,6 +7,9 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.logging.Logger;
+import io.mirrorlog.client.MirrorlogClient;
+import io.mirrorlog.client.MirrorlogException;
+import io.mirrorlog.client.Wire;
 import org.apache.activeio.journal.InvalidRecordLocationException;
 import org.apache.activeio.journal.Journal;
 import org.apache.activeio.journal.JournalEventListener;
@@ -144,12 +147,10 @@ public class MirrorlogJournal implements Journal {
         }
         MirrorlogClient c = new MirrorlogClient(eps, requestTimeoutMs, "activemq-journal", maxInFlight, maxFrameBytes);
         try {
-            MirrorlogClient.await(c.request(Wire.OP_CREATE_JOURNAL, Wire.journal(journal)));
-        } catch (MirrorlogException e) {
-            if (e.code() != Wire.E_JOURNAL_EXISTS) {
-                c.close(0);
-                throw e;
-            }
+            c.createJournal(journal);
+        } catch (IOException e) {
+            c.close(0);
+            throw e;
         }
         long m = readMark(c);
         synchronized (markLock) {
@@ -171,8 +172,7 @@ public class MirrorlogJournal implements Journal {
     }
 
     private long readMark(MirrorlogClient c) throws IOException {
-        MirrorlogClient.Answer a = MirrorlogClient.await(c.request(Wire.OP_GET_MARK, Wire.journal(journal)));
-        return Wire.mark(a.body);
+        return c.getMark(journal);
     }
 
     private void checkAsyncFailure() throws IOException {
@@ -276,12 +276,11 @@ public class MirrorlogJournal implements Journal {
     }
 
     private Records readFrom(long from, int maxCount, int maxBytes) throws IOException {
-        MirrorlogClient.Answer a;
         Records out = new Records();
         out.from = from;
+        Wire.RecordsAnswer r;
         try {
-            a = MirrorlogClient.await(client().request(Wire.OP_READ,
-                    Wire.readRecords(journal, from, maxCount, maxBytes)));
+            r = client().read(journal, from, maxCount, maxBytes);
         } catch (MirrorlogException e) {
             if (e.code() == Wire.E_NOT_YET_WRITTEN) {
                 out.lsns = new long[0];
@@ -289,7 +288,6 @@ public class MirrorlogJournal implements Journal {
             }
             throw e;
         }
-        Wire.RecordsAnswer r = new Wire.RecordsAnswer(a.body, maxCount);
         out.lsns = r.lsns;
         out.data.addAll(r.data);
         return out;
@@ -345,7 +343,7 @@ public class MirrorlogJournal implements Journal {
                 pendingMark = Math.max(pendingMark, lsn);
             }
             if (target > mark) {
-                MirrorlogClient.await(c.request(Wire.OP_SET_MARK, Wire.setMark(journal, target)));
+                MirrorlogClient.await(c.setMark(journal, target));
                 mark = target;
             }
         }

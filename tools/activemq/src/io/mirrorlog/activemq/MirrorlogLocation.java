@@ -2,6 +2,7 @@ package io.mirrorlog.activemq;
 
 import java.io.IOException;
 import java.util.concurrent.CompletableFuture;
+import io.mirrorlog.client.MirrorlogClient;
 import org.apache.activeio.journal.RecordLocation;
 
 /**

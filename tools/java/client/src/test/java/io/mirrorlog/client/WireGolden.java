@@ -1,4 +1,4 @@
-package io.mirrorlog.activemq;
+package io.mirrorlog.client;
 
 import java.io.ByteArrayInputStream;
 import java.io.IOException;
@@ -120,6 +120,24 @@ public final class WireGolden {
                 }
                 break;
             }
+            case "append-as": {
+                java.util.List<byte[]> recs = new java.util.ArrayList<>();
+                for (String d : f.get("data").split(",", -1)) {
+                    recs.add(unhex(d));
+                }
+                have = Wire.appendMany(j, Integer.parseInt(f.get("durability")), Long.parseLong(f.get("writer")),
+                        Long.parseUnsignedLong(f.get("producer")), Long.parseLong(f.get("seq")), recs)
+                        .frame(Wire.OP_APPEND, rid);
+                break;
+            }
+            case "claim":
+                have = Wire.claim(j, Integer.parseInt(f.get("durability")), unhex(f.get("data")))
+                        .frame(Wire.OP_CLAIM, rid);
+                break;
+            case "set-mark-as":
+                have = Wire.setMarkAs(j, Long.parseLong(f.get("lsn")), Long.parseLong(f.get("writer")))
+                        .frame(Wire.OP_SET_MARK, rid);
+                break;
             case "read":
                 have = Wire.readRecords(j, Long.parseLong(f.get("from")), Integer.parseInt(f.get("max_count")),
                         Integer.parseInt(f.get("max_bytes"))).frame(Wire.OP_READ, rid);
@@ -174,6 +192,13 @@ public final class WireGolden {
                     expect(hex(unhex(p[2])), hex(r.data.get(i)), "record payload");
                 }
                 expect(Long.parseLong(f.get("next_lsn")), r.nextLsn, "next lsn");
+                break;
+            }
+            case "claim": {
+                expect(Wire.OP_CLAIM | Wire.RESPONSE, fr.opcode, "claim opcode");
+                long[] c = Wire.claimed(fr.body);
+                expect(Long.parseLong(f.get("writer")), c[0], "claimed writer");
+                expect(Long.parseLong(f.get("lsn")), c[1], "claimed lsn");
                 break;
             }
             case "get-mark":

@@ -1,4 +1,4 @@
-package io.mirrorlog.activemq;
+package io.mirrorlog.client;
 
 import java.io.BufferedInputStream;
 import java.io.Closeable;
@@ -163,7 +163,7 @@ public final class MirrorlogClient implements Closeable {
      * Waits for an answer and throws its error as an IOException. The
      * client's timer fails every request by its deadline, so this returns.
      */
-    static <T> T await(CompletableFuture<T> f) throws IOException {
+    public static <T> T await(CompletableFuture<T> f) throws IOException {
         try {
             return f.get();
         } catch (ExecutionException e) {
@@ -195,29 +195,99 @@ public final class MirrorlogClient implements Closeable {
      * Sends an append of one record with the given durability (0 the journal's
      * default, 1 local, 2 remote-received, 3 remote-durable); completes with its LSN.
      */
-    CompletableFuture<Long> append(String journal, int durability, byte[] data, int off, int len) {
+    public CompletableFuture<Long> append(String journal, int durability, byte[] data, int off, int len) {
         // The sequence is taken under sendLock, with the frame's place on the wire.
         CompletableFuture<Answer> f = send(Wire.OP_APPEND,
-                () -> Wire.append(journal, durability, producer, takeSeq(journal), data, off, len),
+                () -> Wire.append(journal, durability, producer, takeSeq(journal, 1), data, off, len),
                 Wire.appendResendAt(journal));
-        return f.thenApply(a -> {
+        return f.thenApply(MirrorlogClient::appendedLsn);
+    }
+
+    /**
+     * Sends an append of {@code records} (consecutive LSNs, written in one
+     * batch: all durable or none after a crash) by the journal's writer
+     * {@code writer} (from {@link #claim}; 0: a journal never claimed);
+     * completes with the first LSN, or {@code writer-fenced} (18) once
+     * another writer claimed the journal. Appends sent from one thread are
+     * placed in the order sent.
+     */
+    public CompletableFuture<Long> appendAs(String journal, int durability, long writer, List<byte[]> records) {
+        CompletableFuture<Answer> f = send(Wire.OP_APPEND,
+                () -> Wire.appendMany(journal, durability, writer, producer, takeSeq(journal, records.size()),
+                        records),
+                Wire.appendResendAt(journal));
+        return f.thenApply(MirrorlogClient::appendedLsn);
+    }
+
+    private static long appendedLsn(Answer a) {
+        try {
+            return Wire.appendedLsn(a.body);
+        } catch (IOException e) {
+            throw new CompletionException(e);
+        }
+    }
+
+    /**
+     * Claims {@code journal} as its one writer: every earlier writer is
+     * fenced (its appends and marks fail with {@code writer-fenced}).
+     * {@code payload} is appended as the claim's record. Completes with the
+     * writer epoch to send with {@link #appendAs} and {@link #setMarkAs}, and
+     * the claim record's LSN: every record of an earlier writer lies below
+     * it, durable as {@code durability} says.
+     */
+    public CompletableFuture<long[]> claim(String journal, int durability, byte[] payload) {
+        return send(Wire.OP_CLAIM, () -> Wire.claim(journal, durability, payload)).thenApply(a -> {
             try {
-                return Wire.appendedLsn(a.body);
+                return Wire.claimed(a.body);
             } catch (IOException e) {
                 throw new CompletionException(e);
             }
         });
     }
 
+    /** Reads up to {@code maxCount} records (about {@code maxBytes}) from {@code from}. */
+    public Wire.RecordsAnswer read(String journal, long from, int maxCount, int maxBytes) throws IOException {
+        Answer a = await(request(Wire.OP_READ, Wire.readRecords(journal, from, maxCount, maxBytes)));
+        return new Wire.RecordsAnswer(a.body, maxCount);
+    }
+
+    /** The journal's mark. */
+    public long getMark(String journal) throws IOException {
+        return Wire.mark(await(request(Wire.OP_GET_MARK, Wire.journal(journal))).body);
+    }
+
+    /** Moves the mark of a journal never claimed. */
+    public CompletableFuture<Void> setMark(String journal, long lsn) {
+        return request(Wire.OP_SET_MARK, Wire.setMark(journal, lsn)).thenApply(a -> (Void) null);
+    }
+
+    /** Moves the mark as the journal's writer ({@link #claim}). */
+    public CompletableFuture<Void> setMarkAs(String journal, long lsn, long writer) {
+        return request(Wire.OP_SET_MARK, Wire.setMarkAs(journal, lsn, writer)).thenApply(a -> (Void) null);
+    }
+
+    /** Creates the journal; false if it exists already. */
+    public boolean createJournal(String journal) throws IOException {
+        try {
+            await(request(Wire.OP_CREATE_JOURNAL, Wire.journal(journal)));
+            return true;
+        } catch (MirrorlogException e) {
+            if (e.code() == Wire.E_JOURNAL_EXISTS) {
+                return false;
+            }
+            throw e;
+        }
+    }
+
     /**
-     * The next sequence of an append to {@code journal} (called under sendLock).
-     * A new (random) producer's sequences start at 1 in each journal, like the
-     * Rust client's: a daemon that does not know the producer takes a resend
-     * of its first append.
+     * The first of {@code n} sequences of an append to {@code journal}
+     * (called under sendLock). A new (random) producer's sequences start at
+     * 1 in each journal, like the Rust client's: a daemon that does not know
+     * the producer takes a resend of its first append.
      */
-    private long takeSeq(String journal) {
+    private long takeSeq(String journal, int n) {
         long s = nextSeq.getOrDefault(journal, 1L);
-        nextSeq.put(journal, s + 1);
+        nextSeq.put(journal, s + n);
         return s;
     }
 

@@ -1,4 +1,4 @@
-package io.mirrorlog.activemq;
+package io.mirrorlog.client;
 
 import java.io.IOException;
 

@@ -1,4 +1,4 @@
-package io.mirrorlog.activemq;
+package io.mirrorlog.client;
 
 import java.io.EOFException;
 import java.io.IOException;
@@ -13,42 +13,47 @@ import java.util.zip.CRC32C;
  * Pure encode/decode of mirrorlog protocol v1 frames (docs/protocol.md), no
  * sockets. A frame is a 24-byte header (magic, version, opcode, request id,
  * body length, CRC32C of header bytes 0-15 and the body, reserved zero) and
- * the body. All integers little-endian.
+ * the body. All integers little-endian. Its constants are public (the
+ * adapters act on the error codes); the builders and decoders stay here.
  */
-final class Wire {
-    static final int MAGIC = 0x4C4D;
-    static final int VERSION = 1;
-    static final int HEADER = 24;
+public final class Wire {
+    public static final int MAGIC = 0x4C4D;
+    public static final int VERSION = 1;
+    public static final int HEADER = 24;
     /** Largest answer body we accept (the daemon's answers stay within its max_frame_bytes). */
-    static final int MAX_BODY = 64 << 20;
+    public static final int MAX_BODY = 64 << 20;
 
-    static final int OP_HELLO = 0x01;
-    static final int OP_APPEND = 0x02;
-    static final int OP_READ = 0x03;
-    static final int OP_SET_MARK = 0x06;
-    static final int OP_GET_MARK = 0x07;
-    static final int OP_CREATE_JOURNAL = 0x08;
-    static final int OP_ERROR = 0x7F;
-    static final int RESPONSE = 0x80;
+    public static final int OP_HELLO = 0x01;
+    public static final int OP_APPEND = 0x02;
+    public static final int OP_READ = 0x03;
+    public static final int OP_SET_MARK = 0x06;
+    public static final int OP_GET_MARK = 0x07;
+    public static final int OP_CREATE_JOURNAL = 0x08;
+    public static final int OP_CLAIM = 0x13;
+    public static final int OP_ERROR = 0x7F;
+    public static final int RESPONSE = 0x80;
 
     // Error codes the adapter acts on (docs/protocol.md, docs/api.md; the
     // Rust table is src/codes.rs, and tests/golden.rs checks these against it).
-    static final int E_FULL = 5;
-    static final int E_RECORD_TOO_LARGE = 6;
-    static final int E_JOURNAL_EXISTS = 8;
-    static final int E_BELOW_MARK = 11;
-    static final int E_NOT_YET_WRITTEN = 12;
-    static final int E_NOT_PRIMARY = 200;
-    static final int E_SEQUENCE_UNKNOWN = 203;
-    static final int E_SEQUENCE_CONFLICT = 211;
-    static final int E_FENCED = 201;
-    static final int E_TOO_MANY_CONNECTIONS = 202;
-    static final int E_SHUTTING_DOWN = 205;
-    static final int E_TIMEOUT = 208;
-    static final int E_UNAVAILABLE = 209;
+    public static final int E_FULL = 5;
+    public static final int E_RECORD_TOO_LARGE = 6;
+    public static final int E_JOURNAL_EXISTS = 8;
+    public static final int E_BELOW_MARK = 11;
+    public static final int E_NOT_YET_WRITTEN = 12;
+    public static final int E_WRITER_FENCED = 18;
+    public static final int E_NOT_PRIMARY = 200;
+    public static final int E_SEQUENCE_UNKNOWN = 203;
+    public static final int E_SEQUENCE_CONFLICT = 211;
+    public static final int E_FENCED = 201;
+    public static final int E_TOO_MANY_CONNECTIONS = 202;
+    public static final int E_SHUTTING_DOWN = 205;
+    public static final int E_TIMEOUT = 208;
+    public static final int E_UNAVAILABLE = 209;
 
     /** Bit 7 of an append's durability byte: the client sent this append before. */
-    static final int RESEND = 0x80;
+    public static final int RESEND = 0x80;
+    /** Bit 6 of an append's durability byte: a writer epoch (u64) follows the byte. */
+    public static final int WRITER = 0x40;
 
     private Wire() {}
 
@@ -78,6 +83,33 @@ final class Wire {
         return new Body(size).str(journal).u8(durability).u64(producer).u64(seq).u32(1).blob(data, off, len);
     }
 
+    /**
+     * An append of several records, written in one batch (all durable or
+     * none after a crash), under writer epoch {@code writer} (0: none).
+     */
+    static Body appendMany(String journal, int durability, long writer, long producer, long seq,
+            java.util.List<byte[]> records) {
+        int size = Body.strBytes(journal) + 1 + (writer != 0 ? 8 : 0) + 8 + 8 + 4;
+        for (byte[] r : records) {
+            size += 4 + r.length;
+        }
+        Body b = new Body(size).str(journal).u8(durability | (writer != 0 ? WRITER : 0));
+        if (writer != 0) {
+            b.u64(writer);
+        }
+        b.u64(producer).u64(seq).u32(records.size());
+        for (byte[] r : records) {
+            b.blob(r, 0, r.length);
+        }
+        return b;
+    }
+
+    /** A Claim: the journal, the durability of the claim's record, its payload. */
+    static Body claim(String journal, int durability, byte[] payload) {
+        return new Body(Body.strBytes(journal) + 1 + 4 + payload.length).str(journal).u8(durability)
+                .blob(payload, 0, payload.length);
+    }
+
     /** Where an append frame's durability byte (and its RESEND bit) is. */
     static int appendResendAt(String journal) {
         return HEADER + Body.strBytes(journal);
@@ -93,6 +125,11 @@ final class Wire {
 
     static Body setMark(String journal, long lsn) {
         return new Body().str(journal).u64(lsn);
+    }
+
+    /** A SetMark by the journal's writer (its epoch trails the LSN). */
+    static Body setMarkAs(String journal, long lsn, long writer) {
+        return new Body().str(journal).u64(lsn).u64(writer);
     }
 
     // Answer bodies.
@@ -121,6 +158,12 @@ final class Wire {
         return lsn;
     }
 
+    /** A Claim answer: the writer epoch and the LSN of the claim's record. */
+    static long[] claimed(byte[] body) throws IOException {
+        Reader r = new Reader(body);
+        return new long[] {r.u64(), r.u64()};
+    }
+
     /** The LSN of a GetMark answer. */
     static long mark(byte[] body) throws IOException {
         return new Reader(body).u64();
@@ -135,11 +178,11 @@ final class Wire {
     }
 
     /** The records of a Read answer, each checked against its CRC32C. */
-    static final class RecordsAnswer {
-        final long[] lsns;
-        final long[] epochs;
-        final java.util.List<byte[]> data = new java.util.ArrayList<>();
-        final long nextLsn;
+    public static final class RecordsAnswer {
+        public final long[] lsns;
+        public final long[] epochs;
+        public final java.util.List<byte[]> data = new java.util.ArrayList<>();
+        public final long nextLsn;
 
         RecordsAnswer(byte[] body, int maxCount) throws IOException {
             Reader r = new Reader(body);
