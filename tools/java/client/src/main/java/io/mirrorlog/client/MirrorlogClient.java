@@ -247,8 +247,18 @@ public final class MirrorlogClient implements Closeable {
 
     /** Reads up to {@code maxCount} records (about {@code maxBytes}) from {@code from}. */
     public Wire.RecordsAnswer read(String journal, long from, int maxCount, int maxBytes) throws IOException {
-        Answer a = await(request(Wire.OP_READ, Wire.readRecords(journal, from, maxCount, maxBytes)));
-        return new Wire.RecordsAnswer(a.body, maxCount);
+        return await(readAsync(journal, from, maxCount, maxBytes));
+    }
+
+    /** {@link #read}, answered by a future (reads pipeline on the connection). */
+    public CompletableFuture<Wire.RecordsAnswer> readAsync(String journal, long from, int maxCount, int maxBytes) {
+        return request(Wire.OP_READ, Wire.readRecords(journal, from, maxCount, maxBytes)).thenApply(a -> {
+            try {
+                return new Wire.RecordsAnswer(a.body, maxCount);
+            } catch (IOException e) {
+                throw new CompletionException(e);
+            }
+        });
     }
 
     /** The journal's mark. */

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the ActiveMQ 6 adapter with Maven (from Maven Central) and runs its
+# tests: ActiveMQ's own store tests (from its published test jars) against a
+# mirrorlogd this script starts on two file mirrors in a temporary folder.
+#   tools/activemq6/test.sh [-Dtest=Pattern] [other Maven arguments]
+# MIRRORLOGD: the daemon binary (default: target/debug/mirrorlogd, built if missing).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+bin="${MIRRORLOGD:-$root/target/debug/mirrorlogd}"
+[ -x "$bin" ] || (cd "$root" && cargo build --bin mirrorlogd)
+work="$(mktemp -d)"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"$bin" --data-dir "$work" --device-size 2GiB --listen "127.0.0.1:$port" --metrics off > "$work/mirrorlogd.log" 2>&1 &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do
+  (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+  sleep 0.1
+done
+cd "$root/tools/java"
+mvn -B -q -Dmirrorlog.endpoints="127.0.0.1:$port" "$@" install

@@ -1,0 +1,30 @@
+package io.mirrorlog.activemq6;
+
+import org.apache.activemq.command.Message;
+import org.apache.activemq.command.MessageId;
+
+/** One message held by a destination's index; its body stays in the journal. */
+final class Entry {
+    /** Order in the destination: assigned under the adapter's lock, in append order. */
+    final long seq;
+    final MessageId id;
+    final int priority;
+    final int size;
+    /** The ADD record's LSN; -1 until it is durable. */
+    long lsn = -1;
+    /** The message until its record is durable (the cursor may ask for it before). */
+    Message inFlight;
+    /** Not yet visible to recoverNextMessages: its add is not durable, or not yet in the cursor. */
+    boolean pendingAdd;
+    /** Topic: subscriptions that have not acknowledged it. */
+    int refs;
+    /** Acknowledged by a prepared transaction (after a restart): not dispatched until its outcome. */
+    boolean preparedAck;
+
+    Entry(long seq, MessageId id, int priority, int size) {
+        this.seq = seq;
+        this.id = id;
+        this.priority = priority;
+        this.size = size;
+    }
+}

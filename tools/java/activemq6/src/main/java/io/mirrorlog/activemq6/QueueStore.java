@@ -1,0 +1,475 @@
+package io.mirrorlog.activemq6;
+
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.NavigableMap;
+import java.util.TreeMap;
+import java.util.TreeSet;
+import java.util.concurrent.CompletableFuture;
+import org.apache.activemq.broker.ConnectionContext;
+import org.apache.activemq.command.ActiveMQDestination;
+import org.apache.activemq.command.Message;
+import org.apache.activemq.command.MessageAck;
+import org.apache.activemq.command.MessageId;
+import org.apache.activemq.store.AbstractMessageStore;
+import org.apache.activemq.store.IndexListener;
+import org.apache.activemq.store.ListenableFuture;
+import org.apache.activemq.store.MessageRecoveryListener;
+
+/**
+ * A queue's messages: an ordered index of entries (sequence, priority, the
+ * LSN of the ADD record) rebuilt from the journal at start; bodies are read
+ * back by LSN when a cursor asks.
+ *
+ * <p>The cursor contract (docs/activemq.md): a message's sequence is
+ * assigned, its record handed to the appliance and {@code onAdd} called
+ * under the adapter's lock, so sequence order, journal order and the
+ * cursor's order agree; an entry stays {@code pendingAdd} (and
+ * {@code recoverNextMessages} stops before it) until its record is durable
+ * and the cursor took it; {@code setBatch} positions exactly after the
+ * message named; a second add of a message id is ignored.
+ *
+ * <p>Invariant: every index change happens under {@code a.lock}.
+ */
+class QueueStore extends AbstractMessageStore {
+    final MirrorlogPersistenceAdapter a;
+    final TreeMap<Long, Entry> bySeq = new TreeMap<>();
+    final Map<MessageId, Entry> byId = new HashMap<>();
+    final TreeSet<Long> pendingAdds = new TreeSet<>();
+    /** The cursor's position: the last sequence handed to recoverNextMessages (-1: none). */
+    long lastBatch = -1;
+
+    QueueStore(MirrorlogPersistenceAdapter a, ActiveMQDestination destination) {
+        super(destination);
+        this.a = a;
+    }
+
+    // ---------------------------------------------------------------- adds
+
+    @Override
+    public void addMessage(ConnectionContext context, Message message) throws IOException {
+        add(context, message, true);
+    }
+
+    @Override
+    public void addMessage(ConnectionContext context, Message message, boolean canOptimizeHint) throws IOException {
+        add(context, message, true);
+    }
+
+    @Override
+    public ListenableFuture<Object> asyncAddQueueMessage(ConnectionContext context, Message message)
+            throws IOException {
+        return add(context, message, false);
+    }
+
+    @Override
+    public ListenableFuture<Object> asyncAddQueueMessage(ConnectionContext context, Message message,
+            boolean canOptimizeHint) throws IOException {
+        return add(context, message, false);
+    }
+
+    @Override
+    public ListenableFuture<Object> asyncAddTopicMessage(ConnectionContext context, Message message)
+            throws IOException {
+        return add(context, message, false);
+    }
+
+    @Override
+    public ListenableFuture<Object> asyncAddTopicMessage(ConnectionContext context, Message message,
+            boolean canOptimizeHint) throws IOException {
+        return add(context, message, false);
+    }
+
+    /** Called under the lock when an entry joins (topics give it to their subscriptions). */
+    void added(Entry e) {
+    }
+
+    /**
+     * Adds a message. {@code sync}: returns once its record is durable (and
+     * then publishes its sequence); else the sequence is replaced by a future
+     * at once (the cursor may dispatch it while it is written, as KahaDB's
+     * concurrent store and dispatch) and the returned future completes once
+     * durable. In a transaction's batch the record waits for the commit.
+     */
+    ListenableFuture<Object> add(ConnectionContext context, Message message, boolean sync) throws IOException {
+        a.check();
+        MessageId id = message.getMessageId();
+        Batch batch = a.batch();
+        byte[] record = a.encodeAdd(destination, message);
+        StoreFuture done = new StoreFuture();
+        CompletableFuture<Long> written = null;
+        Entry e;
+        synchronized (a.lock) {
+            if (byId.containsKey(id)) {
+                // A duplicate (a producer's resend after a failover): ignored,
+                // and the queue told so (-1) rather than dispatching it twice.
+                id.setFutureOrSequenceLong(-1L);
+                done.f.complete(null);
+                return done;
+            }
+            if (batch != null && batch.preparing != null) {
+                // An XA prepare: the add is recorded, and applied only at commit.
+                batch.add(record, null, null);
+                done.f.complete(null);
+                return done;
+            }
+            e = new Entry(a.nextSeq++, id, message.getPriority(), message.getSize());
+            e.inFlight = message;
+            e.pendingAdd = true;
+            index(e);
+            a.producerSeen(id);
+            final Entry fe = e;
+            if (batch != null) {
+                id.setFutureOrSequenceLong(null);
+                batch.add(record, lsn -> durable(fe, lsn, true), () -> failed(fe));
+                listen(context, message, fe);
+                done.f.complete(null);
+                return done;
+            }
+            written = a.link().append(Link.one(record));
+            if (sync) {
+                id.setFutureOrSequenceLong(null);
+                listen(context, message, e);
+            } else {
+                id.setFutureOrSequenceLong(done);
+                if (indexListener != null) {
+                    indexListener.onAdd(new IndexListener.MessageContext(context, message, null));
+                }
+            }
+        }
+        final Entry fe = e;
+        if (sync) {
+            long lsn;
+            try {
+                lsn = MirrorlogPersistenceAdapter.await(written);
+            } catch (IOException ex) {
+                failed(fe);
+                throw ex;
+            }
+            durable(fe, lsn, true);
+            done.f.complete(null);
+        } else {
+            written.whenComplete((lsn, err) -> {
+                if (err != null) {
+                    failed(fe);
+                    done.f.completeExceptionally(MirrorlogPersistenceAdapter.cause(err));
+                } else {
+                    durable(fe, lsn, false);
+                    done.f.complete(null);
+                }
+            });
+        }
+        return done;
+    }
+
+    /** Tells the queue of a new message; it leaves pendingAdd once the cursor took it. */
+    private void listen(ConnectionContext context, Message message, Entry e) {
+        if (indexListener != null) {
+            indexListener.onAdd(new IndexListener.MessageContext(context, message, () -> cursorTook(e)));
+        }
+    }
+
+    private void cursorTook(Entry e) {
+        synchronized (a.lock) {
+            if (e.lsn >= 0) {
+                e.pendingAdd = false;
+                pendingAdds.remove(e.seq);
+            } else {
+                // Durable later: cleared then.
+                e.pendingAdd = false;
+            }
+        }
+    }
+
+    /** The add's record is durable at {@code lsn}. {@code waitCursor}: it leaves pendingAdd when the cursor took it. */
+    void durable(Entry e, long lsn, boolean waitCursor) {
+        synchronized (a.lock) {
+            e.lsn = lsn;
+            e.inFlight = null;
+            if (!waitCursor || indexListener == null || !e.pendingAdd) {
+                e.pendingAdd = false;
+                pendingAdds.remove(e.seq);
+            }
+            e.id.setFutureOrSequenceLong(e.seq);
+            a.touched(lsn);
+        }
+    }
+
+    void failed(Entry e) {
+        synchronized (a.lock) {
+            if (byId.get(e.id) == e) {
+                unindex(e);
+            }
+        }
+    }
+
+    /** Puts an entry in the index (under the lock). */
+    void index(Entry e) {
+        bySeq.put(e.seq, e);
+        byId.put(e.id, e);
+        if (e.pendingAdd) {
+            pendingAdds.add(e.seq);
+        }
+        getMessageStoreStatistics().getMessageCount().increment();
+        getMessageStoreStatistics().getMessageSize().addSize(e.size);
+        added(e);
+    }
+
+    /** Takes an entry out of the index (under the lock). */
+    void unindex(Entry e) {
+        bySeq.remove(e.seq);
+        byId.remove(e.id);
+        pendingAdds.remove(e.seq);
+        getMessageStoreStatistics().getMessageCount().decrement();
+        getMessageStoreStatistics().getMessageSize().addSize(-e.size);
+    }
+
+    // ------------------------------------------------------------- removes
+
+    @Override
+    public void removeMessage(ConnectionContext context, MessageAck ack) throws IOException {
+        remove(ack, ack.isResponseRequired());
+    }
+
+    @Override
+    public void removeAsyncMessage(ConnectionContext context, MessageAck ack) throws IOException {
+        remove(ack, false);
+    }
+
+    private void remove(MessageAck ack, boolean sync) throws IOException {
+        a.check();
+        MessageId id = ack.getLastMessageId();
+        Batch batch = a.batch();
+        CompletableFuture<Long> written;
+        synchronized (a.lock) {
+            Entry e = byId.get(id);
+            if (e == null) {
+                return;
+            }
+            byte[] record = Codec.remove(destination, id.toString());
+            if (batch != null) {
+                if (batch.preparing != null) {
+                    batch.add(record, null, null);
+                } else {
+                    batch.add(record, lsn -> removed(e), null);
+                }
+                return;
+            }
+            unindex(e);
+            written = a.link().append(Link.one(record));
+        }
+        if (sync) {
+            MirrorlogPersistenceAdapter.await(written);
+        } else {
+            a.pipelined(written);
+        }
+    }
+
+    private void removed(Entry e) {
+        synchronized (a.lock) {
+            if (byId.get(e.id) == e) {
+                unindex(e);
+            }
+        }
+    }
+
+    @Override
+    public void removeAllMessages(ConnectionContext context) throws IOException {
+        a.check();
+        CompletableFuture<Long> written;
+        synchronized (a.lock) {
+            written = a.link().append(Link.one(Codec.purge(destination)));
+            clear();
+        }
+        MirrorlogPersistenceAdapter.await(written);
+    }
+
+    /** Drops every entry (under the lock). */
+    void clear() {
+        for (Entry e : new ArrayList<>(bySeq.values())) {
+            unindex(e);
+        }
+        lastBatch = -1;
+    }
+
+    // ------------------------------------------------------------ recovery
+
+    @Override
+    public Message getMessage(MessageId identity) throws IOException {
+        Entry e;
+        synchronized (a.lock) {
+            e = byId.get(identity);
+            if (e == null) {
+                return null;
+            }
+            if (e.inFlight != null) {
+                return e.inFlight;
+            }
+        }
+        return a.load(e);
+    }
+
+    @Override
+    public void recover(MessageRecoveryListener listener) throws Exception {
+        List<Entry> all;
+        synchronized (a.lock) {
+            all = visible(bySeq, -1, Integer.MAX_VALUE);
+        }
+        deliver(all, listener, Integer.MAX_VALUE, null);
+    }
+
+    @Override
+    public void recoverNextMessages(int maxReturned, MessageRecoveryListener listener) throws Exception {
+        List<Entry> next;
+        synchronized (a.lock) {
+            next = nextBatch(maxReturned);
+        }
+        deliver(next, listener, maxReturned, e -> {
+            synchronized (a.lock) {
+                lastBatch = Math.max(lastBatch, e.seq);
+            }
+        });
+    }
+
+    /** Up to {@code max} entries after the cursor's position, in order (under the lock). */
+    List<Entry> nextBatch(int max) {
+        if (!prioritizedMessages) {
+            return visible(bySeq, lastBatch, max);
+        }
+        // Highest priority first, then sequence; the position is by sequence.
+        List<Entry> out = visible(bySeq, lastBatch, Integer.MAX_VALUE);
+        out.sort((x, y) -> x.priority != y.priority ? y.priority - x.priority : Long.compare(x.seq, y.seq));
+        return out.size() > max ? new ArrayList<>(out.subList(0, max)) : out;
+    }
+
+    /**
+     * The entries after {@code after}, up to {@code max}, stopping before the
+     * first pending add (never read past a message the cursor has not got),
+     * leaving out messages acknowledged by a prepared transaction.
+     */
+    List<Entry> visible(NavigableMap<Long, Entry> from, long after, int max) {
+        long stop = pendingAdds.isEmpty() ? Long.MAX_VALUE : pendingAdds.first();
+        List<Entry> out = new ArrayList<>();
+        for (Entry e : from.tailMap(after, false).values()) {
+            if (e.seq >= stop || out.size() >= max) {
+                break;
+            }
+            if (!e.preparedAck) {
+                out.add(e);
+            }
+        }
+        return out;
+    }
+
+    interface Delivered {
+        void accept(Entry e);
+    }
+
+    /** Reads the bodies (pipelined) and hands them to the listener in order while it has room. */
+    void deliver(List<Entry> entries, MessageRecoveryListener listener, int max, Delivered delivered)
+            throws Exception {
+        List<CompletableFuture<Message>> bodies = new ArrayList<>(entries.size());
+        for (Entry e : entries) {
+            bodies.add(a.loadAsync(e));
+        }
+        int n = 0;
+        for (int i = 0; i < entries.size(); i++) {
+            if (!listener.canRecoveryNextMessage()) {
+                break;
+            }
+            Message m = MirrorlogPersistenceAdapter.await(bodies.get(i));
+            Entry e = entries.get(i);
+            m.getMessageId().setFutureOrSequenceLong(e.seq);
+            m.getMessageId().setEntryLocator(e.seq);
+            listener.recoverMessage(m);
+            if (delivered != null) {
+                delivered.accept(e);
+            }
+            n++;
+            if (n >= max || !listener.hasSpace()) {
+                break;
+            }
+        }
+    }
+
+    @Override
+    public void resetBatching() {
+        synchronized (a.lock) {
+            lastBatch = -1;
+        }
+    }
+
+    @Override
+    public void setBatch(MessageId messageId) {
+        synchronized (a.lock) {
+            Entry e = byId.get(messageId);
+            if (e != null) {
+                lastBatch = e.seq;
+            } else if (messageId.getFutureOrSequenceLong() instanceof Long) {
+                // Already acknowledged: its sequence still says where it stood.
+                lastBatch = (Long) messageId.getFutureOrSequenceLong();
+            } else if (messageId.getEntryLocator() instanceof Long) {
+                lastBatch = (Long) messageId.getEntryLocator();
+            }
+        }
+    }
+
+    @Override
+    public void updateMessage(Message message) throws IOException {
+        // persistJMSRedelivered: the message written again under its id; the
+        // newest ADD of an id is the one read back (and replayed).
+        a.check();
+        byte[] record = a.encodeAdd(destination, message);
+        CompletableFuture<Long> written;
+        synchronized (a.lock) {
+            Entry e = byId.get(message.getMessageId());
+            if (e == null) {
+                return;
+            }
+            written = a.link().append(Link.one(record));
+        }
+        long lsn = MirrorlogPersistenceAdapter.await(written);
+        synchronized (a.lock) {
+            Entry e = byId.get(message.getMessageId());
+            if (e != null && lsn > e.lsn) {
+                e.lsn = lsn;
+            }
+        }
+    }
+
+    @Override
+    protected void recoverMessageStoreStatistics() throws IOException {
+        synchronized (a.lock) {
+            getMessageStoreStatistics().reset();
+            for (Entry e : bySeq.values()) {
+                getMessageStoreStatistics().getMessageCount().increment();
+                getMessageStoreStatistics().getMessageSize().addSize(e.size);
+            }
+        }
+    }
+
+    @Override
+    public StoreType getType() {
+        // Not KAHADB: the broker calls recoverExpired only on KahaDB stores.
+        return StoreType.MEMORY;
+    }
+
+    /** The lowest LSN this destination still needs (Long.MAX_VALUE: none), under the lock. */
+    long lowestLsn() {
+        long low = Long.MAX_VALUE;
+        for (Entry e : bySeq.values()) {
+            if (e.lsn >= 0 && e.lsn < low) {
+                low = e.lsn;
+            }
+        }
+        return low;
+    }
+
+    @Override
+    public String toString() {
+        return "mirrorlog:" + destination;
+    }
+}
