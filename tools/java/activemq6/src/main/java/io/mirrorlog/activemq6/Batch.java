@@ -13,6 +13,12 @@ import java.util.function.LongConsumer;
 final class Batch {
     /** The XA transaction being prepared (its operations are recorded, not applied), or null. */
     final byte[] preparing;
+    /**
+     * The commit of a transaction recovered prepared after a restart: no
+     * cursor waits for its adds (the broker re-reads the store after it),
+     * so they are visible as soon as they are durable.
+     */
+    boolean recovered;
     final List<byte[]> records = new ArrayList<>();
     private final List<LongConsumer> durable = new ArrayList<>();
     private final List<Runnable> failed = new ArrayList<>();

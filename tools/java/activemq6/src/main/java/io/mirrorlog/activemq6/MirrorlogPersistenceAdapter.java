@@ -456,6 +456,8 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         check();
         XATransactionId xid = context == null ? null : context.getXid();
         Batch b = new Batch(xid == null ? null : marshal(xid));
+        XATransactionId c = committing.get();
+        b.recovered = c != null && getTxStore().isRecovered(c);
         if (xid != null) {
             b.records.add(Codec.outcome(Codec.PREPARE, b.preparing));
         }
@@ -491,6 +493,16 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         b.durable(first);
         if (xid != null) {
             settled(xid);
+        }
+        if (b.preparing != null) {
+            // Prepared here: its records pin the journal (the mark stays
+            // below them) until its outcome is written.
+            XATransactionId pxid = context.getXid();
+            synchronized (lock) {
+                Prepared p = new Prepared(pxid);
+                p.firstLsn = first;
+                prepared.put(Arrays.toString(b.preparing), p);
+            }
         }
     }
 

@@ -124,8 +124,11 @@ class QueueStore extends AbstractMessageStore {
             final Entry fe = e;
             if (batch != null) {
                 id.setFutureOrSequenceLong(null);
-                batch.add(record, lsn -> durable(fe, lsn, true), () -> failed(fe));
-                listen(context, message, fe);
+                boolean viaCursor = !batch.recovered && indexListener != null;
+                batch.add(record, lsn -> durable(fe, lsn, viaCursor), () -> failed(fe));
+                if (viaCursor) {
+                    listen(context, message, fe);
+                }
                 done.f.complete(null);
                 return done;
             }

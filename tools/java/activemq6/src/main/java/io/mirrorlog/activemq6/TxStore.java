@@ -29,6 +29,8 @@ import org.apache.activemq.store.memory.MemoryTransactionStore;
  */
 final class TxStore extends MemoryTransactionStore {
     private final MirrorlogPersistenceAdapter a;
+    /** Prepared transactions that came back from the journal at start. */
+    private final java.util.Set<TransactionId> recoveredTxs = java.util.concurrent.ConcurrentHashMap.newKeySet();
 
     TxStore(MirrorlogPersistenceAdapter a, BrokerService brokerService) {
         super(a, brokerService);
@@ -84,6 +86,7 @@ final class TxStore extends MemoryTransactionStore {
         }
         if (wasPrepared) {
             preparedTransactions.remove(txid);
+            recoveredTxs.remove(txid);
         }
         // Only once the commit is durable: the broker acknowledges the client here.
         if (postCommit != null) {
@@ -97,7 +100,12 @@ final class TxStore extends MemoryTransactionStore {
         if (preparedTransactions.containsKey(txid)) {
             a.writeOutcome(Codec.ROLLBACK, (XATransactionId) txid);
             preparedTransactions.remove(txid);
+            recoveredTxs.remove(txid);
         }
+    }
+
+    boolean isRecovered(TransactionId txid) {
+        return recoveredTxs.contains(txid);
     }
 
     /** After the journal was replayed: the prepared transactions it holds, as the broker recovers them. */
@@ -108,6 +116,7 @@ final class TxStore extends MemoryTransactionStore {
         }
         for (MirrorlogPersistenceAdapter.Prepared p : ps) {
             Tx tx = getPreparedTx(p.xid);
+            recoveredTxs.add(p.xid);
             for (Codec.Rec op : p.ops) {
                 switch (op.type) {
                     case Codec.ADD:
