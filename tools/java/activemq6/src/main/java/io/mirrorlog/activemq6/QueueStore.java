@@ -39,8 +39,8 @@ class QueueStore extends AbstractMessageStore {
     final TreeMap<Long, Entry> bySeq = new TreeMap<>();
     final Map<MessageId, Entry> byId = new HashMap<>();
     final TreeSet<Long> pendingAdds = new TreeSet<>();
-    /** The cursor's position: the last sequence handed to recoverNextMessages (-1: none). */
-    long lastBatch = -1;
+    /** The cursor's position: what recoverNextMessages handed out last. */
+    final Position pos = new Position();
 
     QueueStore(MirrorlogPersistenceAdapter a, ActiveMQDestination destination) {
         super(destination);
@@ -295,7 +295,7 @@ class QueueStore extends AbstractMessageStore {
         for (Entry e : new ArrayList<>(bySeq.values())) {
             unindex(e);
         }
-        lastBatch = -1;
+        pos.reset();
     }
 
     // ------------------------------------------------------------ recovery
@@ -319,7 +319,7 @@ class QueueStore extends AbstractMessageStore {
     public void recover(MessageRecoveryListener listener) throws Exception {
         List<Entry> all;
         synchronized (a.lock) {
-            all = visible(bySeq, -1, Integer.MAX_VALUE);
+            all = select(bySeq, new Position(), Integer.MAX_VALUE);
         }
         deliver(all, listener, Integer.MAX_VALUE, null);
     }
@@ -328,40 +328,64 @@ class QueueStore extends AbstractMessageStore {
     public void recoverNextMessages(int maxReturned, MessageRecoveryListener listener) throws Exception {
         List<Entry> next;
         synchronized (a.lock) {
-            next = nextBatch(maxReturned);
+            next = select(bySeq, pos, maxReturned);
         }
         deliver(next, listener, maxReturned, e -> {
             synchronized (a.lock) {
-                lastBatch = Math.max(lastBatch, e.seq);
+                pos.delivered(e, prioritizedMessages);
             }
         });
     }
 
-    /** Up to {@code max} entries after the cursor's position, in order (under the lock). */
-    List<Entry> nextBatch(int max) {
-        if (!prioritizedMessages) {
-            return visible(bySeq, lastBatch, max);
-        }
-        // Highest priority first, then sequence; the position is by sequence.
-        List<Entry> out = visible(bySeq, lastBatch, Integer.MAX_VALUE);
-        out.sort((x, y) -> x.priority != y.priority ? y.priority - x.priority : Long.compare(x.seq, y.seq));
-        return out.size() > max ? new ArrayList<>(out.subList(0, max)) : out;
-    }
-
     /**
-     * The entries after {@code after}, up to {@code max}, stopping before the
-     * first pending add (never read past a message the cursor has not got),
-     * leaving out messages acknowledged by a prepared transaction.
+     * Up to {@code max} entries of {@code from} after position {@code p}, in
+     * the order a cursor takes them (by sequence; with prioritized messages
+     * highest priority first), stopping before the first pending add (never
+     * read past a message the cursor has not got), leaving out messages
+     * acknowledged by a prepared transaction (under the lock).
      */
-    List<Entry> visible(NavigableMap<Long, Entry> from, long after, int max) {
+    List<Entry> select(NavigableMap<Long, Entry> from, Position p, int max) {
         long stop = pendingAdds.isEmpty() ? Long.MAX_VALUE : pendingAdds.first();
+        boolean prio = prioritizedMessages;
         List<Entry> out = new ArrayList<>();
-        for (Entry e : from.tailMap(after, false).values()) {
-            if (e.seq >= stop || out.size() >= max) {
+        if (!prio) {
+            for (Entry e : from.tailMap(p.lowest(false), false).values()) {
+                if (e.seq >= stop || out.size() >= max) {
+                    break;
+                }
+                if (!e.preparedAck) {
+                    out.add(e);
+                }
+            }
+            return out;
+        }
+        List<List<Entry>> byPrio = new ArrayList<>(10);
+        for (int s = 0; s < 10; s++) {
+            byPrio.add(null);
+        }
+        for (Entry e : from.tailMap(p.lowest(true), false).values()) {
+            if (e.seq >= stop) {
                 break;
             }
-            if (!e.preparedAck) {
-                out.add(e);
+            int s = Position.slot(e);
+            if (e.preparedAck || !p.after(e, true)) {
+                continue;
+            }
+            if (byPrio.get(s) == null) {
+                byPrio.set(s, new ArrayList<>());
+            }
+            if (byPrio.get(s).size() < max) {
+                byPrio.get(s).add(e);
+            }
+        }
+        for (int s = 9; s >= 0 && out.size() < max; s--) {
+            if (byPrio.get(s) != null) {
+                for (Entry e : byPrio.get(s)) {
+                    if (out.size() >= max) {
+                        break;
+                    }
+                    out.add(e);
+                }
             }
         }
         return out;
@@ -401,7 +425,7 @@ class QueueStore extends AbstractMessageStore {
     @Override
     public void resetBatching() {
         synchronized (a.lock) {
-            lastBatch = -1;
+            pos.reset();
         }
     }
 
@@ -410,12 +434,10 @@ class QueueStore extends AbstractMessageStore {
         synchronized (a.lock) {
             Entry e = byId.get(messageId);
             if (e != null) {
-                lastBatch = e.seq;
-            } else if (messageId.getFutureOrSequenceLong() instanceof Long) {
+                pos.setAt(e, prioritizedMessages);
+            } else if (messageId.getFutureOrSequenceLong() instanceof Long && !prioritizedMessages) {
                 // Already acknowledged: its sequence still says where it stood.
-                lastBatch = (Long) messageId.getFutureOrSequenceLong();
-            } else if (messageId.getEntryLocator() instanceof Long) {
-                lastBatch = (Long) messageId.getEntryLocator();
+                pos.setAt((Long) messageId.getFutureOrSequenceLong(), 0, false);
             }
         }
     }

@@ -32,7 +32,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
         SubscriptionInfo info;
         /** Sequences not yet acknowledged, in order. */
         final TreeMap<Long, Entry> pending = new TreeMap<>();
-        long lastBatch = -1;
+        final Position pos = new Position();
         long size;
         /** The LSN of the record that created it (-1 until durable). */
         long createdLsn = -1;
@@ -203,7 +203,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
             if (s == null) {
                 return;
             }
-            all = visible(s.pending, -1, Integer.MAX_VALUE);
+            all = select(s.pending, new Position(), Integer.MAX_VALUE);
         }
         deliver(all, listener, Integer.MAX_VALUE, null);
     }
@@ -218,13 +218,13 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
             if (s == null) {
                 return;
             }
-            next = visible(s.pending, s.lastBatch, maxReturned);
+            next = select(s.pending, s.pos, maxReturned);
         }
         deliver(next, listener, maxReturned, e -> {
             synchronized (a.lock) {
                 Sub s = subs.get(key);
                 if (s != null) {
-                    s.lastBatch = Math.max(s.lastBatch, e.seq);
+                    s.pos.delivered(e, prioritizedMessages);
                 }
             }
         });
@@ -235,7 +235,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
         synchronized (a.lock) {
             Sub s = subs.get(new SubscriptionKey(clientId, subscriptionName));
             if (s != null) {
-                s.lastBatch = -1;
+                s.pos.reset();
             }
         }
     }
@@ -274,7 +274,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
         for (Sub s : subs.values()) {
             s.pending.clear();
             s.size = 0;
-            s.lastBatch = -1;
+            s.pos.reset();
         }
     }
 
