@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: real files, real O_DIRECT, real io_uring.
 #![allow(dead_code)]
 
+pub mod amq;
 pub mod daemon;
 pub mod wire;
 

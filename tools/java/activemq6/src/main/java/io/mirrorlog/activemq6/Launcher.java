@@ -1,0 +1,51 @@
+package io.mirrorlog.activemq6;
+
+import java.io.File;
+import org.apache.activemq.broker.BrokerService;
+
+/**
+ * An embedded ActiveMQ 6 broker on the mirrorlog adapter, for machines
+ * without ActiveMQ 6's distribution (Maven Central does not serve it here)
+ * and for the tests that kill brokers: tools/activemq6/start-broker.sh runs
+ * it. Configured by system properties:
+ * {@code activemq.name} (broker name, default "mirrorlog"),
+ * {@code activemq.port} (OpenWire on 127.0.0.1, default 61616),
+ * {@code activemq.host} (default 127.0.0.1),
+ * {@code activemq.data} (the broker's own directory: temp spooling only),
+ * {@code mirrorlog.endpoints}, {@code mirrorlog.journal},
+ * {@code mirrorlog.durability} (the adapter's properties).
+ * Prints "broker NAME started" once it serves, and runs until killed.
+ */
+public final class Launcher {
+    private Launcher() {}
+
+    public static void main(String[] args) throws Exception {
+        String name = System.getProperty("activemq.name", "mirrorlog");
+        MirrorlogPersistenceAdapter a = new MirrorlogPersistenceAdapter();
+        a.setEndpoints(System.getProperty("mirrorlog.endpoints", "127.0.0.1:7400"));
+        a.setJournal(System.getProperty("mirrorlog.journal", "activemq"));
+        a.setDurability(System.getProperty("mirrorlog.durability", "local"));
+        BrokerService b = new BrokerService();
+        b.setBrokerName(name);
+        b.setUseJmx(false);
+        b.setPersistent(true);
+        b.setSchedulerSupport(false);
+        b.setDataDirectoryFile(new File(System.getProperty("activemq.data", "activemq-data")));
+        b.setPersistenceAdapter(a);
+        b.addConnector("tcp://" + System.getProperty("activemq.host", "127.0.0.1") + ":"
+                + System.getProperty("activemq.port", "61616"));
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> {
+            try {
+                b.stop();
+            } catch (Exception e) {
+                // exiting anyway
+            }
+        }));
+        b.start();
+        b.waitUntilStarted();
+        System.out.println("broker " + name + " started, writer epoch " + a.getWriterEpoch());
+        System.out.flush();
+        b.waitUntilStopped();
+        System.out.println("broker " + name + " stopped");
+    }
+}
