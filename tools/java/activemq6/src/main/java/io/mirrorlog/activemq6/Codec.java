@@ -174,6 +174,15 @@ final class Codec {
     }
 
     static Rec decode(byte[] b, int off, int len) throws IOException {
+        return decode(b, off, len, true);
+    }
+
+    /** {@code decode} for the index at start: an ADD's body is skipped, not copied. */
+    static Rec decodeIndex(byte[] b) throws IOException {
+        return decode(b, 0, b.length, false);
+    }
+
+    private static Rec decode(byte[] b, int off, int len, boolean bodies) throws IOException {
         DataInputStream in = new DataInputStream(new ByteArrayInputStream(b, off, len));
         Rec r = new Rec();
         try {
@@ -194,7 +203,11 @@ final class Codec {
                     r.priority = in.readUnsignedByte();
                     r.size = in.readInt();
                     r.wireVersion = in.readUnsignedByte();
-                    r.body = readBlob(in);
+                    if (bodies) {
+                        r.body = readBlob(in);
+                    } else {
+                        skipBlob(in);
+                    }
                     break;
                 case REMOVE:
                     r.dest = readDest(in);
@@ -251,6 +264,14 @@ final class Codec {
         byte t = in.readByte();
         String name = in.readUTF();
         return ActiveMQDestination.createDestination(name, t);
+    }
+
+    private static void skipBlob(DataInputStream in) throws IOException {
+        int n = in.readInt();
+        if (n < 0 || n > in.available()) {
+            throw new IOException("journal record blob of " + n + " bytes, " + in.available() + " left");
+        }
+        in.skipBytes(n);
     }
 
     private static byte[] readBlob(DataInputStream in) throws IOException {

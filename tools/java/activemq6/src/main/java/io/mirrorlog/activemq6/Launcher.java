@@ -2,6 +2,7 @@ package io.mirrorlog.activemq6;
 
 import java.io.File;
 import org.apache.activemq.broker.BrokerService;
+import org.apache.activemq.store.PersistenceAdapter;
 
 /**
  * An embedded ActiveMQ 6 broker on the mirrorlog adapter, for machines
@@ -13,7 +14,9 @@ import org.apache.activemq.broker.BrokerService;
  * {@code activemq.host} (default 127.0.0.1),
  * {@code activemq.data} (the broker's own directory: temp spooling only),
  * {@code mirrorlog.endpoints}, {@code mirrorlog.journal},
- * {@code mirrorlog.durability} (the adapter's properties).
+ * {@code mirrorlog.durability} (the adapter's properties), and
+ * {@code activemq.store=kahadb} for stock KahaDB in the data directory
+ * instead (the benchmark's baseline; the KahaDB jar must be on the class path).
  * Prints "broker NAME started" once it serves, and runs until killed.
  */
 public final class Launcher {
@@ -26,12 +29,19 @@ public final class Launcher {
         a.setJournal(System.getProperty("mirrorlog.journal", "activemq"));
         a.setDurability(System.getProperty("mirrorlog.durability", "local"));
         BrokerService b = new BrokerService();
+        File data = new File(System.getProperty("activemq.data", "activemq-data"));
+        PersistenceAdapter store = a;
+        if ("kahadb".equals(System.getProperty("activemq.store"))) {
+            store = (PersistenceAdapter) Class.forName("org.apache.activemq.store.kahadb.KahaDBPersistenceAdapter")
+                    .getDeclaredConstructor().newInstance();
+            store.setDirectory(new File(data, "kahadb"));
+        }
         b.setBrokerName(name);
         b.setUseJmx(false);
         b.setPersistent(true);
         b.setSchedulerSupport(false);
-        b.setDataDirectoryFile(new File(System.getProperty("activemq.data", "activemq-data")));
-        b.setPersistenceAdapter(a);
+        b.setDataDirectoryFile(data);
+        b.setPersistenceAdapter(store);
         b.addConnector("tcp://" + System.getProperty("activemq.host", "127.0.0.1") + ":"
                 + System.getProperty("activemq.port", "61616"));
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
@@ -43,7 +53,7 @@ public final class Launcher {
         }));
         b.start();
         b.waitUntilStarted();
-        System.out.println("broker " + name + " started, writer epoch " + a.getWriterEpoch());
+        System.out.println("broker " + name + " started, writer epoch " + a.getWriterEpoch() + ", store " + store);
         System.out.flush();
         b.waitUntilStopped();
         System.out.println("broker " + name + " stopped");

@@ -79,6 +79,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     private final Map<ActiveMQDestination, QueueStore> queues = new LinkedHashMap<>();
     private final Map<ActiveMQDestination, TopicStore> topics = new LinkedHashMap<>();
     private final Map<String, Long> producerSeqs = new HashMap<>();
+    private final Map<String, ProducerId> producerIds = new HashMap<>();
     /** Transactions prepared and not yet committed or rolled back, by xid. */
     final Map<String, Prepared> prepared = new LinkedHashMap<>();
     private final ThreadLocal<Batch> batch = new ThreadLocal<>();
@@ -179,6 +180,9 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             prepared.clear();
             producerSeqs.clear();
         }
+        synchronized (producerIds) {
+            producerIds.clear();
+        }
     }
 
     private void fenced(IOException e) {
@@ -226,7 +230,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                     break;
                 }
                 for (int i = 0; i < r.lsns.length && r.lsns[i] < l.claimLsn; i++) {
-                    apply(Codec.decode(r.data.get(i)), r.lsns[i]);
+                    apply(Codec.decodeIndex(r.data.get(i)), r.lsns[i]);
                     n++;
                 }
                 at = r.nextLsn;
@@ -242,7 +246,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 break;
             case Codec.ADD: {
                 QueueStore s = store(r.dest);
-                MessageId id = new MessageId(r.messageId);
+                MessageId id = messageId(r.messageId);
                 Entry old = s.byId.get(id);
                 if (old != null) {
                     old.lsn = lsn; // updateMessage: the newest copy
@@ -259,7 +263,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             }
             case Codec.REMOVE: {
                 QueueStore s = store(r.dest);
-                Entry e = s.byId.get(new MessageId(r.messageId));
+                Entry e = s.byId.get(messageId(r.messageId));
                 if (e != null) {
                     s.unindex(e);
                 }
@@ -273,7 +277,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 topic(r.dest).replaySubDel(new SubscriptionKey(r.clientId, r.subName));
                 break;
             case Codec.SUB_ACK:
-                topic(r.dest).replayAck(new SubscriptionKey(r.clientId, r.subName), new MessageId(r.messageId), false);
+                topic(r.dest).replayAck(new SubscriptionKey(r.clientId, r.subName), messageId(r.messageId), false);
                 break;
             case Codec.PREPARE:
                 preparedFor(r.body, lsn);
@@ -330,14 +334,14 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     private void hide(Codec.Rec op, boolean hidden) {
         if (op.type == Codec.REMOVE) {
             QueueStore s = queues.get(op.dest);
-            Entry e = s == null ? null : s.byId.get(new MessageId(op.messageId));
+            Entry e = s == null ? null : s.byId.get(messageId(op.messageId));
             if (e != null) {
                 e.preparedAck = hidden;
             }
         } else if (op.type == Codec.SUB_ACK) {
             TopicStore t = topics.get(op.dest);
             if (t != null) {
-                Entry e = t.byId.get(new MessageId(op.messageId));
+                Entry e = t.byId.get(messageId(op.messageId));
                 if (e != null) {
                     e.preparedAck = hidden;
                 }
@@ -603,7 +607,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     byte[] encodeAdd(ActiveMQDestination d, Message m) throws IOException {
         OpenWireFormat wf = wireFormat.get();
         ByteSequence b = wf.marshal(m);
-        return Codec.add(d, m.getMessageId().toString(), m.getPriority(), m.getSize(), wf.getVersion(),
+        return Codec.add(d, m.getMessageId().toProducerKey(), m.getPriority(), m.getSize(), wf.getVersion(),
                 b.getData(), b.getOffset(), b.getLength());
     }
 
@@ -636,6 +640,23 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 throw new CompletionException(ex);
             }
         });
+    }
+
+    /**
+     * A message id from its producer key ({@code MessageId.toProducerKey}),
+     * sharing one ProducerId per producer: the heap an index entry costs
+     * stays small (docs/activemq.md, sizing).
+     */
+    MessageId messageId(String key) {
+        int at = key.lastIndexOf(':');
+        if (at <= 0) {
+            return new MessageId(key);
+        }
+        ProducerId p;
+        synchronized (producerIds) {
+            p = producerIds.computeIfAbsent(key.substring(0, at), ProducerId::new);
+        }
+        return new MessageId(p, Long.parseLong(key.substring(at + 1)));
     }
 
     /** Notes a message's producer sequence (duplicate detection after a failover), under the lock. */

@@ -252,7 +252,7 @@ class QueueStore extends AbstractMessageStore {
             if (e == null) {
                 return;
             }
-            byte[] record = Codec.remove(destination, id.toString());
+            byte[] record = Codec.remove(destination, id.toProducerKey());
             if (batch != null) {
                 if (batch.preparing != null) {
                     batch.add(record, null, null);

@@ -98,7 +98,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
             if (s == null || e == null || !s.pending.containsKey(e.seq)) {
                 return;
             }
-            byte[] record = Codec.subAck(destination, clientId, subscriptionName, messageId.toString());
+            byte[] record = Codec.subAck(destination, clientId, subscriptionName, messageId.toProducerKey());
             if (batch != null) {
                 if (batch.preparing != null) {
                     batch.add(record, null, null);

@@ -167,7 +167,7 @@ final class TxStore extends MemoryTransactionStore {
         synchronized (adapter.lock) {
             store = adapter.store(op.dest);
         }
-        MessageId id = new MessageId(op.messageId);
+        MessageId id = a.messageId(op.messageId);
         final MessageAck ack = new MessageAck();
         ack.setAckType(MessageAck.STANDARD_ACK_TYPE);
         ack.setDestination(op.dest);

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# ActiveMQ 6 throughput with 1 KiB persistent sends and a consumer running
+# (docs/benchmarks.md, "ActiveMQ 6 on mirrorlog"): stock KahaDB (one copy,
+# one disk), the mirrorlog adapter with two local file mirrors (`local`),
+# and with a replica site too (`remote-durable`: two mirrors on each of two
+# sites); 1, 8 and 64 producers on their own connections, interleaved in
+# rounds. Then, unless --no-restart: heap per pending message and broker
+# restart time with --pending messages of 1 KiB left in a queue.
+#   tools/activemq6/bench.sh [--messages N] [--rounds R] [--pending P] [--data DIR] [--no-restart]
+# Needs `cargo build --release`, Maven (the adapter) and the activemq
+# package (ActiveMQ's JMS client of tools/activemq/amqtool.sh).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$here/../.."
+messages=20000 rounds=2 pending=1000000 data=/tmp/mirrorlog-amq6-bench restart=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --messages) messages="$2"; shift 2;;
+    --rounds) rounds="$2"; shift 2;;
+    --pending) pending="$2"; shift 2;;
+    --data) data="$2"; shift 2;;
+    --no-restart) restart=0; shift;;
+    *) sed -n '2,12p' "$0"; exit 2;;
+  esac
+done
+bin="$root/target/release"
+[ -x "$bin/mirrorlogd" ] || { echo "bench.sh: cargo build --release first" >&2; exit 2; }
+mvn -B -q -DskipTests -f "$root/tools/java/pom.xml" install
+build="$root/target/activemq"
+"$root/tools/activemq/build.sh" "$build" >/dev/null
+export MIRRORLOG_AMQTOOL_JAR="$build/mirrorlog-amqtool.jar"
+amq="$root/tools/activemq/amqtool.sh"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_log() { # file pattern
+  for _ in $(seq 1 1200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "bench.sh: timed out waiting for '$2' in $1" >&2; tail -20 "$1" >&2; exit 1
+}
+
+start_ml() { # dir args...
+  local dir="$1"; shift
+  mkdir -p "$dir"
+  "$bin/mirrorlogd" --data-dir "$dir" --device-size 4GiB "$@" >"$dir.log" 2>&1 &
+  pids+=($!)
+  wait_log "$dir.log" "server: ready"
+}
+
+start_broker() { # name props...
+  local name="$1"; shift
+  ACTIVEMQ_OPTS="-Xms1G -Xmx1G" "$here/start-broker.sh" "$data/$name/broker" -Dactivemq.port=61696 "$@" \
+    >>"$data/$name/broker.log" 2>&1 &
+  broker_pid=$!
+  pids+=($broker_pid)
+  wait_log "$data/$name/broker.log" " started, writer epoch "
+}
+
+stop_broker() {
+  kill -9 "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true
+}
+
+measure() { # name producers -> one line
+  local name="$1" p="$2" q="bench$RANDOM"
+  "$amq" consume --url tcp://127.0.0.1:61696 --queue "$q" --idle-ms 3000 --out "$data/$name/consumed" >/dev/null 2>&1 &
+  local cpid=$!
+  local r
+  r="$("$amq" produce --url tcp://127.0.0.1:61696 --queue "$q" --count "$messages" --producers "$p" --size 1024 2>/dev/null | tail -1)"
+  wait "$cpid" || true
+  echo "$name producers=$p $r consumed=$(wc -l <"$data/$name/consumed")"
+}
+
+setup() { # name -> broker running
+  local name="$1"
+  mkdir -p "$data/$name"
+  case "$name" in
+    kahadb) start_broker kahadb -Dactivemq.store=kahadb;;
+    local)
+      start_ml "$data/local/a" --listen 127.0.0.1:7486 --metrics off
+      start_broker local -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local;;
+    remote-durable)
+      start_ml "$data/remote-durable/b" --listen 127.0.0.1:7487 --metrics off --role replica --peer 127.0.0.1:7496 --repl-listen 127.0.0.1:7497
+      start_ml "$data/remote-durable/a" --listen 127.0.0.1:7486 --metrics off --role primary --peer 127.0.0.1:7497 --repl-listen 127.0.0.1:7496
+      start_broker remote-durable -Dmirrorlog.endpoints=127.0.0.1:7486,127.0.0.1:7487 -Dmirrorlog.durability=remote-durable;;
+  esac
+}
+
+teardown() {
+  stop_broker
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+}
+
+rm -rf "$data"; mkdir -p "$data"
+echo "# $(date -u +%F) $(nproc) CPUs; $messages messages of 1 KiB per run, a consumer running; data in $data"
+for round in $(seq 1 "$rounds"); do
+  for name in kahadb local remote-durable; do
+    rm -rf "${data:?}/$name"
+    setup "$name"
+    for p in 1 8 64; do
+      echo "round=$round $(measure "$name" "$p")"
+    done
+    teardown
+  done
+done
+
+[ "$restart" = 1 ] || exit 0
+# Heap per pending message and restart time: $pending messages left in a
+# queue of a `local` broker; then the broker is restarted (SIGKILL) and the
+# time to serve again and the heap after a full GC are read.
+name=pending
+rm -rf "${data:?}/$name"; mkdir -p "$data/$name"
+start_ml "$data/$name/a" --listen 127.0.0.1:7486 --metrics off
+start_broker "$name" -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local
+heap() { # -> used heap bytes after a full GC
+  jcmd "$broker_pid" GC.run >/dev/null
+  jcmd "$broker_pid" GC.heap_info | awk '/total/ {for (i=1;i<=NF;i++) if ($i ~ /used/) {v=$(i+1); sub(/K,?/,"",v); print v*1024; exit}}'
+}
+base_heap="$(heap)"
+"$amq" produce --url tcp://127.0.0.1:61696 --queue pending --count "$pending" --producers 64 --size 1024 2>/dev/null | tail -1
+full_heap="$(heap)"
+stop_broker
+t0=$(date +%s.%N)
+start_broker "$name" -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local
+t1=$(date +%s.%N)
+restart_heap="$(heap)"
+echo "pending=$pending heap_before=$base_heap heap_full=$full_heap heap_after_restart=$restart_heap" \
+  "bytes_per_pending_message=$(( (restart_heap - base_heap) / pending ))" \
+  "restart_seconds=$(echo "$t1 - $t0" | bc)"
+grep "records replayed" "$data/$name/broker.log" | tail -1
