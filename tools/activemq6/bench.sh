@@ -39,12 +39,12 @@ wait_log() { # file pattern
   echo "bench.sh: timed out waiting for '$2' in $1" >&2; tail -20 "$1" >&2; exit 1
 }
 
-start_ml() { # dir args...
-  local dir="$1"; shift
+start_ml() { # dir size args... (a replica is ready only once its primary bootstrapped it: no wait)
+  local dir="$1" size="$2"; shift 2
   mkdir -p "$dir"
-  "$bin/mirrorlogd" --data-dir "$dir" --device-size 4GiB "$@" >"$dir.log" 2>&1 &
+  "$bin/mirrorlogd" --data-dir "$dir" --device-size "$size" "$@" >"$dir.log" 2>&1 &
   pids+=($!)
-  wait_log "$dir.log" "server: ready"
+  case " $* " in *" replica "*) ;; *) wait_log "$dir.log" "server: ready";; esac
 }
 
 start_broker() { # name props...
@@ -76,11 +76,12 @@ setup() { # name -> broker running
   case "$name" in
     kahadb) start_broker kahadb -Dactivemq.store=kahadb;;
     local)
-      start_ml "$data/local/a" --listen 127.0.0.1:7486 --metrics off
+      start_ml "$data/local/a" 1GiB --listen 127.0.0.1:7486 --metrics off
       start_broker local -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local;;
     remote-durable)
-      start_ml "$data/remote-durable/b" --listen 127.0.0.1:7487 --metrics off --role replica --peer 127.0.0.1:7496 --repl-listen 127.0.0.1:7497
-      start_ml "$data/remote-durable/a" --listen 127.0.0.1:7486 --metrics off --role primary --peer 127.0.0.1:7497 --repl-listen 127.0.0.1:7496
+      start_ml "$data/remote-durable/b" 1GiB --listen 127.0.0.1:7487 --metrics off --role replica --peer 127.0.0.1:7496 --repl-listen 127.0.0.1:7497
+      start_ml "$data/remote-durable/a" 1GiB --listen 127.0.0.1:7486 --metrics off --role primary --peer 127.0.0.1:7497 --repl-listen 127.0.0.1:7496
+      wait_log "$data/remote-durable/b.log" "server: ready"
       start_broker remote-durable -Dmirrorlog.endpoints=127.0.0.1:7486,127.0.0.1:7487 -Dmirrorlog.durability=remote-durable;;
   esac
 }
@@ -111,7 +112,7 @@ done
 # time to serve again and the heap after a full GC are read.
 name=pending
 rm -rf "${data:?}/$name"; mkdir -p "$data/$name"
-start_ml "$data/$name/a" --listen 127.0.0.1:7486 --metrics off
+start_ml "$data/$name/a" 4GiB --listen 127.0.0.1:7486 --metrics off
 start_broker "$name" -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local
 heap() { # -> used heap bytes after a full GC
   jcmd "$broker_pid" GC.run >/dev/null
@@ -121,11 +122,12 @@ base_heap="$(heap)"
 "$amq" produce --url tcp://127.0.0.1:61696 --queue pending --count "$pending" --producers 64 --size 1024 2>/dev/null | tail -1
 full_heap="$(heap)"
 stop_broker
+mkdir -p "$data/$name-restart"
 t0=$(date +%s.%N)
-start_broker "$name" -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local
+start_broker "$name-restart" -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local
 t1=$(date +%s.%N)
 restart_heap="$(heap)"
 echo "pending=$pending heap_before=$base_heap heap_full=$full_heap heap_after_restart=$restart_heap" \
   "bytes_per_pending_message=$(( (restart_heap - base_heap) / pending ))" \
   "restart_seconds=$(echo "$t1 - $t0" | bc)"
-grep "records replayed" "$data/$name/broker.log" | tail -1
+grep "records replayed" "$data/$name-restart/broker.log" | tail -1
