@@ -9,11 +9,10 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::amq::*;
 use common::daemon::{free_port, pair, Daemon};
@@ -29,95 +28,19 @@ fn stock(which: &str) -> bool {
 }
 
 /// A broker started by tools/activemq/start-broker.sh with the mirrorlog config.
-struct Broker {
-    child: Option<Child>,
-    base: PathBuf,
-    port: u16,
-    props: Vec<String>,
-    jar: PathBuf,
-    starts: usize,
-}
-
-impl Broker {
-    fn start(base: &Path, build: &Path, props: &[String]) -> Broker {
-        let mut props = props.to_vec();
-        if stock("mark") {
-            props.push("-Dmirrorlog.deferMark=false".into());
-        }
-        if stock("seq") {
-            props.push("-Dmirrorlog.jdbcAdapterClass=org.apache.activemq.store.jdbc.JDBCPersistenceAdapter".into());
-        }
-        let mut b = Broker {
-            child: None,
-            base: base.to_path_buf(),
-            port: free_port(),
-            props,
-            jar: build.join("mirrorlog-activemq.jar"),
-            starts: 0,
-        };
-        b.spawn();
-        b
+fn broker(base: &Path, build: &Path, props: &[String]) -> BrokerProc {
+    let mut props = props.to_vec();
+    if stock("mark") {
+        props.push("-Dmirrorlog.deferMark=false".into());
     }
-
-    fn url(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
+    if stock("seq") {
+        props.push("-Dmirrorlog.jdbcAdapterClass=org.apache.activemq.store.jdbc.JDBCPersistenceAdapter".into());
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.base.join("broker.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        std::fs::create_dir_all(&self.base).expect("broker dir");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.base.join("broker.log"))
-            .expect("broker log");
-        let child = Command::new(tools().join("start-broker.sh"))
-            .arg(&self.base)
-            .arg(format!("-Dactivemq.port={}", self.port))
-            .args(&self.props)
-            .env("MIRRORLOG_ACTIVEMQ_JAR", &self.jar)
-            .env("ACTIVEMQ_OPTS", "-Xms256M -Xmx512M")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start-broker.sh");
-        self.child = Some(child);
-        self.starts += 1;
-        let t0 = Instant::now();
-        loop {
-            let started = self.log().matches(") started").count();
-            if started >= self.starts && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("broker exited with {st} during start:\n{}", self.log());
-            }
-            assert!(t0.elapsed() < Duration::from_secs(120), "broker not started:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+    let env = vec![
+        ("MIRRORLOG_ACTIVEMQ_JAR".to_string(), build.join("mirrorlog-activemq.jar").display().to_string()),
+        ("ACTIVEMQ_OPTS".to_string(), "-Xms256M -Xmx512M".to_string()),
+    ];
+    BrokerProc::start(&tools().join("start-broker.sh"), base, &props, env, ") started")
 }
 
 /// The broker is SIGKILLed under load before its first checkpoint, under
@@ -131,7 +54,7 @@ fn broker_killed_before_and_after_checkpoints_loses_and_duplicates_nothing() {
     std::fs::create_dir_all(t.path().join("ml")).expect("dir");
     let mut ml = Daemon::start(&t.path().join("ml"), "");
     let props = vec![format!("-Dmirrorlog.endpoints={}", ml.addr), "-Djournal.checkpointInterval=2000".into()];
-    let mut broker = Broker::start(&t.path().join("broker"), &build, &props);
+    let mut broker = broker(&t.path().join("broker"), &build, &props);
     let acked = t.path().join("acked");
     let mut next_start = 0u64;
     let count_acked = || indices(&acked).len();
@@ -267,7 +190,7 @@ fn site_loss_broker_restarted_on_the_promoted_replica_loses_nothing() {
     props.push(format!("-Dmirrorlog.endpoints={},{}", a.d.addr, b.d.addr));
     props.push("-Dmirrorlog.durability=remote-durable".into());
     props.push("-Djournal.checkpointInterval=2000".into());
-    let mut site1 = Broker::start(&t.path().join("broker-site1"), &build, &props);
+    let mut site1 = broker(&t.path().join("broker-site1"), &build, &props);
     let acked = t.path().join("acked");
 
     let p = produce(&build, &site1.url(), MESSAGES, 0, &acked);
@@ -291,7 +214,7 @@ fn site_loss_broker_restarted_on_the_promoted_replica_loses_nothing() {
     props2.push(format!("-Dmirrorlog.endpoints={}", b.d.addr));
     props2.push("-Dmirrorlog.durability=remote-durable".into());
     props2.push("-Djournal.checkpointInterval=2000".into());
-    let site2 = Broker::start(&t.path().join("broker-site2"), &build, &props2);
+    let site2 = broker(&t.path().join("broker-site2"), &build, &props2);
     let before = indices(&acked).len();
     assert!(before > 0 && before < MESSAGES, "the loss came mid-load ({before} sent)");
     let p = produce(&build, &site2.url(), MESSAGES - before, 1_000_000, &acked);
@@ -316,7 +239,7 @@ fn appliance_killed_under_a_running_broker_is_followed_without_loss_or_duplicate
     let mut ml = Daemon::start(&t.path().join("ml"), "");
     // No checkpoint during the test, so the journal keeps every record.
     let props = vec![format!("-Dmirrorlog.endpoints={}", ml.addr), "-Djournal.checkpointInterval=600000".into()];
-    let broker = Broker::start(&t.path().join("broker"), &build, &props);
+    let broker = broker(&t.path().join("broker"), &build, &props);
     let acked = t.path().join("acked");
     let p = produce(&build, &broker.url(), MESSAGES, 0, &acked);
     for _ in 0..2 {
@@ -352,7 +275,7 @@ fn a_switchover_under_a_running_broker_is_followed_without_loss_or_duplicates() 
         "-Dmirrorlog.durability=remote-durable".into(),
         "-Djournal.checkpointInterval=600000".into(),
     ];
-    let broker = Broker::start(&t.path().join("broker"), &build, &props);
+    let broker = broker(&t.path().join("broker"), &build, &props);
     let acked = t.path().join("acked");
     let p = produce(&build, &broker.url(), MESSAGES, 0, &acked);
     std::thread::sleep(Duration::from_millis(2000));

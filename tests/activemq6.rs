@@ -15,14 +15,13 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::amq::{adapter, check_exactly_once, consume, finish, indices, produce, records_once, tempdir};
-use common::daemon::{free_port, pair, Daemon};
+use common::amq::{adapter, check_exactly_once, consume, finish, indices, produce, records_once, tempdir, BrokerProc};
+use common::daemon::{pair, Daemon};
 
 /// One JVM build or broker at a time on 2 cores; the Maven build is shared.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -162,81 +161,19 @@ fn built() -> bool {
     })
 }
 
+/// One appliance (in DIR/ml) and a broker on its journal `amq6`.
+fn one_site(dir: &Path) -> (Daemon, BrokerProc) {
+    std::fs::create_dir_all(dir.join("ml")).expect("dir");
+    let ml = Daemon::start(&dir.join("ml"), "");
+    let props = vec![format!("-Dmirrorlog.endpoints={}", ml.addr), "-Dmirrorlog.journal=amq6".to_string()];
+    let broker = broker6(&dir.join("broker"), &props);
+    (ml, broker)
+}
+
 /// An ActiveMQ 6 broker process on the mirrorlog adapter.
-struct Broker6 {
-    child: Option<Child>,
-    base: PathBuf,
-    port: u16,
-    props: Vec<String>,
-    starts: usize,
-}
-
-impl Broker6 {
-    fn start(base: &Path, props: &[String]) -> Broker6 {
-        let mut b =
-            Broker6 { child: None, base: base.to_path_buf(), port: free_port(), props: props.to_vec(), starts: 0 };
-        b.spawn();
-        b
-    }
-
-    fn url(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.base.join("broker.log")).unwrap_or_default()
-    }
-
-    fn spawn(&mut self) {
-        std::fs::create_dir_all(&self.base).expect("broker dir");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.base.join("broker.log"))
-            .expect("broker log");
-        let child = Command::new(root().join("tools/activemq6/start-broker.sh"))
-            .arg(&self.base)
-            .arg(format!("-Dactivemq.port={}", self.port))
-            .args(&self.props)
-            .env("ACTIVEMQ_OPTS", "-Xms256M -Xmx512M")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start-broker.sh");
-        self.child = Some(child);
-        self.starts += 1;
-        let t0 = Instant::now();
-        loop {
-            let started = self.log().matches(" started, writer epoch ").count();
-            if started >= self.starts && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("broker exited with {st} during start:\n{}", self.log());
-            }
-            assert!(t0.elapsed() < Duration::from_secs(120), "broker not started:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill9();
-        self.spawn();
-    }
-}
-
-impl Drop for Broker6 {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+fn broker6(base: &Path, props: &[String]) -> BrokerProc {
+    let env = vec![("ACTIVEMQ_OPTS".to_string(), "-Xms256M -Xmx512M".to_string())];
+    BrokerProc::start(&root().join("tools/activemq6/start-broker.sh"), base, props, env, " started, writer epoch ")
 }
 
 /// The broker is SIGKILLed twice under load (8 producers, persistent
@@ -251,10 +188,7 @@ fn activemq6_broker_killed_under_load_loses_and_duplicates_nothing() {
         return;
     }
     let t = tempdir();
-    std::fs::create_dir_all(t.path().join("ml")).expect("dir");
-    let mut ml = Daemon::start(&t.path().join("ml"), "");
-    let props = vec![format!("-Dmirrorlog.endpoints={}", ml.addr), "-Dmirrorlog.journal=amq6".to_string()];
-    let mut broker = Broker6::start(&t.path().join("broker"), &props);
+    let (mut ml, mut broker) = one_site(t.path());
     let acked = t.path().join("acked");
     let count_acked = || indices(&acked).len();
     let mut next_start = 0u64;
@@ -296,10 +230,7 @@ fn activemq6_appliance_killed_under_a_running_broker_is_followed_without_loss_or
         return;
     }
     let t = tempdir();
-    std::fs::create_dir_all(t.path().join("ml")).expect("dir");
-    let mut ml = Daemon::start(&t.path().join("ml"), "");
-    let props = vec![format!("-Dmirrorlog.endpoints={}", ml.addr), "-Dmirrorlog.journal=amq6".to_string()];
-    let broker = Broker6::start(&t.path().join("broker"), &props);
+    let (mut ml, broker) = one_site(t.path());
     let acked = t.path().join("acked");
     let p = produce(&tool, &broker.url(), MESSAGES, 0, &acked);
     for _ in 0..2 {
@@ -338,7 +269,7 @@ fn activemq6_site_loss_with_no_database_loses_nothing() {
         "-Dmirrorlog.journal=amq6".to_string(),
         "-Dmirrorlog.durability=remote-durable".to_string(),
     ];
-    let mut site1 = Broker6::start(&t.path().join("broker-site1"), &props);
+    let mut site1 = broker6(&t.path().join("broker-site1"), &props);
     let acked = t.path().join("acked");
     let p = produce(&tool, &site1.url(), MESSAGES, 0, &acked);
     std::thread::sleep(Duration::from_millis(2500));
@@ -359,7 +290,7 @@ fn activemq6_site_loss_with_no_database_loses_nothing() {
         "-Dmirrorlog.journal=amq6".to_string(),
         "-Dmirrorlog.durability=local".to_string(),
     ];
-    let site2 = Broker6::start(&t.path().join("broker-site2"), &props2);
+    let site2 = broker6(&t.path().join("broker-site2"), &props2);
     let before = indices(&acked).len();
     assert!(before > 0 && before < MESSAGES, "the loss came mid-load ({before} sent)");
     let p = produce(&tool, &site2.url(), MESSAGES - before, 1_000_000, &acked);

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 pub fn tools() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/activemq")
@@ -147,4 +148,101 @@ pub fn tempdir() -> tempfile::TempDir {
         t.disable_cleanup(true);
     }
     t
+}
+
+/// A broker process run by a start script in the foreground (`SCRIPT BASE
+/// -Dactivemq.port=P PROPS…`), its output appended to BASE/broker.log,
+/// which prints `started` once per start.
+pub struct BrokerProc {
+    child: Option<Child>,
+    pub base: PathBuf,
+    pub port: u16,
+    script: PathBuf,
+    props: Vec<String>,
+    env: Vec<(String, String)>,
+    started: &'static str,
+    starts: usize,
+}
+
+impl BrokerProc {
+    pub fn start(
+        script: &Path,
+        base: &Path,
+        props: &[String],
+        env: Vec<(String, String)>,
+        started: &'static str,
+    ) -> BrokerProc {
+        let mut b = BrokerProc {
+            child: None,
+            base: base.to_path_buf(),
+            port: crate::common::daemon::free_port(),
+            script: script.to_path_buf(),
+            props: props.to_vec(),
+            env,
+            started,
+            starts: 0,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn url(&self) -> String {
+        format!("tcp://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.base.join("broker.log")).unwrap_or_default()
+    }
+
+    /// Starts the broker and waits until it printed `started` once more and listens.
+    pub fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.base).expect("broker dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.base.join("broker.log"))
+            .expect("broker log");
+        let child = Command::new(&self.script)
+            .arg(&self.base)
+            .arg(format!("-Dactivemq.port={}", self.port))
+            .args(&self.props)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start-broker.sh");
+        self.child = Some(child);
+        self.starts += 1;
+        let t0 = Instant::now();
+        loop {
+            let started = self.log().matches(self.started).count();
+            if started >= self.starts && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("broker exited with {st} during start:\n{}", self.log());
+            }
+            assert!(t0.elapsed() < Duration::from_secs(120), "broker not started:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for BrokerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }

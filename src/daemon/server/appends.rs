@@ -240,6 +240,24 @@ fn may_append(srv: &Srv, conn: &Conn) -> std::result::Result<(), (u16, String)> 
     Ok(())
 }
 
+/// Answers a refused append (or claim) with its error, counted.
+fn refuse(srv: &Srv, conn: &Conn, rid: u64, code: u16, msg: &str) {
+    srv.m.error(code);
+    conn.send(|o| err_frame(o, rid, code, msg));
+}
+
+/// `may_append`, then `append_target`: the journal and durability of an
+/// append (or claim) this node takes now, or why not.
+fn admit(
+    srv: &Srv,
+    conn: &Conn,
+    journal: &str,
+    durability: Durability,
+) -> std::result::Result<(Rc<Jd>, Durability), (u16, String)> {
+    may_append(srv, conn)?;
+    append_target(srv, journal, durability)
+}
+
 /// The journal an append (or claim) goes to and the durability it waits
 /// for, or why not.
 fn append_target(
@@ -276,14 +294,8 @@ pub(super) fn append(
     records: &[&[u8]],
 ) {
     let start = Instant::now();
-    let fail = |code: u16, msg: &str| {
-        srv.m.error(code);
-        conn.send(|o| err_frame(o, rid, code, msg));
-    };
-    if let Err((code, msg)) = may_append(srv, conn) {
-        return fail(code, &msg);
-    }
-    let (jd, mode) = match append_target(srv, journal, durability) {
+    let fail = |code: u16, msg: &str| refuse(srv, conn, rid, code, msg);
+    let (jd, mode) = match admit(srv, conn, journal, durability) {
         Ok(t) => t,
         Err((code, msg)) => return fail(code, &msg),
     };
@@ -359,14 +371,8 @@ pub(super) async fn claim(
     payload: &[u8],
 ) {
     let start = Instant::now();
-    let fail = |code: u16, msg: &str| {
-        srv.m.error(code);
-        conn.send(|o| err_frame(o, rid, code, msg));
-    };
-    if let Err((code, msg)) = may_append(srv, conn) {
-        return fail(code, &msg);
-    }
-    let (jd, mode) = match append_target(srv, journal, durability) {
+    let fail = |code: u16, msg: &str| refuse(srv, conn, rid, code, msg);
+    let (jd, mode) = match admit(srv, conn, journal, durability) {
         Ok(t) => t,
         Err((code, msg)) => return fail(code, &msg),
     };
