@@ -38,6 +38,9 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.MirrorlogRecoveryBrokerTest", 9),
     ("io.mirrorlog.activemq6.MirrorlogBrokerTest", 127),
     ("io.mirrorlog.activemq6.MirrorlogStoreQueueCursorNoDuplicateTest", 1),
+    ("io.mirrorlog.activemq6.MirrorlogJmsDurableTopicTransactionTest", 14),
+    ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOffline1Test", 12),
+    ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOffline3Test", 8),
     ("io.mirrorlog.activemq6.FencingTest", 1),
 ];
 
