@@ -12,6 +12,15 @@ final class Entry {
     final int size;
     /** The ADD record's LSN; -1 until it is durable. */
     long lsn = -1;
+    /**
+     * The lowest LSN this entry may need (the mark must stay at or below
+     * it): from the moment its record is handed over, a bound below that
+     * record's LSN (`Link.ackedEnd` then: every record placed later lies
+     * at or above it); its LSN once durable.
+     */
+    long pin;
+    /** Its record's append while in flight (a duplicate add waits for it). */
+    java.util.concurrent.CompletableFuture<Long> written;
     /** The message until its record is durable (the cursor may ask for it before). */
     Message inFlight;
     /** Not yet visible to recoverNextMessages: its add is not durable, or not yet in the cursor. */
@@ -21,10 +30,11 @@ final class Entry {
     /** Acknowledged by a prepared transaction (after a restart): not dispatched until its outcome. */
     boolean preparedAck;
 
-    Entry(long seq, MessageId id, int priority, int size) {
+    Entry(long seq, MessageId id, int priority, int size, long pin) {
         this.seq = seq;
         this.id = id;
         this.priority = priority;
         this.size = size;
+        this.pin = pin;
     }
 }

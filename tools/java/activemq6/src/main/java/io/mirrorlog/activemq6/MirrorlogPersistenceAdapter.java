@@ -60,7 +60,6 @@ import org.slf4j.LoggerFactory;
  */
 public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerServiceAware {
     private static final Logger LOG = LoggerFactory.getLogger(MirrorlogPersistenceAdapter.class);
-    static final int LOAD_BYTES = 64 << 20;
 
     // Configuration (bean properties).
     private String endpoints = "127.0.0.1:7400";
@@ -252,7 +251,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                     old.lsn = lsn; // updateMessage: the newest copy
                     break;
                 }
-                Entry e = new Entry(nextSeq++, id, r.priority, r.size);
+                Entry e = new Entry(nextSeq++, id, r.priority, r.size, lsn);
                 e.lsn = lsn;
                 s.index(e);
                 producerSeen(id);
@@ -484,7 +483,16 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             return;
         }
         CompletableFuture<Long> written;
+        String preparing = b.preparing == null ? null : Arrays.toString(b.preparing);
         synchronized (lock) {
+            if (preparing != null) {
+                // Prepared here: its records pin the journal (the mark stays
+                // below them, from a bound below their LSNs while in flight)
+                // until its outcome is written.
+                Prepared p = new Prepared(context.getXid());
+                p.firstLsn = link().ackedEnd();
+                prepared.put(preparing, p);
+            }
             written = link().append(b.records);
         }
         long first;
@@ -492,21 +500,16 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             first = await(written);
         } catch (IOException e) {
             b.failed();
+            if (preparing != null) {
+                synchronized (lock) {
+                    prepared.remove(preparing);
+                }
+            }
             throw e;
         }
         b.durable(first);
         if (xid != null) {
             settled(xid);
-        }
-        if (b.preparing != null) {
-            // Prepared here: its records pin the journal (the mark stays
-            // below them) until its outcome is written.
-            XATransactionId pxid = context.getXid();
-            synchronized (lock) {
-                Prepared p = new Prepared(pxid);
-                p.firstLsn = first;
-                prepared.put(Arrays.toString(b.preparing), p);
-            }
         }
     }
 
@@ -559,10 +562,6 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 LOG.error("mirrorlog: a pipelined append failed: {}", c.toString());
             }
         });
-    }
-
-    /** Called with the LSN of a durable record (under the lock). */
-    void touched(long lsn) {
     }
 
     static <T> T await(CompletableFuture<T> f) throws IOException {

@@ -103,11 +103,23 @@ class QueueStore extends AbstractMessageStore {
         CompletableFuture<Long> written = null;
         Entry e;
         synchronized (a.lock) {
-            if (byId.containsKey(id)) {
+            Entry dup = byId.get(id);
+            if (dup != null) {
                 // A duplicate (a producer's resend after a failover): ignored,
-                // and the queue told so (-1) rather than dispatching it twice.
+                // and the queue told so (-1) rather than dispatching it twice;
+                // acknowledged once the original is durable.
                 id.setFutureOrSequenceLong(-1L);
-                done.f.complete(null);
+                if (dup.written == null) {
+                    done.f.complete(null);
+                } else {
+                    dup.written.whenComplete((v, err) -> {
+                        if (err != null) {
+                            done.f.completeExceptionally(MirrorlogPersistenceAdapter.cause(err));
+                        } else {
+                            done.f.complete(null);
+                        }
+                    });
+                }
                 return done;
             }
             if (batch != null && batch.preparing != null) {
@@ -116,7 +128,7 @@ class QueueStore extends AbstractMessageStore {
                 done.f.complete(null);
                 return done;
             }
-            e = new Entry(a.nextSeq++, id, message.getPriority(), message.getSize());
+            e = new Entry(a.nextSeq++, id, message.getPriority(), message.getSize(), a.link().ackedEnd());
             e.inFlight = message;
             e.pendingAdd = true;
             index(e);
@@ -133,6 +145,7 @@ class QueueStore extends AbstractMessageStore {
                 return done;
             }
             written = a.link().append(Link.one(record));
+            e.written = written;
             if (sync) {
                 id.setFutureOrSequenceLong(null);
                 listen(context, message, e);
@@ -177,12 +190,9 @@ class QueueStore extends AbstractMessageStore {
 
     private void cursorTook(Entry e) {
         synchronized (a.lock) {
+            e.pendingAdd = false;
             if (e.lsn >= 0) {
-                e.pendingAdd = false;
-                pendingAdds.remove(e.seq);
-            } else {
-                // Durable later: cleared then.
-                e.pendingAdd = false;
+                pendingAdds.remove(e.seq); // else durable later: taken out then
             }
         }
     }
@@ -191,13 +201,14 @@ class QueueStore extends AbstractMessageStore {
     void durable(Entry e, long lsn, boolean waitCursor) {
         synchronized (a.lock) {
             e.lsn = lsn;
+            e.pin = lsn;
             e.inFlight = null;
+            e.written = null;
             if (!waitCursor || indexListener == null || !e.pendingAdd) {
                 e.pendingAdd = false;
                 pendingAdds.remove(e.seq);
             }
             e.id.setFutureOrSequenceLong(e.seq);
-            a.touched(lsn);
         }
     }
 
@@ -461,6 +472,7 @@ class QueueStore extends AbstractMessageStore {
             Entry e = byId.get(message.getMessageId());
             if (e != null && lsn > e.lsn) {
                 e.lsn = lsn;
+                e.pin = lsn;
             }
         }
     }
@@ -486,9 +498,7 @@ class QueueStore extends AbstractMessageStore {
     long lowestLsn() {
         long low = Long.MAX_VALUE;
         for (Entry e : bySeq.values()) {
-            if (e.lsn >= 0 && e.lsn < low) {
-                low = e.lsn;
-            }
+            low = Math.min(low, e.pin);
         }
         return low;
     }

@@ -34,11 +34,15 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
         final TreeMap<Long, Entry> pending = new TreeMap<>();
         final Position pos = new Position();
         long size;
-        /** The LSN of the record that created it (-1 until durable). */
-        long createdLsn = -1;
+        /**
+         * The lowest LSN it needs: its creation record's (a bound below it,
+         * `Link.ackedEnd`, while that record is in flight), as `Entry.pin`.
+         */
+        long pin;
 
-        Sub(SubscriptionInfo info) {
+        Sub(SubscriptionInfo info, long pin) {
             this.info = info;
+            this.pin = pin;
         }
     }
 
@@ -139,7 +143,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
             if (s != null) {
                 s.info = info; // changed (selector, noLocal): its messages stay
             } else {
-                s = new Sub(info);
+                s = new Sub(info, a.link().ackedEnd());
                 subs.put(key, s);
                 if (retroactive) {
                     for (Entry e : bySeq.values()) {
@@ -149,12 +153,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
             }
             written = a.link().append(Link.one(record));
         }
-        long lsn = MirrorlogPersistenceAdapter.await(written);
-        synchronized (a.lock) {
-            if (subs.get(key) == s && s.createdLsn < 0) {
-                s.createdLsn = lsn;
-            }
-        }
+        MirrorlogPersistenceAdapter.await(written);
     }
 
     @Override
@@ -282,9 +281,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
     long lowestLsn() {
         long low = super.lowestLsn();
         for (Sub s : subs.values()) {
-            if (s.createdLsn >= 0 && s.createdLsn < low) {
-                low = s.createdLsn;
-            }
+            low = Math.min(low, s.pin);
         }
         return low;
     }
@@ -296,8 +293,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
             s.info = info;
             return;
         }
-        s = new Sub(info);
-        s.createdLsn = lsn;
+        s = new Sub(info, lsn);
         subs.put(key, s);
         if (retroactive) {
             for (Entry e : bySeq.values()) {
@@ -327,9 +323,5 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
         } else {
             release(s, e);
         }
-    }
-
-    Map<SubscriptionKey, Sub> subsView() {
-        return new HashMap<>(subs);
     }
 }
