@@ -42,6 +42,7 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOffline1Test", 12),
     ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOffline3Test", 8),
     ("io.mirrorlog.activemq6.FencingTest", 1),
+    ("io.mirrorlog.activemq6.WithdrawTest", 2),
 ];
 
 /// Failures docs/activemq.md explains (ActiveMQ 6: known limitations).

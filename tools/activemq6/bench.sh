@@ -7,12 +7,16 @@
 # rounds. Then, unless --no-restart: heap per pending message and broker
 # restart time with --pending messages of 1 KiB left in a queue.
 #   tools/activemq6/bench.sh [--messages N] [--rounds R] [--pending P] [--data DIR] [--no-restart]
+#        [--configs "kahadb local remote-durable"] [--producers "1 8 64"]
+# A configuration name may end in @W: the adapter's appendsOnWire = W
+# (e.g. "remote-durable@1 remote-durable@4"; default 1).
 # Needs `cargo build --release`, Maven (the adapter) and the activemq
 # package (ActiveMQ's JMS client of tools/activemq/amqtool.sh).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
 messages=20000 rounds=2 pending=1000000 data=/tmp/mirrorlog-amq6-bench restart=1
+configs="kahadb local remote-durable" producers="1 8 64"
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) messages="$2"; shift 2;;
@@ -20,7 +24,9 @@ while [ $# -gt 0 ]; do
     --pending) pending="$2"; shift 2;;
     --data) data="$2"; shift 2;;
     --no-restart) restart=0; shift;;
-    *) sed -n '2,12p' "$0"; exit 2;;
+    --configs) configs="$2"; shift 2;;
+    --producers) producers="$2"; shift 2;;
+    *) sed -n '2,15p' "$0"; exit 2;;
   esac
 done
 bin="$root/target/release"
@@ -70,19 +76,22 @@ measure() { # name producers -> one line
   echo "$name producers=$p $r consumed=$(wc -l <"$data/$name/consumed")"
 }
 
-setup() { # name -> broker running
-  local name="$1"
+setup() { # name[@W] -> broker running
+  local name="$1" w=1
+  case "$name" in *@*) w="${name#*@}";; esac
   mkdir -p "$data/$name"
   case "$name" in
     kahadb) start_broker kahadb -Dactivemq.store=kahadb;;
-    local)
-      start_ml "$data/local/a" 1GiB --listen 127.0.0.1:7486 --metrics off
-      start_broker local -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local;;
-    remote-durable)
-      start_ml "$data/remote-durable/b" 1GiB --listen 127.0.0.1:7487 --metrics off --role replica --peer 127.0.0.1:7496 --repl-listen 127.0.0.1:7497
-      start_ml "$data/remote-durable/a" 1GiB --listen 127.0.0.1:7486 --metrics off --role primary --peer 127.0.0.1:7497 --repl-listen 127.0.0.1:7496
-      wait_log "$data/remote-durable/b.log" "server: ready"
-      start_broker remote-durable -Dmirrorlog.endpoints=127.0.0.1:7486,127.0.0.1:7487 -Dmirrorlog.durability=remote-durable;;
+    local*)
+      start_ml "$data/$name/a" 1GiB --listen 127.0.0.1:7486 --metrics off
+      start_broker "$name" -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local -Dmirrorlog.appendsOnWire="$w";;
+    remote-durable*)
+      start_ml "$data/$name/b" 1GiB --listen 127.0.0.1:7487 --metrics off --role replica --peer 127.0.0.1:7496 --repl-listen 127.0.0.1:7497
+      start_ml "$data/$name/a" 1GiB --listen 127.0.0.1:7486 --metrics off --role primary --peer 127.0.0.1:7497 --repl-listen 127.0.0.1:7496
+      wait_log "$data/$name/b.log" "server: ready"
+      start_broker "$name" -Dmirrorlog.endpoints=127.0.0.1:7486,127.0.0.1:7487 -Dmirrorlog.durability=remote-durable \
+        -Dmirrorlog.appendsOnWire="$w";;
+    *) echo "bench.sh: unknown configuration $name" >&2; exit 2;;
   esac
 }
 
@@ -96,10 +105,10 @@ teardown() {
 rm -rf "$data"; mkdir -p "$data"
 echo "# $(date -u +%F) $(nproc) CPUs; $messages messages of 1 KiB per run, a consumer running; data in $data"
 for round in $(seq 1 "$rounds"); do
-  for name in kahadb local remote-durable; do
+  for name in $configs; do
     rm -rf "${data:?}/$name"
     setup "$name"
-    for p in 1 8 64; do
+    for p in $producers; do
       echo "round=$round $(measure "$name" "$p")"
     done
     teardown

@@ -14,7 +14,7 @@ import org.apache.activemq.store.PersistenceAdapter;
  * {@code activemq.host} (default 127.0.0.1),
  * {@code activemq.data} (the broker's own directory: temp spooling only),
  * {@code mirrorlog.endpoints}, {@code mirrorlog.journal},
- * {@code mirrorlog.durability} (the adapter's properties), and
+ * {@code mirrorlog.durability}, {@code mirrorlog.appendsOnWire} (the adapter's properties), and
  * {@code activemq.store=kahadb} for stock KahaDB in the data directory
  * instead (the benchmark's baseline; the KahaDB jar must be on the class path).
  * Prints "broker NAME started" once it serves, and runs until killed.
@@ -28,6 +28,7 @@ public final class Launcher {
         a.setEndpoints(System.getProperty("mirrorlog.endpoints", "127.0.0.1:7400"));
         a.setJournal(System.getProperty("mirrorlog.journal", "activemq"));
         a.setDurability(System.getProperty("mirrorlog.durability", "local"));
+        a.setAppendsOnWire(Integer.getInteger("mirrorlog.appendsOnWire", 1));
         BrokerService b = new BrokerService();
         File data = new File(System.getProperty("activemq.data", "activemq-data"));
         PersistenceAdapter store = a;

@@ -4,12 +4,16 @@ import io.mirrorlog.client.MirrorlogClient;
 import io.mirrorlog.client.MirrorlogException;
 import io.mirrorlog.client.Wire;
 import java.io.IOException;
+import java.util.ArrayDeque;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
+import java.util.concurrent.locks.LockSupport;
+import java.util.concurrent.locks.ReentrantLock;
 import java.util.function.Consumer;
 
 /**
@@ -23,8 +27,37 @@ import java.util.function.Consumer;
  * {@link #append} calls is the order of their records in the journal, and
  * their answers come in that order (the daemon acknowledges in placement
  * order), so {@link #ackedEnd} is a prefix: every record below it is durable.
+ *
+ * <p>At most {@code maxOnWire} appends are on the wire at once. Appends made
+ * while they are wait in a queue, in order, and go out together as one
+ * batch when an answer comes back (group commit: one frame and one daemon
+ * batch for many records). An append still waiting can be withdrawn
+ * ({@link #withdraw}): a message consumed and acknowledged before its add
+ * was sent is never written, nor its acknowledgement (as KahaDB cancels
+ * the store task of a message acknowledged before it ran).
  */
 final class Link {
+    /** At most this many payload bytes are merged into one batch (a single larger append goes alone). */
+    static final int MERGE_BYTES = 256 * 1024;
+    static final int MERGE_RECORDS = 4096;
+
+    /** One append handed over: its records' first LSN once durable. */
+    static final class Unit extends CompletableFuture<Long> {
+        final List<byte[]> records;
+        final int bytes;
+        /** Taken out of the queue (sent, or withdrawn); guarded by {@link Link#out}. */
+        boolean taken;
+
+        Unit(List<byte[]> records) {
+            this.records = records;
+            int b = 0;
+            for (byte[] r : records) {
+                b += r.length;
+            }
+            this.bytes = b;
+        }
+    }
+
     private final MirrorlogClient client;
     final String journal;
     private final int durability;
@@ -36,19 +69,37 @@ final class Link {
     private final AtomicLong ackedEnd = new AtomicLong();
     private final AtomicReference<IOException> fenced = new AtomicReference<>();
     private final Consumer<IOException> onFenced;
+    /** Orders the appends handed to the client (the journal's order) and guards {@link #queued}. */
+    private final ReentrantLock out = new ReentrantLock();
+    private final ArrayDeque<Unit> queued = new ArrayDeque<>();
+    private final AtomicInteger onWire = new AtomicInteger();
+    /** Counters: appends handed over, batches sent, appends withdrawn. */
+    final AtomicLong handed = new AtomicLong(), batches = new AtomicLong(), withdrawn = new AtomicLong();
+    private final int maxOnWire;
+    private final int mergeBytes;
+    private volatile boolean closed;
+    /** Tests: while set, nothing handed over is sent (it waits in the queue). */
+    private volatile boolean held;
+    /** Sends the queued appends when the wire has room (never the client's reader thread: a send may block). */
+    private final Thread sender;
 
-    Link(MirrorlogClient client, String journal, int durability, int maxFrameBytes, byte[] header,
+    Link(MirrorlogClient client, String journal, int durability, int maxFrameBytes, int maxOnWire, byte[] header,
             Consumer<IOException> onFenced) throws IOException {
         this.client = client;
         this.journal = journal;
         this.durability = durability;
         this.maxFrameBytes = maxFrameBytes;
+        this.maxOnWire = Math.max(1, maxOnWire);
+        this.mergeBytes = Math.max(1, Math.min(MERGE_BYTES, maxFrameBytes / 2));
         this.onFenced = onFenced;
         client.createJournal(journal);
         long[] c = MirrorlogClient.await(client.claim(journal, durability, header));
         this.writer = c[0];
         this.claimLsn = c[1];
         ackedEnd.set(claimLsn + 1);
+        sender = new Thread(this::sendLoop, "mirrorlog-sender-" + journal);
+        sender.setDaemon(true);
+        sender.start();
     }
 
     /** Throws if this writer was fenced. */
@@ -62,29 +113,177 @@ final class Link {
     /**
      * Appends {@code records} in one batch (all durable or none); completes
      * with the first one's LSN once durable at the adapter's durability.
+     * Records are placed in the order of the calls.
      */
     CompletableFuture<Long> append(List<byte[]> records) {
         IOException e = fenced.get();
         if (e != null) {
             return CompletableFuture.failedFuture(e);
         }
-        int n = records.size();
-        return client.appendAs(journal, durability, writer, records).handle((lsn, err) -> {
-            if (err != null) {
-                Throwable c = err instanceof CompletionException && err.getCause() != null ? err.getCause() : err;
-                if (c instanceof MirrorlogException && ((MirrorlogException) c).code() == Wire.E_WRITER_FENCED) {
-                    IOException f = new IOException("this broker was fenced: another broker claimed mirrorlog journal '"
-                            + journal + "' (" + ((MirrorlogException) c).detail() + ")", c);
-                    if (fenced.compareAndSet(null, f)) {
-                        onFenced.accept(f);
-                    }
-                    throw new CompletionException(f);
-                }
-                throw new CompletionException(c);
+        Unit u = new Unit(records);
+        handed.incrementAndGet();
+        Sent sent = null;
+        out.lock();
+        try {
+            if (closed) {
+                u.completeExceptionally(new IOException("mirrorlog link to journal '" + journal + "' closed"));
+                return u;
             }
-            ackedEnd.accumulateAndGet(lsn + n, Math::max);
-            return lsn;
-        });
+            if (queued.isEmpty() && onWire.get() < maxOnWire && !held) {
+                u.taken = true;
+                List<Unit> one = new ArrayList<>(1);
+                one.add(u);
+                sent = send(one, u.records);
+            } else {
+                queued.add(u);
+            }
+        } finally {
+            out.unlock();
+        }
+        if (sent != null) {
+            sent.answer();
+        } else {
+            LockSupport.unpark(sender);
+        }
+        return u;
+    }
+
+    /**
+     * Takes back an append not yet sent: true if {@code f} (from
+     * {@link #append}) was still waiting; it is then never written and
+     * completes cancelled.
+     */
+    boolean withdraw(CompletableFuture<Long> f) {
+        if (!(f instanceof Unit)) {
+            return false;
+        }
+        Unit u = (Unit) f;
+        out.lock();
+        try {
+            if (u.taken) {
+                return false;
+            }
+            u.taken = true;
+        } finally {
+            out.unlock();
+        }
+        withdrawn.incrementAndGet();
+        u.cancel(false);
+        return true;
+    }
+
+    private void sendLoop() {
+        List<Sent> sent = new ArrayList<>();
+        while (!closed) {
+            out.lock();
+            try {
+                while (!queued.isEmpty() && onWire.get() < maxOnWire && !held) {
+                    List<Unit> units = new ArrayList<>();
+                    List<byte[]> records = new ArrayList<>();
+                    int bytes = 0;
+                    while (!queued.isEmpty()) {
+                        Unit u = queued.peek();
+                        if (u.taken) { // withdrawn
+                            queued.poll();
+                            continue;
+                        }
+                        if (!units.isEmpty() && (bytes + u.bytes > mergeBytes
+                                || records.size() + u.records.size() > MERGE_RECORDS)) {
+                            break;
+                        }
+                        queued.poll();
+                        u.taken = true;
+                        units.add(u);
+                        records.addAll(u.records);
+                        bytes += u.bytes;
+                    }
+                    if (!units.isEmpty()) {
+                        sent.add(send(units, records));
+                    }
+                }
+            } finally {
+                out.unlock();
+            }
+            for (Sent s : sent) {
+                s.answer();
+            }
+            sent.clear();
+            LockSupport.park(this);
+        }
+    }
+
+    /** An append on the wire and the units it carries. */
+    private final class Sent {
+        final List<Unit> units;
+        final int n;
+        final CompletableFuture<Long> f;
+
+        Sent(List<Unit> units, int n, CompletableFuture<Long> f) {
+            this.units = units;
+            this.n = n;
+            this.f = f;
+        }
+
+        /**
+         * Completes the units once the append is answered. Called without
+         * {@link #out} held: a unit's completion takes the adapter's lock,
+         * and a thread holding that lock may be waiting for {@code out}.
+         */
+        void answer() {
+            f.whenComplete((lsn, err) -> {
+                onWire.decrementAndGet();
+                LockSupport.unpark(sender);
+                if (err != null) {
+                    Throwable c = fencing(err);
+                    for (Unit u : units) {
+                        u.completeExceptionally(c);
+                    }
+                    return;
+                }
+                ackedEnd.accumulateAndGet(lsn + n, Math::max);
+                long at = lsn;
+                for (Unit u : units) {
+                    u.complete(at);
+                    at += u.records.size();
+                }
+            });
+        }
+    }
+
+    /**
+     * Sends {@code units} (their {@code records} concatenated) as one
+     * append; under {@link #out}, so appends go out in the order handed
+     * over. The caller calls {@link Sent#answer} once it released {@code out}.
+     */
+    private Sent send(List<Unit> units, List<byte[]> records) {
+        onWire.incrementAndGet();
+        batches.incrementAndGet();
+        CompletableFuture<Long> f;
+        IOException fe = fenced.get();
+        if (fe != null) {
+            f = CompletableFuture.failedFuture(fe);
+        } else {
+            try {
+                f = client.appendAs(journal, durability, writer, records);
+            } catch (RuntimeException ex) {
+                f = CompletableFuture.failedFuture(ex);
+            }
+        }
+        return new Sent(units, records.size(), f);
+    }
+
+    /** The cause of a failed append; a {@code writer-fenced} one fences this link (once). */
+    private Throwable fencing(Throwable err) {
+        Throwable c = err instanceof CompletionException && err.getCause() != null ? err.getCause() : err;
+        if (c instanceof MirrorlogException && ((MirrorlogException) c).code() == Wire.E_WRITER_FENCED) {
+            IOException f = new IOException("this broker was fenced: another broker claimed mirrorlog journal '"
+                    + journal + "' (" + ((MirrorlogException) c).detail() + ")", c);
+            if (fenced.compareAndSet(null, f)) {
+                onFenced.accept(f);
+            }
+            return fenced.get();
+        }
+        return c;
     }
 
     /** Every record below this LSN is durable (and every record placed later lies at or above it). */
@@ -129,7 +328,34 @@ final class Link {
         client.getMark(journal);
     }
 
+    /** Tests: holds everything handed over in the queue (true) or lets it go (false). */
+    void hold(boolean h) {
+        held = h;
+        LockSupport.unpark(sender);
+    }
+
+    /** The counters, for the log. */
+    String stats() {
+        return handed.get() + " appends handed over, " + batches.get() + " batches sent, " + withdrawn.get()
+                + " adds withdrawn (acknowledged before sent)";
+    }
+
     void close() {
+        closed = true;
+        out.lock();
+        try {
+            IOException c = new IOException("mirrorlog link to journal '" + journal + "' closed");
+            for (Unit u : queued) {
+                if (!u.taken) {
+                    u.taken = true;
+                    u.completeExceptionally(c);
+                }
+            }
+            queued.clear();
+        } finally {
+            out.unlock();
+        }
+        LockSupport.unpark(sender);
         client.close(2000);
     }
 

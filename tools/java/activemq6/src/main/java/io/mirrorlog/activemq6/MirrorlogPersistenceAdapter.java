@@ -68,6 +68,8 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     private long requestTimeoutMs = 30_000;
     private int maxInFlight = 4096;
     private int maxFrameBytes = 64 << 20;
+    private int appendsOnWire = 1;
+    private boolean cancelConsumedAdds = true;
     private long reclaimIntervalMs = 10_000;
 
     // State. Invariant: index changes and the hand-over of records to the
@@ -95,6 +97,8 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     private boolean deleteAllOnStart;
     private long markSent;
     private ScheduledExecutorService reclaimer;
+    /** The link counters last logged. */
+    private String lastStats = "";
 
     /** One prepared transaction as replayed: its records and where they are. */
     static final class Prepared {
@@ -125,7 +129,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         byte[] header = Codec.header(brokerName, wireFormat.get().getVersion(), System.currentTimeMillis());
         Link l;
         try {
-            l = new Link(client, journal, durabilityCode(durability), maxFrameBytes, header, this::fenced);
+            l = new Link(client, journal, durabilityCode(durability), maxFrameBytes, appendsOnWire, header, this::fenced);
         } catch (IOException e) {
             client.close(0);
             throw e;
@@ -155,6 +159,11 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             reclaimer.scheduleWithFixedDelay(() -> {
                 try {
                     reclaim();
+                    String s = l.stats();
+                    if (!s.equals(lastStats)) {
+                        lastStats = s;
+                        LOG.info("mirrorlog: {}", s);
+                    }
                 } catch (Exception e) {
                     LOG.warn("mirrorlog: could not move the journal's mark: {}", e.toString());
                 }
@@ -818,9 +827,32 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         this.maxFrameBytes = maxFrameBytes;
     }
 
+    /**
+     * How many appends may be on the wire at once; records handed over
+     * meanwhile wait and go out together as one batch, and an add still
+     * waiting when its message is acknowledged is never written.
+     */
+    public void setAppendsOnWire(int appendsOnWire) {
+        this.appendsOnWire = appendsOnWire;
+    }
+
     /** How often the journal's mark follows what the broker no longer needs (0: only at checkpoint). */
     public void setReclaimIntervalMs(long reclaimIntervalMs) {
         this.reclaimIntervalMs = reclaimIntervalMs;
+    }
+
+    /**
+     * Whether an add not yet sent when its message is acknowledged (outside
+     * a transaction) is withdrawn: neither it nor the acknowledgement is
+     * written, and the send is answered (KahaDB's default with
+     * concurrentStoreAndDispatchQueues). False: both are written.
+     */
+    public void setCancelConsumedAdds(boolean cancelConsumedAdds) {
+        this.cancelConsumedAdds = cancelConsumedAdds;
+    }
+
+    boolean cancelConsumedAdds() {
+        return cancelConsumedAdds;
     }
 
     /** This broker's writer epoch (0 before start). */

@@ -8,6 +8,7 @@ import java.util.Map;
 import java.util.NavigableMap;
 import java.util.TreeMap;
 import java.util.TreeSet;
+import java.util.concurrent.CancellationException;
 import java.util.concurrent.CompletableFuture;
 import org.apache.activemq.broker.ConnectionContext;
 import org.apache.activemq.command.ActiveMQDestination;
@@ -169,7 +170,10 @@ class QueueStore extends AbstractMessageStore {
             done.f.complete(null);
         } else {
             written.whenComplete((lsn, err) -> {
-                if (err != null) {
+                if (err instanceof CancellationException) {
+                    // Withdrawn: acknowledged before it was sent (see remove).
+                    done.f.cancel(false);
+                } else if (err != null) {
                     failed(fe);
                     done.f.completeExceptionally(MirrorlogPersistenceAdapter.cause(err));
                 } else {
@@ -261,6 +265,14 @@ class QueueStore extends AbstractMessageStore {
         synchronized (a.lock) {
             Entry e = byId.get(id);
             if (e == null) {
+                return;
+            }
+            if (!sync && batch == null && e.written != null && a.cancelConsumedAdds() && a.link().withdraw(e.written)) {
+                // Acknowledged before its add was sent: neither is written
+                // (the send is answered once the consumer acknowledged it).
+                unindex(e);
+                e.written = null;
+                e.inFlight = null;
                 return;
             }
             byte[] record = Codec.remove(destination, id.toProducerKey());

@@ -8,7 +8,9 @@ import org.apache.activemq.store.ListenableFuture;
 
 /**
  * The future of an async add: completes (with null) once the record is
- * durable at the adapter's durability, or fails with the append's error.
+ * durable at the adapter's durability, or fails with the append's error;
+ * cancelled if the message was acknowledged before its add was sent (the
+ * add was withdrawn and never written, as KahaDB cancels its store task).
  */
 final class StoreFuture implements ListenableFuture<Object> {
     final CompletableFuture<Object> f = new CompletableFuture<>();
@@ -25,7 +27,7 @@ final class StoreFuture implements ListenableFuture<Object> {
 
     @Override
     public boolean isCancelled() {
-        return false;
+        return f.isCancelled(); // withdrawn: acknowledged before it was written
     }
 
     @Override

@@ -13,7 +13,10 @@ import org.apache.activemq.command.MessageId;
 import org.apache.activemq.command.SessionId;
 import org.apache.activemq.command.TransactionId;
 import org.apache.activemq.command.XATransactionId;
+import org.apache.activemq.store.ListenableFuture;
 import org.apache.activemq.store.MessageStore;
+import org.apache.activemq.store.ProxyMessageStore;
+import org.apache.activemq.store.ProxyTopicMessageStore;
 import org.apache.activemq.store.TopicMessageStore;
 import org.apache.activemq.store.memory.MemoryTransactionStore;
 
@@ -35,6 +38,84 @@ final class TxStore extends MemoryTransactionStore {
     TxStore(MirrorlogPersistenceAdapter a, BrokerService brokerService) {
         super(a, brokerService);
         this.a = a;
+    }
+
+    /**
+     * The store the broker uses: operations in a transaction go to
+     * ActiveMQ's in-memory transaction store (held until the transaction
+     * ends); every other one straight to the destination's store. The
+     * in-memory store's own proxy would turn an async add or remove into a
+     * sync one, so that a send would wait for its record before the queue
+     * could dispatch it and an acknowledgement would hold the consumer's
+     * connection until durable (no concurrent store and dispatch).
+     */
+    @Override
+    public MessageStore proxy(MessageStore store) {
+        MessageStore tx = super.proxy(store);
+        return new ProxyMessageStore(tx) {
+            @Override
+            public void addMessage(ConnectionContext context, Message send) throws IOException {
+                (send.getTransactionId() == null ? store : tx).addMessage(context, send);
+            }
+
+            @Override
+            public void addMessage(ConnectionContext context, Message send, boolean canOptimize) throws IOException {
+                (send.getTransactionId() == null ? store : tx).addMessage(context, send, canOptimize);
+            }
+
+            @Override
+            public ListenableFuture<Object> asyncAddQueueMessage(ConnectionContext context, Message message)
+                    throws IOException {
+                return (message.getTransactionId() == null ? store : tx).asyncAddQueueMessage(context, message);
+            }
+
+            @Override
+            public ListenableFuture<Object> asyncAddQueueMessage(ConnectionContext context, Message message,
+                    boolean canOptimize) throws IOException {
+                return (message.getTransactionId() == null ? store : tx).asyncAddQueueMessage(context, message,
+                        canOptimize);
+            }
+
+            @Override
+            public void removeMessage(ConnectionContext context, MessageAck ack) throws IOException {
+                (ack.isInTransaction() ? tx : store).removeMessage(context, ack);
+            }
+
+            @Override
+            public void removeAsyncMessage(ConnectionContext context, MessageAck ack) throws IOException {
+                (ack.isInTransaction() ? tx : store).removeAsyncMessage(context, ack);
+            }
+        };
+    }
+
+    /** As {@link #proxy(MessageStore)}, for a topic. */
+    @Override
+    public TopicMessageStore proxy(TopicMessageStore store) {
+        TopicMessageStore tx = super.proxy(store);
+        return new ProxyTopicMessageStore(tx) {
+            @Override
+            public void addMessage(ConnectionContext context, Message send) throws IOException {
+                (send.getTransactionId() == null ? store : tx).addMessage(context, send);
+            }
+
+            @Override
+            public void addMessage(ConnectionContext context, Message send, boolean canOptimize) throws IOException {
+                (send.getTransactionId() == null ? store : tx).addMessage(context, send, canOptimize);
+            }
+
+            @Override
+            public ListenableFuture<Object> asyncAddTopicMessage(ConnectionContext context, Message message)
+                    throws IOException {
+                return (message.getTransactionId() == null ? store : tx).asyncAddTopicMessage(context, message);
+            }
+
+            @Override
+            public ListenableFuture<Object> asyncAddTopicMessage(ConnectionContext context, Message message,
+                    boolean canOptimize) throws IOException {
+                return (message.getTransactionId() == null ? store : tx).asyncAddTopicMessage(context, message,
+                        canOptimize);
+            }
+        };
     }
 
     @Override
