@@ -49,7 +49,14 @@ pub fn amqtool(build: &Path, args: &[String]) -> Command {
 /// Starts producers of `count` messages numbered from `start`; the index
 /// of every send that returned is appended to `acked`.
 pub fn produce(build: &Path, url: &str, count: usize, start: u64, acked: &Path) -> Child {
-    let args = [
+    produce_as(build, url, count, start, acked, &[])
+}
+
+/// As [`produce`], with more of the tool's options: `--mode tx` (local
+/// transactions of 4 sends), `--mode xa` (XA: start, end, prepare, commit),
+/// `--mode xa-prepare --prepared FILE` (left prepared), `--producers N`.
+pub fn produce_as(build: &Path, url: &str, count: usize, start: u64, acked: &Path, more: &[&str]) -> Child {
+    let mut args = [
         "produce",
         "--url",
         url,
@@ -66,7 +73,15 @@ pub fn produce(build: &Path, url: &str, count: usize, start: u64, acked: &Path) 
         "--acked",
         &acked.display().to_string(),
     ]
-    .map(String::from);
+    .map(String::from)
+    .to_vec();
+    for pair in more.chunks(2) {
+        if let Some(at) = args.iter().position(|a| a == pair[0]) {
+            args[at + 1] = pair[1].to_string();
+        } else {
+            args.extend(pair.iter().map(|s| s.to_string()));
+        }
+    }
     amqtool(build, &args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("amqtool produce")
 }
 
@@ -91,6 +106,15 @@ pub fn consume(build: &Path, url: &str, out: &Path) -> Vec<u64> {
         String::from_utf8_lossy(&o.stderr)
     );
     indices(out)
+}
+
+/// The broker's prepared XA transactions (their GTRIDs), committed first when `commit`.
+pub fn xa_recover(build: &Path, url: &str, out: &Path, commit: bool) -> Vec<String> {
+    let args = ["xa-recover", "--url", url, "--out", &out.display().to_string(), "--commit", &commit.to_string()]
+        .map(String::from);
+    let o = amqtool(build, &args).output().expect("amqtool xa-recover");
+    assert!(o.status.success(), "xa-recover: {}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(out).unwrap_or_default().lines().map(str::to_string).collect()
 }
 
 /// Every acknowledged send is consumed exactly once; a send that did not

@@ -1,6 +1,7 @@
 package io.mirrorlog.amqtool;
 
 import java.io.FileWriter;
+import java.nio.charset.StandardCharsets;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.util.ArrayList;
@@ -18,7 +19,13 @@ import javax.jms.MessageConsumer;
 import javax.jms.MessageProducer;
 import javax.jms.Queue;
 import javax.jms.Session;
+import javax.jms.XAConnection;
+import javax.jms.XASession;
+import javax.transaction.xa.XAException;
+import javax.transaction.xa.XAResource;
+import javax.transaction.xa.Xid;
 import org.apache.activemq.ActiveMQConnectionFactory;
+import org.apache.activemq.ActiveMQXAConnectionFactory;
 
 /**
  * JMS producer and consumer for the broker tests and benchmarks.
@@ -29,6 +36,15 @@ import org.apache.activemq.ActiveMQConnectionFactory;
  *     appends the index of every message whose send returned to FILE; stops at
  *     the first failed send; prints "sent=… failed=… seconds=… msgs_per_s=…".
  *     Exit 0 when all were sent, 3 when a send failed.
+ *     [--mode plain|tx|xa|xa-prepare] [--batch B] [--prepared FILE]: plain
+ *     sends one by one; tx sends B messages in a local transaction and
+ *     commits; xa in an XA transaction (start, end, prepare, commit); a
+ *     message counts as acknowledged once its commit returned. xa-prepare
+ *     stops after the prepare and appends "GTRID idx,idx,…" per prepared
+ *     transaction to FILE (those messages are not acknowledged).
+ * xa-recover --url URL --out FILE [--commit true]
+ *     lists the broker's prepared XA transactions (one GTRID per line) and,
+ *     with --commit, commits each; prints "prepared=N".
  * consume --url URL --queue Q [--idle-ms 5000] --out FILE
  *     receives until the queue stays empty for idle-ms, checks each body,
  *     writes every index to FILE; prints "received=… corrupt=…"; exit 3 on a corrupt body.
@@ -58,6 +74,9 @@ public final class AmqTool {
                 break;
             case "consume":
                 rc = consume(o);
+                break;
+            case "xa-recover":
+                rc = xaRecover(o);
                 break;
             default:
                 usage();
@@ -99,6 +118,12 @@ public final class AmqTool {
         int size = Integer.parseInt(o.getOrDefault("size", "1024"));
         int producers = Integer.parseInt(o.getOrDefault("producers", "1"));
         String ackedPath = o.get("acked");
+        String mode = o.getOrDefault("mode", "plain");
+        boolean xa = mode.startsWith("xa");
+        int batch = Integer.parseInt(o.getOrDefault("batch", "plain".equals(mode) ? "1" : "4"));
+        String preparedPath = o.get("prepared");
+        List<String> prepared = new ArrayList<>();
+        String run = Long.toHexString(System.nanoTime());
         AtomicLong next = new AtomicLong(start);
         long end = start + count;
         AtomicBoolean stop = new AtomicBoolean();
@@ -110,30 +135,73 @@ public final class AmqTool {
             Thread t = new Thread(() -> {
                 Connection c = null;
                 try {
-                    c = new ActiveMQConnectionFactory(url).createConnection();
-                    c.start();
-                    Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
+                    Session s;
+                    XAResource xr = null;
+                    if (xa) {
+                        XAConnection xc = new ActiveMQXAConnectionFactory(url).createXAConnection();
+                        c = xc;
+                        c.start();
+                        XASession xs = xc.createXASession();
+                        xr = xs.getXAResource();
+                        s = xs.getSession();
+                    } else {
+                        c = new ActiveMQConnectionFactory(url).createConnection();
+                        c.start();
+                        boolean tx = "tx".equals(mode);
+                        s = c.createSession(tx, tx ? Session.SESSION_TRANSACTED : Session.AUTO_ACKNOWLEDGE);
+                    }
                     Queue q = s.createQueue(queue);
                     MessageProducer mp = s.createProducer(q);
                     mp.setDeliveryMode(DeliveryMode.PERSISTENT);
                     while (!stop.get()) {
-                        long i = next.getAndIncrement();
-                        if (i >= end) {
+                        List<Long> idx = new ArrayList<>();
+                        while (idx.size() < batch) {
+                            long i = next.getAndIncrement();
+                            if (i >= end) {
+                                break;
+                            }
+                            idx.add(i);
+                        }
+                        if (idx.isEmpty()) {
                             break;
                         }
-                        BytesMessage m = s.createBytesMessage();
-                        m.writeBytes(body(i, size));
-                        m.setLongProperty("idx", i);
+                        Xid xid = xa ? new Id(run + "-" + idx.get(0)) : null;
                         try {
-                            mp.send(m);
-                        } catch (JMSException e) {
+                            if (xid != null) {
+                                xr.start(xid, XAResource.TMNOFLAGS);
+                            }
+                            for (long i : idx) {
+                                BytesMessage m = s.createBytesMessage();
+                                m.writeBytes(body(i, size));
+                                m.setLongProperty("idx", i);
+                                mp.send(m);
+                            }
+                            if ("tx".equals(mode)) {
+                                s.commit();
+                            } else if (xid != null) {
+                                xr.end(xid, XAResource.TMSUCCESS);
+                                xr.prepare(xid);
+                                if ("xa-prepare".equals(mode)) {
+                                    StringBuilder line = new StringBuilder(new String(xid.getGlobalTransactionId(),
+                                            StandardCharsets.UTF_8)).append(' ');
+                                    for (int k = 0; k < idx.size(); k++) {
+                                        line.append(k == 0 ? "" : ",").append(idx.get(k));
+                                    }
+                                    synchronized (prepared) {
+                                        prepared.add(line.toString());
+                                    }
+                                    continue;
+                                }
+                                xr.commit(xid, false);
+                            }
+                        } catch (JMSException | XAException e) {
                             failed.incrementAndGet();
                             stop.set(true);
-                            System.err.println("send of " + i + " failed: " + e);
+                            System.err.println("send of " + idx + " failed: " + e);
                             break;
                         }
                         synchronized (acked) {
-                            acked.add(i);
+                            acked.addAll(idx);
                         }
                     }
                 } catch (JMSException | RuntimeException | Error e) {
@@ -166,12 +234,69 @@ public final class AmqTool {
                 }
             }
         }
+        if (preparedPath != null) {
+            try (PrintWriter w = new PrintWriter(new FileWriter(preparedPath, true))) {
+                synchronized (prepared) {
+                    for (String l : prepared) {
+                        w.println(l);
+                    }
+                }
+            }
+        }
         int n;
         synchronized (acked) {
             n = acked.size();
         }
         System.out.printf("sent=%d failed=%d seconds=%.3f msgs_per_s=%.1f%n", n, failed.get(), secs, n / secs);
         return failed.get() == 0 ? 0 : 3;
+    }
+
+    /** An XA transaction id: GTRID the given text, one branch. */
+    static final class Id implements Xid {
+        private final byte[] gtrid;
+
+        Id(String gtrid) {
+            this.gtrid = gtrid.getBytes(StandardCharsets.UTF_8);
+        }
+
+        @Override
+        public int getFormatId() {
+            return 0x4d4c;
+        }
+
+        @Override
+        public byte[] getGlobalTransactionId() {
+            return gtrid.clone();
+        }
+
+        @Override
+        public byte[] getBranchQualifier() {
+            return new byte[] {1};
+        }
+    }
+
+    private static int xaRecover(Map<String, String> o) throws JMSException, IOException, XAException {
+        String url = need(o, "url");
+        String out = need(o, "out");
+        boolean commit = Boolean.parseBoolean(o.getOrDefault("commit", "false"));
+        XAConnection c = new ActiveMQXAConnectionFactory(url).createXAConnection();
+        int n = 0;
+        try (PrintWriter w = new PrintWriter(new FileWriter(out, false))) {
+            c.start();
+            XAResource r = c.createXASession().getXAResource();
+            Xid[] ids = r.recover(XAResource.TMSTARTRSCAN | XAResource.TMENDRSCAN);
+            for (Xid x : ids) {
+                w.println(new String(x.getGlobalTransactionId(), StandardCharsets.UTF_8));
+                n++;
+                if (commit) {
+                    r.commit(x, false);
+                }
+            }
+        } finally {
+            c.close();
+        }
+        System.out.printf("prepared=%d%n", n);
+        return 0;
     }
 
     private static int consume(Map<String, String> o) throws JMSException, IOException {

@@ -27,7 +27,10 @@ final class Entry {
     boolean pendingAdd;
     /** Topic: subscriptions that have not acknowledged it. */
     int refs;
-    /** Acknowledged by a prepared transaction (after a restart): not dispatched until its outcome. */
+    /**
+     * Queue: acknowledged by a prepared transaction (after a restart): not
+     * dispatched nor counted until its outcome (topics hide per subscription).
+     */
     boolean preparedAck;
 
     Entry(long seq, MessageId id, int priority, int size, long pin) {

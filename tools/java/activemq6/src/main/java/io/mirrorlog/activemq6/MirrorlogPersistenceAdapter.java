@@ -285,7 +285,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 topic(r.dest).replaySubDel(new SubscriptionKey(r.clientId, r.subName));
                 break;
             case Codec.SUB_ACK:
-                topic(r.dest).replayAck(new SubscriptionKey(r.clientId, r.subName), messageId(r.messageId), false);
+                topic(r.dest).replayAck(new SubscriptionKey(r.clientId, r.subName), messageId(r.messageId));
                 break;
             case Codec.PREPARE:
                 preparedFor(r.body, lsn);
@@ -344,15 +344,12 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             QueueStore s = queues.get(op.dest);
             Entry e = s == null ? null : s.byId.get(messageId(op.messageId));
             if (e != null) {
-                e.preparedAck = hidden;
+                s.hide(e, hidden);
             }
         } else if (op.type == Codec.SUB_ACK) {
             TopicStore t = topics.get(op.dest);
             if (t != null) {
-                Entry e = t.byId.get(messageId(op.messageId));
-                if (e != null) {
-                    e.preparedAck = hidden;
-                }
+                t.hide(new SubscriptionKey(op.clientId, op.subName), messageId(op.messageId), hidden);
             }
         }
     }

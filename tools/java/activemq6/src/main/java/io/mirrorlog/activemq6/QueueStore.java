@@ -241,8 +241,32 @@ class QueueStore extends AbstractMessageStore {
         bySeq.remove(e.seq);
         byId.remove(e.id);
         pendingAdds.remove(e.seq);
-        getMessageStoreStatistics().getMessageCount().decrement();
-        getMessageStoreStatistics().getMessageSize().addSize(-e.size);
+        if (!e.preparedAck) {
+            getMessageStoreStatistics().getMessageCount().decrement();
+            getMessageStoreStatistics().getMessageSize().addSize(-e.size);
+        }
+    }
+
+    /**
+     * An acknowledgement by a transaction that came back prepared after a
+     * restart hides its message (not dispatched, not counted: the queue's
+     * size leaves it out, as KahaDB's) until the outcome; {@code hidden}
+     * false shows it again (under the lock).
+     */
+    void hide(Entry e, boolean hidden) {
+        if (e.preparedAck == hidden) {
+            return;
+        }
+        e.preparedAck = hidden;
+        if (byId.get(e.id) == e) {
+            if (hidden) {
+                getMessageStoreStatistics().getMessageCount().decrement();
+                getMessageStoreStatistics().getMessageSize().addSize(-e.size);
+            } else {
+                getMessageStoreStatistics().getMessageCount().increment();
+                getMessageStoreStatistics().getMessageSize().addSize(e.size);
+            }
+        }
     }
 
     // ------------------------------------------------------------- removes
@@ -494,6 +518,9 @@ class QueueStore extends AbstractMessageStore {
         synchronized (a.lock) {
             getMessageStoreStatistics().reset();
             for (Entry e : bySeq.values()) {
+                if (e.preparedAck) {
+                    continue;
+                }
                 getMessageStoreStatistics().getMessageCount().increment();
                 getMessageStoreStatistics().getMessageSize().addSize(e.size);
             }

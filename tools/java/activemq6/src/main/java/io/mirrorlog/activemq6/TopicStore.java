@@ -32,6 +32,12 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
         SubscriptionInfo info;
         /** Sequences not yet acknowledged, in order. */
         final TreeMap<Long, Entry> pending = new TreeMap<>();
+        /**
+         * Acknowledged by a transaction that came back prepared after a
+         * restart: neither dispatched nor counted until its outcome, and
+         * given back on rollback.
+         */
+        final TreeMap<Long, Entry> hidden = new TreeMap<>();
         final Position pos = new Position();
         long size;
         /**
@@ -69,8 +75,11 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
 
     /** The subscription no longer needs the entry; the entry leaves once none does (under the lock). */
     private void release(Sub s, Entry e) {
-        if (s.pending.remove(e.seq) != null) {
+        boolean held = s.pending.remove(e.seq) != null;
+        if (held) {
             s.size -= e.size;
+        }
+        if (held || s.hidden.remove(e.seq) != null) {
             e.refs--;
             if (e.refs <= 0 && byId.get(e.id) == e) {
                 unindex(e);
@@ -99,7 +108,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
         synchronized (a.lock) {
             Sub s = subs.get(key);
             Entry e = byId.get(messageId);
-            if (s == null || e == null || !s.pending.containsKey(e.seq)) {
+            if (s == null || e == null || !s.pending.containsKey(e.seq) && !s.hidden.containsKey(e.seq)) {
                 return;
             }
             byte[] record = Codec.subAck(destination, clientId, subscriptionName, messageId.toProducerKey());
@@ -166,9 +175,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
             if (s == null) {
                 return;
             }
-            for (Entry e : new ArrayList<>(s.pending.values())) {
-                release(s, e);
-            }
+            releaseAll(s);
             written = a.link().append(Link.one(Codec.subDel(destination, clientId, subscriptionName)));
         }
         MirrorlogPersistenceAdapter.await(written);
@@ -272,6 +279,7 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
         super.clear();
         for (Sub s : subs.values()) {
             s.pending.clear();
+            s.hidden.clear();
             s.size = 0;
             s.pos.reset();
         }
@@ -305,22 +313,44 @@ final class TopicStore extends QueueStore implements TopicMessageStore {
     void replaySubDel(SubscriptionKey key) {
         Sub s = subs.remove(key);
         if (s != null) {
-            for (Entry e : new ArrayList<>(s.pending.values())) {
-                release(s, e);
-            }
+            releaseAll(s);
         }
     }
 
-    /** Replay: an acknowledgement; {@code hide}: by a prepared transaction (the message is kept, not dispatched). */
-    void replayAck(SubscriptionKey key, MessageId id, boolean hide) {
+    /** Replay: an acknowledgement. */
+    void replayAck(SubscriptionKey key, MessageId id) {
+        Sub s = subs.get(key);
+        Entry e = byId.get(id);
+        if (s != null && e != null) {
+            release(s, e);
+        }
+    }
+
+    /**
+     * An acknowledgement by a prepared transaction hides the message from
+     * that subscription only (not dispatched, not counted) until the
+     * outcome; {@code hidden} false gives it back (under the lock).
+     */
+    void hide(SubscriptionKey key, MessageId id, boolean hidden) {
         Sub s = subs.get(key);
         Entry e = byId.get(id);
         if (s == null || e == null) {
             return;
         }
-        if (hide) {
-            e.preparedAck = true;
-        } else {
+        if (hidden && s.pending.remove(e.seq) != null) {
+            s.hidden.put(e.seq, e);
+            s.size -= e.size;
+        } else if (!hidden && s.hidden.remove(e.seq) != null) {
+            s.pending.put(e.seq, e);
+            s.size += e.size;
+        }
+    }
+
+    private void releaseAll(Sub s) {
+        for (Entry e : new ArrayList<>(s.pending.values())) {
+            release(s, e);
+        }
+        for (Entry e : new ArrayList<>(s.hidden.values())) {
             release(s, e);
         }
     }
