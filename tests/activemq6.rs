@@ -63,16 +63,12 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOffline2Test", 2),
     ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOfflineBrowseRemoveTest", 2),
     ("io.mirrorlog.activemq6.MirrorlogVmConcurrentDispatchTest", 12),
+    ("io.mirrorlog.activemq6.LargeTransactionTest", 2),
 ];
 
 /// Failures docs/activemq.md explains (ActiveMQ 6: known limitations):
-/// both commit one local transaction of about 1.7 MB, more than the
-/// appliance's default `limits.max_batch_bytes` (1 MiB) that one
-/// transaction's records must fit, and get `batch-too-large`.
-const KNOWN: &[&str] = &[
-    "MirrorlogDurableSubscriptionOfflineTest.testOrderOnActivateDeactivate",
-    "MirrorlogDurableSubscriptionOfflineTest.testNoDuplicateOnConcurrentSendTranCommitAndActivate",
-];
+/// none at present.
+const KNOWN: &[&str] = &[];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

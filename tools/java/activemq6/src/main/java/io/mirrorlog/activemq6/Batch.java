@@ -45,6 +45,15 @@ final class Batch {
         }
     }
 
+    /** As {@link #durable}, each record at its own LSN (a batch written in parts). */
+    void durableAt(long[] lsns) {
+        for (int i = 0; i < durable.size(); i++) {
+            if (durable.get(i) != null) {
+                durable.get(i).accept(lsns[i]);
+            }
+        }
+    }
+
     void failed() {
         for (Runnable r : failed) {
             if (r != null) {

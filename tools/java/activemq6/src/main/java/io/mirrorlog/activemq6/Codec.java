@@ -39,6 +39,12 @@ final class Codec {
     static final int PREPARE = 11;
     /** Every message of a destination removed (removeAllMessages); its subscriptions stay. */
     static final int PURGE = 12;
+    /**
+     * An ADD, REMOVE or SUB_ACK of a local transaction too large for one
+     * batch, written ahead of its COMMIT (same key): applied, at its own
+     * LSN, only if that COMMIT follows; dropped at replay otherwise.
+     */
+    static final int STAGED = 13;
 
     /** The record format, written in the HEADER. */
     static final int FORMAT = 1;
@@ -58,7 +64,7 @@ final class Codec {
         String clientId;
         String subName;
         boolean retroactive;
-        /** PREPARED: the operation. */
+        /** PREPARED, STAGED: the operation. */
         Rec inner;
         /** HEADER. */
         String broker;
@@ -156,6 +162,13 @@ final class Codec {
         });
     }
 
+    static byte[] staged(byte[] key, byte[] inner) {
+        return make(STAGED, o -> {
+            blob(o, key, 0, key.length);
+            blob(o, inner, 0, inner.length);
+        });
+    }
+
     static byte[] outcome(int type, byte[] xid) {
         return make(type, o -> blob(o, xid, 0, xid.length));
     }
@@ -233,6 +246,7 @@ final class Codec {
                     r.messageId = in.readUTF();
                     break;
                 case PREPARED:
+                case STAGED:
                     r.body = readBlob(in);
                     r.inner = decode(readBlob(in));
                     if (r.inner.type != ADD && r.inner.type != REMOVE && r.inner.type != SUB_ACK) {

@@ -18,6 +18,7 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
 import org.apache.activemq.broker.BrokerService;
 import org.apache.activemq.broker.BrokerServiceAware;
@@ -69,6 +70,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     private int maxInFlight = 4096;
     private int maxFrameBytes = 64 << 20;
     private int appendsOnWire = 1;
+    private int stageAboveBytes = 512 * 1024;
     private boolean cancelConsumedAdds = true;
     private long reclaimIntervalMs = 10_000;
 
@@ -84,6 +86,16 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     /** Transactions prepared and not yet committed or rolled back, by xid. */
     final Map<String, Prepared> prepared = new LinkedHashMap<>();
     private final ThreadLocal<Batch> batch = new ThreadLocal<>();
+    /**
+     * Large local transactions being written ahead of their COMMIT: each
+     * pins the journal (a bound below its first record) until its COMMIT is
+     * durable, so the mark never passes a staged record whose COMMIT may
+     * still come (under the lock).
+     */
+    private final List<long[]> staging = new ArrayList<>();
+    /** Replay: the STAGED operations (with their LSNs) of each key whose COMMIT has not been read yet. */
+    private final Map<String, List<Object[]>> staged = new HashMap<>();
+    private final AtomicLong stageSeq = new AtomicLong();
     /** Set while a prepared transaction commits: its COMMIT record joins the batch. */
     final ThreadLocal<XATransactionId> committing = new ThreadLocal<>();
     private final ThreadLocal<OpenWireFormat> wireFormat = ThreadLocal.withInitial(OpenWireFormat::new);
@@ -243,6 +255,12 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 }
                 at = r.nextLsn;
             }
+            if (!staged.isEmpty()) {
+                // Large local transactions whose COMMIT was never written:
+                // their commit had not returned, so they rolled back.
+                LOG.info("mirrorlog: {} large local transaction(s) without a COMMIT dropped at replay", staged.size());
+                staged.clear();
+            }
         }
         return n;
     }
@@ -296,8 +314,18 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 hide(r.inner, true);
                 break;
             }
+            case Codec.STAGED:
+                staged.computeIfAbsent(Arrays.toString(r.body), k -> new ArrayList<>()).add(new Object[] {r.inner, lsn});
+                break;
             case Codec.COMMIT:
             case Codec.ROLLBACK: {
+                List<Object[]> ops = r.type == Codec.COMMIT ? staged.remove(Arrays.toString(r.body)) : null;
+                if (ops != null) {
+                    for (Object[] op : ops) {
+                        apply((Codec.Rec) op[0], (Long) op[1]);
+                    }
+                    break;
+                }
                 Prepared p = prepared.remove(Arrays.toString(r.body));
                 if (p != null) {
                     for (Codec.Rec op : p.ops) {
@@ -488,6 +516,10 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         if (b.records.isEmpty()) {
             return;
         }
+        if (xid == null && b.preparing == null && bytes(b.records) > stageAboveBytes) {
+            commitStaged(b);
+            return;
+        }
         CompletableFuture<Long> written;
         String preparing = b.preparing == null ? null : Arrays.toString(b.preparing);
         synchronized (lock) {
@@ -516,6 +548,69 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         b.durable(first);
         if (xid != null) {
             settled(xid);
+        }
+    }
+
+    private static long bytes(List<byte[]> records) {
+        long n = 0;
+        for (byte[] r : records) {
+            n += r.length;
+        }
+        return n;
+    }
+
+    /**
+     * Commits a local transaction too large for one batch: its records are
+     * written ahead as STAGED records (in batches of at most
+     * {@code stageAboveBytes}), then its COMMIT, the one record that makes
+     * them count. A crash before the COMMIT is durable leaves staged records
+     * that replay drops: the commit had not returned, so the transaction
+     * rolled back. Returns once the COMMIT is durable.
+     */
+    private void commitStaged(Batch b) throws IOException {
+        Link l = link();
+        byte[] key = java.nio.ByteBuffer.allocate(16).putLong(l.writer).putLong(stageSeq.incrementAndGet()).array();
+        List<List<byte[]>> chunks = new ArrayList<>();
+        List<byte[]> chunk = new ArrayList<>();
+        long size = 0;
+        for (byte[] r : b.records) {
+            byte[] s = Codec.staged(key, r);
+            if (!chunk.isEmpty() && size + s.length > stageAboveBytes) {
+                chunks.add(chunk);
+                chunk = new ArrayList<>();
+                size = 0;
+            }
+            chunk.add(s);
+            size += s.length;
+        }
+        chunks.add(chunk);
+        long[] pin;
+        List<CompletableFuture<Long>> written = new ArrayList<>();
+        synchronized (lock) {
+            pin = new long[] {l.ackedEnd()};
+            staging.add(pin);
+            for (List<byte[]> c : chunks) {
+                written.add(l.append(c));
+            }
+        }
+        try {
+            long[] lsns = new long[b.records.size()];
+            int i = 0;
+            for (int c = 0; c < chunks.size(); c++) {
+                long first = await(written.get(c));
+                for (int k = 0; k < chunks.get(c).size(); k++) {
+                    lsns[i++] = first + k;
+                }
+            }
+            await(l.append(Link.one(Codec.outcome(Codec.COMMIT, key))));
+            b.durableAt(lsns);
+        } catch (IOException e) {
+            b.failed();
+            throw e;
+        } finally {
+            synchronized (lock) {
+                staging.remove(pin);
+            }
         }
     }
 
@@ -637,6 +732,9 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         return l.readAsync(lsn).thenApply(b -> {
             try {
                 Codec.Rec r = Codec.decode(b);
+                if (r.type == Codec.STAGED) {
+                    r = r.inner; // the add of a large local transaction
+                }
                 if (r.type != Codec.ADD) {
                     throw new IOException("lsn " + lsn + " holds a record of type " + r.type + ", not a message");
                 }
@@ -700,6 +798,9 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             }
             for (Prepared p : prepared.values()) {
                 low = Math.min(low, p.firstLsn);
+            }
+            for (long[] pin : staging) {
+                low = Math.min(low, pin[0]);
             }
         }
         synchronized (this) {
@@ -850,6 +951,16 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
 
     boolean cancelConsumedAdds() {
         return cancelConsumedAdds;
+    }
+
+    /**
+     * A local transaction whose records total more than this is written
+     * ahead in batches of at most this size and made to count by its
+     * COMMIT record; smaller ones are one batch. Keep it at most half the
+     * appliance's {@code limits.max_batch_bytes}.
+     */
+    public void setStageAboveBytes(int stageAboveBytes) {
+        this.stageAboveBytes = Math.max(1, stageAboveBytes);
     }
 
     /** This broker's writer epoch (0 before start). */
