@@ -66,9 +66,11 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.LargeTransactionTest", 2),
 ];
 
-/// Failures docs/activemq.md explains (ActiveMQ 6: known limitations):
-/// none at present.
-const KNOWN: &[&str] = &[];
+/// Failures docs/activemq.md explains (ActiveMQ 6: known limitations).
+/// This one is a race in the test (it may pass): it needs the always-on
+/// subscriber, whose connection the broker's stop cuts and which never
+/// reconnects, to have received all 20 messages before the stop.
+const KNOWN: &[&str] = &["MirrorlogDurableSubscriptionOfflineTest.testInactiveSubscribeAfterBrokerRestart"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -72,16 +72,22 @@ class QueueStore extends AbstractMessageStore {
         return add(context, message, false);
     }
 
+    /**
+     * A topic message is written before it is dispatched (returns once
+     * durable), as KahaDB does by default (concurrentStoreAndDispatchTopics
+     * off): a durable subscriber has it in its store-backed cursor only
+     * once it is in the store.
+     */
     @Override
     public ListenableFuture<Object> asyncAddTopicMessage(ConnectionContext context, Message message)
             throws IOException {
-        return add(context, message, false);
+        return add(context, message, true);
     }
 
     @Override
     public ListenableFuture<Object> asyncAddTopicMessage(ConnectionContext context, Message message,
             boolean canOptimizeHint) throws IOException {
-        return add(context, message, false);
+        return add(context, message, true);
     }
 
     /** Called under the lock when an entry joins (topics give it to their subscriptions). */
