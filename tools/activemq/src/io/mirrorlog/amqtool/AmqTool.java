@@ -119,6 +119,10 @@ public final class AmqTool {
         int producers = Integer.parseInt(o.getOrDefault("producers", "1"));
         String ackedPath = o.get("acked");
         String mode = o.getOrDefault("mode", "plain");
+        if (!java.util.Arrays.asList("plain", "tx", "xa", "xa-prepare").contains(mode)) {
+            System.err.println("--mode must be plain, tx, xa or xa-prepare, not " + mode);
+            System.exit(2);
+        }
         boolean xa = mode.startsWith("xa");
         int batch = Integer.parseInt(o.getOrDefault("batch", "plain".equals(mode) ? "1" : "4"));
         String preparedPath = o.get("prepared");

@@ -248,7 +248,10 @@ final class Codec {
                 case PREPARED:
                 case STAGED:
                     r.body = readBlob(in);
-                    r.inner = decode(readBlob(in));
+                    byte[] op = readBlob(in);
+                    // A prepared add keeps its body (the recovered transaction
+                    // re-sends it); a staged one is read back by LSN.
+                    r.inner = decode(op, 0, op.length, bodies || r.type == PREPARED);
                     if (r.inner.type != ADD && r.inner.type != REMOVE && r.inner.type != SUB_ACK) {
                         throw new IOException("a prepared operation of type " + r.inner.type);
                     }

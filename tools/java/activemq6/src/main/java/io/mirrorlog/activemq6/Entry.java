@@ -23,6 +23,8 @@ final class Entry {
     java.util.concurrent.CompletableFuture<Long> written;
     /** The message until its record is durable (the cursor may ask for it before). */
     Message inFlight;
+    /** Added by an async add (concurrent store and dispatch): only such an add may be withdrawn. */
+    boolean async;
     /** Not yet visible to recoverNextMessages: its add is not durable, or not yet in the cursor. */
     boolean pendingAdd;
     /** Topic: subscriptions that have not acknowledged it. */

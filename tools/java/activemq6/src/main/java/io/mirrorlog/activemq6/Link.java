@@ -40,6 +40,8 @@ final class Link {
     /** At most this many payload bytes are merged into one batch (a single larger append goes alone). */
     static final int MERGE_BYTES = 256 * 1024;
     static final int MERGE_RECORDS = 4096;
+    /** Counted per record against MERGE_BYTES (the appliance's batch limit counts record headers too). */
+    static final int RECORD_OVERHEAD = 64;
 
     /** One append handed over: its records' first LSN once durable. */
     static final class Unit extends CompletableFuture<Long> {
@@ -52,7 +54,7 @@ final class Link {
             this.records = records;
             int b = 0;
             for (byte[] r : records) {
-                b += r.length;
+                b += r.length + RECORD_OVERHEAD;
             }
             this.bytes = b;
         }
@@ -123,13 +125,13 @@ final class Link {
         Unit u = new Unit(records);
         handed.incrementAndGet();
         Sent sent = null;
+        boolean refused = false;
         out.lock();
         try {
             if (closed) {
-                u.completeExceptionally(new IOException("mirrorlog link to journal '" + journal + "' closed"));
-                return u;
-            }
-            if (queued.isEmpty() && onWire.get() < maxOnWire && !held) {
+                u.taken = true;
+                refused = true;
+            } else if (queued.isEmpty() && onWire.get() < maxOnWire && !held) {
                 u.taken = true;
                 List<Unit> one = new ArrayList<>(1);
                 one.add(u);
@@ -140,7 +142,9 @@ final class Link {
         } finally {
             out.unlock();
         }
-        if (sent != null) {
+        if (refused) {
+            u.completeExceptionally(new IOException("mirrorlog link to journal '" + journal + "' closed"));
+        } else if (sent != null) {
             sent.answer();
         } else {
             LockSupport.unpark(sender);
@@ -150,8 +154,9 @@ final class Link {
 
     /**
      * Takes back an append not yet sent: true if {@code f} (from
-     * {@link #append}) was still waiting; it is then never written and
-     * completes cancelled.
+     * {@link #append}) was still waiting; it is then never written, and the
+     * caller cancels {@code f} (once it holds no lock: cancelling runs the
+     * future's callbacks).
      */
     boolean withdraw(CompletableFuture<Long> f) {
         if (!(f instanceof Unit)) {
@@ -168,7 +173,6 @@ final class Link {
             out.unlock();
         }
         withdrawn.incrementAndGet();
-        u.cancel(false);
         return true;
     }
 
@@ -204,11 +208,19 @@ final class Link {
             } finally {
                 out.unlock();
             }
-            for (Sent s : sent) {
-                s.answer();
+            if (!sent.isEmpty()) {
+                // Answers may run callbacks here (the reply came first), and a
+                // callback that blocks on a lock uses up a pending unpark:
+                // look at the queue again instead of parking.
+                for (Sent s : sent) {
+                    s.answer();
+                }
+                sent.clear();
+                continue;
             }
-            sent.clear();
-            LockSupport.park(this);
+            // Nothing could be sent: woken by an append or an answer (the
+            // bound is a safety net, not the mechanism).
+            LockSupport.parkNanos(this, 50_000_000L);
         }
     }
 
@@ -342,18 +354,23 @@ final class Link {
 
     void close() {
         closed = true;
+        List<Unit> left = new ArrayList<>();
         out.lock();
         try {
-            IOException c = new IOException("mirrorlog link to journal '" + journal + "' closed");
             for (Unit u : queued) {
                 if (!u.taken) {
                     u.taken = true;
-                    u.completeExceptionally(c);
+                    left.add(u);
                 }
             }
             queued.clear();
         } finally {
             out.unlock();
+        }
+        // Failed without `out` held: a unit's callback takes the adapter's lock.
+        IOException c = new IOException("mirrorlog link to journal '" + journal + "' closed");
+        for (Unit u : left) {
+            u.completeExceptionally(c);
         }
         LockSupport.unpark(sender);
         client.close(2000);

@@ -147,14 +147,20 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             throw e;
         }
         long t0 = System.nanoTime();
-        long from = l.mark();
+        long from;
         int records = 0;
-        if (deleteAllOnStart) {
-            // Everything before this broker's claim is dropped.
-            l.setMark(l.claimLsn);
-            from = l.claimLsn;
-        } else {
-            records = replay(l, from);
+        try {
+            from = l.mark();
+            if (deleteAllOnStart) {
+                // Everything before this broker's claim is dropped.
+                l.setMark(l.claimLsn);
+                from = l.claimLsn;
+            } else {
+                records = replay(l, from);
+            }
+        } catch (IOException | RuntimeException e) {
+            l.close(); // its sender thread and connection
+            throw e;
         }
         markSent = from;
         link = l;
@@ -593,6 +599,8 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 written.add(l.append(c));
             }
         }
+        boolean commitSent = false;
+        boolean done = false;
         try {
             long[] lsns = new long[b.records.size()];
             int i = 0;
@@ -602,14 +610,25 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                     lsns[i++] = first + k;
                 }
             }
+            commitSent = true;
             await(l.append(Link.one(Codec.outcome(Codec.COMMIT, key))));
             b.durableAt(lsns);
+            done = true;
         } catch (IOException e) {
             b.failed();
+            if (commitSent) {
+                // The COMMIT's outcome is unknown: it may be durable. The pin
+                // stays until this broker restarts, so that the mark never
+                // passes part of a transaction a replay might apply.
+                LOG.warn("mirrorlog: the COMMIT of a large local transaction failed ({}); the journal's mark "
+                        + "stays below its records until the broker restarts", e.toString());
+            }
             throw e;
         } finally {
-            synchronized (lock) {
-                staging.remove(pin);
+            if (done || !commitSent) {
+                synchronized (lock) {
+                    staging.remove(pin);
+                }
             }
         }
     }

@@ -120,7 +120,9 @@ class QueueStore extends AbstractMessageStore {
                     done.f.complete(null);
                 } else {
                     dup.written.whenComplete((v, err) -> {
-                        if (err != null) {
+                        if (err instanceof CancellationException) {
+                            done.f.complete(null); // the original was consumed before it was written
+                        } else if (err != null) {
                             done.f.completeExceptionally(MirrorlogPersistenceAdapter.cause(err));
                         } else {
                             done.f.complete(null);
@@ -153,6 +155,7 @@ class QueueStore extends AbstractMessageStore {
             }
             written = a.link().append(Link.one(record));
             e.written = written;
+            e.async = !sync;
             if (sync) {
                 id.setFutureOrSequenceLong(null);
                 listen(context, message, e);
@@ -292,17 +295,30 @@ class QueueStore extends AbstractMessageStore {
         MessageId id = ack.getLastMessageId();
         Batch batch = a.batch();
         CompletableFuture<Long> written;
+        CompletableFuture<Long> withdrawn = null;
         synchronized (a.lock) {
             Entry e = byId.get(id);
             if (e == null) {
                 return;
             }
-            if (!sync && batch == null && e.written != null && a.cancelConsumedAdds() && a.link().withdraw(e.written)) {
+            if (!sync && batch == null && e.async && e.written != null && a.cancelConsumedAdds()
+                    && a.link().withdraw(e.written)) {
                 // Acknowledged before its add was sent: neither is written
                 // (the send is answered once the consumer acknowledged it).
                 unindex(e);
+                withdrawn = e.written;
                 e.written = null;
                 e.inFlight = null;
+            }
+        }
+        if (withdrawn != null) {
+            // Outside the lock: this runs the add's callbacks (its send is answered).
+            withdrawn.cancel(false);
+            return;
+        }
+        synchronized (a.lock) {
+            Entry e = byId.get(id);
+            if (e == null) {
                 return;
             }
             byte[] record = Codec.remove(destination, id.toProducerKey());
