@@ -7,7 +7,9 @@
 # rounds. Then, unless --no-restart: heap per pending message and broker
 # restart time with --pending messages of 1 KiB left in a queue.
 #   tools/activemq6/bench.sh [--messages N] [--rounds R] [--pending P] [--data DIR] [--no-restart]
-#        [--configs "kahadb local remote-durable"] [--producers "1 8 64"]
+#        [--configs "kahadb local remote-durable"] [--producers "1 8 64"] [--keep]
+# At exit the appliances' devices and the brokers' data are deleted (the
+# logs stay) unless --keep.
 # A configuration name may end in @W: the adapter's appendsOnWire = W
 # (e.g. "remote-durable@1 remote-durable@4"; default 1).
 # Needs `cargo build --release`, Maven (the adapter) and the activemq
@@ -16,7 +18,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
 messages=20000 rounds=2 pending=1000000 data=/tmp/mirrorlog-amq6-bench restart=1
-configs="kahadb local remote-durable" producers="1 8 64"
+configs="kahadb local remote-durable" producers="1 8 64" keep=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) messages="$2"; shift 2;;
@@ -26,7 +28,8 @@ while [ $# -gt 0 ]; do
     --no-restart) restart=0; shift;;
     --configs) configs="$2"; shift 2;;
     --producers) producers="$2"; shift 2;;
-    *) sed -n '2,15p' "$0"; exit 2;;
+    --keep) keep=1; shift;;
+    *) sed -n '2,17p' "$0"; exit 2;;
   esac
 done
 bin="$root/target/release"
@@ -37,7 +40,10 @@ build="$root/target/activemq"
 export MIRRORLOG_AMQTOOL_JAR="$build/mirrorlog-amqtool.jar"
 amq="$root/tools/activemq/amqtool.sh"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() { # stops what it started; drops the appliances' device files (GiBs per run), keeps the logs
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true
+  [ "$keep" = 1 ] || rm -rf "$data"/*/a "$data"/*/b "$data"/*/broker/data
+}
 trap cleanup EXIT
 
 wait_log() { # file pattern
