@@ -94,7 +94,18 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
      */
     private final List<long[]> staging = new ArrayList<>();
     /** Replay: the STAGED operations (with their LSNs) of each key whose COMMIT has not been read yet. */
-    private final Map<String, List<Object[]>> staged = new HashMap<>();
+    private final Map<String, List<Staged>> staged = new HashMap<>();
+
+    /** Replay: one STAGED operation and its record's LSN. */
+    private static final class Staged {
+        final Codec.Rec op;
+        final long lsn;
+
+        Staged(Codec.Rec op, long lsn) {
+            this.op = op;
+            this.lsn = lsn;
+        }
+    }
     private final AtomicLong stageSeq = new AtomicLong();
     /** Set while a prepared transaction commits: its COMMIT record joins the batch. */
     final ThreadLocal<XATransactionId> committing = new ThreadLocal<>();
@@ -321,14 +332,14 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 break;
             }
             case Codec.STAGED:
-                staged.computeIfAbsent(Arrays.toString(r.body), k -> new ArrayList<>()).add(new Object[] {r.inner, lsn});
+                staged.computeIfAbsent(Arrays.toString(r.body), k -> new ArrayList<>()).add(new Staged(r.inner, lsn));
                 break;
             case Codec.COMMIT:
             case Codec.ROLLBACK: {
-                List<Object[]> ops = r.type == Codec.COMMIT ? staged.remove(Arrays.toString(r.body)) : null;
+                List<Staged> ops = r.type == Codec.COMMIT ? staged.remove(Arrays.toString(r.body)) : null;
                 if (ops != null) {
-                    for (Object[] op : ops) {
-                        apply((Codec.Rec) op[0], (Long) op[1]);
+                    for (Staged op : ops) {
+                        apply(op.op, op.lsn);
                     }
                     break;
                 }

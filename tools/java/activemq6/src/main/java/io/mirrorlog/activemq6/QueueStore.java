@@ -120,9 +120,8 @@ class QueueStore extends AbstractMessageStore {
                     done.f.complete(null);
                 } else {
                     dup.written.whenComplete((v, err) -> {
-                        if (err instanceof CancellationException) {
-                            done.f.complete(null); // the original was consumed before it was written
-                        } else if (err != null) {
+                        // Cancelled: the original was consumed before it was written.
+                        if (err != null && !(err instanceof CancellationException)) {
                             done.f.completeExceptionally(MirrorlogPersistenceAdapter.cause(err));
                         } else {
                             done.f.complete(null);
@@ -240,8 +239,7 @@ class QueueStore extends AbstractMessageStore {
         if (e.pendingAdd) {
             pendingAdds.add(e.seq);
         }
-        getMessageStoreStatistics().getMessageCount().increment();
-        getMessageStoreStatistics().getMessageSize().addSize(e.size);
+        count(e, 1);
         added(e);
     }
 
@@ -251,9 +249,14 @@ class QueueStore extends AbstractMessageStore {
         byId.remove(e.id);
         pendingAdds.remove(e.seq);
         if (!e.preparedAck) {
-            getMessageStoreStatistics().getMessageCount().decrement();
-            getMessageStoreStatistics().getMessageSize().addSize(-e.size);
+            count(e, -1);
         }
+    }
+
+    /** Counts an entry in (+1) or out (-1) of the store's statistics (hidden entries are not counted). */
+    private void count(Entry e, int sign) {
+        getMessageStoreStatistics().getMessageCount().add(sign);
+        getMessageStoreStatistics().getMessageSize().addSize(sign * (long) e.size);
     }
 
     /**
@@ -268,13 +271,7 @@ class QueueStore extends AbstractMessageStore {
         }
         e.preparedAck = hidden;
         if (byId.get(e.id) == e) {
-            if (hidden) {
-                getMessageStoreStatistics().getMessageCount().decrement();
-                getMessageStoreStatistics().getMessageSize().addSize(-e.size);
-            } else {
-                getMessageStoreStatistics().getMessageCount().increment();
-                getMessageStoreStatistics().getMessageSize().addSize(e.size);
-            }
+            count(e, hidden ? -1 : 1);
         }
     }
 
@@ -540,11 +537,9 @@ class QueueStore extends AbstractMessageStore {
         synchronized (a.lock) {
             getMessageStoreStatistics().reset();
             for (Entry e : bySeq.values()) {
-                if (e.preparedAck) {
-                    continue;
+                if (!e.preparedAck) {
+                    count(e, 1);
                 }
-                getMessageStoreStatistics().getMessageCount().increment();
-                getMessageStoreStatistics().getMessageSize().addSize(e.size);
             }
         }
     }
