@@ -64,6 +64,8 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOfflineBrowseRemoveTest", 2),
     ("io.mirrorlog.activemq6.MirrorlogVmConcurrentDispatchTest", 12),
     ("io.mirrorlog.activemq6.LargeTransactionTest", 2),
+    ("io.mirrorlog.activemq6.StopTest", 2),
+    ("io.mirrorlog.activemq6.UpdateMessageTest", 1),
 ];
 
 /// Failures docs/activemq.md explains (ActiveMQ 6: known limitations).

@@ -9,6 +9,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
+import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.atomic.AtomicReference;
@@ -75,6 +76,11 @@ final class Link {
     private final ReentrantLock out = new ReentrantLock();
     private final ArrayDeque<Unit> queued = new ArrayDeque<>();
     private final AtomicInteger onWire = new AtomicInteger();
+    /**
+     * Appends handed over and not yet answered (completed, failed or
+     * withdrawn); decremented after a unit's completion ran its callbacks.
+     */
+    private final AtomicInteger unanswered = new AtomicInteger();
     /** Counters: appends handed over, batches sent, appends withdrawn. */
     final AtomicLong handed = new AtomicLong(), batches = new AtomicLong(), withdrawn = new AtomicLong();
     private final int maxOnWire;
@@ -132,11 +138,13 @@ final class Link {
                 u.taken = true;
                 refused = true;
             } else if (queued.isEmpty() && onWire.get() < maxOnWire && !held) {
+                unanswered.incrementAndGet();
                 u.taken = true;
                 List<Unit> one = new ArrayList<>(1);
                 one.add(u);
                 sent = send(one, u.records);
             } else {
+                unanswered.incrementAndGet();
                 queued.add(u);
             }
         } finally {
@@ -173,6 +181,7 @@ final class Link {
             out.unlock();
         }
         withdrawn.incrementAndGet();
+        unanswered.decrementAndGet();
         return true;
     }
 
@@ -249,6 +258,7 @@ final class Link {
                     Throwable c = fencing(err);
                     for (Unit u : units) {
                         u.completeExceptionally(c);
+                        unanswered.decrementAndGet();
                     }
                     return;
                 }
@@ -256,6 +266,7 @@ final class Link {
                 long at = lsn;
                 for (Unit u : units) {
                     u.complete(at);
+                    unanswered.decrementAndGet();
                     at += u.records.size();
                 }
             });
@@ -352,6 +363,26 @@ final class Link {
                 + " adds withdrawn (acknowledged before sent)";
     }
 
+    /**
+     * Sends what waits (a hold is lifted) and waits up to {@code boundMs} for
+     * every append handed over to be answered, so that a clean stop loses
+     * nothing the broker accepted (KahaDB drains its async store tasks at
+     * stop). A fenced or unreachable writer's appends fail, which answers
+     * them too. Returns how many are still unanswered at the bound (they
+     * fail at {@link #close}).
+     */
+    int drain(long boundMs) {
+        held = false;
+        LockSupport.unpark(sender);
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(boundMs);
+        int left;
+        while ((left = unanswered.get()) > 0 && System.nanoTime() < deadline) {
+            LockSupport.parkNanos(this, 1_000_000L);
+        }
+        return left;
+    }
+
+    /** Fails every append still waiting (after {@link #drain} on a clean stop) and closes the connection. */
     void close() {
         closed = true;
         List<Unit> left = new ArrayList<>();
@@ -371,6 +402,7 @@ final class Link {
         IOException c = new IOException("mirrorlog link to journal '" + journal + "' closed");
         for (Unit u : left) {
             u.completeExceptionally(c);
+            unanswered.decrementAndGet();
         }
         LockSupport.unpark(sender);
         client.close(2000);

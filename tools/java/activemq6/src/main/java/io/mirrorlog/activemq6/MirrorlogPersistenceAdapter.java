@@ -73,6 +73,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     private int stageAboveBytes = 512 * 1024;
     private boolean cancelConsumedAdds = true;
     private long reclaimIntervalMs = 10_000;
+    private long stopDrainMs = 30_000;
 
     // State. Invariant: index changes and the hand-over of records to the
     // link happen under `lock`, so journal order, sequence order and the
@@ -200,8 +201,25 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         }
     }
 
+    /**
+     * Writes what the broker handed over and is not yet written (up to
+     * {@link #setStopDrainMs}), then closes the link. Not under this
+     * adapter's monitor while it waits: the appends' callbacks run meanwhile.
+     */
     @Override
-    public synchronized void stop() throws Exception {
+    public void stop() throws Exception {
+        Link l = link;
+        if (l != null) {
+            int left = l.drain(stopDrainMs);
+            if (left > 0) {
+                LOG.warn("mirrorlog: {} appends to journal '{}' were not answered within {} ms of the stop; "
+                        + "they fail (their sends were not acknowledged)", left, journal, stopDrainMs);
+            }
+        }
+        stopNow();
+    }
+
+    private synchronized void stopNow() {
         if (reclaimer != null) {
             reclaimer.shutdownNow();
             reclaimer = null;
@@ -292,7 +310,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 MessageId id = messageId(r.messageId);
                 Entry old = s.byId.get(id);
                 if (old != null) {
-                    old.lsn = lsn; // updateMessage: the newest copy
+                    old.lsn = lsn; // updateMessage: the newest copy (the pin stays at the first, the place)
                     break;
                 }
                 Entry e = new Entry(nextSeq++, id, r.priority, r.size, lsn);
@@ -965,6 +983,15 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     }
 
     /** How often the journal's mark follows what the broker no longer needs (0: only at checkpoint). */
+    /** How long a stop waits for the appends still waiting to be written (default 30 s). */
+    public void setStopDrainMs(long stopDrainMs) {
+        this.stopDrainMs = stopDrainMs;
+    }
+
+    public long getStopDrainMs() {
+        return stopDrainMs;
+    }
+
     public void setReclaimIntervalMs(long reclaimIntervalMs) {
         this.reclaimIntervalMs = reclaimIntervalMs;
     }

@@ -212,7 +212,7 @@ class QueueStore extends AbstractMessageStore {
     /** The add's record is durable at {@code lsn}. {@code waitCursor}: it leaves pendingAdd when the cursor took it. */
     void durable(Entry e, long lsn, boolean waitCursor) {
         synchronized (a.lock) {
-            e.lsn = lsn;
+            e.lsn = Math.max(e.lsn, lsn); // an update may have been durable first
             e.pin = lsn;
             e.inFlight = null;
             e.written = null;
@@ -511,7 +511,10 @@ class QueueStore extends AbstractMessageStore {
     @Override
     public void updateMessage(Message message) throws IOException {
         // persistJMSRedelivered: the message written again under its id; the
-        // newest ADD of an id is the one read back (and replayed).
+        // newest ADD of an id is the one read back (and replayed). The pin
+        // stays at the first ADD: replay places a message where its first
+        // ADD lies, so reclaiming that record would move the message behind
+        // the ones added after it.
         a.check();
         byte[] record = a.encodeAdd(destination, message);
         CompletableFuture<Long> written;
@@ -527,7 +530,7 @@ class QueueStore extends AbstractMessageStore {
             Entry e = byId.get(message.getMessageId());
             if (e != null && lsn > e.lsn) {
                 e.lsn = lsn;
-                e.pin = lsn;
+                assert e.pin < lsn : "an entry's pin lies at or below its first ADD";
             }
         }
     }
