@@ -66,13 +66,21 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.LargeTransactionTest", 2),
     ("io.mirrorlog.activemq6.StopTest", 2),
     ("io.mirrorlog.activemq6.UpdateMessageTest", 1),
+    ("io.mirrorlog.activemq6.MirrorlogFailoverTransactionTest", 11),
 ];
 
 /// Failures docs/activemq.md explains (ActiveMQ 6: known limitations).
-/// This one is a race in the test (it may pass): it needs the always-on
+/// The first is a race in the test (it may pass): it needs the always-on
 /// subscriber, whose connection the broker's stop cuts and which never
-/// reconnects, to have received all 20 messages before the stop.
-const KNOWN: &[&str] = &["MirrorlogDurableSubscriptionOfflineTest.testInactiveSubscribeAfterBrokerRestart"];
+/// reconnects, to have received all 20 messages before the stop. The two
+/// FailoverTransactionTest ones fail the same way with stock KahaDB on
+/// this machine (one always, one depending on the order in which the
+/// failover clients reconnect).
+const KNOWN: &[&str] = &[
+    "MirrorlogDurableSubscriptionOfflineTest.testInactiveSubscribeAfterBrokerRestart",
+    "MirrorlogFailoverTransactionTest.testFailoverConsumerAckLost",
+    "MirrorlogFailoverTransactionTest.testPoolingNConsumesAfterReconnect",
+];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
