@@ -67,6 +67,7 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.StopTest", 2),
     ("io.mirrorlog.activemq6.UpdateMessageTest", 1),
     ("io.mirrorlog.activemq6.MirrorlogFailoverTransactionTest", 11),
+    ("io.mirrorlog.activemq6.CodecTest", 2),
 ];
 
 /// Failures docs/activemq.md explains (ActiveMQ 6: known limitations).

@@ -76,7 +76,16 @@ final class Codec {
     }
 
     private static byte[] make(int type, Writer w) {
-        ByteArrayOutputStream b = new ByteArrayOutputStream(64);
+        return make(type, 64, w);
+    }
+
+    /**
+     * A record of {@code size} bytes if that is its exact size (the hot
+     * records, ADD and REMOVE, are sized: no growing copies, no trimming
+     * copy); any other size still works.
+     */
+    private static byte[] make(int type, int size, Writer w) {
+        Out b = new Out(size);
         DataOutputStream o = new DataOutputStream(b);
         try {
             o.writeByte(type);
@@ -85,7 +94,28 @@ final class Codec {
         } catch (IOException e) {
             throw new UncheckedIOException(e); // a ByteArrayOutputStream does not fail
         }
-        return b.toByteArray();
+        return b.bytes();
+    }
+
+    /** Hands over its buffer when it is exactly full. */
+    private static final class Out extends ByteArrayOutputStream {
+        Out(int size) {
+            super(size);
+        }
+
+        byte[] bytes() {
+            return count == buf.length ? buf : toByteArray();
+        }
+    }
+
+    /** The bytes writeUTF writes for {@code s}: its length prefix and its modified UTF-8. */
+    static int utfBytes(String s) {
+        int n = 2;
+        for (int i = 0; i < s.length(); i++) {
+            char c = s.charAt(i);
+            n += c >= 1 && c <= 0x7F ? 1 : c <= 0x7FF ? 2 : 3;
+        }
+        return n;
     }
 
     private static void dest(DataOutputStream o, ActiveMQDestination d) throws IOException {
@@ -109,7 +139,8 @@ final class Codec {
 
     static byte[] add(ActiveMQDestination d, String messageId, int priority, int size, int wireVersion, byte[] body,
             int off, int len) {
-        return make(ADD, o -> {
+        int bytes = 1 + 1 + utfBytes(d.getPhysicalName()) + utfBytes(messageId) + 1 + 4 + 1 + 4 + len;
+        return make(ADD, bytes, o -> {
             dest(o, d);
             o.writeUTF(messageId);
             o.writeByte(priority);
@@ -120,7 +151,7 @@ final class Codec {
     }
 
     static byte[] remove(ActiveMQDestination d, String messageId) {
-        return make(REMOVE, o -> {
+        return make(REMOVE, 1 + 1 + utfBytes(d.getPhysicalName()) + utfBytes(messageId), o -> {
             dest(o, d);
             o.writeUTF(messageId);
         });
