@@ -56,7 +56,7 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOffline1Test", 12),
     ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOffline3Test", 8),
     ("io.mirrorlog.activemq6.FencingTest", 1),
-    ("io.mirrorlog.activemq6.WithdrawTest", 2),
+    ("io.mirrorlog.activemq6.WithdrawTest", 3),
     ("io.mirrorlog.activemq6.MirrorlogMessageStoreSizeTest", 1),
     ("io.mirrorlog.activemq6.MirrorlogRedeliveryRestartTest", 4),
     ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOfflineTest", 12),

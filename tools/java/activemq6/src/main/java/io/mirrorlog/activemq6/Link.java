@@ -44,20 +44,45 @@ final class Link {
     /** Counted per record against MERGE_BYTES (the appliance's batch limit counts record headers too). */
     static final int RECORD_OVERHEAD = 64;
 
+    /** A record encoded only when it is sent (an add withdrawn first is never encoded). */
+    interface Lazy {
+        byte[] encode() throws IOException;
+    }
+
     /** One append handed over: its records' first LSN once durable. */
     static final class Unit extends CompletableFuture<Long> {
-        final List<byte[]> records;
+        /** Its records; null for a lazy unit until it is taken to be sent. */
+        List<byte[]> records;
+        final Lazy lazy;
+        /** Counted against MERGE_BYTES (a lazy unit's: its caller's estimate). */
         final int bytes;
         /** Taken out of the queue (sent, or withdrawn); guarded by {@link Link#out}. */
         boolean taken;
 
         Unit(List<byte[]> records) {
             this.records = records;
+            this.lazy = null;
             int b = 0;
             for (byte[] r : records) {
                 b += r.length + RECORD_OVERHEAD;
             }
             this.bytes = b;
+        }
+
+        Unit(Lazy lazy, int estimatedBytes) {
+            this.lazy = lazy;
+            this.bytes = estimatedBytes + RECORD_OVERHEAD;
+        }
+
+        int count() {
+            return records != null ? records.size() : 1;
+        }
+
+        /** Encodes a lazy unit's record (no lock held: encoding a message is the costly part). */
+        void encode() throws IOException {
+            if (records == null) {
+                records = one(lazy.encode());
+            }
         }
     }
 
@@ -86,6 +111,8 @@ final class Link {
     private final int maxOnWire;
     private final int mergeBytes;
     private volatile boolean closed;
+    /** The sender holds taken units it is encoding (guarded by {@link #out}): nothing may be sent before them. */
+    private boolean encoding;
     /** Tests: while set, nothing handed over is sent (it waits in the queue). */
     private volatile boolean held;
     /** Sends the queued appends when the wire has room (never the client's reader thread: a send may block). */
@@ -124,25 +151,43 @@ final class Link {
      * Records are placed in the order of the calls.
      */
     CompletableFuture<Long> append(List<byte[]> records) {
+        return hand(new Unit(records));
+    }
+
+    /**
+     * As {@link #append} of one record, encoded by {@code record} only when
+     * it is sent: an append withdrawn before (see {@link #withdraw}) costs no
+     * encoding. {@code estimatedBytes}: its size, for the batch limit.
+     */
+    CompletableFuture<Long> appendLazy(Lazy record, int estimatedBytes) {
+        return hand(new Unit(record, estimatedBytes));
+    }
+
+    private CompletableFuture<Long> hand(Unit u) {
         IOException e = fenced.get();
         if (e != null) {
             return CompletableFuture.failedFuture(e);
         }
-        Unit u = new Unit(records);
         handed.incrementAndGet();
         Sent sent = null;
+        Exception failedUnit = null;
         boolean refused = false;
         out.lock();
         try {
             if (closed) {
                 u.taken = true;
                 refused = true;
-            } else if (queued.isEmpty() && onWire.get() < maxOnWire && !held) {
+            } else if (queued.isEmpty() && onWire.get() < maxOnWire && !held && !encoding) {
                 unanswered.incrementAndGet();
                 u.taken = true;
                 List<Unit> one = new ArrayList<>(1);
                 one.add(u);
-                sent = send(one, u.records);
+                try {
+                    u.encode(); // one record, the caller's own
+                    sent = send(one, u.records);
+                } catch (IOException | RuntimeException ex) {
+                    failedUnit = ex;
+                }
             } else {
                 unanswered.incrementAndGet();
                 queued.add(u);
@@ -152,6 +197,9 @@ final class Link {
         }
         if (refused) {
             u.completeExceptionally(new IOException("mirrorlog link to journal '" + journal + "' closed"));
+        } else if (failedUnit != null) {
+            u.completeExceptionally(failedUnit);
+            unanswered.decrementAndGet();
         } else if (sent != null) {
             sent.answer();
         } else {
@@ -185,51 +233,86 @@ final class Link {
         return true;
     }
 
+    /**
+     * One batch per turn: its units are taken from the queue under
+     * {@link #out}, their lazy records encoded without it (while
+     * {@link #encoding} keeps {@link #append}'s direct send from overtaking
+     * them), and the batch sent under it again, so the journal's order stays
+     * the order of the calls.
+     */
     private void sendLoop() {
-        List<Sent> sent = new ArrayList<>();
         while (!closed) {
+            List<Unit> units = new ArrayList<>();
             out.lock();
             try {
-                while (!queued.isEmpty() && onWire.get() < maxOnWire && !held) {
-                    List<Unit> units = new ArrayList<>();
-                    List<byte[]> records = new ArrayList<>();
-                    int bytes = 0;
-                    while (!queued.isEmpty()) {
-                        Unit u = queued.peek();
-                        if (u.taken) { // withdrawn
-                            queued.poll();
-                            continue;
-                        }
-                        if (!units.isEmpty() && (bytes + u.bytes > mergeBytes
-                                || records.size() + u.records.size() > MERGE_RECORDS)) {
-                            break;
-                        }
-                        queued.poll();
-                        u.taken = true;
-                        units.add(u);
-                        records.addAll(u.records);
-                        bytes += u.bytes;
-                    }
-                    if (!units.isEmpty()) {
-                        sent.add(send(units, records));
-                    }
+                if (onWire.get() < maxOnWire && !held) {
+                    take(units);
                 }
+                encoding = !units.isEmpty();
             } finally {
                 out.unlock();
             }
-            if (!sent.isEmpty()) {
-                // Answers may run callbacks here (the reply came first), and a
-                // callback that blocks on a lock uses up a pending unpark:
-                // look at the queue again instead of parking.
-                for (Sent s : sent) {
-                    s.answer();
-                }
-                sent.clear();
+            if (units.isEmpty()) {
+                // Nothing could be sent: woken by an append or an answer (the
+                // bound is a safety net, not the mechanism).
+                LockSupport.parkNanos(this, 50_000_000L);
                 continue;
             }
-            // Nothing could be sent: woken by an append or an answer (the
-            // bound is a safety net, not the mechanism).
-            LockSupport.parkNanos(this, 50_000_000L);
+            List<byte[]> records = new ArrayList<>();
+            List<Unit> bad = new ArrayList<>();
+            List<Exception> why = new ArrayList<>();
+            for (java.util.Iterator<Unit> it = units.iterator(); it.hasNext();) {
+                Unit u = it.next();
+                try {
+                    u.encode();
+                    records.addAll(u.records);
+                } catch (IOException | RuntimeException ex) {
+                    it.remove();
+                    bad.add(u);
+                    why.add(ex);
+                }
+            }
+            Sent sent = null;
+            out.lock();
+            try {
+                if (!units.isEmpty()) {
+                    sent = send(units, records);
+                }
+                encoding = false;
+            } finally {
+                out.unlock();
+            }
+            for (int i = 0; i < bad.size(); i++) {
+                bad.get(i).completeExceptionally(why.get(i));
+                unanswered.decrementAndGet();
+            }
+            // Answers may run callbacks here (the reply came first), and a
+            // callback that blocks on a lock uses up a pending unpark: the
+            // loop looks at the queue again before it parks.
+            if (sent != null) {
+                sent.answer();
+            }
+        }
+    }
+
+    /** Takes the next batch's units from the queue (under {@link #out}). */
+    private void take(List<Unit> units) {
+        int bytes = 0;
+        int records = 0;
+        while (!queued.isEmpty()) {
+            Unit u = queued.peek();
+            if (u.taken) { // withdrawn
+                queued.poll();
+                continue;
+            }
+            if (!units.isEmpty() && (bytes + u.bytes > mergeBytes || records + u.count() > MERGE_RECORDS)) {
+                break;
+            }
+            queued.poll();
+            u.taken = true;
+            units.add(u);
+            records += u.count();
+            bytes += u.bytes;
         }
     }
 
@@ -267,7 +350,7 @@ final class Link {
                 for (Unit u : units) {
                     u.complete(at);
                     unanswered.decrementAndGet();
-                    at += u.records.size();
+                    at += u.count();
                 }
             });
         }

@@ -105,7 +105,11 @@ class QueueStore extends AbstractMessageStore {
         a.check();
         MessageId id = message.getMessageId();
         Batch batch = a.batch();
-        byte[] record = a.encodeAdd(destination, message);
+        // An async add's record is encoded when it is sent (by the link's
+        // sender): one acknowledged before that is withdrawn unencoded, as
+        // KahaDB marshals in its store task, which a cancel skips.
+        boolean lazy = !sync && batch == null;
+        byte[] record = lazy ? null : a.encodeAdd(destination, message);
         StoreFuture done = new StoreFuture();
         CompletableFuture<Long> written = null;
         Entry e;
@@ -152,7 +156,9 @@ class QueueStore extends AbstractMessageStore {
                 done.f.complete(null);
                 return done;
             }
-            written = a.link().append(Link.one(record));
+            written = lazy
+                    ? a.link().appendLazy(() -> a.encodeAdd(destination, message), message.getSize())
+                    : a.link().append(Link.one(record));
             e.written = written;
             e.async = !sync;
             if (sync) {

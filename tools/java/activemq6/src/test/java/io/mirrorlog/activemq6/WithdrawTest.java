@@ -71,6 +71,47 @@ public class WithdrawTest {
     }
 
     @Test
+    public void aLazyAppendIsEncodedOnceWhenSentInItsPlaceAndNeverIfWithdrawn() throws Exception {
+        MirrorlogClient c = new MirrorlogClient(Arrays.asList(Mirrorlog.endpoints().split(",")), 10_000, "withdraw",
+                64, 1 << 20);
+        String journal = "withdraw-lazy-" + System.nanoTime();
+        Link l = new Link(c, journal, MirrorlogPersistenceAdapter.durabilityCode("local"), 1 << 20, 1, b("claim"), e -> { });
+        java.util.concurrent.atomic.AtomicInteger encodedX = new java.util.concurrent.atomic.AtomicInteger();
+        java.util.concurrent.atomic.AtomicInteger encodedY = new java.util.concurrent.atomic.AtomicInteger();
+        try {
+            l.hold(true);
+            CompletableFuture<Long> a = l.append(Link.one(b("a")));
+            CompletableFuture<Long> x = l.appendLazy(() -> {
+                encodedX.incrementAndGet();
+                return b("x");
+            }, 1);
+            CompletableFuture<Long> y = l.appendLazy(() -> {
+                encodedY.incrementAndGet();
+                return b("y");
+            }, 1);
+            CompletableFuture<Long> z = l.append(Link.one(b("z")));
+            assertEquals("nothing is encoded while it waits", 0, encodedX.get() + encodedY.get());
+            assertTrue(l.withdraw(x));
+            l.hold(false);
+            long la = a.get(10, TimeUnit.SECONDS);
+            long ly = y.get(10, TimeUnit.SECONDS);
+            long lz = z.get(10, TimeUnit.SECONDS);
+            x.cancel(false);
+            assertEquals("a withdrawn lazy append is never encoded", 0, encodedX.get());
+            assertEquals("a sent one is encoded once", 1, encodedY.get());
+            assertEquals(la + 1, ly);
+            assertEquals(ly + 1, lz);
+            List<byte[]> got = records(c, journal, l.claimLsn + 1);
+            assertEquals(3, got.size());
+            assertArrayEquals(b("a"), got.get(0));
+            assertArrayEquals(b("y"), got.get(1));
+            assertArrayEquals(b("z"), got.get(2));
+        } finally {
+            l.close();
+        }
+    }
+
+    @Test
     public void aMessageAcknowledgedBeforeItsAddWasSentIsNeverWritten() throws Exception {
         String journal = "withdraw-store-" + System.nanoTime();
         MirrorlogPersistenceAdapter pa = Mirrorlog.adapter(journal);
