@@ -35,7 +35,12 @@ import java.util.function.Consumer;
  * batch for many records). An append still waiting can be withdrawn
  * ({@link #withdraw}): a message consumed and acknowledged before its add
  * was sent is never written, nor its acknowledgement (as KahaDB cancels
- * the store task of a message acknowledged before it ran).
+ * the store task of a message acknowledged before it ran). Such an add is
+ * handed over unencoded ({@link #appendLazy}): the sender encodes it when it
+ * leaves, so a withdrawn one costs no encoding.
+ *
+ * <p>A clean stop {@link #drain}s first: everything handed over is sent and
+ * answered before {@link #close} fails what is left.
  */
 final class Link {
     /** At most this many payload bytes are merged into one batch (a single larger append goes alone). */
@@ -183,7 +188,11 @@ final class Link {
                 List<Unit> one = new ArrayList<>(1);
                 one.add(u);
                 try {
-                    u.encode(); // one record, the caller's own
+                    // One record, the caller's own, encoded here under the
+                    // caller's locks: only when nothing waits and the wire
+                    // is free (light load), where the sender's hop would
+                    // cost more latency than the encoding holds the locks.
+                    u.encode();
                     sent = send(one, u.records);
                 } catch (IOException | RuntimeException ex) {
                     failedUnit = ex;

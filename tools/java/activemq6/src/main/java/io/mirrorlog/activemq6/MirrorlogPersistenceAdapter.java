@@ -982,7 +982,6 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         this.appendsOnWire = appendsOnWire;
     }
 
-    /** How often the journal's mark follows what the broker no longer needs (0: only at checkpoint). */
     /** How long a stop waits for the appends still waiting to be written (default 30 s). */
     public void setStopDrainMs(long stopDrainMs) {
         this.stopDrainMs = stopDrainMs;
@@ -992,6 +991,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         return stopDrainMs;
     }
 
+    /** How often the journal's mark follows what the broker no longer needs (0: only at checkpoint). */
     public void setReclaimIntervalMs(long reclaimIntervalMs) {
         this.reclaimIntervalMs = reclaimIntervalMs;
     }
