@@ -21,8 +21,6 @@ import org.apache.activemq.command.ActiveMQBytesMessage;
 import org.apache.activemq.command.ActiveMQQueue;
 import org.apache.activemq.command.Message;
 import org.apache.activemq.command.ActiveMQTextMessage;
-import org.apache.activemq.command.MessageId;
-import org.apache.activemq.store.MessageRecoveryListener;
 import org.apache.activemq.store.MessageStore;
 import org.junit.Test;
 
@@ -82,32 +80,13 @@ public class LargeTransactionTest {
             // the LSN the commit gave its entry (STAGED records), in order.
             MessageStore store = b.getPersistenceAdapter().createQueueMessageStore(new ActiveMQQueue("large"));
             List<byte[]> bodies = new ArrayList<>();
-            store.recover(new MessageRecoveryListener() {
-                @Override
-                public boolean recoverMessage(Message m) throws Exception {
-                    ActiveMQBytesMessage bm = (ActiveMQBytesMessage) m.copy();
-                    bm.setReadOnlyBody(true);
-                    byte[] got = new byte[(int) bm.getBodyLength()];
-                    bm.readBytes(got);
-                    bodies.add(got);
-                    return true;
-                }
-
-                @Override
-                public boolean recoverMessageReference(MessageId ref) {
-                    return true;
-                }
-
-                @Override
-                public boolean hasSpace() {
-                    return true;
-                }
-
-                @Override
-                public boolean isDuplicate(MessageId id) {
-                    return false;
-                }
-            });
+            for (Message m : Mirrorlog.recovered(store)) {
+                ActiveMQBytesMessage bm = (ActiveMQBytesMessage) m.copy();
+                bm.setReadOnlyBody(true);
+                byte[] got = new byte[(int) bm.getBodyLength()];
+                bm.readBytes(got);
+                bodies.add(got);
+            }
             assertEquals(MESSAGES, bodies.size());
             for (int i = 0; i < MESSAGES; i++) {
                 assertArrayEquals("message " + i + " read back before the restart", body(i), bodies.get(i));
@@ -141,12 +120,10 @@ public class LargeTransactionTest {
     public void stagedRecordsWithoutTheirCommitAreDroppedAtReplay() throws Exception {
         String journal = "large-tx-replay-" + System.nanoTime();
         ActiveMQQueue dest = new ActiveMQQueue("staged");
-        MirrorlogPersistenceAdapter a = Mirrorlog.adapter(journal);
-        a.setBrokerName("staged");
-        a.setReclaimIntervalMs(0); // nothing pins these hand-written records: the mark must stay
-        a.start();
-        ActiveMQTextMessage lost = message("ID:staged-1:1:1:1", 1, dest);
-        ActiveMQTextMessage kept = message("ID:staged-1:1:1:1", 2, dest);
+        // Nothing pins these hand-written records: the mark must stay (no reclaimer).
+        MirrorlogPersistenceAdapter a = Mirrorlog.started(journal, "staged");
+        ActiveMQTextMessage lost = Mirrorlog.message("ID:staged-1:1:1:1", 1, dest);
+        ActiveMQTextMessage kept = Mirrorlog.message("ID:staged-1:1:1:1", 2, dest);
         byte[] k1 = {1, 2, 3};
         byte[] k2 = {4, 5, 6};
         try {
@@ -156,10 +133,7 @@ public class LargeTransactionTest {
         } finally {
             a.stop();
         }
-        a = Mirrorlog.adapter(journal);
-        a.setBrokerName("staged");
-        a.setReclaimIntervalMs(0);
-        a.start();
+        a = Mirrorlog.started(journal, "staged");
         try {
             MessageStore store = a.createQueueMessageStore(dest);
             assertEquals("only the committed one", 1, store.getMessageCount());
@@ -170,14 +144,5 @@ public class LargeTransactionTest {
         } finally {
             a.stop();
         }
-    }
-
-    private static ActiveMQTextMessage message(String producer, long seq, ActiveMQQueue dest) throws Exception {
-        ActiveMQTextMessage m = new ActiveMQTextMessage();
-        m.setMessageId(new MessageId(producer, seq));
-        m.setDestination(dest);
-        m.setPersistent(true);
-        m.setText("body " + seq);
-        return m;
     }
 }

@@ -1,5 +1,14 @@
 package io.mirrorlog.activemq6;
 
+import java.util.ArrayList;
+import java.util.List;
+import org.apache.activemq.command.ActiveMQDestination;
+import org.apache.activemq.command.ActiveMQTextMessage;
+import org.apache.activemq.command.Message;
+import org.apache.activemq.command.MessageId;
+import org.apache.activemq.store.MessageRecoveryListener;
+import org.apache.activemq.store.MessageStore;
+
 /** The adapter the tests mount: on the mirrorlogd that tools/activemq6/test.sh started. */
 public final class Mirrorlog {
     private Mirrorlog() {}
@@ -18,5 +27,52 @@ public final class Mirrorlog {
         a.setReclaimIntervalMs(500);
         a.setRequestTimeoutMs(10_000);
         return a;
+    }
+
+    /** An adapter on {@code journal}, started; its mark moves only when a test calls reclaim(). */
+    static MirrorlogPersistenceAdapter started(String journal, String broker) throws Exception {
+        MirrorlogPersistenceAdapter a = adapter(journal);
+        a.setBrokerName(broker);
+        a.setReclaimIntervalMs(0);
+        a.start();
+        return a;
+    }
+
+    /** A persistent text message {@code producer}:{@code seq} to {@code dest}. */
+    static ActiveMQTextMessage message(String producer, long seq, ActiveMQDestination dest) throws Exception {
+        ActiveMQTextMessage m = new ActiveMQTextMessage();
+        m.setMessageId(new MessageId(producer, seq));
+        m.setDestination(dest);
+        m.setPersistent(true);
+        m.setText("body " + seq);
+        return m;
+    }
+
+    /** Every message {@code store} recovers, in its order. */
+    static List<Message> recovered(MessageStore store) throws Exception {
+        List<Message> got = new ArrayList<>();
+        store.recover(new MessageRecoveryListener() {
+            @Override
+            public boolean recoverMessage(Message m) {
+                got.add(m);
+                return true;
+            }
+
+            @Override
+            public boolean recoverMessageReference(MessageId ref) {
+                throw new AssertionError("the adapter recovers messages, not references");
+            }
+
+            @Override
+            public boolean hasSpace() {
+                return true;
+            }
+
+            @Override
+            public boolean isDuplicate(MessageId id) {
+                return false;
+            }
+        });
+        return got;
     }
 }

@@ -10,7 +10,6 @@ import java.util.concurrent.TimeUnit;
 import org.apache.activemq.broker.ConnectionContext;
 import org.apache.activemq.command.ActiveMQQueue;
 import org.apache.activemq.command.ActiveMQTextMessage;
-import org.apache.activemq.command.MessageId;
 import org.apache.activemq.store.ListenableFuture;
 import org.apache.activemq.store.MessageStore;
 import org.junit.Test;
@@ -79,19 +78,10 @@ public class StopTest {
     }
 
     private static MirrorlogPersistenceAdapter started(String journal) throws Exception {
-        MirrorlogPersistenceAdapter pa = Mirrorlog.adapter(journal);
-        pa.setBrokerName("stop");
-        pa.setReclaimIntervalMs(0);
-        pa.start();
-        return pa;
+        return Mirrorlog.started(journal, "stop");
     }
 
     private static ActiveMQTextMessage message(long seq) throws Exception {
-        ActiveMQTextMessage m = new ActiveMQTextMessage();
-        m.setMessageId(new MessageId("ID:stop-1:1:1:1", seq));
-        m.setDestination(QUEUE);
-        m.setPersistent(true);
-        m.setText("body " + seq);
-        return m;
+        return Mirrorlog.message("ID:stop-1:1:1:1", seq, QUEUE);
     }
 }

@@ -2,14 +2,11 @@ package io.mirrorlog.activemq6;
 
 import static org.junit.Assert.assertEquals;
 
-import java.util.ArrayList;
 import java.util.List;
 import org.apache.activemq.broker.ConnectionContext;
 import org.apache.activemq.command.ActiveMQQueue;
 import org.apache.activemq.command.ActiveMQTextMessage;
 import org.apache.activemq.command.Message;
-import org.apache.activemq.command.MessageId;
-import org.apache.activemq.store.MessageRecoveryListener;
 import org.apache.activemq.store.MessageStore;
 import org.junit.Test;
 
@@ -42,29 +39,7 @@ public class UpdateMessageTest {
         MirrorlogPersistenceAdapter again = started(journal);
         try {
             MessageStore s = again.createQueueMessageStore(QUEUE);
-            List<Message> got = new ArrayList<>();
-            s.recover(new MessageRecoveryListener() {
-                @Override
-                public boolean recoverMessage(Message m) {
-                    got.add(m);
-                    return true;
-                }
-
-                @Override
-                public boolean recoverMessageReference(MessageId ref) {
-                    throw new AssertionError("bodies are recovered, not references");
-                }
-
-                @Override
-                public boolean hasSpace() {
-                    return true;
-                }
-
-                @Override
-                public boolean isDuplicate(MessageId id) {
-                    return false;
-                }
-            });
+            List<Message> got = Mirrorlog.recovered(s);
             assertEquals(2, got.size());
             assertEquals("the updated message is still first", m1.getMessageId(), got.get(0).getMessageId());
             assertEquals("its newest copy is read back", 1, got.get(0).getRedeliveryCounter());
@@ -76,19 +51,10 @@ public class UpdateMessageTest {
     }
 
     private static MirrorlogPersistenceAdapter started(String journal) throws Exception {
-        MirrorlogPersistenceAdapter pa = Mirrorlog.adapter(journal);
-        pa.setBrokerName("update");
-        pa.setReclaimIntervalMs(0); // reclaim() is called by the test
-        pa.start();
-        return pa;
+        return Mirrorlog.started(journal, "update"); // reclaim() is called by the test
     }
 
     private static ActiveMQTextMessage message(long seq) throws Exception {
-        ActiveMQTextMessage m = new ActiveMQTextMessage();
-        m.setMessageId(new MessageId("ID:update-1:1:1:1", seq));
-        m.setDestination(QUEUE);
-        m.setPersistent(true);
-        m.setText("body " + seq);
-        return m;
+        return Mirrorlog.message("ID:update-1:1:1:1", seq, QUEUE);
     }
 }

@@ -17,7 +17,6 @@ import org.apache.activemq.broker.ConnectionContext;
 import org.apache.activemq.command.ActiveMQQueue;
 import org.apache.activemq.command.ActiveMQTextMessage;
 import org.apache.activemq.command.MessageAck;
-import org.apache.activemq.command.MessageId;
 import org.apache.activemq.store.ListenableFuture;
 import org.apache.activemq.store.MessageStore;
 import org.junit.Test;
@@ -114,18 +113,15 @@ public class WithdrawTest {
     @Test
     public void aMessageAcknowledgedBeforeItsAddWasSentIsNeverWritten() throws Exception {
         String journal = "withdraw-store-" + System.nanoTime();
-        MirrorlogPersistenceAdapter pa = Mirrorlog.adapter(journal);
-        pa.setBrokerName("withdraw");
-        pa.setReclaimIntervalMs(0); // the mark stays: the records are read back
-        pa.start();
+        MirrorlogPersistenceAdapter pa = Mirrorlog.started(journal, "withdraw"); // the mark stays: records are read back
         MirrorlogClient c = new MirrorlogClient(Arrays.asList(Mirrorlog.endpoints().split(",")), 10_000, "withdraw-reader",
                 64, 1 << 20);
         try {
             MessageStore store = pa.createQueueMessageStore(new ActiveMQQueue("withdrawn"));
             store.start();
             ConnectionContext ctx = new ConnectionContext();
-            ActiveMQTextMessage consumed = message("ID:withdraw-1:1:1:1", 1);
-            ActiveMQTextMessage kept = message("ID:withdraw-1:1:1:1", 2);
+            ActiveMQTextMessage consumed = Mirrorlog.message("ID:withdraw-1:1:1:1", 1, new ActiveMQQueue("withdrawn"));
+            ActiveMQTextMessage kept = Mirrorlog.message("ID:withdraw-1:1:1:1", 2, new ActiveMQQueue("withdrawn"));
             long end = pa.link().ackedEnd();
             pa.link().hold(true);
             ListenableFuture<Object> f1 = store.asyncAddQueueMessage(ctx, consumed);
@@ -168,15 +164,4 @@ public class WithdrawTest {
             pa.stop();
         }
     }
-
-    private static ActiveMQTextMessage message(String producer, long seq) throws Exception {
-        ActiveMQTextMessage m = new ActiveMQTextMessage();
-        MessageId id = new MessageId(producer, seq);
-        m.setMessageId(id);
-        m.setDestination(new ActiveMQQueue("withdrawn"));
-        m.setPersistent(true);
-        m.setText("body " + seq);
-        return m;
-    }
-
 }
