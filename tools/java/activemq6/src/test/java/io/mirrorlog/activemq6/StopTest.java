@@ -50,20 +50,19 @@ public class StopTest {
         }
     }
 
-    @Test
+    /** A stop that waited for the fenced append's answer would wait out the 10-minute bound: the test's limit catches it. */
+    @Test(timeout = 60_000)
     public void aFencedWritersStopFailsWhatWaitsWithoutWaiting() throws Exception {
         String journal = "stop-fenced-" + System.nanoTime();
         MirrorlogPersistenceAdapter pa = started(journal);
+        pa.setStopDrainMs(600_000);
         MessageStore store = pa.createQueueMessageStore(QUEUE);
         store.start();
         pa.link().hold(true);
         ListenableFuture<Object> f = store.asyncAddQueueMessage(new ConnectionContext(), message(1));
         MirrorlogPersistenceAdapter later = started(journal); // claims the journal: pa is fenced
         try {
-            long t0 = System.nanoTime();
-            pa.stop();
-            assertTrue("a fenced stop does not wait out the drain bound",
-                    System.nanoTime() - t0 < TimeUnit.SECONDS.toNanos(5));
+            pa.stop(); // the fenced append is answered (failed): nothing left to wait for
             try {
                 f.get(0, TimeUnit.SECONDS);
                 fail("a fenced writer's add was answered");
