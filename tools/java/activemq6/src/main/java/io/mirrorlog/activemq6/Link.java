@@ -267,18 +267,17 @@ final class Link {
                 LockSupport.parkNanos(this, 50_000_000L);
                 continue;
             }
-            List<byte[]> records = new ArrayList<>();
-            List<Unit> bad = new ArrayList<>();
-            List<Exception> why = new ArrayList<>();
+            List<byte[]> records = new ArrayList<>(units.size());
             for (java.util.Iterator<Unit> it = units.iterator(); it.hasNext();) {
                 Unit u = it.next();
                 try {
                     u.encode();
                     records.addAll(u.records);
                 } catch (IOException | RuntimeException ex) {
+                    // That unit alone fails (no lock is held here: its callbacks may take the adapter's).
                     it.remove();
-                    bad.add(u);
-                    why.add(ex);
+                    u.completeExceptionally(ex);
+                    unanswered.decrementAndGet();
                 }
             }
             Sent sent = null;
@@ -290,10 +289,6 @@ final class Link {
                 encoding = false;
             } finally {
                 out.unlock();
-            }
-            for (int i = 0; i < bad.size(); i++) {
-                bad.get(i).completeExceptionally(why.get(i));
-                unanswered.decrementAndGet();
             }
             // Answers may run callbacks here (the reply came first), and a
             // callback that blocks on a lock uses up a pending unpark: the

@@ -297,7 +297,7 @@ class QueueStore extends AbstractMessageStore {
         a.check();
         MessageId id = ack.getLastMessageId();
         Batch batch = a.batch();
-        CompletableFuture<Long> written;
+        CompletableFuture<Long> written = null;
         CompletableFuture<Long> withdrawn = null;
         synchronized (a.lock) {
             Entry e = byId.get(id);
@@ -312,29 +312,24 @@ class QueueStore extends AbstractMessageStore {
                 withdrawn = e.written;
                 e.written = null;
                 e.inFlight = null;
+            } else {
+                byte[] record = Codec.remove(destination, id.toProducerKey());
+                if (batch != null) {
+                    if (batch.preparing != null) {
+                        batch.add(record, null, null);
+                    } else {
+                        batch.add(record, lsn -> removed(e), null);
+                    }
+                    return;
+                }
+                unindex(e);
+                written = a.link().append(Link.one(record));
             }
         }
         if (withdrawn != null) {
             // Outside the lock: this runs the add's callbacks (its send is answered).
             withdrawn.cancel(false);
             return;
-        }
-        synchronized (a.lock) {
-            Entry e = byId.get(id);
-            if (e == null) {
-                return;
-            }
-            byte[] record = Codec.remove(destination, id.toProducerKey());
-            if (batch != null) {
-                if (batch.preparing != null) {
-                    batch.add(record, null, null);
-                } else {
-                    batch.add(record, lsn -> removed(e), null);
-                }
-                return;
-            }
-            unindex(e);
-            written = a.link().append(Link.one(record));
         }
         if (sync) {
             MirrorlogPersistenceAdapter.await(written);
