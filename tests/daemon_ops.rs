@@ -158,6 +158,65 @@ fn config_errors_name_key_and_line() {
     assert_eq!(out.status.code(), Some(2), "no config and no data dir");
 }
 
+/// `--idle-poll` overrides `server.idle_poll`: after its last request the
+/// event loop keeps polling that long instead of sleeping, and `0us` sleeps
+/// at once. Shown by the daemon's CPU time in the two seconds after one
+/// append: most of those seconds while it polls, next to none once it
+/// sleeps. A bad value is refused with the flag named.
+#[test]
+fn idle_poll_flag_sets_how_long_the_loop_polls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(common::daemon::bin())
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--idle-poll", "lots", "--check-config"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--idle-poll") && err.contains("lots"), "{err}");
+
+    // SAFETY: sysconf has no preconditions.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th of the whole line.
+        let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+        let f: Vec<f64> = rest.split(' ').skip(11).take(2).map(|v| v.parse().expect("ticks")).collect();
+        (f[0] + f[1]) / tick
+    };
+    let busy_after_one_append = |poll: &str| -> f64 {
+        let data = dir.path().join(poll);
+        let addr = format!("127.0.0.1:{}", common::daemon::free_port());
+        let mut child = Command::new(common::daemon::bin())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--device-size", "64MiB", "--listen", &addr, "--metrics", "off", "--idle-poll", poll])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn");
+        let c = loop {
+            if let Ok(c) = BlockingClient::connect(ClientConfig::new([addr.clone()])) {
+                break c;
+            }
+            assert!(child.try_wait().ok().flatten().is_none(), "mirrorlogd exited");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(c.append("default", b"one").expect("append"), 1);
+        let before = cpu(child.id());
+        std::thread::sleep(Duration::from_secs(2));
+        let used = cpu(child.id()) - before;
+        let _ = child.kill();
+        let _ = child.wait();
+        used
+    };
+    let polling = busy_after_one_append("60s");
+    let sleeping = busy_after_one_append("0us");
+    assert!(polling > 0.5, "a loop polling for 60 s used {polling} s of CPU in 2 s");
+    assert!(sleeping < 0.2, "a loop that sleeps at once used {sleeping} s of CPU in 2 s");
+}
+
 /// The embedded default: `--data-dir` creates two 1 GiB... (here 64 MiB)
 /// file mirrors and journal `default`; the CLI appends and reads.
 #[test]

@@ -64,6 +64,11 @@ struct Args {
     /// newer than the members present: they are marked failed.
     #[arg(long)]
     start_degraded: bool,
+    /// How long the event loop keeps polling after its last piece of work
+    /// before it sleeps (overrides `server.idle_poll`): `0us` on a node
+    /// whose cores are shared with other work (docs/daemon.md).
+    #[arg(long, value_name = "DURATION", value_parser = mirrorlog::daemon::config::parse_duration)]
+    idle_poll: Option<std::time::Duration>,
     /// Check the configuration and exit.
     #[arg(long)]
     check_config: bool,
@@ -130,6 +135,9 @@ fn main() -> ExitCode {
     }
     if args.force_primary {
         cfg.replication.unreachable_at_start = "serve".into();
+    }
+    if let Some(d) = args.idle_poll {
+        cfg.server.idle_poll = d;
     }
     if let Some(l) = &args.log_level {
         cfg.log.level = l.clone();

@@ -11,7 +11,9 @@
 # At exit the appliances' devices and the brokers' data are deleted (the
 # logs stay) unless --keep.
 # A configuration name may end in @W: the adapter's appendsOnWire = W
-# (e.g. "remote-durable@1 remote-durable@4"; default 1).
+# (e.g. "remote-durable@1 remote-durable@4"; default 1). It may then end
+# in %D: the appliances' --idle-poll D (e.g. "remote-durable%0us"; default
+# the daemon's, 1ms).
 # Needs `cargo build --release`, Maven (the adapter) and the activemq
 # package (ActiveMQ's JMS client of tools/activemq/amqtool.sh).
 set -euo pipefail
@@ -29,7 +31,7 @@ while [ $# -gt 0 ]; do
     --configs) configs="$2"; shift 2;;
     --producers) producers="$2"; shift 2;;
     --keep) keep=1; shift;;
-    *) sed -n '2,17p' "$0"; exit 2;;
+    *) sed -n '2,19p' "$0"; exit 2;;
   esac
 done
 bin="$root/target/release"
@@ -82,18 +84,19 @@ measure() { # name producers -> one line
   echo "$name producers=$p $r consumed=$(wc -l <"$data/$name/consumed")"
 }
 
-setup() { # name[@W] -> broker running
-  local name="$1" w=1
-  case "$name" in *@*) w="${name#*@}";; esac
+setup() { # name[@W][%D] -> broker running
+  local name="$1" w=1 poll=()
+  case "$name" in *%*) poll=(--idle-poll "${name#*%}");; esac
+  case "${name%\%*}" in *@*) w="${name%\%*}"; w="${w#*@}";; esac
   mkdir -p "$data/$name"
   case "$name" in
     kahadb) start_broker kahadb -Dactivemq.store=kahadb;;
     local*)
-      start_ml "$data/$name/a" 1GiB --listen 127.0.0.1:7486 --metrics off
+      start_ml "$data/$name/a" 1GiB --listen 127.0.0.1:7486 --metrics off "${poll[@]}"
       start_broker "$name" -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local -Dmirrorlog.appendsOnWire="$w";;
     remote-durable*)
-      start_ml "$data/$name/b" 1GiB --listen 127.0.0.1:7487 --metrics off --role replica --peer 127.0.0.1:7496 --repl-listen 127.0.0.1:7497
-      start_ml "$data/$name/a" 1GiB --listen 127.0.0.1:7486 --metrics off --role primary --peer 127.0.0.1:7497 --repl-listen 127.0.0.1:7496
+      start_ml "$data/$name/b" 1GiB --listen 127.0.0.1:7487 --metrics off --role replica --peer 127.0.0.1:7496 --repl-listen 127.0.0.1:7497 "${poll[@]}"
+      start_ml "$data/$name/a" 1GiB --listen 127.0.0.1:7486 --metrics off --role primary --peer 127.0.0.1:7497 --repl-listen 127.0.0.1:7496 "${poll[@]}"
       wait_log "$data/$name/b.log" "server: ready"
       start_broker "$name" -Dmirrorlog.endpoints=127.0.0.1:7486,127.0.0.1:7487 -Dmirrorlog.durability=remote-durable \
         -Dmirrorlog.appendsOnWire="$w";;
