@@ -6,6 +6,7 @@ import static org.junit.Assert.assertEquals;
 import java.io.ByteArrayOutputStream;
 import java.io.DataOutputStream;
 import org.apache.activemq.command.ActiveMQQueue;
+import org.apache.activemq.command.ActiveMQTopic;
 import org.junit.Test;
 
 /** The hot records are sized exactly, and decode to what was encoded, for any name. */
@@ -46,5 +47,23 @@ public class CodecTest {
             assertEquals(q, rm.dest);
             assertEquals(id, rm.messageId);
         }
+    }
+
+    /** An unsized record outgrows its first buffer: the writes past it grow the buffer and keep every byte. */
+    @Test
+    public void unsizedRecordsGrowPastTheirFirstBuffer() throws Exception {
+        byte[] info = new byte[300];
+        for (int i = 0; i < info.length; i++) {
+            info[i] = (byte) (i * 7 + 1);
+        }
+        ActiveMQTopic t = new ActiveMQTopic("topic.with.a.name.longer.than.sixty.four.bytes.to.cross.the.first.buffer");
+        Codec.Rec sub = Codec.decode(Codec.subAdd(t, "client-\u00e9\u4e2d", "sub", true, 12, info));
+        assertEquals(Codec.SUB_ADD, sub.type);
+        assertEquals(t, sub.dest);
+        assertEquals("client-\u00e9\u4e2d", sub.clientId);
+        assertEquals("sub", sub.subName);
+        assertEquals(true, sub.retroactive);
+        assertEquals(12, sub.wireVersion);
+        assertArrayEquals(info, sub.body);
     }
 }
