@@ -97,33 +97,10 @@ final class Codec {
         return b.bytes();
     }
 
-    /**
-     * Hands over its buffer when it is exactly full. One thread owns it, so
-     * the writes that fit skip ByteArrayOutputStream's lock (DataOutputStream
-     * writes an int as four one-byte writes).
-     */
+    /** Hands over its buffer when it is exactly full. */
     private static final class Out extends ByteArrayOutputStream {
         Out(int size) {
             super(size);
-        }
-
-        @Override
-        public void write(int b) {
-            if (count < buf.length) {
-                buf[count++] = (byte) b;
-            } else {
-                super.write(b);
-            }
-        }
-
-        @Override
-        public void write(byte[] b, int off, int len) {
-            if (len >= 0 && len <= buf.length - count) {
-                System.arraycopy(b, off, buf, count, len);
-                count += len;
-            } else {
-                super.write(b, off, len);
-            }
         }
 
         byte[] bytes() {
