@@ -63,11 +63,11 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOffline2Test", 2),
     ("io.mirrorlog.activemq6.MirrorlogDurableSubscriptionOfflineBrowseRemoveTest", 2),
     ("io.mirrorlog.activemq6.MirrorlogVmConcurrentDispatchTest", 12),
-    ("io.mirrorlog.activemq6.LargeTransactionTest", 2),
+    ("io.mirrorlog.activemq6.LargeTransactionTest", 3),
     ("io.mirrorlog.activemq6.StopTest", 2),
     ("io.mirrorlog.activemq6.UpdateMessageTest", 1),
     ("io.mirrorlog.activemq6.MirrorlogFailoverTransactionTest", 11),
-    ("io.mirrorlog.activemq6.CodecTest", 2),
+    ("io.mirrorlog.activemq6.CodecTest", 3),
 ];
 
 /// Failures docs/activemq.md explains (ActiveMQ 6: known limitations).

@@ -283,8 +283,13 @@ final class Codec {
                     // A prepared add keeps its body (the recovered transaction
                     // re-sends it); a staged one is read back by LSN.
                     r.inner = decode(op, 0, op.length, bodies || r.type == PREPARED);
-                    if (r.inner.type != ADD && r.inner.type != REMOVE && r.inner.type != SUB_ACK) {
-                        throw new IOException("a prepared operation of type " + r.inner.type);
+                    int t = r.inner.type;
+                    boolean operation = t == ADD || t == REMOVE || t == SUB_ACK;
+                    // A staged XA prepare or commit also stages its PREPARE,
+                    // PREPARED and COMMIT records.
+                    boolean stagedXa = r.type == STAGED && (t == PREPARE || t == PREPARED || t == COMMIT);
+                    if (!operation && !stagedXa) {
+                        throw new IOException("a " + (r.type == STAGED ? "staged" : "prepared") + " record of type " + t);
                     }
                     break;
                 case PREPARE:

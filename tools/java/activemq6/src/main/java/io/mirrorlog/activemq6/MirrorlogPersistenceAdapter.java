@@ -551,12 +551,9 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         if (b.records.isEmpty()) {
             return;
         }
-        if (xid == null && b.preparing == null && bytes(b.records) > stageAboveBytes) {
-            commitStaged(b);
-            return;
-        }
-        CompletableFuture<Long> written;
         String preparing = b.preparing == null ? null : Arrays.toString(b.preparing);
+        boolean staged = bytes(b.records) > stageAboveBytes;
+        CompletableFuture<Long> written = null;
         synchronized (lock) {
             if (preparing != null) {
                 // Prepared here: its records pin the journal (the mark stays
@@ -566,13 +563,24 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
                 p.firstLsn = link().ackedEnd();
                 prepared.put(preparing, p);
             }
-            written = link().append(b.records);
+            if (!staged) {
+                written = link().append(b.records);
+            }
         }
-        long first;
         try {
-            first = await(written);
+            if (staged) {
+                commitStaged(b);
+            } else {
+                long first;
+                try {
+                    first = await(written);
+                } catch (IOException e) {
+                    b.failed();
+                    throw e;
+                }
+                b.durable(first);
+            }
         } catch (IOException e) {
-            b.failed();
             if (preparing != null) {
                 synchronized (lock) {
                     prepared.remove(preparing);
@@ -580,7 +588,6 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             }
             throw e;
         }
-        b.durable(first);
         if (xid != null) {
             settled(xid);
         }
@@ -595,12 +602,15 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     }
 
     /**
-     * Commits a local transaction too large for one batch: its records are
-     * written ahead as STAGED records (in batches of at most
-     * {@code stageAboveBytes}), then its COMMIT, the one record that makes
-     * them count. A crash before the COMMIT is durable leaves staged records
-     * that replay drops: the commit had not returned, so the transaction
-     * rolled back. Returns once the COMMIT is durable.
+     * Writes a transaction outcome too large for one batch (a local commit,
+     * an XA prepare with its operations, an XA commit with them): its
+     * records are written ahead as STAGED records (in batches of at most
+     * {@code stageAboveBytes}), then a COMMIT of the staging key, the one
+     * record that makes them count; replay applies them there, in order. A
+     * crash before that COMMIT is durable leaves staged records that replay
+     * drops: the commit or prepare had not returned, so the transaction
+     * rolled back (an XA transaction manager presumes abort for a prepare
+     * that did not return). Returns once the COMMIT is durable.
      */
     private void commitStaged(Batch b) throws IOException {
         Link l = link();
@@ -781,7 +791,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             try {
                 Codec.Rec r = Codec.decode(b);
                 if (r.type == Codec.STAGED) {
-                    r = r.inner; // the add of a large local transaction
+                    r = r.inner; // the add of a large transaction
                 }
                 if (r.type != Codec.ADD) {
                     throw new IOException("lsn " + lsn + " holds a record of type " + r.type + ", not a message");
@@ -1011,9 +1021,10 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
     }
 
     /**
-     * A local transaction whose records total more than this is written
-     * ahead in batches of at most this size and made to count by its
-     * COMMIT record; smaller ones are one batch. Keep it at most half the
+     * A transaction outcome (a local commit, an XA prepare, an XA commit)
+     * whose records total more than this is written ahead in batches of at
+     * most this size and made to count by one COMMIT record; smaller ones
+     * are one batch. Keep it at most half the
      * appliance's {@code limits.max_batch_bytes}.
      */
     public void setStageAboveBytes(int stageAboveBytes) {

@@ -26,7 +26,8 @@ import org.apache.activemq.store.memory.MemoryTransactionStore;
  * be. A local commit is one batch of records (all durable or none); an XA
  * prepare writes the transaction's operations as PREPARED records (with
  * the bodies) before it returns, and its commit or rollback a COMMIT or
- * ROLLBACK record. After a restart the prepared transactions come back
+ * ROLLBACK record. An outcome larger than one batch is staged (see
+ * MirrorlogPersistenceAdapter.commitStaged): still all or none. After a restart the prepared transactions come back
  * from the journal, and the messages they acknowledged are kept out of
  * dispatch until the outcome.
  */
