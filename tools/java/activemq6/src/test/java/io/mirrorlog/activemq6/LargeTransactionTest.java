@@ -101,13 +101,21 @@ public class LargeTransactionTest {
             b.stop();
             b.waitUntilStopped();
         }
-        b = broker(journal, false);
+        consumeAfterARestart(journal, "large", MESSAGES);
+    }
+
+    /**
+     * Starts a broker on {@code journal} and consumes messages 0 to
+     * {@code count - 1} of {@code queue}, in order and intact, and nothing more.
+     */
+    private static void consumeAfterARestart(String journal, String queue, int count) throws Exception {
+        BrokerService b = broker(journal, false);
         try {
             Connection c = new ActiveMQConnectionFactory("vm://large-tx?create=false").createConnection();
             c.start();
             Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
-            MessageConsumer mc = s.createConsumer(s.createQueue("large"));
-            for (int i = 0; i < MESSAGES; i++) {
+            MessageConsumer mc = s.createConsumer(s.createQueue(queue));
+            for (int i = 0; i < count; i++) {
                 BytesMessage m = (BytesMessage) mc.receive(10_000);
                 assertNotNull("message " + i + " after the restart", m);
                 byte[] got = new byte[(int) m.getBodyLength()];
@@ -197,25 +205,7 @@ public class LargeTransactionTest {
             b.stop();
             b.waitUntilStopped();
         }
-        b = broker(journal, false);
-        try {
-            Connection c = new ActiveMQConnectionFactory("vm://large-tx?create=false").createConnection();
-            c.start();
-            Session s = c.createSession(false, Session.AUTO_ACKNOWLEDGE);
-            MessageConsumer mc = s.createConsumer(s.createQueue("large-xa"));
-            for (int i = 0; i < 2 * n; i++) {
-                BytesMessage m = (BytesMessage) mc.receive(10_000);
-                assertNotNull("message " + i + " after the restarts", m);
-                byte[] got = new byte[(int) m.getBodyLength()];
-                m.readBytes(got);
-                assertArrayEquals("message " + i + " in order, intact", body(i), got);
-            }
-            assertNull(mc.receive(500));
-            c.close();
-        } finally {
-            b.stop();
-            b.waitUntilStopped();
-        }
+        consumeAfterARestart(journal, "large-xa", 2 * n);
     }
 
     @Test
