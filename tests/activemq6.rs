@@ -66,6 +66,7 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.LargeTransactionTest", 3),
     ("io.mirrorlog.activemq6.StopTest", 2),
     ("io.mirrorlog.activemq6.UpdateMessageTest", 1),
+    ("io.mirrorlog.activemq6.ReclaimTest", 1),
     ("io.mirrorlog.activemq6.MirrorlogFailoverTransactionTest", 11),
     ("io.mirrorlog.activemq6.CodecTest", 3),
 ];

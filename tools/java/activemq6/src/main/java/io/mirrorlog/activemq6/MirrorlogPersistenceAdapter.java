@@ -845,9 +845,24 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
      */
     void reclaim() throws IOException {
         Link l = link();
-        long low;
+        long low = needed(l);
+        synchronized (this) {
+            if (low > markSent) {
+                l.setMark(low);
+                markSent = low;
+            }
+        }
+    }
+
+    /**
+     * The lowest LSN still needed: where the mark may move. Every live thing
+     * carries a pin at or below its record's LSN from the moment its record
+     * is handed over, so this never passes a record the appliance answered
+     * before the index learnt its LSN (ReclaimTest).
+     */
+    long needed(Link l) {
         synchronized (lock) {
-            low = l.ackedEnd();
+            long low = l.ackedEnd();
             for (QueueStore s : queues.values()) {
                 low = Math.min(low, s.lowestLsn());
             }
@@ -860,12 +875,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             for (long[] pin : staging) {
                 low = Math.min(low, pin[0]);
             }
-        }
-        synchronized (this) {
-            if (low > markSent) {
-                l.setMark(low);
-                markSent = low;
-            }
+            return low;
         }
     }
 
