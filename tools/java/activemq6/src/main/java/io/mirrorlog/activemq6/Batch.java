@@ -37,7 +37,16 @@ final class Batch {
         failed.add(onFailed);
     }
 
+    /** Adds a record as it is, with no effect on the index (an XA prepare's PREPARE). */
+    void addPlain(byte[] record) {
+        records.add(record);
+        durable.add(null);
+        failed.add(null);
+    }
+
     void durable(long firstLsn) {
+        // Invariant: one callback slot per record, so record i lies at firstLsn + i.
+        assert durable.size() == records.size() : durable.size() + " callbacks for " + records.size() + " records";
         for (int i = 0; i < durable.size(); i++) {
             if (durable.get(i) != null) {
                 durable.get(i).accept(firstLsn + i);
@@ -47,6 +56,7 @@ final class Batch {
 
     /** As {@link #durable}, each record at its own LSN (a batch written in parts). */
     void durableAt(long[] lsns) {
+        assert durable.size() == records.size() && lsns.length == records.size();
         for (int i = 0; i < durable.size(); i++) {
             if (durable.get(i) != null) {
                 durable.get(i).accept(lsns[i]);

@@ -531,7 +531,7 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
         XATransactionId c = committing.get();
         b.recovered = c != null && getTxStore().isRecovered(c);
         if (xid != null) {
-            b.records.add(Codec.outcome(Codec.PREPARE, b.preparing));
+            b.addPlain(Codec.outcome(Codec.PREPARE, b.preparing));
         }
         batch.set(b);
     }
@@ -1034,8 +1034,8 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
      * A transaction outcome (a local commit, an XA prepare, an XA commit)
      * whose records total more than this is written ahead in batches of at
      * most this size and made to count by one COMMIT record; smaller ones
-     * are one batch. Keep it at most half the
-     * appliance's {@code limits.max_batch_bytes}.
+     * are one batch. Keep it at most half the appliance's
+     * {@code limits.max_batch_bytes}.
      */
     public void setStageAboveBytes(int stageAboveBytes) {
         this.stageAboveBytes = Math.max(1, stageAboveBytes);

@@ -27,9 +27,9 @@ import org.apache.activemq.store.memory.MemoryTransactionStore;
  * prepare writes the transaction's operations as PREPARED records (with
  * the bodies) before it returns, and its commit or rollback a COMMIT or
  * ROLLBACK record. An outcome larger than one batch is staged (see
- * MirrorlogPersistenceAdapter.commitStaged): still all or none. After a restart the prepared transactions come back
- * from the journal, and the messages they acknowledged are kept out of
- * dispatch until the outcome.
+ * MirrorlogPersistenceAdapter.commitStaged): still all or none. After a
+ * restart the prepared transactions come back from the journal, and the
+ * messages they acknowledged are kept out of dispatch until the outcome.
  */
 final class TxStore extends MemoryTransactionStore {
     private final MirrorlogPersistenceAdapter a;
