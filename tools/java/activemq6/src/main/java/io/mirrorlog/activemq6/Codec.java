@@ -7,6 +7,7 @@ import java.io.IOException;
 import java.io.UncheckedIOException;
 import org.apache.activemq.command.ActiveMQDestination;
 import org.apache.activemq.util.ByteArrayInputStream;
+import org.apache.activemq.util.MarshallingSupport;
 
 /**
  * The records the adapter writes to its mirrorlog journal: one per broker
@@ -108,14 +109,9 @@ final class Codec {
         }
     }
 
-    /** The bytes writeUTF writes for {@code s}: its length prefix and its modified UTF-8. */
+    /** The bytes writeUTF writes for {@code s}: its length prefix and its modified UTF-8 (ActiveMQ counts those). */
     static int utfBytes(String s) {
-        int n = 2;
-        for (int i = 0; i < s.length(); i++) {
-            char c = s.charAt(i);
-            n += c >= 1 && c <= 0x7F ? 1 : c <= 0x7FF ? 2 : 3;
-        }
-        return n;
+        return 2 + (int) MarshallingSupport.countUTFBytes(s);
     }
 
     private static void dest(DataOutputStream o, ActiveMQDestination d) throws IOException {

@@ -571,16 +571,10 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             if (staged) {
                 commitStaged(b);
             } else {
-                long first;
-                try {
-                    first = await(written);
-                } catch (IOException e) {
-                    b.failed();
-                    throw e;
-                }
-                b.durable(first);
+                b.durable(await(written));
             }
         } catch (IOException e) {
+            b.failed();
             if (preparing != null) {
                 synchronized (lock) {
                     prepared.remove(preparing);
@@ -610,7 +604,8 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
      * crash before that COMMIT is durable leaves staged records that replay
      * drops: the commit or prepare had not returned, so the transaction
      * rolled back (an XA transaction manager presumes abort for a prepare
-     * that did not return). Returns once the COMMIT is durable.
+     * that did not return). Returns once the COMMIT is durable; if it
+     * throws, the caller undoes the batch.
      */
     private void commitStaged(Batch b) throws IOException {
         Link l = link();
@@ -654,12 +649,11 @@ public class MirrorlogPersistenceAdapter implements PersistenceAdapter, BrokerSe
             b.durableAt(lsns);
             done = true;
         } catch (IOException e) {
-            b.failed();
             if (commitSent) {
                 // The COMMIT's outcome is unknown: it may be durable. The pin
                 // stays until this broker restarts, so that the mark never
                 // passes part of a transaction a replay might apply.
-                LOG.warn("mirrorlog: the COMMIT of a large local transaction failed ({}); the journal's mark "
+                LOG.warn("mirrorlog: the COMMIT of a large transaction's staged records failed ({}); the journal's mark "
                         + "stays below its records until the broker restarts", e.toString());
             }
             throw e;

@@ -32,6 +32,15 @@ public class WithdrawTest {
         return s.getBytes(StandardCharsets.UTF_8);
     }
 
+    private static MirrorlogClient client(String name) throws Exception {
+        return new MirrorlogClient(Arrays.asList(Mirrorlog.endpoints().split(",")), 10_000, name, 64, 1 << 20);
+    }
+
+    /** A link on {@code journal} (created, claimed), one append on the wire. */
+    private static Link link(MirrorlogClient c, String journal) throws Exception {
+        return new Link(c, journal, MirrorlogPersistenceAdapter.durabilityCode("local"), 1 << 20, 1, b("claim"), e -> { });
+    }
+
     /** The journal's records from {@code from} on. */
     private static List<byte[]> records(MirrorlogClient c, String journal, long from) throws Exception {
         Wire.RecordsAnswer r = c.read(journal, from, 1000, 1 << 20);
@@ -40,10 +49,9 @@ public class WithdrawTest {
 
     @Test
     public void anAppendNotYetSentIsWithdrawnAndNeverWritten() throws Exception {
-        MirrorlogClient c = new MirrorlogClient(Arrays.asList(Mirrorlog.endpoints().split(",")), 10_000, "withdraw",
-                64, 1 << 20);
+        MirrorlogClient c = client("withdraw");
         String journal = "withdraw-link-" + System.nanoTime();
-        Link l = new Link(c, journal, MirrorlogPersistenceAdapter.durabilityCode("local"), 1 << 20, 1, b("claim"), e -> { });
+        Link l = link(c, journal);
         try {
             l.hold(true);
             CompletableFuture<Long> a = l.append(Link.one(b("a")));
@@ -71,10 +79,9 @@ public class WithdrawTest {
 
     @Test
     public void aLazyAppendIsEncodedOnceWhenSentInItsPlaceAndNeverIfWithdrawn() throws Exception {
-        MirrorlogClient c = new MirrorlogClient(Arrays.asList(Mirrorlog.endpoints().split(",")), 10_000, "withdraw",
-                64, 1 << 20);
+        MirrorlogClient c = client("withdraw");
         String journal = "withdraw-lazy-" + System.nanoTime();
-        Link l = new Link(c, journal, MirrorlogPersistenceAdapter.durabilityCode("local"), 1 << 20, 1, b("claim"), e -> { });
+        Link l = link(c, journal);
         java.util.concurrent.atomic.AtomicInteger encodedX = new java.util.concurrent.atomic.AtomicInteger();
         java.util.concurrent.atomic.AtomicInteger encodedY = new java.util.concurrent.atomic.AtomicInteger();
         try {
@@ -114,8 +121,7 @@ public class WithdrawTest {
     public void aMessageAcknowledgedBeforeItsAddWasSentIsNeverWritten() throws Exception {
         String journal = "withdraw-store-" + System.nanoTime();
         MirrorlogPersistenceAdapter pa = Mirrorlog.started(journal, "withdraw"); // the mark stays: records are read back
-        MirrorlogClient c = new MirrorlogClient(Arrays.asList(Mirrorlog.endpoints().split(",")), 10_000, "withdraw-reader",
-                64, 1 << 20);
+        MirrorlogClient c = client("withdraw-reader");
         try {
             MessageStore store = pa.createQueueMessageStore(new ActiveMQQueue("withdrawn"));
             store.start();
