@@ -69,6 +69,7 @@ const CLASSES: &[(&str, usize)] = &[
     ("io.mirrorlog.activemq6.ReclaimTest", 1),
     ("io.mirrorlog.activemq6.MirrorlogFailoverTransactionTest", 11),
     ("io.mirrorlog.activemq6.CodecTest", 3),
+    ("io.mirrorlog.activemq6.GroupCommitTest", 1),
 ];
 
 /// Failures docs/activemq.md explains (ActiveMQ 6: known limitations).

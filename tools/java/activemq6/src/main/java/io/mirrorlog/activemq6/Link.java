@@ -113,6 +113,8 @@ final class Link {
     private final AtomicInteger unanswered = new AtomicInteger();
     /** Counters: appends handed over, batches sent, appends withdrawn. */
     final AtomicLong handed = new AtomicLong(), batches = new AtomicLong(), withdrawn = new AtomicLong();
+    /** The sender's turns that found nothing it could send (each a park, and a wake-up after it). */
+    final AtomicLong idleTurns = new AtomicLong();
     private final int maxOnWire;
     private final int mergeBytes;
     private volatile boolean closed;
@@ -211,7 +213,12 @@ final class Link {
             unanswered.decrementAndGet();
         } else if (sent != null) {
             sent.answer();
-        } else {
+        } else if (onWire.get() < maxOnWire) {
+            // Queued: the sender takes it now if the wire has room. If it
+            // has none, the answer that makes room wakes the sender (read
+            // after the queueing, so one of the two wakes it): a wake-up
+            // now would find the wire full and park again, a context
+            // switch per append under load.
             LockSupport.unpark(sender);
         }
         return u;
@@ -264,6 +271,7 @@ final class Link {
             if (units.isEmpty()) {
                 // Nothing could be sent: woken by an append or an answer (the
                 // bound is a safety net, not the mechanism).
+                idleTurns.incrementAndGet();
                 LockSupport.parkNanos(this, 50_000_000L);
                 continue;
             }
@@ -447,7 +455,7 @@ final class Link {
     /** The counters, for the log. */
     String stats() {
         return handed.get() + " appends handed over, " + batches.get() + " batches sent, " + withdrawn.get()
-                + " adds withdrawn (acknowledged before sent)";
+                + " adds withdrawn (acknowledged before sent), " + idleTurns.get() + " idle sender turns";
     }
 
     /**
