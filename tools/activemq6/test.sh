@@ -11,7 +11,19 @@ bin="${MIRRORLOGD:-$root/target/debug/mirrorlogd}"
 [ -x "$bin" ] || (cd "$root" && cargo build --bin mirrorlogd)
 work="$(mktemp -d)"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin" --data-dir "$work" --device-size 2GiB --listen "127.0.0.1:$port" --metrics off > "$work/mirrorlogd.log" 2>&1 &
+# Each journal holds at least one segment, and the tests make dozens of
+# journals: 8 MiB segments (256 per mirror) instead of the default 64 MiB
+# (32, which dozens of journals fill: `full`).
+cat > "$work/mirrorlogd.toml" <<EOF
+[storage]
+devices = ["$work/m0.dev", "$work/m1.dev"]
+device_size = "2GiB"
+segment_size = "8MiB"
+
+[[journal]]
+name = "default"
+EOF
+"$bin" -c "$work/mirrorlogd.toml" --listen "127.0.0.1:$port" --metrics off > "$work/mirrorlogd.log" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 100); do
