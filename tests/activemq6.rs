@@ -73,9 +73,10 @@ const CLASSES: &[(&str, usize)] = &[
 ];
 
 /// Failures docs/activemq.md explains (ActiveMQ 6: known limitations).
-/// The first is a race in the test (it may pass): it needs the always-on
-/// subscriber, whose connection the broker's stop cuts and which never
-/// reconnects, to have received all 20 messages before the stop. The three
+/// The first is a race in the test (it may pass; stock KahaDB failed it in
+/// 3 of 6 class runs here): it needs the always-on subscriber, whose
+/// connection the broker's stop cuts and which never reconnects, to have
+/// received all 20 messages before the stop. The three
 /// FailoverTransactionTest ones fail the same way with stock KahaDB on
 /// this machine (one always; one depending on the order in which the
 /// failover clients reconnect; one on how the broker splits ten messages
