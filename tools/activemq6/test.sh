@@ -4,6 +4,8 @@
 # mirrorlogd this script starts on two file mirrors in a temporary folder.
 #   tools/activemq6/test.sh [-Dtest=Pattern] [other Maven arguments]
 # MIRRORLOGD: the daemon binary (default: target/debug/mirrorlogd, built if missing).
+# The tests reach it directly, and through a mirrorlog-faultproxy (the one
+# next to MIRRORLOGD, built if missing) for those that slow it down.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -25,10 +27,29 @@ name = "default"
 EOF
 "$bin" -c "$work/mirrorlogd.toml" --listen "127.0.0.1:$port" --metrics off > "$work/mirrorlogd.log" 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 100); do
-  (echo > /dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+proxy_pid=
+trap 'kill $pid $proxy_pid 2>/dev/null || true; wait $pid $proxy_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+# Ready once it logs so (creating two 2 GiB mirror files can take longer
+# than the listener's port alone says).
+for _ in $(seq 1200); do
+  grep -q "server: ready" "$work/mirrorlogd.log" && break
   sleep 0.1
 done
+proxy_bin="$(dirname "$bin")/mirrorlog-faultproxy"
+if [ ! -x "$proxy_bin" ]; then
+  (cd "$root" && cargo build -p mirrorlog-faultproxy)
+  proxy_bin="$root/target/debug/mirrorlog-faultproxy"
+fi
+"$proxy_bin" --listen 127.0.0.1:0 --upstream "127.0.0.1:$port" --control 127.0.0.1:0 > "$work/faultproxy.out" 2>&1 &
+proxy_pid=$!
+for _ in $(seq 100); do
+  grep -q '^listening=' "$work/faultproxy.out" && break
+  sleep 0.1
+done
+read -r line < "$work/faultproxy.out" # listening=ADDR upstream=ADDR control=ADDR
+proxy="${line#listening=}"
+proxy="${proxy%% *}"
+control="${line##*control=}"
 cd "$root/tools/java"
-mvn -B -q -Dmirrorlog.endpoints="127.0.0.1:$port" "$@" install
+mvn -B -q -Dmirrorlog.endpoints="127.0.0.1:$port" -Dmirrorlog.faultproxy="$proxy" \
+  -Dmirrorlog.faultproxyControl="$control" "$@" install

@@ -1,5 +1,10 @@
 package io.mirrorlog.activemq6;
 
+import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.InputStreamReader;
+import java.net.Socket;
+import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
 import org.apache.activemq.command.ActiveMQDestination;
@@ -16,6 +21,33 @@ public final class Mirrorlog {
     public static String endpoints() {
         String e = System.getProperty("mirrorlog.endpoints");
         return e == null || e.isEmpty() || e.startsWith("$") ? "127.0.0.1:7400" : e;
+    }
+
+    /** A property tools/activemq6/test.sh sets; a clear failure when run without it. */
+    static String required(String name) {
+        String v = System.getProperty(name);
+        if (v == null || v.isEmpty() || v.startsWith("$")) {
+            throw new IllegalStateException(name + " is not set: run the tests through tools/activemq6/test.sh");
+        }
+        return v;
+    }
+
+    /**
+     * The mirrorlog-faultproxy in front of the appliance (started by
+     * tools/activemq6/test.sh): {@code command} ("pause", "resume", …; see
+     * tools/faultproxy/src/control.rs) sent to its control port, which
+     * answers one line, "ok" or "err …".
+     */
+    static void faultProxy(String command) throws IOException {
+        String[] hp = required("mirrorlog.faultproxyControl").split(":");
+        try (Socket s = new Socket(hp[0], Integer.parseInt(hp[1]))) {
+            s.getOutputStream().write((command + "\n").getBytes(StandardCharsets.UTF_8));
+            String reply = new BufferedReader(new InputStreamReader(s.getInputStream(), StandardCharsets.UTF_8))
+                    .readLine();
+            if (reply == null || !reply.startsWith("ok")) {
+                throw new IOException("faultproxy '" + command + "': " + reply);
+            }
+        }
     }
 
     /** An adapter on journal {@code journal} (one per test class: a restart finds its records). */
