@@ -7,20 +7,27 @@
 # rounds. Then, unless --no-restart: heap per pending message and broker
 # restart time with --pending messages of 1 KiB left in a queue.
 #   tools/activemq6/bench.sh [--messages N] [--rounds R] [--pending P] [--data DIR] [--no-restart]
-#        [--configs "kahadb local remote-durable"] [--producers "1 8 64"] [--keep]
+#        [--configs "kahadb local%0us remote-durable%0us"] [--producers "1 8 64"] [--keep]
 # At exit the appliances' devices and the brokers' data are deleted (the
 # logs stay) unless --keep.
 # A configuration name may end in @W: the adapter's appendsOnWire = W
 # (e.g. "remote-durable@1 remote-durable@4"; default 1). It may then end
 # in %D: the appliances' --idle-poll D (e.g. "remote-durable%0us"; default
-# the daemon's, 1ms).
+# the daemon's, 1ms). The default configurations turn idle polling off, as
+# docs/daemon.md says for a node whose cores run other work: here the
+# appliances share the broker's and its clients' cores. "memory" is
+# ActiveMQ's in-heap store, with no durability: the ceiling any store can
+# reach with this load generator on this machine.
+# Each line ends with the CPU seconds the run took: the broker's, the
+# appliances' and the machine's (all processes, the JMS clients' JVMs
+# starting and the consumer's idle wait at the end included).
 # Needs `cargo build --release`, Maven (the adapter) and the activemq
 # package (ActiveMQ's JMS client of tools/activemq/amqtool.sh).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
 messages=20000 rounds=2 pending=1000000 data=/tmp/mirrorlog-amq6-bench restart=1
-configs="kahadb local remote-durable" producers="1 8 64" keep=0
+configs="kahadb local%0us remote-durable%0us" producers="1 8 64" keep=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) messages="$2"; shift 2;;
@@ -31,7 +38,7 @@ while [ $# -gt 0 ]; do
     --configs) configs="$2"; shift 2;;
     --producers) producers="$2"; shift 2;;
     --keep) keep=1; shift;;
-    *) sed -n '2,19p' "$0"; exit 2;;
+    *) sed -n '2,25p' "$0"; exit 2;;
   esac
 done
 bin="$root/target/release"
@@ -74,14 +81,33 @@ stop_broker() {
   kill -9 "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true
 }
 
+ticks() { # pid... -> user+system clock ticks of those processes (all threads)
+  local t=0 p s
+  for p in "$@"; do
+    s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue
+    s="${s##*) }"; set -- $s
+    t=$(( t + ${12} + ${13} ))
+  done
+  echo "$t"
+}
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8; exit}' /proc/stat; }
+secs() { echo "scale=2; $1 / $(getconf CLK_TCK)" | bc; }
+
 measure() { # name producers -> one line
   local name="$1" p="$2" q="bench$RANDOM"
+  local appliances=() x
+  for x in "${pids[@]}"; do [ "$x" = "$broker_pid" ] || appliances+=("$x"); done
+  local b0 a0 m0
+  b0="$(ticks "$broker_pid")" a0="$(ticks "${appliances[@]}")" m0="$(machine_ticks)"
   "$amq" consume --url tcp://127.0.0.1:61696 --queue "$q" --idle-ms 3000 --out "$data/$name/consumed" >/dev/null 2>&1 &
   local cpid=$!
   local r
   r="$("$amq" produce --url tcp://127.0.0.1:61696 --queue "$q" --count "$messages" --producers "$p" --size 1024 2>/dev/null | tail -1)"
   wait "$cpid" || true
-  echo "$name producers=$p $r consumed=$(wc -l <"$data/$name/consumed")"
+  local b1 a1 m1
+  b1="$(ticks "$broker_pid")" a1="$(ticks "${appliances[@]}")" m1="$(machine_ticks)"
+  echo "$name producers=$p $r consumed=$(wc -l <"$data/$name/consumed")" \
+    "cpu_broker=$(secs $((b1 - b0))) cpu_appliances=$(secs $((a1 - a0))) cpu_machine=$(secs $((m1 - m0)))"
 }
 
 setup() { # name[@W][%D] -> broker running
@@ -91,6 +117,7 @@ setup() { # name[@W][%D] -> broker running
   mkdir -p "$data/$name"
   case "$name" in
     kahadb) start_broker kahadb -Dactivemq.store=kahadb;;
+    memory) start_broker memory -Dactivemq.store=memory;;
     local*)
       start_ml "$data/$name/a" 1GiB --listen 127.0.0.1:7486 --metrics off "${poll[@]}"
       start_broker "$name" -Dmirrorlog.endpoints=127.0.0.1:7486 -Dmirrorlog.durability=local -Dmirrorlog.appendsOnWire="$w";;

@@ -3,6 +3,7 @@ package io.mirrorlog.activemq6;
 import java.io.File;
 import org.apache.activemq.broker.BrokerService;
 import org.apache.activemq.store.PersistenceAdapter;
+import org.apache.activemq.store.memory.MemoryPersistenceAdapter;
 
 /**
  * An embedded ActiveMQ 6 broker on the mirrorlog adapter, for machines
@@ -16,7 +17,9 @@ import org.apache.activemq.store.PersistenceAdapter;
  * {@code mirrorlog.endpoints}, {@code mirrorlog.journal},
  * {@code mirrorlog.durability}, {@code mirrorlog.appendsOnWire} (the adapter's properties), and
  * {@code activemq.store=kahadb} for stock KahaDB in the data directory
- * instead (the benchmark's baseline; the KahaDB jar must be on the class path).
+ * instead (the benchmark's baseline; the KahaDB jar must be on the class path),
+ * or {@code activemq.store=memory} for ActiveMQ's in-heap store (no
+ * durability at all: the benchmark's ceiling for any store on one machine).
  * Prints "broker NAME started" once it serves, and runs until killed.
  */
 public final class Launcher {
@@ -36,6 +39,8 @@ public final class Launcher {
             store = (PersistenceAdapter) Class.forName("org.apache.activemq.store.kahadb.KahaDBPersistenceAdapter")
                     .getDeclaredConstructor().newInstance();
             store.setDirectory(new File(data, "kahadb"));
+        } else if ("memory".equals(System.getProperty("activemq.store"))) {
+            store = new MemoryPersistenceAdapter();
         }
         b.setBrokerName(name);
         b.setUseJmx(false);
