@@ -6,8 +6,12 @@
 #   tools/activemq/bench.sh [--messages N] [--data DIR] [--only kahadb|local|remote-durable]
 # Needs `cargo build --release` and the activemq package. The long-term store
 # under the journal is embedded Derby in DIR.
+#   tools/activemq/bench.sh --activemq6 [ARGS]
+# runs ActiveMQ 6's benchmark instead (tools/activemq6/bench.sh ARGS: the
+# journal-only adapter, no database).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+[ "${1:-}" = "--activemq6" ] && { shift; exec "$here/../activemq6/bench.sh" "$@"; }
 root="$here/../.."
 messages=20000 data=/tmp/mirrorlog-amq-bench only=""
 while [ $# -gt 0 ]; do
@@ -15,7 +19,7 @@ while [ $# -gt 0 ]; do
     --messages) messages="$2"; shift 2;;
     --data) data="$2"; shift 2;;
     --only) only="$2"; shift 2;;
-    *) sed -n '2,9p' "$0"; exit 2;;
+    *) sed -n '2,11p' "$0"; exit 2;;
   esac
 done
 bin="$root/target/release"
