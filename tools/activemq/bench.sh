@@ -31,10 +31,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-wait_log() { # file pattern
-  for _ in $(seq 1 600); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "bench.sh: timed out waiting for '$2' in $1" >&2; tail -20 "$1" >&2; exit 1
-}
+. "$here/../wait-log.sh"
 
 run_broker() { # name config props...
   local name="$1" config="$2"; shift 2
@@ -42,7 +39,7 @@ run_broker() { # name config props...
   mkdir -p "$data/$name"
   "$here/start-broker.sh" "$base" "$config" -Dactivemq.port=61690 "$@" >"$data/$name/broker.log" 2>&1 &
   pids+=($!)
-  wait_log "$data/$name/broker.log" ") started"
+  wait_log "$data/$name/broker.log" ") started" 600
   for p in 1 8; do
     local r
     r="$("$here/amqtool.sh" produce --url tcp://127.0.0.1:61690 --queue "bench$p" --count "$messages" --producers "$p" --size 1024 2>/dev/null | tail -1)"
@@ -68,7 +65,7 @@ fi
 if [ -z "$only" ] || [ "$only" = local ]; then
   mkdir -p "$data/local"
   start_ml "$data/local/a" --listen 127.0.0.1:7480 --metrics off
-  wait_log "$data/local/a.log" "server: ready"
+  wait_log "$data/local/a.log" "server: ready" 600
   run_broker local "$here/conf/activemq-mirrorlog.xml" -Dmirrorlog.endpoints=127.0.0.1:7480 -Dmirrorlog.durability=local
   kill -9 "$ml_pid"; wait "$ml_pid" 2>/dev/null || true
 fi
@@ -76,7 +73,7 @@ if [ -z "$only" ] || [ "$only" = remote-durable ]; then
   mkdir -p "$data/remote"
   start_ml "$data/remote/b" --listen 127.0.0.1:7481 --metrics off --role replica --peer 127.0.0.1:7490 --repl-listen 127.0.0.1:7491
   start_ml "$data/remote/a" --listen 127.0.0.1:7480 --metrics off --role primary --peer 127.0.0.1:7491 --repl-listen 127.0.0.1:7490
-  wait_log "$data/remote/a.log" "server: ready"
-  wait_log "$data/remote/b.log" "server: ready"
+  wait_log "$data/remote/a.log" "server: ready" 600
+  wait_log "$data/remote/b.log" "server: ready" 600
   run_broker remote-durable "$here/conf/activemq-mirrorlog.xml" -Dmirrorlog.endpoints=127.0.0.1:7480,127.0.0.1:7481 -Dmirrorlog.durability=remote-durable
 fi

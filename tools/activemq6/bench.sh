@@ -55,10 +55,7 @@ cleanup() { # stops what it started; drops the appliances' device files (GiBs pe
 }
 trap cleanup EXIT
 
-wait_log() { # file pattern
-  for _ in $(seq 1 1200); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-  echo "bench.sh: timed out waiting for '$2' in $1" >&2; tail -20 "$1" >&2; exit 1
-}
+. "$here/../wait-log.sh"
 
 start_ml() { # dir size args... (a replica is ready only once its primary bootstrapped it: no wait)
   local dir="$1" size="$2"; shift 2

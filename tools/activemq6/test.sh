@@ -29,12 +29,10 @@ EOF
 pid=$!
 proxy_pid=
 trap 'kill $pid $proxy_pid 2>/dev/null || true; wait $pid $proxy_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+. "$here/../wait-log.sh"
 # Ready once it logs so (creating two 2 GiB mirror files can take longer
 # than the listener's port alone says).
-for _ in $(seq 1200); do
-  grep -q "server: ready" "$work/mirrorlogd.log" && break
-  sleep 0.1
-done
+wait_log "$work/mirrorlogd.log" "server: ready"
 proxy_bin="$(dirname "$bin")/mirrorlog-faultproxy"
 if [ ! -x "$proxy_bin" ]; then
   (cd "$root" && cargo build -p mirrorlog-faultproxy)
@@ -42,10 +40,7 @@ if [ ! -x "$proxy_bin" ]; then
 fi
 "$proxy_bin" --listen 127.0.0.1:0 --upstream "127.0.0.1:$port" --control 127.0.0.1:0 > "$work/faultproxy.out" 2>&1 &
 proxy_pid=$!
-for _ in $(seq 100); do
-  grep -q '^listening=' "$work/faultproxy.out" && break
-  sleep 0.1
-done
+wait_log "$work/faultproxy.out" '^listening=' 100
 read -r line < "$work/faultproxy.out" # listening=ADDR upstream=ADDR control=ADDR
 proxy="${line#listening=}"
 proxy="${proxy%% *}"
